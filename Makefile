@@ -1,0 +1,29 @@
+# The two commands of the README, and the benchmarks. Every target creates the virtual
+# environment and installs the project into it first, so a fresh checkout needs only
+# Python 3.11 and make.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench bench-evaluator clean
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/orion evaluate $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: bench-evaluator
+
+bench-evaluator: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_evaluator $(ARGS)
+
+clean:
+	rm -rf $(VENV) orion-data .pytest_cache .hypothesis

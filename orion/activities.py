@@ -1,0 +1,372 @@
+"""Activities: the record every source produces, the built-in activity types with their
+attribute schemas, tenants' custom types, and the parser that turns raw JSON into a
+validated `Activity` or a `BadActivity` with a dead-letter reason.
+
+Plain Python, no engine imports: the Beam DoFns and the Flink functions both call
+`parse_activity`, so both engines accept and refuse exactly the same input.
+
+    python -c "from orion.activities import *; print(parse_activity(
+        '{\"event_id\":\"e1\",\"tenant\":\"acme\",\"lead_id\":\"7\",\"type\":\"open_email\",'
+        '\"occurred_at\":\"2026-11-22T10:00:00Z\",\"attributes\":{\"email\":\"welcome\"}}',
+        ActivityTypes()))"
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Mapping, NamedTuple
+
+# --- the record ------------------------------------------------------------------
+
+
+class Activity(NamedTuple):
+    """One validated activity. `occurred_at` is epoch milliseconds, UTC (event time)."""
+
+    event_id: str
+    tenant: str
+    lead_id: str
+    type: str
+    occurred_at: int
+    attributes: dict
+
+    def to_json_dict(self) -> dict:
+        return {
+            "event_id": self.event_id,
+            "tenant": self.tenant,
+            "lead_id": self.lead_id,
+            "type": self.type,
+            "occurred_at": self.occurred_at,
+            "attributes": self.attributes,
+        }
+
+
+ACTIVITY_FIELDS = ("event_id", "tenant", "lead_id", "type", "occurred_at", "attributes")
+REQUIRED_FIELDS = ("event_id", "tenant", "lead_id", "type", "occurred_at")
+
+# Dead-letter reasons a parse can give; every stage of the graph uses this same vocabulary.
+MALFORMED_JSON = "malformed_json"
+MISSING_FIELD = "missing_field"
+BAD_FIELD = "bad_field"
+UNKNOWN_TYPE = "unknown_type"
+BAD_ATTRIBUTE = "bad_attribute"
+BAD_TIMESTAMP = "bad_timestamp"
+
+
+class BadActivity(ValueError):
+    """Raised by `parse_activity`; `reason` is one short code, `detail` says what to fix."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# --- time ---------------------------------------------------------------------------
+
+MS_PER_UNIT = {
+    "minutes": 60_000,
+    "hours": 3_600_000,
+    "days": 86_400_000,
+    "weeks": 7 * 86_400_000,
+    "months": 30 * 86_400_000,  # a month is 30 days, by definition of the rule language
+}
+MS_PER_DAY = MS_PER_UNIT["days"]
+_MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def parse_timestamp(value: Any) -> int:
+    """RFC 3339 text (with an offset) or epoch milliseconds -> epoch milliseconds (UTC).
+
+    Raises ValueError with a message that says what is accepted.
+    """
+    if isinstance(value, bool):
+        raise ValueError("a timestamp is RFC 3339 text or epoch milliseconds, not true/false")
+    if isinstance(value, int):
+        ms = value
+    elif isinstance(value, float) and value.is_integer():
+        ms = int(value)
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not RFC 3339; write it like 2026-11-22T10:00:00Z"
+            ) from None
+        if parsed.tzinfo is None:
+            raise ValueError(f"{value!r} has no UTC offset; add Z or +HH:MM")
+        since_epoch = parsed - _EPOCH
+        ms = (
+            since_epoch.days * MS_PER_DAY
+            + since_epoch.seconds * 1000
+            + since_epoch.microseconds // 1000
+        )
+    else:
+        raise ValueError(
+            f"a timestamp is RFC 3339 text or epoch milliseconds, not {type(value).__name__}"
+        )
+    if not _MIN_MS <= ms <= _MAX_MS:
+        raise ValueError(f"{value!r} is outside the years 1 to 9999")
+    return ms
+
+
+
+def format_timestamp(ms: int) -> str:
+    """Epoch milliseconds -> RFC 3339 text in UTC, millisecond precision."""
+    seconds, millis = divmod(ms, 1000)
+    dt = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
+
+
+# --- attribute schemas --------------------------------------------------------------
+
+ATTRIBUTE_TYPES = ("string", "number", "boolean", "date", "object", "any")
+
+
+class AttributeSpec(NamedTuple):
+    type: str
+    required: bool = False
+    enum: tuple | None = None
+
+
+class ActivityType(NamedTuple):
+    """An activity type: its attributes and, where it has one, the selective attribute
+    (`indexed_by`) whose exact value keys the trigger index."""
+
+    name: str
+    attributes: Mapping[str, AttributeSpec]
+    indexed_by: str | None = None
+
+
+def _spec(type_: str, required: bool = False, enum: tuple | None = None) -> AttributeSpec:
+    return AttributeSpec(type_, required, enum)
+
+
+_STR = _spec("string")
+_REQ_STR = _spec("string", True)
+
+BUILTIN_TYPES: dict[str, ActivityType] = {
+    t.name: t
+    for t in (
+        ActivityType(
+            "visit_web_page",
+            {"url": _REQ_STR, "referrer": _STR, "query": _STR},
+            "url",
+        ),
+        ActivityType("fill_out_form", {"form": _REQ_STR, "fields": _spec("object")}, "form"),
+        ActivityType("click_link_in_email", {"email": _REQ_STR, "link": _REQ_STR}, "email"),
+        ActivityType("open_email", {"email": _REQ_STR}, "email"),
+        ActivityType("email_delivered", {"email": _REQ_STR}, "email"),
+        ActivityType(
+            "email_bounced",
+            {"email": _REQ_STR, "category": _spec("string", True, ("hard", "soft"))},
+            "email",
+        ),
+        ActivityType("unsubscribe_email", {"email": _STR}, "email"),
+        ActivityType(
+            "data_value_changes",
+            {"attribute": _REQ_STR, "old_value": _spec("any"), "new_value": _spec("any")},
+            "attribute",
+        ),
+        ActivityType(
+            "change_score", {"delta": _spec("number", True), "new_score": _spec("number")}
+        ),
+        ActivityType("added_to_list", {"list": _REQ_STR}, "list"),
+        ActivityType("removed_from_list", {"list": _REQ_STR}, "list"),
+        ActivityType("campaign_requested", {"campaign": _REQ_STR, "source": _STR}, "campaign"),
+        ActivityType(
+            "mobile_app_event",
+            {"app": _REQ_STR, "event": _REQ_STR, "properties": _spec("object")},
+            "event",
+        ),
+        ActivityType(
+            "device_event",
+            {"device": _REQ_STR, "event": _REQ_STR, "properties": _spec("object")},
+            "event",
+        ),
+    )
+}
+
+# Attributes every lead has; tenants add their own in settings.lead_attributes.
+BUILTIN_LEAD_ATTRIBUTES: dict[str, str] = {
+    "email": "string",
+    "first_name": "string",
+    "last_name": "string",
+    "company": "string",
+    "title": "string",
+    "phone": "string",
+    "city": "string",
+    "state": "string",
+    "country": "string",
+    "lead_source": "string",
+    "created_at": "date",
+    "unsubscribed": "boolean",
+    "email_invalid": "boolean",
+}
+
+
+class ActivityTypes:
+    """The activity types each tenant may send: the built-ins plus its custom types."""
+
+    def __init__(self, custom: Mapping[str, Mapping[str, ActivityType]] | None = None):
+        self._custom = {tenant: dict(types) for tenant, types in (custom or {}).items()}
+
+    def lookup(self, tenant: str, type_name: str) -> ActivityType | None:
+        found = BUILTIN_TYPES.get(type_name)
+        if found is not None:
+            return found
+        custom = self._custom.get(tenant)
+        return custom.get(type_name) if custom else None
+
+    def names(self, tenant: str) -> list[str]:
+        return sorted(set(BUILTIN_TYPES) | set(self._custom.get(tenant, ())))
+
+    def custom(self) -> dict[str, dict[str, ActivityType]]:
+        return {tenant: dict(types) for tenant, types in self._custom.items()}
+
+
+def value_has_type(value: Any, type_: str) -> bool:
+    """Whether a JSON value fits an attribute type; dates must already be normalized."""
+    if type_ == "any":
+        return True
+    if type_ == "string":
+        return isinstance(value, str)
+    if type_ == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if type_ == "boolean":
+        return isinstance(value, bool)
+    if type_ == "object":
+        return isinstance(value, dict)
+    if type_ == "date":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return False
+
+
+def _json_type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _validate_attributes(type_: ActivityType, attributes: Any) -> dict:
+    if attributes is None:
+        attributes = {}
+    if not isinstance(attributes, dict):
+        raise BadActivity(
+            BAD_FIELD, f"attributes must be a JSON object, not {_json_type_name(attributes)}"
+        )
+    specs = type_.attributes
+    normalized = None
+    for name, value in attributes.items():
+        spec = specs.get(name)
+        if spec is None:
+            known = ", ".join(specs) or "none"
+            raise BadActivity(
+                BAD_ATTRIBUTE,
+                f"unknown attribute {name!r} for {type_.name} (its attributes: {known})",
+            )
+        if value is None:
+            if spec.required:
+                raise BadActivity(BAD_ATTRIBUTE, f"{type_.name}.{name} is required, got null")
+            continue
+        if spec.type == "date":
+            try:
+                ms = parse_timestamp(value)
+            except ValueError as err:
+                raise BadActivity(BAD_ATTRIBUTE, f"{type_.name}.{name}: {err}") from None
+            if ms != value:
+                if normalized is None:
+                    normalized = dict(attributes)
+                normalized[name] = ms
+            continue
+        if not value_has_type(value, spec.type):
+            raise BadActivity(
+                BAD_ATTRIBUTE,
+                f"{type_.name}.{name} must be {spec.type}, got {_json_type_name(value)}",
+            )
+        if spec.enum is not None and value not in spec.enum:
+            raise BadActivity(
+                BAD_ATTRIBUTE,
+                f"{type_.name}.{name} must be one of {', '.join(spec.enum)}, got {value!r}",
+            )
+    for name, spec in specs.items():
+        if spec.required and attributes.get(name) is None:
+            raise BadActivity(BAD_ATTRIBUTE, f"{type_.name} needs attribute {name!r}")
+    return attributes if normalized is None else normalized
+
+
+def _identifier(obj: dict, field: str) -> str:
+    value = obj[field]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BadActivity(
+            BAD_FIELD, f"{field} must be a string or an integer, not {_json_type_name(value)}"
+        )
+    text = str(value)
+    if not text:
+        raise BadActivity(BAD_FIELD, f"{field} must not be empty")
+    return text
+
+
+def parse_activity(raw: str | bytes | Mapping, types: ActivityTypes) -> Activity:
+    """Raw JSON (text, bytes or an already decoded object) -> a validated Activity.
+
+    Raises BadActivity(reason, detail) for anything that is not a valid activity of a
+    type the tenant may send.
+    """
+    if isinstance(raw, (str, bytes, bytearray)):
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise BadActivity(MALFORMED_JSON, str(err)) from None
+    else:
+        obj = raw
+    if not isinstance(obj, dict):
+        raise BadActivity(
+            MALFORMED_JSON, f"an activity is a JSON object, not {_json_type_name(obj)}"
+        )
+    missing = [field for field in REQUIRED_FIELDS if obj.get(field) is None]
+    if missing:
+        raise BadActivity(MISSING_FIELD, "missing " + ", ".join(missing))
+    if len(obj) > 5:
+        extra = [key for key in obj if key not in ACTIVITY_FIELDS]
+        if extra:
+            raise BadActivity(
+                BAD_FIELD,
+                f"unknown field {extra[0]!r}; an activity has {', '.join(ACTIVITY_FIELDS)}",
+            )
+    tenant = _identifier(obj, "tenant")
+    type_name = obj["type"]
+    if not isinstance(type_name, str):
+        raise BadActivity(BAD_FIELD, f"type must be a string, not {_json_type_name(type_name)}")
+    type_ = types.lookup(tenant, type_name)
+    if type_ is None:
+        raise BadActivity(
+            UNKNOWN_TYPE,
+            f"{type_name!r} is neither a built-in type nor a custom type of tenant {tenant!r}",
+        )
+    try:
+        occurred_at = parse_timestamp(obj["occurred_at"])
+    except ValueError as err:
+        raise BadActivity(BAD_TIMESTAMP, f"occurred_at: {err}") from None
+    return Activity(
+        _identifier(obj, "event_id"),
+        tenant,
+        _identifier(obj, "lead_id"),
+        type_name,
+        occurred_at,
+        _validate_attributes(type_, obj.get("attributes")),
+    )
+
+
+def activity_sort_key(activity: Activity) -> tuple[int, str]:
+    """A lead's activities are evaluated in event-time order, ties broken by event id."""
+    return (activity.occurred_at, activity.event_id)

@@ -1,0 +1,189 @@
+"""The `orion` command line.
+
+    orion run                           # the graph on the DirectRunner over the samples
+    orion run --events 'in/*.jsonl' --store sqlite:///data/a.db --direct_num_workers=2
+    orion evaluate                      # the shipped sample rules and events, into ./orion-data/
+    orion evaluate --rules DIR --events FILE.jsonl
+    orion rules validate DIR            # every error, with file:line; non-zero exit if any
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLE_RULES = SAMPLES / "rules"
+SAMPLE_EVENTS = SAMPLES / "events.jsonl"
+DEFAULT_DATA_DIR = Path("orion-data")
+
+
+DEFAULT_STORE = f"sqlite:///{DEFAULT_DATA_DIR / 'activities.db'}"
+
+
+def _add_run(commands) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="run the activity graph (Beam) over files or a Pub/Sub subscription",
+        description="Run the activity graph: parse, order each lead's activities, evaluate "
+        "triggers, store every activity, write outcomes and dead letters. With no options: "
+        "the shipped sample rules and events on the DirectRunner, into ./orion-data/. Any "
+        "option not listed here goes to Beam unchanged (for example --runner, "
+        "--direct_num_workers=2 --direct_running_mode=multi_processing).",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--events", default=str(SAMPLE_EVENTS),
+                        help="JSONL files, a path or a glob; bounded (default: the shipped samples)")
+    source.add_argument("--subscription", metavar="projects/P/subscriptions/S",
+                        help="read a Pub/Sub subscription, streaming (the emulator through "
+                        "PUBSUB_EMULATOR_HOST); messages carry one activity, a JSON array or JSONL")
+    parser.add_argument("--rules", type=Path, default=SAMPLE_RULES,
+                        help="rules directory (default: the shipped samples)")
+    parser.add_argument("--templates", type=Path, action="append", default=[],
+                        help="extra template folder (repeatable)")
+    parser.add_argument("--store", default=DEFAULT_STORE,
+                        help="activity store URI (default: %(default)s)")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="where outcomes-*.jsonl and dead-letters-*.jsonl go (default: %(default)s)")
+    parser.add_argument("--allowed-lateness", type=float, default=60.0, metavar="SECONDS",
+                        help="how far behind the watermark (or, in a file, behind the newest "
+                        "earlier line) an activity may arrive and still be evaluated in order; "
+                        "later ones go to the dead letters as late (default: %(default)s)")
+    parser.add_argument("--dedup-span", type=float, default=24.0, metavar="HOURS",
+                        help="how long, in event time, a lead remembers event ids to drop "
+                        "duplicate deliveries (default: %(default)s)")
+    parser.add_argument("--duration", type=float, metavar="SECONDS",
+                        help="with --subscription: stop after this long (default: until Ctrl-C)")
+    parser.set_defaults(handler=_run, beam_args_allowed=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from orion.rules import RuleErrors, load_rules
+    from orion.runners.direct import RunConfig, run
+
+    try:
+        rules = load_rules(args.rules, args.templates)
+    except RuleErrors as errors:
+        return _report_rule_errors(args.rules, errors)
+    print(f"rules: {args.rules}\n{rules.summary()}")
+    config = RunConfig(
+        rules_dir=str(args.rules),
+        template_dirs=tuple(str(t) for t in args.templates),
+        events=None if args.subscription else args.events,
+        subscription=args.subscription,
+        store_uri=args.store,
+        out_dir=args.out_dir,
+        allowed_lateness_ms=int(args.allowed_lateness * 1000),
+        dedup_span_ms=int(args.dedup_span * 3_600_000),
+        duration_s=args.duration,
+        beam_args=tuple(args.beam_args),
+    )
+    run(config)
+    print(f"store:        {args.store}\noutcomes:     {args.out_dir}/outcomes-*.jsonl\n"
+          f"dead letters: {args.out_dir}/dead-letters-*.jsonl")
+    return 0
+
+
+def _report_rule_errors(rules_dir, errors) -> int:
+    print(f"orion: the rules in {rules_dir} have {len(errors.errors)} error(s):", file=sys.stderr)
+    for error in errors.errors:
+        print(f"  {error}", file=sys.stderr)
+    return 2
+
+
+def _add_evaluate(commands) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="evaluate a JSONL file of activities against rules, lead by lead",
+        description="Evaluate each lead's activities in event-time order against the rules; "
+        "write outcomes and dead letters as JSONL. With no options: the shipped sample "
+        "rules and events, output into ./orion-data/.",
+    )
+    parser.add_argument("--rules", type=Path, default=SAMPLE_RULES,
+                        help="rules directory (default: the shipped samples)")
+    parser.add_argument("--events", default=str(SAMPLE_EVENTS),
+                        help="JSONL activities, one per line; - for standard input "
+                        "(default: the shipped sample events)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_DATA_DIR / "outcomes.jsonl",
+                        help="where outcomes go (default: %(default)s)")
+    parser.add_argument("--dead-letters", type=Path, default=DEFAULT_DATA_DIR / "dead-letters.jsonl",
+                        help="where bad events go, with their reason (default: %(default)s)")
+    parser.add_argument("--templates", type=Path, action="append", default=[],
+                        help="extra template folder (repeatable)")
+    parser.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from orion.file_evaluation import evaluate_file
+    from orion.rules import RuleErrors, load_rules
+
+    try:
+        rules = load_rules(args.rules, args.templates)
+    except RuleErrors as errors:
+        return _report_rule_errors(args.rules, errors)
+    if args.events != "-" and not Path(args.events).is_file():
+        print(f"orion: no such events file: {args.events}", file=sys.stderr)
+        return 2
+    for path in (args.out, args.dead_letters):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"rules: {args.rules}\n{rules.summary()}")
+    with open(args.out, "w", encoding="utf-8") as outcomes, \
+            open(args.dead_letters, "w", encoding="utf-8") as dead_letters:
+        summary = evaluate_file(rules, args.events, outcomes, dead_letters)
+    print(summary.render())
+    print(f"outcomes:     {args.out}\ndead letters: {args.dead_letters}")
+    return 0
+
+
+def _add_rules(commands) -> None:
+    parser = commands.add_parser("rules", help="work with rule files")
+    rules_commands = parser.add_subparsers(dest="rules_command", required=True)
+    validate = rules_commands.add_parser(
+        "validate",
+        help="check every rule file in a directory; list all errors",
+        description="Check every *.yaml under DIR against the schema and for meaning. Prints "
+        "every error as file:line: message and exits 1 if there is any.",
+    )
+    validate.add_argument("directory", type=Path, metavar="DIR")
+    validate.add_argument("--templates", type=Path, action="append", default=[],
+                          help="extra template folder (repeatable)")
+    validate.set_defaults(handler=_validate)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from orion.rules import check_rules, load_rules
+
+    errors = check_rules(args.directory, args.templates)
+    for error in errors:
+        print(error)
+    if errors:
+        print(f"{len(errors)} error(s)", file=sys.stderr)
+        return 1
+    print(load_rules(args.directory, args.templates).summary())
+    print("rules are valid")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orion",
+        description="Orion: customer activity in, trigger rules evaluated per lead, campaigns out.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(commands)
+    _add_evaluate(commands)
+    _add_rules(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "beam_args_allowed", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.beam_args = unknown
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

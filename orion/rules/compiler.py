@@ -1,0 +1,660 @@
+"""Loading a rules directory: every file is schema-checked, then each tenant's settings and
+campaigns are checked for meaning (unknown activity types, attributes, lists, templates
+and campaigns; operators that do not suit an attribute; bad regular expressions and
+logic; duplicate names; request_campaign cycles) and compiled once into a `RuleSet`.
+
+All errors are collected, each with file:line and how to fix it; `load_rules` raises
+`RuleErrors` holding every one of them, `check_rules` returns them.
+
+    python -m orion.cli rules validate orion/samples/rules
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from orion.activities import (
+    BUILTIN_LEAD_ATTRIBUTES,
+    BUILTIN_TYPES,
+    MS_PER_DAY,
+    MS_PER_UNIT,
+    ActivityType,
+    ActivityTypes,
+    AttributeSpec,
+    parse_timestamp,
+)
+from orion.rules.index import TenantRules, RuleSet
+from orion.rules.logic import LogicError, parse_logic
+from orion.rules.model import (
+    Campaign,
+    Filter,
+    HistoryCounter,
+    LeadState,
+    Trigger,
+    attribute_getter,
+    day_of,
+)
+from orion.rules.operators import OperandError, compile_conditions
+from orion.rules.schema import STEP_KINDS
+from orion.rules.source import (
+    LineDict,
+    RuleError,
+    RuleErrors,
+    RuleFile,
+    line_of,
+    read_rule_file,
+    rule_files,
+    suggest,
+)
+
+BUILTIN_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATE_SUFFIX = ".j2"
+DEFAULT_PRIORITY = 100
+
+
+def load_rules(directory: str | Path, template_dirs: Iterable[str | Path] = ()) -> RuleSet:
+    """Load, check and compile every rule file under `directory`.
+
+    Raises RuleErrors with every error found.
+    """
+    rules, errors = _compile_directory(Path(directory), [Path(d) for d in template_dirs])
+    if errors:
+        raise RuleErrors(errors)
+    return rules
+
+
+def check_rules(directory: str | Path, template_dirs: Iterable[str | Path] = ()) -> list[RuleError]:
+    """Every error in the rules under `directory`, sorted by file and line."""
+    _, errors = _compile_directory(Path(directory), [Path(d) for d in template_dirs])
+    return RuleErrors(errors).errors
+
+
+def template_search_path(rules_dir: Path, tenant: str, extra: list[Path]) -> list[Path]:
+    """Where a tenant's send_email templates are looked up, first match wins: the
+    tenant's own folder, the shared folder of the rules directory, any extra folders,
+    then the templates shipped with Orion."""
+    return [rules_dir / "templates" / tenant, rules_dir / "templates", *extra, BUILTIN_TEMPLATE_DIR]
+
+
+# --- per-tenant compilation ---------------------------------------------------------
+
+
+class _Settings:
+    def __init__(self) -> None:
+        self.lists: set[str] = set()
+        self.lead_attributes: dict[str, str] = dict(BUILTIN_LEAD_ATTRIBUTES)
+        self.activity_types: dict[str, ActivityType] = {}
+        self.limits: dict[str, int] = {}
+        self.seen: dict[tuple, str] = {}  # what was declared where, for clash messages
+
+
+class _TenantCompiler:
+    def __init__(self, tenant: str, files: list[RuleFile], rules_dir: Path, template_dirs: list[Path]):
+        self.tenant = tenant
+        self.files = files
+        self.rules_dir = rules_dir
+        self.template_dirs = template_dirs
+        self.errors: list[RuleError] = []
+        self.settings = _Settings()
+        self.counters: dict[str, HistoryCounter] = {}
+        self.checked_templates: dict[str, str | None] = {}
+
+    def error(self, file: RuleFile, path: Iterable[Any], message: str) -> None:
+        self.errors.append(RuleError(file.path, line_of(file.doc, list(path)), message))
+
+    # settings -------------------------------------------------------------------
+
+    def read_settings(self) -> None:
+        s = self.settings
+        for file in self.files:
+            settings = file.doc.get("settings")
+            if not isinstance(settings, dict) or ("settings",) in file.broken:
+                continue
+            base = ("settings",)
+            if not file.is_broken(*base, "lists"):
+                s.lists.update(settings.get("lists", ()))
+            limits = settings.get("communication_limits")
+            if limits is not None and not file.is_broken(*base, "communication_limits"):
+                if ("limits",) in s.seen:
+                    self.error(file, base + ("communication_limits",),
+                               f"communication_limits of tenant {self.tenant!r} are already set at "
+                               f"{s.seen[('limits',)]}; keep one")
+                else:
+                    s.seen[("limits",)] = f"{file.path}:{line_of(file.doc, base + ('communication_limits',))}"
+                    s.limits = dict(limits)
+            for name, type_ in settings.get("lead_attributes", {}).items():
+                path = base + ("lead_attributes", name)
+                if file.is_broken(*path) or ("settings", "lead_attributes") in file.broken:
+                    continue
+                if name in BUILTIN_LEAD_ATTRIBUTES:
+                    self.error(file, path, f"lead attribute {name!r} is built in; remove it from lead_attributes")
+                elif ("lead", name) in s.seen:
+                    self.error(file, path, f"lead attribute {name!r} is already declared at {s.seen[('lead', name)]}")
+                else:
+                    s.seen[("lead", name)] = f"{file.path}:{line_of(file.doc, path)}"
+                    s.lead_attributes[name] = type_
+            for name, decl in settings.get("activity_types", {}).items():
+                if file.is_broken(*base, "activity_types", name) or (*base, "activity_types") in file.broken:
+                    continue
+                self.read_activity_type(file, base + ("activity_types", name), name, decl)
+
+    def read_activity_type(self, file: RuleFile, path: tuple, name: str, decl: dict) -> None:
+        s = self.settings
+        if name in BUILTIN_TYPES:
+            self.error(file, path, f"{name!r} is a built-in activity type; give the custom type another name")
+            return
+        if ("type", name) in s.seen:
+            self.error(file, path, f"activity type {name!r} is already declared at {s.seen[('type', name)]}")
+            return
+        attributes = {}
+        for attr, spec in decl["attributes"].items():
+            if isinstance(spec, str):
+                attributes[attr] = AttributeSpec(spec)
+            else:
+                enum = tuple(spec["enum"]) if "enum" in spec else None
+                if enum is not None and spec["type"] != "string":
+                    self.error(file, path + ("attributes", attr, "enum"),
+                               "enum applies to string attributes only; set type: string or drop enum")
+                attributes[attr] = AttributeSpec(spec["type"], bool(spec.get("required", False)), enum)
+        indexed_by = decl.get("indexed_by")
+        if indexed_by is not None and (indexed_by not in attributes or attributes[indexed_by].type != "string"):
+            self.error(file, path + ("indexed_by",),
+                       f"indexed_by must name a string attribute of {name!r}; "
+                       f"its string attributes: {', '.join(a for a, sp in attributes.items() if sp.type == 'string') or 'none'}")
+            indexed_by = None
+        s.seen[("type", name)] = f"{file.path}:{line_of(file.doc, path)}"
+        s.activity_types[name] = ActivityType(name, attributes, indexed_by)
+
+    def activity_type(self, name: str) -> ActivityType | None:
+        return BUILTIN_TYPES.get(name) or self.settings.activity_types.get(name)
+
+    # conditions -----------------------------------------------------------------
+
+    def compile_where(self, file: RuleFile, path: tuple, type_: ActivityType, where: dict) -> tuple | None:
+        """`where` of a trigger or history filter -> ((getter, predicate), ...), or None."""
+        conditions = []
+        ok = True
+        for attr, ops in where.items():
+            attr_path = path + (attr,)
+            if file.is_broken(*attr_path):
+                ok = False
+                continue
+            head, _, rest = str(attr).partition(".")
+            spec = type_.attributes.get(head)
+            if spec is None:
+                self.error(file, attr_path,
+                           f"{type_.name} has no attribute {head!r}{suggest(head, type_.attributes)}; "
+                           f"its attributes: {', '.join(type_.attributes) or 'none'}")
+                ok = False
+                continue
+            attr_type = spec.type
+            if rest:
+                if spec.type != "object":
+                    self.error(file, attr_path, f"{type_.name}.{head} is {spec.type}, so it has no field {rest!r}")
+                    ok = False
+                    continue
+                attr_type = "any"
+            try:
+                conditions.append((attribute_getter(str(attr)), compile_conditions(ops, attr_type)))
+            except OperandError as err:
+                self.error(file, attr_path, f"{type_.name}.{attr}: {err}")
+                ok = False
+                continue
+            if spec.enum and rest == "":
+                for op in ("is", "is_not", "in", "not_in"):
+                    values = ops.get(op)
+                    for value in values if isinstance(values, list) else [values] if values is not None else []:
+                        if value not in spec.enum:
+                            self.error(file, attr_path,
+                                       f"{type_.name}.{head} is one of {', '.join(spec.enum)}, never {value!r}")
+                            ok = False
+            self.check_list_value(file, attr_path, type_, head, ops)
+        return tuple(conditions) if ok else None
+
+    def check_list_value(self, file: RuleFile, path: tuple, type_: ActivityType, attr: str, ops: dict) -> None:
+        if attr != "list" or type_.name not in ("added_to_list", "removed_from_list"):
+            return
+        for op in ("is", "in"):
+            values = ops.get(op)
+            for value in values if isinstance(values, list) else [values] if values is not None else []:
+                if isinstance(value, str):
+                    self.check_list(file, path, value)
+
+    def check_list(self, file: RuleFile, path: tuple, name: str) -> bool:
+        if name in self.settings.lists:
+            return True
+        known = sorted(self.settings.lists)
+        self.error(file, path,
+                   f"unknown list {name!r}{suggest(name, known)}; declare it under settings.lists "
+                   f"(tenant {self.tenant!r} has: {', '.join(known) or 'no lists'})")
+        return False
+
+    def compile_filters(self, file: RuleFile, path: tuple, filters: list) -> tuple[Filter, ...] | None:
+        compiled = []
+        ok = True
+        for i, spec in enumerate(filters):
+            if file.is_broken(*path, i):
+                ok = False
+                continue
+            made = self.compile_filter(file, path + (i,), i + 1, spec)
+            if made is None:
+                ok = False
+            else:
+                compiled.append(made)
+        return tuple(compiled) if ok else None
+
+    def compile_filter(self, file: RuleFile, path: tuple, number: int, spec: dict) -> Filter | None:
+        kind, body = next(iter(spec.items()))
+        here = path + (kind,)
+        if kind == "lead":
+            conditions = []
+            for attr, ops in body.items():
+                attr_type = self.settings.lead_attributes.get(attr)
+                if attr_type is None:
+                    known = sorted(self.settings.lead_attributes)
+                    self.error(file, here + (attr,),
+                               f"unknown lead attribute {attr!r}{suggest(attr, known)}; "
+                               "declare it under settings.lead_attributes")
+                    return None
+                try:
+                    conditions.append((attr, compile_conditions(ops, attr_type)))
+                except OperandError as err:
+                    self.error(file, here + (attr,), f"lead.{attr}: {err}")
+                    return None
+            described = " and ".join(_describe_ops(attr, ops) for attr, ops in body.items())
+
+            def test(state: LeadState, now: int, conditions=tuple(conditions)) -> bool:
+                attributes = state.attributes
+                return all(pred(attributes.get(attr), now) for attr, pred in conditions)
+
+            return Filter(number, described, test)
+        if kind == "score":
+            try:
+                predicate = compile_conditions(body, "number")
+            except OperandError as err:
+                self.error(file, here, f"score: {err}")
+                return None
+            return Filter(number, _describe_ops("score", body), lambda state, now: predicate(state.score, now))
+        if kind in ("member_of_list", "not_member_of_list"):
+            if not self.check_list(file, here, body):
+                return None
+            if kind == "member_of_list":
+                return Filter(number, f"member of list {body!r}", lambda state, now: body in state.lists)
+            return Filter(number, f"not member of list {body!r}", lambda state, now: body not in state.lists)
+        return self.compile_history_filter(file, here, number, body)
+
+    def compile_history_filter(self, file: RuleFile, path: tuple, number: int, body: dict) -> Filter | None:
+        type_ = self.activity_type(body["activity"])
+        if type_ is None:
+            self.unknown_activity_type(file, path + ("activity",), body["activity"])
+            return None
+        window = body["in_past"]
+        if window["unit"] in ("minutes", "hours"):
+            self.error(file, path + ("in_past",),
+                       "activity history is counted per day; give in_past in days, weeks or months")
+            return None
+        where = body.get("where", {})
+        conditions = self.compile_where(file, path + ("where",), type_, where)
+        if conditions is None:
+            return None
+        at_least = body.get("at_least")
+        at_most = body.get("at_most")
+        if at_least is None and at_most is None:
+            at_least = 1
+        if at_least is not None and at_most is not None and at_least > at_most:
+            self.error(file, path, f"at_least {at_least} is more than at_most {at_most}; no lead can match")
+            return None
+        low = at_least or 0
+        high = at_most if at_most is not None else float("inf")
+        days = window["n"] * MS_PER_UNIT[window["unit"]] // MS_PER_DAY
+        key = json.dumps([type_.name, where], sort_keys=True, separators=(",", ":"))
+        known = self.counters.get(key)
+        retention = max(days + 1, known.retention_days if known else 0)
+        self.counters[key] = HistoryCounter(key, type_.name, conditions, retention)
+
+        def test(state: LeadState, now: int) -> bool:
+            per_day = state.history.get(key)
+            if not per_day:
+                return low == 0
+            first_day = day_of(now) - days
+            count = sum(n for day, n in per_day.items() if day >= first_day)
+            return low <= count <= high
+
+        times = f"at least {low}" if at_most is None else (
+            f"at most {at_most}" if at_least is None else f"{low} to {at_most}")
+        where_text = " where " + " and ".join(_describe_ops(a, o) for a, o in where.items()) if where else ""
+        return Filter(number, f"{type_.name}{where_text} {times} times in past {window['n']} {window['unit']}", test)
+
+    def unknown_activity_type(self, file: RuleFile, path: tuple, name: str) -> None:
+        known = sorted(set(BUILTIN_TYPES) | set(self.settings.activity_types))
+        self.error(file, path,
+                   f"unknown activity type {name!r}{suggest(name, known)}; use a built-in type or "
+                   "declare it under settings.activity_types")
+
+    # campaigns ------------------------------------------------------------------
+
+    def compile_campaigns(self) -> dict[str, Campaign]:
+        campaigns: dict[str, Campaign] = {}
+        where_defined: dict[str, str] = {}
+        requests: dict[str, list[tuple[str, RuleFile, tuple]]] = {}
+        removals: list[tuple[str, RuleFile, tuple]] = []
+        for file in self.files:
+            for i, spec in enumerate(file.doc.get("campaigns") or ()):
+                path = ("campaigns", i)
+                if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+                    continue
+                name = spec["name"]
+                if name in where_defined:
+                    self.error(file, path + ("name",),
+                               f"campaign {name!r} is already defined at {where_defined[name]}; "
+                               "campaign names must be unique within a tenant")
+                    continue
+                where_defined[name] = f"{file.path}:{line_of(file.doc, path)}"
+                found_requests: list[tuple[str, RuleFile, tuple]] = []
+                campaign = self.compile_campaign(file, path, spec, found_requests, removals)
+                requests[name] = found_requests
+                if campaign is not None:
+                    campaigns[name] = campaign
+        self.check_campaign_references(where_defined, requests, removals)
+        ordered = sorted(campaigns.values(), key=lambda c: (c.priority, c.name))
+        return {c.name: c._replace(rank=rank) for rank, c in enumerate(ordered)}
+
+    def compile_campaign(self, file: RuleFile, path: tuple, spec: dict,
+                         requests: list, removals: list) -> Campaign | None:
+        errors_before = len(self.errors)
+
+        def part(key: str, default: Any, container: bool = False) -> Any:
+            """The campaign's `key`, or None where the schema check found it broken (for
+            lists, only when the list itself is broken: its good items are still checked)."""
+            broken = (*path, key) in file.broken if container else file.is_broken(*path, key)
+            return None if broken else spec.get(key, default)
+
+        kind = part("type", "trigger")
+        triggers_spec = part("triggers", [], container=True)
+        if kind == "trigger":
+            if triggers_spec == []:
+                self.error(file, path, f"trigger campaign {spec['name']!r} needs at least one entry under "
+                           "triggers (or set type: batch for a scheduled send)")
+            if "schedule" in spec:
+                self.error(file, path + ("schedule",), "schedule belongs to batch campaigns; set type: batch "
+                           "or remove schedule")
+        elif kind == "batch":
+            for key in ("triggers", "qualification"):
+                if key in spec:
+                    self.error(file, path + (key,), f"{key} belongs to trigger campaigns; a batch campaign "
+                               "selects its leads with filters")
+        filters_spec = part("filters", [], container=True)
+        filters = self.compile_filters(file, path + ("filters",), filters_spec) if filters_spec is not None else None
+        logic_text = part("logic", "all")
+        logic = None
+        if logic_text is not None and filters_spec is not None:
+            try:
+                logic = parse_logic(logic_text, len(filters_spec))
+            except LogicError as err:
+                self.error(file, path + ("logic",), f"{err}")
+        qualification, interval, qualification_text = self.read_qualification(part("qualification", "once") or "once")
+        schedule_spec = part("schedule", None)
+        schedule = self.read_schedule(file, path + ("schedule",), schedule_spec)
+        flow_spec = part("flow", [], container=True)
+        flow = self.check_flow(file, path + ("flow",), flow_spec or [], requests, removals)
+        if len(self.errors) > errors_before or file.is_broken(*path) or filters is None or logic is None:
+            # Still check the triggers, so every error is reported in one pass.
+            for j, trigger in enumerate(triggers_spec or []):
+                self.compile_trigger(file, path + ("triggers", j), trigger, None)
+            return None
+        campaign = Campaign(
+            tenant=self.tenant,
+            name=spec["name"],
+            kind=kind,
+            active=spec.get("status", "active") == "active",
+            priority=spec.get("priority", DEFAULT_PRIORITY),
+            triggers=(),
+            filters=filters,
+            logic=logic,
+            logic_text=logic_text.strip().lower() if logic_text.strip().lower() in ("all", "any") else logic_text,
+            qualification=qualification,
+            interval_ms=interval,
+            qualification_text=qualification_text,
+            flow=flow,
+            schedule=schedule,
+            file=file.path,
+            line=line_of(file.doc, list(path)),
+        )
+        triggers = []
+        for j, trigger in enumerate(triggers_spec or []):
+            made = self.compile_trigger(file, path + ("triggers", j), trigger, campaign)
+            if made is not None:
+                triggers.append(made)
+        if len(self.errors) > errors_before or file.is_broken(*path):
+            return None
+        return campaign._replace(triggers=tuple(triggers))
+
+    def compile_trigger(self, file: RuleFile, path: tuple, spec: dict, campaign: Campaign | None) -> Trigger | None:
+        if not isinstance(spec, dict) or file.is_broken(*path, "activity") or "activity" not in spec:
+            return None
+        type_ = self.activity_type(spec["activity"])
+        if type_ is None:
+            self.unknown_activity_type(file, path + ("activity",), spec["activity"])
+            return None
+        if (*path, "where") in file.broken:
+            return None
+        where = spec.get("where", {})
+        conditions = self.compile_where(file, path + ("where",), type_, where)
+        if conditions is None:
+            return None
+        key_values = None
+        residual = conditions
+        selective = type_.indexed_by
+        ops = where.get(selective, {}) if selective is not None else {}
+        keyed_by = "is" if "is" in ops else "in" if "in" in ops else None
+        if keyed_by is not None:
+            operand = ops[keyed_by]
+            values = [operand] if keyed_by == "is" else operand
+            key_values = tuple(dict.fromkeys(v.casefold() for v in values))
+            residual = tuple(c for attr, c in zip(where, conditions) if attr != selective)
+            remaining = {op: v for op, v in ops.items() if op != keyed_by}
+            if remaining:
+                residual += ((attribute_getter(selective), compile_conditions(remaining, "string")),)
+        return Trigger(campaign, type_.name, conditions, residual, selective, key_values)
+
+    def read_qualification(self, spec: Any) -> tuple[str, int, str]:
+        if isinstance(spec, dict):
+            every = spec["once_every"]
+            return "once_every", every["n"] * MS_PER_UNIT[every["unit"]], f"once every {every['n']} {every['unit']}"
+        return spec, 0, spec.replace("_", " ")
+
+    def read_schedule(self, file: RuleFile, path: tuple, spec: dict | None) -> dict | None:
+        if spec is None:
+            return None
+        schedule: dict[str, Any] = {}
+        for key in ("at", "starting"):
+            if key in spec:
+                try:
+                    schedule[key] = parse_timestamp(spec[key])
+                except ValueError as err:
+                    self.error(file, path + (key,), f"schedule.{key}: {err}")
+        if "every" in spec:
+            schedule["every_ms"] = spec["every"]["n"] * MS_PER_UNIT[spec["every"]["unit"]]
+        if "at" in spec and ("every" in spec or "starting" in spec):
+            self.error(file, path, "a schedule is either `at` (once) or `every` with an optional `starting`")
+        if "starting" in spec and "every" not in spec:
+            self.error(file, path, "`starting` goes with `every`; for a single send use `at`")
+        return schedule
+
+    # flow -----------------------------------------------------------------------
+
+    def check_flow(self, file: RuleFile, path: tuple, steps: list, requests: list, removals: list) -> tuple:
+        for i, step in enumerate(steps):
+            here = path + (i,)
+            if file.is_broken(*here):
+                continue
+            actions = [k for k in step if k in STEP_KINDS]
+            if len(actions) > 1:
+                self.error(file, here, f"a flow step does one thing, this one has {', '.join(actions)}; "
+                           "split it into separate steps")
+            elif not actions and "choices" not in step:
+                self.error(file, here, f"empty flow step; give one of {', '.join(STEP_KINDS)}")
+            for kind in actions:
+                self.check_action(file, here, kind, step[kind], requests, removals)
+            for j, choice in enumerate(step.get("choices", ())):
+                choice_path = here + ("choices", j)
+                self.compile_filters(file, choice_path + ("if",), choice["if"])
+                try:
+                    parse_logic(choice.get("logic", "all"), len(choice["if"]))
+                except LogicError as err:
+                    self.error(file, choice_path + ("logic",), str(err))
+                then = choice["then"]
+                then_actions = list(then)
+                if len(then_actions) != 1:
+                    self.error(file, choice_path + ("then",),
+                               f"`then` takes exactly one of {', '.join(STEP_KINDS)}")
+                for kind in then_actions:
+                    self.check_action(file, choice_path + ("then",), kind, then[kind], requests, removals)
+        return tuple(_plain(step) for step in steps)
+
+    def check_action(self, file: RuleFile, path: tuple, kind: str, body: dict,
+                     requests: list, removals: list) -> None:
+        here = path + (kind,)
+        if kind == "send_email":
+            self.check_template(file, here + ("template",), body["template"])
+        elif kind in ("add_to_list", "remove_from_list"):
+            self.check_list(file, here + ("list",), body["list"])
+        elif kind == "change_data_value":
+            attr = body["attribute"]
+            attr_type = self.settings.lead_attributes.get(attr)
+            if attr_type is None:
+                self.error(file, here + ("attribute",),
+                           f"unknown lead attribute {attr!r}{suggest(attr, self.settings.lead_attributes)}; "
+                           "declare it under settings.lead_attributes")
+            elif body["value"] is not None:
+                try:
+                    compile_conditions({"is": body["value"]}, attr_type) if attr_type != "date" else parse_timestamp(body["value"])
+                except (OperandError, ValueError):
+                    self.error(file, here + ("value",),
+                               f"lead attribute {attr!r} is {attr_type}; {body['value']!r} does not fit")
+        elif kind == "wait" and "until" in body:
+            try:
+                parse_timestamp(body["until"])
+            except ValueError as err:
+                self.error(file, here + ("until",), f"wait until: {err}")
+        elif kind == "request_campaign":
+            requests.append((body["campaign"], file, here + ("campaign",)))
+        elif kind == "remove_from_flow":
+            for j, name in enumerate(body["campaigns"]):
+                removals.append((name, file, here + ("campaigns", j)))
+
+    def check_template(self, file: RuleFile, path: tuple, name: str) -> None:
+        if name not in self.checked_templates:
+            self.checked_templates[name] = self.find_template_problem(name)
+        problem = self.checked_templates[name]
+        if problem is not None:
+            self.error(file, path, problem)
+
+    def find_template_problem(self, name: str) -> str | None:
+        filename = name if name.endswith(TEMPLATE_SUFFIX) else name + TEMPLATE_SUFFIX
+        search = template_search_path(self.rules_dir, self.tenant, self.template_dirs)
+        for folder in search:
+            candidate = folder / filename
+            if candidate.is_file():
+                try:
+                    source = candidate.read_text(encoding="utf-8")
+                    SandboxedEnvironment(autoescape=True).parse(source)
+                except jinja2.TemplateSyntaxError as err:
+                    return (f"template {name!r} does not compile: {candidate}:{err.lineno}: "
+                            f"{err.message}; fix the template")
+                except (OSError, UnicodeDecodeError) as err:
+                    return f"template {name!r} cannot be read: {err}"
+                return None
+        available = sorted({p.name[: -len(TEMPLATE_SUFFIX)] for folder in search if folder.is_dir()
+                            for p in folder.glob("*" + TEMPLATE_SUFFIX)})
+        return (f"unknown template {name!r}{suggest(name, available)}; add {filename} to "
+                f"{self.rules_dir / 'templates' / self.tenant} (available: {', '.join(available) or 'none'})")
+
+    def check_campaign_references(self, defined: dict, requests: dict, removals: list) -> None:
+        for name, targets in requests.items():
+            for target, file, path in targets:
+                if target not in defined:
+                    self.error(file, path, f"request_campaign names unknown campaign {target!r}"
+                               f"{suggest(target, defined)}")
+        for target, file, path in removals:
+            if target not in defined:
+                self.error(file, path, f"remove_from_flow names unknown campaign {target!r}{suggest(target, defined)}")
+        # Depth-first search for request cycles; report each cycle once, at its first request.
+        graph = {name: [t for t, _, _ in targets if t in defined] for name, targets in requests.items()}
+        state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+        reported: set[frozenset] = set()
+
+        def visit(name: str, trail: list[str]) -> None:
+            state[name] = 1
+            for target in graph.get(name, ()):
+                if state.get(target) == 1:
+                    cycle = trail[trail.index(target):] + [target]
+                    members = frozenset(cycle)
+                    if members not in reported:
+                        reported.add(members)
+                        _, file, path = next(r for r in requests[cycle[0]] if r[0] == cycle[1])
+                        self.error(file, path, "request_campaign cycle: " + " -> ".join(cycle)
+                                   + "; a campaign must not request itself, directly or through others")
+                elif state.get(target) is None:
+                    visit(target, trail + [target])
+            state[name] = 2
+
+        for name in sorted(graph):
+            if state.get(name) is None:
+                visit(name, [name])
+
+
+def _describe_ops(attr: str, ops: dict) -> str:
+    return " and ".join(f"{attr} {op} {json.dumps(v, default=str) if v is not True else ''}".rstrip()
+                        for op, v in ops.items())
+
+
+def _plain(value: Any) -> Any:
+    """Line-tracking YAML nodes -> plain dicts and lists (for pickling and JSON)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --- the directory ------------------------------------------------------------------
+
+
+def _compile_directory(directory: Path, template_dirs: list[Path]) -> tuple[RuleSet, list[RuleError]]:
+    errors: list[RuleError] = []
+    if not directory.is_dir():
+        return RuleSet({}, ActivityTypes()), [RuleError(str(directory), 1, "no such rules directory")]
+    paths = rule_files(directory)
+    if not paths:
+        errors.append(RuleError(str(directory), 1, "no rule files (*.yaml) in this directory"))
+    by_tenant: dict[str, list[RuleFile]] = {}
+    for path in paths:
+        display = str(path)
+        rule_file, file_errors = read_rule_file(path, display)
+        errors.extend(file_errors)
+        if rule_file is None or rule_file.is_broken("tenant") or not isinstance(rule_file.doc.get("tenant"), str):
+            continue
+        by_tenant.setdefault(rule_file.doc["tenant"], []).append(rule_file)
+
+    compilers = {t: _TenantCompiler(t, files, directory, template_dirs) for t, files in sorted(by_tenant.items())}
+    for compiler in compilers.values():
+        compiler.read_settings()
+    tenants = {}
+    for tenant, compiler in compilers.items():
+        campaigns = compiler.compile_campaigns()
+        errors.extend(compiler.errors)
+        tenants[tenant] = TenantRules.build(
+            tenant,
+            campaigns,
+            list(compiler.counters.values()),
+            lists=frozenset(compiler.settings.lists),
+            lead_attributes=dict(compiler.settings.lead_attributes),
+            communication_limits=dict(compiler.settings.limits),
+        )
+    activity_types = ActivityTypes({t: c.settings.activity_types for t, c in compilers.items()})
+    return RuleSet(tenants, activity_types), errors

@@ -1,0 +1,173 @@
+"""The compiled form of the rules and the records evaluation works on: campaigns with
+their triggers, filters and flows; a lead's state; and the outcome of evaluating one
+activity. Built once by `compiler.py`; read-only afterwards.
+
+    python -c "from orion.rules.model import LeadState; print(LeadState().to_json_dict())"
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from orion.activities import MS_PER_DAY
+
+AttributeGetter = Callable[[dict], Any]
+Condition = tuple[AttributeGetter, Callable[[Any, int], bool]]
+
+
+class LeadState(NamedTuple):
+    """What evaluation knows about one lead. Never mutated: evaluation returns a new one.
+
+    campaigns: campaign name -> (runs, last run in epoch ms).
+    history: history-counter key -> {UTC day number: activities that day}.
+    """
+
+    attributes: dict = {}
+    score: float = 0
+    lists: frozenset = frozenset()
+    campaigns: dict = {}
+    history: dict = {}
+
+    def to_json_dict(self) -> dict:
+        return {
+            "attributes": self.attributes,
+            "score": self.score,
+            "lists": sorted(self.lists),
+            "campaigns": {name: list(run) for name, run in self.campaigns.items()},
+            "history": {
+                key: {str(day): n for day, n in days.items()} for key, days in self.history.items()
+            },
+        }
+
+    @classmethod
+    def from_json_dict(cls, data: dict) -> "LeadState":
+        return cls(
+            attributes=dict(data.get("attributes", {})),
+            score=data.get("score", 0),
+            lists=frozenset(data.get("lists", ())),
+            campaigns={name: tuple(run) for name, run in data.get("campaigns", {}).items()},
+            history={
+                key: {int(day): n for day, n in days.items()}
+                for key, days in data.get("history", {}).items()
+            },
+        )
+
+
+EMPTY_LEAD_STATE = LeadState()
+
+
+class Outcome(NamedTuple):
+    """A trigger of `campaign` matched `event_id`. `qualified` says whether the lead runs
+    the flow; if not, `reason` is "qualification" or "filters" and `detail` says why."""
+
+    tenant: str
+    lead_id: str
+    event_id: str
+    occurred_at: int
+    campaign: str
+    priority: int
+    qualified: bool
+    reason: str | None = None
+    detail: str | None = None
+
+    def to_json_dict(self) -> dict:
+        return self._asdict()
+
+
+class Trigger(NamedTuple):
+    """One trigger of a campaign. `key_values` are the exact values of the activity
+    type's selective attribute (`selective`) the trigger needs, casefolded; None when it
+    needs none. `conditions` are all of its conditions; `residual` those the index does
+    not answer by itself."""
+
+    campaign: "Campaign"
+    activity_type: str
+    conditions: tuple[Condition, ...]
+    residual: tuple[Condition, ...]
+    selective: str | None
+    key_values: tuple[str, ...] | None
+
+
+class Filter(NamedTuple):
+    """Filter number `number` of a campaign's smart list, as a test of the lead state."""
+
+    number: int
+    description: str
+    test: Callable[[LeadState, int], bool]
+
+
+class HistoryCounter(NamedTuple):
+    """Counts a lead's activities of one type that meet `conditions`, per UTC day, for
+    as many days as the longest history filter that reads it needs."""
+
+    key: str
+    activity_type: str
+    conditions: tuple[Condition, ...]
+    retention_days: int
+
+    def counts(self, attributes: dict, now: int) -> bool:
+        for get, test in self.conditions:
+            if not test(get(attributes), now):
+                return False
+        return True
+
+
+class Campaign(NamedTuple):
+    tenant: str
+    name: str
+    kind: str  # "trigger" or "batch"
+    active: bool
+    priority: int
+    triggers: tuple[Trigger, ...]
+    filters: tuple[Filter, ...]
+    logic: Callable[[Callable[[int], bool]], bool]
+    logic_text: str
+    qualification: str  # "once", "every_time" or "once_every"
+    interval_ms: int  # for once_every
+    qualification_text: str
+    flow: tuple[dict, ...]
+    schedule: dict | None
+    file: str
+    line: int
+    rank: int = 0  # position in (priority, name) order within the tenant
+
+    def failed_filters(self, state: LeadState, now: int) -> str | None:
+        """None when the lead passes the smart list, else which filters failed."""
+        if not self.filters:
+            return None
+        results: dict[int, bool] = {}
+        by_number = {f.number: f for f in self.filters}
+
+        def met(number: int) -> bool:
+            found = results.get(number)
+            if found is None:
+                found = results[number] = by_number[number].test(state, now)
+            return found
+
+        if self.logic(met):
+            return None
+        failed = [f for f in self.filters if not met(f.number)]
+        listed = "; ".join(f"{f.number} ({f.description})" for f in failed)
+        if self.logic_text == "all":
+            return f"filter {listed} not met"
+        return f"logic {self.logic_text!r} not met; filters not met: {listed}"
+
+
+def day_of(ms: int) -> int:
+    return ms // MS_PER_DAY
+
+
+def attribute_getter(path: str) -> AttributeGetter:
+    """`url` or a dotted path into an object attribute such as `fields.email`."""
+    if "." not in path:
+        return lambda attributes: attributes.get(path)
+    parts = path.split(".")
+
+    def get(attributes: dict) -> Any:
+        value: Any = attributes
+        for part in parts:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(part)
+        return value
+
+    return get

@@ -1,0 +1,261 @@
+"""Reading rule files: YAML with line numbers, schema validation, and errors that name
+file:line and say how to fix the problem.
+
+YAML is read with a safe loader that remembers the line of every key and list item, keeps
+dates as text (the rule language parses them itself) and reads only true/false as booleans,
+so `country: {is: NO}` means Norway, not false.
+
+    python -m orion.cli rules validate orion/samples/rules
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple
+
+import jsonschema
+import yaml
+
+from orion.rules.schema import RULE_FILE_SCHEMA
+
+
+class RuleError(NamedTuple):
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class RuleErrors(ValueError):
+    """Raised when rules do not load; carries every error found, not only the first."""
+
+    def __init__(self, errors: Iterable[RuleError]):
+        self.errors = sorted(errors, key=lambda e: (e.file, e.line, e.message))
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+class LineDict(dict):
+    """A YAML mapping that remembers its own line and the line of each key."""
+
+    line: int = 0
+    key_lines: dict
+
+
+class LineList(list):
+    """A YAML sequence that remembers its own line and the line of each item."""
+
+    line: int = 0
+    item_lines: list
+
+
+# libyaml's parser when PyYAML was built with it: the pure-Python scanner spends seconds on
+# a rules directory of a thousand campaigns.
+_SafeBase = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class SafeLineLoader(_SafeBase):
+    """A safe YAML loader that records lines, reports duplicate keys, and leaves dates as
+    text."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicate_keys: list[tuple[int, Any]] = []
+
+
+# Only YAML 1.2 booleans, and no implicit timestamps: copy the resolvers, then prune them.
+SafeLineLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SafeLineLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _construct_mapping(loader: SafeLineLoader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    mapping = LineDict()
+    mapping.line = node.start_mark.line + 1
+    mapping.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            key = str(key)
+        if key in mapping:
+            loader.duplicate_keys.append((key_node.start_mark.line + 1, key))
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.key_lines[key] = key_node.start_mark.line + 1
+    return mapping
+
+
+def _construct_sequence(loader: SafeLineLoader, node: yaml.SequenceNode) -> LineList:
+    sequence = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    sequence.line = node.start_mark.line + 1
+    sequence.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return sequence
+
+
+SafeLineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+SafeLineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def line_of(doc: Any, path: Iterable[Any]) -> int:
+    """The line of the deepest node along `path` (keys and indexes) that exists."""
+    line = getattr(doc, "line", 1)
+    node = doc
+    for step in path:
+        if isinstance(node, LineDict) and step in node:
+            line = node.key_lines.get(step, line)
+            node = node[step]
+        elif isinstance(node, LineList) and isinstance(step, int) and step < len(node):
+            line = node.item_lines[step]
+            node = node[step]
+        else:
+            break
+    return line
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean X?)' when a close match exists, else ''."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _where(path: list) -> str:
+    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(
+        ".[", "["
+    ) or "the file"
+
+
+def _schema_message(error: jsonschema.ValidationError) -> tuple[list, str]:
+    """A jsonschema error -> (path of the offending node, message for a rule author)."""
+    path = list(error.absolute_path)
+    where = _where(path)
+    validator = error.validator
+    if validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = list(error.schema.get("properties", {}))
+        extra = [key for key in error.instance if key not in allowed]
+        key = extra[0] if extra else "?"
+        parent = path[-1] if path else None
+        what = "operator" if parent is not None and allowed and "is_not_empty" in allowed else "key"
+        return path + [key], (
+            f"unknown {what} {key!r} in {where}{suggest(key, allowed)}; "
+            f"expected one of {', '.join(allowed)}"
+        )
+    if validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return path, f"{where} needs {missing!r}"
+    if validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return path, f"{where} must be {_article(expected)}, got {_json_name(error.instance)}"
+    if validator == "enum":
+        options = ", ".join(str(v) for v in error.validator_value)
+        return path, (
+            f"{where} is {error.instance!r}{suggest(error.instance, map(str, error.validator_value))}; "
+            f"expected one of {options}"
+        )
+    if validator in ("minProperties", "maxProperties") and isinstance(error.instance, dict):
+        allowed = list(error.schema.get("properties", {}))
+        if validator == "minProperties":
+            return path, f"{where} is empty; give one of {', '.join(allowed)}"
+        return path, f"{where} takes exactly one of {', '.join(allowed)}, got {', '.join(map(str, error.instance))}"
+    if validator == "minItems":
+        return path, f"{where} needs at least {error.validator_value} item(s)"
+    if validator == "minimum":
+        return path, f"{where} must be at least {error.validator_value}, got {error.instance!r}"
+    if validator == "minLength":
+        return path, f"{where} must not be empty"
+    if validator == "pattern":
+        return path, f"{where} {error.instance!r} may hold only letters, digits, '_', '.', '-'"
+    if validator in ("anyOf", "oneOf") and error.context:
+        best = jsonschema.exceptions.best_match(error.context)
+        inner_path, message = _schema_message(best)
+        return inner_path, message
+    return path, f"{where}: {error.message}"
+
+
+def _article(type_name: str) -> str:
+    return ("an " if type_name[:1] in "aeiou" else "a ") + type_name
+
+
+def _json_name(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"number {value}"
+    if isinstance(value, str):
+        return f"text {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping"
+
+
+_VALIDATOR = jsonschema.Draft202012Validator(RULE_FILE_SCHEMA)
+
+
+class RuleFile(NamedTuple):
+    path: str
+    doc: Any  # a LineDict
+    broken: frozenset  # paths (tuples) of the nodes that failed the schema
+
+    def is_broken(self, *prefix) -> bool:
+        """Whether anything at or below `prefix` failed the schema (so skip it)."""
+        n = len(prefix)
+        return any(path[:n] == prefix for path in self.broken)
+
+
+def read_rule_file(path: Path, display: str) -> tuple[RuleFile | None, list[RuleError]]:
+    """Parse and schema-check one file. Returns the document (None if unreadable) and
+    its errors; a document with errors is still returned so later checks can skip just
+    the broken parts."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return None, [RuleError(display, 1, f"cannot read the file: {err}")]
+    loader = SafeLineLoader(text)
+    try:
+        doc = loader.get_single_data()
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark else 1
+        return None, [RuleError(display, line, f"YAML syntax error: {err.problem or err}; check indentation and quoting")]
+    except yaml.YAMLError as err:
+        return None, [RuleError(display, 1, f"YAML error: {err}")]
+    finally:
+        loader.dispose()
+    errors = [
+        RuleError(display, line, f"duplicate key {key!r}; each key may appear once in a mapping")
+        for line, key in loader.duplicate_keys
+    ]
+    if not isinstance(doc, LineDict):
+        errors.append(
+            RuleError(display, 1, "a rule file is a mapping with tenant:, settings: and campaigns:")
+        )
+        return None, errors
+    broken = set()
+    for error in _VALIDATOR.iter_errors(doc):
+        path_, message = _schema_message(error)
+        broken.add(tuple(error.absolute_path))
+        errors.append(RuleError(display, line_of(doc, path_), message))
+    return RuleFile(display, doc, frozenset(broken)), errors
+
+
+def rule_files(directory: Path) -> list[Path]:
+    """Every .yaml/.yml file under `directory`, in a stable order."""
+    return sorted(
+        p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+    )

@@ -1,0 +1,112 @@
+"""The `orion` command line, run as a user runs it: the installed console script."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ORION = Path(sys.executable).with_name("orion")
+SAMPLES = Path(__file__).resolve().parent.parent / "orion" / "samples"
+
+
+def run_orion(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    assert ORION.exists(), f"the orion console script is missing next to {sys.executable}; run `make test`"
+    return subprocess.run([str(ORION), *args], cwd=cwd, input=stdin, capture_output=True, text=True, timeout=300)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def test_evaluate_with_no_arguments_runs_the_samples_into_orion_data(tmp_path):
+    result = run_orion("evaluate", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    outcomes = read_jsonl(tmp_path / "orion-data" / "outcomes.jsonl")
+    dead = read_jsonl(tmp_path / "orion-data" / "dead-letters.jsonl")
+    qualified = [o for o in outcomes if o["qualified"]]
+    assert qualified, "the sample events fire at least one sample campaign"
+    assert {o["tenant"] for o in qualified} == {"acme", "globex", "initech"}
+    # The samples carry bad lines on purpose; each is dead-lettered with a reason, none lost.
+    reasons = {d["reason"] for d in dead}
+    assert {"malformed_json", "missing_field", "unknown_type", "bad_attribute", "bad_timestamp"} <= reasons
+    lines = sum(1 for line in (SAMPLES / "events.jsonl").read_text().splitlines() if line.strip())
+    assert f"events read:      {lines}" in result.stdout
+    assert f"dead letters:     {len(dead)}" in result.stdout
+    assert "campaigns fired (top 10):" in result.stdout
+
+
+def test_evaluate_writes_every_bad_line_to_dead_letters_and_goes_on(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "t.yaml").write_text(
+        "tenant: t\ncampaigns:\n  - name: Opened\n    qualification: every_time\n"
+        "    triggers: [{activity: open_email}]\n"
+    )
+    good = {"event_id": "e1", "tenant": "t", "lead_id": "L", "type": "open_email",
+            "occurred_at": 1000, "attributes": {"email": "x"}}
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(
+        (json.dumps(good) + "\n").encode()
+        + b'{"broken\n'
+        + b'\xff\xfe not utf-8\n'
+        + (json.dumps({**good, "event_id": "e2", "occurred_at": 2000}) + "\n").encode()
+        + (json.dumps(good) + "\n").encode()  # a duplicate delivery
+    )
+    result = run_orion("evaluate", "--rules", str(rules), "--events", str(events),
+                       "--out", "o.jsonl", "--dead-letters", "d.jsonl", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    outcomes = read_jsonl(tmp_path / "o.jsonl")
+    assert [o["event_id"] for o in outcomes] == ["e1", "e2"]
+    dead = read_jsonl(tmp_path / "d.jsonl")
+    assert [(d["reason"], d["source"]) for d in dead] == [
+        ("malformed_json", f"{events}:2"),
+        ("malformed_json", f"{events}:3"),
+    ]
+    assert "duplicates:       1" in result.stdout
+
+
+def test_evaluate_refuses_bad_rules_with_file_and_line(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "t.yaml").write_text("tenant: t\ncampaigns:\n  - name: X\n    triggers: [{activity: opn_email}]\n")
+    result = run_orion("evaluate", "--rules", str(rules), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{rules / 't.yaml'}:4: unknown activity type 'opn_email'" in result.stderr
+
+
+def test_rules_validate_lists_every_error_and_exits_non_zero(tmp_path):
+    rules = tmp_path / "rules"
+    shutil.copytree(SAMPLES / "rules", rules)
+    (rules / "broken.yaml").write_text(
+        "tenant: acme\n"
+        "campaigns:\n"
+        "  - name: One\n"
+        "    triggers: [{activity: visit_web_page, where: {url: {containz: x}}}]\n"
+        "  - name: Two\n"
+        "    triggers: [{activity: open_email}]\n"
+        "    flow: [{add_to_list: {list: nowhere}}]\n"
+    )
+    result = run_orion("rules", "validate", str(rules), cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert any(line.startswith(f"{rules / 'broken.yaml'}:4: unknown operator 'containz'") for line in lines)
+    assert any(line.startswith(f"{rules / 'broken.yaml'}:7: unknown list 'nowhere'") for line in lines)
+    assert "2 error(s)" in result.stderr
+
+
+def test_rules_validate_accepts_the_samples(tmp_path):
+    result = run_orion("rules", "validate", str(SAMPLES / "rules"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rules are valid" in result.stdout
+
+
+def test_evaluate_reads_standard_input(tmp_path):
+    event = {"event_id": "e1", "tenant": "acme", "lead_id": "L", "type": "fill_out_form",
+             "occurred_at": "2026-11-22T10:00:00Z", "attributes": {"form": "signup"}}
+    result = run_orion("evaluate", "--events", "-", "--out", "o.jsonl", "--dead-letters", "d.jsonl",
+                       cwd=tmp_path, stdin=json.dumps(event) + "\n")
+    assert result.returncode == 0, result.stderr
+    outcomes = read_jsonl(tmp_path / "o.jsonl")
+    assert [(o["campaign"], o["qualified"]) for o in outcomes] == [("Welcome new signups", True)]

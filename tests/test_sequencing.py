@@ -1,0 +1,62 @@
+"""The engine-neutral sequencing rules: release order, dedup, its bounded memory, lateness."""
+from __future__ import annotations
+
+from orion.activities import Activity
+from orion.sequencing import (
+    DUPLICATE,
+    EMPTY_PROGRESS,
+    LATE,
+    ReplayLateness,
+    classify_behind,
+    release,
+    sorts_before_released,
+)
+
+HOUR = 3_600_000
+
+
+def act(event_id: str, at: int, lead: str = "L") -> Activity:
+    return Activity(event_id, "t", lead, "open_email", at, {"email": "x"})
+
+
+def test_release_orders_by_event_time_then_event_id_and_keeps_the_rest():
+    pending = [act("b", 20), act("c", 5), act("a", 20), act("z", 99)]
+    ready, rest, duplicates, progress = release(EMPTY_PROGRESS, pending, up_to=20, dedup_span_ms=HOUR)
+    assert [a.event_id for a in ready] == ["c", "a", "b"]
+    assert [a.event_id for a in rest] == ["z"]
+    assert duplicates == 0
+    assert progress.released == (20, "b")
+
+
+def test_release_drops_repeated_event_ids_in_the_batch_and_across_batches():
+    ready, _, duplicates, progress = release(EMPTY_PROGRESS, [act("a", 1), act("a", 1), act("b", 2)], None, HOUR)
+    assert [a.event_id for a in ready] == ["a", "b"] and duplicates == 1
+    ready, _, duplicates, _ = release(progress, [act("b", 2), act("c", 3)], None, HOUR)
+    assert [a.event_id for a in ready] == ["c"] and duplicates == 1
+
+
+def test_dedup_memory_is_bounded_by_the_event_time_span():
+    progress = EMPTY_PROGRESS
+    for n in range(1000):
+        _, _, _, progress = release(progress, [act(f"e{n}", n * HOUR // 10)], None, dedup_span_ms=HOUR)
+    # Ten events per hour of event time; the memory keeps about one span's worth.
+    assert len(progress.seen) <= 64 + 11
+    assert "e999" in progress.seen and "e0" not in progress.seen
+
+
+def test_an_event_sorting_before_what_was_evaluated_is_late_unless_it_is_a_redelivery():
+    _, _, _, progress = release(EMPTY_PROGRESS, [act("a", 10), act("b", 20)], None, HOUR)
+    assert sorts_before_released(progress.released, act("x", 15))
+    assert classify_behind(progress, act("x", 15)) == LATE
+    assert classify_behind(progress, act("a", 10)) == DUPLICATE
+    assert not sorts_before_released(progress.released, act("y", 21))
+    assert not sorts_before_released(None, act("y", 0))
+
+
+def test_replay_lateness_measures_against_the_newest_earlier_line():
+    replay = ReplayLateness(allowed_lateness_ms=60_000)
+    assert replay.check(act("a", 1_000_000)) is None
+    assert replay.check(act("b", 1_000_000 - 60_000)) is None  # exactly the allowed lateness
+    assert replay.check(act("c", 1_000_000 - 60_001)) is not None
+    assert replay.check(act("d", 2_000_000)) is None
+    assert replay.check(act("e", 1_000_000)) is not None  # newest moved on
