@@ -1,0 +1,197 @@
+"""Per-lead ordering and trigger evaluation: `KeyByLead` and `SequenceAndEvaluate`.
+
+SequenceAndEvaluate is a stateful DoFn keyed by (tenant, lead). It buffers a lead's
+activities and, when the watermark passes their time plus the allowed lateness, releases
+them in event-time order (ties by event id) into the core evaluator. Deduplication and
+lateness are the core's (`orion.sequencing`), lead state is the core's `LeadState`: the
+DoFn only loads state, calls the core, stores state and emits.
+
+Deduplication lives here rather than in a stage of its own: a duplicate delivery carries
+the same lead, so the per-lead state can recognise it, and the graph saves a whole shuffle
+keyed by event id.
+
+    orion run
+"""
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import Timestamp
+
+from orion.activities import Activity
+from orion.deadletters import DeadLetter
+from orion.rules import evaluate
+from orion.sequencing import (
+    DEFAULT_ALLOWED_LATENESS_MS,
+    DEFAULT_DEDUP_SPAN_MS,
+    DUPLICATE,
+    LATE,
+    LeadProgress,
+    classify_behind,
+    late_detail,
+    release as release_ready,
+    sorts_before_released,
+)
+from orion.transforms.intake import DEAD, METRICS_NAMESPACE
+
+STORE = "store"
+# Bounded input: one timer per lead at the end of the global window releases everything.
+_END_OF_INPUT = GlobalWindow().max_timestamp()
+
+
+class KeyByLead(beam.PTransform):
+    """Activity -> ((tenant, lead_id), Activity)."""
+
+    def expand(self, activities):
+        # A declared key type gives a deterministic key coder, which state requires.
+        return activities | "KeyByTenantAndLead" >> beam.Map(
+            lambda a: ((a.tenant, a.lead_id), a)
+        ).with_output_types(Tuple[Tuple[str, str], Any])
+
+
+class _SequenceAndEvaluateFn(beam.DoFn):
+    """Buffers each lead's activities and evaluates them in event-time order.
+
+    State, per (tenant, lead):
+      PENDING   bag of arrived activities not yet evaluated;
+      RELEASED  (occurred_at, event_id) of the last activity evaluated: read on every
+                arrival, so it is kept apart from the larger SEEN;
+      SEEN      event id -> occurred_at of recently evaluated activities (dedup);
+      LEAD      orion.rules.LeadState: attributes, score, lists, campaign runs, history;
+      DUE       the time the RELEASE timer is set for, so it is only ever moved earlier.
+    Timer:
+      RELEASE   event time; fires when the watermark passes the earliest buffered
+                activity plus the allowed lateness (bounded input: once, at the end).
+    Outputs: outcomes (main), activities to store (STORE), dead letters (DEAD).
+    """
+
+    PENDING = BagStateSpec("pending", PickleCoder())
+    RELEASED = ReadModifyWriteStateSpec("released", PickleCoder())
+    SEEN = ReadModifyWriteStateSpec("seen", PickleCoder())
+    LEAD = ReadModifyWriteStateSpec("lead", PickleCoder())
+    DUE = ReadModifyWriteStateSpec("due", PickleCoder())
+    RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
+
+    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], allowed_lateness_ms: int,
+                 dedup_span_ms: int, bounded: bool):
+        self.rules_dir = rules_dir
+        self.template_dirs = template_dirs
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.dedup_span_ms = dedup_span_ms
+        self.bounded = bounded
+        self.duplicates = Metrics.counter(METRICS_NAMESPACE, "duplicates")
+        self.late = Metrics.counter(METRICS_NAMESPACE, "dead_letters:late")
+        self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+        self.evaluated = Metrics.counter(METRICS_NAMESPACE, "evaluated")
+        self.outcomes = Metrics.counter(METRICS_NAMESPACE, "outcomes")
+        self.qualified = Metrics.counter(METRICS_NAMESPACE, "qualified")
+
+    def setup(self) -> None:
+        from orion.rules import load_rules
+
+        self.rules = load_rules(self.rules_dir, self.template_dirs)
+
+    def process(
+        self,
+        element: tuple[tuple[str, str], Activity],
+        pending=beam.DoFn.StateParam(PENDING),
+        released=beam.DoFn.StateParam(RELEASED),
+        seen=beam.DoFn.StateParam(SEEN),
+        due=beam.DoFn.StateParam(DUE),
+        release=beam.DoFn.TimerParam(RELEASE),
+    ):
+        _, activity = element
+        last = released.read()
+        if sorts_before_released(last, activity):
+            progress = LeadProgress(last, seen.read() or {})
+            if classify_behind(progress, activity) == DUPLICATE:
+                self.duplicates.inc()
+                return
+            self.late.inc()
+            self.dead.inc()
+            yield beam.pvalue.TaggedOutput(
+                DEAD, DeadLetter(activity.to_json_dict(), LATE, late_detail(activity, last), "sequencer"))
+            return
+        pending.add(activity)
+        when = _END_OF_INPUT if self.bounded else _at(activity.occurred_at + self.allowed_lateness_ms)
+        current = due.read()
+        if current is None or when < current:
+            release.set(when)
+            due.write(when)
+
+    @on_timer(RELEASE)
+    def on_release(
+        self,
+        fired=beam.DoFn.TimestampParam,
+        pending=beam.DoFn.StateParam(PENDING),
+        released=beam.DoFn.StateParam(RELEASED),
+        seen=beam.DoFn.StateParam(SEEN),
+        lead=beam.DoFn.StateParam(LEAD),
+        due=beam.DoFn.StateParam(DUE),
+        release=beam.DoFn.TimerParam(RELEASE),
+    ):
+        up_to = None if self.bounded else fired.micros // 1000 - self.allowed_lateness_ms
+        before = LeadProgress(released.read(), seen.read() or {})
+        ready, rest, duplicates, after = release_ready(before, pending.read(), up_to, self.dedup_span_ms)
+        pending.clear()
+        for activity in rest:
+            pending.add(activity)
+        if duplicates:
+            self.duplicates.inc(duplicates)
+        if after is not before:
+            released.write(after.released)
+            seen.write(after.seen)
+        if ready:
+            state = lead.read()
+            rules = self.rules
+            outcome_count = qualified = 0
+            for activity in ready:
+                state, outcomes = evaluate(rules, state, activity)
+                yield beam.pvalue.TaggedOutput(STORE, activity)
+                for outcome in outcomes:
+                    outcome_count += 1
+                    if outcome.qualified:
+                        qualified += 1
+                        Metrics.counter(METRICS_NAMESPACE, f"fired:{outcome.tenant}/{outcome.campaign}").inc()
+                    yield outcome
+            lead.write(state)
+            self.evaluated.inc(len(ready))
+            self.outcomes.inc(outcome_count)
+            self.qualified.inc(qualified)
+        if rest:
+            when = _at(rest[0].occurred_at + self.allowed_lateness_ms)
+            release.set(when)
+            due.write(when)
+        else:
+            due.clear()
+
+
+def _at(ms: int) -> Timestamp:
+    return Timestamp(micros=ms * 1000)
+
+
+class SequenceAndEvaluate(beam.PTransform):
+    """((tenant, lead), Activity) -> (outcomes, activities to store, dead letters).
+
+    bounded: the input ends (files); each lead is released once, at the end, fully
+    ordered. Otherwise (streaming) activities are released as the watermark passes
+    their time plus `allowed_lateness_ms`.
+    """
+
+    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...] = (), *,
+                 allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS,
+                 dedup_span_ms: int = DEFAULT_DEDUP_SPAN_MS, bounded: bool = False):
+        super().__init__()
+        self.fn = _SequenceAndEvaluateFn(rules_dir, tuple(template_dirs), allowed_lateness_ms,
+                                         dedup_span_ms, bounded)
+
+    def expand(self, keyed):
+        results = keyed | "SequenceAndEvaluate" >> beam.ParDo(self.fn).with_outputs(
+            STORE, DEAD, main="outcomes")
+        return results.outcomes, results[STORE], results[DEAD]

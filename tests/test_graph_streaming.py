@@ -1,0 +1,216 @@
+"""The activity graph on the DirectRunner in streaming mode, fed by TestStream: on-time,
+late-but-allowed and too-late data, duplicates, bad input, tenants, state across bundles."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue
+
+from orion.pipelines.activity_graph import GraphSettings, build_activity_graph
+from orion.transforms.intake import ParseActivities
+
+SECOND = 1000
+T0 = 1_800_000_000_000  # event times of the scenarios, epoch ms
+
+RULES = """
+tenant: shop
+campaigns:
+  - name: First visit
+    triggers: [{activity: visit_web_page}]
+    qualification: once
+  - name: Every visit
+    triggers: [{activity: visit_web_page}]
+    qualification: every_time
+"""
+
+OTHER_TENANT = """
+tenant: bank
+campaigns:
+  - name: First visit
+    triggers: [{activity: visit_web_page, where: {url: {contains: bank}}}]
+    qualification: once
+"""
+
+
+@pytest.fixture
+def rules_dir(tmp_path: Path) -> str:
+    (tmp_path / "shop.yaml").write_text(RULES)
+    (tmp_path / "bank.yaml").write_text(OTHER_TENANT)
+    return str(tmp_path)
+
+
+def visit(event_id: str, at_ms: int, lead: str = "L1", tenant: str = "shop", url: str = "https://shop.example/") -> bytes:
+    return json.dumps({
+        "event_id": event_id, "tenant": tenant, "lead_id": lead, "type": "visit_web_page",
+        "occurred_at": at_ms, "attributes": {"url": url},
+    }).encode()
+
+
+def arriving(payload: bytes, at_ms: int) -> TimestampedValue:
+    return TimestampedValue(payload, at_ms / 1000)
+
+
+def finish(stream: TestStream) -> TestStream:
+    """Move the watermark past every release timer, then end the stream. (Outputs of timers
+    that fire only at the final watermark would come too late for assert_that.)"""
+    return stream.advance_watermark_to((T0 + 3_600 * SECOND) / 1000).advance_watermark_to_infinity()
+
+
+def run_graph(rules_dir: str, stream: TestStream, lateness_ms: int = 10 * SECOND, check=None) -> None:
+    """Run the graph over `stream`; `check(outputs)` adds assertions on its PCollections."""
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as pipeline:
+        activities, dead = pipeline | stream | ParseActivities(rules_dir)
+        outputs = build_activity_graph(
+            activities, dead, GraphSettings(rules_dir, allowed_lateness_ms=lateness_ms, bounded=False))
+        check(outputs)
+
+
+def qualified(outcomes):
+    return outcomes | "Qualified" >> beam.FlatMap(
+        lambda o: [(o.campaign, o.event_id)] if o.qualified else [])
+
+
+def event_ids(pcoll, label):
+    return pcoll | label >> beam.Map(lambda a: a.event_id)
+
+
+def dead_reasons(dead):
+    return dead | "Reasons" >> beam.Map(lambda d: (d.reason, _event_id(d.element)))
+
+
+def _event_id(element) -> str | None:
+    if isinstance(element, dict):
+        return element.get("event_id")
+    try:
+        return json.loads(element).get("event_id")
+    except (ValueError, AttributeError):
+        return None
+
+
+def test_out_of_order_events_within_allowed_lateness_are_evaluated_in_event_time_order(rules_dir):
+    # e2 happens after e1 but arrives first; e1 is behind the watermark, within lateness.
+    stream = (
+        TestStream()
+        .advance_watermark_to(T0 / 1000)
+        .add_elements([arriving(visit("e2", T0 + 20 * SECOND), T0 + 20 * SECOND)])
+        .advance_watermark_to((T0 + 25 * SECOND) / 1000)
+        .add_elements([arriving(visit("e1", T0 + 18 * SECOND), T0 + 26 * SECOND)])
+    )
+    stream = finish(stream)
+
+    def check(out):
+        # "once" goes to the earlier event in event time, although it arrived second.
+        assert_that(qualified(out.outcomes), equal_to([
+            ("First visit", "e1"), ("Every visit", "e1"), ("Every visit", "e2")]))
+        assert_that(event_ids(out.stored, "Stored"), equal_to(["e1", "e2"]), label="AllStored")
+        assert_that(out.dead_letters, equal_to([]), label="NoDeadLetters")
+
+    run_graph(rules_dir, stream, lateness_ms=10 * SECOND, check=check)
+
+
+def test_too_late_event_is_dead_lettered_as_late(rules_dir):
+    stream = (
+        TestStream()
+        .advance_watermark_to(T0 / 1000)
+        .add_elements([arriving(visit("e2", T0 + 20 * SECOND), T0 + 20 * SECOND)])
+        # The watermark passes e2 + lateness: e2 is evaluated.
+        .advance_watermark_to((T0 + 60 * SECOND) / 1000)
+        # e1 sorts before e2, which the lead has already evaluated: too late.
+        .add_elements([arriving(visit("e1", T0 + 5 * SECOND), T0 + 61 * SECOND)])
+    )
+    stream = finish(stream)
+
+    def check(out):
+        assert_that(qualified(out.outcomes), equal_to([("First visit", "e2"), ("Every visit", "e2")]))
+        assert_that(dead_reasons(out.dead_letters), equal_to([("late", "e1")]), label="Late")
+        assert_that(event_ids(out.stored, "Stored"), equal_to(["e2"]), label="OnlyOnTimeStored")
+
+    run_graph(rules_dir, stream, lateness_ms=10 * SECOND, check=check)
+
+
+def test_duplicate_deliveries_are_evaluated_and_stored_once(rules_dir):
+    stream = (
+        TestStream()
+        .advance_watermark_to(T0 / 1000)
+        .add_elements([arriving(visit("e1", T0), T0), arriving(visit("e1", T0), T0)])
+        .advance_watermark_to((T0 + 30 * SECOND) / 1000)
+        # Redelivered after it was evaluated: still a duplicate, not late.
+        .add_elements([arriving(visit("e1", T0), T0 + 31 * SECOND)])
+    )
+    stream = finish(stream)
+
+    def check(out):
+        assert_that(qualified(out.outcomes), equal_to([("First visit", "e1"), ("Every visit", "e1")]))
+        assert_that(event_ids(out.stored, "Stored"), equal_to(["e1"]), label="StoredOnce")
+        assert_that(out.dead_letters, equal_to([]), label="NoDeadLetters")
+
+    run_graph(rules_dir, stream, check=check)
+
+
+def test_bad_input_is_dead_lettered_while_the_rest_is_processed(rules_dir):
+    good = visit("ok", T0)
+    missing_field = json.dumps({"event_id": "m", "tenant": "shop", "type": "visit_web_page",
+                                "occurred_at": T0, "attributes": {"url": "u"}}).encode()
+    unknown_type = json.dumps({"event_id": "u", "tenant": "shop", "lead_id": "L", "type": "teleport",
+                               "occurred_at": T0, "attributes": {}}).encode()
+    wrong_type = json.dumps({"event_id": "w", "tenant": "shop", "lead_id": "L", "type": "visit_web_page",
+                             "occurred_at": T0, "attributes": {"url": 42}}).encode()
+    stream = (
+        TestStream()
+        .advance_watermark_to(T0 / 1000)
+        .add_elements([arriving(p, T0) for p in (b"{not json", missing_field, unknown_type, wrong_type, good)])
+    )
+    stream = finish(stream)
+
+    def check(out):
+        assert_that(dead_reasons(out.dead_letters), equal_to([
+            ("malformed_json", None), ("missing_field", "m"), ("unknown_type", "u"), ("bad_attribute", "w")]))
+        assert_that(event_ids(out.stored, "Stored"), equal_to(["ok"]), label="GoodStored")
+
+    run_graph(rules_dir, stream, check=check)
+
+
+def test_tenants_never_see_each_others_rules(rules_dir):
+    # Same lead id and a URL that would match the other tenant's campaign.
+    stream = (
+        TestStream()
+        .advance_watermark_to(T0 / 1000)
+        .add_elements([
+            arriving(visit("s1", T0, lead="L1", tenant="shop", url="https://bank.example/"), T0),
+            arriving(visit("b1", T0, lead="L1", tenant="bank", url="https://shop.example/"), T0),
+        ])
+    )
+    stream = finish(stream)
+
+    def check(out):
+        by_tenant = out.outcomes | beam.Map(lambda o: (o.tenant, o.campaign, o.event_id, o.qualified))
+        assert_that(by_tenant, equal_to([
+            ("shop", "Every visit", "s1", True), ("shop", "First visit", "s1", True)]))
+
+    run_graph(rules_dir, stream, check=check)
+
+
+def test_qualification_state_survives_across_bundles(rules_dir):
+    stream = TestStream().advance_watermark_to(T0 / 1000)
+    for n in range(3):
+        at = T0 + n * 60 * SECOND
+        stream = stream.add_elements([arriving(visit(f"e{n}", at), at)]).advance_watermark_to((at + 30 * SECOND) / 1000)
+    stream = finish(stream)
+
+    def check(out):
+        assert_that(qualified(out.outcomes), equal_to([
+            ("First visit", "e0"), ("Every visit", "e0"), ("Every visit", "e1"), ("Every visit", "e2")]))
+        not_qualified = out.outcomes | beam.FlatMap(
+            lambda o: [(o.campaign, o.event_id, o.reason)] if not o.qualified else [])
+        assert_that(not_qualified, equal_to([
+            ("First visit", "e1", "qualification"), ("First visit", "e2", "qualification")]), label="Blocked")
+
+    run_graph(rules_dir, stream, check=check)

@@ -1,0 +1,64 @@
+"""`orion run` over files on the DirectRunner: the main job, its summary, and reruns."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+ORION = Path(sys.executable).with_name("orion")
+SAMPLES = Path(__file__).resolve().parent.parent / "orion" / "samples"
+
+
+def orion_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(ORION), "run", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def store_digest(db: Path) -> tuple[int, str]:
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute(
+            "SELECT tenant, lead_id, occurred_at, event_id, type, attributes FROM activities "
+            "ORDER BY tenant, lead_id, occurred_at, event_id").fetchall()
+    return len(rows), hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def summary_value(stdout: str, label: str) -> int:
+    line = next(line for line in stdout.splitlines() if line.startswith(label))
+    return int(line.split(":", 1)[1].split()[0])
+
+
+def test_main_job_runs_the_samples_and_accounts_for_every_event(tmp_path):
+    result = orion_run(cwd=tmp_path)
+    read = summary_value(result.stdout, "events read:")
+    stored = summary_value(result.stdout, "stored:")
+    duplicates = summary_value(result.stdout, "duplicates:")
+    dead = summary_value(result.stdout, "dead letters:")
+    lines = sum(1 for line in (SAMPLES / "events.jsonl").read_text().splitlines() if line.strip())
+    assert read == lines
+    assert read == stored + duplicates + dead, "every event is stored, a duplicate, or a dead letter"
+    assert duplicates > 0 and "  late: " in result.stdout  # the samples carry both on purpose
+    count, _ = store_digest(tmp_path / "orion-data" / "activities.db")
+    assert count == stored
+    dead_lines = [json.loads(line) for f in (tmp_path / "orion-data").glob("dead-letters-*.jsonl")
+                  for line in f.read_text().splitlines()]
+    assert len(dead_lines) == dead and all(d["reason"] and d["detail"] for d in dead_lines)
+    assert "campaigns fired (top 10):" in result.stdout and "events/s" in result.stdout
+
+
+def test_rerunning_the_same_file_leaves_the_store_unchanged(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text((SAMPLES / "events.jsonl").read_text())
+    db = tmp_path / "store.db"
+    args = ("--events", str(events), "--store", f"sqlite:///{db}", "--out-dir", str(tmp_path / "out"))
+    first = orion_run(*args, cwd=tmp_path)
+    before = store_digest(db)
+    outcomes_before = sorted(line for f in (tmp_path / "out").glob("outcomes-*.jsonl") for line in f.read_text().splitlines())
+    second = orion_run(*args, cwd=tmp_path)
+    assert store_digest(db) == before
+    outcomes_after = sorted(line for f in (tmp_path / "out").glob("outcomes-*.jsonl") for line in f.read_text().splitlines())
+    assert outcomes_after == outcomes_before, "a rerun replaces the outcome files, it does not add to them"
+    assert summary_value(first.stdout, "stored:") == summary_value(second.stdout, "stored:") == before[0]
