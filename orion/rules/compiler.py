@@ -609,8 +609,11 @@ class _TenantCompiler:
 
 
 def _describe_ops(attr: str, ops: dict) -> str:
-    return " and ".join(f"{attr} {op} {json.dumps(v, default=str) if v is not True else ''}".rstrip()
-                        for op, v in ops.items())
+    """`url starts_with "/pricing"`; is_empty and is_not_empty take no operand worth showing."""
+    return " and ".join(
+        f"{attr} {op}" if op in ("is_empty", "is_not_empty") else f"{attr} {op} {json.dumps(v, default=str)}"
+        for op, v in ops.items()
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -69,6 +69,9 @@ class TenantRules:
             if campaign.kind != "trigger" or not campaign.active:
                 continue
             for trigger in campaign.triggers:
+                # Point the trigger at the campaign as finally compiled (with its rank):
+                # the compiler builds triggers before it ranks campaigns.
+                trigger = trigger._replace(campaign=campaign)
                 type_ = trigger.activity_type
                 keyed.setdefault(type_, {})
                 unkeyed.setdefault(type_, [])

@@ -180,10 +180,31 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[list, str]:
     if validator == "pattern":
         return path, f"{where} {error.instance!r} may hold only letters, digits, '_', '.', '-'"
     if validator in ("anyOf", "oneOf") and error.context:
-        best = jsonschema.exceptions.best_match(error.context)
+        # Explain the branch written for this kind of value: for a mapping where a name
+        # or a mapping is allowed, what is wrong inside the mapping, not "not one of the names".
+        same_kind = [e for e in error.context if _branch_takes(e, error.instance)]
+        best = jsonschema.exceptions.best_match(same_kind or error.context)
         inner_path, message = _schema_message(best)
         return inner_path, message
     return path, f"{where}: {error.message}"
+
+
+def _branch_takes(error: jsonschema.ValidationError, instance: Any) -> bool:
+    """Whether the anyOf branch that raised `error` is written for `instance`'s JSON type."""
+    branch = error.relative_schema_path[0] if error.relative_schema_path else None
+    parent = error.parent.schema.get(error.parent.validator) if error.parent is not None else None
+    if not isinstance(parent, list) or not isinstance(branch, int) or branch >= len(parent):
+        return True
+    schema = parent[branch]
+    wanted = schema.get("type") if isinstance(schema, dict) else None
+    if wanted is None and isinstance(schema, dict) and "enum" in schema:
+        return any(type(v) is type(instance) for v in schema["enum"])
+    if wanted is None:
+        return True
+    kinds = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float),
+             "boolean": bool, "null": type(None)}
+    wanted = wanted if isinstance(wanted, list) else [wanted]
+    return any(isinstance(instance, kinds.get(w, object)) for w in wanted)
 
 
 def _article(type_name: str) -> str:
