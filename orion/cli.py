@@ -5,6 +5,8 @@
     orion evaluate                      # the shipped sample rules and events, into ./orion-data/
     orion evaluate --rules DIR --events FILE.jsonl
     orion rules validate DIR            # every error, with file:line; non-zero exit if any
+    orion store init URI                # tables, column families, indexes; safe to rerun
+    orion history --store URI --tenant T --lead L   # a lead's activities, newest first
 """
 from __future__ import annotations
 
@@ -173,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_evaluate(commands)
     _add_rules(commands)
+    from orion.store.commands import add_store_commands
+
+    add_store_commands(commands)
     return parser
 
 

@@ -157,3 +157,7 @@ def single_error(errors, file: str, line: int, *fragments: str):
     for fragment in fragments:
         assert fragment in error.message, f"{fragment!r} not in {error.message!r}"
     return error
+
+
+# Session fixtures for the store tests: the Bigtable emulator and a MariaDB database.
+from store_services import bigtable_emulator, mysql_database  # noqa: E402,F401

@@ -1,23 +1,114 @@
 """The activity store interface: write activities idempotently, read a lead's history
-newest first. Backends are chosen by URI scheme; each backend module registers itself.
+newest first, and keep the activity index (count and last seen per lead, activity type
+and UTC day). Backends are chosen by URI scheme:
+
+    sqlite:///PATH                         the embedded default
+    bigtable://PROJECT/INSTANCE/TABLE      Cloud Bigtable, or its emulator (BIGTABLE_EMULATOR_HOST)
+    mysql://USER:PASSWORD@HOST:PORT/DB     the legacy MySQL / MariaDB store
+
+Every backend passes the same contract suite (tests/test_store_contract.py).
 
     python -c "from orion.store import open_store; print(open_store('sqlite:///tmp/a.db'))"
 """
 from __future__ import annotations
 
 import abc
-from typing import Iterable, Sequence
+import json
+import time
+from datetime import date, timedelta
+from typing import Iterable, NamedTuple, Sequence
 from urllib.parse import urlsplit
 
-from orion.activities import Activity
+from orion.activities import _MAX_MS as MAX_MS
+from orion.activities import _MIN_MS as MIN_MS
+from orion.activities import MS_PER_DAY, Activity
+
+# Dead-letter reasons a store write can give (the graph's sink sends failed rows to the
+# dead letters with these codes).
+UNSTORABLE = "unstorable"  # the row itself cannot be stored (bad encoding, too long, not JSON)
+STORE_WRITE_FAILED = "store_write_failed"  # the store kept refusing the row after retries
+
+URI_FORMS = (
+    "sqlite:///relative/path.db or sqlite:////absolute/path.db",
+    "bigtable://PROJECT/INSTANCE/TABLE",
+    "mysql://USER:PASSWORD@HOST:PORT/DATABASE",
+)
 
 
 class StoreError(RuntimeError):
     """A store that cannot be opened or written; the message says what to do."""
 
 
+class WriteFailure(NamedTuple):
+    """One activity a store could not write: the activity, a short reason code
+    (UNSTORABLE or STORE_WRITE_FAILED) and a detail that says what went wrong."""
+
+    activity: Activity
+    reason: str
+    detail: str
+
+
+class WriteResult(NamedTuple):
+    """What `write_with_failures` did: how many activities were written, and the ones
+    that were not (each with its reason). written + len(failed) == len(batch)."""
+
+    written: int
+    failed: list[WriteFailure]
+
+
+class StoreWriteError(StoreError):
+    """Raised by `write` when some activities could not be written."""
+
+    def __init__(self, failures: Sequence[WriteFailure]):
+        self.failures = list(failures)
+        shown = "; ".join(f"{f.activity.event_id!r}: {f.reason}: {f.detail}" for f in self.failures[:3])
+        more = f" (and {len(self.failures) - 3} more)" if len(self.failures) > 3 else ""
+        super().__init__(f"{len(self.failures)} activities were not written: {shown}{more}")
+
+
+IndexEntries = dict[tuple[str, date], tuple[int, int]]
+
+
+def activity_day(occurred_at: int) -> date:
+    """The UTC day an activity (epoch milliseconds) falls on."""
+    return date(1970, 1, 1) + timedelta(days=occurred_at // MS_PER_DAY)
+
+
+def day_bounds(day: date) -> tuple[int, int]:
+    """[start, end) of a UTC day in epoch milliseconds."""
+    start = (day - date(1970, 1, 1)).days * MS_PER_DAY
+    return start, start + MS_PER_DAY
+
+
+def index_keys(activities: Iterable[Activity]) -> list[tuple[str, str, str, date]]:
+    """The (tenant, lead, type, day) index entries some activities touch, sorted (so
+    concurrent writers lock them in one order). Activities no store can hold (see
+    attributes_json) touch none."""
+    keys = set()
+    for a in activities:
+        try:
+            attributes_json(a)
+        except ValueError:
+            continue
+        keys.add((a.tenant, a.lead_id, a.type, activity_day(a.occurred_at)))
+    return sorted(keys)
+
+
 class ActivityStore(abc.ABC):
-    """One lead history store. Writing the same activity twice leaves one copy."""
+    """One lead history store. Writing the same activity twice leaves one copy.
+
+    Writes: `write_with_failures(batch)` writes what it can and returns the rest with a
+    reason, so a sink can send them to the dead letters; transient errors are retried
+    inside it with exponential backoff. A store that cannot be reached at all raises
+    StoreError instead (a runner then retries the bundle). `write(batch)` is the same but
+    raises StoreWriteError when any row failed.
+
+    The activity index: `index_activities(batch)`, called with activities that have been
+    written, brings the index entries those activities touch up to date: per (tenant,
+    lead, type, UTC day) the number of distinct stored activities and the newest
+    occurred_at. It sets values (never increments blindly), so retries and reruns leave
+    the same index.
+    """
 
     uri: str
 
@@ -26,8 +117,18 @@ class ActivityStore(abc.ABC):
         """Create tables and indexes; safe to run on an initialized store."""
 
     @abc.abstractmethod
+    def write_with_failures(self, activities: Sequence[Activity]) -> WriteResult:
+        """Write (or rewrite) activities; returns how many were written and the ones that
+        could not be, each with a reason and a detail."""
+
     def write(self, activities: Sequence[Activity]) -> int:
-        """Write (or rewrite) activities; returns how many were written."""
+        """Write (or rewrite) activities; returns how many were written. Raises
+        StoreWriteError (listing the failures) if any could not be written; the others
+        were written."""
+        result = self.write_with_failures(activities)
+        if result.failed:
+            raise StoreWriteError(result.failed)
+        return result.written
 
     @abc.abstractmethod
     def history(
@@ -40,11 +141,29 @@ class ActivityStore(abc.ABC):
         types: Iterable[str] | None = None,
         limit: int | None = None,
     ) -> list[Activity]:
-        """A lead's activities, newest first (ties by event id, descending)."""
+        """A lead's activities with since <= occurred_at < until, newest first (ties by
+        event id, descending), at most `limit`."""
 
     @abc.abstractmethod
     def count(self) -> int:
         """How many activities the store holds."""
+
+    @abc.abstractmethod
+    def index_activities(self, activities: Sequence[Activity]) -> int:
+        """Update the activity index for every (tenant, lead, type, UTC day) these
+        written activities touch; idempotent. Returns how many index entries it set."""
+
+    @abc.abstractmethod
+    def read_index(
+        self,
+        tenant: str,
+        lead_id: str,
+        *,
+        types: Iterable[str] | None = None,
+        since_day: date | None = None,
+    ) -> IndexEntries:
+        """A lead's activity index: {(type, UTC day): (count, last seen epoch ms)} for the
+        given types (default all) and days on or after since_day (default all)."""
 
     def close(self) -> None:
         """Release connections."""
@@ -60,10 +179,62 @@ class ActivityStore(abc.ABC):
 
 
 def open_store(uri: str) -> ActivityStore:
-    """The store a URI names: sqlite:///PATH."""
+    """The store a URI names; StoreError, naming the accepted forms, for anything else."""
+    if not isinstance(uri, str) or "://" not in uri:
+        raise StoreError(f"bad store URI {uri!r}; use one of: {'; '.join(URI_FORMS)}")
     scheme = urlsplit(uri).scheme
     if scheme == "sqlite":
         from orion.store.sqlite import SqliteStore
 
         return SqliteStore(uri)
-    raise StoreError(f"unsupported store URI {uri!r}; use sqlite:///PATH")
+    if scheme == "bigtable":
+        from orion.store.bigtable import BigtableStore
+
+        return BigtableStore(uri)
+    if scheme == "mysql":
+        from orion.store.mysql import MysqlStore
+
+        return MysqlStore(uri)
+    raise StoreError(f"unsupported store URI scheme {scheme!r} in {uri!r}; use one of: {'; '.join(URI_FORMS)}")
+
+
+def attributes_json(activity: Activity) -> str:
+    """An activity's attributes as compact JSON, checked to be storable as UTF-8 along
+    with its ids; ValueError (the detail of an UNSTORABLE failure) otherwise."""
+    try:
+        text = json.dumps(activity.attributes, ensure_ascii=False, sort_keys=True,
+                          separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"attributes are not JSON: {err}") from None
+    for field, value in (("event_id", activity.event_id), ("tenant", activity.tenant),
+                         ("lead_id", activity.lead_id), ("type", activity.type),
+                         ("attributes", text)):
+        if not isinstance(value, str):
+            raise ValueError(f"{field} must be text, not {type(value).__name__}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"{field} is not valid Unicode text: {err.reason} at {err.start}") from None
+    if not isinstance(activity.occurred_at, int) or isinstance(activity.occurred_at, bool):
+        raise ValueError(f"occurred_at must be epoch milliseconds, not {activity.occurred_at!r}")
+    if not MIN_MS <= activity.occurred_at <= MAX_MS:
+        raise ValueError(f"occurred_at {activity.occurred_at} is outside the years 1 to 9999")
+    return text
+
+
+def with_backoff(operation, is_transient, *, attempts: int = 6, first_delay: float = 0.1,
+                 max_delay: float = 5.0, sleep=time.sleep):
+    """Run `operation()`; retry it with exponential backoff (first_delay, doubling, at most
+    max_delay) while it raises an exception `is_transient` accepts, `attempts` times in
+    all; the last exception propagates."""
+    delay = first_delay
+    attempt = 1
+    while True:
+        try:
+            return operation()
+        except Exception as err:  # noqa: BLE001 - filtered by is_transient, re-raised otherwise
+            if attempt >= attempts or not is_transient(err):
+                raise
+        sleep(delay)
+        delay = min(delay * 2, max_delay)
+        attempt += 1

@@ -1,8 +1,10 @@
 """The embedded activity store: one SQLite file, rows keyed like the Bigtable row key
-(tenant, lead, time, event id) so writing the same activity twice leaves one row.
+(tenant, lead, time, event id) so writing the same activity twice leaves one row, and
+the activity index as a derived table recounted from the stored rows.
 
 WAL mode and a busy timeout let the workers of a multi-process DirectRunner write to
-the same file.
+the same file; a write and an index update each run in one IMMEDIATE transaction, so a
+recount always sees every committed row.
 
     orion run --store sqlite:///orion-data/activities.db
 """
@@ -10,24 +12,52 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import date
 from pathlib import Path
 from typing import Iterable, Sequence
 from urllib.parse import urlsplit
 
 from orion.activities import Activity
-from orion.store.base import ActivityStore, StoreError
+from orion.store.base import (
+    UNSTORABLE,
+    ActivityStore,
+    IndexEntries,
+    StoreError,
+    WriteFailure,
+    WriteResult,
+    attributes_json,
+    day_bounds,
+    index_keys,
+    with_backoff,
+)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS activities (
-    tenant      TEXT    NOT NULL,
-    lead_id     TEXT    NOT NULL,
-    occurred_at INTEGER NOT NULL,
-    event_id    TEXT    NOT NULL,
-    type        TEXT    NOT NULL,
-    attributes  TEXT    NOT NULL,
-    PRIMARY KEY (tenant, lead_id, occurred_at, event_id)
-) WITHOUT ROWID
-"""
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS activities (
+        tenant      TEXT    NOT NULL,
+        lead_id     TEXT    NOT NULL,
+        occurred_at INTEGER NOT NULL,
+        event_id    TEXT    NOT NULL,
+        type        TEXT    NOT NULL,
+        attributes  TEXT    NOT NULL,
+        PRIMARY KEY (tenant, lead_id, occurred_at, event_id)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS activity_index (
+        tenant         TEXT    NOT NULL,
+        lead_id        TEXT    NOT NULL,
+        type           TEXT    NOT NULL,
+        day            TEXT    NOT NULL,  -- UTC day, YYYY-MM-DD
+        activity_count INTEGER NOT NULL,
+        last_seen      INTEGER NOT NULL,  -- epoch ms of the newest activity that day
+        PRIMARY KEY (tenant, lead_id, type, day)
+    ) WITHOUT ROWID
+    """,
+)
+
+_INSERT = ("INSERT OR REPLACE INTO activities "
+           "(tenant, lead_id, occurred_at, event_id, type, attributes) VALUES (?, ?, ?, ?, ?, ?)")
 
 
 def sqlite_path(uri: str) -> Path:
@@ -35,6 +65,10 @@ def sqlite_path(uri: str) -> Path:
     if parts.scheme != "sqlite" or not parts.path or parts.netloc:
         raise StoreError(f"bad SQLite URI {uri!r}; write sqlite:///relative/path.db or sqlite:////absolute/path.db")
     return Path(parts.path[1:])
+
+
+def _is_busy(err: Exception) -> bool:
+    return isinstance(err, sqlite3.OperationalError) and ("locked" in str(err) or "busy" in str(err))
 
 
 class SqliteStore(ActivityStore):
@@ -58,29 +92,65 @@ class SqliteStore(ActivityStore):
         return self._connection
 
     def init(self) -> None:
-        self.connection.execute(_SCHEMA)
+        for statement in _SCHEMA:
+            with_backoff(lambda: self.connection.execute(statement), _is_busy)
 
-    def write(self, activities: Sequence[Activity]) -> int:
-        if not activities:
-            return 0
-        rows = [
-            (a.tenant, a.lead_id, a.occurred_at, a.event_id, a.type,
-             json.dumps(a.attributes, ensure_ascii=False, sort_keys=True, separators=(",", ":")))
-            for a in activities
-        ]
-        connection = self.connection
-        connection.execute("BEGIN IMMEDIATE")
+    def _transaction(self, body):
+        """Run body(connection) in one IMMEDIATE transaction, retrying while the file is
+        locked by another writer."""
+
+        def attempt():
+            connection = self.connection
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(connection)
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            return result
+
         try:
-            connection.executemany(
-                "INSERT OR REPLACE INTO activities "
-                "(tenant, lead_id, occurred_at, event_id, type, attributes) VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-        except BaseException:
-            connection.execute("ROLLBACK")
+            return with_backoff(attempt, _is_busy)
+        except sqlite3.OperationalError as err:
+            raise StoreError(f"cannot write SQLite store {self.path}: {err}") from err
+
+    def _select(self, sql: str, params) -> list[tuple]:
+        try:
+            return self.connection.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as err:
+            if "no such table" in str(err):
+                raise StoreError(f"the SQLite store {self.path} has no tables ({err}); "
+                                 f"create them with: orion store init {self.uri}") from err
             raise
-        connection.execute("COMMIT")
-        return len(rows)
+
+    def write_with_failures(self, activities: Sequence[Activity]) -> WriteResult:
+        rows, failed = [], []
+        for a in activities:
+            try:
+                rows.append((a, (a.tenant, a.lead_id, a.occurred_at, a.event_id, a.type, attributes_json(a))))
+            except ValueError as err:
+                failed.append(WriteFailure(a, UNSTORABLE, str(err)))
+        if not rows:
+            return WriteResult(0, failed)
+
+        def insert(connection):
+            try:
+                connection.executemany(_INSERT, [values for _, values in rows])
+                return 0, []
+            except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, OverflowError):
+                pass
+            # Some row of the batch cannot be stored: write the others one by one.
+            row_failures = []
+            for activity, values in rows:
+                try:
+                    connection.execute(_INSERT, values)
+                except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, OverflowError) as err:
+                    row_failures.append(WriteFailure(activity, UNSTORABLE, f"SQLite refused the row: {err}"))
+            return len(row_failures), row_failures
+
+        refused, row_failures = self._transaction(insert)
+        return WriteResult(len(rows) - refused, failed + row_failures)
 
     def history(
         self,
@@ -109,11 +179,59 @@ class SqliteStore(ActivityStore):
         if limit is not None:
             sql.append("LIMIT ?")
             params.append(limit)
-        rows = self.connection.execute(" ".join(sql), params).fetchall()
+        rows = self._select(" ".join(sql), params)
         return [Activity(e, t, l, ty, at, json.loads(attrs)) for e, t, l, ty, at, attrs in rows]
 
     def count(self) -> int:
-        return self.connection.execute("SELECT COUNT(*) FROM activities").fetchone()[0]
+        return self._select("SELECT COUNT(*) FROM activities", ())[0][0]
+
+    def index_activities(self, activities: Sequence[Activity]) -> int:
+        keys = index_keys(activities)
+        if not keys:
+            return 0
+
+        def recount(connection):
+            for tenant, lead_id, type_, day in keys:
+                start, end = day_bounds(day)
+                count, last_seen = connection.execute(
+                    "SELECT COUNT(*), MAX(occurred_at) FROM activities WHERE tenant = ? AND lead_id = ? "
+                    "AND occurred_at >= ? AND occurred_at < ? AND type = ?",
+                    (tenant, lead_id, start, end, type_),
+                ).fetchone()
+                if count:
+                    connection.execute(
+                        "INSERT OR REPLACE INTO activity_index "
+                        "(tenant, lead_id, type, day, activity_count, last_seen) VALUES (?, ?, ?, ?, ?, ?)",
+                        (tenant, lead_id, type_, day.isoformat(), count, last_seen),
+                    )
+                else:
+                    connection.execute(
+                        "DELETE FROM activity_index WHERE tenant = ? AND lead_id = ? AND type = ? AND day = ?",
+                        (tenant, lead_id, type_, day.isoformat()),
+                    )
+
+        self._transaction(recount)
+        return len(keys)
+
+    def read_index(
+        self,
+        tenant: str,
+        lead_id: str,
+        *,
+        types: Iterable[str] | None = None,
+        since_day: date | None = None,
+    ) -> IndexEntries:
+        sql = ["SELECT type, day, activity_count, last_seen FROM activity_index WHERE tenant = ? AND lead_id = ?"]
+        params: list = [tenant, lead_id]
+        type_list = list(types) if types is not None else None
+        if type_list is not None:
+            sql.append(f"AND type IN ({', '.join('?' * len(type_list))})" if type_list else "AND 0")
+            params.extend(type_list)
+        if since_day is not None:
+            sql.append("AND day >= ?")
+            params.append(since_day.isoformat())
+        rows = self._select(" ".join(sql), params)
+        return {(type_, date.fromisoformat(day)): (count, last_seen) for type_, day, count, last_seen in rows}
 
     def close(self) -> None:
         if self._connection is not None:

@@ -1,0 +1,448 @@
+"""The Bigtable activity store: `bigtable://PROJECT/INSTANCE/TABLE`, on Cloud Bigtable or,
+when BIGTABLE_EMULATOR_HOST is set, on the emulator (cbtemulator).
+
+One row per activity in TABLE, keyed so that one lead's history is one contiguous,
+newest-first range:
+
+    TENANT#SALT#LEAD#REVERSED_TIME#EVENT_ID
+
+- TENANT, LEAD and EVENT_ID are percent-encoded UTF-8 (`urllib.parse.quote`, so '#',
+  '%', '/', spaces, control and non-ASCII characters become %XX): the key is ASCII, '#'
+  only ever separates, and every id, whatever characters it holds, has exactly one key.
+- SALT is two hex digits from a SHA-256 of the lead id (SALT_BUCKETS buckets): one
+  tenant's leads spread over the key space instead of hotspotting one tablet.
+- REVERSED_TIME is MAX_MS - occurred_at as 15 zero-padded digits (fixed width for every
+  time from year 1 to 9999), so a prefix scan returns newest first.
+
+Family "a" holds the columns `type`, `attributes` (JSON) and `occurred_at` (decimal
+epoch ms). Every cell is written with the cell timestamp occurred_at (clamped at the
+epoch), so a retried or rerun write replaces the same cells and never adds a version;
+the families keep one version (GC rule max versions 1).
+
+The activity index lives in TABLE-index, one row per (tenant, lead, type, UTC day):
+
+    TENANT#SALT#LEAD#TYPE#YYYY-MM-DD
+
+with one cell per distinct event id in family "e" (qualifier: the event id, value: its
+occurred_at). Count = number of cells, last seen = their maximum value. Writing the same
+event id again sets the same cell, and concurrent writers only ever add cells, so the
+index is exact under retries, reruns and parallel workers without any read-modify-write.
+
+    BIGTABLE_EMULATOR_HOST=127.0.0.1:8086 orion store init bigtable://demo/local/activities
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from datetime import date, datetime, timedelta, timezone
+from typing import Iterable, Iterator, Sequence
+from urllib.parse import quote, unquote
+
+from orion.activities import Activity
+from orion.store.base import (
+    MAX_MS,
+    MIN_MS,
+    STORE_WRITE_FAILED,
+    UNSTORABLE,
+    ActivityStore,
+    IndexEntries,
+    StoreError,
+    WriteFailure,
+    WriteResult,
+    activity_day,
+    attributes_json,
+    with_backoff,
+)
+
+SEPARATOR = "#"
+SALT_BUCKETS = 256  # two hex digits
+TIME_DIGITS = 15  # len(str(MAX_MS - MIN_MS))
+ACTIVITY_FAMILY = "a"
+INDEX_FAMILY = "e"
+INDEX_TABLE_SUFFIX = "-index"
+BATCH_SIZE = 500  # rows per MutateRows request
+
+_TABLE_ID = re.compile(r"[_a-zA-Z0-9][-_.a-zA-Z0-9]*")
+_INSTANCE_ID = re.compile(r"[a-z][-a-z0-9]{5,32}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+# gRPC status codes. A row refused with one of _ROW_FAULT is the row's own fault
+# (UNSTORABLE); _RETRYABLE ones are retried with backoff; anything else is the store's.
+_RETRYABLE = {4, 8, 10, 13, 14}  # DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE
+_ROW_FAULT = {3, 9, 11}  # INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE
+
+
+# --- row keys (plain Python; the layout is part of the engine-neutral core) ---------
+
+
+def encode_id(text: str) -> str:
+    """An id as it appears in a row key: percent-encoded UTF-8, never containing '#'."""
+    return quote(text, safe="@:+")
+
+
+def decode_id(text: str) -> str:
+    return unquote(text, errors="strict")
+
+
+def lead_salt(lead_id: str) -> str:
+    """Two hex digits, stable across processes and machines (unlike hash())."""
+    return f"{hashlib.sha256(lead_id.encode('utf-8')).digest()[0] % SALT_BUCKETS:02x}"
+
+
+def reversed_time(occurred_at: int) -> str:
+    return f"{MAX_MS - occurred_at:0{TIME_DIGITS}d}"
+
+
+def lead_prefix(tenant: str, lead_id: str) -> str:
+    """The key prefix every row of one lead starts with (activities and index alike)."""
+    return SEPARATOR.join((encode_id(tenant), lead_salt(lead_id), encode_id(lead_id))) + SEPARATOR
+
+
+def activity_row_key(tenant: str, lead_id: str, occurred_at: int, event_id: str) -> bytes:
+    """TENANT#SALT#LEAD#REVERSED_TIME#EVENT_ID, ASCII."""
+    return (lead_prefix(tenant, lead_id) + reversed_time(occurred_at) + SEPARATOR
+            + encode_id(event_id)).encode("ascii")
+
+
+def parse_activity_row_key(key: bytes) -> tuple[str, str, int, str]:
+    """(tenant, lead_id, occurred_at, event_id) back from an activity row key."""
+    tenant, _salt, lead_id, reverse, event_id = key.decode("ascii").split(SEPARATOR)
+    return decode_id(tenant), decode_id(lead_id), MAX_MS - int(reverse), decode_id(event_id)
+
+
+def index_row_key(tenant: str, lead_id: str, type_: str, day: date) -> bytes:
+    """TENANT#SALT#LEAD#TYPE#YYYY-MM-DD, ASCII."""
+    return (lead_prefix(tenant, lead_id) + encode_id(type_) + SEPARATOR + day.isoformat()).encode("ascii")
+
+
+def parse_index_row_key(key: bytes) -> tuple[str, str, str, date]:
+    """(tenant, lead_id, type, day) back from an index row key."""
+    tenant, _salt, lead_id, type_, day = key.decode("ascii").split(SEPARATOR)
+    return decode_id(tenant), decode_id(lead_id), decode_id(type_), date.fromisoformat(day)
+
+
+def cell_timestamp(occurred_at: int) -> datetime:
+    """The explicit cell timestamp of an activity's cells (Bigtable has none before 1970)."""
+    return _EPOCH + timedelta(milliseconds=max(occurred_at, 0))
+
+
+def parse_bigtable_uri(uri: str) -> tuple[str, str, str]:
+    """bigtable://PROJECT/INSTANCE/TABLE -> (project, instance, table)."""
+    form = "bigtable://PROJECT/INSTANCE/TABLE"
+    if not uri.startswith("bigtable://"):
+        raise StoreError(f"bad Bigtable URI {uri!r}; write {form}")
+    parts = uri[len("bigtable://"):].split("/")
+    if len(parts) != 3 or not all(parts):
+        raise StoreError(f"bad Bigtable URI {uri!r}; write {form}, for example bigtable://my-project/my-instance/activities")
+    project, instance, table = parts
+    if not _INSTANCE_ID.fullmatch(instance):
+        raise StoreError(f"bad Bigtable instance id {instance!r} in {uri!r}: 6 to 33 characters, "
+                         "lower-case letters, digits and '-', starting with a letter")
+    if not _TABLE_ID.fullmatch(table) or len(table) + len(INDEX_TABLE_SUFFIX) > 50:
+        raise StoreError(f"bad Bigtable table id {table!r} in {uri!r}: letters, digits, '_', '-', '.', "
+                         f"at most {50 - len(INDEX_TABLE_SUFFIX)} characters")
+    return project, instance, table
+
+
+def _re2_literal(text: str) -> bytes:
+    """A regular expression (RE2, as Bigtable and its emulator use) matching exactly text."""
+    out = bytearray()
+    for byte in text.encode("utf-8"):
+        char = chr(byte)
+        if char.isalnum() and byte < 0x80 or char == "_" or byte >= 0x80:
+            out.append(byte)
+        elif 0x20 < byte < 0x7F:
+            out += b"\\" + bytes([byte])
+        else:
+            out += f"\\x{byte:02x}".encode("ascii")
+    return bytes(out)
+
+
+# --- the store ----------------------------------------------------------------------
+
+
+def _transient(err: Exception) -> bool:
+    from google.api_core import exceptions
+
+    return isinstance(err, (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded,
+                            exceptions.Aborted, exceptions.InternalServerError,
+                            exceptions.TooManyRequests))
+
+
+class BigtableStore(ActivityStore):
+    """See the module docstring for the layout. Clients open lazily, so the store can be
+    constructed (and its URI checked) where Google Cloud libraries are not wanted."""
+
+    attempts = 6  # MutateRows attempts per batch before a row is reported as failed
+    first_delay = 0.1  # seconds; doubles per attempt up to max_delay
+    max_delay = 5.0
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.project, self.instance_id, self.table_id = parse_bigtable_uri(uri)
+        self.index_table_id = self.table_id + INDEX_TABLE_SUFFIX
+        self._client = None
+        self._tables: dict = {}
+
+    # clients and tables
+
+    def _new_client(self, admin: bool):
+        try:
+            from google.cloud import bigtable
+        except ImportError as err:
+            raise StoreError("the Bigtable store needs google-cloud-bigtable: pip install 'apache-beam[gcp]'") from err
+        try:
+            return bigtable.Client(project=self.project, admin=admin)
+        except Exception as err:  # noqa: BLE001 - credentials and environment problems of any kind
+            raise StoreError(f"cannot open a Bigtable client for project {self.project!r}: {err}; "
+                             "set BIGTABLE_EMULATOR_HOST for the emulator or provide Google Cloud "
+                             "credentials (gcloud auth application-default login)") from err
+
+    def _table(self, table_id: str):
+        if table_id not in self._tables:
+            if self._client is None:
+                self._client = self._new_client(admin=False)
+            self._tables[table_id] = self._client.instance(self.instance_id).table(table_id)
+        return self._tables[table_id]
+
+    def _missing_table(self, err: Exception, table_id: str) -> StoreError:
+        return StoreError(f"Bigtable table {table_id!r} of {self.uri} is missing or unusable ({err}); "
+                          f"create it with: orion store init {self.uri}")
+
+    def init(self) -> None:
+        from google.api_core import exceptions
+        from google.cloud.bigtable import column_family
+
+        client = self._new_client(admin=True)
+        try:
+            instance = client.instance(self.instance_id)
+            for table_id, family in ((self.table_id, ACTIVITY_FAMILY), (self.index_table_id, INDEX_FAMILY)):
+                table = instance.table(table_id)
+                one_version = column_family.MaxVersionsGCRule(1)
+                try:
+                    with_backoff(lambda: table.create(column_families={family: one_version}), _transient)
+                except exceptions.AlreadyExists:
+                    pass
+                if family not in with_backoff(table.list_column_families, _transient):
+                    try:
+                        table.column_family(family, one_version).create()
+                    except exceptions.AlreadyExists:
+                        pass
+        except exceptions.GoogleAPICallError as err:
+            raise StoreError(f"cannot create the tables of {self.uri}: {err}; the instance "
+                             f"{self.instance_id!r} must exist (gcloud bigtable instances create) and "
+                             "the credentials need Bigtable admin rights") from err
+        finally:
+            _close_client(client)
+
+    # writing
+
+    def write_with_failures(self, activities: Sequence[Activity]) -> WriteResult:
+        table = self._table(self.table_id)
+        pending, failed = [], []
+        for activity in activities:
+            try:
+                attributes = attributes_json(activity)
+            except ValueError as err:
+                failed.append(WriteFailure(activity, UNSTORABLE, str(err)))
+                continue
+            row = table.direct_row(activity_row_key(
+                activity.tenant, activity.lead_id, activity.occurred_at, activity.event_id))
+            when = cell_timestamp(activity.occurred_at)
+            row.set_cell(ACTIVITY_FAMILY, b"type", activity.type.encode("utf-8"), timestamp=when)
+            row.set_cell(ACTIVITY_FAMILY, b"attributes", attributes.encode("utf-8"), timestamp=when)
+            row.set_cell(ACTIVITY_FAMILY, b"occurred_at", str(activity.occurred_at).encode("ascii"), timestamp=when)
+            pending.append((activity, row))
+        written, refused = self._mutate(table, pending)
+        return WriteResult(written, failed + refused)
+
+    def _mutate(self, table, pending: list) -> tuple[int, list[WriteFailure]]:
+        """MutateRows in batches; rows failing with a transient status are retried with
+        exponential backoff, the rest reported. Raises StoreError when the table cannot be
+        written at all (missing, no permission, unreachable after every attempt)."""
+        from google.api_core import exceptions
+
+        written, failed = 0, []
+        for start in range(0, len(pending), BATCH_SIZE):
+            batch = pending[start:start + BATCH_SIZE]
+            delay, last_status = self.first_delay, {}
+            for attempt in range(1, self.attempts + 1):
+                try:
+                    statuses = table.mutate_rows([row for _, row in batch], retry=None)
+                except exceptions.NotFound as err:
+                    raise self._missing_table(err, table.table_id) from err
+                except exceptions.GoogleAPICallError as err:
+                    raise StoreError(f"cannot write to {self.uri}: {err}") from err
+                retry = []
+                for (activity, row), status in zip(batch, statuses):
+                    code = None if status is None else status.code
+                    if code == 0:
+                        written += 1
+                    elif code is None or code in _RETRYABLE:
+                        retry.append((activity, row))
+                        last_status[id(activity)] = "no answer" if status is None else f"code {code}: {status.message}"
+                    else:
+                        reason = UNSTORABLE if code in _ROW_FAULT else STORE_WRITE_FAILED
+                        failed.append(WriteFailure(activity, reason, f"Bigtable refused the row (code {code}): {status.message}"))
+                batch = retry
+                if not batch:
+                    break
+                if attempt < self.attempts:
+                    time.sleep(delay)
+                    delay = min(delay * 2, self.max_delay)
+            failed.extend(
+                WriteFailure(activity, STORE_WRITE_FAILED,
+                             f"Bigtable kept failing after {self.attempts} attempts ({last_status[id(activity)]})")
+                for activity, _ in batch
+            )
+        return written, failed
+
+    # reading
+
+    def _read(self, table_id: str, **kwargs) -> Iterator:
+        """Stream rows; a missing table becomes a StoreError that says to run init."""
+        from google.api_core import exceptions
+
+        rows = None
+        try:
+            rows = self._table(table_id).read_rows(**kwargs)
+            yield from rows
+        except exceptions.NotFound as err:
+            raise self._missing_table(err, table_id) from err
+        finally:
+            if rows is not None:
+                rows.cancel()
+
+    def history(
+        self,
+        tenant: str,
+        lead_id: str,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        types: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Activity]:
+        from google.cloud.bigtable import row_filters as rf
+
+        low = MIN_MS if since is None else max(since, MIN_MS)
+        high = MAX_MS + 1 if until is None else min(until, MAX_MS + 1)  # exclusive
+        type_list = None if types is None else list(types)
+        if low >= high or type_list == [] or (limit is not None and limit <= 0):
+            return []
+        prefix = lead_prefix(tenant, lead_id)
+        # Newest first: the newest time allowed has the smallest reversed time.
+        start_key = (prefix + reversed_time(high - 1)).encode("ascii")
+        end_key = (prefix + reversed_time(low) + chr(ord(SEPARATOR) + 1)).encode("ascii")
+        row_filter = rf.RowFilterChain([rf.FamilyNameRegexFilter(ACTIVITY_FAMILY), rf.CellsColumnLimitFilter(1)])
+        if type_list is not None:
+            wanted = b"^(?:" + b"|".join(_re2_literal(t) for t in sorted(set(type_list))) + b")$"
+            has_type = rf.RowFilterChain([rf.ColumnQualifierRegexFilter(b"^type$"), rf.ValueRegexFilter(wanted)])
+            row_filter = rf.ConditionalRowFilter(has_type, true_filter=row_filter)
+
+        found: list[Activity] = []
+        for row in self._read(self.table_id, start_key=start_key, end_key=end_key, filter_=row_filter):
+            activity = _activity_from_row(row)
+            # Rows of one time sort by encoded event id, ascending; keep reading past the
+            # limit until the time changes, then order ties by event id, descending.
+            if limit is not None and len(found) >= limit and activity.occurred_at != found[-1].occurred_at:
+                break
+            found.append(activity)
+        found.sort(key=lambda a: (a.occurred_at, a.event_id), reverse=True)
+        return found if limit is None else found[:limit]
+
+    def count(self) -> int:
+        from google.cloud.bigtable import row_filters as rf
+
+        keys_only = rf.RowFilterChain([rf.CellsRowLimitFilter(1), rf.StripValueTransformerFilter(True)])
+        return sum(1 for _ in self._read(self.table_id, filter_=keys_only))
+
+    # the activity index
+
+    def index_activities(self, activities: Sequence[Activity]) -> int:
+        table = self._table(self.index_table_id)
+        rows: dict[bytes, object] = {}
+        for activity in activities:
+            try:
+                attributes_json(activity)  # rows write() refuses are not stored, so not indexed
+            except ValueError:
+                continue
+            key = index_row_key(activity.tenant, activity.lead_id, activity.type, activity_day(activity.occurred_at))
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = table.direct_row(key)
+            row.set_cell(INDEX_FAMILY, activity.event_id.encode("utf-8"), str(activity.occurred_at).encode("ascii"),
+                         timestamp=cell_timestamp(activity.occurred_at))
+        _, failed = self._mutate(table, [(key, row) for key, row in rows.items()])
+        if failed:
+            raise StoreError(f"{len(failed)} index rows of {self.uri} could not be written: {failed[0].detail}")
+        return len(rows)
+
+    def read_index(
+        self,
+        tenant: str,
+        lead_id: str,
+        *,
+        types: Iterable[str] | None = None,
+        since_day: date | None = None,
+    ) -> IndexEntries:
+        from google.cloud.bigtable import row_filters as rf
+        from google.cloud.bigtable.row_set import RowSet
+
+        prefix = lead_prefix(tenant, lead_id)
+        row_set = RowSet()
+        if types is None:
+            row_set.add_row_range_from_keys(start_key=prefix.encode("ascii"),
+                                            end_key=_prefix_end(prefix).encode("ascii"))
+        else:
+            type_prefixes = sorted({prefix + encode_id(t) + SEPARATOR for t in types})
+            if not type_prefixes:
+                return {}
+            first_day = since_day.isoformat() if since_day is not None else ""
+            for type_prefix in type_prefixes:  # the type's rows from since_day on
+                row_set.add_row_range_from_keys(start_key=(type_prefix + first_day).encode("ascii"),
+                                                end_key=_prefix_end(type_prefix).encode("ascii"))
+        entries: IndexEntries = {}
+        for row in self._read(self.index_table_id, row_set=row_set,
+                              filter_=rf.RowFilterChain([rf.FamilyNameRegexFilter(INDEX_FAMILY),
+                                                         rf.CellsColumnLimitFilter(1)])):
+            _, _, type_, day = parse_index_row_key(row.row_key)
+            if since_day is not None and day < since_day:
+                continue
+            cells = row.cells.get(INDEX_FAMILY, {})
+            entries[(type_, day)] = (len(cells), max(int(versions[0].value) for versions in cells.values()))
+        return entries
+
+    def close(self) -> None:
+        if self._client is not None:
+            _close_client(self._client)
+            self._client = None
+            self._tables = {}
+
+
+def _prefix_end(prefix: str) -> str:
+    """The smallest key after every key starting with prefix (which ends in '#')."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _activity_from_row(row) -> Activity:
+    tenant, lead_id, occurred_at, event_id = parse_activity_row_key(row.row_key)
+    cells = row.cells[ACTIVITY_FAMILY]
+    return Activity(
+        event_id,
+        tenant,
+        lead_id,
+        cells[b"type"][0].value.decode("utf-8"),
+        occurred_at,
+        json.loads(cells[b"attributes"][0].value.decode("utf-8")),
+    )
+
+
+def _close_client(client) -> None:
+    """Close the gRPC channels a google.cloud.bigtable.Client opened (it has no close())."""
+    for name in ("_table_data_client", "_table_admin_client", "_instance_admin_client"):
+        gapic = client.__dict__.get(name)
+        if gapic is not None:
+            gapic.transport.close()

@@ -1,0 +1,434 @@
+"""The legacy activity store: MySQL or MariaDB, `mysql://USER:PASSWORD@HOST:PORT/DATABASE`,
+through PyMySQL. It keeps the legacy schema the bootstrap migration reads by id range:
+
+- `leads`: one row per (tenant, lead_id), with when the row was created and the first
+  and last activity times seen.
+- `activities`: an AUTO_INCREMENT `id` (the migration's cursor), unique per
+  (tenant, event_id), with `occurred_at` as BIGINT epoch milliseconds UTC (exact, the
+  same number as Activity.occurred_at, no time zone or DATETIME rounding in the way) and
+  `attributes` as JSON (on MariaDB: LONGTEXT with a JSON_VALID check). History reads
+  use the index (tenant, lead_id, occurred_at, event_id).
+- `activity_index`: count and last seen per (tenant, lead_id, type, UTC day), a derived
+  table recounted from `activities` for every entry a batch touches, in one transaction
+  with shared locks on the counted rows, so retries and reruns leave the same index.
+
+Ids and types are VARBINARY (UTF-8 bytes): comparisons are exact and byte-wise, with no
+case folding, no trailing-space padding and the same order as the other stores. An event
+id names one activity per tenant: writing it again updates that row in place.
+
+Every statement is parameterized; the database name, the only identifier taken from the
+URI, is checked against [A-Za-z0-9_$]. `init` creates the database when it is missing
+(utf8mb4) and the tables. A password may come from the URI (percent-encoded) or, to keep
+it out of command lines, from the MYSQL_PWD environment variable.
+
+    orion store init mysql://root@127.0.0.1:3306/orion
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import date
+from typing import Iterable, Sequence
+from urllib.parse import unquote, urlsplit
+
+from orion.activities import Activity
+from orion.store.base import (
+    UNSTORABLE,
+    ActivityStore,
+    IndexEntries,
+    StoreError,
+    WriteFailure,
+    WriteResult,
+    attributes_json,
+    day_bounds,
+    index_keys,
+    with_backoff,
+)
+
+URI_FORM = "mysql://USER:PASSWORD@HOST:PORT/DATABASE"
+_DATABASE_NAME = re.compile(r"[A-Za-z0-9_$]{1,64}")
+
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS leads (
+        tenant            VARBINARY(255) NOT NULL,
+        lead_id           VARBINARY(255) NOT NULL,
+        created_at        DATETIME(3)    NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+        first_activity_at BIGINT         NOT NULL COMMENT 'epoch ms, UTC',
+        last_activity_at  BIGINT         NOT NULL COMMENT 'epoch ms, UTC',
+        PRIMARY KEY (tenant, lead_id)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS activities (
+        id          BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+        tenant      VARBINARY(255)  NOT NULL,
+        event_id    VARBINARY(255)  NOT NULL,
+        lead_id     VARBINARY(255)  NOT NULL,
+        type        VARBINARY(255)  NOT NULL,
+        occurred_at BIGINT          NOT NULL COMMENT 'epoch ms, UTC',
+        attributes  JSON            NOT NULL,
+        PRIMARY KEY (id),
+        UNIQUE KEY activities_event (tenant, event_id),
+        KEY activities_history (tenant, lead_id, occurred_at, event_id),
+        KEY activities_lead_type_time (tenant, lead_id, type, occurred_at)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS activity_index (
+        tenant         VARBINARY(255) NOT NULL,
+        lead_id        VARBINARY(255) NOT NULL,
+        type           VARBINARY(255) NOT NULL,
+        day            DATE           NOT NULL COMMENT 'UTC day',
+        activity_count INT UNSIGNED   NOT NULL,
+        last_seen      BIGINT         NOT NULL COMMENT 'epoch ms of the newest activity that day',
+        PRIMARY KEY (tenant, lead_id, type, day)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+    """,
+)
+
+_UPSERT_LEAD = (
+    "INSERT INTO leads (tenant, lead_id, first_activity_at, last_activity_at) VALUES (%s, %s, %s, %s) "
+    "ON DUPLICATE KEY UPDATE first_activity_at = LEAST(first_activity_at, VALUES(first_activity_at)), "
+    "last_activity_at = GREATEST(last_activity_at, VALUES(last_activity_at))"
+)
+_UPSERT_ACTIVITY = (
+    "INSERT INTO activities (tenant, event_id, lead_id, type, occurred_at, attributes) "
+    "VALUES (%s, %s, %s, %s, %s, %s) "
+    "ON DUPLICATE KEY UPDATE lead_id = VALUES(lead_id), type = VALUES(type), "
+    "occurred_at = VALUES(occurred_at), attributes = VALUES(attributes)"
+)
+
+# Server and client error codes worth a retry: lock wait timeout, deadlock, too many
+# connections, cannot connect, server gone away, lost connection, shutdown in progress.
+_TRANSIENT_CODES = {1205, 1213, 1040, 1053, 2003, 2006, 2013, 2055}
+_CONNECTION_LOST = {2003, 2006, 2013, 2055, 1053}
+_UNKNOWN_DATABASE = 1049
+_NO_SUCH_TABLE = 1146
+_ROW_REFUSED_CODES = {1366, 1406, 3140, 4025}  # bad string value, too long, bad JSON, check failed
+
+
+def parse_mysql_uri(uri: str) -> dict:
+    """mysql://USER:PASSWORD@HOST:PORT/DATABASE -> PyMySQL connect() arguments.
+
+    Errors never repeat the password."""
+    parts = urlsplit(uri)
+    shown = redact(uri)
+    try:
+        port = parts.port or 3306
+    except ValueError:
+        raise StoreError(f"bad port in MySQL URI {shown!r}; write {URI_FORM}") from None
+    database = parts.path[1:] if parts.path.startswith("/") else ""
+    if parts.scheme != "mysql" or not parts.hostname or not parts.username:
+        raise StoreError(f"bad MySQL URI {shown!r}; write {URI_FORM}, for example mysql://root@127.0.0.1:3306/orion")
+    if not _DATABASE_NAME.fullmatch(database):
+        raise StoreError(f"bad database name {database!r} in MySQL URI {shown!r}: 1 to 64 letters, digits, '_' or '$'; "
+                         f"write {URI_FORM}")
+    password = unquote(parts.password) if parts.password is not None else os.environ.get("MYSQL_PWD", "")
+    return {
+        "host": parts.hostname,
+        "port": port,
+        "user": unquote(parts.username),
+        "password": password,
+        "database": database,
+    }
+
+
+def redact(uri: str) -> str:
+    """The URI with its password replaced by ***."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _code(err: Exception) -> int | None:
+    args = getattr(err, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _is_transient(err: Exception) -> bool:
+    import pymysql
+
+    return isinstance(err, pymysql.err.OperationalError) and _code(err) in _TRANSIENT_CODES
+
+
+def _row_refused(err: Exception) -> bool:
+    """Whether an error is about the row's data (too long, bad value, check failed)
+    rather than about the server."""
+    import pymysql
+
+    return (isinstance(err, (pymysql.err.DataError, pymysql.err.IntegrityError))
+            or isinstance(err, pymysql.err.OperationalError) and _code(err) in _ROW_REFUSED_CODES)
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else value
+
+
+class MysqlStore(ActivityStore):
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._settings = parse_mysql_uri(uri)
+        self._connection = None
+
+    def __repr__(self) -> str:
+        return f"MysqlStore({redact(self.uri)!r})"
+
+    # connections
+
+    def _connect(self, with_database: bool = True):
+        import pymysql
+
+        settings = dict(self._settings)
+        if not with_database:
+            settings.pop("database")
+        return pymysql.connect(
+            **settings,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=10,
+            # Strict mode: an over-long id is an error for that row, never truncated.
+            init_command="SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', time_zone = '+00:00'",
+        )
+
+    @property
+    def connection(self):
+        import pymysql
+
+        if self._connection is None:
+            try:
+                self._connection = self._connect()
+            except pymysql.err.OperationalError as err:
+                where = f"{self._settings['host']}:{self._settings['port']}"
+                if _code(err) == _UNKNOWN_DATABASE:
+                    raise StoreError(f"MySQL database {self._settings['database']!r} does not exist on {where}; "
+                                     f"create it and its tables with: orion store init {redact(self.uri)}") from err
+                if _is_transient(err):
+                    raise
+                raise StoreError(f"cannot connect to MySQL at {where} as {self._settings['user']!r}: {err}") from err
+        return self._connection
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection may fail in any way
+                pass
+            self._connection = None
+
+    def _transaction(self, body):
+        """Run body(cursor) in one transaction; deadlocks, lock timeouts and lost
+        connections are retried with exponential backoff (reconnecting as needed)."""
+        import pymysql
+
+        def attempt():
+            connection = self.connection
+            try:
+                connection.begin()
+                with connection.cursor() as cursor:
+                    result = body(cursor)
+                connection.commit()
+                return result
+            except BaseException as err:
+                if _code(err) in _CONNECTION_LOST:
+                    self._drop_connection()
+                else:
+                    try:
+                        connection.rollback()
+                    except pymysql.err.Error:
+                        self._drop_connection()
+                raise
+
+        try:
+            return with_backoff(attempt, _is_transient)
+        except pymysql.err.ProgrammingError as err:
+            if _code(err) != _NO_SUCH_TABLE:
+                raise
+            raise StoreError(f"the MySQL store {redact(self.uri)} has no tables ({err.args[-1]}); "
+                             f"create them with: orion store init {redact(self.uri)}") from err
+        except pymysql.err.OperationalError as err:
+            if not _is_transient(err):
+                raise
+            where = f"{self._settings['host']}:{self._settings['port']}"
+            raise StoreError(f"MySQL at {where} kept failing: {err}; is the server running?") from err
+
+    def _query(self, sql: str, params: Sequence) -> list[tuple]:
+        def run(cursor):
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+        return self._transaction(run)
+
+    def init(self) -> None:
+        import pymysql
+
+        try:
+            self._transaction(lambda cursor: None)
+        except StoreError as err:
+            if not isinstance(err.__cause__, pymysql.err.OperationalError) or _code(err.__cause__) != _UNKNOWN_DATABASE:
+                raise
+            connection = self._connect(with_database=False)
+            try:
+                with connection.cursor() as cursor:
+                    # An identifier cannot be a parameter; the name matched _DATABASE_NAME.
+                    cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{self._settings['database']}` "
+                                   "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+            finally:
+                connection.close()
+
+        def create(cursor):
+            for statement in _SCHEMA:
+                cursor.execute(statement)
+
+        self._transaction(create)
+
+    # writing
+
+    def write_with_failures(self, activities: Sequence[Activity]) -> WriteResult:
+        import pymysql
+
+        rows, failed = [], []
+        for a in activities:
+            try:
+                rows.append((a, (a.tenant, a.event_id, a.lead_id, a.type, a.occurred_at, attributes_json(a))))
+            except ValueError as err:
+                failed.append(WriteFailure(a, UNSTORABLE, str(err)))
+        if not rows:
+            return WriteResult(0, failed)
+        rows.sort(key=lambda row: (row[1][0], row[1][1]))  # one lock order for concurrent writers
+
+        def write_all(cursor):
+            cursor.executemany(_UPSERT_LEAD, _lead_rows([a for a, _ in rows]))
+            cursor.executemany(_UPSERT_ACTIVITY, [values for _, values in rows])
+
+        try:
+            self._transaction(write_all)
+            return WriteResult(len(rows), failed)
+        except pymysql.err.Error as err:
+            if not _row_refused(err):
+                raise StoreError(f"cannot write to MySQL {redact(self.uri)}: {err}") from err
+        # Some row is refused (too long, say): write the rows one by one to find it.
+        written = 0
+        for activity, values in rows:
+            def write_one(cursor, activity=activity, values=values):
+                cursor.execute(_UPSERT_LEAD, _lead_rows([activity])[0])
+                cursor.execute(_UPSERT_ACTIVITY, values)
+
+            try:
+                self._transaction(write_one)
+                written += 1
+            except pymysql.err.Error as err:
+                if not _row_refused(err):
+                    raise StoreError(f"cannot write to MySQL {redact(self.uri)}: {err}") from err
+                failed.append(WriteFailure(activity, UNSTORABLE, f"MySQL refused the row: {err.args[-1]}"))
+        return WriteResult(written, failed)
+
+    # reading
+
+    def history(
+        self,
+        tenant: str,
+        lead_id: str,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        types: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Activity]:
+        sql = ["SELECT event_id, tenant, lead_id, type, occurred_at, attributes FROM activities "
+               "WHERE tenant = %s AND lead_id = %s"]
+        params: list = [tenant, lead_id]
+        if since is not None:
+            sql.append("AND occurred_at >= %s")
+            params.append(since)
+        if until is not None:
+            sql.append("AND occurred_at < %s")
+            params.append(until)
+        type_list = list(types) if types is not None else None
+        if type_list is not None:
+            if not type_list:
+                return []
+            sql.append(f"AND type IN ({', '.join(['%s'] * len(type_list))})")
+            params.extend(type_list)
+        sql.append("ORDER BY occurred_at DESC, event_id DESC")
+        if limit is not None:
+            sql.append("LIMIT %s")
+            params.append(max(limit, 0))
+        rows = self._query(" ".join(sql), params)
+        return [Activity(_text(e), _text(t), _text(l), _text(ty), int(at), json.loads(attrs))
+                for e, t, l, ty, at, attrs in rows]
+
+    def count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM activities", ())[0][0])
+
+    # the activity index
+
+    def index_activities(self, activities: Sequence[Activity]) -> int:
+        keys = index_keys(activities)
+        if not keys:
+            return 0
+
+        def recount(cursor):
+            for tenant, lead_id, type_, day in keys:
+                start, end = day_bounds(day)
+                # Shared locks on the counted rows: a concurrent write to this lead, type
+                # and day waits for this recount (or deadlocks and is retried).
+                cursor.execute(
+                    "SELECT COUNT(*), MAX(occurred_at) FROM activities WHERE tenant = %s AND lead_id = %s "
+                    "AND type = %s AND occurred_at >= %s AND occurred_at < %s LOCK IN SHARE MODE",
+                    (tenant, lead_id, type_, start, end),
+                )
+                count, last_seen = cursor.fetchone()
+                if count:
+                    cursor.execute(
+                        "INSERT INTO activity_index (tenant, lead_id, type, day, activity_count, last_seen) "
+                        "VALUES (%s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
+                        "activity_count = VALUES(activity_count), last_seen = VALUES(last_seen)",
+                        (tenant, lead_id, type_, day, count, last_seen),
+                    )
+                else:
+                    cursor.execute(
+                        "DELETE FROM activity_index WHERE tenant = %s AND lead_id = %s AND type = %s AND day = %s",
+                        (tenant, lead_id, type_, day),
+                    )
+
+        self._transaction(recount)
+        return len(keys)
+
+    def read_index(
+        self,
+        tenant: str,
+        lead_id: str,
+        *,
+        types: Iterable[str] | None = None,
+        since_day: date | None = None,
+    ) -> IndexEntries:
+        sql = ["SELECT type, day, activity_count, last_seen FROM activity_index WHERE tenant = %s AND lead_id = %s"]
+        params: list = [tenant, lead_id]
+        type_list = list(types) if types is not None else None
+        if type_list is not None:
+            if not type_list:
+                return {}
+            sql.append(f"AND type IN ({', '.join(['%s'] * len(type_list))})")
+            params.extend(type_list)
+        if since_day is not None:
+            sql.append("AND day >= %s")
+            params.append(since_day)
+        return {(_text(type_), day): (int(count), int(last_seen))
+                for type_, day, count, last_seen in self._query(" ".join(sql), params)}
+
+    def close(self) -> None:
+        self._drop_connection()
+
+
+def _lead_rows(activities: Sequence[Activity]) -> list[tuple[str, str, int, int]]:
+    """(tenant, lead_id, first, last) per lead of a batch, sorted."""
+    spans: dict[tuple[str, str], tuple[int, int]] = {}
+    for a in activities:
+        key = (a.tenant, a.lead_id)
+        first, last = spans.get(key, (a.occurred_at, a.occurred_at))
+        spans[key] = (min(first, a.occurred_at), max(last, a.occurred_at))
+    return [(tenant, lead, first, last) for (tenant, lead), (first, last) in sorted(spans.items())]
