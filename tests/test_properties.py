@@ -8,6 +8,7 @@ and for generated rule sets.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import textwrap
 from pathlib import Path
@@ -16,8 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orion.activities import parse_activity
+from orion.activities import Activity, parse_activity
 from orion.rules import evaluate_lead, load_rules
+from orion.rules import index as index_module
+from orion.rules.index import KeyTrie
+from orion.rules.operators import CASEFOLD_SAFE_UNDER_IGNORECASE, required_literal
 from orion.rules.model import LeadState
 
 from conftest import DAY, HOUR, T0
@@ -541,3 +545,261 @@ def test_index_matches_brute_force_for_generated_rule_sets(rule_file, raws):
         scanned = [c.name for c in tenant.match_brute_force(activity)]
         assert sorted(indexed) == sorted(scanned), activity
         assert indexed == scanned, activity
+
+
+# --- the index's parts: prefixes, contained texts, literals of regular expressions ----------
+
+# Keys that overlap every way: one a prefix of another, sharing a start, repeated inside
+# each other, with regex metacharacters, and whatever casefolding turns 'ß' into.
+TRIE_KEYS = ["a", "ab", "abc", "abd", "b", "ba", "bab", "/pricing", "/pricing/", "/pr", "pricing",
+             ".*", "a.c", "(x)", "strasse", "ss", "straße".casefold(), "ǆ", "i̇"]
+
+
+def _keys_and_texts():
+    keys = st.lists(st.one_of(st.sampled_from(TRIE_KEYS), st.text(alphabet="abß/.*()S", min_size=1, max_size=4)),
+                    min_size=1, max_size=12, unique=True)
+    texts = st.one_of(st.text(alphabet="abcdß/.*()SsTRAEtrae", max_size=12),
+                      st.sampled_from(["", "abc", "/pricing/plans", "xx/pricing", "STRASSE".casefold(),
+                                       "Straße".casefold(), "babab", "a.c(x)"]))
+    return keys, st.lists(texts, min_size=1, max_size=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(*_keys_and_texts())
+def test_key_trie_finds_exactly_the_keys_a_text_starts_with_or_contains(keys, texts):
+    trie = KeyTrie({key: (key,) for key in keys})  # each key's "group" is the key itself
+    for text in texts:
+        assert sorted(trie.starting(text)) == sorted(k for k in keys if text.startswith(k)), text
+        assert set(trie.inside(text)) == {k for k in keys if k in text}, text
+
+
+def test_key_trie_without_its_regular_expression_scans_the_keys_and_finds_the_same(monkeypatch):
+    def too_deep(keys):
+        raise RecursionError
+
+    monkeypatch.setattr(index_module, "_trie_pattern", too_deep)
+    keys = list(dict.fromkeys(TRIE_KEYS))  # 'straße' casefolded is 'strasse' again
+    trie = KeyTrie({key: (key,) for key in keys})
+    assert trie._match is None
+    for text in ["", "abc", "/pricing/plans", "babab", "a.c(x)", "strasse", "xyz"]:
+        assert sorted(trie.starting(text)) == sorted(k for k in keys if text.startswith(k))
+        assert set(trie.inside(text)) == {k for k in keys if k in text}
+
+
+def test_key_trie_regular_expression_is_used_and_takes_the_longest_key_first():
+    trie = KeyTrie({"/pr": ("short",), "/pricing": ("long",), "/pricing/": ("longer",), "/x": ("other",)})
+    assert trie._match is not None  # not the fallback scan
+    assert sorted(trie.starting("/pricing/plans")) == ["long", "longer", "short"]
+    assert sorted(trie.starting("/pricin")) == ["short"]
+    assert trie.starting("pricing") == ()
+    assert trie.starting("") == ()
+    assert sorted(trie.inside("a/pricing/x/pricing")) == ["long", "long", "longer", "other", "short", "short"]
+    assert trie.inside("") == ()
+
+
+def test_ascii_letters_used_under_ignorecase_match_only_what_casefolds_to_them():
+    every_character = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
+    for char in CASEFOLD_SAFE_UNDER_IGNORECASE:
+        for found in re.finditer(re.escape(char), every_character, re.IGNORECASE):
+            assert found.group().casefold() == char.casefold(), (char, found.group())
+
+
+REGEX_PIECES = ["pricing", "PRICING", "Straße", "STRASSE", "/", "-1", r"\d", r"\d?", "$", "^", ".", "a|b",
+                "(x)", "s*", "[ab]", "ß", "İ", "ı", "k", "K", "i", "I", "ſ"]
+REGEX_TEXTS = ["https://acme.example/pricing-12", "/PRICING-1", "Straße", "STRASSE", "strasse", "x",
+               "İ", "ı", "i", "K", "ſ", "s", "ab-1", ""]
+
+
+@settings(max_examples=500, deadline=None)
+@given(flags=st.sampled_from(["", "(?i)"]), pieces=st.lists(st.sampled_from(REGEX_PIECES), min_size=1, max_size=5),
+       texts=st.lists(st.one_of(st.sampled_from(REGEX_TEXTS), st.text(alphabet="prcingSTRAßİıkKsſ-1/x", max_size=10)),
+                      min_size=1, max_size=8))
+def test_a_regular_expression_matches_only_text_holding_its_required_literal(flags, pieces, texts):
+    pattern = flags + "".join(pieces)
+    try:
+        search = re.compile(pattern).search
+    except re.error:
+        return
+    literal = required_literal(pattern)
+    if literal is None:
+        return
+    for text in texts:
+        if search(text) is not None:
+            assert literal in text.casefold(), (pattern, text, literal)
+
+
+@pytest.mark.parametrize("pattern", ["(?i)xi", "(?i)ix", "(?i)kiss", "(?i)STRASSE", "(?i)k-s"])
+@pytest.mark.parametrize("text", ["XI", "xı", "İx", "KİSS", "kıss", "Straße", "ſtraſſe", "K-ſ"])
+def test_required_literal_holds_where_case_insensitive_matching_is_not_casefolding(pattern, text):
+    literal = required_literal(pattern)
+    if literal is not None and re.search(pattern, text):
+        assert literal in text.casefold()
+
+
+@pytest.mark.parametrize("pattern, literal", [
+    (r"(?i)^webinar invite 12\d?$", "te 12"),  # under (?i), no 'i' (İ and ı match it too)
+    (r"/slug-1\d\d$", "/slug-1"),
+    ("Straße", "strasse"),
+    ("a|bc", None),  # alternatives at the top: no literal every match holds
+    ("(abc)", None),  # groups are not looked into
+    ("ab*", None),  # a single character is too little to file under
+])
+def test_required_literal_of_a_regular_expression(pattern, literal):
+    assert required_literal(pattern) == literal
+
+
+# --- string conditions of every kind on the selective attribute --------------------------------
+
+INDEXED_RULES = """
+tenant: acme
+settings:
+  activity_types:
+    store_visit:
+      attributes:
+        store: {type: string, required: true}
+        minutes: number
+        tags: object
+      indexed_by: store
+campaigns:
+  - {name: Prefix pricing, qualification: every_time,
+     triggers: [{activity: visit_web_page, where: {url: {starts_with: "https://ACME.example/pricing"}}}]}
+  - {name: Prefix pricing slash, priority: 5, qualification: every_time,
+     triggers: [{activity: visit_web_page, where: {url: {starts_with: "https://acme.example/pricing/"}}}]}
+  - {name: Prefix h, priority: 7, qualification: every_time,
+     triggers: [{activity: visit_web_page, where: {url: {starts_with: "h"}}}]}
+  - {name: Contains pricing, priority: 3, qualification: every_time,
+     triggers: [{activity: visit_web_page, where: {url: {contains: Pricing}}}]}
+  - {name: Contains ss, qualification: every_time,
+     triggers: [{activity: visit_web_page, where: {url: {contains: ss}}}]}
+  - {name: Contains strasse, qualification: every_time,
+     triggers: [{activity: visit_web_page, where: {url: {contains: STRASSE}}}]}
+  - {name: Contains straße, qualification: every_time,
+     triggers: [{activity: visit_web_page, where: {url: {contains: straße}}}]}
+  - {name: Starts strasse with referrer, qualification: every_time,
+     triggers: [{activity: visit_web_page,
+                 where: {url: {starts_with: "https://acme.example/straße", not_contains: "?"},
+                         referrer: {contains: google}}}]}
+  - {name: Matches pricing, qualification: every_time,
+     triggers: [{activity: visit_web_page, where: {url: {matches: "/pricing-\\\\d+$"}}}]}
+  - {name: Matches pricing any case, qualification: every_time,
+     triggers: [{activity: visit_web_page, where: {url: {matches: "(?i)/PRICING/plans?$"}}}]}
+  - {name: Matches no literal, qualification: every_time,
+     triggers: [{activity: visit_web_page, where: {url: {matches: "^(a|h)"}}}]}
+  - {name: Ends with, qualification: every_time,
+     triggers: [{activity: visit_web_page, where: {url: {ends_with: /plans}}}]}
+  - {name: Store prefix, qualification: every_time,
+     triggers: [{activity: store_visit, where: {store: {starts_with: Flag}, minutes: {ge: 10}}}]}
+  - {name: Store contains, qualification: every_time,
+     triggers: [{activity: store_visit, where: {store: {contains: ship}}},
+                {activity: store_visit, where: {store: {contains: SHIP}}}]}
+  - {name: Store any, priority: 200, qualification: every_time, triggers: [{activity: store_visit}]}
+  - name: History user
+    qualification: every_time
+    triggers: [{activity: fill_out_form}]
+    filters:
+      - activity_history: {activity: visit_web_page, where: {url: {starts_with: "https://acme.example/pricing"}},
+                           at_least: 1, in_past: {n: 1, unit: days}}
+      - activity_history: {activity: visit_web_page, where: {url: {contains: ß}}, at_least: 1,
+                           in_past: {n: 7, unit: days}}
+      - activity_history: {activity: visit_web_page, where: {url: {matches: "\\\\d$"}}, at_least: 1,
+                           in_past: {n: 7, unit: days}}
+      - activity_history: {activity: store_visit, where: {store: {contains: ship}}, at_least: 1,
+                           in_past: {n: 7, unit: days}}
+    logic: any
+"""
+
+INDEXED_URLS = ["https://acme.example/pricing", "HTTPS://ACME.EXAMPLE/PRICING/PLANS", "https://acme.example/pricing-12",
+                "https://acme.example/Straße", "https://acme.example/STRASSE?x", "https://acme.example/strasse/plans",
+                "h", "", "ß", "SS", "/pricing/plan", "https://acme.example/pricing/plans?"]
+
+
+@pytest.fixture(scope="module")
+def indexed_rules(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("indexed_rules")
+    (directory / "acme.yaml").write_text(textwrap.dedent(INDEXED_RULES), encoding="utf-8")
+    return load_rules(directory)
+
+
+def test_string_conditions_are_filed_in_the_index_not_tested_one_by_one(indexed_rules):
+    bucket = indexed_rules.tenants["acme"].index["visit_web_page"]
+    assert len(bucket.prefixes.keys) == 4 and len(bucket.contained.keys) >= 5
+    # Left to test for every visit: ends_with, and the expression without a literal.
+    assert sorted(c.name for group in bucket.unkeyed for c in group[1]) == [
+        "Ends with", "Matches no literal"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(urls=st.lists(st.one_of(mostly_from(INDEXED_URLS), st.text(max_size=8)), min_size=1, max_size=8),
+       stores=st.lists(st.one_of(mostly_from(["Flagship", "FLAGSHIP", "shipyard", "Flag", "x"]), st.text(max_size=3)),
+                       min_size=1, max_size=4),
+       minutes=st.one_of(st.none(), NUMBERS, st.booleans(), st.text(max_size=2)),
+       referrer=st.one_of(st.none(), st.sampled_from(["https://google.com/", "direct"])))
+def test_indexed_string_conditions_match_what_brute_force_matches(indexed_rules, urls, stores, minutes, referrer):
+    tenant = indexed_rules.tenants["acme"]
+    raws = [{"event_id": "e", "tenant": "acme", "lead_id": "1", "type": "visit_web_page", "occurred_at": T0,
+             "attributes": {"url": url, **({"referrer": referrer} if referrer else {})}} for url in urls]
+    raws += [{"event_id": "e", "tenant": "acme", "lead_id": "1", "type": "store_visit", "occurred_at": T0,
+              "attributes": {"store": store, **({"minutes": minutes} if minutes is not None else {})}}
+             for store in stores]
+    activities = [a for a in (_parsed_or_none(indexed_rules, raw, i) for i, raw in enumerate(raws)) if a]
+    for activity in activities * 2:  # the second time from the index's memo
+        assert [c.name for c in tenant.match(activity)] == [c.name for c in tenant.match_brute_force(activity)]
+        counted = [c.key for c in tenant.counters_by_type.get(activity.type, ())
+                   if c.counts(activity.attributes, activity.occurred_at)]
+        assert [c.key for c in tenant.counting(activity)] == counted
+
+
+def _parsed_or_none(rules, raw: dict, i: int):
+    try:
+        return parse_activity({**raw, "event_id": f"e{i}"}, rules.activity_types)
+    except ValueError:  # a value the parser refuses (a non-text store, ...)
+        return None
+
+
+def test_unicode_case_folding_through_the_index(indexed_rules):
+    tenant = indexed_rules.tenants["acme"]
+
+    def names(type_, **attributes):
+        activity = parse_activity({"event_id": "u", "tenant": "acme", "lead_id": "1", "type": type_,
+                                   "occurred_at": T0, "attributes": attributes}, indexed_rules.activity_types)
+        found = [c.name for c in tenant.match(activity)]
+        assert found == [c.name for c in tenant.match_brute_force(activity)]
+        return set(found)
+
+    # 'ß' casefolds to 'ss': STRASSE, Straße and strasse all contain "strasse" and "ss".
+    for url in ("https://acme.example/STRASSE", "https://acme.example/Straße", "https://acme.example/strasse"):
+        assert {"Contains ss", "Contains strasse", "Contains straße"} <= names("visit_web_page", url=url)
+    assert "Starts strasse with referrer" in names("visit_web_page", url="https://ACME.example/STRASSE",
+                                                   referrer="https://google.com/")
+    assert "Starts strasse with referrer" not in names("visit_web_page", url="https://ACME.example/STRASSE?",
+                                                       referrer="https://google.com/")
+    assert names("visit_web_page", url="") == set()
+    assert names("store_visit", store="FLAGSHIP", minutes=12) == {"Store prefix", "Store contains", "Store any"}
+    assert names("store_visit", store="FLAGSHIP", minutes=9.5) == {"Store contains", "Store any"}
+
+
+MISSING_VALUE = object()
+
+
+@pytest.mark.parametrize("value", [12, None, True, ["https://acme.example/pricing"], {"a": "ss"}, MISSING_VALUE])
+def test_a_selective_value_that_is_not_text_meets_only_the_triggers_that_need_no_text(indexed_rules, value):
+    # The parser refuses such activities; the index must still agree with brute force.
+    tenant = indexed_rules.tenants["acme"]
+    for type_, attribute in (("visit_web_page", "url"), ("store_visit", "store")):
+        attributes = {} if value is MISSING_VALUE else {attribute: value}
+        activity = Activity("e", "acme", "1", type_, T0, attributes)
+        assert [c.name for c in tenant.match(activity)] == [c.name for c in tenant.match_brute_force(activity)]
+        counted = [c.key for c in tenant.counters_by_type.get(type_, ()) if c.counts(attributes, T0)]
+        assert [c.key for c in tenant.counting(activity)] == counted
+
+
+def test_the_index_memo_starts_over_when_full_and_answers_the_same(indexed_rules, monkeypatch):
+    tenant = indexed_rules.tenants["acme"]
+    bucket = tenant.index["visit_web_page"]
+    monkeypatch.setattr(type(bucket), "MEMO_SIZE", 3)
+    bucket.forget()
+    for i, url in enumerate(INDEXED_URLS * 3):
+        activity = parse_activity({"event_id": f"m{i}", "tenant": "acme", "lead_id": "1", "type": "visit_web_page",
+                                   "occurred_at": T0, "attributes": {"url": url}}, indexed_rules.activity_types)
+        assert [c.name for c in tenant.match(activity)] == [c.name for c in tenant.match_brute_force(activity)]
+        assert len(bucket.memo) <= 3

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from orion.activities import format_timestamp
+from orion.activities import _MAX_MS, _MIN_MS, format_timestamp
 from orion.rules import evaluate
+from orion.rules.evaluator import _timestamp_text
 
 from conftest import DAY, HOUR, MINUTE, MONTH, T0, WEEK, make_activity, run
 
@@ -159,3 +160,19 @@ def test_qualification_state_carries_across_single_evaluations(load):
         results.extend(o.qualified for o in outcomes)
     assert results == [True, False, True]
 
+
+
+@pytest.mark.parametrize("ms", [
+    _MIN_MS, _MAX_MS, 0, -1, 1, DAY - 1, DAY, -DAY, -DAY - 1, T0, T0 + 999, 32_503_680_000_000,  # year 3000
+    -49_572_686_076_196,  # year 399: strftime writes no leading zero
+])
+def test_qualification_messages_write_times_exactly_as_format_timestamp(ms):
+    assert _timestamp_text(ms) == format_timestamp(ms)
+
+
+def test_qualification_message_times_across_many_moments():
+    step = (_MAX_MS - _MIN_MS) // 20_011
+    for ms in range(_MIN_MS, _MAX_MS, step):
+        assert _timestamp_text(ms) == format_timestamp(ms)
+        later = min(ms + 86_399_999, _MAX_MS)
+        assert _timestamp_text(later) == format_timestamp(later)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orion.rules import RuleErrors, check_rules, load_rules
 from orion.rules.model import LeadState
-from orion.rules.source import SafeLineLoader
+from orion.rules.source import _QUICKLY_VALID, _VALIDATOR, SafeLineLoader
 
 from conftest import SAMPLE_RULES, T0, make_activity, run, single_error
 
@@ -669,3 +671,72 @@ def test_date_without_a_time_is_refused_with_its_line(rules_dir, errors_of):
                   created_at: {after: 2026-11-01}
     """)
     single_error(errors, rules_dir.file(), rules_dir.line("created_at"), "needs a date")
+
+
+# --- the quick schema check ---------------------------------------------------------------
+
+def _sample_documents() -> list:
+    return [yaml.load(path.read_text(encoding="utf-8"), Loader=SafeLineLoader)
+            for path in sorted(SAMPLE_RULES.rglob("*.yaml"))]
+
+
+def test_valid_rule_files_pass_the_quick_check_so_jsonschema_is_skipped():
+    documents = _sample_documents()
+    assert documents
+    for doc in documents:
+        assert _QUICKLY_VALID(doc)
+        assert list(_VALIDATOR.iter_errors(doc)) == []
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from([1.0, 0.5, -1.0]),
+              st.sampled_from(["", "x", "is", "visit_web_page", "once", "days", "string", "bad tenant!", "acme"])),
+    lambda children: st.one_of(st.lists(children, max_size=3),
+                               st.dictionaries(st.sampled_from(["name", "is", "n", "unit", "where", "x", "type"]),
+                                               children, max_size=3)),
+    max_leaves=6,
+)
+
+
+def _nodes(value, path=()):
+    yield path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nodes(item, path + (key,))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _nodes(item, path + (i,))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_the_quick_check_never_passes_a_file_jsonschema_finds_fault_with(data):
+    doc = _plain(data.draw(st.sampled_from(_sample_documents()), label="file"))
+    for _ in range(data.draw(st.integers(1, 3), label="changes")):
+        path = data.draw(st.sampled_from(list(_nodes(doc))), label="where")
+        kind = data.draw(st.sampled_from(["replace", "add key", "drop"]), label="change")
+        *parent_path, last = path if path else (None,)
+        parent = doc
+        for step in parent_path:
+            parent = parent[step]
+        if kind == "replace" and path:
+            parent[last] = data.draw(JSON_VALUES, label="value")
+        elif kind == "add key":
+            target = parent[last] if path else doc
+            if isinstance(target, dict):
+                target[data.draw(st.sampled_from(["nmae", "is", "x", "where", "unit"]))] = data.draw(JSON_VALUES)
+        elif kind == "drop" and path:
+            if isinstance(parent, dict):
+                del parent[last]
+            elif isinstance(parent, list):
+                del parent[last]
+    if _QUICKLY_VALID(doc):
+        assert list(_VALIDATOR.iter_errors(doc)) == []

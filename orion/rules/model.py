@@ -73,18 +73,27 @@ class Outcome(NamedTuple):
         return self._asdict()
 
 
+# How the trigger index files a trigger or history counter by the activity type's
+# selective attribute: under exact values, under prefixes (starts_with), under texts the
+# value must contain (contains, and the literal part of a `matches`), or not at all.
+EXACT, PREFIX, CONTAINS = "exact", "prefix", "contains"
+
+
 class Trigger(NamedTuple):
-    """One trigger of a campaign. `key_values` are the exact values of the activity
-    type's selective attribute (`selective`) the trigger needs, casefolded; None when it
-    needs none. `conditions` are all of its conditions; `residual` those the index does
-    not answer by itself."""
+    """One trigger of a campaign. `conditions` are all of its conditions. The index files
+    it by `key_kind` under `key_values` (casefolded values, prefixes or contained texts of
+    the `selective` attribute; key_kind None: filed under none, tested for every activity
+    of the type); `residual` are the conditions the index does not answer by itself, and
+    triggers with the same `residual_key` have residuals that test the same thing."""
 
     campaign: "Campaign"
     activity_type: str
     conditions: tuple[Condition, ...]
     residual: tuple[Condition, ...]
     selective: str | None
-    key_values: tuple[str, ...] | None
+    key_kind: str | None
+    key_values: tuple[str, ...]
+    residual_key: str
 
 
 class Filter(NamedTuple):
@@ -97,12 +106,19 @@ class Filter(NamedTuple):
 
 class HistoryCounter(NamedTuple):
     """Counts a lead's activities of one type that meet `conditions`, per UTC day, for
-    as many days as the longest history filter that reads it needs."""
+    as many days as the longest history filter that reads it needs. Filed in the index
+    like a trigger (see Trigger); by default under nothing, with all its conditions as
+    the residual."""
 
     key: str
     activity_type: str
     conditions: tuple[Condition, ...]
     retention_days: int
+    residual: tuple[Condition, ...] | None = None  # None: all of `conditions`
+    selective: str | None = None
+    key_kind: str | None = None
+    key_values: tuple[str, ...] = ()
+    residual_key: str | None = None  # None: `key`
 
     def counts(self, attributes: dict, now: int) -> bool:
         for get, test in self.conditions:
@@ -132,10 +148,23 @@ class Campaign(NamedTuple):
 
     def failed_filters(self, state: LeadState, now: int) -> str | None:
         """None when the lead passes the smart list, else which filters failed."""
-        if not self.filters:
+        filters = self.filters
+        if not filters:
             return None
+        logic_text = self.logic_text
+        if logic_text == "all":  # most smart lists: every filter, and the failures listed
+            failed = None
+            for f in filters:
+                if not f.test(state, now):
+                    failed = (f,) if failed is None else failed + (f,)
+            return None if failed is None else _failure_message(logic_text, failed)
+        if logic_text == "any":
+            for f in filters:
+                if f.test(state, now):
+                    return None
+            return _failure_message(logic_text, filters)
         results: dict[int, bool] = {}
-        by_number = {f.number: f for f in self.filters}
+        by_number = {f.number: f for f in filters}
 
         def met(number: int) -> bool:
             found = results.get(number)
@@ -145,11 +174,27 @@ class Campaign(NamedTuple):
 
         if self.logic(met):
             return None
-        failed = [f for f in self.filters if not met(f.number)]
+        return _failure_message(logic_text, tuple(f for f in filters if not met(f.number)))
+
+
+# (logic text, failed filters) -> message: the same few combinations fail over and over.
+_FAILURE_MESSAGES: dict[tuple, str] = {}
+_FAILURE_MESSAGES_KEPT = 4096
+
+
+def _failure_message(logic_text: str, failed: tuple) -> str:
+    key = (logic_text, failed)
+    message = _FAILURE_MESSAGES.get(key)
+    if message is None:
         listed = "; ".join(f"{f.number} ({f.description})" for f in failed)
-        if self.logic_text == "all":
-            return f"filter {listed} not met"
-        return f"logic {self.logic_text!r} not met; filters not met: {listed}"
+        if logic_text == "all":
+            message = f"filter {listed} not met"
+        else:
+            message = f"logic {logic_text!r} not met; filters not met: {listed}"
+        if len(_FAILURE_MESSAGES) >= _FAILURE_MESSAGES_KEPT:
+            _FAILURE_MESSAGES.clear()
+        _FAILURE_MESSAGES[key] = message
+    return message
 
 
 def day_of(ms: int) -> int:
@@ -157,17 +202,28 @@ def day_of(ms: int) -> int:
 
 
 def attribute_getter(path: str) -> AttributeGetter:
-    """`url` or a dotted path into an object attribute such as `fields.email`."""
+    """`url` or a dotted path into an object attribute such as `fields.email`. The
+    getter's `path` attribute holds the path (the index fuses simple getters into the
+    tests it runs)."""
     if "." not in path:
-        return lambda attributes: attributes.get(path)
-    parts = path.split(".")
+        get = lambda attributes: attributes.get(path)  # noqa: E731
+    else:
+        parts = path.split(".")
+        if len(parts) == 2:
+            first, second = parts
 
-    def get(attributes: dict) -> Any:
-        value: Any = attributes
-        for part in parts:
-            if not isinstance(value, dict):
-                return None
-            value = value.get(part)
-        return value
-
+            def get(attributes: dict) -> Any:
+                if not isinstance(attributes, dict):
+                    return None
+                value = attributes.get(first)
+                return value.get(second) if isinstance(value, dict) else None
+        else:
+            def get(attributes: dict) -> Any:
+                value: Any = attributes
+                for part in parts:
+                    if not isinstance(value, dict):
+                        return None
+                    value = value.get(part)
+                return value
+    get.path = path
     return get

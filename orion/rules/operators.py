@@ -26,8 +26,11 @@ class OperandError(ValueError):
     operator; the message says how to fix it."""
 
 
+_NUMBER = (int, float)
+
+
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, _NUMBER) and v.__class__ is not bool  # bool has no subclasses
 
 
 def _as_ms(v: Any) -> int | None:
@@ -135,10 +138,19 @@ def compile_condition(op: str, operand: Any, attr_type: str) -> Predicate:
         return _compile_date(op, operand)
 
     if op in ("is", "is_not"):
+        # _same, written out for each kind of operand: these run for every activity.
         expected = _scalar(operand, attr_type, op)
+        if isinstance(expected, str):
+            if op == "is":
+                return lambda v, now: isinstance(v, str) and v.casefold() == expected
+            return lambda v, now: not (isinstance(v, str) and v.casefold() == expected)
+        if isinstance(expected, bool):
+            if op == "is":
+                return lambda v, now: v is expected
+            return lambda v, now: v is not expected
         if op == "is":
-            return lambda v, now: _same(v, expected)
-        return lambda v, now: not _same(v, expected)
+            return lambda v, now: isinstance(v, _NUMBER) and v.__class__ is not bool and v == expected
+        return lambda v, now: not (isinstance(v, _NUMBER) and v.__class__ is not bool and v == expected)
 
     if op in ("in", "not_in"):
         if not isinstance(operand, list) or not operand:
@@ -146,6 +158,11 @@ def compile_condition(op: str, operand: Any, attr_type: str) -> Predicate:
         options = [_scalar(item, attr_type, op) for item in operand]
         texts = frozenset(o for o in options if isinstance(o, str))
         others = [o for o in options if not isinstance(o, str)]
+
+        if not others:
+            if op == "in":
+                return lambda v, now: isinstance(v, str) and v.casefold() in texts
+            return lambda v, now: not (isinstance(v, str) and v.casefold() in texts)
 
         def member(v: Any) -> bool:
             if isinstance(v, str):
@@ -184,18 +201,54 @@ def compile_condition(op: str, operand: Any, attr_type: str) -> Predicate:
             raise OperandError(f"{op} needs a number, got {_describe(operand)}")
         limit = operand
         if op == "gt":
-            return lambda v, now: _is_number(v) and v > limit
+            return lambda v, now: isinstance(v, _NUMBER) and v.__class__ is not bool and v > limit
         if op == "ge":
-            return lambda v, now: _is_number(v) and v >= limit
+            return lambda v, now: isinstance(v, _NUMBER) and v.__class__ is not bool and v >= limit
         if op == "lt":
-            return lambda v, now: _is_number(v) and v < limit
-        return lambda v, now: _is_number(v) and v <= limit
+            return lambda v, now: isinstance(v, _NUMBER) and v.__class__ is not bool and v < limit
+        return lambda v, now: isinstance(v, _NUMBER) and v.__class__ is not bool and v <= limit
 
     if op == "between":
         low, high = _range(operand, lambda x: _scalar(x, "number", op))
-        return lambda v, now: _is_number(v) and low <= v <= high
+        return lambda v, now: isinstance(v, _NUMBER) and v.__class__ is not bool and low <= v <= high
 
     raise OperandError(f"operator {op!r} is not supported for {attr_type}")  # pragma: no cover
+
+
+# ASCII characters whose case-insensitive matches in `re` are exactly the characters that
+# casefold to the same text: every one but I and i, which `re` also matches with the
+# Turkish dotted and dotless i (casefolded "i̇" and "ı"). tests/test_operators.py checks
+# this against every code point.
+CASEFOLD_SAFE_UNDER_IGNORECASE = frozenset(chr(c) for c in range(128)) - {"I", "i"}
+
+
+def required_literal(pattern: str) -> str | None:
+    """A casefolded text that `value.casefold()` contains whenever `re.search(pattern,
+    value)` finds a match, so the trigger index can file a `matches` condition under it
+    as if it were a `contains` (the regular expression is still run on what it finds).
+    None when the pattern has no literal of two characters or more outside groups,
+    alternatives and repeats.
+
+    Only literal characters at the top level of the pattern count: they occur, in order
+    and adjacent, in every match. Under IGNORECASE a character counts only when `re`'s
+    idea of "same letter" agrees with casefolding (CASEFOLD_SAFE_UNDER_IGNORECASE)."""
+    try:
+        parsed = re._parser.parse(pattern)  # type: ignore[attr-defined]
+        ignore_case = bool(parsed.state.flags & re.IGNORECASE)
+        literal_op = re._constants.LITERAL  # type: ignore[attr-defined]
+        items = list(parsed)
+    except Exception:  # a private module that may change; no literal just means no index
+        return None
+    best = run = ""
+    for op, argument in items:
+        char = chr(argument) if op == literal_op else None
+        if char is not None and (not ignore_case or char in CASEFOLD_SAFE_UNDER_IGNORECASE):
+            run += char
+            if len(run) > len(best):
+                best = run
+        else:
+            run = ""
+    return best.casefold() if len(best) >= 2 else None
 
 
 def _range(operand: Any, convert: Callable[[Any], Any]) -> tuple[Any, Any]:

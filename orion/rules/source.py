@@ -17,7 +17,7 @@ from typing import Any, Iterable, NamedTuple
 import jsonschema
 import yaml
 
-from orion.rules.schema import RULE_FILE_SCHEMA
+from orion.rules.schema import RULE_FILE_SCHEMA, quick_validator
 
 
 class RuleError(NamedTuple):
@@ -226,6 +226,9 @@ def _json_name(value: Any) -> str:
 
 
 _VALIDATOR = jsonschema.Draft202012Validator(RULE_FILE_SCHEMA)
+# Says yes to a valid file in a fraction of jsonschema's time; anything else goes to
+# jsonschema, which finds and words every error.
+_QUICKLY_VALID = quick_validator(RULE_FILE_SCHEMA)
 
 
 class RuleFile(NamedTuple):
@@ -268,7 +271,7 @@ def read_rule_file(path: Path, display: str) -> tuple[RuleFile | None, list[Rule
         )
         return None, errors
     broken = set()
-    for error in _VALIDATOR.iter_errors(doc):
+    for error in () if _QUICKLY_VALID(doc) else _VALIDATOR.iter_errors(doc):
         path_, message = _schema_message(error)
         broken.add(tuple(error.absolute_path))
         errors.append(RuleError(display, line_of(doc, path_), message))
