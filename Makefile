@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-evaluator clean
+.PHONY: run test bench bench-evaluator bench-store clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: bench-evaluator
+bench: bench-evaluator bench-store
 
 bench-evaluator: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_evaluator $(ARGS)
+
+bench-store: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_store $(ARGS)
 
 clean:
 	rm -rf $(VENV) orion-data .pytest_cache .hypothesis

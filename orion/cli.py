@@ -7,6 +7,7 @@
     orion rules validate DIR            # every error, with file:line; non-zero exit if any
     orion store init URI                # tables, column families, indexes; safe to rerun
     orion history --store URI --tenant T --lead L   # a lead's activities, newest first
+    orion bootstrap --from mysql://... --to bigtable://...   # copy the legacy history, then verify
 """
 from __future__ import annotations
 
@@ -178,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     from orion.store.commands import add_store_commands
 
     add_store_commands(commands)
+    from orion.migration import add_bootstrap_command
+
+    add_bootstrap_command(commands)
     return parser
 
 

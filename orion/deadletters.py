@@ -19,8 +19,12 @@ class DeadLetter(NamedTuple):
         element = self.element
         if isinstance(element, (bytes, bytearray)):
             element = element.decode("utf-8", errors="replace")
-        return json.dumps(
-            {"element": element, "reason": self.reason, "detail": self.detail, "source": self.source},
-            ensure_ascii=False,
-            default=str,
-        )
+        record = {"element": element, "reason": self.reason, "detail": self.detail, "source": self.source}
+        text = json.dumps(record, ensure_ascii=False, default=str)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # Text that is not valid Unicode (a lone surrogate, say: one reason a store
+            # refuses a row) is kept as \uXXXX escapes, so the dead letter can be written.
+            text = json.dumps(record, ensure_ascii=True, default=str)
+        return text

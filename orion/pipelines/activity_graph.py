@@ -25,7 +25,7 @@ class GraphSettings(NamedTuple):
 class GraphOutputs(NamedTuple):
     outcomes: beam.PCollection
     stored: beam.PCollection  # activities, in each lead's evaluation order
-    dead_letters: beam.PCollection  # from parsing and from sequencing (late)
+    dead_letters: beam.PCollection  # from parsing, sequencing (late) and the store sink
 
 
 def build_activity_graph(
@@ -38,7 +38,11 @@ def build_activity_graph(
     dead_letter_sink: beam.PTransform | None = None,
 ) -> GraphOutputs:
     """Wire the graph from parsed activities (and the parser's dead letters) to the
-    given sinks; returns the PCollections so tests can assert on them."""
+    given sinks; returns the PCollections so tests can assert on them.
+
+    `store_sink` (WriteActivities) takes the activities in each lead's evaluation order
+    and returns the dead letters of the ones the store refused; they join the parser's
+    and the sequencer's before `dead_letter_sink`."""
     outcomes, stored, late = (
         activities
         | "KeyByLead" >> KeyByLead()
@@ -50,9 +54,13 @@ def build_activity_graph(
             bounded=settings.bounded,
         )
     )
-    dead_letters = (parse_dead_letters, late) | "AllDeadLetters" >> beam.Flatten()
+    dead_letter_parts = [parse_dead_letters, late]
     if store_sink is not None:
-        stored | "WriteActivities" >> store_sink
+        # The store sink returns the dead letters of the rows the store refused.
+        refused = stored | "WriteActivities" >> store_sink
+        if isinstance(refused, beam.PCollection):
+            dead_letter_parts.append(refused)
+    dead_letters = tuple(dead_letter_parts) | "AllDeadLetters" >> beam.Flatten()
     if outcome_sink is not None:
         outcomes | "WriteOutcomes" >> outcome_sink
     if dead_letter_sink is not None:

@@ -353,6 +353,15 @@ class BigtableStore(ActivityStore):
         found.sort(key=lambda a: (a.occurred_at, a.event_id), reverse=True)
         return found if limit is None else found[:limit]
 
+    def scan(self, start_key: bytes | None = None, end_key: bytes | None = None) -> Iterator[Activity]:
+        """Every activity with start_key <= row key < end_key (None: unbounded), in key
+        order, streamed: what the bootstrap's verification reads, range by range."""
+        from google.cloud.bigtable import row_filters as rf
+
+        latest = rf.RowFilterChain([rf.FamilyNameRegexFilter(ACTIVITY_FAMILY), rf.CellsColumnLimitFilter(1)])
+        for row in self._read(self.table_id, start_key=start_key, end_key=end_key, filter_=latest):
+            yield _activity_from_row(row)
+
     def count(self) -> int:
         from google.cloud.bigtable import row_filters as rf
 

@@ -2,7 +2,9 @@
 
 Both pickle only their configuration, open their client in setup, write in batches,
 flush in finish_bundle and count what they wrote. Store writes are idempotent, so a
-retried bundle rewrites the same rows.
+retried bundle rewrites the same rows. `WriteActivities` returns the dead letters of the
+rows the store refused (the graph flattens them with the others) and feeds what it wrote
+to `IndexActivities`.
 
     orion run --store sqlite:///orion-data/activities.db
 """
@@ -15,17 +17,36 @@ from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.utils.windowed_value import WindowedValue
 
+from orion.deadletters import DeadLetter
 from orion.transforms.intake import METRICS_NAMESPACE
 
 DEFAULT_BATCH_SIZE = 500
+STORE_SOURCE = "store"  # DeadLetter.source of rows the store refused
+WRITTEN = "written"  # the output tag of written batches (what IndexActivities indexes)
 
 
 class _WriteActivitiesFn(beam.DoFn):
-    def __init__(self, store_uri: str, batch_size: int):
+    """Buffers a bundle's activities and writes them with `store.write_with_failures`
+    every `batch_size` and at the end of the bundle.
+
+    Outputs: each written batch, as a tuple of activities (tag WRITTEN, for
+    IndexActivities), and a DeadLetter per activity the store refused (main output),
+    with the store's reason code and detail. Both are emitted in the window and at the
+    timestamp of the activities they come from, so the flush in finish_bundle emits
+    exactly what a flush in process would. Counters: `stored`, `store_failed`, and
+    `dead_letters` / `dead_letters:REASON` as every stage counts its dead letters.
+    """
+
+    def __init__(self, store_uri: str, batch_size: int, emit_written: bool):
         self.store_uri = store_uri
         self.batch_size = batch_size
+        self.emit_written = emit_written
         self.stored = Metrics.counter(METRICS_NAMESPACE, "stored")
+        self.failed = Metrics.counter(METRICS_NAMESPACE, "store_failed")
+        self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
 
     def setup(self) -> None:
         from orion.store import open_store
@@ -34,20 +55,39 @@ class _WriteActivitiesFn(beam.DoFn):
         self.store.init()
 
     def start_bundle(self) -> None:
-        self.batch = []
+        self.batch: list[tuple] = []  # (activity, timestamp, window)
 
-    def process(self, activity):
-        self.batch.append(activity)
+    def process(self, activity, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        self.batch.append((activity, timestamp, window))
         if len(self.batch) >= self.batch_size:
-            self._flush()
+            yield from self._flush()
 
-    def finish_bundle(self) -> None:
-        self._flush()
+    def finish_bundle(self):
+        yield from self._flush()
 
-    def _flush(self) -> None:
-        if self.batch:
-            self.stored.inc(self.store.write(self.batch))
-            self.batch = []
+    def _flush(self):
+        if not self.batch:
+            return
+        batch, self.batch = self.batch, []
+        result = self.store.write_with_failures([activity for activity, _, _ in batch])
+        self.stored.inc(result.written)
+        refused = {id(f.activity): f for f in result.failed}
+        if refused:
+            self.failed.inc(len(refused))
+            self.dead.inc(len(refused))
+        written_by_window: dict = {}
+        for activity, timestamp, window in batch:
+            failure = refused.get(id(activity))
+            if failure is None:
+                if self.emit_written:
+                    written_by_window.setdefault(window, ([], timestamp))[0].append(activity)
+                continue
+            Metrics.counter(METRICS_NAMESPACE, f"dead_letters:{failure.reason}").inc()
+            yield WindowedValue(
+                DeadLetter(activity.to_json_dict(), failure.reason, failure.detail, STORE_SOURCE),
+                timestamp, (window,))
+        for window, (activities, first_timestamp) in written_by_window.items():
+            yield TaggedOutput(WRITTEN, WindowedValue(tuple(activities), first_timestamp, (window,)))
 
     def teardown(self) -> None:
         store = getattr(self, "store", None)
@@ -55,16 +95,84 @@ class _WriteActivitiesFn(beam.DoFn):
             store.close()
 
 
-class WriteActivities(beam.PTransform):
-    """Activities -> the activity store named by `store_uri` (idempotent)."""
+class _IndexActivitiesFn(beam.DoFn):
+    """Brings the activity index up to date for each written batch (idempotent: the
+    store sets index entries, it never blindly increments them). Counter: `indexed`,
+    the index entries set."""
 
-    def __init__(self, store_uri: str, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(self, store_uri: str):
+        self.store_uri = store_uri
+        self.indexed = Metrics.counter(METRICS_NAMESPACE, "indexed")
+
+    def setup(self) -> None:
+        from orion.store import open_store
+
+        self.store = open_store(self.store_uri)
+
+    def process(self, written: tuple):
+        # A store that cannot index raises StoreError: the runner retries the bundle,
+        # and rewriting the index entries of a batch is harmless.
+        self.indexed.inc(self.store.index_activities(written))
+        return ()
+
+    def teardown(self) -> None:
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+
+
+class IndexActivities(beam.PTransform):
+    """Written batches (tuples of activities) -> the activity index of `store_uri`."""
+
+    def __init__(self, store_uri: str):
+        super().__init__()
+        self.store_uri = store_uri
+
+    def expand(self, written_batches):
+        return written_batches | "IndexBatches" >> beam.ParDo(_IndexActivitiesFn(self.store_uri))
+
+
+class WriteToStore(beam.PTransform):
+    """Activities -> the activity store named by `store_uri` (idempotent); returns
+    (dead letters of the refused rows, written batches as tuples of activities). With
+    `emit_written=False` the second PCollection stays empty (nothing to index)."""
+
+    def __init__(self, store_uri: str, batch_size: int = DEFAULT_BATCH_SIZE, emit_written: bool = True):
         super().__init__()
         self.store_uri = store_uri
         self.batch_size = batch_size
+        self.emit_written = emit_written
 
     def expand(self, activities):
-        return activities | "WriteToStore" >> beam.ParDo(_WriteActivitiesFn(self.store_uri, self.batch_size))
+        results = activities | "Write" >> beam.ParDo(
+            _WriteActivitiesFn(self.store_uri, self.batch_size, self.emit_written)
+        ).with_outputs(WRITTEN, main="dead_letters")
+        return results.dead_letters, results[WRITTEN]
+
+
+class WriteActivities(beam.PTransform):
+    """Activities -> the activity store named by `store_uri` (idempotent), then the
+    activity index (IndexActivities) for what was written, unless `index` is False.
+
+    Returns the dead letters: one DeadLetter (reason `unstorable` or
+    `store_write_failed`, source "store") per activity the store refused, so the graph
+    flattens them with its other dead letters; nothing the store refuses vanishes. A
+    store that cannot be reached at all raises StoreError, and the runner retries the
+    bundle.
+    """
+
+    def __init__(self, store_uri: str, batch_size: int = DEFAULT_BATCH_SIZE, index: bool = True):
+        super().__init__()
+        self.store_uri = store_uri
+        self.batch_size = batch_size
+        self.index = index
+
+    def expand(self, activities):
+        dead_letters, written = activities | "WriteToStore" >> WriteToStore(
+            self.store_uri, self.batch_size, emit_written=self.index)
+        if self.index:
+            written | "IndexActivities" >> IndexActivities(self.store_uri)
+        return dead_letters
 
 
 class _WriteJsonLinesFn(beam.DoFn):

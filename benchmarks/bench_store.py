@@ -1,0 +1,326 @@
+"""Store benchmark: the graph's Bigtable sink and the MySQL -> Bigtable bootstrap, each as a
+ratio to a bare google-cloud-bigtable mutate_rows loop writing the same rows to the same
+emulator in the same run, and history read latency for a lead with 10,000 activities on
+every backend.
+
+- Ceiling: one Python loop that builds the same rows the store writes (row key, three
+  cells with explicit timestamps) and sends them with `Table.mutate_rows`, 500 per
+  request, into a fresh table. Nothing else: no Beam, no validation, no index.
+- Sink: a bounded Beam pipeline (DirectRunner, in-process) that generates the same
+  activities and writes them with `WriteActivities(index=False)`, the graph's store sink,
+  into a fresh table; timed from `run()` to the end, so Beam's start-up is included. The
+  same with the activity index (IndexActivities) is shown beside it.
+- Bootstrap: the same rows in a legacy MariaDB database, copied by the bootstrap
+  pipeline (read by id range, convert, write, index); timed without and with the
+  verification that ends the real command.
+- History: `store.history(tenant, lead)` for a lead with 10,000 activities (all of them,
+  and the newest 100), on sqlite, MySQL and Bigtable.
+
+Ratios and times are best of `--repetitions`, ceiling and candidate interleaved. Needs the
+Bigtable emulator (started here) and MariaDB on 127.0.0.1:3306 (root, no password).
+Writes section "store" of BENCHMARKS.md.
+
+    make bench-store
+    .venv/bin/python -m benchmarks.bench_store --rows 20000 --no-write
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from typing import Callable
+
+import apache_beam as beam
+
+from benchmarks.report import measured_line, write_section
+from orion.activities import Activity
+
+PROJECT, INSTANCE = "orion-bench", "orion-local"
+DEFAULT_ROWS = 60_000
+DEFAULT_REPETITIONS = 2
+HISTORY_ROWS = 10_000
+HISTORY_READS = 30
+T0 = 1_700_000_000_000
+LEADS = 2_000
+TYPES = ("visit_web_page", "open_email", "fill_out_form")
+CHUNK = 5_000
+MUTATE_BATCH = 500
+
+
+def activity(n: int) -> Activity:
+    return Activity(f"ev-{n:08d}", ("acme", "bank")[n % 2], f"lead-{n % LEADS}", TYPES[n % 3],
+                    T0 + n * 1_000, {"url": f"https://shop.example/p/{n % 97}", "n": n})
+
+
+def activities(rows: int) -> list[Activity]:
+    return [activity(n) for n in range(rows)]
+
+
+def _chunk(start: int, rows: int) -> list[Activity]:
+    return [activity(n) for n in range(start, min(start + CHUNK, rows))]
+
+
+def bigtable_uri() -> str:
+    return f"bigtable://{PROJECT}/{INSTANCE}/b{uuid.uuid4().hex[:12]}"
+
+
+def fresh_table(uri: str):
+    from orion.store import open_store
+
+    with open_store(uri) as store:
+        store.init()
+
+
+def timed(operation: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    operation()
+    return time.perf_counter() - started
+
+
+# --- (a) the sink and its ceiling ---------------------------------------------------
+
+
+def bare_mutate_rows(uri: str, rows: list[Activity]) -> float:
+    """The ceiling: the same rows, built and sent with the bare client; seconds."""
+    import json
+
+    from google.cloud import bigtable
+
+    from orion.store.bigtable import activity_row_key, cell_timestamp, parse_bigtable_uri
+
+    project, instance, table_id = parse_bigtable_uri(uri)
+    fresh_table(uri)
+    client = bigtable.Client(project=project)
+    table = client.instance(instance).table(table_id)
+
+    def write_all():
+        for start in range(0, len(rows), MUTATE_BATCH):
+            batch = []
+            for a in rows[start:start + MUTATE_BATCH]:
+                row = table.direct_row(activity_row_key(a.tenant, a.lead_id, a.occurred_at, a.event_id))
+                when = cell_timestamp(a.occurred_at)
+                row.set_cell("a", b"type", a.type.encode("utf-8"), timestamp=when)
+                row.set_cell("a", b"attributes", json.dumps(a.attributes, ensure_ascii=False, sort_keys=True,
+                                                            separators=(",", ":")).encode("utf-8"), timestamp=when)
+                row.set_cell("a", b"occurred_at", str(a.occurred_at).encode("ascii"), timestamp=when)
+                batch.append(row)
+            statuses = table.mutate_rows(batch)
+            if any(status.code != 0 for status in statuses):
+                raise RuntimeError("the ceiling loop had a row refused")
+
+    return timed(write_all)
+
+
+def sink_pipeline(uri: str, rows: int, index: bool, store: bool = True) -> float:
+    """The graph's sink in a bounded pipeline generating the same rows; seconds."""
+    from orion.transforms.sinks import WriteActivities
+
+    fresh_table(uri)
+    pipeline = beam.Pipeline()
+    generated = (pipeline
+                 | "Chunks" >> beam.Create(list(range(0, rows, CHUNK)))
+                 | "Generate" >> beam.FlatMap(_chunk, rows))
+    if store:
+        generated | "WriteActivities" >> WriteActivities(uri, index=index)
+    else:
+        generated | "Discard" >> beam.Map(lambda a: None)
+
+    def run():
+        pipeline.run().wait_until_finish()
+
+    return timed(run)
+
+
+# --- (b) the bootstrap --------------------------------------------------------------
+
+
+def legacy_database(rows: list[Activity]) -> tuple[str, Callable[[], None]]:
+    """A fresh MariaDB database holding `rows` in the legacy schema; (URI, drop)."""
+    import json
+
+    import pymysql
+
+    from orion.store import open_store
+
+    name = f"orion_bench_{uuid.uuid4().hex[:10]}"
+    admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", autocommit=True)
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    uri = f"mysql://root@127.0.0.1:3306/{name}"
+    with open_store(uri) as store:
+        store.init()
+    values = [(a.tenant, a.event_id, a.lead_id, a.type, a.occurred_at, json.dumps(a.attributes)) for a in rows]
+    with admin.cursor() as cursor:
+        cursor.execute(f"USE `{name}`")
+        for start in range(0, len(values), 10_000):
+            cursor.executemany("INSERT INTO activities (tenant, event_id, lead_id, type, occurred_at, attributes) "
+                               "VALUES (%s, %s, %s, %s, %s, %s)", values[start:start + 10_000])
+
+    def drop():
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+    return uri, drop
+
+
+def bootstrap_run(source_uri: str, workers: int, verify: bool, workdir: str) -> tuple[float, int]:
+    """One bootstrap into a fresh table; (seconds, rows written). Raises on a failed
+    verification."""
+    from orion.migration import plan_bootstrap
+    from orion.pipelines.bootstrap import BootstrapSettings, run_bootstrap
+
+    started = time.perf_counter()
+    plan = plan_bootstrap(source_uri, bigtable_uri(), 16)
+    settings = BootstrapSettings(dead_letter_prefix=os.path.join(workdir, "dead"), workers=workers,
+                                 verify=verify, progress_every=3600)
+    with open(os.devnull, "w") as quiet:
+        verification, totals = run_bootstrap(plan, settings, out=quiet)
+    seconds = time.perf_counter() - started
+    if verify and not verification.ok:
+        raise RuntimeError("the benchmark's bootstrap failed its verification:\n" + verification.render())
+    return seconds, totals.get("stored", 0)
+
+
+# --- (c) history latency ------------------------------------------------------------
+
+
+def history_latencies(uri: str, reads: int) -> dict[str, tuple[float, float]]:
+    """p50 and p99 (ms) of a full history read and of the newest 100, for a lead with
+    HISTORY_ROWS activities written first."""
+    from orion.store import open_store
+
+    lead = [Activity(f"h-{n:05d}", "acme", "big-lead", TYPES[n % 3], T0 + n * 60_000, {"n": n, "url": "/p"})
+            for n in range(HISTORY_ROWS)]
+    found: dict[str, tuple[float, float]] = {}
+    with open_store(uri) as store:
+        store.init()
+        store.write(lead)
+        if len(store.history("acme", "big-lead")) != HISTORY_ROWS:
+            raise RuntimeError(f"{uri}: the lead's history is incomplete")
+        for name, limit in (("all 10,000", None), ("newest 100", 100)):
+            samples = []
+            for _ in range(reads):
+                started = time.perf_counter()
+                store.history("acme", "big-lead", limit=limit)
+                samples.append((time.perf_counter() - started) * 1000)
+            samples.sort()
+            found[name] = (statistics.median(samples), samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))])
+    return found
+
+
+# --- the run ------------------------------------------------------------------------
+
+
+def run(rows: int, repetitions: int, history_reads: int) -> str:
+    from orion.testing.emulators import BigtableEmulator
+
+    data = activities(rows)
+    workdir = tempfile.mkdtemp(prefix="orion-bench-store-")
+    drop = None
+    try:
+        with BigtableEmulator.start() as emulator:
+            os.environ[BigtableEmulator.env_var] = emulator.host
+            print(f"emulator at {emulator.host}; {rows:,} rows", file=sys.stderr)
+            sink_pipeline(bigtable_uri(), min(rows, 2 * CHUNK), index=False)  # warm up imports and channels
+            ceiling, sink, beam_only = [], [], []
+            for repetition in range(repetitions):
+                ceiling.append(bare_mutate_rows(bigtable_uri(), data))
+                sink.append(sink_pipeline(bigtable_uri(), rows, index=False))
+                print(f"  round {repetition + 1}: ceiling {rows / ceiling[-1]:,.0f} rows/s, "
+                      f"sink {rows / sink[-1]:,.0f} rows/s", file=sys.stderr)
+            beam_only.append(sink_pipeline(bigtable_uri(), rows, index=False, store=False))
+            with_index = sink_pipeline(bigtable_uri(), rows, index=True)
+            print(f"  sink with index {rows / with_index:,.0f} rows/s", file=sys.stderr)
+
+            source_uri, drop = legacy_database(data)
+            copy1, copy2, full = [], [], []
+            for repetition in range(repetitions):
+                ceiling.append(bare_mutate_rows(bigtable_uri(), data))
+                copy1.append(bootstrap_run(source_uri, 1, False, workdir)[0])
+                copy2.append(bootstrap_run(source_uri, 2, False, workdir)[0])
+                print(f"  round {repetition + 1}: ceiling {rows / ceiling[-1]:,.0f} rows/s, bootstrap copy "
+                      f"{rows / copy1[-1]:,.0f} (1 worker) / {rows / copy2[-1]:,.0f} (2) rows/s", file=sys.stderr)
+            full.append(bootstrap_run(source_uri, 1, True, workdir)[0])
+
+            latencies = {}
+            latencies["sqlite"] = history_latencies(f"sqlite:///{workdir}/history.db", history_reads)
+            mysql_history = source_uri  # the legacy schema is the MySQL store's own
+            latencies["mysql"] = history_latencies(mysql_history, history_reads)
+            latencies["bigtable"] = history_latencies(bigtable_uri(), history_reads)
+    finally:
+        if drop is not None:
+            drop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    best_ceiling = rows / min(ceiling)
+    best_sink, best_copy1, best_copy2 = rows / min(sink), rows / min(copy1), rows / min(copy2)
+    sink_ratio = best_sink / best_ceiling
+    copy_ratio = max(best_copy1, best_copy2) / best_ceiling
+
+    def verdict(ratio: float, target: float) -> str:
+        return f"**{'met' if ratio >= target else 'not met'}** ({ratio:.2f})"
+
+    lines = [
+        "## Store: Bigtable sink, bootstrap, history reads",
+        "",
+        measured_line("make bench-store"),
+        "",
+        f"{rows:,} activities ({LEADS:,} leads, 2 tenants, 3 types, small JSON attributes) into fresh tables of "
+        "the Bigtable emulator (cbtemulator) on this machine; DirectRunner in-process unless a worker count is "
+        f"given. Ceiling: a bare google-cloud-bigtable `mutate_rows` loop building the same rows (key, three "
+        f"cells, explicit timestamps), {MUTATE_BATCH} per request, measured in the same run. Pipeline times run "
+        f"from `run()` to the end, Beam's start-up included. Best of {repetitions}, interleaved with the ceiling.",
+        "",
+        "| what | rows/s | ratio to ceiling |",
+        "| --- | ---: | ---: |",
+        f"| ceiling: bare mutate_rows loop | {best_ceiling:,.0f} | 1.00 |",
+        f"| graph sink: WriteActivities, no index | {best_sink:,.0f} | {sink_ratio:.2f} |",
+        f"| graph sink + IndexActivities (one index mutation per lead, type and day touched) | {rows / with_index:,.0f} | "
+        f"{rows / with_index / best_ceiling:.2f} |",
+        f"| Beam alone: the same pipeline generating the rows, no store | {rows / min(beam_only):,.0f} | "
+        f"{rows / min(beam_only) / best_ceiling:.2f} |",
+        f"| bootstrap copy MySQL -> Bigtable (read, convert, write, index), 1 worker | {best_copy1:,.0f} | "
+        f"{best_copy1 / best_ceiling:.2f} |",
+        f"| bootstrap copy, 2 worker processes | {best_copy2:,.0f} | {best_copy2 / best_ceiling:.2f} |",
+        f"| bootstrap with its verification (scan of source and target), 1 worker | {rows / min(full):,.0f} | "
+        f"{rows / min(full) / best_ceiling:.2f} |",
+        "",
+        f"- Sink target, at least 0.8 of the ceiling: {verdict(sink_ratio, 0.8)}.",
+        f"- Bootstrap target, at least 0.7 of the ceiling (copy, best worker count): {verdict(copy_ratio, 0.7)}.",
+        "",
+        f"History of a lead with {HISTORY_ROWS:,} activities, `store.history(tenant, lead)`, {history_reads} reads "
+        "each, milliseconds:",
+        "",
+        "| backend | all 10,000 p50 | all 10,000 p99 | newest 100 p50 | newest 100 p99 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for backend, found in latencies.items():
+        (all50, all99), (new50, new99) = found["all 10,000"], found["newest 100"]
+        lines.append(f"| {backend} | {all50:,.1f} | {all99:,.1f} | {new50:,.1f} | {new99:,.1f} |")
+    lines.append("")
+    lines.append("(MySQL and Bigtable on this machine, through their real clients; sqlite embedded. p99 of "
+                 f"{history_reads} samples is close to the maximum.)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="activities per run (default %(default)s)")
+    parser.add_argument("--repetitions", type=int, default=DEFAULT_REPETITIONS)
+    parser.add_argument("--history-reads", type=int, default=HISTORY_READS)
+    parser.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md alone")
+    args = parser.parse_args(argv)
+    section = run(args.rows, args.repetitions, args.history_reads)
+    print(section)
+    if not args.no_write:
+        write_section("store", section)
+
+
+if __name__ == "__main__":
+    main()

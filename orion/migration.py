@@ -1,0 +1,524 @@
+"""The bootstrap migration: copy the legacy MySQL activities table into the Bigtable
+store, then prove the copy is complete. This module holds the plain-Python core (turning a
+legacy row into an Activity, the split plan, the per-lead-range checksums, the
+verification report, the progress line) and the `orion bootstrap` command; the Beam graph
+is orion/pipelines/bootstrap.py, its transforms orion/transforms/legacy.py.
+
+    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://p/i/activities --splits 32
+    python -m orion.migration bootstrap --from ... --to ... --verify-only
+
+How a legacy row becomes an Activity (anything else is a dead letter with a reason,
+counted, written to the dead-letter files, and never silently dropped):
+
+- tenant, event_id, lead_id and type are VARBINARY: they must be non-empty UTF-8
+  (`bad_field` otherwise).
+- occurred_at is epoch milliseconds; it must lie in the years 1 to 9999, which every store
+  can hold (`bad_timestamp` otherwise). Epoch 0 and times before 1970 are fine.
+- attributes: NULL and '' (rows written before the column was JSON) mean "no attributes",
+  {}; otherwise a JSON object, storable as UTF-8 (`bad_attributes` for text that is not
+  JSON, JSON that is not an object, or escapes of lone surrogates).
+- Event ids: the legacy key is (tenant, event_id), so one event id can appear once per
+  tenant. The same id in two tenants is two activities (every store keys by tenant), and
+  ids differing only in case or trailing spaces are different ids (VARBINARY compares
+  bytes, and so do the stores).
+
+Crash and rerun: every write is idempotent (one Bigtable row per activity, explicit cell
+timestamps, index entries set, never incremented), so a rerun after a crash rewrites what
+the crashed run wrote and adds what it did not: no row missing, none duplicated. The
+verification at the end of every run proves it. The legacy table is read as it is while
+the bootstrap runs; rows the legacy system changes meanwhile are the passive mode's job
+(a changed occurred_at moves an activity's Bigtable row, and the verification reports it).
+
+Verification: both sides are reduced to, per lead range (tenant and the Bigtable salt
+bucket of the lead id, 256 per tenant), a count and an order-independent checksum: the
+sum modulo 2**64 of a 64-bit BLAKE2b digest of each activity's canonical JSON
+[tenant, lead, event id, occurred_at, type, attributes (sorted keys, compact)]. The
+source side is computed from the rows this run read; the target side by scanning the
+target after every write has finished. Any range that differs, any target row of a tenant
+the source does not have, and any legacy row neither migrated nor dead-lettered makes the
+command exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterable, NamedTuple
+
+from orion.activities import BAD_FIELD, BAD_TIMESTAMP, Activity, BadActivity
+from orion.store.base import MAX_MS, MIN_MS, StoreError, attributes_json
+
+BAD_ATTRIBUTES = "bad_attributes"
+LEGACY_COLUMNS = ("id", "tenant", "event_id", "lead_id", "type", "occurred_at", "attributes")
+CHECKSUM_MODULUS = 2**64
+PROGRESS_EVERY_SECONDS = 5.0
+DEFAULT_SPLITS = 16
+DEFAULT_CHUNK_ROWS = 5000
+EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
+
+
+# --- legacy rows ------------------------------------------------------------------
+
+
+class LegacyRow(NamedTuple):
+    """One row of the legacy `activities` table, as PyMySQL returns it (ids as bytes,
+    attributes as text or None)."""
+
+    id: int
+    tenant: bytes
+    event_id: bytes
+    lead_id: bytes
+    type: bytes
+    occurred_at: int
+    attributes: str | bytes | None
+
+    def to_json_dict(self) -> dict:
+        """The row for a dead letter: bytes shown as UTF-8 where they are, else as hex."""
+        return {name: _shown(getattr(self, name)) for name in LEGACY_COLUMNS}
+
+
+def _shown(value):
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return "0x" + value.hex()
+    return value
+
+
+def _legacy_text(row: LegacyRow, field: str) -> str:
+    value = getattr(row, field)
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise BadActivity(BAD_FIELD, f"{field} is not UTF-8 text (byte {err.start}: 0x{value[err.start]:02x})") from None
+    if not isinstance(value, str) or not value:
+        raise BadActivity(BAD_FIELD, f"{field} must not be empty")
+    return value
+
+
+def activity_from_legacy(row: LegacyRow) -> tuple[Activity, str]:
+    """A legacy row -> (Activity, its attributes as canonical JSON), or BadActivity with
+    the dead-letter reason (see the module docstring for the rules)."""
+    tenant = _legacy_text(row, "tenant")
+    event_id = _legacy_text(row, "event_id")
+    lead_id = _legacy_text(row, "lead_id")
+    type_ = _legacy_text(row, "type")
+    occurred_at = row.occurred_at
+    if not isinstance(occurred_at, int) or not MIN_MS <= occurred_at <= MAX_MS:
+        raise BadActivity(BAD_TIMESTAMP, f"occurred_at {occurred_at!r} is outside the years 1 to 9999")
+    raw = row.attributes
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise BadActivity(BAD_ATTRIBUTES, f"attributes are not UTF-8 text: {err}") from None
+    if raw is None or raw == "":
+        attributes = {}
+    else:
+        try:
+            attributes = json.loads(raw)
+        except ValueError as err:
+            raise BadActivity(BAD_ATTRIBUTES, f"attributes are not JSON: {err}") from None
+        if not isinstance(attributes, dict):
+            raise BadActivity(BAD_ATTRIBUTES, f"attributes must be a JSON object, not {type(attributes).__name__}")
+    activity = Activity(event_id, tenant, lead_id, type_, occurred_at, attributes)
+    try:
+        text = attributes_json(activity)
+    except ValueError as err:
+        raise BadActivity(BAD_ATTRIBUTES, str(err)) from None
+    return activity, text
+
+
+# --- checksums per lead range -------------------------------------------------------
+
+
+class RangeChecksum(NamedTuple):
+    """Count and order-independent checksum of the activities of one lead range."""
+
+    count: int
+    checksum: int
+
+    def __add__(self, other) -> "RangeChecksum":  # type: ignore[override]
+        return RangeChecksum(self.count + other.count, (self.checksum + other.checksum) % CHECKSUM_MODULUS)
+
+
+EMPTY = RangeChecksum(0, 0)
+
+
+def lead_range(activity: Activity) -> tuple[str, str]:
+    """(tenant, salt bucket of the lead): the unit the verification compares."""
+    from orion.store.bigtable import lead_salt
+
+    return activity.tenant, lead_salt(activity.lead_id)
+
+
+def activity_digest(activity: Activity, attributes_text: str | None = None) -> int:
+    """A 64-bit digest of the activity's canonical JSON (see the module docstring)."""
+    if attributes_text is None:
+        attributes_text = attributes_json(activity)
+    canonical = json.dumps([activity.tenant, activity.lead_id, activity.event_id, activity.occurred_at,
+                            activity.type, attributes_text], ensure_ascii=False, separators=(",", ":"))
+    return int.from_bytes(hashlib.blake2b(canonical.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+class RangeSums:
+    """Accumulates RangeChecksums by lead range."""
+
+    def __init__(self):
+        self.sums: dict[tuple[str, str], list[int]] = {}
+
+    def add(self, activity: Activity, attributes_text: str | None = None) -> None:
+        key = lead_range(activity)
+        entry = self.sums.get(key)
+        if entry is None:
+            entry = self.sums[key] = [0, 0]
+        entry[0] += 1
+        entry[1] = (entry[1] + activity_digest(activity, attributes_text)) % CHECKSUM_MODULUS
+
+    def items(self) -> Iterable[tuple[tuple[str, str], RangeChecksum]]:
+        return ((key, RangeChecksum(count, checksum)) for key, (count, checksum) in self.sums.items())
+
+    def __len__(self) -> int:
+        return len(self.sums)
+
+
+class RangeComparison(NamedTuple):
+    tenant: str
+    salt: str
+    source: RangeChecksum
+    target: RangeChecksum
+
+    @property
+    def matches(self) -> bool:
+        return self.source == self.target
+
+
+def compare_ranges(key: tuple[str, str], source: Iterable[RangeChecksum], target: Iterable[RangeChecksum]) -> RangeComparison:
+    return RangeComparison(key[0], key[1], sum(source, EMPTY), sum(target, EMPTY))
+
+
+# --- the plan -----------------------------------------------------------------------
+
+
+class BootstrapPlan(NamedTuple):
+    source_uri: str
+    target_uri: str
+    min_id: int | None
+    max_id: int | None
+    legacy_rows: int  # COUNT(*) when planned
+    tenants: tuple[str, ...]
+    splits: tuple[tuple[int, int], ...]  # inclusive id ranges
+
+
+def plan_splits(min_id: int | None, max_id: int | None, splits: int) -> tuple[tuple[int, int], ...]:
+    """[min_id, max_id] cut into at most `splits` contiguous inclusive id ranges of
+    (nearly) equal width; none for an empty table."""
+    if min_id is None or max_id is None or max_id < min_id:
+        return ()
+    width = max_id - min_id + 1
+    count = max(1, min(splits, width))
+    bounds = [min_id + width * n // count for n in range(count + 1)]
+    return tuple((bounds[n], bounds[n + 1] - 1) for n in range(count))
+
+
+def connect_legacy(uri: str):
+    """A PyMySQL connection to the legacy database (StoreError, with what to do, when
+    it cannot be opened). Reads only: autocommit, UTC, strict mode."""
+    import pymysql
+
+    from orion.store.mysql import parse_mysql_uri
+
+    settings = parse_mysql_uri(uri)
+    try:
+        return pymysql.connect(**settings, charset="utf8mb4", autocommit=True, connect_timeout=10,
+                               init_command="SET SESSION time_zone = '+00:00'")
+    except pymysql.err.OperationalError as err:
+        raise StoreError(f"cannot connect to the legacy MySQL database {settings['database']!r} at "
+                         f"{settings['host']}:{settings['port']} as {settings['user']!r}: {err}") from err
+
+
+def plan_bootstrap(source_uri: str, target_uri: str, splits: int) -> BootstrapPlan:
+    """Ask the legacy database for its id span, row count and tenants; make sure the
+    target's tables exist."""
+    import pymysql
+
+    from orion.store import open_store
+
+    if not source_uri.startswith("mysql://"):
+        raise StoreError(f"the bootstrap reads the legacy MySQL store (mysql://USER:PASSWORD@HOST:PORT/DB), not {source_uri!r}")
+    if not target_uri.startswith("bigtable://"):
+        raise StoreError(f"the bootstrap writes to a Bigtable store (bigtable://PROJECT/INSTANCE/TABLE), not {target_uri!r}")
+    connection = connect_legacy(source_uri)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT MIN(id), MAX(id), COUNT(*) FROM activities")
+            min_id, max_id, rows = cursor.fetchone()
+            cursor.execute("SELECT DISTINCT tenant FROM activities")
+            tenants = tuple(sorted(_shown(t) for (t,) in cursor.fetchall()))
+    except pymysql.err.Error as err:
+        raise StoreError(f"cannot read the legacy activities table: {err}") from err
+    finally:
+        connection.close()
+    with open_store(target_uri) as target:
+        target.init()
+    return BootstrapPlan(source_uri, target_uri, min_id, max_id, int(rows), tenants,
+                         plan_splits(min_id, max_id, splits))
+
+
+def target_scan_ranges(tenants: Iterable[str], per_tenant: int = 4) -> list[tuple[bytes | None, bytes | None]]:
+    """Row-key ranges that together cover the whole target table: each source tenant's
+    rows in `per_tenant` salt slices, and the gaps between tenants (so rows of a tenant
+    the source does not have are found too)."""
+    from orion.store.bigtable import SALT_BUCKETS, SEPARATOR, encode_id
+
+    boundaries: list[bytes] = []
+    for prefix in sorted(encode_id(t) + SEPARATOR for t in set(tenants)):
+        slices = max(1, min(per_tenant, SALT_BUCKETS))
+        boundaries += [(prefix + f"{SALT_BUCKETS * n // slices:02x}").encode("ascii") for n in range(slices)]
+        boundaries.append((prefix[:-1] + chr(ord(SEPARATOR) + 1)).encode("ascii"))
+    edges: list[bytes | None] = [None, *boundaries, None]
+    return [(edges[n], edges[n + 1]) for n in range(len(edges) - 1)]
+
+
+# --- the verification report --------------------------------------------------------
+
+
+class Verification(NamedTuple):
+    ranges: list[RangeComparison]
+    rows_read: int
+    converted: int
+    refused: int  # bad legacy rows, dead-lettered
+    store_failed: int  # rows the target refused, dead-lettered
+    dead_letters: dict[str, int]  # by reason
+
+    @property
+    def differing(self) -> list[RangeComparison]:
+        return [r for r in self.ranges if not r.matches]
+
+    @property
+    def accounted(self) -> bool:
+        """Every legacy row read was either converted or dead-lettered."""
+        return self.rows_read == self.converted + self.refused
+
+    @property
+    def ok(self) -> bool:
+        return not self.differing and self.accounted
+
+    def render(self, shown: int = 20) -> str:
+        source = sum((r.source for r in self.ranges), EMPTY)
+        target = sum((r.target for r in self.ranges), EMPTY)
+        lines = [
+            "verification:",
+            f"  legacy rows read:     {self.rows_read:,}",
+            f"  converted:            {self.converted:,}",
+            f"  dead letters:         {sum(self.dead_letters.values()):,}"
+            + "".join(f"\n    {reason}: {n:,}" for reason, n in sorted(self.dead_letters.items())),
+            f"  activities expected:  {source.count:,} (checksum {source.checksum:016x})",
+            f"  activities in target: {target.count:,} (checksum {target.checksum:016x})",
+            f"  lead ranges compared: {len(self.ranges):,} (tenant x salt bucket), {len(self.differing):,} differ",
+        ]
+        if not self.accounted:
+            lines.append(f"  MISMATCH: {self.rows_read - self.converted - self.refused:,} legacy rows were read "
+                         "but neither converted nor dead-lettered")
+        for r in sorted(self.differing, key=lambda r: (r.tenant, r.salt))[:shown]:
+            lines.append(f"  MISMATCH tenant {r.tenant!r} salt {r.salt}: source {r.source.count:,} rows "
+                         f"{r.source.checksum:016x}, target {r.target.count:,} rows {r.target.checksum:016x}")
+        if len(self.differing) > shown:
+            lines.append(f"  ... and {len(self.differing) - shown:,} more differing ranges")
+        lines.append("verification OK: every legacy activity is in the target exactly once" if self.ok
+                     else "verification FAILED: rerun the bootstrap (it is idempotent) and check the dead letters")
+        return "\n".join(lines)
+
+
+def ranges_to_json(ranges: Iterable[RangeComparison]) -> str:
+    return json.dumps([[r.tenant, r.salt, list(r.source), list(r.target)] for r in ranges], ensure_ascii=False)
+
+
+def ranges_from_json(text: str) -> list[RangeComparison]:
+    return [RangeComparison(t, s, RangeChecksum(*src), RangeChecksum(*tgt)) for t, s, src, tgt in json.loads(text)]
+
+
+# --- progress -----------------------------------------------------------------------
+
+
+class ProgressFile:
+    """One worker process's counts, rewritten (atomically) into its own JSON file in a
+    directory the driver watches, at most every `every` seconds and on `flush`. Files,
+    because Beam's local runners report metrics only when the pipeline ends."""
+
+    _by_directory: dict[str, "ProgressFile"] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, directory: str, every: float = 0.5, clock: Callable[[], float] = time.monotonic):
+        self.pid = os.getpid()
+        self.path = Path(directory) / f"worker-{self.pid}-{uuid.uuid4().hex[:8]}.json"
+        self.every, self.clock = every, clock
+        self.counts: dict[str, int] = {}
+        self.last = 0.0
+        self.lock = threading.Lock()
+
+    @classmethod
+    def of(cls, directory: str) -> "ProgressFile":
+        """The process's one file for `directory` (DoFns of one process share it; a
+        forked worker gets its own)."""
+        with cls._lock:
+            found = cls._by_directory.get(directory)
+            if found is None or found.pid != os.getpid():
+                found = cls._by_directory[directory] = cls(directory)
+            return found
+
+    def add(self, name: str, n: int) -> None:
+        with self.lock:
+            self.counts[name] = self.counts.get(name, 0) + n
+            if self.clock() - self.last >= self.every:
+                self._write()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._write()
+
+    def _write(self) -> None:
+        self.last = self.clock()
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.counts), encoding="utf-8")
+        os.replace(temporary, self.path)
+
+
+def read_progress(directory: str) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for path in Path(directory).glob("worker-*.json"):
+        try:
+            counts = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # replaced while being read; the next look sees it
+        for name, n in counts.items():
+            totals[name] = totals.get(name, 0) + n
+    return totals
+
+
+def progress_line(counts: dict[str, int], expected_rows: int, seconds: float) -> str:
+    read, written = counts.get("read", 0), counts.get("written", 0)
+    share = f" ({100 * read / expected_rows:.0f}%)" if expected_rows else ""
+    rate = written / seconds if seconds > 0 else 0.0
+    return (f"bootstrap: {read:,} of {expected_rows:,} legacy rows read{share}, {written:,} written, "
+            f"{counts.get('dead', 0):,} dead letters, {rate:,.0f} rows/s")
+
+
+class ProgressPrinter:
+    """A thread that prints the summed progress files every `every` seconds to `out`."""
+
+    def __init__(self, directory: str, expected_rows: int, every: float = PROGRESS_EVERY_SECONDS,
+                 out=sys.stderr, clock: Callable[[], float] = time.monotonic):
+        self.directory, self.expected_rows, self.every, self.out, self.clock = directory, expected_rows, every, out, clock
+        self.started = clock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="bootstrap-progress", daemon=True)
+
+    def __enter__(self) -> "ProgressPrinter":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.every):
+            counts = read_progress(self.directory)
+            print(progress_line(counts, self.expected_rows, self.clock() - self.started), file=self.out, flush=True)
+
+
+# --- the command --------------------------------------------------------------------
+
+
+def add_bootstrap_command(subparsers) -> None:
+    """Register `bootstrap` on an argparse subparsers object (the `orion` parser's)."""
+    parser = subparsers.add_parser(
+        "bootstrap",
+        help="copy the legacy MySQL activities into Bigtable, then verify the copy",
+        description="Copy every row of the legacy activities table into a Bigtable store with a "
+        "Beam batch pipeline (id-range splits read in parallel), index what was written, and "
+        "verify: per lead range, counts and checksums of both sides. Safe to rerun after a "
+        "crash. Exit 0 when the verification passes, 1 when it finds a difference, 2 on "
+        "errors. Options not listed here go to Beam (for example --runner).",
+    )
+    parser.add_argument("--from", dest="source", required=True, metavar="mysql://USER:PASSWORD@HOST:PORT/DB",
+                        help="the legacy store (a password can also come from MYSQL_PWD)")
+    parser.add_argument("--to", dest="target", required=True, metavar="bigtable://PROJECT/INSTANCE/TABLE",
+                        help="the Bigtable store (the emulator through BIGTABLE_EMULATOR_HOST)")
+    parser.add_argument("--splits", type=_positive, default=DEFAULT_SPLITS, metavar="N",
+                        help="id ranges read in parallel (default: %(default)s)")
+    parser.add_argument("--workers", type=_positive, default=min(os.cpu_count() or 1, 4), metavar="N",
+                        help="local worker processes on the DirectRunner (default: %(default)s)")
+    parser.add_argument("--dead-letters", default="orion-data/bootstrap-dead-letters", metavar="PREFIX",
+                        help="dead letters go to PREFIX-*.jsonl (default: %(default)s)")
+    parser.add_argument("--verify-only", action="store_true",
+                        help="only compare the legacy table with the target; write nothing")
+    parser.add_argument("--progress-every", type=float, default=PROGRESS_EVERY_SECONDS, metavar="SECONDS",
+                        help="seconds between progress lines on stderr (default: %(default)s)")
+    parser.set_defaults(handler=bootstrap_command, beam_args_allowed=True)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def bootstrap_command(args: argparse.Namespace) -> int:
+    from orion.pipelines.bootstrap import BootstrapSettings, run_bootstrap
+    from orion.store.mysql import redact
+
+    try:
+        plan = plan_bootstrap(args.source, args.target, args.splits)
+    except StoreError as err:
+        print(f"orion: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    what = "verifying" if args.verify_only else "bootstrapping"
+    print(f"{what} {redact(plan.source_uri)} -> {plan.target_uri}: {plan.legacy_rows:,} legacy rows, "
+          f"ids {plan.min_id}..{plan.max_id} in {len(plan.splits)} splits, {len(plan.tenants)} tenants",
+          file=sys.stderr, flush=True)
+    settings = BootstrapSettings(
+        dead_letter_prefix=args.dead_letters,
+        copy=not args.verify_only,
+        workers=args.workers,
+        progress_every=args.progress_every,
+        beam_args=tuple(getattr(args, "beam_args", ()) or ()),
+    )
+    started = time.monotonic()
+    try:
+        verification, totals = run_bootstrap(plan, settings)
+    except StoreError as err:
+        print(f"orion: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    seconds = time.monotonic() - started
+    if not args.verify_only:
+        rate = totals.get("stored", 0) / seconds if seconds > 0 else 0.0
+        print(f"written: {totals.get('stored', 0):,} activities, {totals.get('indexed', 0):,} index entries "
+              f"in {seconds:.1f} s ({rate:,.0f} rows/s)")
+    print(verification.render())
+    return EXIT_OK if verification.ok else EXIT_MISMATCH
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orion", description="Orion migration commands.")
+    add_bootstrap_command(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args, unknown = parser.parse_known_args(argv)
+    args.beam_args = unknown
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
