@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-evaluator bench-store clean
+.PHONY: run test bench bench-evaluator bench-graph bench-store clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -15,15 +15,18 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/orion evaluate $(ARGS)
+	$(BIN)/orion run $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: bench-evaluator bench-store
+bench: bench-evaluator bench-graph bench-store
 
 bench-evaluator: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_evaluator $(ARGS)
+
+bench-graph: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_graph $(ARGS)
 
 bench-store: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_store $(ARGS)

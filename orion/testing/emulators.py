@@ -74,6 +74,12 @@ class _Emulator:
                 self.process.kill()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     @classmethod
     def _launch(cls, command: list[str], port: int, timeout: float):
         workdir = Path(tempfile.mkdtemp(prefix="orion-emulator-"))

@@ -94,7 +94,9 @@ class _SequenceAndEvaluateFn(beam.DoFn):
 
     def setup(self) -> None:
         from orion.rules import load_rules
+        from orion.transforms import state_sizing
 
+        state_sizing.install()
         self.rules = load_rules(self.rules_dir, self.template_dirs)
 
     def process(
