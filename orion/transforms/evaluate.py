@@ -93,11 +93,11 @@ class _SequenceAndEvaluateFn(beam.DoFn):
         self.qualified = Metrics.counter(METRICS_NAMESPACE, "qualified")
 
     def setup(self) -> None:
-        from orion.rules import load_rules
         from orion.transforms import state_sizing
+        from orion.transforms.shared_rules import shared_rules
 
         state_sizing.install()
-        self.rules = load_rules(self.rules_dir, self.template_dirs)
+        self.rules = shared_rules(self.rules_dir, self.template_dirs)
 
     def process(
         self,
@@ -109,8 +109,10 @@ class _SequenceAndEvaluateFn(beam.DoFn):
         release=beam.DoFn.TimerParam(RELEASE),
     ):
         _, activity = element
-        last = released.read()
-        if sorts_before_released(last, activity):
+        # Bounded input releases each lead once, after its last arrival: nothing is
+        # released yet, so there is nothing an arrival could sort before.
+        last = None if self.bounded else released.read()
+        if last is not None and sorts_before_released(last, activity):
             progress = LeadProgress(last, seen.read() or {})
             if classify_behind(progress, activity) == DUPLICATE:
                 self.duplicates.inc()

@@ -24,9 +24,9 @@ PROGRESS_EVERY_SECONDS = 5.0
 
 
 def load_activity_types(rules_dir: str, template_dirs: tuple[str, ...]):
-    from orion.rules import load_rules
+    from orion.transforms.shared_rules import shared_rules
 
-    return load_rules(rules_dir, template_dirs).activity_types
+    return shared_rules(rules_dir, template_dirs).activity_types
 
 
 class _Progress:
