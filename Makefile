@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-evaluator bench-graph bench-store clean
+.PHONY: run test bench bench-evaluator bench-graph bench-store bench-collector clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: bench-evaluator bench-graph bench-store
+bench: bench-evaluator bench-graph bench-store bench-collector
 
 bench-evaluator: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_evaluator $(ARGS)
@@ -30,6 +30,9 @@ bench-graph: $(STAMP)
 
 bench-store: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_store $(ARGS)
+
+bench-collector: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_collector $(ARGS)
 
 clean:
 	rm -rf $(VENV) orion-data .pytest_cache .hypothesis

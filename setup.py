@@ -22,9 +22,12 @@ setup(
         "jinja2>=3.1,<4",
         "PyYAML>=6.0,<7",
         "jsonschema>=4.20,<5",
+        # orion collect: the HTTP intake (server; its client drives the load benchmark)
+        "aiohttp>=3.9,<4",
+        "prometheus-client>=0.20,<1",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7"],
+        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "aiosmtpd>=1.4,<2"],
     },
     entry_points={"console_scripts": ["orion=orion.cli:main"]},
 )

@@ -8,6 +8,7 @@
     orion store init URI                # tables, column families, indexes; safe to rerun
     orion history --store URI --tenant T --lead L   # a lead's activities, newest first
     orion bootstrap --from mysql://... --to bigtable://...   # copy the legacy history, then verify
+    orion collect --topic projects/P/topics/T --keys FILE   # HTTP intake: events in, Pub/Sub out (docs/collector.md)
 """
 from __future__ import annotations
 
@@ -182,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     from orion.migration import add_bootstrap_command
 
     add_bootstrap_command(commands)
+    from orion.collector import add_collect_command
+
+    add_collect_command(commands)
     return parser
 
 

@@ -1,0 +1,13 @@
+"""The HTTP intake collector: web pages, mobile apps and devices POST events; each is
+checked against its tenant's activity schemas with the key's tenant; accepted events go
+to Pub/Sub, many per message, for the graph's ParseActivities. See docs/collector.md.
+
+    orion collect --topic projects/P/topics/activities --keys orion-data/collector-keys.yaml
+
+Modules: `keys` (hashed API keys), `limits` (per-key rate limit), `checking` (body ->
+per-event verdicts), `publisher` (aggregation, Pub/Sub, backpressure), `metrics`
+(Prometheus), `app` (aiohttp routes), `commands` (the command line).
+"""
+from orion.collector.commands import add_collect_command
+
+__all__ = ["add_collect_command"]

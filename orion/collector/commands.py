@@ -1,0 +1,253 @@
+"""`orion collect`: run the HTTP intake collector, and manage its API keys.
+
+    orion collect --topic projects/P/topics/activities --keys orion-data/collector-keys.yaml --port 8080
+    orion collect keys add --tenant acme --keys orion-data/collector-keys.yaml --label website
+    orion collect keys list --keys orion-data/collector-keys.yaml
+    orion collect keys revoke KEY_ID --keys orion-data/collector-keys.yaml
+
+`add_collect_command(subparsers)` registers it on an argparse subparsers object (the
+`orion` parser's); each command sets `handler`, which takes the parsed arguments and
+returns the exit code. `python -m orion.collector ...` runs the same commands on their own.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+SAMPLE_RULES = Path(__file__).resolve().parent.parent / "samples" / "rules"
+DEFAULT_KEYS = Path("orion-data") / "collector-keys.yaml"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value:g}")
+    return value
+
+
+def _topic(text: str) -> str:
+    parts = text.split("/")
+    if len(parts) != 4 or parts[0] != "projects" or parts[2] != "topics" or not parts[1] or not parts[3]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not projects/PROJECT/topics/TOPIC")
+    return text
+
+
+def add_collect_command(subparsers) -> None:
+    """Register `collect` (serve) with its `keys add|list|revoke` helpers."""
+    from orion.collector.app import CollectorSettings
+
+    defaults = CollectorSettings()
+    collect = subparsers.add_parser(
+        "collect",
+        help="run the HTTP intake collector: events in, Pub/Sub out",
+        description="Serve POST /v1/events (one event, a JSON array or JSONL; API key per "
+        "tenant), GET /healthz and GET /metrics. Accepted events are published to the topic, "
+        "many per message; a request is answered only after Pub/Sub took its events, or 503 "
+        "with Retry-After when it did not. The emulator is used when PUBSUB_EMULATOR_HOST is "
+        "set. See docs/collector.md.",
+    )
+    collect.add_argument("--topic", type=_topic, metavar="projects/P/topics/T",
+                         help="the Pub/Sub topic the graph's subscription reads (required to serve)")
+    collect.add_argument("--create-topic", action="store_true",
+                         help="create the topic if it does not exist (handy with the emulator)")
+    collect.add_argument("--keys", type=Path, default=DEFAULT_KEYS, metavar="FILE",
+                         help="the API keys file, hashes only (default: %(default)s)")
+    collect.add_argument("--rules", type=Path, default=SAMPLE_RULES,
+                         help="rules directory: each tenant's activity types (default: the shipped samples)")
+    collect.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    collect.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    collect.add_argument("--max-batch", type=_positive_int, default=defaults.max_batch, metavar="EVENTS",
+                         help="most events in one request; more: 413 (default: %(default)s)")
+    collect.add_argument("--max-body-bytes", type=_positive_int, default=defaults.max_body_bytes, metavar="BYTES",
+                         help="largest request body; larger: 413 (default: %(default)s)")
+    collect.add_argument("--rate-limit", type=_non_negative, default=defaults.rate_limit, metavar="PER_SECOND",
+                         help="requests a second per key, token bucket; over: 429; 0: no limit "
+                         "(default: %(default)s)")
+    collect.add_argument("--rate-burst", type=_non_negative, default=None, metavar="REQUESTS",
+                         help="requests a key may make at once (default: one second's worth)")
+    collect.add_argument("--flush-events", type=_positive_int, default=defaults.flush_events, metavar="EVENTS",
+                         help="send a message once it holds this many events (default: %(default)s)")
+    collect.add_argument("--flush-bytes", type=_positive_int, default=defaults.flush_bytes, metavar="BYTES",
+                         help="... or this many bytes (default: %(default)s)")
+    collect.add_argument("--flush-ms", type=_non_negative, default=defaults.flush_seconds * 1000, metavar="MS",
+                         help="... or this long after its first event (default: %(default)s)")
+    collect.add_argument("--max-pending-bytes", type=_positive_int, default=defaults.max_pending_bytes,
+                         metavar="BYTES", help="bytes that may wait for Pub/Sub; beyond: 503 (default: %(default)s)")
+    collect.add_argument("--publish-timeout", type=_non_negative, default=defaults.publish_timeout, metavar="SECONDS",
+                         help="how long Pub/Sub may take to acknowledge; longer: 503 (default: %(default)s)")
+    collect.add_argument("--retry-after", type=_non_negative, default=defaults.retry_after, metavar="SECONDS",
+                         help="Retry-After of a 503 (default: %(default)s)")
+    collect.add_argument("--cors-origin", default=defaults.cors_origin,
+                         help="Access-Control-Allow-Origin for web pages (default: %(default)s)")
+    collect.set_defaults(handler=serve)
+
+    keys = collect.add_subparsers(dest="collect_command", metavar="keys")
+    keys_parser = keys.add_parser("keys", help="add, list or revoke API keys")
+    key_commands = keys_parser.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    add = key_commands.add_parser("add", help="create a key for a tenant; prints it once, stores its hash",
+                                  description="Create a random API key for TENANT, store its SHA-256 in "
+                                  "the keys file and print the key. It is shown only this once.")
+    add.add_argument("--tenant", required=True)
+    add.add_argument("--label", default="", help="a note, e.g. where the key is used")
+    add.add_argument("--keys", type=Path, default=DEFAULT_KEYS, metavar="FILE",
+                     help="the API keys file (default: %(default)s)")
+    add.set_defaults(handler=keys_add)
+    listing = key_commands.add_parser("list", help="list key ids, tenants and labels (never keys)")
+    listing.add_argument("--keys", type=Path, default=DEFAULT_KEYS, metavar="FILE",
+                         help="the API keys file (default: %(default)s)")
+    listing.set_defaults(handler=keys_list)
+    revoke = key_commands.add_parser("revoke", help="remove a key by its id")
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    revoke.add_argument("--keys", type=Path, default=DEFAULT_KEYS, metavar="FILE",
+                        help="the API keys file (default: %(default)s)")
+    revoke.set_defaults(handler=keys_revoke)
+
+
+def keys_add(args: argparse.Namespace) -> int:
+    from orion.collector.keys import KeysFileError, add_key
+
+    try:
+        key, record = add_key(args.keys, args.tenant, args.label)
+    except KeysFileError as err:
+        print(f"orion: {err}", file=sys.stderr)
+        return 2
+    print(key)
+    print(f"key {record.id} for tenant {record.tenant} stored (hash only) in {args.keys}; "
+          "the key above is not shown again", file=sys.stderr)
+    return 0
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    from orion.collector.keys import KeysFileError, read_keys
+
+    try:
+        keys = read_keys(args.keys)
+    except KeysFileError as err:
+        print(f"orion: {err}", file=sys.stderr)
+        return 2
+    for key in keys.values():
+        print(f"{key.id}\t{key.tenant}\t{key.created_at}\t{key.label}")
+    return 0
+
+
+def keys_revoke(args: argparse.Namespace) -> int:
+    from orion.collector.keys import KeysFileError, revoke_key
+
+    try:
+        removed = revoke_key(args.keys, args.key_id)
+    except KeysFileError as err:
+        print(f"orion: {err}", file=sys.stderr)
+        return 2
+    if removed is None:
+        print(f"orion: no key {args.key_id} in {args.keys}", file=sys.stderr)
+        return 1
+    print(f"revoked key {removed.id} of tenant {removed.tenant}", file=sys.stderr)
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from orion.collector.app import CollectorSettings, load_types
+    from orion.collector.keys import KeysFileError, KeyStore
+    from orion.rules import RuleErrors
+
+    if args.topic is None:
+        print("orion: collect needs --topic projects/P/topics/T", file=sys.stderr)
+        return 2
+    try:
+        keys = KeyStore(args.keys)
+    except KeysFileError as err:
+        print(f"orion: {err}", file=sys.stderr)
+        return 2
+    if not len(keys):
+        print(f"orion: no API keys in {args.keys}; create one with: "
+              f"orion collect keys add --tenant TENANT --keys {args.keys}", file=sys.stderr)
+        return 2
+    try:
+        types = load_types(args.rules)
+    except RuleErrors as errors:
+        print(f"orion: the rules in {args.rules} have {len(errors.errors)} error(s):", file=sys.stderr)
+        for error in errors.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 2
+    settings = CollectorSettings(
+        max_batch=args.max_batch, max_body_bytes=args.max_body_bytes, rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst, flush_events=args.flush_events, flush_bytes=args.flush_bytes,
+        flush_seconds=args.flush_ms / 1000, max_pending_bytes=args.max_pending_bytes,
+        publish_timeout=args.publish_timeout, retry_after=args.retry_after, cors_origin=args.cors_origin)
+    if settings.max_body_bytes * 2 + settings.flush_bytes > 9_000_000:
+        print("orion: --max-body-bytes x 2 + --flush-bytes must stay under 9,000,000 "
+              "(a Pub/Sub message holds at most 10 MB)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(run_collector(args.topic, keys, types, settings, args.host, args.port, args.create_topic))
+    except LookupError as err:
+        print(f"orion: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def run_collector(topic_name: str, keys, types, settings, host: str, port: int,
+                        create_topic: bool = False, ready=None, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or `stop` is set); then stop taking requests, publish
+    what is waiting and close. `ready(port)` is called once listening."""
+    import signal
+
+    from aiohttp import web
+
+    from orion.collector.app import build_app
+    from orion.collector.metrics import CollectorMetrics
+    from orion.collector.publisher import BatchPublisher, PubSubTopic
+
+    topic = PubSubTopic(topic_name, settings.publish_timeout)
+    status = await topic.ensure(create_topic)
+    metrics = CollectorMetrics()
+    publisher = BatchPublisher(topic.send, flush_events=settings.flush_events, flush_bytes=settings.flush_bytes,
+                               flush_seconds=settings.flush_seconds, max_pending_bytes=settings.max_pending_bytes,
+                               publish_timeout=settings.publish_timeout, retry_after_s=settings.retry_after,
+                               metrics=metrics)
+    app = build_app(keys, types, publisher, settings, metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    print(f"orion collect: listening on http://{host}:{bound}/v1/events; topic {topic_name} on "
+          f"{topic.where} ({status}); {len(keys)} key(s) for {len(keys.tenants())} tenant(s)", flush=True)
+    if ready is not None:
+        ready(bound)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+    except (RuntimeError, ValueError):  # not the main thread (tests): `stop` ends it
+        pass
+    try:
+        await stop.wait()
+    finally:
+        await site.stop()  # no new connections; requests under way finish below
+        await runner.cleanup()
+        await publisher.close()
+        await topic.close()
+        print("orion collect: stopped", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orion.collector")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_collect_command(subparsers)
+    args = parser.parse_args(["collect", *(sys.argv[1:] if argv is None else argv)])
+    return args.handler(args)
