@@ -83,7 +83,8 @@ class SqliteStore(ActivityStore):
             if self.path.parent and not self.path.parent.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+                # Beam may tear a DoFn down on another thread than the one that set it up.
+                connection = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as err:

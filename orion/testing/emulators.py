@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -66,12 +67,18 @@ class _Emulator:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
+        # The emulator runs in a session of its own; end the whole group, or the Java
+        # process under the wrapper script outlives it.
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
             try:
-                self.process.wait(timeout=10)
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(timeout=wait)
+                break
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                continue
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self):
