@@ -1,0 +1,494 @@
+"""Batch campaigns: select a campaign's members from the lead table and the activity
+index with its filters, streaming, and send to each as it is found, so the first email
+is queued long before the whole list is known. `--streams N --stream K` splits the
+leads by a hash of the lead id (CRC32, computed by the database, so each stream reads
+only its own leads): no lead is in two streams, and N streams can run on N workers.
+
+Where the lead data comes from (MySQL / MariaDB, the legacy store's database):
+- `leads` (the legacy table: one row per tenant and lead id) lists the leads;
+- `lead_profiles` (this module's table: attributes JSON, score, lists JSON) holds what
+  lead filters, score and list filters test; a lead without a profile has none;
+- history filters read `activity_index` (counts per lead, type and UTC day) for counters
+  without conditions, and the `activities` table for counters with conditions.
+
+A send's run id defaults to its scheduled time, so running the same scheduled send again
+(a retry, a second worker given the same stream) queues nothing twice: the outbox key is
+(tenant, campaign, lead, run).
+
+    orion campaign run --rules orion/samples/rules --tenant acme --campaign "Monthly newsletter" \\
+        --leads mysql://root@127.0.0.1:3306/orion --outbox mysql://root@127.0.0.1:3306/orion --streams 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+from orion.activities import MS_PER_DAY, format_timestamp, parse_timestamp
+from orion.rules.model import LeadState
+
+LEAD_PROFILES_TABLE = """
+CREATE TABLE IF NOT EXISTS lead_profiles (
+    tenant     VARBINARY(255) NOT NULL,
+    lead_id    VARBINARY(255) NOT NULL,
+    attributes JSON           NOT NULL COMMENT 'lead attributes: email, first_name, ...',
+    score      DOUBLE         NOT NULL DEFAULT 0,
+    lists      JSON           NOT NULL COMMENT 'names of the lists the lead is in',
+    PRIMARY KEY (tenant, lead_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+"""
+
+_EPOCH_DAY = date(1970, 1, 1)
+# Rows fetched per round: small at first, so the first member is out at once.
+_CHUNKS = (1, 16, 256, 2000)
+
+
+class Member(NamedTuple):
+    lead_id: str
+    state: LeadState
+
+
+class BatchSummary(NamedTuple):
+    leads_read: int
+    members: int
+    queued: int  # new outbox records (emails, held emails, webhooks)
+    held: int
+    dead_letters: int
+    first_queued_s: float | None  # from the start of the send to the first email committed
+    elapsed_s: float
+
+    def render(self) -> str:
+        first = f"{self.first_queued_s * 1000:.1f} ms" if self.first_queued_s is not None else "none"
+        rate = self.queued / self.elapsed_s * 3600 if self.elapsed_s else 0
+        return (f"leads read:   {self.leads_read}\nmembers:      {self.members}\nqueued:       {self.queued}\n"
+                f"held:         {self.held}\ndead letters: {self.dead_letters}\nfirst queued: {first}\n"
+                f"elapsed:      {self.elapsed_s:.2f} s ({rate:,.0f} queued/hour)")
+
+    def __add__(self, other: "BatchSummary") -> "BatchSummary":
+        firsts = [f for f in (self.first_queued_s, other.first_queued_s) if f is not None]
+        return BatchSummary(self.leads_read + other.leads_read, self.members + other.members,
+                            self.queued + other.queued, self.held + other.held,
+                            self.dead_letters + other.dead_letters, min(firsts) if firsts else None,
+                            max(self.elapsed_s, other.elapsed_s))
+
+
+def stream_of(lead_id: str, streams: int) -> int:
+    """The stream a lead belongs to: CRC32 of its UTF-8 id, modulo the stream count (what
+    MySQL's CRC32() computes for the VARBINARY column)."""
+    import zlib
+
+    return zlib.crc32(lead_id.encode("utf-8")) % streams
+
+
+def _connect(uri: str, unbuffered: bool = False):
+    import pymysql
+    import pymysql.cursors
+
+    from orion.store.mysql import parse_mysql_uri
+
+    return pymysql.connect(**parse_mysql_uri(uri), charset="utf8mb4", autocommit=True, connect_timeout=10,
+                           cursorclass=pymysql.cursors.SSCursor if unbuffered else pymysql.cursors.Cursor)
+
+
+def init_lead_tables(uri: str) -> None:
+    """The store's tables (leads, activities, activity_index) and lead_profiles."""
+    from orion.store.mysql import MysqlStore
+
+    store = MysqlStore(uri)
+    store.init()
+    store.close()
+    connection = _connect(uri)
+    with connection.cursor() as cursor:
+        cursor.execute(LEAD_PROFILES_TABLE)
+    connection.close()
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else value
+
+
+class _Histories:
+    """History counters for a chunk of leads: from the activity index when a counter
+    has no conditions, else by counting matching rows of the activities table."""
+
+    def __init__(self, connection, rules, tenant: str):
+        tenant_rules = rules.tenants.get(tenant)
+        self.counters = [c for found in (tenant_rules.counters_by_type.values() if tenant_rules else ())
+                         for c in found]
+        self.connection = connection
+        self.tenant = tenant
+
+    def load(self, lead_ids: list[str], now: int) -> dict[str, dict]:
+        histories: dict[str, dict] = {}
+        if not self.counters or not lead_ids:
+            return histories
+        today = now // MS_PER_DAY
+        marks = ", ".join(["%s"] * len(lead_ids))
+        with self.connection.cursor() as cursor:
+            for counter in self.counters:
+                first_day = today - counter.retention_days + 1
+                if not counter.conditions:
+                    cursor.execute(
+                        f"SELECT lead_id, day, activity_count FROM activity_index WHERE tenant = %s AND type = %s "
+                        f"AND day >= %s AND lead_id IN ({marks})",
+                        [self.tenant, counter.activity_type, _EPOCH_DAY + timedelta(days=first_day), *lead_ids])
+                    for lead_id, day, count in cursor.fetchall():
+                        per_day = histories.setdefault(_text(lead_id), {}).setdefault(counter.key, {})
+                        per_day[(day - _EPOCH_DAY).days] = int(count)
+                else:
+                    cursor.execute(
+                        f"SELECT lead_id, occurred_at, attributes FROM activities WHERE tenant = %s AND type = %s "
+                        f"AND occurred_at >= %s AND lead_id IN ({marks})",
+                        [self.tenant, counter.activity_type, first_day * MS_PER_DAY, *lead_ids])
+                    for lead_id, occurred_at, attributes in cursor.fetchall():
+                        if counter.counts(json.loads(attributes), occurred_at):
+                            per_day = histories.setdefault(_text(lead_id), {}).setdefault(counter.key, {})
+                            day = occurred_at // MS_PER_DAY
+                            per_day[day] = per_day.get(day, 0) + 1
+        return histories
+
+
+def stream_members(leads_uri: str, rules, campaign, now: int, *, streams: int = 1, stream: int = 0,
+                   counts: list | None = None) -> Iterator[Member]:
+    """The campaign's members among the tenant's leads of one stream, as they are read
+    (in lead id order). `counts`, if given, gets [leads read] updated as it goes."""
+    if not 0 <= stream < streams:
+        raise ValueError(f"stream {stream} is not one of 0..{streams - 1}")
+    reader = _connect(leads_uri, unbuffered=True)
+    lookups = _connect(leads_uri)
+    histories = _Histories(lookups, rules, campaign.tenant)
+    sql = ("SELECT l.lead_id, p.attributes, p.score, p.lists FROM leads l LEFT JOIN lead_profiles p "
+           "ON p.tenant = l.tenant AND p.lead_id = l.lead_id WHERE l.tenant = %s")
+    params: list = [campaign.tenant]
+    if streams > 1:
+        sql += " AND CRC32(l.lead_id) %% %s = %s"
+        params += [streams, stream]
+    sql += " ORDER BY l.tenant, l.lead_id"
+    read = 0
+    try:
+        with reader.cursor() as cursor:
+            cursor.execute(sql, params)
+            round_ = 0
+            while True:
+                rows = cursor.fetchmany(_CHUNKS[min(round_, len(_CHUNKS) - 1)])
+                round_ += 1
+                if not rows:
+                    break
+                read += len(rows)
+                if counts is not None:
+                    counts[0] = read
+                lead_ids = [_text(row[0]) for row in rows]
+                found = histories.load(lead_ids, now)
+                for lead_id, (_, attributes, score, lists) in zip(lead_ids, rows):
+                    state = LeadState(
+                        json.loads(attributes) if attributes else {},
+                        score or 0,
+                        frozenset(json.loads(lists)) if lists else frozenset(),
+                        {},
+                        found.get(lead_id, {}),
+                    )
+                    if campaign.failed_filters(state, now) is None:
+                        yield Member(lead_id, state)
+    finally:
+        reader.close()
+        lookups.close()
+
+
+def read_membership(path: str | Path) -> Iterator[Member]:
+    """Members precomputed by `write_membership` (JSONL)."""
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            record = json.loads(line)
+            yield Member(record["lead_id"], LeadState.from_json_dict(record["state"]))
+
+
+def write_membership(members: Iterable[Member], path: str | Path) -> int:
+    n = 0
+    with open(path, "w", encoding="utf-8") as out:
+        for member in members:
+            out.write(json.dumps({"lead_id": member.lead_id, "state": member.state.to_json_dict()}) + "\n")
+            n += 1
+    return n
+
+
+def default_run_id(now: int) -> str:
+    return f"batch:{format_timestamp(now)}"
+
+
+def send_batch(members: Iterable[Member], rules, rules_dir: str, template_dirs, outbox_uri: str,
+               tenant: str, campaign_name: str, *, now: int, run_id: str | None = None,
+               tokens: dict | None = None, sender=None, batch_size: int = 1000,
+               dead_letters: Callable | None = None, activities_out: Callable | None = None,
+               clock: Callable[[], float] = time.perf_counter, started: float | None = None,
+               counts: list | None = None) -> BatchSummary:
+    """Run the campaign's flow for each member and queue what it sends. The first
+    record is committed on its own, so it is queued as soon as the first member is
+    assembled; the rest in batches of `batch_size`."""
+    from orion.campaigns.email import ASSEMBLY_SOURCE, AssemblyError, EmailAssembler, SenderSettings
+    from orion.campaigns.flows import FlowEngine
+    from orion.campaigns.outbox import email_record, held_record, open_outbox, webhook_record
+    from orion.deadletters import DeadLetter
+
+    started = clock() if started is None else started
+    run_id = run_id or default_run_id(now)
+    engine = FlowEngine(rules)
+    assembler = EmailAssembler(rules_dir, template_dirs, sender or SenderSettings())
+    outbox = open_outbox(outbox_uri)
+    outbox.init()
+    records: list = []
+    n_members = queued = held = dead = 0
+    first_queued = None
+    try:
+        for member in members:
+            n_members += 1
+            _, result = engine.run_batch(member.state, tenant, member.lead_id, campaign_name, run_id, now, tokens)
+            for request in result.emails:
+                try:
+                    records.append(email_record(assembler.assemble(request), queued_at=now))
+                except AssemblyError as err:
+                    dead += 1
+                    if dead_letters is not None:
+                        dead_letters(DeadLetter(request._asdict(), err.reason, err.detail, ASSEMBLY_SOURCE))
+            for item in result.held:
+                held += 1
+                records.append(held_record(item))
+            for call in result.webhooks:
+                records.append(webhook_record(call))
+            for letter in result.dead_letters:
+                dead += 1
+                if dead_letters is not None:
+                    dead_letters(letter)
+            if activities_out is not None:
+                for activity in result.activities:
+                    activities_out(activity)
+            if records and (first_queued is None or len(records) >= batch_size):
+                queued += outbox.queue(records)
+                records = []
+                if first_queued is None:
+                    first_queued = clock() - started
+        if records:
+            queued += outbox.queue(records)
+            if first_queued is None:
+                first_queued = clock() - started
+    finally:
+        outbox.close()
+    read = counts[0] if counts else n_members
+    return BatchSummary(read, n_members, queued, held, dead, first_queued, clock() - started)
+
+
+def run_stream(config: dict, stream: int) -> BatchSummary:
+    """One stream of a batch send, from a picklable config (for worker processes)."""
+    from orion.rules import load_rules
+
+    started = time.perf_counter() if config.get("started") is None else config["started"]
+    rules = config.get("rules") or load_rules(config["rules_dir"], config["template_dirs"])
+    campaign = rules.campaign(config["tenant"], config["campaign"])
+    counts = [0]
+    if config.get("membership"):
+        members = read_membership(config["membership"])
+    else:
+        members = stream_members(config["leads"], rules, campaign, config["now"], streams=config["streams"],
+                                 stream=stream, counts=counts)
+    dead_path, activities_path = config.get("dead_letters"), config.get("activities_out")
+    dead_file = open(f"{dead_path}.{stream}" if dead_path and config["streams"] > 1 else dead_path, "a",
+                     encoding="utf-8") if dead_path else None
+    activity_file = open(f"{activities_path}.{stream}" if config["streams"] > 1 else activities_path, "a",
+                         encoding="utf-8") if activities_path else None
+    try:
+        return send_batch(
+            members, rules, config["rules_dir"], config["template_dirs"], config["outbox"], config["tenant"],
+            config["campaign"], now=config["now"], run_id=config.get("run_id"), tokens=config.get("tokens"),
+            batch_size=config.get("batch_size", 1000),
+            dead_letters=(lambda d: dead_file.write(d.to_json() + "\n")) if dead_file else None,
+            activities_out=(lambda a: activity_file.write(json.dumps(a.to_json_dict()) + "\n"))
+            if activity_file else None,
+            started=started, counts=counts)
+    finally:
+        for f in (dead_file, activity_file):
+            if f is not None:
+                f.close()
+
+
+def run_streams(config: dict, streams: Iterable[int]) -> BatchSummary:
+    """Several streams, one worker process each; their summaries added up."""
+    streams = list(streams)
+    if len(streams) == 1:
+        return run_stream(config, streams[0])
+    config = {k: v for k, v in config.items() if k != "rules"}  # each worker loads its own
+    context = multiprocessing.get_context("fork")
+    with context.Pool(len(streams)) as pool:
+        results = pool.starmap(run_stream, [(config, k) for k in streams])
+    total = results[0]
+    for result in results[1:]:
+        total = total + result
+    return total
+
+
+def next_run_at(schedule: dict, after: int) -> int | None:
+    """The first scheduled time at or after `after` (None: a one-off send in the past)."""
+    if "at" in schedule:
+        return schedule["at"] if schedule["at"] >= after else None
+    start = schedule.get("starting", after)
+    every = schedule["every_ms"]
+    if start >= after:
+        return start
+    return start + -(-(after - start) // every) * every
+
+
+# --- command line -------------------------------------------------------------------
+
+
+def _token(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _when(text: str) -> int | str:
+    if text in ("now", "next"):
+        return text
+    try:
+        return parse_timestamp(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _common(parser) -> None:
+    from orion.cli import SAMPLE_RULES
+
+    parser.add_argument("--rules", type=Path, default=SAMPLE_RULES, help="rules directory")
+    parser.add_argument("--templates", type=Path, action="append", default=[], help="extra template folder")
+    parser.add_argument("--tenant", required=True)
+    parser.add_argument("--campaign", required=True, help="the batch campaign's name")
+    parser.add_argument("--leads", help="the lead database: mysql://USER@HOST:PORT/DB")
+    parser.add_argument("--streams", type=int, default=1, metavar="N", help="split the leads into N streams")
+    parser.add_argument("--stream", type=int, metavar="K",
+                        help="run stream K (0..N-1) only; without it, all N run here, one process each")
+    parser.add_argument("--at", type=_when, default="now", metavar="now|next|TIME",
+                        help="the send's scheduled time: now, the campaign's next scheduled time, or RFC 3339; "
+                        "the command waits for it (default: now)")
+
+
+def add_campaign_commands(commands) -> None:
+    parser = commands.add_parser("campaign", help="batch campaigns: run a send, precompute its members, schedules")
+    sub = parser.add_subparsers(dest="campaign_command", required=True)
+    run = sub.add_parser(
+        "run", help="send a batch campaign now (or at its scheduled time)",
+        description="Select the campaign's members from the lead table and the activity index with its "
+        "filters, streaming, run its flow for each and queue the emails in the outbox.")
+    _common(run)
+    run.add_argument("--outbox", required=True, help="outbox URI: mysql://..., sqlite:///PATH, eml:///DIR")
+    run.add_argument("--membership", type=Path, help="use members precomputed by `orion campaign precompute`")
+    run.add_argument("--run-id", help="the send's id in the outbox key (default: batch:SCHEDULED-TIME)")
+    run.add_argument("--token", type=_token, action="append", default=[], metavar="NAME=VALUE",
+                     help="a my.* program token for this send (repeatable)")
+    run.add_argument("--dead-letters", help="append dead letters (JSONL) here")
+    run.add_argument("--activities-out", help="append the activities flow steps generate (JSONL) here, for intake")
+    run.set_defaults(handler=_run)
+    pre = sub.add_parser("precompute", help="compute a batch send's members ahead of its scheduled time",
+                         description="Write the members of one stream (or all) to a JSONL file that "
+                         "`orion campaign run --membership` sends to at the scheduled time.")
+    _common(pre)
+    pre.add_argument("--out", type=Path, required=True)
+    pre.set_defaults(handler=_precompute)
+    schedule = sub.add_parser("schedule", help="list batch campaigns and their next scheduled send")
+    schedule.add_argument("--rules", type=Path, default=None)
+    schedule.add_argument("--after", type=_when, default="now")
+    schedule.set_defaults(handler=_schedule)
+
+
+def _load(args):
+    from orion.rules import RuleErrors, load_rules
+
+    try:
+        rules = load_rules(args.rules, args.templates)
+    except RuleErrors as errors:
+        for error in errors.errors:
+            print(f"  {error}", file=sys.stderr)
+        return None, None
+    campaign = rules.campaign(args.tenant, args.campaign)
+    if campaign is None or campaign.kind != "batch":
+        known = sorted(c.name for c in rules.tenants.get(args.tenant).campaigns.values()
+                       if c.kind == "batch") if args.tenant in rules.tenants else []
+        print(f"orion: tenant {args.tenant!r} has no batch campaign {args.campaign!r} "
+              f"(batch campaigns: {', '.join(known) or 'none'})", file=sys.stderr)
+        return None, None
+    return rules, campaign
+
+
+def _scheduled_time(args, campaign) -> int:
+    now = int(time.time() * 1000)
+    if args.at == "now":
+        return now
+    when = next_run_at(campaign.schedule or {}, now) if args.at == "next" else args.at
+    if when is None:
+        raise SystemExit(f"orion: campaign {campaign.name!r} has no scheduled send after now")
+    return when
+
+
+def _wait_until(when: int) -> None:
+    delay = when / 1000 - time.time()
+    if delay > 0:
+        print(f"waiting {delay:.0f} s for {format_timestamp(when)} ...", flush=True)
+        time.sleep(delay)
+
+
+def _check_streams(args) -> list[int] | None:
+    if args.streams < 1 or (args.stream is not None and not 0 <= args.stream < args.streams):
+        print(f"orion: --stream must be 0..{args.streams - 1}", file=sys.stderr)
+        return None
+    return [args.stream] if args.stream is not None else list(range(args.streams))
+
+
+def _run(args: argparse.Namespace) -> int:
+    rules, campaign = _load(args)
+    streams = _check_streams(args)
+    if rules is None or streams is None:
+        return 2
+    if args.leads is None and args.membership is None:
+        print("orion: give --leads mysql://... (or --membership FILE)", file=sys.stderr)
+        return 2
+    when = _scheduled_time(args, campaign)
+    _wait_until(when)
+    config = {
+        "rules": rules, "rules_dir": str(args.rules), "template_dirs": [str(t) for t in args.templates],
+        "tenant": args.tenant, "campaign": args.campaign, "leads": args.leads, "outbox": args.outbox,
+        "streams": args.streams, "now": when, "run_id": args.run_id, "tokens": dict(args.token),
+        "membership": str(args.membership) if args.membership else None,
+        "dead_letters": args.dead_letters, "activities_out": args.activities_out,
+    }
+    print(run_streams(config, streams).render())
+    return 0
+
+
+def _precompute(args: argparse.Namespace) -> int:
+    rules, campaign = _load(args)
+    streams = _check_streams(args)
+    if rules is None or streams is None:
+        return 2
+    when = _scheduled_time(args, campaign)
+    n = write_membership((m for k in streams for m in stream_members(
+        args.leads, rules, campaign, when, streams=args.streams, stream=k)), args.out)
+    print(f"{n} members of {campaign.name!r} (streams {streams} of {args.streams}) as of "
+          f"{format_timestamp(when)} -> {args.out}")
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from orion.cli import SAMPLE_RULES
+    from orion.rules import load_rules
+
+    rules = load_rules(args.rules or SAMPLE_RULES)
+    after = int(time.time() * 1000) if args.after in ("now", "next") else args.after
+    for tenant, tenant_rules in sorted(rules.tenants.items()):
+        for campaign in tenant_rules.campaigns.values():
+            if campaign.kind == "batch":
+                when = next_run_at(campaign.schedule or {}, after)
+                print(f"{tenant}\t{campaign.name}\t{format_timestamp(when) if when is not None else 'none'}")
+    return 0

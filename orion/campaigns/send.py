@@ -1,0 +1,289 @@
+"""The send path: drain an outbox to an SMTP server, with a per-tenant rate limit and
+retries, and feed `email_delivered` / `email_bounced` activities back into intake (a
+JSONL file the graph reads, or a Pub/Sub topic it subscribes to). It runs apart from the
+flows: the graph queues, this sends, at its own pace.
+
+A 2xx answer is delivered. A 5xx answer for the recipient (or the message) is a hard
+bounce. A 4xx answer or a lost connection is retried with exponential backoff; after
+`max_attempts` it is a soft bounce. Feedback event ids derive from the outbox key, so a
+record sent twice after a crash feeds back one activity (intake drops the duplicate).
+
+    orion send --outbox sqlite:///orion-data/outbox.db --smtp 127.0.0.1:2525 --feedback orion-data/feedback.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import smtplib
+import sys
+import time
+from typing import Callable, NamedTuple
+
+from orion.activities import Activity
+from orion.campaigns.outbox import BOUNCED, FAILED, SENT, Claimed, Outbox, open_outbox
+
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_RETRY_DELAY_MS = 30_000
+
+
+class RateLimiter:
+    """A token bucket per tenant: at most `per_second` messages a second, bursts of up
+    to one second's worth. `acquire` sleeps until the tenant may send."""
+
+    def __init__(self, per_second: float | None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.per_second = per_second
+        self.clock = clock
+        self.sleep = sleep
+        self.buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
+
+    def acquire(self, tenant: str) -> None:
+        if not self.per_second:
+            return
+        capacity = max(1.0, self.per_second)
+        tokens, at = self.buckets.get(tenant, (capacity, self.clock()))
+        while True:
+            now = self.clock()
+            tokens = min(capacity, tokens + (now - at) * self.per_second)
+            at = now
+            if tokens >= 1.0 - 1e-9:  # float sums of sleeps land a hair under 1
+                self.buckets[tenant] = (max(0.0, tokens - 1.0), at)
+                return
+            self.sleep((1.0 - tokens) / self.per_second)
+
+
+class SendSummary(NamedTuple):
+    delivered: int
+    bounced: int
+    retried: int
+    failed: int
+
+    def render(self) -> str:
+        return (f"delivered: {self.delivered}\nbounced:   {self.bounced}\nretried:   {self.retried}\n"
+                f"failed:    {self.failed}")
+
+
+def feedback_activity(claimed: Claimed, kind: str, at_ms: int, category: str | None = None) -> Activity:
+    """email_delivered or email_bounced for a claimed email; the event id derives from
+    the outbox key, so it is the same however often the email is tried."""
+    digest = hashlib.sha1("\x1f".join((claimed.tenant, claimed.campaign, claimed.lead_id, claimed.run)).encode()
+                          ).hexdigest()[:24]
+    attributes = {"email": claimed.template}
+    if kind == "email_bounced":
+        attributes["category"] = category
+    return Activity(f"{kind}-{digest}", claimed.tenant, claimed.lead_id, kind, at_ms, attributes)
+
+
+class JsonLinesFeedback:
+    """Appends feedback activities to a JSONL file (one the graph can read as events)."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "a", encoding="utf-8")
+
+    def publish(self, activity: Activity) -> None:
+        self.file.write(json.dumps(activity.to_json_dict(), ensure_ascii=False) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class PubSubFeedback:
+    """Publishes feedback activities to a Pub/Sub topic (the emulator through
+    PUBSUB_EMULATOR_HOST), the one `orion run --subscription` reads."""
+
+    def __init__(self, topic: str):
+        from google.cloud import pubsub_v1
+
+        self.topic = topic
+        self.client = pubsub_v1.PublisherClient()
+        self.pending = []
+
+    def publish(self, activity: Activity) -> None:
+        data = json.dumps(activity.to_json_dict(), ensure_ascii=False).encode()
+        self.pending.append(self.client.publish(self.topic, data))
+        if len(self.pending) >= 500:
+            self._wait()
+
+    def _wait(self) -> None:
+        for future in self.pending:
+            future.result(timeout=60)
+        self.pending = []
+
+    def close(self) -> None:
+        self._wait()
+
+
+class _NoFeedback:
+    def publish(self, activity: Activity) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _envelope_sender(template: str, tenant: str) -> str:
+    return template.format(tenant=tenant)
+
+
+class Sender:
+    """Drains an outbox to one SMTP server. The SMTP connection is opened lazily and
+    reopened after it drops; time and sleep are parameters so tests control them."""
+
+    def __init__(self, outbox: Outbox, smtp_host: str, smtp_port: int, *, feedback=None,
+                 rate_per_second: float | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 retry_delay_ms: int = DEFAULT_RETRY_DELAY_MS, envelope_from: str = "bounces@{tenant}.example",
+                 batch_size: int = 200, clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+                 sleep: Callable[[float], None] = time.sleep, timeout_s: float = 30.0):
+        self.outbox = outbox
+        self.smtp_host = smtp_host
+        self.smtp_port = smtp_port
+        self.feedback = feedback or _NoFeedback()
+        self.limiter = RateLimiter(rate_per_second, sleep=sleep)
+        self.max_attempts = max_attempts
+        self.retry_delay_ms = retry_delay_ms
+        self.envelope_from = envelope_from
+        self.batch_size = batch_size
+        self.clock_ms = clock_ms
+        self.sleep = sleep
+        self.timeout_s = timeout_s
+        self.smtp: smtplib.SMTP | None = None
+        self.delivered = self.bounced = self.retried = self.failed = 0
+
+    def summary(self) -> SendSummary:
+        return SendSummary(self.delivered, self.bounced, self.retried, self.failed)
+
+    def _connection(self) -> smtplib.SMTP:
+        if self.smtp is None:
+            self.smtp = smtplib.SMTP(self.smtp_host, self.smtp_port, timeout=self.timeout_s)
+        return self.smtp
+
+    def _drop(self) -> None:
+        if self.smtp is not None:
+            try:
+                self.smtp.close()
+            except OSError:
+                pass
+            self.smtp = None
+
+    def drain(self, follow: bool = False, poll_s: float = 1.0, until: Callable[[], bool] | None = None) -> SendSummary:
+        """Send until the outbox has nothing due (or, with follow, until `until()`)."""
+        try:
+            while True:
+                claimed = self.outbox.claim(self.batch_size, self.clock_ms())
+                for item in claimed:
+                    self.send_one(item)
+                if not claimed:
+                    if not follow or (until is not None and until()):
+                        break
+                    self.sleep(poll_s)
+        finally:
+            self._drop()
+            self.feedback.close()
+        return self.summary()
+
+    def send_one(self, item: Claimed) -> None:
+        self.limiter.acquire(item.tenant)
+        sender = _envelope_sender(self.envelope_from, item.tenant)
+        try:
+            refused = self._connection().sendmail(sender, [item.recipient], item.payload)
+        except smtplib.SMTPRecipientsRefused as err:
+            code, message = err.recipients.get(item.recipient, (550, b"refused"))
+            self._answer(item, code, _decode(message))
+            return
+        except (smtplib.SMTPDataError, smtplib.SMTPSenderRefused) as err:
+            self._answer(item, err.smtp_code, _decode(err.smtp_error))
+            return
+        except (smtplib.SMTPException, OSError) as err:
+            self._drop()
+            self._transient(item, f"{type(err).__name__}: {err}")
+            return
+        if refused:  # one recipient per message, so this is never partial
+            code, message = refused[item.recipient]
+            self._answer(item, code, _decode(message))
+            return
+        now = self.clock_ms()
+        self.outbox.finish(item, SENT, now)
+        self.feedback.publish(feedback_activity(item, "email_delivered", now))
+        self.delivered += 1
+
+    def _answer(self, item: Claimed, code: int, message: str) -> None:
+        if 500 <= code < 600:
+            now = self.clock_ms()
+            self.outbox.finish(item, BOUNCED, now, f"{code} {message}")
+            self.feedback.publish(feedback_activity(item, "email_bounced", now, "hard"))
+            self.bounced += 1
+        else:
+            self._transient(item, f"{code} {message}")
+
+    def _transient(self, item: Claimed, detail: str) -> None:
+        now = self.clock_ms()
+        if item.attempts + 1 >= self.max_attempts:
+            self.outbox.finish(item, FAILED, now, f"gave up after {item.attempts + 1} attempts: {detail}")
+            self.feedback.publish(feedback_activity(item, "email_bounced", now, "soft"))
+            self.failed += 1
+            return
+        delay = self.retry_delay_ms * (2 ** item.attempts)
+        self.outbox.retry_later(item, now + delay, detail)
+        self.retried += 1
+
+
+def _decode(message) -> str:
+    return message.decode("utf-8", "replace") if isinstance(message, (bytes, bytearray)) else str(message)
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def add_send_command(commands) -> None:
+    parser = commands.add_parser(
+        "send",
+        help="drain an outbox to an SMTP server; feed delivered/bounced activities back",
+        description="Send the queued emails of an outbox through an SMTP server, at most --rate "
+        "messages a second per tenant, retrying transient failures; write an email_delivered or "
+        "email_bounced activity per email to --feedback (JSONL, readable by orion run --events) or "
+        "publish it to --feedback-topic (Pub/Sub).",
+    )
+    parser.add_argument("--outbox", required=True, help="outbox URI: mysql://..., sqlite:///PATH, eml:///DIR")
+    parser.add_argument("--smtp", required=True, type=parse_host_port, metavar="HOST:PORT")
+    parser.add_argument("--rate", type=float, metavar="N", help="at most N messages a second per tenant")
+    feedback = parser.add_mutually_exclusive_group()
+    feedback.add_argument("--feedback", metavar="FILE.jsonl", help="append feedback activities here")
+    feedback.add_argument("--feedback-topic", metavar="projects/P/topics/T", help="publish feedback here")
+    parser.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS)
+    parser.add_argument("--retry-delay", type=float, default=DEFAULT_RETRY_DELAY_MS / 1000, metavar="SECONDS",
+                        help="first retry delay, doubled per attempt (default: %(default)s)")
+    parser.add_argument("--envelope-from", default="bounces@{tenant}.example",
+                        help="SMTP envelope sender; {tenant} is replaced (default: %(default)s)")
+    parser.add_argument("--follow", action="store_true", help="keep polling for new emails until Ctrl-C")
+    parser.set_defaults(handler=_send)
+
+
+def _send(args: argparse.Namespace) -> int:
+    from orion.campaigns.outbox import OutboxError
+
+    try:
+        outbox = open_outbox(args.outbox)
+        outbox.init()
+    except OutboxError as err:
+        print(f"orion: {err}", file=sys.stderr)
+        return 2
+    feedback = (JsonLinesFeedback(args.feedback) if args.feedback
+                else PubSubFeedback(args.feedback_topic) if args.feedback_topic else None)
+    host, port = args.smtp
+    sender = Sender(outbox, host, port, feedback=feedback, rate_per_second=args.rate,
+                    max_attempts=args.max_attempts, retry_delay_ms=int(args.retry_delay * 1000),
+                    envelope_from=args.envelope_from)
+    try:
+        summary = sender.drain(follow=args.follow)
+    except KeyboardInterrupt:
+        summary = sender.summary()
+    finally:
+        outbox.close()
+    print(summary.render())
+    return 0

@@ -1,0 +1,134 @@
+"""Email assembly: tokens (lead.* with defaults, campaign.*, my.* overridden by the
+request), HTML autoescaped but not text, a valid MIME message with List-Unsubscribe,
+the sandbox refusing a template that reaches for Python internals, a template that
+fails for one lead dead-lettered while the rest go on, and a template that does not
+compile refused at load time with file and line.
+
+    .venv/bin/python -m pytest -q tests/test_email.py
+"""
+from __future__ import annotations
+
+import email
+from email import policy
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+
+from orion.campaigns.email import TEMPLATE_FAILED, TEMPLATE_UNSAFE, AssemblyError, EmailAssembler
+from orion.campaigns.flows import EmailRequest
+from orion.rules import RuleErrors, load_rules
+
+RULES = """
+tenant: acme
+campaigns:
+  - name: Hello
+    triggers: [{activity: open_email}]
+    flow:
+      - send_email: {template: hello}
+      - send_email: {template: nosy}
+      - send_email: {template: divide}
+"""
+HELLO = """{% block subject %}Hi {{ lead.first_name | default("there") }} from {{ campaign.name }}{% endblock %}
+{% block html %}<p>Hello {{ lead.first_name | default("there") }} & {{ my.product | default("Orion") }}</p>{% endblock %}
+{% block text %}Hello {{ lead.first_name | default("there") }} & {{ my.product | default("Orion") }} ({{ campaign.tenant }}){% endblock %}
+"""
+NOSY = "{% block subject %}x{% endblock %}{% block text %}{{ ''.__class__.__mro__ }}{% endblock %}"
+DIVIDE = "{% block subject %}x{% endblock %}{% block text %}{{ 100 // lead.score }}{% endblock %}"
+
+
+@pytest.fixture
+def rules_dir(tmp_path):
+    (tmp_path / "acme.yaml").write_text(RULES)
+    own = tmp_path / "templates" / "acme"
+    own.mkdir(parents=True)
+    (own / "hello.j2").write_text(HELLO)
+    (own / "nosy.j2").write_text(NOSY)
+    (own / "divide.j2").write_text(DIVIDE)
+    load_rules(tmp_path)  # the rules (and their templates) load
+    return tmp_path
+
+
+def request(template="hello", lead_id="1", tokens=None, **lead):
+    lead = {"id": lead_id, "email": f"lead{lead_id}@example.com", "score": 0, **lead}
+    return EmailRequest("acme", lead_id, "Hello", "e1#0", template, False, 1_800_000_000_000, lead, tokens or {})
+
+
+def parse(message: bytes):
+    parsed = email.message_from_bytes(message, policy=policy.default)
+    assert parsed.defects == []
+    assert parsed.get_content_type() == "multipart/alternative"
+    return parsed
+
+
+def test_tokens_defaults_and_overrides(rules_dir):
+    assembler = EmailAssembler(rules_dir, campaign_tokens={("acme", "Hello"): {"product": "Rockets"}})
+    subject, html, text = assembler.render(request(first_name="Ada"))
+    assert subject == "Hi Ada from Hello"
+    assert html == "<p>Hello Ada & Rockets</p>"  # the template's own markup is kept
+    assert text == "Hello Ada & Rockets (acme)"  # not escaped
+    subject, _, text = assembler.render(request(tokens={"product": "Satellites"}))
+    assert subject == "Hi there from Hello" and "Satellites" in text
+
+
+def test_lead_values_are_escaped_in_html(rules_dir):
+    _, html, text = EmailAssembler(rules_dir).render(request(first_name="<script>x</script>"))
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<script>x</script>" in text
+
+
+def test_the_message_is_valid_mime_with_list_unsubscribe(rules_dir):
+    built = EmailAssembler(rules_dir).assemble(request(first_name="Zoë"))
+    parsed = parse(built.message)
+    assert parsed["To"] == "lead1@example.com"
+    assert parsed["Subject"] == "Hi Zoë from Hello"
+    assert parsed["List-Unsubscribe"].startswith("<https://unsubscribe.acme.example/u?l=1&t=")
+    assert "mailto:unsubscribe@acme.example" in parsed["List-Unsubscribe"]
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert parsed["X-Orion-Campaign"] == "Hello" and parsed["X-Orion-Run"] == "e1#0"
+    assert parsed["Message-ID"].endswith("@acme.orion>")
+    assert parsed.get_body(("plain",)).get_content().strip() == "Hello Zoë & Orion (acme)"
+    assert parsed.get_body(("html",)).get_content().strip() == "<p>Hello Zoë & Orion</p>"
+
+
+def test_the_message_id_follows_the_idempotency_key(rules_dir):
+    assembler = EmailAssembler(rules_dir)
+    one = parse(assembler.assemble(request()).message)["Message-ID"]
+    same = parse(assembler.assemble(request()).message)["Message-ID"]
+    other = parse(assembler.assemble(request(lead_id="2")).message)["Message-ID"]
+    assert one == same != other
+
+
+def test_the_sandbox_refuses_python_internals(rules_dir):
+    with pytest.raises(AssemblyError) as refused:
+        EmailAssembler(rules_dir).render(request("nosy"))
+    assert refused.value.reason == TEMPLATE_UNSAFE
+    assert "__class__" in refused.value.detail
+
+
+def test_a_header_cannot_be_injected_through_a_token(rules_dir):
+    built = EmailAssembler(rules_dir).assemble(request(first_name="Ada\r\nBcc: victim@example.com"))
+    parsed = parse(built.message)
+    assert parsed["Bcc"] is None and "Bcc" in parsed["Subject"]
+    with pytest.raises(AssemblyError):
+        EmailAssembler(rules_dir).assemble(request(email="a@example.com\nBcc: b@example.com"))
+
+
+def test_a_template_failing_for_one_lead_dead_letters_that_lead_only(rules_dir):
+    from orion.transforms.flows import AssembleEmails
+
+    requests = [request("divide", lead_id=str(i), score=i) for i in range(5)]  # lead 0: division by zero
+    pipeline = beam.Pipeline()
+    emails, dead = pipeline | beam.Create(requests) | AssembleEmails(str(rules_dir))
+    assert_that(emails | "Leads" >> beam.Map(lambda e: e.lead_id), equal_to(["1", "2", "3", "4"]), label="Emails")
+    assert_that(dead | "Reasons" >> beam.Map(lambda d: (d.reason, d.element["lead_id"], "ZeroDivisionError" in d.detail)),
+                equal_to([(TEMPLATE_FAILED, "0", True)]), label="Dead")
+    pipeline.run().wait_until_finish()
+
+
+def test_a_template_that_does_not_compile_is_refused_at_load_time(rules_dir):
+    (rules_dir / "templates" / "acme" / "hello.j2").write_text("{% block subject %}\n{{ lead.x }\n{% endblock %}")
+    with pytest.raises(RuleErrors) as errors:
+        load_rules(rules_dir)
+    message = str(errors.value.errors[0])
+    assert "hello.j2:2" in message and "does not compile" in message
