@@ -1,0 +1,478 @@
+"""Launching the activity graph as a PyFlink DataStream job, on the same engine-neutral
+core as the Beam graph (`orion.flink.functions` are the adapters):
+
+    source ─► ReadActivityFiles / ParseActivities ─► key by (tenant, lead) ─► SequenceAndEvaluate
+              │ DEAD ─► dead letters                                           ├─► STORE ─► WriteActivities (store, index)
+              │                                                                ├─► outcomes ─► WriteOutcomes (JSONL)
+              │                                                                │     └─► (qualified: campaign flows, issue 5)
+              └────────────────────────────────────────────────────────────────┴─► DEAD ─► WriteDeadLetters (JSONL)
+
+Sources: JSONL files (bounded: each lead is released once, fully ordered, at the end of
+input), a directory monitored for new files (unbounded, `watch=True`), or a Kafka topic
+(unbounded; needs the Kafka connector jar in `jars`). Unbounded sources get a
+bounded-out-of-orderness watermark equal to the allowed lateness.
+
+Runs on a local mini-cluster by default, on a remote cluster with `flink_master`; the
+Python workers run this very interpreter (`python.executable` = sys.executable).
+
+    .venv/bin/python -m orion.runners.flink                                # samples, into ./orion-data/
+    .venv/bin/python -m orion.runners.flink --events 'in/*.jsonl' --parallelism 2
+    .venv/bin/python -m orion.runners.flink --events in/ --watch --checkpoint-interval 10 \\
+        --savepoint-dir /tmp/savepoints --duration 60     # stops with a savepoint
+    .venv/bin/python -m orion.runners.flink --events in/ --watch --from-savepoint /tmp/savepoints/savepoint-...
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import glob
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+from urllib.parse import urlsplit
+
+from orion.runners.direct import RunConfig, clear_previous_outputs, output_prefixes, render_summary
+
+COUNTERS_DIR = ".flink-counters"  # under the output directory: each function's counts
+DEFAULT_LEAD_TTL_DAYS = 400
+DEFAULT_BATCH_SIZE = 500
+DEFAULT_FLUSH_AFTER_MS = 500
+PYTHON_WORKER_MODE = "_python_worker_execution_mode"  # PyFlink's switch: loopback or process
+SHARDS_PER_INSTANCE = 2  # sink shards per parallel instance: spreads key groups evenly
+MISSING_FLINK = (
+    "PyFlink cannot start a Flink cluster here: {error}\n"
+    "Flink needs Java 17 (apt-get install openjdk-17-jre-headless, or JAVA_HOME pointing at "
+    "a JDK 17) and the apache-flink==2.3.0 package in this interpreter "
+    "(pip install -e . installs it)."
+)
+
+
+class FlinkOptions(NamedTuple):
+    """How the Flink job runs; the graph's own settings are RunConfig's."""
+
+    parallelism: int = 1
+    checkpoint_interval_s: float | None = None  # None: no periodic checkpoints
+    flink_master: str | None = None  # HOST:PORT of a remote JobManager's REST endpoint
+    savepoint_dir: str | None = None  # an unbounded job stops with a savepoint here
+    from_savepoint: str | None = None  # restore the job's state from this savepoint
+    jars: tuple[str, ...] = ()  # connector jars (Kafka), local paths or file:// URLs
+    watch: bool = False  # `events` is a directory, monitored for new files (unbounded)
+    monitor_interval_s: float = 1.0
+    kafka_servers: str | None = None  # with kafka_topic: read Kafka instead of files
+    kafka_topic: str | None = None
+    kafka_group: str = "orion"
+    execution_mode: str = "process"  # python.execution-mode: process or thread
+    bundle_size: int | None = None  # python.fn-execution.bundle.size (Flink's default: 100,000)
+    lead_ttl_days: int = DEFAULT_LEAD_TTL_DAYS
+    idle_release_s: float | None = None  # unbounded: poll waiting leads this often (default: the allowed lateness)
+    batch_size: int = DEFAULT_BATCH_SIZE
+    flush_after_ms: int = DEFAULT_FLUSH_AFTER_MS
+
+    @property
+    def bounded(self) -> bool:
+        return not self.watch and self.kafka_topic is None
+
+
+class JobStreams(NamedTuple):
+    """The job's streams, for callers that attach more (campaign flows, issue 5)."""
+
+    outcomes: object  # DataStream of orion.rules Outcome
+    stored: object  # DataStream of activities, in each lead's evaluation order
+    dead_letters: object  # DataStream of DeadLetter, from every stage
+
+
+class FlinkRun(NamedTuple):
+    counters: dict[str, int]
+    savepoint: str | None  # where the stopped job's savepoint is, if it made one
+
+
+class FlinkUnavailable(RuntimeError):
+    """Flink (Java, PyFlink) cannot start here; the message says what to install."""
+
+
+# --- configuration ---------------------------------------------------------------------
+
+
+def absolute_store_uri(uri: str) -> str:
+    """sqlite:///relative.db -> sqlite:////absolute/relative.db: the Python workers of a
+    Flink job do not run in the caller's directory."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    return uri
+
+
+def _jar_url(jar: str) -> str:
+    return jar if urlsplit(jar).scheme in ("file", "http", "https") else Path(jar).resolve().as_uri()
+
+
+def flink_configuration(options: FlinkOptions):
+    from pyflink.common import Configuration
+
+    conf = Configuration()
+    # The workers must import orion and its dependencies: run them on this interpreter.
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    conf.set_string("python.execution-mode", options.execution_mode)
+    if options.bundle_size is not None:
+        conf.set_string("python.fn-execution.bundle.size", str(options.bundle_size))
+    if options.flink_master is not None:
+        host, _, port = options.flink_master.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--flink-master is HOST:PORT (the JobManager's REST port), not {options.flink_master!r}")
+        conf.set_string("execution.target", "remote")
+        conf.set_string("rest.address", host)
+        conf.set_string("rest.port", port)
+    if options.from_savepoint is not None:
+        conf.set_string("execution.state-recovery.path", options.from_savepoint)
+    if options.savepoint_dir is not None:
+        conf.set_string("execution.checkpointing.savepoint-dir", Path(options.savepoint_dir).resolve().as_uri())
+    if options.jars:
+        conf.set_string("pipeline.jars", ";".join(_jar_url(jar) for jar in options.jars))
+    return conf
+
+
+def create_environment(options: FlinkOptions):
+    """A StreamExecutionEnvironment; raises FlinkUnavailable when Java or PyFlink is
+    missing, with what to install."""
+    try:
+        from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
+
+        with _workers_in_their_own_processes():
+            env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(options))
+    except ImportError as error:
+        raise FlinkUnavailable(MISSING_FLINK.format(error=error)) from error
+    except Exception as error:  # the gateway reports a missing java as a bare Exception
+        if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+            raise FlinkUnavailable(MISSING_FLINK.format(error=f"no java on PATH ({error})")) from error
+        raise
+    # Streaming mode for files too: one set of semantics (timers at the end of event
+    # time release bounded input) and savepoints for every job.
+    env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
+    env.set_parallelism(options.parallelism)
+    if options.checkpoint_interval_s:
+        env.enable_checkpointing(int(options.checkpoint_interval_s * 1000))
+    if options.flink_master is not None:
+        # A remote cluster's workers import orion from the job's files.
+        env.add_python_file(str(Path(__file__).resolve().parent.parent))
+    return env
+
+
+# --- the job ---------------------------------------------------------------------------
+
+
+def match_files(pattern: str) -> list[tuple[str, str]]:
+    """(name as the dead letters cite it, absolute path) of each file the pattern names:
+    the name is the path as given, as Beam's MatchFiles gives it."""
+    found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else ([pattern] if os.path.isfile(pattern) else [])
+    if not found:
+        raise FileNotFoundError(f"no files match {pattern!r}")
+    return [(name, os.path.abspath(name)) for name in found]
+
+
+def build_job(env, config: RunConfig, options: FlinkOptions,
+              campaign_flows: Callable[[object], None] | None = None) -> JobStreams:
+    """Wire the job on `env`: source, parse, key by lead, sequence and evaluate, sinks.
+    Every stateful step has a uid, so a savepoint maps onto a changed job.
+
+    `campaign_flows`, given the DataStream of qualified outcomes, attaches the campaign
+    flows (issue 5): key them by (tenant, lead) and run the flow steps in a
+    KeyedProcessFunction over orion.campaigns, as RunCampaignFlows does on Beam, with
+    their emails going to the outbox through a WriteInBatches writer."""
+    from pyflink.common import Duration, Types, WatermarkStrategy
+    from pyflink.datastream.connectors.base import Sink
+    from pyflink.java_gateway import get_gateway
+
+    from orion.flink import functions as fn
+
+    rules_dir = os.path.abspath(config.rules_dir)
+    template_dirs = tuple(os.path.abspath(t) for t in config.template_dirs)
+    out_dir = config.out_dir.resolve()
+    counters_dir = str(out_dir / COUNTERS_DIR)
+
+    if options.bounded:
+        files = env.from_collection(match_files(config.events), type_info=Types.TUPLE([Types.STRING(), Types.STRING()]))
+        parsed = (files.rebalance()
+                  .process(fn.ReadActivityFiles(rules_dir, template_dirs, config.allowed_lateness_ms, counters_dir),
+                           output_type=fn.PICKLED)
+                  .name("ReadActivityFiles").uid("read-activity-files"))
+        activities = parsed
+    else:
+        payloads, source_name = _unbounded_source(env, config, options)
+        parsed = (payloads
+                  .process(fn.ParseActivities(rules_dir, template_dirs, source_name, counters_dir),
+                           output_type=fn.PICKLED)
+                  .name("ParseActivities").uid("parse-activities"))
+        watermarks = (WatermarkStrategy
+                      .for_bounded_out_of_orderness(Duration.of_millis(config.allowed_lateness_ms))
+                      # A parallel instance with nothing to read must not hold the watermark
+                      # back. (Before the assigner: PyFlink's with_idleness drops a Python one.)
+                      .with_idleness(Duration.of_millis(max(1000, config.allowed_lateness_ms)))
+                      .with_timestamp_assigner(fn.ActivityTime()))
+        activities = parsed.assign_timestamps_and_watermarks(watermarks).name("EventTime").uid("event-time")
+    parse_dead = parsed.get_side_output(fn.DEAD)
+
+    evaluated = (activities
+                 .key_by(fn.lead_key, key_type=fn.LEAD_KEY)
+                 .process(fn.SequenceAndEvaluate(rules_dir, template_dirs, config.dedup_span_ms, options.bounded,
+                                                 options.lead_ttl_days, counters_dir,
+                                                 idle_release_ms=_idle_release_ms(config, options)),
+                          output_type=fn.PICKLED)
+                 .name("SequenceAndEvaluate").uid("sequence-and-evaluate"))
+    stored = evaluated.get_side_output(fn.STORE)
+    late = evaluated.get_side_output(fn.DEAD)
+
+    shards = max(1, options.parallelism * SHARDS_PER_INSTANCE)
+    discard = Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink())
+
+    def write_in_batches(stream, shard_of, writer, name: str, uid: str):
+        return (stream
+                .key_by(shard_of, key_type=fn.SHARD_KEY)
+                .process(fn.WriteInBatches(writer, options.batch_size, options.flush_after_ms, counters_dir),
+                         output_type=fn.PICKLED)
+                .name(name).uid(uid))
+
+    refused = write_in_batches(stored, _ByLead(shards), fn.StoreWriter(absolute_store_uri(config.store_uri)),
+                               "WriteActivities", "write-activities")
+    outcomes_prefix, dead_prefix = output_prefixes(out_dir)
+    write_in_batches(evaluated, _ByLead(shards), fn.JsonLinesWriter(outcomes_prefix, "outcomes_written"),
+                     "WriteOutcomes", "write-outcomes").sink_to(discard).name("OutcomesWritten")
+    dead_letters = parse_dead.union(late, refused)
+    write_in_batches(dead_letters, _ByDeadLetter(shards), fn.JsonLinesWriter(dead_prefix, "dead_letters_written"),
+                     "WriteDeadLetters", "write-dead-letters").sink_to(discard).name("DeadLettersWritten")
+    if campaign_flows is not None:
+        campaign_flows(evaluated.filter(_is_qualified).name("Qualified"))
+    return JobStreams(evaluated, stored, dead_letters)
+
+
+def _unbounded_source(env, config: RunConfig, options: FlinkOptions):
+    """(payload stream, the name dead letters cite as their source)."""
+    from pyflink.common import Duration, Types, WatermarkStrategy
+
+    if options.kafka_topic is not None:
+        from pyflink.common.serialization import SimpleStringSchema
+        from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
+
+        source = (KafkaSource.builder()
+                  .set_bootstrap_servers(options.kafka_servers)
+                  .set_topics(options.kafka_topic)
+                  .set_group_id(options.kafka_group)
+                  .set_starting_offsets(KafkaOffsetsInitializer.earliest())
+                  .set_value_only_deserializer(SimpleStringSchema())
+                  .build())
+        stream = env.from_source(source, WatermarkStrategy.no_watermarks(), "Kafka", type_info=Types.STRING())
+        return stream.uid("kafka-source"), f"kafka:{options.kafka_topic}"
+    from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
+
+    directory = os.path.abspath(config.events)
+    if not os.path.isdir(directory):
+        raise NotADirectoryError(f"with watch, --events names a directory to monitor, not {config.events!r}")
+    source = (FileSource.for_record_stream_format(StreamFormat.text_line_format(), directory)
+              .monitor_continuously(Duration.of_millis(int(options.monitor_interval_s * 1000)))
+              .build())
+    stream = env.from_source(source, WatermarkStrategy.no_watermarks(), "MonitoredFiles", type_info=Types.STRING())
+    return stream.uid("monitored-files"), config.events
+
+
+# Small picklable callables (a lambda would capture the whole closure).
+
+
+def _idle_release_ms(config: RunConfig, options: FlinkOptions) -> int:
+    if options.idle_release_s is not None:
+        return int(options.idle_release_s * 1000)
+    return max(1000, config.allowed_lateness_ms)
+
+
+class _ByLead:
+    def __init__(self, shards: int):
+        self.shards = shards
+
+    def __call__(self, record) -> int:
+        from orion.flink.functions import shard_of
+
+        return shard_of(f"{record.tenant}\x00{record.lead_id}", self.shards)
+
+
+class _ByDeadLetter:
+    def __init__(self, shards: int):
+        self.shards = shards
+
+    def __call__(self, dead_letter) -> int:
+        from orion.flink.functions import shard_of
+
+        return shard_of(f"{dead_letter.source}\x00{dead_letter.reason}", self.shards)
+
+
+def _is_qualified(outcome) -> bool:
+    return outcome.qualified
+
+
+# --- running ---------------------------------------------------------------------------
+
+
+def read_counters(out_dir: Path) -> dict[str, int]:
+    """The counts every function instance wrote when it closed, summed."""
+    totals: collections.Counter = collections.Counter()
+    for path in (out_dir / COUNTERS_DIR).glob("*.json"):
+        totals.update(json.loads(path.read_text(encoding="utf-8")))
+    return dict(totals)
+
+
+def prepare_outputs(config: RunConfig) -> None:
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    clear_previous_outputs(config.out_dir)
+    shutil.rmtree(config.out_dir / COUNTERS_DIR, ignore_errors=True)
+
+
+class FlinkJob:
+    """A submitted job: wait for it, or stop it (with a savepoint) or cancel it."""
+
+    def __init__(self, client, config: RunConfig):
+        self.client = client
+        self.config = config
+
+    def status(self) -> str:
+        return str(self.client.get_job_status().result())
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Until the job finishes; raises if it failed."""
+        future = self.client.get_job_execution_result()
+        if timeout_s is None:
+            future.result()
+            return
+        deadline = time.monotonic() + timeout_s
+        while not future.done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Flink job did not finish within {timeout_s:.0f} s")
+            time.sleep(0.2)
+        future.result()
+
+    def stop_with_savepoint(self, savepoint_dir: str, drain: bool = False) -> str:
+        """Stop the job, taking a savepoint into `savepoint_dir`; returns its path.
+        drain=True first advances event time to the end, which releases every buffered
+        activity (no lead is left waiting; do it before changing the job's state layout)."""
+        from pyflink.common.completable_future import CompletableFuture
+        from pyflink.java_gateway import get_gateway
+
+        target = Path(savepoint_dir).resolve().as_uri()
+        # PyFlink 2.3's JobClient.stop_with_savepoint calls a Java overload that no longer
+        # exists (the format argument became mandatory); call the Java client directly.
+        canonical = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+        path = CompletableFuture(
+            self.client._j_job_client.stopWithSavepoint(drain, target, canonical), str).result()
+        self._wait_ended()
+        return path
+
+    def cancel(self) -> None:
+        self.client.cancel().result()
+        self._wait_ended()
+
+    def _wait_ended(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if self.status() in ("FINISHED", "CANCELED", "FAILED"):
+                    return
+            except Exception:  # the mini-cluster forgets a job once it is gone
+                return
+            time.sleep(0.2)
+
+
+def start_flink(config: RunConfig, options: FlinkOptions, job_name: str = "orion") -> FlinkJob:
+    """Submit the job without waiting for it (outputs of a previous run are cleared
+    unless the job restores a savepoint, whose run they belong to)."""
+    if options.from_savepoint is None:
+        prepare_outputs(config)
+    else:
+        config.out_dir.mkdir(parents=True, exist_ok=True)
+    env = create_environment(options)
+    build_job(env, config, options)
+    return FlinkJob(env.execute_async(job_name), config)
+
+
+@contextlib.contextmanager
+def _workers_in_their_own_processes():
+    """On a local mini-cluster PyFlink would run the Python workers as threads of this
+    process ("loopback", decided when the environment is created): they would share its
+    GIL, not run `python.executable`, and PyFlink's operations would replace Beam's ParDo
+    in this process, so a Beam pipeline run here afterwards fails. Process mode launches
+    real worker processes on the project's interpreter."""
+    previous = os.environ.get(PYTHON_WORKER_MODE)
+    os.environ[PYTHON_WORKER_MODE] = "process"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PYTHON_WORKER_MODE, None)
+        else:
+            os.environ[PYTHON_WORKER_MODE] = previous
+
+
+def run_flink(config: RunConfig, parallelism: int = 1, checkpoint_interval: float | None = None,
+              flink_master: str | None = None, savepoint_dir: str | None = None,
+              from_savepoint: str | None = None, jars: tuple[str, ...] = (), *,
+              options: FlinkOptions | None = None, clock: Callable[[], float] = time.monotonic,
+              out=sys.stdout) -> FlinkRun:
+    """Run the job; print the summary; return the counters (and the savepoint the job
+    stopped with). Bounded input runs to its end; unbounded input runs for
+    config.duration_s (or until Ctrl-C), then stops with a savepoint into savepoint_dir
+    when one is given, else is cancelled."""
+    if options is None:
+        options = FlinkOptions(parallelism=parallelism, checkpoint_interval_s=checkpoint_interval,
+                               flink_master=flink_master, savepoint_dir=savepoint_dir,
+                               from_savepoint=from_savepoint, jars=tuple(jars))
+    started = clock()
+    job = start_flink(config, options)
+    savepoint = None
+    if options.bounded:
+        job.wait()
+    else:
+        deadline = None if config.duration_s is None else started + config.duration_s
+        try:
+            while deadline is None or clock() < deadline:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("stopping ...", file=out)
+        if options.savepoint_dir is not None:
+            savepoint = job.stop_with_savepoint(options.savepoint_dir)
+            print(f"savepoint:    {savepoint}", file=out)
+        else:
+            job.cancel()
+    totals = read_counters(config.out_dir)
+    print(render_summary(totals, clock() - started), file=out)
+    return FlinkRun(totals, savepoint)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from orion.runners.flink_options import add_flink_arguments, flink_options_from
+    from orion.cli import DEFAULT_DATA_DIR, DEFAULT_STORE, SAMPLE_EVENTS, SAMPLE_RULES
+
+    parser = argparse.ArgumentParser(prog="python -m orion.runners.flink", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", default=str(SAMPLE_EVENTS))
+    parser.add_argument("--rules", default=str(SAMPLE_RULES))
+    parser.add_argument("--templates", action="append", default=[])
+    parser.add_argument("--store", default=DEFAULT_STORE)
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--allowed-lateness", type=float, default=60.0, metavar="SECONDS")
+    parser.add_argument("--dedup-span", type=float, default=24.0, metavar="HOURS")
+    parser.add_argument("--duration", type=float, metavar="SECONDS")
+    add_flink_arguments(parser)
+    args = parser.parse_args(argv)
+    config = RunConfig(
+        rules_dir=args.rules, template_dirs=tuple(args.templates), events=args.events, subscription=None,
+        store_uri=args.store, out_dir=args.out_dir, allowed_lateness_ms=int(args.allowed_lateness * 1000),
+        dedup_span_ms=int(args.dedup_span * 3_600_000), duration_s=args.duration, beam_args=())
+    try:
+        run_flink(config, options=flink_options_from(args))
+    except FlinkUnavailable as error:
+        print(f"orion: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
