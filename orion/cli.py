@@ -9,6 +9,12 @@
     orion history --store URI --tenant T --lead L   # a lead's activities, newest first
     orion bootstrap --from mysql://... --to bigtable://...   # copy the legacy history, then verify
     orion collect --topic projects/P/topics/T --keys FILE   # HTTP intake: events in, Pub/Sub out (docs/collector.md)
+    orion run --outbox sqlite:///orion-data/outbox.db   # with campaign flows, emails queued
+    orion send --outbox URI --smtp HOST:PORT            # drain the outbox to SMTP, feed back deliveries
+    orion campaign run --tenant T --campaign NAME       # a batch campaign, in --streams N
+    orion run --runner flink                            # the same job as a PyFlink job
+    orion run --runner dataflow --project P --region R --temp-location gs://B/tmp --dry-run
+    orion run --mode passive --legacy-store mysql://... --store bigtable://...   # migration
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ def _add_run(commands) -> None:
         description="Run the activity graph: parse, order each lead's activities, evaluate "
         "triggers, store every activity, write outcomes and dead letters. With no options: "
         "the shipped sample rules and events on the DirectRunner, into ./orion-data/. Any "
-        "option not listed here goes to Beam unchanged (for example --runner, "
+        "option not listed here goes to Beam unchanged (for example "
         "--direct_num_workers=2 --direct_running_mode=multi_processing).",
     )
     source = parser.add_mutually_exclusive_group()
@@ -58,7 +64,31 @@ def _add_run(commands) -> None:
                         "duplicate deliveries (default: %(default)s)")
     parser.add_argument("--duration", type=float, metavar="SECONDS",
                         help="with --subscription: stop after this long (default: until Ctrl-C)")
+    parser.add_argument("--outbox", metavar="URI",
+                        help="run the campaign flows of what qualifies and queue their emails, held "
+                        "emails and webhook calls here: mysql://..., sqlite:///PATH or eml:///DIR "
+                        "(default: no flows, outcomes only)")
+    migration = parser.add_argument_group("migration from the legacy MySQL store (docs/migration.md)")
+    migration.add_argument("--mode", choices=MODES,
+                           help="legacy: MySQL only; passive: write both, serve reads from MySQL and "
+                           "compare with --store; active: write both, serve from --store and compare "
+                           "with MySQL (default: --store alone)")
+    migration.add_argument("--legacy-store", metavar="mysql://USER:PASSWORD@HOST:PORT/DB",
+                           help="the legacy store, with --mode")
+    runners = parser.add_argument_group("runners")
+    runners.add_argument("--runner", default="direct",
+                         help="direct (default), flink (a PyFlink job: a local mini-cluster, or "
+                         "--flink-master), dataflow (Google Cloud Dataflow), or any Beam runner "
+                         "name, passed to Beam (e.g. FlinkRunner)")
+    from orion.runners.flink_options import add_flink_arguments
+    from orion.runners.dataflow_options import add_dataflow_arguments
+
+    add_flink_arguments(parser)
+    add_dataflow_arguments(parser)
     parser.set_defaults(handler=_run, beam_args_allowed=True)
+
+
+MODES = ("legacy", "passive", "active")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -69,6 +99,9 @@ def _run(args: argparse.Namespace) -> int:
         rules = load_rules(args.rules, args.templates)
     except RuleErrors as errors:
         return _report_rule_errors(args.rules, errors)
+    if args.mode is not None and args.legacy_store is None:
+        print("orion: --mode needs --legacy-store mysql://USER:PASSWORD@HOST:PORT/DB", file=sys.stderr)
+        return 2
     print(f"rules: {args.rules}\n{rules.summary()}")
     config = RunConfig(
         rules_dir=str(args.rules),
@@ -81,8 +114,25 @@ def _run(args: argparse.Namespace) -> int:
         dedup_span_ms=int(args.dedup_span * 3_600_000),
         duration_s=args.duration,
         beam_args=tuple(args.beam_args),
+        outbox_uri=args.outbox,
+        mode=args.mode,
+        legacy_store_uri=args.legacy_store,
     )
-    run(config)
+    runner = args.runner.lower()
+    if runner == "flink":
+        from orion.runners.flink_options import run_from_args
+
+        status = run_from_args(config, args)
+        if status:
+            return status
+    elif runner == "dataflow":
+        from orion.runners.dataflow_options import run_from_args
+
+        return run_from_args(config, args)
+    else:
+        if runner != "direct":
+            config = config._replace(beam_args=(f"--runner={args.runner}", *config.beam_args))
+        run(config)
     print(f"store:        {args.store}\noutcomes:     {args.out_dir}/outcomes-*.jsonl\n"
           f"dead letters: {args.out_dir}/dead-letters-*.jsonl")
     return 0
@@ -186,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     from orion.collector import add_collect_command
 
     add_collect_command(commands)
+    from orion.campaigns.send import add_send_command
+
+    add_send_command(commands)
+    from orion.campaigns.batch import add_campaign_commands
+
+    add_campaign_commands(commands)
     return parser
 
 

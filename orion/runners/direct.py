@@ -35,6 +35,9 @@ class RunConfig(NamedTuple):
     dedup_span_ms: int
     duration_s: float | None  # streaming: stop after this long (None: until interrupted)
     beam_args: tuple[str, ...]
+    outbox_uri: str | None = None  # campaign flows on: emails, held emails and webhooks go here
+    mode: str | None = None  # migration: legacy | passive | active (None: store_uri alone)
+    legacy_store_uri: str | None = None  # migration: the legacy MySQL store (mysql://...)
 
 
 def output_prefixes(out_dir: Path) -> tuple[str, str]:
