@@ -24,6 +24,7 @@ class GraphSettings(NamedTuple):
     bounded: bool = True
     max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH  # flows: how deep campaigns may trigger campaigns
     sender: object = None  # flows: orion.campaigns.email.SenderSettings (None: the defaults)
+    seed_store_uri: str | None = None  # seed a new lead's history counters from this store
 
 
 class GraphOutputs(NamedTuple):
@@ -66,6 +67,7 @@ def build_activity_graph(
             allowed_lateness_ms=settings.allowed_lateness_ms,
             dedup_span_ms=settings.dedup_span_ms,
             bounded=settings.bounded,
+            seed_store_uri=settings.seed_store_uri,
         )
     )
     dead_letter_parts = [parse_dead_letters, late]

@@ -47,7 +47,7 @@ def output_prefixes(out_dir: Path) -> tuple[str, str]:
 def clear_previous_outputs(out_dir: Path) -> None:
     """A rerun replaces the outcome and dead-letter files of the previous run (the store
     is idempotent on its own)."""
-    for pattern in ("outcomes-*.jsonl", "dead-letters-*.jsonl"):
+    for pattern in ("outcomes-*.jsonl", "dead-letters-*.jsonl", "differences-*.jsonl"):
         for old in out_dir.glob(pattern):
             old.unlink()
 
@@ -72,6 +72,7 @@ def build(pipeline: beam.Pipeline, config: RunConfig) -> None:
         activities, dead = pipeline | "ReadActivityFiles" >> ReadActivityFiles(
             config.events, config.rules_dir, config.template_dirs, config.allowed_lateness_ms)
     outcomes_prefix, dead_prefix = output_prefixes(config.out_dir)
+    store_uri = effective_store_uri(config)
     build_activity_graph(
         activities,
         dead,
@@ -81,11 +82,27 @@ def build(pipeline: beam.Pipeline, config: RunConfig) -> None:
             config.allowed_lateness_ms,
             config.dedup_span_ms,
             bounded=config.subscription is None,
+            seed_store_uri=store_uri,
         ),
-        store_sink=WriteActivities(config.store_uri),
+        store_sink=WriteActivities(store_uri),
         outcome_sink=WriteJsonLines(outcomes_prefix, "outcomes_written"),
         dead_letter_sink=WriteJsonLines(dead_prefix, "dead_letters_written"),
     )
+
+
+def effective_store_uri(config: RunConfig) -> str:
+    """The store the graph writes and reads: --store alone; with --mode legacy the legacy
+    store alone; with --mode passive or active both, side by side, differences reported
+    into the output directory (orion/store/migrating.py)."""
+    if config.mode is None:
+        return config.store_uri
+    if not config.legacy_store_uri:
+        raise ValueError("--mode needs --legacy-store mysql://USER:PASSWORD@HOST:PORT/DB")
+    if config.mode == "legacy":
+        return config.legacy_store_uri
+    from orion.store.migrating import migration_store_uri
+
+    return migration_store_uri(config.mode, config.legacy_store_uri, config.store_uri, config.out_dir)
 
 
 def counters(result) -> dict[str, int]:
@@ -113,6 +130,12 @@ def render_summary(totals: dict[str, int], seconds: float) -> str:
     ]
     top = sorted(fired.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
     lines += [f"  {n:6d}  {name}" for name, n in top] or ["  none"]
+    if "leads_seeded_from_store" in totals:
+        lines.append(f"leads seeded:     {totals['leads_seeded_from_store']} (history counters read from the store)")
+    if "migration_differences" in totals:
+        kinds = {name.split(":", 1)[1]: n for name, n in totals.items() if name.startswith("migration_differences:")}
+        lines.append(f"store differences: {totals['migration_differences']} (differences-*.jsonl)"
+                     + "".join(f"\n  {kind}: {n}" for kind, n in sorted(kinds.items())))
     rate = read / seconds if seconds > 0 else 0.0
     lines.append(f"elapsed:          {seconds:.2f} s ({rate:,.0f} events/s)")
     return "\n".join(lines)

@@ -195,6 +195,10 @@ def open_store(uri: str) -> ActivityStore:
         from orion.store.mysql import MysqlStore
 
         return MysqlStore(uri)
+    if scheme == "migrating":
+        from orion.store.migrating import MigratingStore
+
+        return MigratingStore(uri)
     raise StoreError(f"unsupported store URI scheme {scheme!r} in {uri!r}; use one of: {'; '.join(URI_FORMS)}")
 
 

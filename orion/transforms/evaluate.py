@@ -27,6 +27,7 @@ from apache_beam.utils.timestamp import Timestamp
 from orion.activities import Activity
 from orion.deadletters import DeadLetter
 from orion.rules import evaluate
+from orion.seeding import seed_state
 from orion.sequencing import (
     DEFAULT_ALLOWED_LATENESS_MS,
     DEFAULT_DEDUP_SPAN_MS,
@@ -79,8 +80,9 @@ class _SequenceAndEvaluateFn(beam.DoFn):
     RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
 
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], allowed_lateness_ms: int,
-                 dedup_span_ms: int, bounded: bool):
+                 dedup_span_ms: int, bounded: bool, seed_store_uri: str | None = None):
         self.rules_dir = rules_dir
+        self.seed_store_uri = seed_store_uri
         self.template_dirs = template_dirs
         self.allowed_lateness_ms = allowed_lateness_ms
         self.dedup_span_ms = dedup_span_ms
@@ -91,6 +93,7 @@ class _SequenceAndEvaluateFn(beam.DoFn):
         self.evaluated = Metrics.counter(METRICS_NAMESPACE, "evaluated")
         self.outcomes = Metrics.counter(METRICS_NAMESPACE, "outcomes")
         self.qualified = Metrics.counter(METRICS_NAMESPACE, "qualified")
+        self.seeded = Metrics.counter(METRICS_NAMESPACE, "leads_seeded_from_store")
 
     def setup(self) -> None:
         from orion.transforms import state_sizing
@@ -98,6 +101,17 @@ class _SequenceAndEvaluateFn(beam.DoFn):
 
         state_sizing.install()
         self.rules = shared_rules(self.rules_dir, self.template_dirs)
+        self.seed_store = None
+        if self.seed_store_uri is not None:
+            from orion.store import open_store
+
+            self.seed_store = open_store(self.seed_store_uri)
+            self.seed_store.init()
+
+    def teardown(self) -> None:
+        store = getattr(self, "seed_store", None)
+        if store is not None:
+            store.close()
 
     def process(
         self,
@@ -154,6 +168,12 @@ class _SequenceAndEvaluateFn(beam.DoFn):
         if ready:
             state = lead.read()
             rules = self.rules
+            if state is None and self.seed_store is not None:
+                # A lead new to this graph may have a history in the store already.
+                first = ready[0]
+                state = seed_state(rules, self.seed_store, first.tenant, first.lead_id, first.occurred_at)
+                if state is not None:
+                    self.seeded.inc()
             outcome_count = qualified = 0
             for activity in ready:
                 state, outcomes = evaluate(rules, state, activity)
@@ -186,14 +206,18 @@ class SequenceAndEvaluate(beam.PTransform):
     bounded: the input ends (files); each lead is released once, at the end, fully
     ordered. Otherwise (streaming) activities are released as the watermark passes
     their time plus `allowed_lateness_ms`.
+
+    seed_store_uri: the store a lead new to the graph has its history counters seeded
+    from (orion.seeding), before its first activity is evaluated; None: no reads.
     """
 
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...] = (), *,
                  allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS,
-                 dedup_span_ms: int = DEFAULT_DEDUP_SPAN_MS, bounded: bool = False):
+                 dedup_span_ms: int = DEFAULT_DEDUP_SPAN_MS, bounded: bool = False,
+                 seed_store_uri: str | None = None):
         super().__init__()
         self.fn = _SequenceAndEvaluateFn(rules_dir, tuple(template_dirs), allowed_lateness_ms,
-                                         dedup_span_ms, bounded)
+                                         dedup_span_ms, bounded, seed_store_uri)
 
     def expand(self, keyed):
         results = keyed | "SequenceAndEvaluate" >> beam.ParDo(self.fn).with_outputs(
