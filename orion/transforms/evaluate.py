@@ -27,6 +27,7 @@ from apache_beam.utils.timestamp import Timestamp
 from orion.activities import Activity
 from orion.deadletters import DeadLetter
 from orion.rules import evaluate
+from orion.runtime import tune_gc
 from orion.seeding import seed_state
 from orion.sequencing import (
     DEFAULT_ALLOWED_LATENESS_MS,
@@ -100,6 +101,7 @@ class _SequenceAndEvaluateFn(beam.DoFn):
         from orion.transforms.shared_rules import shared_rules
 
         state_sizing.install()
+        tune_gc()
         self.rules = shared_rules(self.rules_dir, self.template_dirs)
         self.seed_store = None
         if self.seed_store_uri is not None:
