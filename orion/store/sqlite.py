@@ -191,25 +191,25 @@ class SqliteStore(ActivityStore):
         if not keys:
             return 0
 
+        # Two set-based statements over all keys (sqlite3 loops over the parameters in C):
+        # recount each (tenant, lead, type, day) from the activities, and drop an entry
+        # whose day holds none any more.
+        params = []
+        for tenant, lead_id, type_, day in keys:
+            start, end = day_bounds(day)
+            params.append((day.isoformat(), tenant, lead_id, type_, start, end))
+
         def recount(connection):
-            for tenant, lead_id, type_, day in keys:
-                start, end = day_bounds(day)
-                count, last_seen = connection.execute(
-                    "SELECT COUNT(*), MAX(occurred_at) FROM activities WHERE tenant = ? AND lead_id = ? "
-                    "AND occurred_at >= ? AND occurred_at < ? AND type = ?",
-                    (tenant, lead_id, start, end, type_),
-                ).fetchone()
-                if count:
-                    connection.execute(
-                        "INSERT OR REPLACE INTO activity_index "
-                        "(tenant, lead_id, type, day, activity_count, last_seen) VALUES (?, ?, ?, ?, ?, ?)",
-                        (tenant, lead_id, type_, day.isoformat(), count, last_seen),
-                    )
-                else:
-                    connection.execute(
-                        "DELETE FROM activity_index WHERE tenant = ? AND lead_id = ? AND type = ? AND day = ?",
-                        (tenant, lead_id, type_, day.isoformat()),
-                    )
+            connection.executemany(
+                "INSERT OR REPLACE INTO activity_index (tenant, lead_id, type, day, activity_count, last_seen) "
+                "SELECT tenant, lead_id, type, ?, COUNT(*), MAX(occurred_at) FROM activities "
+                "WHERE tenant = ? AND lead_id = ? AND type = ? AND occurred_at >= ? AND occurred_at < ? "
+                "GROUP BY tenant, lead_id, type", params)
+            connection.executemany(
+                "DELETE FROM activity_index WHERE day = ? AND tenant = ? AND lead_id = ? AND type = ? "
+                "AND NOT EXISTS (SELECT 1 FROM activities WHERE activities.tenant = activity_index.tenant "
+                "AND activities.lead_id = activity_index.lead_id AND activities.type = activity_index.type "
+                "AND occurred_at >= ? AND occurred_at < ?)", params)
 
         self._transaction(recount)
         return len(keys)

@@ -168,34 +168,65 @@ class _SequenceAndEvaluateFn(beam.DoFn):
             released.write(after.released)
             seen.write(after.seen)
         if ready:
-            state = lead.read()
-            rules = self.rules
-            if state is None and self.seed_store is not None:
-                # A lead new to this graph may have a history in the store already.
-                first = ready[0]
-                state = seed_state(rules, self.seed_store, first.tenant, first.lead_id, first.occurred_at)
-                if state is not None:
-                    self.seeded.inc()
-            outcome_count = qualified = 0
-            for activity in ready:
-                state, outcomes = evaluate(rules, state, activity)
-                yield beam.pvalue.TaggedOutput(STORE, activity)
-                for outcome in outcomes:
-                    outcome_count += 1
-                    if outcome.qualified:
-                        qualified += 1
-                        Metrics.counter(METRICS_NAMESPACE, f"fired:{outcome.tenant}/{outcome.campaign}").inc()
-                    yield outcome
+            state = yield from self.evaluate_ready(lead.read(), ready)
             lead.write(state)
-            self.evaluated.inc(len(ready))
-            self.outcomes.inc(outcome_count)
-            self.qualified.inc(qualified)
         if rest:
             when = _at(rest[0].occurred_at + self.allowed_lateness_ms)
             release.set(when)
             due.write(when)
         else:
             due.clear()
+
+
+    def evaluate_ready(self, state, ready: list[Activity]):
+        """Evaluate a lead's released activities in order (seeding a lead new to the graph
+        from the store first); yields the outcomes and the activities to store, returns
+        the lead's state after them."""
+        rules = self.rules
+        if state is None and self.seed_store is not None:
+            # A lead new to this graph may have a history in the store already.
+            first = ready[0]
+            state = seed_state(rules, self.seed_store, first.tenant, first.lead_id, first.occurred_at)
+            if state is not None:
+                self.seeded.inc()
+        outcome_count = qualified = 0
+        for activity in ready:
+            state, outcomes = evaluate(rules, state, activity)
+            yield beam.pvalue.TaggedOutput(STORE, activity)
+            for outcome in outcomes:
+                outcome_count += 1
+                if outcome.qualified:
+                    qualified += 1
+                    Metrics.counter(METRICS_NAMESPACE, f"fired:{outcome.tenant}/{outcome.campaign}").inc()
+                yield outcome
+        self.evaluated.inc(len(ready))
+        self.outcomes.inc(outcome_count)
+        self.qualified.inc(qualified)
+        return state
+
+
+class _EvaluateLeadsFn(beam.DoFn):
+    """Bounded input: each lead's whole input, grouped, deduplicated, ordered and
+    evaluated at once. This is what SequenceAndEvaluate's timer does at the end of a
+    bounded input (release everything, once), without per-lead state and timers: a
+    GroupByKey is far cheaper on every runner."""
+
+    def __init__(self, sequencer: _SequenceAndEvaluateFn):
+        self.sequencer = sequencer
+
+    def setup(self) -> None:
+        self.sequencer.setup()
+
+    def teardown(self) -> None:
+        self.sequencer.teardown()
+
+    def process(self, element):
+        _, activities = element
+        ready, _, duplicates, _ = release_ready(LeadProgress(None, {}), activities, None,
+                                                self.sequencer.dedup_span_ms)
+        if duplicates:
+            self.sequencer.duplicates.inc(duplicates)
+        yield from self.sequencer.evaluate_ready(None, ready)
 
 
 def _at(ms: int) -> Timestamp:
@@ -206,7 +237,7 @@ class SequenceAndEvaluate(beam.PTransform):
     """((tenant, lead), Activity) -> (outcomes, activities to store, dead letters).
 
     bounded: the input ends (files); each lead is released once, at the end, fully
-    ordered. Otherwise (streaming) activities are released as the watermark passes
+    ordered (a GroupByKey by lead, then the same release and evaluation). Otherwise (streaming) activities are released as the watermark passes
     their time plus `allowed_lateness_ms`.
 
     seed_store_uri: the store a lead new to the graph has its history counters seeded
@@ -222,6 +253,12 @@ class SequenceAndEvaluate(beam.PTransform):
                                          dedup_span_ms, bounded, seed_store_uri)
 
     def expand(self, keyed):
-        results = keyed | "SequenceAndEvaluate" >> beam.ParDo(self.fn).with_outputs(
-            STORE, DEAD, main="outcomes")
+        if self.fn.bounded:
+            results = (keyed
+                       | "GroupByLead" >> beam.GroupByKey()
+                       | "EvaluateLeads" >> beam.ParDo(_EvaluateLeadsFn(self.fn)).with_outputs(
+                           STORE, DEAD, main="outcomes"))
+        else:
+            results = keyed | "SequenceAndEvaluate" >> beam.ParDo(self.fn).with_outputs(
+                STORE, DEAD, main="outcomes")
         return results.outcomes, results[STORE], results[DEAD]
