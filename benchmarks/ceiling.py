@@ -46,6 +46,7 @@ class BareStatefulFn(beam.DoFn):
     def process(self, element, count=beam.DoFn.StateParam(COUNT)):
         count.write((count.read() or 0) + 1)
         self.processed.inc()
+        return ()
 
 
 def build_ceiling_files(pipeline: beam.Pipeline, pattern: str) -> None:

@@ -194,6 +194,7 @@ class _WriteJsonLinesFn(beam.DoFn):
             self.file = open(self.path, "a", encoding="utf-8")
         self.file.write(_to_json(record) + "\n")
         self.written.inc()
+        return ()
 
     def finish_bundle(self) -> None:
         if self.file is not None:
