@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
@@ -64,10 +65,12 @@ def _add_run(commands) -> None:
                         "duplicate deliveries (default: %(default)s)")
     parser.add_argument("--duration", type=float, metavar="SECONDS",
                         help="with --subscription: stop after this long (default: until Ctrl-C)")
-    parser.add_argument("--outbox", metavar="URI",
+    parser.add_argument("--outbox", metavar="URI", default=f"sqlite:///{DEFAULT_DATA_DIR / 'outbox.db'}",
+                        type=lambda uri: None if uri.lower() == "none" else uri,
                         help="run the campaign flows of what qualifies and queue their emails, held "
-                        "emails and webhook calls here: mysql://..., sqlite:///PATH or eml:///DIR "
-                        "(default: no flows, outcomes only)")
+                        "emails and webhook calls here, once each however often the job reruns: "
+                        "mysql://..., sqlite:///PATH or eml:///DIR; `none`: no flows, outcomes only "
+                        "(default: %(default)s)")
     migration = parser.add_argument_group("migration from the legacy MySQL store (docs/migration.md)")
     migration.add_argument("--mode", choices=MODES,
                            help="legacy: MySQL only; passive: write both, serve reads from MySQL and "
@@ -131,7 +134,10 @@ def _run(args: argparse.Namespace) -> int:
         return run_from_args(config, args)
     else:
         if runner != "direct":
-            config = config._replace(beam_args=(f"--runner={args.runner}", *config.beam_args))
+            from orion.runners.flink_options import beam_runner_args
+
+            config = config._replace(beam_args=(f"--runner={args.runner}", *beam_runner_args(args),
+                                                *config.beam_args))
         run(config)
     print(f"store:        {args.store}\noutcomes:     {args.out_dir}/outcomes-*.jsonl\n"
           f"dead letters: {args.out_dir}/dead-letters-*.jsonl")
@@ -246,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The Google client libraries warn on import about future Python and grpcio
+    # support; they say nothing about Orion's run, so the command line keeps them out.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "beam_args_allowed", False):

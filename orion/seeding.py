@@ -79,3 +79,13 @@ def seed_state(rules: RuleSet, store, tenant: str, lead_id: str, before_ms: int)
                     per_day = history.setdefault(counter.key, {})
                     per_day[day] = per_day.get(day, 0) + 1
     return LeadState(history=history) if history else None
+
+
+def seed_flows(rules: RuleSet, store, tenant: str, lead_id: str, before_ms: int):
+    """A lead's campaign-flow state (orion.campaigns.flows.LeadFlows) for a lead new to
+    the flows: its evaluation state seeded as `seed_state` seeds it, so the flows'
+    evaluation of the lead agrees with SequenceAndEvaluate's. None: nothing stored."""
+    from orion.campaigns.flows import LeadFlows
+
+    state = seed_state(rules, store, tenant, lead_id, before_ms)
+    return None if state is None else LeadFlows(lead=state)

@@ -204,6 +204,37 @@ def test_a_waiting_lead_keeps_its_place_across_a_restart(rules_dir):
     assert done.running == ()
 
 
+def test_the_flow_state_the_beam_dofn_keeps_resumes_in_a_new_process(rules_dir, tmp_path):
+    """What a runner checkpoints for a waiting lead is RunFlows' FLOWS state, written with
+    that state spec's own coder; a new process (rules loaded anew) decodes it and the
+    flow goes on at its wake-up time."""
+    import subprocess
+    import sys
+
+    from orion.transforms.flows import _RunFlowsFn
+
+    before = FlowEngine(load_rules(rules_dir))
+    flows, _ = before.process_activity(with_email(before), form("Signup"))
+    checkpoint = tmp_path / "flows.state"
+    checkpoint.write_bytes(_RunFlowsFn.FLOWS.coder.encode(flows))
+    resume = textwrap.dedent("""
+        import json, sys
+        from orion.campaigns.flows import FlowEngine
+        from orion.rules import load_rules
+        from orion.transforms.flows import _RunFlowsFn
+        with open(sys.argv[1], "rb") as saved:
+            flows = _RunFlowsFn.FLOWS.coder.decode(saved.read())
+        done, result = FlowEngine(load_rules(sys.argv[2])).wake(flows, "acme", "1", flows.next_wake())
+        print(json.dumps({"emails": [[e.template, e.requested_at] for e in result.emails],
+                          "running": len(done.running), "score": done.lead.score}))
+    """)
+    found = subprocess.run([sys.executable, "-c", resume, str(checkpoint), str(rules_dir)],
+                           capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr[-2000:]
+    after = json.loads(found.stdout.strip().splitlines()[-1])
+    assert after == {"emails": [["newsletter", T0 + 2 * DAY]], "running": 0, "score": 3}
+
+
 def test_wait_until_and_remove_from_flow(engine):
     lead = with_email(engine)
     flows, _ = engine.process_activity(lead, visit("https://acme.example/blog/1"))
@@ -333,3 +364,70 @@ def test_the_graph_runs_flows_into_the_outbox(rules_dir, tmp_path):
     assert [(k[1], k[2], k[3].split("#")[1]) for k in keys] == [("Signup", "7", "0"), ("Signup", "7", "6")]
     assert counts["webhook:queued"] == 1
     _ = format_timestamp  # keep the import for readers comparing timestamps by hand
+
+
+# --- `orion run`: flows into an outbox, through the command line -------------------------
+
+
+def run_orion(*args: str) -> int:
+    from orion.cli import main
+
+    return main(["run", *args])
+
+
+def test_orion_run_with_an_outbox_queues_the_flow_emails_once_however_often_it_reruns(rules_dir, tmp_path, capsys):
+    signup, promo, anonymous = form("Signup", lead="1"), form("Promo", lead="3"), form("Signup", lead="2")
+    activities = [
+        make_activity("data_value_changes", lead="1", at=T0 - HOUR, attribute="email", new_value="one@example.com"),
+        make_activity("data_value_changes", lead="1", at=T0 - HOUR, attribute="first_name", new_value="Ada"),
+        make_activity("data_value_changes", lead="3", at=T0 - HOUR, attribute="email", new_value="three@example.com"),
+        signup, promo, anonymous,  # lead 2 has no address: held, not lost
+    ]
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps(a.to_json_dict()) + "\n" for a in activities))
+    outbox_uri = f"sqlite:///{tmp_path / 'outbox.db'}"
+    args = ("--events", str(events), "--rules", str(rules_dir), "--store", f"sqlite:///{tmp_path / 'store.db'}",
+            "--out-dir", str(tmp_path / "out"), "--outbox", outbox_uri)
+
+    assert run_orion(*args) == 0
+    first = capsys.readouterr().out
+    with open_outbox(outbox_uri) as outbox:
+        queued = sorted(outbox.keys("queued"))
+        held = sorted(outbox.keys("held"))
+        counts = outbox.counts()
+    # Signup: welcome at once, then (the 2-day wait fired at the end of the bounded input)
+    # the newsletter its choice picks; Promo: one newsletter.
+    assert queued == [("acme", "Marketing", "3", f"{promo.event_id}#0"),
+                      ("acme", "Signup", "1", f"{signup.event_id}#0"),
+                      ("acme", "Signup", "1", f"{signup.event_id}#6")]
+    assert held == [("acme", "Signup", "2", f"{anonymous.event_id}#0"),
+                    ("acme", "Signup", "2", f"{anonymous.event_id}#6")]
+    assert counts == {"email:queued": 3, "email:held": 2, "webhook:queued": 2}
+    assert "emails queued:     3 (3 assembled)" in first
+    assert "emails held:       2 (held back this run: no_email_address 2)" in first
+    assert "webhooks queued:   2" in first and f"outbox:       {outbox_uri}" in first
+
+    assert run_orion(*args) == 0  # a rerun (a retried job) queues nothing twice
+    second = capsys.readouterr().out
+    with open_outbox(outbox_uri) as outbox:
+        assert sorted(outbox.keys("queued")) == queued and outbox.counts() == counts
+    assert "emails queued:     0 (3 assembled)" in second and "already queued:    7" in second
+
+
+def test_orion_run_with_no_arguments_queues_the_sample_flows_emails(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_orion() == 0
+    out = capsys.readouterr().out
+    with open_outbox("sqlite:///orion-data/outbox.db") as outbox:
+        counts = outbox.counts()
+        tenants = {k[0] for k in outbox.keys("queued")}
+    assert counts["email:queued"] > 0 and counts["email:held"] > 0 and counts["webhook:queued"] > 0
+    assert f"emails queued:     {counts['email:queued']} " in out
+    assert tenants == {"acme", "globex", "initech"}  # every sample tenant's flows send email
+
+
+def test_orion_run_with_outbox_none_runs_no_flows(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_orion("--outbox", "none") == 0
+    assert "campaign flows:" not in capsys.readouterr().out
+    assert not (tmp_path / "orion-data" / "outbox.db").exists()

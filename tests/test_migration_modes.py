@@ -38,6 +38,8 @@ campaigns:
           where: {url: {contains: "/pricing"}}
           at_least: 3
           in_past: {n: 30, unit: days}
+    flow:
+      - change_score: {delta: 10}
   - name: Regular reader
     qualification: every_time
     triggers: [{activity: fill_out_form, where: {form: {is: Contact}}}]
@@ -144,6 +146,19 @@ def test_a_second_run_sees_the_history_the_first_one_stored(rules_dir, tmp_path)
     # Running the same input again counts nothing twice: the same outcomes.
     run_graph(rules_dir, [contact("L1"), contact("L9")], tmp_path, "again", uri)
     assert fired(tmp_path / "again") == fired(tmp_path / "second")
+
+
+def test_the_campaign_flows_see_the_stored_history_too(rules_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'a.db'}"
+    first = [{"event_id": a.event_id, "tenant": a.tenant, "lead_id": a.lead_id, "type": a.type,
+              "occurred_at": a.occurred_at, "attributes": a.attributes}
+             for a in sorted(history_of("L1", 3, 2), key=lambda a: a.occurred_at)]
+    run_graph(rules_dir, first, tmp_path, "first", uri, outbox_uri=f"sqlite:///{tmp_path / 'outbox.db'}")
+    run_graph(rules_dir, [contact("L1")], tmp_path, "second", uri, outbox_uri=f"sqlite:///{tmp_path / 'outbox.db'}")
+    # The flows evaluate the lead themselves: seeded as well, they run Pricing fan's flow.
+    with open_store(uri) as store:
+        changes = store.history("acme", "L1", types=["change_score"])
+    assert [a.attributes["delta"] for a in changes] == [10]
 
 
 # --- passive, active, back to legacy ----------------------------------------------------------

@@ -75,7 +75,8 @@ def build_activity_graph(
     to_store = stored
     if outbox_sink is not None:
         flows = stored | "RunFlows" >> RunFlows(
-            settings.rules_dir, settings.template_dirs, max_cascade_depth=settings.max_cascade_depth)
+            settings.rules_dir, settings.template_dirs, max_cascade_depth=settings.max_cascade_depth,
+            seed_store_uri=settings.seed_store_uri)
         emails, unassembled = flows.emails | "AssembleEmails" >> AssembleEmails(
             settings.rules_dir, settings.template_dirs, settings.sender)
         (emails, flows.held, flows.webhooks) | "OutboxRecords" >> beam.Flatten() | "QueueEmails" >> outbox_sink

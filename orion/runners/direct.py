@@ -87,7 +87,17 @@ def build(pipeline: beam.Pipeline, config: RunConfig) -> None:
         store_sink=WriteActivities(store_uri),
         outcome_sink=WriteJsonLines(outcomes_prefix, "outcomes_written"),
         dead_letter_sink=WriteJsonLines(dead_prefix, "dead_letters_written"),
+        outbox_sink=_outbox_sink(config),
     )
+
+
+def _outbox_sink(config: RunConfig):
+    """With an outbox, the campaign flows run and queue there (orion/transforms/flows.py)."""
+    if not config.outbox_uri:
+        return None
+    from orion.transforms.flows import QueueEmails
+
+    return QueueEmails(config.outbox_uri)
 
 
 def effective_store_uri(config: RunConfig) -> str:
@@ -136,13 +146,35 @@ def render_summary(totals: dict[str, int], seconds: float) -> str:
         kinds = {name.split(":", 1)[1]: n for name, n in totals.items() if name.startswith("migration_differences:")}
         lines.append(f"store differences: {totals['migration_differences']} (differences-*.jsonl)"
                      + "".join(f"\n  {kind}: {n}" for kind, n in sorted(kinds.items())))
+    lines += _flow_summary(totals)
     rate = read / seconds if seconds > 0 else 0.0
     lines.append(f"elapsed:          {seconds:.2f} s ({rate:,.0f} events/s)")
     return "\n".join(lines)
 
 
-def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=sys.stdout) -> dict[str, int]:
-    """Run the graph; print progress and the summary; return the counters."""
+def _flow_summary(totals: dict[str, int]) -> list[str]:
+    """Campaign flows (with an outbox): what was queued, held and dead-lettered. The
+    stored count above includes the activities flow steps generated."""
+    if "emails_requested" not in totals and "flow_activities" not in totals and "outbox_queued" not in totals:
+        return []
+    held = {name.split(":", 1)[1]: n for name, n in totals.items() if name.startswith("emails_held:")}
+    return [
+        "campaign flows:",
+        f"  emails queued:     {totals.get('queued_emails', 0)} ({totals.get('emails_assembled', 0)} assembled)",
+        f"  emails held:       {totals.get('queued_held', 0)}"
+        + (" (held back this run: " + ", ".join(f"{reason} {n}" for reason, n in sorted(held.items())) + ")"
+           if held else ""),
+        f"  webhooks queued:   {totals.get('queued_webhooks', 0)}",
+        f"  already queued:    {totals.get('outbox_duplicates', 0)} (by an earlier run; not queued twice)",
+        f"  flow activities:   {totals.get('flow_activities', 0)} (stored with the history)",
+        f"  flow dead letters: {totals.get('flow_dead_letters', 0)} (among the dead letters above)",
+    ]
+
+
+def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=None) -> dict[str, int]:
+    """Run the graph; print progress and the summary (to `out`, default: the standard
+    output at call time); return the counters."""
+    out = sys.stdout if out is None else out
     config.out_dir.mkdir(parents=True, exist_ok=True)
     clear_previous_outputs(config.out_dir)
     options = pipeline_options(config)
@@ -156,6 +188,8 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=sys.
         _watch_streaming(result, config, started, clock, out)
     totals = counters(result)
     print(render_summary(totals, clock() - started), file=out)
+    if config.outbox_uri:
+        print(f"outbox:       {config.outbox_uri}", file=out)
     return totals
 
 

@@ -121,6 +121,24 @@ def generate(count: int, seed: int) -> list[str]:
             lines.append(rng.choice(emitted[-2:]))  # a duplicate delivery, soon after the first
     for bad in BAD_LINES:
         lines.insert(rng.randrange(len(lines)), bad)
+    return email_addresses() + lines
+
+
+def email_addresses() -> list[str]:
+    """The leads with an odd number gave their email address a minute before the rest
+    begins, so the sample campaigns' flows queue emails (and hold the others' emails,
+    for want of an address). No randomness: the lines after these stay as they were."""
+    lines = []
+    at = START_MS - MINUTE
+    for tenant, (_, leads) in TENANTS.items():
+        for n in range(1, leads + 1, 2):
+            lead = f"{tenant[0].upper()}{n}"
+            lines.append(json.dumps({
+                "event_id": f"{tenant}-email-{n:03d}", "tenant": tenant, "lead_id": lead,
+                "type": "data_value_changes", "occurred_at": at,
+                "attributes": {"attribute": "email", "old_value": None, "new_value": f"{lead.lower()}@mail.example"},
+            }, separators=(",", ":")))
+            at += 100
     return lines
 
 

@@ -34,6 +34,7 @@ from apache_beam.utils.timestamp import Timestamp
 from orion.activities import Activity, activity_sort_key
 from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH, EmailRequest, HeldEmail, WebhookCall
 from orion.deadletters import DeadLetter
+from orion.seeding import seed_flows
 from orion.transforms.intake import DEAD, METRICS_NAMESPACE
 
 HELD = "held"
@@ -73,7 +74,9 @@ class _RunFlowsFn(beam.DoFn):
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
     WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
 
-    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], max_cascade_depth: int):
+    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], max_cascade_depth: int,
+                 seed_store_uri: str | None = None):
+        self.seed_store_uri = seed_store_uri
         self.rules_dir = rules_dir
         self.template_dirs = template_dirs
         self.max_cascade_depth = max_cascade_depth
@@ -82,6 +85,7 @@ class _RunFlowsFn(beam.DoFn):
         self.webhooks = Metrics.counter(METRICS_NAMESPACE, "webhooks")
         self.generated = Metrics.counter(METRICS_NAMESPACE, "flow_activities")
         self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+        self.flow_dead = Metrics.counter(METRICS_NAMESPACE, "flow_dead_letters")
 
     def setup(self) -> None:
         from orion.campaigns.flows import FlowEngine
@@ -90,6 +94,17 @@ class _RunFlowsFn(beam.DoFn):
 
         state_sizing.install()
         self.engine = FlowEngine(load_rules(self.rules_dir, self.template_dirs), self.max_cascade_depth)
+        self.seed_store = None
+        if self.seed_store_uri is not None:
+            from orion.store import open_store
+
+            self.seed_store = open_store(self.seed_store_uri)
+            self.seed_store.init()
+
+    def teardown(self) -> None:
+        store = getattr(self, "seed_store", None)
+        if store is not None:
+            store.close()
 
     def process(self, element: tuple[tuple[str, str], Activity], timestamp=beam.DoFn.TimestampParam,
                 pending=beam.DoFn.StateParam(PENDING), due=beam.DoFn.StateParam(DUE),
@@ -122,6 +137,10 @@ class _RunFlowsFn(beam.DoFn):
             due.clear()
         last = done.read()
         state = flows.read()
+        if state is None and self.seed_store is not None and ready:
+            # As SequenceAndEvaluate does: a lead new to the graph starts from its stored history.
+            first = ready[0]
+            state = seed_flows(self.engine.rules, self.seed_store, first.tenant, first.lead_id, first.occurred_at)
         for activity in ready:
             sort_key = activity_sort_key(activity)
             if last is not None and sort_key <= last:
@@ -179,6 +198,7 @@ class _RunFlowsFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(OUTCOMES, outcome)
         for dead in result.dead_letters:
             self.dead.inc()
+            self.flow_dead.inc()
             Metrics.counter(METRICS_NAMESPACE, f"dead_letters:{dead.reason}").inc()
             yield beam.pvalue.TaggedOutput(DEAD, dead)
 
@@ -188,9 +208,9 @@ class RunFlows(beam.PTransform):
     held emails, webhook calls, generated activities, their outcomes, dead letters)."""
 
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...] = (), *,
-                 max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH):
+                 max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH, seed_store_uri: str | None = None):
         super().__init__()
-        self.fn = _RunFlowsFn(rules_dir, tuple(template_dirs), max_cascade_depth)
+        self.fn = _RunFlowsFn(rules_dir, tuple(template_dirs), max_cascade_depth, seed_store_uri)
 
     def expand(self, activities):
         keyed = activities | "KeyByLead" >> beam.Map(
@@ -221,6 +241,7 @@ class _AssembleEmailsFn(beam.DoFn):
         self.sender = sender
         self.assembled = Metrics.counter(METRICS_NAMESPACE, "emails_assembled")
         self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+        self.flow_dead = Metrics.counter(METRICS_NAMESPACE, "flow_dead_letters")
 
     def setup(self) -> None:
         from orion.campaigns.email import EmailAssembler, SenderSettings
@@ -234,6 +255,7 @@ class _AssembleEmailsFn(beam.DoFn):
             email = self.assembler.assemble(request)
         except AssemblyError as err:
             self.dead.inc()
+            self.flow_dead.inc()
             Metrics.counter(METRICS_NAMESPACE, f"dead_letters:{err.reason}").inc()
             yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(request._asdict(), err.reason, err.detail,
                                                             ASSEMBLY_SOURCE))
@@ -257,13 +279,18 @@ class AssembleEmails(beam.PTransform):
 class _QueueEmailsFn(beam.DoFn):
     """Buffers a bundle's records and queues them in the outbox every `batch_size` and
     at the end of the bundle. The outbox ignores a key it already has, so a retried
-    bundle queues nothing twice. Counters: `outbox_queued` (new), `outbox_duplicates`."""
+    bundle queues nothing twice. Counters: `outbox_queued` (new records),
+    `outbox_duplicates` (already there), and the new ones by kind: `queued_emails`,
+    `queued_held`, `queued_webhooks`."""
+
+    KINDS = ("queued_emails", "queued_held", "queued_webhooks")
 
     def __init__(self, outbox_uri: str, batch_size: int):
         self.outbox_uri = outbox_uri
         self.batch_size = batch_size
         self.queued = Metrics.counter(METRICS_NAMESPACE, "outbox_queued")
         self.duplicates = Metrics.counter(METRICS_NAMESPACE, "outbox_duplicates")
+        self.by_kind = {kind: Metrics.counter(METRICS_NAMESPACE, kind) for kind in self.KINDS}
 
     def setup(self) -> None:
         from orion.campaigns.outbox import open_outbox
@@ -272,30 +299,35 @@ class _QueueEmailsFn(beam.DoFn):
         self.outbox.init()
 
     def start_bundle(self) -> None:
-        self.batch = []
+        self.batches = {kind: [] for kind in self.KINDS}
 
     def process(self, item):
         from orion.campaigns.outbox import email_record, held_record, webhook_record
 
         if isinstance(item, HeldEmail):
-            self.batch.append(held_record(item))
+            kind, record = "queued_held", held_record(item)
         elif isinstance(item, WebhookCall):
-            self.batch.append(webhook_record(item))
+            kind, record = "queued_webhooks", webhook_record(item)
         else:
-            self.batch.append(email_record(item))
-        if len(self.batch) >= self.batch_size:
-            self._flush()
+            kind, record = "queued_emails", email_record(item)
+        batch = self.batches[kind]
+        batch.append(record)
+        if len(batch) >= self.batch_size:
+            self._flush(kind)
         return ()
 
     def finish_bundle(self) -> None:
-        self._flush()
+        for kind in self.KINDS:
+            self._flush(kind)
 
-    def _flush(self) -> None:
-        if not self.batch:
+    def _flush(self, kind: str) -> None:
+        batch = self.batches[kind]
+        if not batch:
             return
-        batch, self.batch = self.batch, []
+        self.batches[kind] = []
         new = self.outbox.queue(batch)
         self.queued.inc(new)
+        self.by_kind[kind].inc(new)
         self.duplicates.inc(len(batch) - new)
 
     def teardown(self) -> None:
