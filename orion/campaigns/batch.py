@@ -13,8 +13,12 @@ Where the lead data comes from (MySQL / MariaDB, the legacy store's database):
 
 A send's run id defaults to its scheduled time, so running the same scheduled send again
 (a retry, a second worker given the same stream) queues nothing twice: the outbox key is
-(tenant, campaign, lead, run).
+(tenant, campaign, lead, run). Membership can be computed ahead of the scheduled time
+(`orion campaign precompute`) and sent later from the file. A lead whose profile is
+unreadable, whose template fails, or whose flow reaches a wait is dead-lettered with the
+reason; the send goes on. docs/campaigns.md has the whole story.
 
+    orion campaign init --leads mysql://root@127.0.0.1:3306/orion
     orion campaign run --rules orion/samples/rules --tenant acme --campaign "Monthly newsletter" \\
         --leads mysql://root@127.0.0.1:3306/orion --outbox mysql://root@127.0.0.1:3306/orion --streams 2
 """
@@ -25,11 +29,17 @@ import json
 import multiprocessing
 import sys
 import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
+import pymysql
+import pymysql.cursors
+
 from orion.activities import MS_PER_DAY, format_timestamp, parse_timestamp
+from orion.deadletters import DeadLetter
 from orion.rules.model import LeadState
 
 LEAD_PROFILES_TABLE = """
@@ -44,6 +54,9 @@ CREATE TABLE IF NOT EXISTS lead_profiles (
 """
 
 _EPOCH_DAY = date(1970, 1, 1)
+BAD_LEAD_PROFILE = "bad_lead_profile"
+BATCH_FLOW_WAITS = "batch_flow_waits"
+BATCH_SOURCE = "batch_members"
 # Rows fetched per round: small at first, so the first member is out at once.
 _CHUNKS = (1, 16, 256, 2000)
 
@@ -80,14 +93,10 @@ class BatchSummary(NamedTuple):
 def stream_of(lead_id: str, streams: int) -> int:
     """The stream a lead belongs to: CRC32 of its UTF-8 id, modulo the stream count (what
     MySQL's CRC32() computes for the VARBINARY column)."""
-    import zlib
-
     return zlib.crc32(lead_id.encode("utf-8")) % streams
 
 
 def _connect(uri: str, unbuffered: bool = False):
-    import pymysql
-    import pymysql.cursors
 
     from orion.store.mysql import parse_mysql_uri
 
@@ -112,16 +121,40 @@ def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else value
 
 
+class _KeysRead(dict):
+    """An empty history that remembers which counter keys a filter asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return default
+
+
+def counters_read_by(campaign, counters) -> list:
+    """The history counters the campaign's filters read: each filter is tried on a lead
+    with an empty, recording history (a history filter looks its counter up first)."""
+    history = _KeysRead()
+    probe = LeadState({}, 0, frozenset(), {}, history)
+    for found in campaign.filters:
+        found.test(probe, 0)
+    return [c for c in counters if c.key in history.asked]
+
+
 class _Histories:
     """History counters for a chunk of leads: from the activity index when a counter
-    has no conditions, else by counting matching rows of the activities table."""
+    has no conditions, else by counting matching rows of the activities table. Only
+    the counters the campaign's filters read are loaded."""
 
-    def __init__(self, connection, rules, tenant: str):
-        tenant_rules = rules.tenants.get(tenant)
-        self.counters = [c for found in (tenant_rules.counters_by_type.values() if tenant_rules else ())
-                         for c in found]
+    def __init__(self, connection, rules, campaign):
+        tenant_rules = rules.tenants.get(campaign.tenant)
+        counters = [c for found in (tenant_rules.counters_by_type.values() if tenant_rules else ())
+                    for c in found]
+        self.counters = counters_read_by(campaign, counters)
         self.connection = connection
-        self.tenant = tenant
+        self.tenant = campaign.tenant
 
     def load(self, lead_ids: list[str], now: int) -> dict[str, dict]:
         histories: dict[str, dict] = {}
@@ -154,62 +187,125 @@ class _Histories:
 
 
 def stream_members(leads_uri: str, rules, campaign, now: int, *, streams: int = 1, stream: int = 0,
-                   counts: list | None = None) -> Iterator[Member]:
+                   counts: list | None = None, dead_letters: Callable | None = None) -> Iterator[Member]:
     """The campaign's members among the tenant's leads of one stream, as they are read
-    (in lead id order). `counts`, if given, gets [leads read] updated as it goes."""
+    (in lead id order). `counts`, if given, [leads read, bad rows], is added to as it
+    goes. A lead whose profile cannot be read (attributes or lists not JSON of the
+    right shape) is not a member: it goes to `dead_letters` with reason `bad_lead_profile`."""
     if not 0 <= stream < streams:
         raise ValueError(f"stream {stream} is not one of 0..{streams - 1}")
     reader = _connect(leads_uri, unbuffered=True)
     lookups = _connect(leads_uri)
-    histories = _Histories(lookups, rules, campaign.tenant)
+    histories = _Histories(lookups, rules, campaign)
     sql = ("SELECT l.lead_id, p.attributes, p.score, p.lists FROM leads l LEFT JOIN lead_profiles p "
            "ON p.tenant = l.tenant AND p.lead_id = l.lead_id WHERE l.tenant = %s")
     params: list = [campaign.tenant]
     if streams > 1:
         sql += " AND CRC32(l.lead_id) %% %s = %s"
         params += [streams, stream]
-    sql += " ORDER BY l.tenant, l.lead_id"
-    read = 0
+    # By lead id alone: with the tenant fixed that is the primary key's order, so the
+    # server streams rows as it reads them (ORDER BY tenant, lead_id makes MariaDB
+    # 10.11 sort the whole tenant first: seconds for a million leads).
+    sql += " ORDER BY l.lead_id"
+    cursor = reader.cursor()
+    finished = False
     try:
-        with reader.cursor() as cursor:
-            cursor.execute(sql, params)
-            round_ = 0
-            while True:
-                rows = cursor.fetchmany(_CHUNKS[min(round_, len(_CHUNKS) - 1)])
-                round_ += 1
-                if not rows:
-                    break
-                read += len(rows)
-                if counts is not None:
-                    counts[0] = read
-                lead_ids = [_text(row[0]) for row in rows]
-                found = histories.load(lead_ids, now)
-                for lead_id, (_, attributes, score, lists) in zip(lead_ids, rows):
-                    state = LeadState(
-                        json.loads(attributes) if attributes else {},
-                        score or 0,
-                        frozenset(json.loads(lists)) if lists else frozenset(),
-                        {},
-                        found.get(lead_id, {}),
-                    )
-                    if campaign.failed_filters(state, now) is None:
-                        yield Member(lead_id, state)
+        cursor.execute(sql, params)
+        round_ = 0
+        while True:
+            rows = cursor.fetchmany(_CHUNKS[min(round_, len(_CHUNKS) - 1)])
+            round_ += 1
+            if not rows:
+                break
+            if counts is not None:
+                counts[0] += len(rows)
+            lead_ids = [_text(row[0]) for row in rows]
+            found = histories.load(lead_ids, now)
+            for lead_id, (_, attributes, score, lists) in zip(lead_ids, rows):
+                try:
+                    state = _lead_state(attributes, score, lists, found.get(lead_id, {}))
+                except ValueError as err:
+                    if counts is not None and len(counts) > 1:
+                        counts[1] += 1
+                    if dead_letters is not None:
+                        dead_letters(DeadLetter(
+                            {"tenant": campaign.tenant, "lead_id": lead_id, "attributes": _text(attributes),
+                             "lists": _text(lists)}, BAD_LEAD_PROFILE,
+                            f"lead {lead_id}: lead_profiles row unreadable: {err}", BATCH_SOURCE))
+                    continue
+                if campaign.failed_filters(state, now) is None:
+                    yield Member(lead_id, state)
+        finished = True
     finally:
+        if not finished:
+            _abandon(reader, lookups)
+        try:
+            cursor.close()
+        except pymysql.err.MySQLError:
+            pass  # the query was killed just above
         reader.close()
         lookups.close()
 
 
-def read_membership(path: str | Path) -> Iterator[Member]:
-    """Members precomputed by `write_membership` (JSONL)."""
+def _abandon(reader, lookups) -> None:
+    """A send stopped early: stop the server's query, rather than read (and throw away)
+    the rest of a list that may hold millions of leads."""
+    try:
+        with lookups.cursor() as cursor:
+            cursor.execute("KILL QUERY %s", (reader.thread_id(),))
+    except pymysql.err.MySQLError:
+        pass  # the query has ended on its own
+
+
+# lead_profiles.lists as read -> the frozenset: most leads share a few combinations.
+_LIST_SETS: dict[str, frozenset] = {}
+
+
+def _lead_state(attributes, score, lists, history: dict) -> LeadState:
+    """A lead's state from its lead_profiles columns; ValueError if they are unreadable."""
+    attributes = json.loads(attributes) if attributes else {}
+    if not isinstance(attributes, dict):
+        raise ValueError(f"attributes must be a JSON object, not {type(attributes).__name__}")
+    names = _LIST_SETS.get(lists) if lists else frozenset()
+    if names is None:
+        found = json.loads(lists)
+        if not isinstance(found, list) or not all(isinstance(name, str) for name in found):
+            raise ValueError("lists must be a JSON array of list names")
+        names = frozenset(found)
+        if len(_LIST_SETS) < 4096:
+            _LIST_SETS[lists] = names
+    return LeadState(attributes, float(score or 0), names, {}, history)
+
+
+def membership_header(path: str | Path) -> dict:
+    """The first line of a precomputed membership file: tenant, campaign, the send's
+    scheduled time (`now`) and the streams it was split into."""
+    with open(path, encoding="utf-8") as lines:
+        header = json.loads(lines.readline() or "{}")
+    if "membership_of" not in header:
+        raise ValueError(f"{path} is not a membership file written by `orion campaign precompute`")
+    return header["membership_of"]
+
+
+def read_membership(path: str | Path, *, streams: int = 1, stream: int = 0) -> Iterator[Member]:
+    """Members precomputed by `write_membership` (JSONL, after a header line), those of
+    stream `stream` of `streams` only, so several streams can share one file."""
     with open(path, encoding="utf-8") as lines:
         for line in lines:
             record = json.loads(line)
+            if "membership_of" in record:
+                continue
+            if streams > 1 and stream_of(record["lead_id"], streams) != stream:
+                continue
             yield Member(record["lead_id"], LeadState.from_json_dict(record["state"]))
 
 
-def write_membership(members: Iterable[Member], path: str | Path) -> int:
+def write_membership(members: Iterable[Member], path: str | Path, header: dict | None = None) -> int:
+    """Write members (after a header line, if given) and return how many."""
     n = 0
     with open(path, "w", encoding="utf-8") as out:
+        if header is not None:
+            out.write(json.dumps({"membership_of": header}) + "\n")
         for member in members:
             out.write(json.dumps({"lead_id": member.lead_id, "state": member.state.to_json_dict()}) + "\n")
             n += 1
@@ -225,10 +321,14 @@ def send_batch(members: Iterable[Member], rules, rules_dir: str, template_dirs, 
                tokens: dict | None = None, sender=None, batch_size: int = 1000,
                dead_letters: Callable | None = None, activities_out: Callable | None = None,
                clock: Callable[[], float] = time.perf_counter, started: float | None = None,
-               counts: list | None = None) -> BatchSummary:
+               counts: list | None = None, on_queued: Callable[[int, int], None] | None = None) -> BatchSummary:
     """Run the campaign's flow for each member and queue what it sends. The first
     record is committed on its own, so it is queued as soon as the first member is
-    assembled; the rest in batches of `batch_size`."""
+    assembled; the rest in batches of `batch_size`, committed on a thread of their own
+    while the next batch is assembled. `on_queued(new records, members so far)` is
+    called after each commit. A member's template that fails, or a flow that
+    would wait (a batch send has no timers: the steps after a wait would be lost), goes
+    to `dead_letters` with the reason, and the send goes on."""
     from orion.campaigns.email import ASSEMBLY_SOURCE, AssemblyError, EmailAssembler, SenderSettings
     from orion.campaigns.flows import FlowEngine
     from orion.campaigns.outbox import email_record, held_record, open_outbox, webhook_record
@@ -240,13 +340,32 @@ def send_batch(members: Iterable[Member], rules, rules_dir: str, template_dirs, 
     assembler = EmailAssembler(rules_dir, template_dirs, sender or SenderSettings())
     outbox = open_outbox(outbox_uri)
     outbox.init()
+    writer = _BehindQueue(outbox)
     records: list = []
     n_members = queued = held = dead = 0
     first_queued = None
+
+    def settle(done: list[tuple[int, int]]) -> None:
+        nonlocal queued
+        for new, members_so_far in done:
+            queued += new
+            if on_queued is not None:
+                on_queued(new, members_so_far)
+
     try:
         for member in members:
             n_members += 1
-            _, result = engine.run_batch(member.state, tenant, member.lead_id, campaign_name, run_id, now, tokens)
+            flows, result = engine.run_batch(member.state, tenant, member.lead_id, campaign_name, run_id, now,
+                                             tokens)
+            if flows.running:
+                dead += 1
+                if dead_letters is not None:
+                    waiting = flows.running[0]
+                    dead_letters(DeadLetter(
+                        {"tenant": tenant, "lead_id": member.lead_id, "flow": waiting._asdict()}, BATCH_FLOW_WAITS,
+                        f"batch campaign {campaign_name!r} has a wait step; a batch send runs its flow at once, "
+                        f"so lead {member.lead_id} stopped at the wait, step {waiting.position}; the steps after "
+                        "it were not run", BATCH_SOURCE))
             for request in result.emails:
                 try:
                     records.append(email_record(assembler.assemble(request), queued_at=now))
@@ -266,19 +385,52 @@ def send_batch(members: Iterable[Member], rules, rules_dir: str, template_dirs, 
             if activities_out is not None:
                 for activity in result.activities:
                     activities_out(activity)
-            if records and (first_queued is None or len(records) >= batch_size):
-                queued += outbox.queue(records)
-                records = []
-                if first_queued is None:
-                    first_queued = clock() - started
-        if records:
-            queued += outbox.queue(records)
-            if first_queued is None:
+            if records and first_queued is None:
+                new = outbox.queue(records)  # the first on its own, at once
                 first_queued = clock() - started
+                settle([(new, n_members)])
+                records = []
+            elif len(records) >= batch_size:
+                settle(writer.submit(records, n_members))
+                records = []
+        if records:  # (the first record was queued on its own, so first_queued is set)
+            settle(writer.submit(records, n_members))
+        settle(writer.wait())
     finally:
+        writer.close()
         outbox.close()
     read = counts[0] if counts else n_members
-    return BatchSummary(read, n_members, queued, held, dead, first_queued, clock() - started)
+    bad_rows = counts[1] if counts and len(counts) > 1 else 0
+    return BatchSummary(read, n_members, queued, held, dead + bad_rows, first_queued, clock() - started)
+
+
+class _BehindQueue:
+    """Queues batches in the outbox on a thread of its own, one batch in flight, so the
+    next batch is assembled while the database commits the last one (pymysql lets go of
+    the GIL while it waits on the socket). Results come back in order. The caller does
+    not touch the outbox while a batch is in flight."""
+
+    def __init__(self, outbox):
+        self.outbox = outbox
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self.pending: tuple | None = None  # (future, members so far)
+
+    def submit(self, records: list, members_so_far: int) -> list[tuple[int, int]]:
+        """Queue `records` behind; returns (new records, members so far) of the batch
+        that was in flight, once it is committed."""
+        done = self.wait()
+        self.pending = (self.pool.submit(self.outbox.queue, records), members_so_far)
+        return done
+
+    def wait(self) -> list[tuple[int, int]]:
+        if self.pending is None:
+            return []
+        future, members_so_far = self.pending
+        self.pending = None
+        return [(future.result(), members_so_far)]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 def run_stream(config: dict, stream: int) -> BatchSummary:
@@ -288,26 +440,28 @@ def run_stream(config: dict, stream: int) -> BatchSummary:
     started = time.perf_counter() if config.get("started") is None else config["started"]
     rules = config.get("rules") or load_rules(config["rules_dir"], config["template_dirs"])
     campaign = rules.campaign(config["tenant"], config["campaign"])
-    counts = [0]
-    if config.get("membership"):
-        members = read_membership(config["membership"])
-    else:
-        members = stream_members(config["leads"], rules, campaign, config["now"], streams=config["streams"],
-                                 stream=stream, counts=counts)
+    counts = [0, 0]
     dead_path, activities_path = config.get("dead_letters"), config.get("activities_out")
     dead_file = open(f"{dead_path}.{stream}" if dead_path and config["streams"] > 1 else dead_path, "a",
                      encoding="utf-8") if dead_path else None
     activity_file = open(f"{activities_path}.{stream}" if config["streams"] > 1 else activities_path, "a",
                          encoding="utf-8") if activities_path else None
+    dead_letters = config.get("on_dead_letter") or (
+        (lambda d: dead_file.write(d.to_json() + "\n")) if dead_file else None)
+    if config.get("membership"):
+        members = read_membership(config["membership"], streams=config["streams"], stream=stream)
+        counts = None
+    else:
+        members = stream_members(config["leads"], rules, campaign, config["now"], streams=config["streams"],
+                                 stream=stream, counts=counts, dead_letters=dead_letters)
     try:
         return send_batch(
             members, rules, config["rules_dir"], config["template_dirs"], config["outbox"], config["tenant"],
             config["campaign"], now=config["now"], run_id=config.get("run_id"), tokens=config.get("tokens"),
-            batch_size=config.get("batch_size", 1000),
-            dead_letters=(lambda d: dead_file.write(d.to_json() + "\n")) if dead_file else None,
+            batch_size=config.get("batch_size", 1000), dead_letters=dead_letters,
             activities_out=(lambda a: activity_file.write(json.dumps(a.to_json_dict()) + "\n"))
             if activity_file else None,
-            started=started, counts=counts)
+            started=started, counts=counts, on_queued=config.get("on_queued"))
     finally:
         for f in (dead_file, activity_file):
             if f is not None:
@@ -319,7 +473,8 @@ def run_streams(config: dict, streams: Iterable[int]) -> BatchSummary:
     streams = list(streams)
     if len(streams) == 1:
         return run_stream(config, streams[0])
-    config = {k: v for k, v in config.items() if k != "rules"}  # each worker loads its own
+    # Each worker loads its own rules; in-process hooks do not cross to worker processes.
+    config = {k: v for k, v in config.items() if k not in ("rules", "on_queued", "on_dead_letter")}
     context = multiprocessing.get_context("fork")
     with context.Pool(len(streams)) as pool:
         results = pool.starmap(run_stream, [(config, k) for k in streams])
@@ -330,7 +485,10 @@ def run_streams(config: dict, streams: Iterable[int]) -> BatchSummary:
 
 
 def next_run_at(schedule: dict, after: int) -> int | None:
-    """The first scheduled time at or after `after` (None: a one-off send in the past)."""
+    """The first scheduled time at or after `after`; None for a one-off send in the past,
+    or a campaign with no schedule (sent on demand only)."""
+    if not schedule:
+        return None
     if "at" in schedule:
         return schedule["at"] if schedule["at"] >= after else None
     start = schedule.get("starting", after)
@@ -376,7 +534,8 @@ def _common(parser) -> None:
 
 
 def add_campaign_commands(commands) -> None:
-    parser = commands.add_parser("campaign", help="batch campaigns: run a send, precompute its members, schedules")
+    parser = commands.add_parser("campaign",
+                                 help="batch campaigns: run a send, precompute its members, schedules, lead tables")
     sub = parser.add_subparsers(dest="campaign_command", required=True)
     run = sub.add_parser(
         "run", help="send a batch campaign now (or at its scheduled time)",
@@ -384,8 +543,11 @@ def add_campaign_commands(commands) -> None:
         "filters, streaming, run its flow for each and queue the emails in the outbox.")
     _common(run)
     run.add_argument("--outbox", required=True, help="outbox URI: mysql://..., sqlite:///PATH, eml:///DIR")
-    run.add_argument("--membership", type=Path, help="use members precomputed by `orion campaign precompute`")
-    run.add_argument("--run-id", help="the send's id in the outbox key (default: batch:SCHEDULED-TIME)")
+    run.add_argument("--membership", type=Path,
+                     help="use members precomputed by `orion campaign precompute` (the send's time is then "
+                     "the one they were computed for, unless --at says otherwise)")
+    run.add_argument("--run-id", help="the send's id in the outbox key (default: batch:SCHEDULED-TIME); a rerun "
+                     "with the same id (or the same --at TIME) queues nothing twice")
     run.add_argument("--token", type=_token, action="append", default=[], metavar="NAME=VALUE",
                      help="a my.* program token for this send (repeatable)")
     run.add_argument("--dead-letters", help="append dead letters (JSONL) here")
@@ -396,7 +558,13 @@ def add_campaign_commands(commands) -> None:
                          "`orion campaign run --membership` sends to at the scheduled time.")
     _common(pre)
     pre.add_argument("--out", type=Path, required=True)
+    pre.add_argument("--dead-letters", help="append dead letters (JSONL) here: leads whose profile is unreadable")
     pre.set_defaults(handler=_precompute)
+    init = sub.add_parser("init", help="create the lead tables a batch send reads (safe to rerun)",
+                          description="Create leads, activities, activity_index (the MySQL store's tables) and "
+                          "lead_profiles (attributes, score and lists per lead) in the lead database.")
+    init.add_argument("--leads", required=True, help="the lead database: mysql://USER@HOST:PORT/DB")
+    init.set_defaults(handler=_init)
     schedule = sub.add_parser("schedule", help="list batch campaigns and their next scheduled send")
     schedule.add_argument("--rules", type=Path, default=None)
     schedule.add_argument("--after", type=_when, default="now")
@@ -454,7 +622,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.leads is None and args.membership is None:
         print("orion: give --leads mysql://... (or --membership FILE)", file=sys.stderr)
         return 2
-    when = _scheduled_time(args, campaign)
+    if args.membership is not None:
+        try:
+            header = membership_header(args.membership)
+        except (OSError, ValueError) as err:
+            print(f"orion: {err}", file=sys.stderr)
+            return 2
+        if (header["tenant"], header["campaign"]) != (args.tenant, args.campaign):
+            print(f"orion: {args.membership} holds the members of {header['tenant']}/{header['campaign']}, "
+                  f"not {args.tenant}/{args.campaign}", file=sys.stderr)
+            return 2
+        # The send happens at the time the members were computed for.
+        when = header["now"] if args.at == "now" else _scheduled_time(args, campaign)
+    else:
+        when = _scheduled_time(args, campaign)
     _wait_until(when)
     config = {
         "rules": rules, "rules_dir": str(args.rules), "template_dirs": [str(t) for t in args.templates],
@@ -472,11 +653,33 @@ def _precompute(args: argparse.Namespace) -> int:
     streams = _check_streams(args)
     if rules is None or streams is None:
         return 2
+    if args.leads is None:
+        print("orion: give --leads mysql://...", file=sys.stderr)
+        return 2
     when = _scheduled_time(args, campaign)
-    n = write_membership((m for k in streams for m in stream_members(
-        args.leads, rules, campaign, when, streams=args.streams, stream=k)), args.out)
+    header = {"tenant": args.tenant, "campaign": args.campaign, "now": when, "streams": args.streams,
+              "stream_list": streams}
+    counts = [0, 0]
+    dead_file = open(args.dead_letters, "a", encoding="utf-8") if args.dead_letters else None
+    try:
+        members = (m for k in streams for m in stream_members(
+            args.leads, rules, campaign, when, streams=args.streams, stream=k, counts=counts,
+            dead_letters=(lambda d: dead_file.write(d.to_json() + "\n")) if dead_file else None))
+        n = write_membership(members, args.out, header)
+    finally:
+        if dead_file is not None:
+            dead_file.close()
     print(f"{n} members of {campaign.name!r} (streams {streams} of {args.streams}) as of "
           f"{format_timestamp(when)} -> {args.out}")
+    if counts[1]:
+        print(f"{counts[1]} lead(s) with an unreadable profile left out"
+              + (f" (dead letters: {args.dead_letters})" if args.dead_letters else ""), file=sys.stderr)
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    init_lead_tables(args.leads)
+    print(f"lead tables ready in {args.leads}")
     return 0
 
 
@@ -490,5 +693,6 @@ def _schedule(args: argparse.Namespace) -> int:
         for campaign in tenant_rules.campaigns.values():
             if campaign.kind == "batch":
                 when = next_run_at(campaign.schedule or {}, after)
-                print(f"{tenant}\t{campaign.name}\t{format_timestamp(when) if when is not None else 'none'}")
+                shown = format_timestamp(when) if when is not None else ("none" if campaign.schedule else "on demand")
+                print(f"{tenant}\t{campaign.name}\t{shown}")
     return 0

@@ -105,7 +105,8 @@ def _environment(search: list[Path], autoescape: bool) -> SandboxedEnvironment:
 
 
 def unsubscribe_token(secret: str, tenant: str, lead_id: str) -> str:
-    return hmac.new(secret.encode(), f"{tenant}\x1f{lead_id}".encode(), hashlib.sha256).hexdigest()[:32]
+    # hmac.digest: the one-shot C path, the same value as hmac.new(...).hexdigest().
+    return hmac.digest(secret.encode(), f"{tenant}\x1f{lead_id}".encode(), "sha256").hex()[:32]
 
 
 class EmailAssembler:
@@ -120,7 +121,8 @@ class EmailAssembler:
         self.campaign_tokens = campaign_tokens or {}  # (tenant, campaign) -> {token: value}
         self._environments: dict[tuple[str, bool], SandboxedEnvironment] = {}
         self._templates: dict[tuple[str, str, bool], jinja2.Template] = {}
-        self._frames: dict[str, list] = {}
+        self._frames: dict[str, str] = {}
+        self._dates: dict[int, str] = {}  # requested_at -> Date header (a batch send has one time)
 
     def _template(self, tenant: str, name: str, autoescape: bool) -> jinja2.Template:
         key = (tenant, name, autoescape)
@@ -152,6 +154,7 @@ class EmailAssembler:
             "my": tokens,
         }
         parts = []
+        contexts = {}  # subject and text share one template, so one context
         for block in BLOCKS:
             template = self._template(request.tenant, request.template, block == "html")
             render_block = template.blocks.get(block)
@@ -159,7 +162,10 @@ class EmailAssembler:
                 parts.append("")
                 continue
             try:
-                parts.append("".join(render_block(template.new_context(context))))
+                found = contexts.get(id(template))
+                if found is None:
+                    found = contexts[id(template)] = template.new_context(context)
+                parts.append("".join(render_block(found)))
             except SecurityError as err:
                 raise AssemblyError(TEMPLATE_UNSAFE, f"template {request.template!r} ({block}) for lead "
                                     f"{request.lead_id}: {err}") from None
@@ -184,7 +190,7 @@ class EmailAssembler:
         values = {
             "TO": recipient,
             "SUBJECT": _header_text("Subject", subject),
-            "DATE": format_datetime(datetime.fromtimestamp(request.requested_at / 1000, tz=timezone.utc)),
+            "DATE": self._date(request.requested_at),
             "MESSAGEID": f"<{digest}@{tenant}.orion>",
             "UNSUBSCRIBE": (f"<{sender.unsubscribe_url.format(tenant=tenant)}?l={quote(request.lead_id)}"
                             f"&t={token}>,\n <mailto:{sender.unsubscribe_mailto.format(tenant=tenant)}"
@@ -199,12 +205,23 @@ class EmailAssembler:
         }
         frame = self._frames.get(tenant)
         if frame is None:
-            frame = self._frames[tenant] = _frame(sender, tenant)
+            frame = self._frames[tenant] = "".join(
+                "{" + piece + "}" if slot else piece.replace("{", "{{").replace("}", "}}")
+                for slot, piece in _frame(sender, tenant))
         # SMTP's canonical line ending: the message goes over the wire as it is stored.
-        message = "".join(values[piece] if slot else piece for slot, piece in frame).replace(
-            "\n", "\r\n").encode("ascii")
+        message = frame.format_map(values).replace("\n", "\r\n").encode("ascii")
         return AssembledEmail(tenant, request.campaign, request.lead_id, request.run, request.template,
                               recipient, message, request.requested_at)
+
+
+    def _date(self, requested_at: int) -> str:
+        found = self._dates.get(requested_at)
+        if found is None:
+            if len(self._dates) > 1024:
+                self._dates.clear()
+            found = self._dates[requested_at] = format_datetime(
+                datetime.fromtimestamp(requested_at / 1000, tz=timezone.utc))
+        return found
 
 
 # A usable recipient: one plain address, nothing a header could be injected through.

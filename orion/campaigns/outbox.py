@@ -29,7 +29,7 @@ import sqlite3
 import time
 import uuid
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 from urllib.parse import urlsplit
 
 from orion.store.base import with_backoff

@@ -1,0 +1,379 @@
+"""Batch campaigns over a real MariaDB: 100,000 leads with profiles, an activity index and
+raw activities, bulk-loaded once for the module. The expected members are computed here,
+in plain Python, from the rows this file generated (not with Orion's filter code), and
+the outbox must hold exactly them, once each, whether the send runs as 1, 2 or 4
+streams (worker processes). Also: membership is streamed (the first email is committed
+before the list has been read), precomputed membership sent later, schedules, a lead
+whose template fails is dead-lettered while the rest goes on, an unreadable profile is
+dead-lettered, and a flow with a wait is refused lead by lead, with the reason.
+
+    .venv/bin/python -m pytest -q tests/test_batch.py
+"""
+from __future__ import annotations
+
+import email
+import json
+import random
+import uuid
+import zlib
+from datetime import date, timedelta
+from email import policy
+
+import pytest
+from store_services import MYSQL_HOST, MYSQL_PORT, MYSQL_USER, _mysql_connect
+
+from orion.activities import MS_PER_DAY, parse_timestamp
+from orion.campaigns.batch import (
+    BAD_LEAD_PROFILE, BATCH_FLOW_WAITS, init_lead_tables, next_run_at, run_stream, run_streams, send_batch,
+    stream_members,
+)
+from orion.campaigns.outbox import open_outbox
+from orion.rules import load_rules
+
+LEADS = 100_000
+SEND_AT = parse_timestamp("2026-11-01T09:00:00Z")  # the scheduled time every send here uses
+TODAY = SEND_AT // MS_PER_DAY
+EPOCH = date(1970, 1, 1)
+
+RULES = """
+tenant: acme
+settings:
+  lists: [newsletter, customers]
+campaigns:
+  - name: Autumn offer
+    type: batch
+    filters:
+      - lead: {country: {in: [DE, FR]}}
+      - member_of_list: newsletter
+      - score: {ge: 70}
+      - activity_history: {activity: visit_web_page, at_least: 3, in_past: {n: 30, unit: days}}
+      - activity_history:
+          activity: visit_web_page
+          where: {url: {contains: /pricing}}
+          at_least: 1
+          in_past: {n: 7, unit: days}
+    logic: 1 and 2 and (3 or 4 or 5)
+    schedule: {at: "2026-11-01T09:00:00Z"}
+    flow:
+      - send_email: {template: offer}
+"""
+SMALL_RULES = """
+tenant: initech
+settings:
+  lists: [maintenance]
+  lead_attributes: {parts: number}
+campaigns:
+  - name: Parts notice
+    type: batch
+    filters:
+      - member_of_list: maintenance
+    schedule: {every: {n: 1, unit: weeks}, starting: "2026-11-02T08:00:00Z"}
+    flow:
+      - send_email: {template: parts}
+      - webhook: {name: crm_sync}
+  - name: Drip
+    type: batch
+    flow:
+      - send_email: {template: parts}
+      - wait: {duration: {n: 1, unit: days}}
+      - send_email: {template: parts}
+"""
+OFFER = """{% block subject %}An offer for {{ lead.first_name | default("you") }}{% endblock %}
+{% block html %}<p>Hello {{ lead.first_name }}, {{ my.offer | default("10% off") }}</p>{% endblock %}
+{% block text %}Hello {{ lead.first_name }}, {{ my.offer | default("10% off") }}{% endblock %}
+"""
+PARTS = """{% block subject %}Parts{% endblock %}
+{% block text %}{{ 100 // lead.parts }} per part{% endblock %}
+"""
+
+
+def lead_id(n: int) -> str:
+    return f"L{n:06d}"
+
+
+class Data:
+    """What was generated, kept so the expected members can be computed independently."""
+
+    def __init__(self, seed: int = 5):
+        rng = random.Random(seed)
+        self.profiles: dict[str, tuple[dict, float, list]] = {}
+        self.visits: dict[str, dict[int, int]] = {}  # lead -> {day: count} (activity_index)
+        self.pricing: dict[str, list[int]] = {}  # lead -> days of /pricing visits (activities)
+        self.activity_rows: list[tuple] = []
+        for n in range(LEADS):
+            lead = lead_id(n)
+            if rng.random() < 0.02:
+                continue  # no profile at all
+            attributes = {"country": rng.choice(["DE", "FR", "US", "GB"]), "first_name": f"N{n}"}
+            if rng.random() < 0.97:
+                attributes["email"] = f"{lead.lower()}@example.com"
+            lists = [name for name in ("newsletter", "customers") if rng.random() < 0.5]
+            self.profiles[lead] = (attributes, float(rng.randint(0, 100)), lists)
+            if rng.random() < 0.25:
+                self.visits[lead] = {TODAY - rng.randint(0, 45): rng.randint(1, 2) for _ in range(rng.randint(1, 3))}
+            if rng.random() < 0.04:
+                days = [TODAY - rng.randint(0, 12) for _ in range(rng.randint(1, 2))]
+                for i, day in enumerate(days):
+                    url = "https://acme.example/pricing" if rng.random() < 0.7 else "https://acme.example/blog"
+                    if "pricing" in url:
+                        self.pricing.setdefault(lead, []).append(day)
+                    self.activity_rows.append((f"{lead}-{i}", lead, "visit_web_page", day * MS_PER_DAY + 3_600_000,
+                                               json.dumps({"url": url})))
+
+    def expected_members(self) -> set[str]:
+        members = set()
+        for lead, (attributes, score, lists) in self.profiles.items():
+            visits = sum(c for day, c in self.visits.get(lead, {}).items() if day >= TODAY - 30)
+            pricing = sum(1 for day in self.pricing.get(lead, ()) if day >= TODAY - 7)
+            if attributes["country"] in ("DE", "FR") and "newsletter" in lists and (
+                    score >= 70 or visits >= 3 or pricing >= 1):
+                members.add(lead)
+        return members
+
+
+def bulk_load(uri: str, database: str, data: Data) -> None:
+    init_lead_tables(uri)
+    connection = _mysql_connect()
+    connection.select_db(database)
+    rows = [("acme", lead_id(n), SEND_AT, SEND_AT) for n in range(LEADS)]
+    profiles = [("acme", lead, json.dumps(a), score, json.dumps(lists))
+                for lead, (a, score, lists) in data.profiles.items()]
+    index = [("acme", lead, "visit_web_page", EPOCH + timedelta(days=day), count, day * MS_PER_DAY)
+             for lead, days in data.visits.items() for day, count in days.items()]
+    with connection.cursor() as cursor:
+        for sql, values in (
+                ("INSERT INTO leads (tenant, lead_id, first_activity_at, last_activity_at) VALUES (%s, %s, %s, %s)",
+                 rows),
+                ("INSERT INTO lead_profiles (tenant, lead_id, attributes, score, lists) VALUES (%s, %s, %s, %s, %s)",
+                 profiles),
+                ("INSERT INTO activity_index (tenant, lead_id, type, day, activity_count, last_seen) "
+                 "VALUES (%s, %s, %s, %s, %s, %s)", index),
+                ("INSERT INTO activities (tenant, event_id, lead_id, type, occurred_at, attributes) "
+                 "VALUES ('acme', %s, %s, %s, %s, %s)", data.activity_rows)):
+            for start in range(0, len(values), 5000):
+                cursor.execute("BEGIN")
+                cursor.executemany(sql, values[start:start + 5000])
+                cursor.execute("COMMIT")
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A database of its own (dropped afterwards) with the 100,000 leads, an outbox
+    database, and a rules directory with the campaigns and their templates."""
+    name = f"orion_test_batch_{uuid.uuid4().hex[:10]}"
+    connection = _mysql_connect()
+    with connection.cursor() as cursor:
+        for db in (name, f"{name}_outbox"):
+            cursor.execute(f"CREATE DATABASE `{db}` CHARACTER SET utf8mb4")
+    uri = f"mysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
+    rules_dir = tmp_path_factory.mktemp("batch-rules")
+    (rules_dir / "acme.yaml").write_text(RULES)
+    (rules_dir / "initech.yaml").write_text(SMALL_RULES)
+    (rules_dir / "templates").mkdir()
+    (rules_dir / "templates" / "offer.j2").write_text(OFFER)
+    (rules_dir / "templates" / "parts.j2").write_text(PARTS)
+    data = Data()
+    bulk_load(uri, name, data)
+    try:
+        yield {"leads": uri, "outbox": f"mysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{name}_outbox",
+               "rules_dir": str(rules_dir), "rules": load_rules(rules_dir), "data": data,
+               "expected": data.expected_members()}
+    finally:
+        with connection.cursor() as cursor:
+            for db in (name, f"{name}_outbox"):
+                cursor.execute(f"DROP DATABASE IF EXISTS `{db}`")
+        connection.close()
+
+
+def config(world, run_id: str, streams: int, **more) -> dict:
+    return {"rules": world["rules"], "rules_dir": world["rules_dir"], "template_dirs": [], "tenant": "acme",
+            "campaign": "Autumn offer", "leads": world["leads"], "outbox": world["outbox"], "streams": streams,
+            "now": SEND_AT, "run_id": run_id, "tokens": {}, **more}
+
+
+def queued_leads(world, run_id: str, campaign: str = "Autumn offer") -> list[str]:
+    with open_outbox(world["outbox"]) as outbox:
+        return [lead for _, name, lead, run in outbox.keys() if name == campaign and run.startswith(f"{run_id}#")]
+
+
+def test_the_generated_data_makes_every_filter_matter(world):
+    data, expected = world["data"], world["expected"]
+    assert 5_000 < len(expected) < 30_000
+    by_score = {lead for lead in expected if data.profiles[lead][1] >= 70}
+    by_visits_only = expected - by_score - set(data.pricing)
+    assert by_score and by_visits_only and expected & set(data.pricing) - by_score
+    assert any("email" not in data.profiles[lead][0] for lead in expected)  # some are held, not sent
+
+
+@pytest.mark.parametrize("streams", [1, 2, 4])
+def test_a_batch_send_queues_exactly_the_members_once_each_in_any_number_of_streams(world, streams):
+    run_id = f"streams-{streams}"
+    expected = world["expected"]
+    total = run_streams(config(world, run_id, streams), range(streams))
+    queued = queued_leads(world, run_id)
+    assert len(queued) == len(set(queued)) == total.queued == len(expected)
+    assert set(queued) == expected
+    assert total.leads_read == LEADS and total.members == len(expected)  # no lead read or sent by two streams
+    assert total.held == sum(1 for lead in expected if "email" not in world["data"].profiles[lead][0])
+    assert total.dead_letters == 0
+    if streams > 1:
+        # each stream holds the leads whose CRC32 falls to it, computed here independently
+        for k in range(streams):
+            found = {m.lead_id for m in stream_members(world["leads"], world["rules"], campaign(world), SEND_AT,
+                                                       streams=streams, stream=k)}
+            assert found == {lead for lead in expected if zlib.crc32(lead.encode()) % streams == k}
+        # a stream run again (a retried worker) queues nothing twice
+        again = run_stream(config(world, run_id, streams), 1)
+        assert again.queued == 0 and again.members == sum(
+            1 for lead in expected if zlib.crc32(lead.encode()) % streams == 1)
+        assert sorted(queued_leads(world, run_id)) == sorted(queued)
+
+
+def campaign(world, name: str = "Autumn offer", tenant: str = "acme"):
+    return world["rules"].campaign(tenant, name)
+
+
+def test_the_emails_carry_each_leads_own_tokens(world):
+    with open_outbox(world["outbox"]) as outbox:
+        claimed = outbox.claim(5, SEND_AT + 1)
+    assert len(claimed) == 5
+    for item in claimed:
+        message = email.message_from_bytes(item.payload, policy=policy.default)
+        n = int(item.lead_id[1:])
+        assert message["Subject"] == f"An offer for N{n}" and message["To"] == item.recipient
+        assert message["List-Unsubscribe"]
+        assert f"Hello N{n}, 10% off" in message.get_body(("plain",)).get_content()
+        assert item.lead_id in world["expected"]
+
+
+def test_membership_is_streamed_the_first_email_is_queued_before_the_list_is_read(world):
+    counts = [0, 0]
+    seen_at_first_commit = []
+    stop = []
+
+    def on_queued(new, members_so_far):
+        # queued_leads reads through another connection: the email is committed
+        seen_at_first_commit.append((counts[0], members_so_far, len(queued_leads(world, "streamed"))))
+        stop.append(True)
+
+    def until_first_commit(members):
+        for member in members:
+            if stop:
+                return
+            yield member
+
+    members = stream_members(world["leads"], world["rules"], campaign(world), SEND_AT, counts=counts)
+    send_batch(until_first_commit(members), world["rules"], world["rules_dir"], [], world["outbox"], "acme",
+               "Autumn offer", now=SEND_AT, run_id="streamed", counts=counts, on_queued=on_queued)
+    (leads_read, members_so_far, in_outbox), = seen_at_first_commit
+    assert members_so_far == 1 and in_outbox == 1
+    assert leads_read < 1000, f"{leads_read} of {LEADS} leads were read before the first email was queued"
+
+
+def small_world(world, leads: int = 40, parts=lambda n: n + 1):
+    """Tenant initech: `leads` leads in list maintenance with `parts` each."""
+    connection = _mysql_connect()
+    connection.select_db(world["leads"].rsplit("/", 1)[1])
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM leads WHERE tenant = 'initech'")
+        cursor.execute("DELETE FROM lead_profiles WHERE tenant = 'initech'")
+        cursor.executemany("INSERT INTO leads (tenant, lead_id, first_activity_at, last_activity_at) "
+                           "VALUES ('initech', %s, 0, 0)", [(f"D{n:03d}",) for n in range(leads)])
+        cursor.executemany("INSERT INTO lead_profiles (tenant, lead_id, attributes, score, lists) "
+                           "VALUES ('initech', %s, %s, 0, %s)",
+                           [(f"D{n:03d}", json.dumps({"email": f"d{n}@example.com", "parts": parts(n)}),
+                             '["maintenance"]') for n in range(leads)])
+    return connection
+
+
+def small_config(world, run_id: str, name: str = "Parts notice", **more) -> dict:
+    return {**config(world, run_id, 1), "tenant": "initech", "campaign": name, **more}
+
+
+def test_a_template_failing_for_one_lead_dead_letters_that_lead_and_the_rest_goes_on(world):
+    small_world(world, parts=lambda n: 0 if n == 7 else n + 1).close()  # D007: 100 // 0
+    letters = []
+    summary = run_stream(small_config(world, "template", on_dead_letter=letters.append), 0)
+    assert [(d.reason, d.element["lead_id"]) for d in letters] == [("template_failed", "D007")]
+    assert "ZeroDivisionError" in letters[0].detail and "parts" in letters[0].detail
+    assert sorted(queued_leads(world, "template", "Parts notice")) == [f"D{n:03d}" for n in range(40) if n != 7]
+    assert summary.members == 40 and summary.dead_letters == 1
+    assert summary.queued == 39 + 40  # the emails, and every member's webhook (the flow went on)
+
+
+def test_an_unreadable_profile_and_a_flow_that_waits_are_dead_lettered_with_the_reason(world):
+    connection = small_world(world, leads=5)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE lead_profiles SET lists = '{\"not\": \"a list\"}' WHERE tenant = 'initech' "
+                       "AND lead_id = 'D002'")
+    connection.close()
+    letters = []
+    summary = run_stream(small_config(world, "bad-row", on_dead_letter=letters.append), 0)
+    assert [(d.reason, d.element["lead_id"]) for d in letters] == [(BAD_LEAD_PROFILE, "D002")]
+    assert summary.leads_read == 5 and summary.members == 4 and summary.dead_letters == 1
+    small_world(world, leads=5).close()
+    letters.clear()
+    summary = run_stream(small_config(world, "drip", name="Drip", on_dead_letter=letters.append), 0)
+    assert {d.reason for d in letters} == {BATCH_FLOW_WAITS} and len(letters) == 5
+    assert "stopped at the wait, step 2" in letters[0].detail and summary.dead_letters == 5
+    assert len(queued_leads(world, "drip", "Drip")) == 5  # the steps before the wait were done
+
+
+def run_cli(*args: str) -> int:
+    from orion.cli import main
+
+    return main(["campaign", *args])
+
+
+def test_membership_precomputed_ahead_of_the_send_is_what_the_send_uses(world, tmp_path, capsys):
+    small_world(world, leads=10).close()
+    members = tmp_path / "members.jsonl"
+    common = ("--rules", world["rules_dir"], "--tenant", "initech", "--campaign", "Parts notice")
+    assert run_cli("precompute", *common, "--leads", world["leads"], "--at", "2026-11-02T08:00:00Z",
+                   "--streams", "2", "--out", str(members)) == 0
+    assert "10 members of 'Parts notice'" in capsys.readouterr().out
+    # after the list was computed, one lead leaves the list and another joins the tenant
+    connection = small_world(world, leads=11)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE lead_profiles SET lists = '[]' WHERE tenant = 'initech' AND lead_id = 'D000'")
+    connection.close()
+    # the send, with 2 streams over the one file: the precomputed members, at the precomputed time
+    assert run_cli("run", *common, "--membership", str(members), "--streams", "2",
+                   "--outbox", world["outbox"]) == 0
+    out = capsys.readouterr().out
+    assert "members:      10" in out and "queued:       20" in out
+    with open_outbox(world["outbox"]) as outbox:
+        runs = {(lead, run) for _, name, lead, run in outbox.keys() if name == "Parts notice"
+                and run.startswith("batch:2026-11-02")}
+    assert {lead for lead, _ in runs} == {f"D{n:03d}" for n in range(10)}
+    assert {run for _, run in runs} == {"batch:2026-11-02T08:00:00.000Z#0"}
+    # the same send from the live list queues only what is new: D010 (D000 has left; the rest are there)
+    assert run_cli("run", *common, "--leads", world["leads"], "--at", "2026-11-02T08:00:00Z",
+                   "--outbox", world["outbox"]) == 0
+    assert "members:      10\nqueued:       2" in capsys.readouterr().out
+
+
+def test_schedules_once_and_recurring(world, capsys):
+    once = campaign(world).schedule
+    assert next_run_at(once, SEND_AT - 1) == SEND_AT and next_run_at(once, SEND_AT) == SEND_AT
+    assert next_run_at(once, SEND_AT + 1) is None  # a one-off send in the past
+    weekly = campaign(world, "Parts notice", "initech").schedule
+    start = parse_timestamp("2026-11-02T08:00:00Z")
+    week = 7 * MS_PER_DAY
+    assert next_run_at(weekly, start - 5) == start
+    assert next_run_at(weekly, start + 1) == start + week
+    assert next_run_at(weekly, start + 3 * week) == start + 3 * week
+    assert run_cli("schedule", "--rules", world["rules_dir"], "--after", "2026-11-10T00:00:00Z") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "acme\tAutumn offer\tnone" in lines
+    assert "initech\tParts notice\t2026-11-16T08:00:00.000Z" in lines
+    assert "initech\tDrip\ton demand" in lines  # no schedule: sent by `orion campaign run` only
+
+
+def test_the_command_refuses_what_is_not_a_batch_campaign_or_a_bad_stream(world, capsys):
+    common = ("--rules", world["rules_dir"], "--tenant", "acme", "--outbox", world["outbox"], "--leads", world["leads"])
+    assert run_cli("run", *common, "--campaign", "Nope") == 2
+    assert "batch campaigns: Autumn offer" in capsys.readouterr().err
+    assert run_cli("run", *common, "--campaign", "Autumn offer", "--streams", "2", "--stream", "2") == 2
+    assert "--stream must be 0..1" in capsys.readouterr().err
