@@ -85,3 +85,47 @@ def test_dry_run_prints_the_resolved_options_and_the_drain_command_without_submi
                  "--streaming=True", f"--setup_file={REPO / 'setup.py'}"):
         assert line in text, line
     assert "gcloud dataflow jobs drain JOB_ID --project acme-prod --region europe-west1" in text
+
+
+# --- through the command line ---------------------------------------------------------
+
+DATAFLOW_ARGS = ["run", "--runner", "dataflow", "--project", "p", "--region", "r", "--temp-location", "gs://b/t",
+                 "--events", "gs://b/in/*.jsonl", "--store", "bigtable://p/i/t",
+                 "--outbox", "mysql://orion@10.0.0.5:3306/outbox", "--dry-run"]
+
+
+def test_orion_run_runner_dataflow_dry_run_prints_the_resolved_options_and_exits_0(capsys):
+    from orion import cli
+
+    status = cli.main(DATAFLOW_ARGS)
+
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "dry run: would submit job orion-files-" in printed
+    for line in ("--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/t",
+                 "--staging_location=gs://b/t/staging", f"--setup_file={REPO / 'setup.py'}"):
+        assert line in printed, line
+
+
+def test_a_local_outbox_is_refused_with_what_to_give_instead(capsys):
+    from orion import cli
+
+    status = cli.main(DATAFLOW_ARGS[:-3] + ["--dry-run"])  # the default outbox: SQLite on this machine
+
+    captured = capsys.readouterr()
+    assert status == 2
+    assert "--outbox sqlite:///orion-data/outbox.db is on this machine" in captured.err
+    assert "--outbox none" in captured.err and "would submit" not in captured.out
+
+
+def test_orion_run_runner_dataflow_without_a_project_exits_2_and_says_what_is_missing(capsys):
+    from orion import cli
+
+    without_project = DATAFLOW_ARGS[:3] + DATAFLOW_ARGS[5:]
+
+    status = cli.main(without_project)
+
+    captured = capsys.readouterr()
+    assert status == 2
+    assert "orion: --runner dataflow needs --project" in captured.err
+    assert "would submit" not in captured.out

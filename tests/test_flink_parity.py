@@ -1,7 +1,9 @@
 """The Flink job on a real PyFlink mini-cluster: the same rules and events give the same
-outcomes, stored activities and dead letters as the Beam graph on the DirectRunner, and a
-job stopped with a savepoint, its rules changed and restarted from the savepoint neither
-loses nor repeats an activity or an outcome.
+outcomes, stored activities, dead letters and queued emails as the Beam graph on the
+DirectRunner, and a job stopped with a savepoint, its rules changed and restarted from
+the savepoint neither loses nor repeats an activity, an outcome or an email, and a lead
+waiting in a campaign flow keeps its place. A lead new to the job is seeded from the
+store's history on both engines alike.
 
 Needs Java 17 and apache-flink (PyFlink); without them these tests fail and say so.
 
@@ -9,6 +11,8 @@ Needs Java 17 and apache-flink (PyFlink); without them these tests fail and say 
 """
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import shutil
 import sqlite3
@@ -75,29 +79,144 @@ def outputs(out_dir: Path, db: Path) -> dict[str, list]:
             "activities": activities, "index": index}
 
 
-def config_for(events: str, rules: Path, out_dir: Path, db: Path) -> RunConfig:
+def outbox_rows(db: Path) -> list[tuple]:
+    """Every outbox record (emails, held emails, webhook calls), order-free."""
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as connection:
+        try:
+            return sorted(connection.execute(
+                "SELECT tenant, campaign, lead_id, run, kind, status, recipient, template, payload, detail, "
+                "queued_at FROM outbox").fetchall())
+        except sqlite3.OperationalError:  # the job has not created the table yet
+            return []
+
+
+def message_of(payload: bytes) -> tuple[str, str]:
+    """(subject, plain-text body) of a queued MIME message."""
+    message = email.message_from_bytes(payload, policy=email.policy.default)
+    return str(message["Subject"]), message.get_body(("plain",)).get_content().strip()
+
+
+def config_for(events: str, rules: Path, out_dir: Path, db: Path, outbox: Path | None = None) -> RunConfig:
     return RunConfig(rules_dir=str(rules), template_dirs=(), events=events, subscription=None,
                      store_uri=f"sqlite:///{db}", out_dir=out_dir, allowed_lateness_ms=60_000,
-                     dedup_span_ms=24 * 3_600_000, duration_s=None, beam_args=())
+                     dedup_span_ms=24 * 3_600_000, duration_s=None, beam_args=(),
+                     outbox_uri=None if outbox is None else f"sqlite:///{outbox}")
 
 
-def test_flink_and_beam_give_identical_outcomes_store_and_dead_letters(flink, tmp_path):
+# A tenant whose flow sends an email, changes the score, waits two days and sends
+# another (or, as a choice, a different one); the score change triggers a second
+# campaign, with a webhook. Leads: one with an address, one without (held), one with an
+# unusable address (assembly dead letter), one whose signup arrives twice.
+FLOW_RULES = """\
+tenant: flowco
+settings:
+  communication_limits: {per_day: 3, per_7_days: 10}
+campaigns:
+  - name: Onboarding
+    triggers:
+      - activity: fill_out_form
+        where: {form: {is: Signup}}
+    qualification: once
+    flow:
+      - send_email: {template: welcome}
+      - change_score: {delta: 10}
+      - wait: {duration: {n: 2, unit: days}}
+      - send_email: {template: follow_up}
+        choices:
+          - if: [{lead: {company: {is: Initrode}}}]
+            then: {send_email: {template: newsletter}}
+  - name: Warm lead
+    triggers:
+      - activity: change_score
+    filters:
+      - score: {ge: 10}
+    flow:
+      - webhook: {name: crm_sync}
+"""
+DAY = 86_400 * SECOND
+
+
+def flow_lines() -> list[str]:
+    def attribute(event_id, lead, name, value, at=T0 - 3_600 * SECOND):
+        return _event(event_id, lead, "data_value_changes", at, tenant="flowco", attribute=name, new_value=value)
+
+    def signup(event_id, lead, at):
+        return _event(event_id, lead, "fill_out_form", at, tenant="flowco", form="Signup")
+
+    # The addresses come first: a file line more than the allowed lateness behind an
+    # earlier one would be late.
+    return [
+        attribute("f-1", "F1", "email", "ada@flowco.example"),
+        attribute("f-2", "F1", "first_name", "Ada"),
+        attribute("f-3", "F1", "company", "Initrode"),
+        attribute("f-5", "F2", "email", "grace@flowco.example"),
+        attribute("f-8", "F4", "email", "not an address"),
+        signup("f-4", "F1", T0),
+        signup("f-6", "F2", T0 + 5 * SECOND),
+        signup("f-6", "F2", T0 + 5 * SECOND),  # redelivery: one flow run, one email
+        signup("f-7", "F3", T0 + 10 * SECOND),  # no address: held
+        signup("f-9", "F4", T0 + 15 * SECOND),  # an address the assembler refuses
+        _event("f-10", "F2", "visit_web_page", T0 + DAY, tenant="flowco", url="https://flowco.example/"),
+    ]
+
+
+@pytest.mark.parametrize("execution_mode", ["process", "thread"])
+def test_flink_and_beam_give_identical_outcomes_store_dead_letters_and_emails(flink, tmp_path, execution_mode):
     inputs = tmp_path / "in"
     inputs.mkdir()
     shutil.copy(SAMPLES / "events.jsonl", inputs / "samples.jsonl")
     (inputs / "scenario.jsonl").write_text("\n".join(scenario_lines()) + "\n", encoding="utf-8")
+    (inputs / "flows.jsonl").write_text("\n".join(flow_lines()) + "\n", encoding="utf-8")
     pattern = str(inputs / "*.jsonl")
-    rules = SAMPLES / "rules"
+    rules = tmp_path / "rules"
+    shutil.copytree(SAMPLES / "rules", rules)
+    (rules / "flowco.yaml").write_text(FLOW_RULES, encoding="utf-8")
 
-    beam_totals = direct.run(config_for(pattern, rules, tmp_path / "beam", tmp_path / "beam.db"))
-    flink_run = flink.run_flink(config_for(pattern, rules, tmp_path / "flink", tmp_path / "flink.db"), parallelism=2)
+    beam_totals = direct.run(config_for(pattern, rules, tmp_path / "beam", tmp_path / "beam.db",
+                                        tmp_path / "beam-outbox.db"))
+    flink_run = flink.run_flink(config_for(pattern, rules, tmp_path / "flink", tmp_path / "flink.db",
+                                           tmp_path / "flink-outbox.db"),
+                                options=flink.FlinkOptions(parallelism=2, execution_mode=execution_mode))
 
     beam = outputs(tmp_path / "beam", tmp_path / "beam.db")
     on_flink = outputs(tmp_path / "flink", tmp_path / "flink.db")
     for part in ("outcomes", "dead_letters", "activities", "index"):
         assert on_flink[part] == beam[part], f"{part} differ between Flink and Beam"
-    for counter in ("events_read", "stored", "duplicates", "dead_letters", "outcomes", "qualified"):
-        assert flink_run.counters.get(counter) == beam_totals.get(counter), counter
+    beam_outbox, flink_outbox = outbox_rows(tmp_path / "beam-outbox.db"), outbox_rows(tmp_path / "flink-outbox.db")
+    assert [row[:4] for row in flink_outbox] == [row[:4] for row in beam_outbox], "queued keys differ"
+    assert flink_outbox == beam_outbox, "queued records (recipients, messages, held reasons) differ"
+    for counter in ("events_read", "stored", "duplicates", "dead_letters", "outcomes", "qualified",
+                    "emails_requested", "emails_held", "emails_assembled", "webhooks", "flow_activities",
+                    "outbox_queued", "outbox_duplicates"):
+        assert flink_run.counters.get(counter, 0) == beam_totals.get(counter, 0), counter
+
+    # The flows really ran: the welcome at the signup, the score change stored and
+    # triggering the webhook, the two-day wait, and the email after it (F1's company
+    # picks the newsletter); the redelivered signup started one run; F3 is held for want
+    # of an address; F4's address is refused at assembly.
+    onboarding = {(row[2], row[3].split("#")[1]): row for row in flink_outbox
+                  if row[0] == "flowco" and row[1] == "Onboarding"}
+    emails = {key: (row[6], row[7], row[10], message_of(row[8])[0])
+              for key, row in onboarding.items() if row[4] == "email" and row[5] == "queued"}
+    assert emails == {
+        ("F1", "0"): ("ada@flowco.example", "welcome", T0, "Welcome, Ada!"),
+        ("F1", "3"): ("ada@flowco.example", "newsletter", T0 + 2 * DAY, message_of(onboarding[("F1", "3")][8])[0]),
+        ("F2", "0"): ("grace@flowco.example", "welcome", T0 + 5 * SECOND, "Welcome, there!"),
+        ("F2", "3"): ("grace@flowco.example", "follow_up", T0 + 5 * SECOND + 2 * DAY, "Following up"),
+    }
+    assert message_of(onboarding[("F2", "3")][8])[1] == "Hi there, can we help with your evaluation?"
+    assert sorted((lead, step, row[9].split(":")[0]) for (lead, step), row in onboarding.items()
+                  if row[5] == "held") == [("F3", "0", "no_email_address"), ("F3", "3", "no_email_address")]
+    assert sorted(row[2] for row in flink_outbox if row[1] == "Warm lead" and row[4] == "webhook") == \
+        ["F1", "F2", "F3", "F4"]
+    refused = [json.loads(line) for line in on_flink["dead_letters"]
+               if json.loads(line)["reason"] == "bad_email_address"]
+    assert sorted(d["element"]["run"].split("#")[1] for d in refused) == ["0", "3"]
+    assert {d["element"]["lead_id"] for d in refused} == {"F4"}
+    score_changes = sorted(row[1] for row in on_flink["activities"] if row[0] == "flowco" and row[4] == "change_score")
+    assert score_changes == ["F1", "F2", "F3", "F4"], "each lead's flow changed its score once, stored"
 
     # The order-dependent content is really there: the earlier signup, which arrived
     # second, is the one that qualified; the redelivery was evaluated once; the late and
@@ -109,8 +228,9 @@ def test_flink_and_beam_give_identical_outcomes_store_and_dead_letters(flink, tm
                       if "scenario.jsonl" in (json.loads(line)["source"] or ""))
     assert reasons == {"late": 1, "malformed_json": 1, "unknown_type": 1}
     assert sum(1 for row in on_flink["activities"] if row[3] == "p-2") == 1
-    assert flink_run.counters["events_read"] == flink_run.counters["stored"] + \
-        flink_run.counters["duplicates"] + flink_run.counters["dead_letters"]
+    counts = flink_run.counters
+    assert counts["events_read"] == (counts["stored"] - counts["flow_activities"]) + counts["duplicates"] + \
+        (counts["dead_letters"] - counts["flow_dead_letters"]), "every event is stored, a duplicate or a dead letter"
 
 
 # --- rolling upgrade: stop with a savepoint, change the rules, restore -----------------
@@ -126,16 +246,36 @@ campaigns:
     triggers:
       - activity: visit_web_page
     qualification: once
+    flow:
+      - send_email: {template: welcome}
+      - change_score: {delta: 5}
+      - wait: {duration: {n: 10, unit: minutes}}
+      - send_email: {template: follow_up}
 """
 RULES_V2 = RULES_V1.replace("name: Every visit", "name: Every visit v2")
 LEADS = 5
 VISITS = 120  # one every 10 s of event time, round robin over the leads
 LATENESS_MS = 60_000
+# A lead's first visit (L0 at 0 s ... L4 at 40 s) starts its flow: the welcome at once,
+# the follow-up 10 minutes later (600 s ... 640 s of event time), past where the first
+# run's watermark gets (its newest visit, 590 s, minus the lateness): every lead is
+# waiting in its flow when the first run stops, and the wait ends in the second run.
+FLOW_WAIT_MS = 600 * SECOND
+
+
+def address_lines() -> list[str]:
+    return [_event(f"a-{n}", f"L{n}", "data_value_changes", T0 - SECOND, attribute="email",
+                   new_value=f"l{n}@acme.example") for n in range(LEADS)]
 
 
 def visit_lines(numbers) -> list[str]:
     return [_event(f"v-{n:04d}", f"L{n % LEADS}", "visit_web_page", T0 + n * 10 * SECOND,
                    url=f"https://acme.example/{n}") for n in numbers]
+
+
+def queued_emails(outbox: Path) -> list[tuple[str, str, int]]:
+    """(lead, run, queued_at) of every email in the outbox."""
+    return sorted((row[2], row[3], row[10]) for row in outbox_rows(outbox) if row[4] == "email")
 
 
 def drop_file(directory: Path, name: str, lines: list[str]) -> None:
@@ -175,19 +315,24 @@ def test_stop_with_savepoint_change_rules_restore_loses_and_repeats_nothing(flin
     (rules / "acme.yaml").write_text(RULES_V1, encoding="utf-8")
     watched = tmp_path / "incoming"
     watched.mkdir()
-    db = tmp_path / "store.db"
-    config = config_for(str(watched), rules, tmp_path / "out", db)._replace(allowed_lateness_ms=LATENESS_MS)
+    db, outbox = tmp_path / "store.db", tmp_path / "outbox.db"
+    config = config_for(str(watched), rules, tmp_path / "out", db, outbox)._replace(allowed_lateness_ms=LATENESS_MS)
     streaming = flink.FlinkOptions(watch=True, monitor_interval_s=0.5, flush_after_ms=200, idle_release_s=1.0)
+    first_visits = {f"L{n}": (f"v-{n:04d}", T0 + n * 10 * SECOND) for n in range(LEADS)}
+    welcomes = sorted((lead, f"{visit}#0", at) for lead, (visit, at) in first_visits.items())
+    follow_ups = sorted((lead, f"{visit}#3", at + FLOW_WAIT_MS) for lead, (visit, at) in first_visits.items())
 
     first, second = range(0, 60), range(60, VISITS)
-    drop_file(watched, "part-1.jsonl", visit_lines(first))
+    drop_file(watched, "part-1.jsonl", address_lines() + visit_lines(first))
     job = flink.start_flink(config, streaming)
     released_first = released_before(first, newest=first[-1])
     wait_for(lambda: released_first <= set(stored_event_ids(db)), "the first file's released visits")
+    wait_for(lambda: queued_emails(outbox) == welcomes, "the welcome emails")
     savepoint = job.stop_with_savepoint(str(tmp_path / "savepoints"))
     after_first_run = set(stored_event_ids(db))
     waiting = {f"v-{n:04d}" for n in first} - after_first_run
     assert released_first <= after_first_run and waiting, "visits within the lateness wait in the savepoint"
+    assert queued_emails(outbox) == welcomes, "every lead waits in its flow: no follow-up before the restore"
 
     (rules / "acme.yaml").write_text(RULES_V2, encoding="utf-8")
     # The second file repeats three visits of the first (a redelivery after the restart).
@@ -196,11 +341,21 @@ def test_stop_with_savepoint_change_rules_restore_loses_and_repeats_nothing(flin
     everything = {f"v-{n:04d}" for n in range(VISITS)}
     released_all = released_before(range(VISITS), newest=VISITS - 1)
     wait_for(lambda: released_all <= set(stored_event_ids(db)), "the second file's released visits")
+    # The waits end as event time passes them, before the drain below would end them.
+    wait_for(lambda: queued_emails(outbox) == sorted(welcomes + follow_ups), "the follow-up emails after the wait")
     # Draining advances event time to the end: the visits still waiting are released.
     job.stop_with_savepoint(str(tmp_path / "savepoints"), drain=True)
 
     stored = stored_event_ids(db)
-    assert sorted(stored) == sorted(everything), "every visit is stored once"
+    assert sorted(e for e in stored if e.startswith("v-")) == sorted(everything), "every visit is stored once"
+    assert queued_emails(outbox) == sorted(welcomes + follow_ups), \
+        "each lead got its welcome and, after the wait that spanned the restore, one follow-up at its place"
+    counters = flink.read_counters(tmp_path / "out")
+    assert (counters.get("emails_requested"), counters.get("outbox_duplicates", 0)) == (2 * LEADS, 0), \
+        "no email was requested twice (the outbox would hide a repeat; the flows did not make one)"
+    score_changes = [e for e in stored if e.startswith("flow-")]
+    assert len(score_changes) == LEADS and counters.get("flow_activities") == LEADS, \
+        "each flow changed its lead's score once"
     outcomes = [json.loads(line) for f in (tmp_path / "out").glob("outcomes-*.jsonl")
                 for line in f.read_text(encoding="utf-8").splitlines()]
     every = Counter(o["event_id"] for o in outcomes if o["campaign"].startswith("Every visit"))
@@ -215,3 +370,47 @@ def test_stop_with_savepoint_change_rules_restore_loses_and_repeats_nothing(flin
     assert len(first_visit) == VISITS
     assert not list((tmp_path / "out").glob("dead-letters-*.jsonl")) or all(
         not f.read_text().strip() for f in (tmp_path / "out").glob("dead-letters-*.jsonl"))
+
+
+# --- a lead new to the job, with a history in the store already -------------------------
+
+HISTORY_RULES = """\
+tenant: acme
+campaigns:
+  - name: Pricing regular
+    triggers:
+      - activity: visit_web_page
+        where: {url: {contains: /pricing}}
+    filters:
+      - activity_history:
+          activity: visit_web_page
+          where: {url: {contains: /pricing}}
+          at_least: 3
+          in_past: {n: 30, unit: days}
+    qualification: every_time
+"""
+
+
+def test_a_lead_new_to_the_job_is_seeded_from_the_store_on_flink_as_on_beam(flink, tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "acme.yaml").write_text(HISTORY_RULES, encoding="utf-8")
+    earlier, later = tmp_path / "earlier.jsonl", tmp_path / "later.jsonl"
+    earlier.write_text("\n".join(_event(f"h-{n}", "S1", "visit_web_page", T0 + n * SECOND,
+                                        url="https://acme.example/pricing") for n in range(3)) + "\n")
+    later.write_text(_event("h-9", "S1", "visit_web_page", T0 + 2 * DAY, url="https://acme.example/pricing") + "\n")
+    # An earlier run stored the lead's three pricing visits; both engines then start
+    # afresh (no lead state) over a copy of that store.
+    direct.run(config_for(str(earlier), rules, tmp_path / "first", tmp_path / "first.db"))
+    shutil.copy(tmp_path / "first.db", tmp_path / "beam.db")
+    shutil.copy(tmp_path / "first.db", tmp_path / "flink.db")
+
+    beam_totals = direct.run(config_for(str(later), rules, tmp_path / "beam", tmp_path / "beam.db"))
+    flink_run = flink.run_flink(config_for(str(later), rules, tmp_path / "flink", tmp_path / "flink.db"))
+
+    beam, on_flink = outputs(tmp_path / "beam", tmp_path / "beam.db"), outputs(tmp_path / "flink", tmp_path / "flink.db")
+    assert on_flink == beam
+    (outcome,) = [json.loads(line) for line in on_flink["outcomes"]]
+    assert (outcome["event_id"], outcome["qualified"]) == ("h-9", True), \
+        "the stored history counts: without it one visit would not pass the filter"
+    assert flink_run.counters.get("leads_seeded_from_store") == beam_totals.get("leads_seeded_from_store") == 1

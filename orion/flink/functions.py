@@ -8,8 +8,12 @@ Beam DoFns in `orion.transforms` are:
   ActivityTime          the event time of an activity, for the watermark strategy
   SequenceAndEvaluate   keyed by (tenant, lead): buffers, orders, dedups and evaluates each
                         lead's activities with `orion.sequencing` and `orion.rules.evaluate`
+  RunFlows              keyed by (tenant, lead): runs the campaign flows of each lead with
+                        `orion.campaigns.flows.FlowEngine` (waits are event-time timers)
+  AssembleEmails        email request -> MIME message (`orion.campaigns.email.EmailAssembler`)
   WriteInBatches        keyed by a shard number: buffers records in keyed state and hands
-                        them to a writer (the activity store, a JSONL file) in batches
+                        them to a writer (the activity store, the outbox, a JSONL file) in
+                        batches
 
 Every function loads its rules or opens its client in `open()`, so only configuration is
 pickled. Counts go to Flink's metric system (the web UI, REST) and, when the job ends, to
@@ -36,10 +40,11 @@ from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import FlatMapFunction, KeyedProcessFunction, OutputTag, ProcessFunction, TimeDomain
 from pyflink.datastream.state import ListStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
-from orion.activities import Activity
+from orion.activities import Activity, activity_sort_key
 from orion.deadletters import DeadLetter
 from orion.intake import parse_payload, read_lines
 from orion.rules import evaluate
+from orion.seeding import seed_flows, seed_state
 from orion.sequencing import (
     DUPLICATE,
     LATE,
@@ -57,6 +62,11 @@ LEAD_KEY = Types.TUPLE([Types.STRING(), Types.STRING()])
 SHARD_KEY = Types.INT()
 DEAD = OutputTag("dead-letters", PICKLED)
 STORE = OutputTag("store", PICKLED)
+# RunFlows' side outputs: held emails and webhook calls (both go to the outbox), the
+# activities flow steps generate (to be stored) and the outcomes of evaluating them.
+OUTBOX = OutputTag("outbox", PICKLED)
+GENERATED = OutputTag("generated", PICKLED)
+FLOW_OUTCOMES = OutputTag("flow-outcomes", PICKLED)
 
 # Flink's end of event time (Watermark.MAX_WATERMARK): a bounded input ends with it, so
 # a timer set there fires once, after the last element.
@@ -108,6 +118,14 @@ def _load_rules(rules_dir: str, template_dirs: tuple[str, ...]):
     from orion.rules import load_rules
 
     return load_rules(rules_dir, template_dirs)
+
+
+def _ttl_config(days: int) -> StateTtlConfig:
+    """Lead state expires `days` after its last write (processing time)."""
+    return StateTtlConfig.new_builder(Time.days(days)) \
+        .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite) \
+        .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired) \
+        .build()
 
 
 def _open_compressed(path: str):
@@ -184,6 +202,48 @@ class ActivityTime(TimestampAssigner):
         return value.occurred_at
 
 
+class OpenedPerThread:
+    """A client (store, outbox) opened lazily, once per thread that uses it: PyFlink's
+    worker calls open(), the elements and close() on different threads of its pool, and
+    a SQLite connection belongs to the thread that made it."""
+
+    def __init__(self, opener):
+        self.opener = opener
+        self.local = threading.local()
+        self.opened: list = []
+
+    def get(self):
+        client = getattr(self.local, "client", None)
+        if client is None:
+            client = self.local.client = self.opener()
+            self.opened.append((threading.get_ident(), client))
+        return client
+
+    def close(self) -> None:
+        # Only this thread's connection can be closed here; the others close with the
+        # worker process.
+        for ident, client in self.opened:
+            if ident == threading.get_ident():
+                client.close()
+        self.opened = []
+
+
+def _opened_store(uri: str):
+    from orion.store import open_store
+
+    store = open_store(uri)
+    store.init()
+    return store
+
+
+def _opened_outbox(uri: str):
+    from orion.campaigns.outbox import open_outbox
+
+    outbox = open_outbox(uri)
+    outbox.init()
+    return outbox
+
+
 class SequenceAndEvaluate(KeyedProcessFunction):
     """Buffers each lead's activities and evaluates them in event-time order; the Flink
     twin of Beam's `_SequenceAndEvaluateFn`, over the same core functions.
@@ -211,12 +271,17 @@ class SequenceAndEvaluate(KeyedProcessFunction):
     event-time timer registered just before the watermark passed it fires only at the
     next watermark, which an idle stream never sends.
 
+    A lead new to the job (no lead state) has its history counters seeded from the
+    store at `seed_store_uri` before its first activity is evaluated (orion.seeding), as
+    Beam's SequenceAndEvaluate does; None: no reads.
+
     Outputs: outcomes (main), activities to store (STORE), late activities (DEAD).
     """
 
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], dedup_span_ms: int,
                  bounded: bool, lead_ttl_days: int, counters_dir: str | None = None,
-                 idle_release_ms: int = 60_000):
+                 idle_release_ms: int = 60_000, seed_store_uri: str | None = None):
+        self.seed_store_uri = seed_store_uri
         self.rules_dir = rules_dir
         self.template_dirs = tuple(template_dirs)
         self.dedup_span_ms = dedup_span_ms
@@ -226,10 +291,7 @@ class SequenceAndEvaluate(KeyedProcessFunction):
         self.idle_release_ms = idle_release_ms
 
     def open(self, runtime_context):
-        ttl = StateTtlConfig.new_builder(Time.days(self.lead_ttl_days)) \
-            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite) \
-            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired) \
-            .build()
+        ttl = _ttl_config(self.lead_ttl_days)
 
         def expiring(descriptor):
             descriptor.enable_time_to_live(ttl)
@@ -244,8 +306,12 @@ class SequenceAndEvaluate(KeyedProcessFunction):
         self.poll_due = runtime_context.get_state(ValueStateDescriptor("poll_due", Types.LONG()))
         self.rules = _load_rules(self.rules_dir, self.template_dirs)
         self.counts = Counts(runtime_context, self.counters_dir, "SequenceAndEvaluate")
+        self.seed_stores = (None if self.seed_store_uri is None
+                            else OpenedPerThread(lambda: _opened_store(self.seed_store_uri)))
 
     def close(self):
+        if getattr(self, "seed_stores", None) is not None:
+            self.seed_stores.close()
         self.counts.write()
 
     def _progress(self) -> LeadProgress:
@@ -301,6 +367,13 @@ class SequenceAndEvaluate(KeyedProcessFunction):
             self.seen.update(after.seen)
         if ready:
             state = self.lead.value()
+            if state is None and self.seed_stores is not None:
+                # A lead new to this job may have a history in the store already.
+                first = ready[0]
+                state = seed_state(self.rules, self.seed_stores.get(), first.tenant, first.lead_id,
+                                   first.occurred_at)
+                if state is not None:
+                    self.counts.inc("leads_seeded_from_store")
             outcome_count = qualified = 0
             for activity in ready:
                 state, outcomes = evaluate(self.rules, state, activity)
@@ -324,6 +397,168 @@ class SequenceAndEvaluate(KeyedProcessFunction):
                 self._poll_later(timers)
         else:
             self.due.clear()
+
+
+class RunFlows(KeyedProcessFunction):
+    """Runs each lead's campaign flows; the Flink twin of Beam's `_RunFlowsFn`
+    (orion/transforms/flows.py), over the same `FlowEngine`.
+
+    Input: the activities SequenceAndEvaluate released (deduplicated, on time), keyed by
+    (tenant, lead). Unlike Beam, Flink keeps the order of a key's elements between two
+    operators, so they arrive in the order they were released and are processed at once,
+    without the FLUSH buffer the Beam DoFn needs.
+
+    Keyed state, per (tenant, lead), created in open():
+      done     (occurred_at, event_id) of the last activity processed: a redelivered one
+               is skipped;
+      flows    orion.campaigns.flows.LeadFlows, pickled: the lead's state, its running
+               flows (next step, wake-up time) and recent email times;
+      wake_at  the time the wake timer is set for, so it only ever moves earlier.
+    done and flows expire `lead_ttl_days` after their last write, as the sequencer's
+    lead state does.
+
+    Timer (event time): the earliest wake-up time of a waiting flow. When it fires, every
+    wait the watermark has passed resumes, each at its own wake-up time, as Beam's timers
+    fire one after the other (PyFlink may not fire a timer set behind the watermark,
+    at the end of a bounded input for one, until the next watermark, which never comes).
+
+    Outputs: email requests (main), held emails and webhook calls (OUTBOX), generated
+    activities (GENERATED), the outcomes of evaluating them (FLOW_OUTCOMES), dead
+    letters (DEAD).
+    """
+
+    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], max_cascade_depth: int,
+                 lead_ttl_days: int, counters_dir: str | None = None, seed_store_uri: str | None = None):
+        self.seed_store_uri = seed_store_uri
+        self.rules_dir = rules_dir
+        self.template_dirs = tuple(template_dirs)
+        self.max_cascade_depth = max_cascade_depth
+        self.lead_ttl_days = lead_ttl_days
+        self.counters_dir = counters_dir
+
+    def open(self, runtime_context):
+        from orion.campaigns.flows import FlowEngine
+
+        ttl = _ttl_config(self.lead_ttl_days)
+        done = ValueStateDescriptor("done", Types.TUPLE([Types.LONG(), Types.STRING()]))
+        done.enable_time_to_live(ttl)
+        flows = ValueStateDescriptor("flows", PICKLED)
+        flows.enable_time_to_live(ttl)
+        self.done = runtime_context.get_state(done)
+        self.flows = runtime_context.get_state(flows)
+        self.wake_at = runtime_context.get_state(ValueStateDescriptor("wake_at", Types.LONG()))
+        self.engine = FlowEngine(_load_rules(self.rules_dir, self.template_dirs), self.max_cascade_depth)
+        self.counts = Counts(runtime_context, self.counters_dir, "RunFlows")
+        self.seed_stores = (None if self.seed_store_uri is None
+                            else OpenedPerThread(lambda: _opened_store(self.seed_store_uri)))
+
+    def close(self):
+        if getattr(self, "seed_stores", None) is not None:
+            self.seed_stores.close()
+        self.counts.write()
+
+    def process_element(self, activity: Activity, ctx):
+        sort_key = activity_sort_key(activity)
+        last = self.done.value()
+        if last is not None and sort_key <= tuple(last):
+            self.counts.inc("flow_redeliveries")  # already processed
+            return
+        self.done.update(sort_key)
+        state = self.flows.value()
+        if state is None and self.seed_stores is not None:
+            # As SequenceAndEvaluate does: a lead new to the job starts from its stored history.
+            state = seed_flows(self.engine.rules, self.seed_stores.get(), activity.tenant, activity.lead_id,
+                               activity.occurred_at)
+        state, result = self.engine.process_activity(state, activity)
+        yield from self._emit(result)
+        self.flows.update(state)
+        self._schedule(state, ctx.timer_service())
+
+    def on_timer(self, timestamp: int, ctx):
+        tenant, lead_id = ctx.get_current_key()
+        timers = ctx.timer_service()
+        self.wake_at.clear()
+        state = self.flows.value()
+        if state is None:
+            return
+        up_to = max(timestamp, timers.current_watermark())
+        due = state.next_wake()
+        while due is not None and due <= up_to:
+            state, result = self.engine.wake(state, tenant, lead_id, due)
+            yield from self._emit(result)
+            due = state.next_wake()
+        self.flows.update(state)
+        self._schedule(state, timers)
+
+    def _schedule(self, state, timers) -> None:
+        next_wake = state.next_wake()
+        if next_wake is None:
+            return
+        current = self.wake_at.value()
+        if current is None or next_wake < current:
+            timers.register_event_time_timer(next_wake)
+            self.wake_at.update(next_wake)
+
+    def _emit(self, result):
+        counts = self.counts
+        for request in result.emails:
+            counts.inc("emails_requested")
+            yield request
+        for held in result.held:
+            counts.inc("emails_held")
+            counts.inc(f"emails_held:{held.reason}")
+            yield OUTBOX, held
+        for call in result.webhooks:
+            counts.inc("webhooks")
+            yield OUTBOX, call
+        for activity in result.activities:
+            counts.inc("flow_activities")
+            yield GENERATED, activity
+        for outcome in result.outcomes:
+            if outcome.qualified:
+                counts.inc(f"fired:{outcome.tenant}/{outcome.campaign}")
+            yield FLOW_OUTCOMES, outcome
+        for dead in result.dead_letters:
+            counts.inc("dead_letters")
+            counts.inc("flow_dead_letters")
+            counts.inc(f"dead_letters:{dead.reason}")
+            yield DEAD, dead
+
+
+class AssembleEmails(ProcessFunction):
+    """EmailRequest -> AssembledEmail (`orion.campaigns.email.EmailAssembler`); a request
+    whose template fails goes to DEAD with the reason (template_unsafe, template_failed,
+    template_missing, bad_email_address), as Beam's AssembleEmails does."""
+
+    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], sender=None,
+                 counters_dir: str | None = None):
+        self.rules_dir = rules_dir
+        self.template_dirs = tuple(template_dirs)
+        self.sender = sender
+        self.counters_dir = counters_dir
+
+    def open(self, runtime_context):
+        from orion.campaigns.email import EmailAssembler, SenderSettings
+
+        self.assembler = EmailAssembler(self.rules_dir, self.template_dirs, self.sender or SenderSettings())
+        self.counts = Counts(runtime_context, self.counters_dir, "AssembleEmails")
+
+    def close(self):
+        self.counts.write()
+
+    def process_element(self, request, ctx):
+        from orion.campaigns.email import ASSEMBLY_SOURCE, AssemblyError
+
+        try:
+            email = self.assembler.assemble(request)
+        except AssemblyError as err:
+            self.counts.inc("dead_letters")
+            self.counts.inc("flow_dead_letters")
+            self.counts.inc(f"dead_letters:{err.reason}")
+            yield DEAD, DeadLetter(request._asdict(), err.reason, err.detail, ASSEMBLY_SOURCE)
+            return
+        self.counts.inc("emails_assembled")
+        yield email
 
 
 class WriteInBatches(KeyedProcessFunction):
@@ -391,34 +626,20 @@ class StoreWriter:
     rewritten batch rewrites the same rows), then brings the activity index up to date;
     yields a DeadLetter (source "store") per activity the store refused. A store that
     cannot be reached raises StoreError: the job fails and restarts from its last
-    checkpoint, and the batch is written again.
-
-    PyFlink's worker calls open(), the elements and close() on different threads of its
-    pool, and a SQLite connection belongs to the thread that made it: so the store is
-    opened lazily, once per thread that writes."""
+    checkpoint, and the batch is written again. The store is opened once per thread
+    that writes (OpenedPerThread)."""
 
     def __init__(self, store_uri: str):
         self.store_uri = store_uri
 
     def open(self, counts: Counts) -> None:
         self.counts = counts
-        self.local = threading.local()
-        self.opened: list = []
-
-    def _store(self):
-        store = getattr(self.local, "store", None)
-        if store is None:
-            from orion.store import open_store
-
-            store = self.local.store = open_store(self.store_uri)
-            store.init()
-            self.opened.append((threading.get_ident(), store))
-        return store
+        self.stores = OpenedPerThread(lambda: _opened_store(self.store_uri))
 
     def write(self, batch: list[Activity]):
         from orion.transforms.sinks import STORE_SOURCE
 
-        store = self._store()
+        store = self.stores.get()
         result = store.write_with_failures(batch)
         self.counts.inc("stored", result.written)
         refused = {id(f.activity): f for f in result.failed}
@@ -433,12 +654,50 @@ class StoreWriter:
             self.counts.inc("indexed", store.index_activities(written))
 
     def close(self) -> None:
-        # Only this thread's connection can be closed here; the others close with the
-        # worker process.
-        for ident, store in getattr(self, "opened", ()):
-            if ident == threading.get_ident():
-                store.close()
-        self.opened = []
+        if hasattr(self, "stores"):
+            self.stores.close()
+
+
+class OutboxWriter:
+    """Queues batches of assembled emails, held emails and webhook calls in the outbox
+    named by `outbox_uri` (orion.campaigns.outbox), as Beam's QueueEmails does. The outbox
+    ignores a key it already has, so a batch written again after a restart queues nothing
+    twice. Counters: `outbox_queued` (new records), `outbox_duplicates` (already there)
+    and the new ones by kind (`queued_emails`, `queued_held`, `queued_webhooks`). An outbox that
+    cannot be written raises: the job fails and restarts from its last checkpoint. The
+    outbox is opened once per thread that writes (OpenedPerThread)."""
+
+    def __init__(self, outbox_uri: str):
+        self.outbox_uri = outbox_uri
+
+    def open(self, counts: Counts) -> None:
+        self.counts = counts
+        self.outboxes = OpenedPerThread(lambda: _opened_outbox(self.outbox_uri))
+
+    def write(self, batch: list):
+        from orion.campaigns.flows import HeldEmail, WebhookCall
+        from orion.campaigns.outbox import email_record, held_record, webhook_record
+
+        by_kind: dict[str, list] = {"queued_emails": [], "queued_held": [], "queued_webhooks": []}
+        for item in batch:
+            if isinstance(item, HeldEmail):
+                by_kind["queued_held"].append(held_record(item))
+            elif isinstance(item, WebhookCall):
+                by_kind["queued_webhooks"].append(webhook_record(item))
+            else:
+                by_kind["queued_emails"].append(email_record(item))
+        outbox = self.outboxes.get()
+        for kind, records in by_kind.items():
+            if records:
+                new = outbox.queue(records)
+                self.counts.inc(kind, new)
+                self.counts.inc("outbox_queued", new)
+                self.counts.inc("outbox_duplicates", len(records) - new)
+        return ()
+
+    def close(self) -> None:
+        if hasattr(self, "outboxes"):
+            self.outboxes.close()
 
 
 class JsonLinesWriter:

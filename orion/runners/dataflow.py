@@ -63,6 +63,9 @@ def check(config: RunConfig, settings: DataflowSettings) -> None:
     if not config.store_uri.startswith(REMOTE_STORES):
         problems.append(f"--store {config.store_uri} is on this machine; Dataflow workers need "
                         "bigtable://PROJECT/INSTANCE/TABLE or mysql://...")
+    if config.outbox_uri is not None and not config.outbox_uri.startswith("mysql://"):
+        problems.append(f"--outbox {config.outbox_uri} is on this machine; Dataflow workers queue emails "
+                        "in mysql://USER:PASSWORD@HOST:PORT/DB (or give --outbox none: no campaign flows)")
     if not streaming and not str(config.events).startswith("gs://"):
         problems.append(f"--events {config.events} is on this machine; Dataflow workers read gs:// paths")
     if problems:
@@ -106,9 +109,11 @@ def render_options(options: PipelineOptions) -> str:
     return "\n".join(f"  --{name}={value}" for name, value in sorted(resolved.items()) if value not in (None, []))
 
 
-def run_dataflow(config: RunConfig, settings: DataflowSettings, dry_run: bool = False, out=sys.stdout):
+def run_dataflow(config: RunConfig, settings: DataflowSettings, dry_run: bool = False, out=None):
     """Submit the graph (or, with dry_run, print the resolved options and return None).
-    Returns the PipelineResult; a streaming job keeps running after this returns."""
+    Returns the PipelineResult; a streaming job keeps running after this returns.
+    Prints to `out` (default: sys.stdout as it is when called)."""
+    out = sys.stdout if out is None else out
     check(config, settings)
     options = dataflow_options(config, settings)
     cloud = options.view_as(GoogleCloudOptions)

@@ -2,10 +2,13 @@
 core as the Beam graph (`orion.flink.functions` are the adapters):
 
     source ─► ReadActivityFiles / ParseActivities ─► key by (tenant, lead) ─► SequenceAndEvaluate
-              │ DEAD ─► dead letters                                           ├─► STORE ─► WriteActivities (store, index)
-              │                                                                ├─► outcomes ─► WriteOutcomes (JSONL)
-              │                                                                │     └─► (qualified: campaign flows, issue 5)
-              └────────────────────────────────────────────────────────────────┴─► DEAD ─► WriteDeadLetters (JSONL)
+              │ DEAD ─► dead letters                                          ├─► STORE ─► WriteActivities
+              │                                                               │     │      (store, index)
+              │                                      (with an outbox)         │     └─► RunFlows ─► AssembleEmails
+              │                                                               │           │         ─► QueueEmails
+              │                                                               │           ├─► generated ─► WriteActivities
+              │                                                               ├─► outcomes, the flows' ─► WriteOutcomes
+              └───────────────────────────────────────────────────────────────┴─► DEAD, every stage's ─► WriteDeadLetters
 
 Sources: JSONL files (bounded: each lead is released once, fully ordered, at the end of
 input), a directory monitored for new files (unbounded, `watch=True`), or a Kafka topic
@@ -17,6 +20,7 @@ Python workers run this very interpreter (`python.executable` = sys.executable).
 
     .venv/bin/python -m orion.runners.flink                                # samples, into ./orion-data/
     .venv/bin/python -m orion.runners.flink --events 'in/*.jsonl' --parallelism 2
+    .venv/bin/python -m orion.runners.flink --outbox sqlite:///orion-data/outbox.db   # with campaign flows
     .venv/bin/python -m orion.runners.flink --events in/ --watch --checkpoint-interval 10 \\
         --savepoint-dir /tmp/savepoints --duration 60     # stops with a savepoint
     .venv/bin/python -m orion.runners.flink --events in/ --watch --from-savepoint /tmp/savepoints/savepoint-...
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 from urllib.parse import urlsplit
 
+from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH
 from orion.runners.direct import RunConfig, clear_previous_outputs, output_prefixes, render_summary
 
 COUNTERS_DIR = ".flink-counters"  # under the output directory: each function's counts
@@ -68,10 +73,12 @@ class FlinkOptions(NamedTuple):
     kafka_group: str = "orion"
     execution_mode: str = "process"  # python.execution-mode: process or thread
     bundle_size: int | None = None  # python.fn-execution.bundle.size (Flink's default: 100,000)
+    state_cache_size: int | None = None  # python.state.cache-size: keys' state cached in Python (default 1,000)
     lead_ttl_days: int = DEFAULT_LEAD_TTL_DAYS
     idle_release_s: float | None = None  # unbounded: poll waiting leads this often (default: the allowed lateness)
     batch_size: int = DEFAULT_BATCH_SIZE
     flush_after_ms: int = DEFAULT_FLUSH_AFTER_MS
+    max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH  # flows: how deep campaigns may trigger campaigns
 
     @property
     def bounded(self) -> bool:
@@ -79,11 +86,12 @@ class FlinkOptions(NamedTuple):
 
 
 class JobStreams(NamedTuple):
-    """The job's streams, for callers that attach more (campaign flows, issue 5)."""
+    """The job's streams, for callers that attach more."""
 
-    outcomes: object  # DataStream of orion.rules Outcome
-    stored: object  # DataStream of activities, in each lead's evaluation order
+    outcomes: object  # DataStream of orion.rules Outcome (with an outbox: the flows' too)
+    stored: object  # DataStream of activities to store (with an outbox: the flows' too)
     dead_letters: object  # DataStream of DeadLetter, from every stage
+    emails: object | None = None  # with an outbox: DataStream of AssembledEmail
 
 
 class FlinkRun(NamedTuple):
@@ -106,6 +114,25 @@ def absolute_store_uri(uri: str) -> str:
     return uri
 
 
+def job_store_uri(config: RunConfig) -> str:
+    """The store the job writes and seeds leads from, as the Beam graph's
+    (`effective_store_uri`: --store, or with --mode the legacy or migrating store), with
+    local paths made absolute."""
+    from orion.runners.direct import effective_store_uri
+
+    local = config._replace(store_uri=absolute_store_uri(config.store_uri), out_dir=config.out_dir.resolve())
+    return effective_store_uri(local)
+
+
+def absolute_outbox_uri(uri: str) -> str:
+    """The same for the outbox's file-based URIs (sqlite:///, eml:///)."""
+    for scheme in ("sqlite", "eml"):
+        prefix = f"{scheme}:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            return prefix + os.path.abspath(uri[len(prefix):])
+    return uri
+
+
 def _jar_url(jar: str) -> str:
     return jar if urlsplit(jar).scheme in ("file", "http", "https") else Path(jar).resolve().as_uri()
 
@@ -118,8 +145,15 @@ def flink_configuration(options: FlinkOptions):
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)
     conf.set_string("python.execution-mode", options.execution_mode)
+    if options.execution_mode == "thread":
+        # Thread mode embeds CPython in the Flink JVM, which starts it from the base
+        # installation, not this virtual environment: give it this interpreter's path.
+        path = [os.path.abspath(entry) for entry in sys.path if os.path.isdir(entry or os.curdir)]
+        conf.set_string("python.pythonpath", os.pathsep.join(path))
     if options.bundle_size is not None:
         conf.set_string("python.fn-execution.bundle.size", str(options.bundle_size))
+    if options.state_cache_size is not None:
+        conf.set_string("python.state.cache-size", str(options.state_cache_size))
     if options.flink_master is not None:
         host, _, port = options.flink_master.rpartition(":")
         if not host or not port.isdigit():
@@ -174,15 +208,16 @@ def match_files(pattern: str) -> list[tuple[str, str]]:
     return [(name, os.path.abspath(name)) for name in found]
 
 
-def build_job(env, config: RunConfig, options: FlinkOptions,
-              campaign_flows: Callable[[object], None] | None = None) -> JobStreams:
+def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
     """Wire the job on `env`: source, parse, key by lead, sequence and evaluate, sinks.
     Every stateful step has a uid, so a savepoint maps onto a changed job.
 
-    `campaign_flows`, given the DataStream of qualified outcomes, attaches the campaign
-    flows (issue 5): key them by (tenant, lead) and run the flow steps in a
-    KeyedProcessFunction over orion.campaigns, as RunCampaignFlows does on Beam, with
-    their emails going to the outbox through a WriteInBatches writer."""
+    With `config.outbox_uri`, campaign flows run as in the Beam graph
+    (orion/pipelines/activity_graph.py): RunFlows runs the flows of what qualifies over
+    the released activities, AssembleEmails renders the email requests, and QueueEmails
+    queues the emails, held emails and webhook calls in the outbox. The activities flow
+    steps generate are stored with the others, the outcomes of evaluating them join the
+    outcomes, and flow and assembly failures join the dead letters."""
     from pyflink.common import Duration, Types, WatermarkStrategy
     from pyflink.datastream.connectors.base import Sink
     from pyflink.java_gateway import get_gateway
@@ -193,6 +228,7 @@ def build_job(env, config: RunConfig, options: FlinkOptions,
     template_dirs = tuple(os.path.abspath(t) for t in config.template_dirs)
     out_dir = config.out_dir.resolve()
     counters_dir = str(out_dir / COUNTERS_DIR)
+    store_uri = job_store_uri(config)
 
     if options.bounded:
         files = env.from_collection(match_files(config.events), type_info=Types.TUPLE([Types.STRING(), Types.STRING()]))
@@ -220,7 +256,8 @@ def build_job(env, config: RunConfig, options: FlinkOptions,
                  .key_by(fn.lead_key, key_type=fn.LEAD_KEY)
                  .process(fn.SequenceAndEvaluate(rules_dir, template_dirs, config.dedup_span_ms, options.bounded,
                                                  options.lead_ttl_days, counters_dir,
-                                                 idle_release_ms=_idle_release_ms(config, options)),
+                                                 idle_release_ms=_idle_release_ms(config, options),
+                                                 seed_store_uri=store_uri),
                           output_type=fn.PICKLED)
                  .name("SequenceAndEvaluate").uid("sequence-and-evaluate"))
     stored = evaluated.get_side_output(fn.STORE)
@@ -236,17 +273,35 @@ def build_job(env, config: RunConfig, options: FlinkOptions,
                          output_type=fn.PICKLED)
                 .name(name).uid(uid))
 
-    refused = write_in_batches(stored, _ByLead(shards), fn.StoreWriter(absolute_store_uri(config.store_uri)),
+    outcomes, to_store, emails = evaluated, stored, None
+    dead_letter_parts = [late]
+    if config.outbox_uri:
+        flows = (stored
+                 .key_by(fn.lead_key, key_type=fn.LEAD_KEY)
+                 .process(fn.RunFlows(rules_dir, template_dirs, options.max_cascade_depth, options.lead_ttl_days,
+                                      counters_dir, seed_store_uri=store_uri),
+                          output_type=fn.PICKLED)
+                 .name("RunFlows").uid("run-flows"))
+        emails = (flows
+                  .process(fn.AssembleEmails(rules_dir, template_dirs, counters_dir=counters_dir),
+                           output_type=fn.PICKLED)
+                  .name("AssembleEmails").uid("assemble-emails"))
+        write_in_batches(emails.union(flows.get_side_output(fn.OUTBOX)), _ByOutboxKey(shards),
+                         fn.OutboxWriter(absolute_outbox_uri(config.outbox_uri)),
+                         "QueueEmails", "queue-emails").sink_to(discard).name("EmailsQueued")
+        to_store = stored.union(flows.get_side_output(fn.GENERATED))
+        outcomes = evaluated.union(flows.get_side_output(fn.FLOW_OUTCOMES))
+        dead_letter_parts += [flows.get_side_output(fn.DEAD), emails.get_side_output(fn.DEAD)]
+
+    refused = write_in_batches(to_store, _ByLead(shards), fn.StoreWriter(store_uri),
                                "WriteActivities", "write-activities")
     outcomes_prefix, dead_prefix = output_prefixes(out_dir)
-    write_in_batches(evaluated, _ByLead(shards), fn.JsonLinesWriter(outcomes_prefix, "outcomes_written"),
+    write_in_batches(outcomes, _ByLead(shards), fn.JsonLinesWriter(outcomes_prefix, "outcomes_written"),
                      "WriteOutcomes", "write-outcomes").sink_to(discard).name("OutcomesWritten")
-    dead_letters = parse_dead.union(late, refused)
+    dead_letters = parse_dead.union(*dead_letter_parts, refused)
     write_in_batches(dead_letters, _ByDeadLetter(shards), fn.JsonLinesWriter(dead_prefix, "dead_letters_written"),
                      "WriteDeadLetters", "write-dead-letters").sink_to(discard).name("DeadLettersWritten")
-    if campaign_flows is not None:
-        campaign_flows(evaluated.filter(_is_qualified).name("Qualified"))
-    return JobStreams(evaluated, stored, dead_letters)
+    return JobStreams(outcomes, to_store, dead_letters, emails)
 
 
 def _unbounded_source(env, config: RunConfig, options: FlinkOptions):
@@ -307,8 +362,17 @@ class _ByDeadLetter:
         return shard_of(f"{dead_letter.source}\x00{dead_letter.reason}", self.shards)
 
 
-def _is_qualified(outcome) -> bool:
-    return outcome.qualified
+class _ByOutboxKey:
+    """Outbox records by their idempotency key's lead."""
+
+    def __init__(self, shards: int):
+        self.shards = shards
+
+    def __call__(self, record) -> int:
+        from orion.flink.functions import shard_of
+
+        request = getattr(record, "request", record)  # a HeldEmail holds its request
+        return shard_of(f"{request.tenant}\x00{request.lead_id}", self.shards)
 
 
 # --- running ---------------------------------------------------------------------------
@@ -416,11 +480,13 @@ def run_flink(config: RunConfig, parallelism: int = 1, checkpoint_interval: floa
               flink_master: str | None = None, savepoint_dir: str | None = None,
               from_savepoint: str | None = None, jars: tuple[str, ...] = (), *,
               options: FlinkOptions | None = None, clock: Callable[[], float] = time.monotonic,
-              out=sys.stdout) -> FlinkRun:
+              out=None) -> FlinkRun:
     """Run the job; print the summary; return the counters (and the savepoint the job
     stopped with). Bounded input runs to its end; unbounded input runs for
     config.duration_s (or until Ctrl-C), then stops with a savepoint into savepoint_dir
-    when one is given, else is cancelled."""
+    when one is given, else is cancelled. Prints to `out` (default: sys.stdout as it is
+    when called)."""
+    out = sys.stdout if out is None else out
     if options is None:
         options = FlinkOptions(parallelism=parallelism, checkpoint_interval_s=checkpoint_interval,
                                flink_master=flink_master, savepoint_dir=savepoint_dir,
@@ -444,6 +510,8 @@ def run_flink(config: RunConfig, parallelism: int = 1, checkpoint_interval: floa
             job.cancel()
     totals = read_counters(config.out_dir)
     print(render_summary(totals, clock() - started), file=out)
+    if config.outbox_uri:
+        print(f"outbox:       {config.outbox_uri}", file=out)
     return FlinkRun(totals, savepoint)
 
 
@@ -460,12 +528,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allowed-lateness", type=float, default=60.0, metavar="SECONDS")
     parser.add_argument("--dedup-span", type=float, default=24.0, metavar="HOURS")
     parser.add_argument("--duration", type=float, metavar="SECONDS")
+    parser.add_argument("--outbox", metavar="URI", help="run the campaign flows; queue their emails here")
     add_flink_arguments(parser)
     args = parser.parse_args(argv)
     config = RunConfig(
         rules_dir=args.rules, template_dirs=tuple(args.templates), events=args.events, subscription=None,
         store_uri=args.store, out_dir=args.out_dir, allowed_lateness_ms=int(args.allowed_lateness * 1000),
-        dedup_span_ms=int(args.dedup_span * 3_600_000), duration_s=args.duration, beam_args=())
+        dedup_span_ms=int(args.dedup_span * 3_600_000), duration_s=args.duration, beam_args=(),
+        outbox_uri=args.outbox)
     try:
         run_flink(config, options=flink_options_from(args))
     except FlinkUnavailable as error:

@@ -11,7 +11,9 @@ def add_flink_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Flink (--runner flink)")
     group.add_argument("--flink-master", metavar="HOST:PORT",
                        help="a remote cluster's JobManager REST address (default: a local mini-cluster)")
-    group.add_argument("--parallelism", type=int, default=1, help="(default: %(default)s)")
+    group.add_argument("--parallelism", type=int, metavar="N",
+                       help="parallel instances of each step (default: 1); with a Beam runner "
+                       "(--runner FlinkRunner) it goes to Beam's --parallelism")
     group.add_argument("--checkpoint-interval", type=float, metavar="SECONDS",
                        help="checkpoint every SECONDS (default: no periodic checkpoints)")
     group.add_argument("--savepoint-dir", metavar="DIR",
@@ -25,6 +27,9 @@ def add_flink_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kafka-topic", metavar="TOPIC")
     group.add_argument("--python-execution-mode", choices=("process", "thread"), default="process",
                        help="Flink's python.execution-mode (default: %(default)s)")
+    group.add_argument("--bundle-size", type=int, metavar="N",
+                       help="Flink's python.fn-execution.bundle.size: elements per bundle handed to "
+                       "the Python workers (default: Flink's, 100000)")
 
 
 def flink_options_from(args: argparse.Namespace):
@@ -33,7 +38,7 @@ def flink_options_from(args: argparse.Namespace):
     if (args.kafka_servers is None) != (args.kafka_topic is None):
         raise SystemExit("orion: --kafka-servers and --kafka-topic go together")
     return FlinkOptions(
-        parallelism=args.parallelism,
+        parallelism=args.parallelism or 1,
         checkpoint_interval_s=args.checkpoint_interval,
         flink_master=args.flink_master,
         savepoint_dir=args.savepoint_dir,
@@ -43,7 +48,14 @@ def flink_options_from(args: argparse.Namespace):
         kafka_servers=args.kafka_servers,
         kafka_topic=args.kafka_topic,
         execution_mode=args.python_execution_mode,
+        bundle_size=args.bundle_size,
     )
+
+
+def beam_runner_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """The options of this group a Beam runner takes too (Beam's FlinkRunner: --parallelism),
+    passed on to Beam when `orion run --runner` names a Beam runner."""
+    return () if args.parallelism is None else (f"--parallelism={args.parallelism}",)
 
 
 def run_from_args(config, args: argparse.Namespace) -> int:

@@ -1,0 +1,78 @@
+"""`orion run --runner flink` through the command line, on a real PyFlink mini-cluster:
+the options reach the job, which stores, writes outcomes and dead letters, runs the
+campaign flows and queues their emails.
+
+Needs Java 17 and apache-flink (PyFlink); without them this test fails and says so.
+
+    .venv/bin/python -m pytest tests/test_flink_cli.py -q
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from orion import cli
+from orion.activities import format_timestamp, parse_timestamp
+
+T0 = parse_timestamp("2026-11-22T10:00:00Z")
+
+
+@pytest.fixture(scope="module")
+def flink():
+    try:
+        from orion.runners import flink as flink_runner
+    except ImportError as error:
+        pytest.fail(f"PyFlink is not importable ({error}); install apache-flink==2.3.0 "
+                    "(pip install -e . installs it) and Java 17", pytrace=False)
+    try:
+        flink_runner.create_environment(flink_runner.FlinkOptions())
+    except flink_runner.FlinkUnavailable as error:
+        pytest.fail(str(error), pytrace=False)
+    return flink_runner
+
+
+def _line(event_id: str, type_: str, at: int, **attributes) -> str:
+    return json.dumps({"event_id": event_id, "tenant": "acme", "lead_id": "C1", "type": type_,
+                       "occurred_at": format_timestamp(at), "attributes": attributes})
+
+
+def test_orion_run_runner_flink_runs_the_job_with_flows_from_the_command_line(flink, tmp_path, capsys):
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join([
+        _line("c-1", "data_value_changes", T0, attribute="email", new_value="c1@acme.example"),
+        _line("c-2", "fill_out_form", T0 + 1000, form="Signup"),  # the sample rules' welcome flow
+        _line("c-3", "teleport", T0 + 2000),  # an unknown type: a dead letter
+    ]) + "\n", encoding="utf-8")
+    out_dir, db, outbox = tmp_path / "out", tmp_path / "store.db", tmp_path / "outbox.db"
+
+    status = cli.main(["run", "--runner", "flink", "--events", str(events), "--store", f"sqlite:///{db}",
+                       "--out-dir", str(out_dir), "--outbox", f"sqlite:///{outbox}", "--parallelism", "1"])
+
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert "events read:      3" in printed and "dead letters:     1" in printed
+    with sqlite3.connect(db) as connection:
+        stored = sorted(row[0] for row in connection.execute("SELECT type FROM activities"))
+    # the two activities read, and the two the welcome flow generated (list, score)
+    assert stored == ["added_to_list", "change_score", "data_value_changes", "fill_out_form"]
+    outcomes = [json.loads(line) for f in out_dir.glob("outcomes-*.jsonl") for line in f.read_text().splitlines()]
+    assert any(o["campaign"] == "Welcome new signups" and o["qualified"] for o in outcomes)
+    dead = [json.loads(line) for f in out_dir.glob("dead-letters-*.jsonl") for line in f.read_text().splitlines()]
+    assert [d["reason"] for d in dead] == ["unknown_type"]
+    with sqlite3.connect(outbox) as connection:
+        queued = connection.execute("SELECT campaign, lead_id, recipient, template, status FROM outbox").fetchall()
+    assert queued == [("Welcome new signups", "C1", "c1@acme.example", "welcome", "queued")]
+
+
+def test_parallelism_goes_to_beam_when_the_runner_is_a_beam_runner():
+    from orion.runners.flink_options import beam_runner_args, flink_options_from
+
+    parser = cli.build_parser()
+    args, unknown = parser.parse_known_args(["run", "--runner", "FlinkRunner", "--flink_master=jm:8081",
+                                             "--parallelism", "4"])
+    assert beam_runner_args(args) == ("--parallelism=4",) and unknown == ["--flink_master=jm:8081"]
+    assert flink_options_from(args).parallelism == 4
+    args, _ = parser.parse_known_args(["run", "--runner", "flink"])
+    assert beam_runner_args(args) == () and flink_options_from(args).parallelism == 1
