@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-evaluator bench-graph bench-store bench-collector clean
+.PHONY: run test bench bench-evaluator bench-graph bench-store bench-collector bench-campaigns bench-flink clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: bench-evaluator bench-graph bench-store bench-collector
+bench: bench-evaluator bench-graph bench-store bench-collector bench-campaigns bench-flink
 
 bench-evaluator: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_evaluator $(ARGS)
@@ -33,6 +33,12 @@ bench-store: $(STAMP)
 
 bench-collector: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_collector $(ARGS)
+
+bench-campaigns: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_campaigns $(ARGS)
+
+bench-flink: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_flink $(ARGS)
 
 clean:
 	rm -rf $(VENV) orion-data .pytest_cache .hypothesis
