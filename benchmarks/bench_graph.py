@@ -217,7 +217,7 @@ def render(figures: list[Figure], campaigns: int, command: str) -> str:
     ]
     for f in figures:
         rows.append(f"| {f.configuration} | {f.events:,} | {f.orion_rate:,.0f} | {f.ceiling_rate:,.0f} "
-                    f"| {f.ratio:.2f} |")
+                    f"| {f.ratio:.{2 if f.ratio >= 0.1 else 3}f} |")
     best = max(figures, key=lambda f: f.orion_rate)
     met = [f for f in figures if f.ratio >= TARGET_RATIO]
     verdicts = [
