@@ -233,19 +233,19 @@ def test_pubsub_hung_answers_503_after_the_publish_timeout_and_backlog_is_bounde
     proxy = FlakyProxy(pubsub.port)
     try:
         monkeypatch.setenv("PUBSUB_EMULATOR_HOST", proxy.host)
-        collector = start_collector(topic, publish_timeout=1.5, max_pending_bytes=2000)
+        collector = start_collector(topic, publish_timeout=4.0, max_pending_bytes=2000)
         monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub.host)
         proxy.set_mode("swallow")
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             first = pool.submit(collector.post, [event(n) for n in range(10)], keys.shop)  # ~1.3 KB waiting
             time.sleep(0.3)
-            started = time.monotonic()
             status, _, answer = collector.post([event(n) for n in range(10, 20)], key=keys.shop)
-            assert status == 503 and "already waiting" in answer["detail"]  # refused at once, not buffered
-            assert time.monotonic() - started < 1.0
+            assert status == 503 and "already waiting" in answer["detail"]
+            # Refused at once, not buffered behind the first: that one is still waiting.
+            assert not first.done()
             status, headers, answer = first.result()
         assert (status, answer["accepted"]) == (503, 0)
-        assert "did not answer within 1.5 s" in answer["detail"]
+        assert "did not answer within 4 s" in answer["detail"]
         proxy.set_mode("forward")
         for _ in range(20):
             if collector.post([event(99)], key=keys.shop)[0] == 200:

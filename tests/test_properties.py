@@ -577,6 +577,8 @@ def test_key_trie_without_its_regular_expression_scans_the_keys_and_finds_the_sa
     def too_deep(keys):
         raise RecursionError
 
+    # The fallback runs only when Python's regex compiler gives up on a huge key set;
+    # making it give up is the one way to reach that path with test-sized data.
     monkeypatch.setattr(index_module, "_trie_pattern", too_deep)
     keys = list(dict.fromkeys(TRIE_KEYS))  # 'straße' casefolded is 'strasse' again
     trie = KeyTrie({key: (key,) for key in keys})
@@ -796,6 +798,7 @@ def test_a_selective_value_that_is_not_text_meets_only_the_triggers_that_need_no
 def test_the_index_memo_starts_over_when_full_and_answers_the_same(indexed_rules, monkeypatch):
     tenant = indexed_rules.tenants["acme"]
     bucket = tenant.index["visit_web_page"]
+    # A small memo, so that a test-sized run fills it and starts over many times.
     monkeypatch.setattr(type(bucket), "MEMO_SIZE", 3)
     bucket.forget()
     for i, url in enumerate(INDEXED_URLS * 3):
