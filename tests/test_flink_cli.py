@@ -11,26 +11,10 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import pytest
-
 from orion import cli
 from orion.activities import format_timestamp, parse_timestamp
 
 T0 = parse_timestamp("2026-11-22T10:00:00Z")
-
-
-@pytest.fixture(scope="module")
-def flink():
-    try:
-        from orion.runners import flink as flink_runner
-    except ImportError as error:
-        pytest.fail(f"PyFlink is not importable ({error}); install apache-flink==2.3.0 "
-                    "(pip install -e . installs it) and Java 17", pytrace=False)
-    try:
-        flink_runner.create_environment(flink_runner.FlinkOptions())
-    except flink_runner.FlinkUnavailable as error:
-        pytest.fail(str(error), pytrace=False)
-    return flink_runner
 
 
 def _line(event_id: str, type_: str, at: int, **attributes) -> str:

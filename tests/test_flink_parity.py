@@ -31,21 +31,6 @@ T0 = parse_timestamp("2026-11-22T10:00:00Z")
 SECOND = 1000
 
 
-@pytest.fixture(scope="module")
-def flink():
-    """The Flink runner module, once PyFlink has shown it can start a mini-cluster."""
-    try:
-        from orion.runners import flink as flink_runner
-    except ImportError as error:
-        pytest.fail(f"PyFlink is not importable ({error}); install apache-flink==2.3.0 "
-                    "(pip install -e . installs it) and Java 17", pytrace=False)
-    try:
-        flink_runner.create_environment(flink_runner.FlinkOptions())
-    except flink_runner.FlinkUnavailable as error:
-        pytest.fail(str(error), pytrace=False)
-    return flink_runner
-
-
 def _event(event_id: str, lead: str, type_: str, at: int, tenant: str = "acme", **attributes) -> str:
     return json.dumps({"event_id": event_id, "tenant": tenant, "lead_id": lead, "type": type_,
                        "occurred_at": format_timestamp(at), "attributes": attributes})
