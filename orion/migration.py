@@ -53,6 +53,7 @@ from typing import Callable, Iterable, NamedTuple
 
 from orion.activities import BAD_FIELD, BAD_TIMESTAMP, Activity, BadActivity
 from orion.store.base import MAX_MS, MIN_MS, StoreError, attributes_json
+from orion.store.commands import positive_int
 
 BAD_ATTRIBUTES = "bad_attributes"
 LEGACY_COLUMNS = ("id", "tenant", "event_id", "lead_id", "type", "occurred_at", "attributes")
@@ -454,9 +455,9 @@ def add_bootstrap_command(subparsers) -> None:
                         help="the legacy store (a password can also come from MYSQL_PWD)")
     parser.add_argument("--to", dest="target", required=True, metavar="bigtable://PROJECT/INSTANCE/TABLE",
                         help="the Bigtable store (the emulator through BIGTABLE_EMULATOR_HOST)")
-    parser.add_argument("--splits", type=_positive, default=DEFAULT_SPLITS, metavar="N",
+    parser.add_argument("--splits", type=positive_int, default=DEFAULT_SPLITS, metavar="N",
                         help="id ranges read in parallel (default: %(default)s)")
-    parser.add_argument("--workers", type=_positive, default=min(os.cpu_count() or 1, 4), metavar="N",
+    parser.add_argument("--workers", type=positive_int, default=min(os.cpu_count() or 1, 4), metavar="N",
                         help="local worker processes on the DirectRunner (default: %(default)s)")
     parser.add_argument("--dead-letters", default="orion-data/bootstrap-dead-letters", metavar="PREFIX",
                         help="dead letters go to PREFIX-*.jsonl (default: %(default)s)")
@@ -465,16 +466,6 @@ def add_bootstrap_command(subparsers) -> None:
     parser.add_argument("--progress-every", type=float, default=PROGRESS_EVERY_SECONDS, metavar="SECONDS",
                         help="seconds between progress lines on stderr (default: %(default)s)")
     parser.set_defaults(handler=bootstrap_command, beam_args_allowed=True)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return value
 
 
 def bootstrap_command(args: argparse.Namespace) -> int:

@@ -37,6 +37,18 @@ def _counters(rules: RuleSet, tenant: str):
     return tenant_rules, tuple(c for found in tenant_rules.counters_by_type.values() for c in found)
 
 
+def open_initialised_store(uri: str | None):
+    """The store at `uri` (the one new leads are seeded from), opened and initialised;
+    None for no URI."""
+    if uri is None:
+        return None
+    from orion.store import open_store
+
+    store = open_store(uri)
+    store.init()
+    return store
+
+
 def reads_history(rules: RuleSet, tenant: str) -> bool:
     """Whether seeding a lead of `tenant` reads anything (it has history filters)."""
     return bool(_counters(rules, tenant)[1])

@@ -44,7 +44,7 @@ from orion.activities import Activity, activity_sort_key
 from orion.deadletters import DeadLetter
 from orion.intake import parse_payload, read_lines
 from orion.rules import evaluate
-from orion.seeding import seed_flows, seed_state
+from orion.seeding import open_initialised_store, seed_flows, seed_state
 from orion.sequencing import (
     DUPLICATE,
     LATE,
@@ -115,9 +115,10 @@ class Counts:
 
 
 def _load_rules(rules_dir: str, template_dirs: tuple[str, ...]):
-    from orion.rules import load_rules
+    # One compile per worker process, shared by every function in it (as in Beam's DoFns).
+    from orion.rules.shared import shared_rules
 
-    return load_rules(rules_dir, template_dirs)
+    return shared_rules(rules_dir, tuple(template_dirs))
 
 
 def _ttl_config(days: int) -> StateTtlConfig:
@@ -228,14 +229,6 @@ class OpenedPerThread:
         self.opened = []
 
 
-def _opened_store(uri: str):
-    from orion.store import open_store
-
-    store = open_store(uri)
-    store.init()
-    return store
-
-
 def _opened_outbox(uri: str):
     from orion.campaigns.outbox import open_outbox
 
@@ -307,7 +300,7 @@ class SequenceAndEvaluate(KeyedProcessFunction):
         self.rules = _load_rules(self.rules_dir, self.template_dirs)
         self.counts = Counts(runtime_context, self.counters_dir, "SequenceAndEvaluate")
         self.seed_stores = (None if self.seed_store_uri is None
-                            else OpenedPerThread(lambda: _opened_store(self.seed_store_uri)))
+                            else OpenedPerThread(lambda: open_initialised_store(self.seed_store_uri)))
 
     def close(self):
         if getattr(self, "seed_stores", None) is not None:
@@ -450,7 +443,7 @@ class RunFlows(KeyedProcessFunction):
         self.engine = FlowEngine(_load_rules(self.rules_dir, self.template_dirs), self.max_cascade_depth)
         self.counts = Counts(runtime_context, self.counters_dir, "RunFlows")
         self.seed_stores = (None if self.seed_store_uri is None
-                            else OpenedPerThread(lambda: _opened_store(self.seed_store_uri)))
+                            else OpenedPerThread(lambda: open_initialised_store(self.seed_store_uri)))
 
     def close(self):
         if getattr(self, "seed_stores", None) is not None:
@@ -634,7 +627,7 @@ class StoreWriter:
 
     def open(self, counts: Counts) -> None:
         self.counts = counts
-        self.stores = OpenedPerThread(lambda: _opened_store(self.store_uri))
+        self.stores = OpenedPerThread(lambda: open_initialised_store(self.store_uri))
 
     def write(self, batch: list[Activity]):
         from orion.transforms.sinks import STORE_SOURCE

@@ -50,7 +50,7 @@ def add_store_commands(subparsers) -> None:
                          help="only activities at or after TIME: RFC 3339 (2026-11-22T10:00:00Z) or epoch ms")
     history.add_argument("--until", type=_time, metavar="TIME",
                          help="only activities before TIME: RFC 3339 or epoch ms")
-    history.add_argument("--limit", type=_positive, metavar="N", help="at most N activities")
+    history.add_argument("--limit", type=positive_int, metavar="N", help="at most N activities")
     history.set_defaults(handler=print_history)
 
 
@@ -61,7 +61,7 @@ def _time(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:

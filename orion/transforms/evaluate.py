@@ -28,7 +28,7 @@ from orion.activities import Activity
 from orion.deadletters import DeadLetter
 from orion.rules import evaluate
 from orion.runtime import tune_gc
-from orion.seeding import seed_state
+from orion.seeding import open_initialised_store, seed_state
 from orion.sequencing import (
     DEFAULT_ALLOWED_LATENESS_MS,
     DEFAULT_DEDUP_SPAN_MS,
@@ -98,17 +98,12 @@ class _SequenceAndEvaluateFn(beam.DoFn):
 
     def setup(self) -> None:
         from orion.transforms import state_sizing
-        from orion.transforms.shared_rules import shared_rules
+        from orion.rules.shared import shared_rules
 
         state_sizing.install()
         tune_gc()
         self.rules = shared_rules(self.rules_dir, self.template_dirs)
-        self.seed_store = None
-        if self.seed_store_uri is not None:
-            from orion.store import open_store
-
-            self.seed_store = open_store(self.seed_store_uri)
-            self.seed_store.init()
+        self.seed_store = open_initialised_store(self.seed_store_uri)
 
     def teardown(self) -> None:
         store = getattr(self, "seed_store", None)

@@ -34,7 +34,7 @@ from apache_beam.utils.timestamp import Timestamp
 from orion.activities import Activity, activity_sort_key
 from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH, EmailRequest, HeldEmail, WebhookCall
 from orion.deadletters import DeadLetter
-from orion.seeding import seed_flows
+from orion.seeding import open_initialised_store, seed_flows
 from orion.transforms.intake import DEAD, METRICS_NAMESPACE
 
 HELD = "held"
@@ -89,17 +89,12 @@ class _RunFlowsFn(beam.DoFn):
 
     def setup(self) -> None:
         from orion.campaigns.flows import FlowEngine
-        from orion.rules import load_rules
+        from orion.rules.shared import shared_rules
         from orion.transforms import state_sizing
 
         state_sizing.install()
-        self.engine = FlowEngine(load_rules(self.rules_dir, self.template_dirs), self.max_cascade_depth)
-        self.seed_store = None
-        if self.seed_store_uri is not None:
-            from orion.store import open_store
-
-            self.seed_store = open_store(self.seed_store_uri)
-            self.seed_store.init()
+        self.engine = FlowEngine(shared_rules(self.rules_dir, self.template_dirs), self.max_cascade_depth)
+        self.seed_store = open_initialised_store(self.seed_store_uri)
 
     def teardown(self) -> None:
         store = getattr(self, "seed_store", None)

@@ -24,7 +24,7 @@ PROGRESS_EVERY_SECONDS = 5.0
 
 
 def load_activity_types(rules_dir: str, template_dirs: tuple[str, ...]):
-    from orion.transforms.shared_rules import shared_rules
+    from orion.rules.shared import shared_rules
 
     return shared_rules(rules_dir, template_dirs).activity_types
 

@@ -1,4 +1,4 @@
-"""Compiled rules shared by the DoFns of one worker process.
+"""Compiled rules shared by the Beam DoFns and the Flink functions of one worker process.
 
 Parsing, sequencing and flows each need the rules; compiling 1,000 campaigns takes a
 noticeable part of a second, and every DoFn instance would otherwise compile its own copy.
@@ -6,7 +6,7 @@ The rules are read-only once compiled, so one copy per process per (rules direct
 template directories, the files' sizes and modification times) serves them all; a changed
 rule file gives a fresh compile on the next setup.
 
-    python -c "from orion.transforms.shared_rules import shared_rules as s; print(s('orion/samples/rules', ()).summary())"
+    python -c "from orion.rules.shared import shared_rules as s; print(s('orion/samples/rules', ()).summary())"
 """
 from __future__ import annotations
 
