@@ -9,7 +9,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream
-from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from orion.pipelines.activity_graph import GraphSettings, build_activity_graph
@@ -214,3 +214,36 @@ def test_qualification_state_survives_across_bundles(rules_dir):
             ("First visit", "e1", "qualification"), ("First visit", "e2", "qualification")]), label="Blocked")
 
     run_graph(rules_dir, stream, check=check)
+
+
+def test_a_backlog_behind_the_watermark_is_released_in_few_timer_rounds(rules_dir):
+    # A catch-up after a restart: lead L1's 30 activities and L2's one arrive when the
+    # watermark is already past them all. A timer that fires proves the watermark passed
+    # its time for every lead, so L1 must not need a timer round per activity.
+    backlog = [arriving(visit(f"b{n:02d}", T0 + n * SECOND), T0 + n * SECOND) for n in range(30)]
+    backlog.append(arriving(visit("other", T0 + 100 * SECOND, lead="L2"), T0 + 100 * SECOND))
+    stream = (TestStream()
+              .add_elements(backlog)
+              .advance_watermark_to((T0 + 200 * SECOND) / 1000)
+              .advance_watermark_to_infinity())
+
+    def check(out):
+        assert_that(qualified(out.outcomes) | beam.Filter(lambda q: q[0] == "First visit"),
+                    equal_to([("First visit", "b00"), ("First visit", "other")]))
+        assert_that(event_ids(out.stored, "Stored"),
+                    equal_to([f"b{n:02d}" for n in range(30)] + ["other"]), label="AllStored")
+        # What a timer releases carries the timer's time: one time per round.
+        released_at = (out.stored
+                       | "L1" >> beam.Filter(lambda a: a.lead_id == "L1")
+                       | "ReleasedAt" >> beam.Map(lambda a, at=beam.DoFn.TimestampParam: at))
+        # L1's first activity's timer, then one round for the other 29 (not one each).
+        assert_that(released_at, _distinct_count(2), label="TwoRounds")
+
+    run_graph(rules_dir, stream, lateness_ms=10 * SECOND, check=check)
+
+
+def _distinct_count(expected: int):
+    def match(values):
+        if len(set(values)) != expected:
+            raise BeamAssertException(f"{len(set(values))} distinct values, expected {expected}: {sorted(set(values))}")
+    return match

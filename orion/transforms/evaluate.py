@@ -14,6 +14,8 @@ keyed by event id.
 """
 from __future__ import annotations
 
+import threading
+import uuid
 from typing import Any, Tuple
 
 import apache_beam as beam
@@ -47,6 +49,30 @@ STORE = "store"
 _END_OF_INPUT = GlobalWindow().max_timestamp()
 
 
+class _WatermarkFloor:
+    """The latest event-time timer fired so far in this process, per sequencing stage.
+
+    A Python DoFn cannot read the watermark, but an event-time timer firing at T proves
+    the stage's input watermark has passed T, for every key of the stage (the watermark
+    is the stage's, not the key's). Without this, a timer that fires at T releases only
+    what is due by T and sets the next timer at the next activity: a lead holding k
+    activities already behind the watermark (a backlog after a restart, a replay) needed
+    k timer rounds, one activity each. With it, a timer releases everything due by the
+    latest time any timer of the stage has fired at: one round or two.
+    Runners copy a DoFn per bundle or per thread, so the floor lives here, keyed by the
+    stage's id, which the copies share."""
+
+    _lock = threading.Lock()
+    _floors: dict[str, int] = {}
+
+    @classmethod
+    def raise_to(cls, stage: str, fired_ms: int) -> int:
+        with cls._lock:
+            floor = max(cls._floors.get(stage, fired_ms), fired_ms)
+            cls._floors[stage] = floor
+            return floor
+
+
 class KeyByLead(beam.PTransform):
     """Activity -> ((tenant, lead_id), Activity)."""
 
@@ -69,7 +95,9 @@ class _SequenceAndEvaluateFn(beam.DoFn):
       DUE       the time the RELEASE timer is set for, so it is only ever moved earlier.
     Timer:
       RELEASE   event time; fires when the watermark passes the earliest buffered
-                activity plus the allowed lateness (bounded input: once, at the end).
+                activity plus the allowed lateness (bounded input: once, at the end),
+                and releases everything the watermark is known to have passed by then
+                (see _WatermarkFloor).
     Outputs: outcomes (main), activities to store (STORE), dead letters (DEAD).
     """
 
@@ -88,6 +116,7 @@ class _SequenceAndEvaluateFn(beam.DoFn):
         self.allowed_lateness_ms = allowed_lateness_ms
         self.dedup_span_ms = dedup_span_ms
         self.bounded = bounded
+        self.stage_id = uuid.uuid4().hex  # shared by the runner's copies of this DoFn
         self.duplicates = Metrics.counter(METRICS_NAMESPACE, "duplicates")
         self.late = Metrics.counter(METRICS_NAMESPACE, "dead_letters:late")
         self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
@@ -95,6 +124,7 @@ class _SequenceAndEvaluateFn(beam.DoFn):
         self.outcomes = Metrics.counter(METRICS_NAMESPACE, "outcomes")
         self.qualified = Metrics.counter(METRICS_NAMESPACE, "qualified")
         self.seeded = Metrics.counter(METRICS_NAMESPACE, "leads_seeded_from_store")
+        self.release_timers = Metrics.counter(METRICS_NAMESPACE, "release_timers_fired")
 
     def setup(self) -> None:
         from orion.transforms import state_sizing
@@ -151,7 +181,12 @@ class _SequenceAndEvaluateFn(beam.DoFn):
         due=beam.DoFn.StateParam(DUE),
         release=beam.DoFn.TimerParam(RELEASE),
     ):
-        up_to = None if self.bounded else fired.micros // 1000 - self.allowed_lateness_ms
+        self.release_timers.inc()
+        if self.bounded:
+            up_to = None
+        else:
+            watermark_floor = _WatermarkFloor.raise_to(self.stage_id, fired.micros // 1000)
+            up_to = watermark_floor - self.allowed_lateness_ms
         before = LeadProgress(released.read(), seen.read() or {})
         ready, rest, duplicates, after = release_ready(before, pending.read(), up_to, self.dedup_span_ms)
         pending.clear()
