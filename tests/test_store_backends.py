@@ -28,6 +28,7 @@ from orion.store.base import STORE_WRITE_FAILED, UNSTORABLE, activity_day
 from orion.store.bigtable import (
     SALT_BUCKETS,
     activity_row_key,
+    cell_timestamp,
     index_row_key,
     lead_salt,
     parse_activity_row_key,
@@ -98,6 +99,38 @@ def test_bigtable_retries_then_reports_rows_it_keeps_refusing(bigtable_emulator)
     assert all(f"after {store.attempts} attempts" in f.detail for f in result.failed)
     assert elapsed >= 0.05 * (2 ** (store.attempts - 1) - 1)  # exponential backoff between attempts
     store.close()
+
+
+def test_bigtable_cells_carry_the_activity_time_so_a_rewrite_keeps_one_version(bigtable_emulator):
+    """The store builds its MutateRows requests itself (raw protobuf): every cell, of the
+    activity and of its index entry, must hold the activity's time (clamped at the epoch)
+    as its timestamp, so rewriting and reindexing replace cells instead of adding any."""
+    from google.cloud import bigtable
+
+    batch = [Activity("e1", "acme", "7", "open_email", T0, {"b": "ü", "a": 1}),
+             Activity("e2", "acme", "7", "open_email", T0 + 5, {}),
+             Activity("e3", "acme", "7", "open_email", -86_400_001, {})]  # before 1970
+    uri = bigtable_uri()
+    with open_store(uri) as store:
+        store.init()
+        for _ in range(2):
+            assert store.write(batch) == len(batch)
+            store.index_activities(batch)
+    table_id = uri.rsplit("/", 1)[1]
+    instance = bigtable.Client(project=BIGTABLE_PROJECT).instance(BIGTABLE_INSTANCE)
+    for a in batch:
+        cells = instance.table(table_id).read_row(activity_row_key(a.tenant, a.lead_id, a.occurred_at, a.event_id)).cells["a"]
+        assert {name: [(c.value, c.timestamp) for c in versions] for name, versions in cells.items()} == {
+            b"type": [(b"open_email", cell_timestamp(a.occurred_at))],
+            b"attributes": [((b'{"a":1,"b":"\xc3\xbc"}' if a.attributes else b"{}"), cell_timestamp(a.occurred_at))],
+            b"occurred_at": [(str(a.occurred_at).encode(), cell_timestamp(a.occurred_at))],
+        }
+    for day in {activity_day(a.occurred_at) for a in batch}:
+        cells = instance.table(table_id + "-index").read_row(index_row_key("acme", "7", "open_email", day)).cells["e"]
+        assert {event: [(c.value, c.timestamp) for c in versions] for event, versions in cells.items()} == {
+            a.event_id.encode(): [(str(a.occurred_at).encode(), cell_timestamp(a.occurred_at))]
+            for a in batch if activity_day(a.occurred_at) == day
+        }
 
 
 def test_bigtable_store_on_a_missing_table_says_to_run_init(bigtable_emulator):

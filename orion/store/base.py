@@ -202,12 +202,16 @@ def open_store(uri: str) -> ActivityStore:
     raise StoreError(f"unsupported store URI scheme {scheme!r} in {uri!r}; use one of: {'; '.join(URI_FORMS)}")
 
 
+# json.dumps with these settings, built once: every stored row is encoded (and checked)
+# with it, and json.dumps would build an encoder per call.
+_ATTRIBUTES_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def attributes_json(activity: Activity) -> str:
     """An activity's attributes as compact JSON, checked to be storable as UTF-8 along
     with its ids; ValueError (the detail of an UNSTORABLE failure) otherwise."""
     try:
-        text = json.dumps(activity.attributes, ensure_ascii=False, sort_keys=True,
-                          separators=(",", ":"), allow_nan=False)
+        text = _ATTRIBUTES_ENCODER.encode(activity.attributes)
     except (TypeError, ValueError) as err:
         raise ValueError(f"attributes are not JSON: {err}") from None
     for field, value in (("event_id", activity.event_id), ("tenant", activity.tenant),
