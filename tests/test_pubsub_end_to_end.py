@@ -44,10 +44,15 @@ def test_activities_published_to_pubsub_are_stored_and_fire_triggers(pubsub, tmp
 
     topic = f"projects/{PROJECT}/topics/activities"
     subscription = f"projects/{PROJECT}/subscriptions/orion"
-    publisher = pubsub_v1.PublisherClient()
+    # Ordered delivery: the events are ten minutes old, behind the watermark (wall-clock
+    # time), so a message Pub/Sub delivered after a later one of the same lead would be
+    # dead-lettered as late. More messages than one pull takes (10), so the run's counters
+    # must add up over several bundles.
+    publisher = pubsub_v1.PublisherClient(
+        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True))
     subscriber = pubsub_v1.SubscriberClient()
     publisher.create_topic(name=topic)
-    subscriber.create_subscription(name=subscription, topic=topic)
+    subscriber.create_subscription(request={"name": subscription, "topic": topic, "enable_message_ordering": True})
 
     rules = tmp_path / "rules"
     rules.mkdir()
@@ -59,10 +64,11 @@ def test_activities_published_to_pubsub_are_stored_and_fire_triggers(pubsub, tmp
                 "occurred_at": now_ms + n * 1000, "attributes": {"url": url}}
 
     events = [event(n, "https://shop.example/pricing" if n % 3 == 0 else "https://shop.example/") for n in range(30)]
-    futures = [publisher.publish(topic, json.dumps(e).encode()) for e in events[:5]]
-    futures.append(publisher.publish(topic, json.dumps(events[5:25]).encode()))  # one aggregated array
-    futures.append(publisher.publish(topic, "\n".join(json.dumps(e) for e in events[25:]).encode()))  # JSONL
-    futures.append(publisher.publish(topic, b'{"event_id": "broken"'))
+    payloads = [json.dumps(e).encode() for e in events[:15]]
+    payloads.append(json.dumps(events[15:25]).encode())  # one aggregated array
+    payloads.append("\n".join(json.dumps(e) for e in events[25:]).encode())  # JSONL
+    payloads.append(b'{"event_id": "broken"')
+    futures = [publisher.publish(topic, payload, ordering_key="test") for payload in payloads]
     for future in futures:
         future.result(timeout=30)
 
@@ -87,3 +93,4 @@ def test_activities_published_to_pubsub_are_stored_and_fire_triggers(pubsub, tmp
             for line in f.read_text().splitlines()]
     assert [d["reason"] for d in dead] == ["malformed_json"]
     assert "events read:      31" in result.stdout
+    assert "stored:           30" in result.stdout

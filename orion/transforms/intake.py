@@ -59,6 +59,9 @@ class _ParseFn(beam.DoFn):
         self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
 
     def setup(self) -> None:
+        from orion.runners import direct_metrics
+
+        direct_metrics.install()  # the first stage of every graph; see that module
         self.types = load_activity_types(self.rules_dir, self.template_dirs)
         self.progress = _Progress(type(self).__name__)
 
