@@ -44,7 +44,7 @@ from typing import Callable, NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from benchmarks.ceiling import build_ceiling_files, build_ceiling_pubsub, ceiling_count
+from benchmarks.ceiling import build_ceiling_files, build_ceiling_pubsub, ceiling_count, processed_in_this_process
 from benchmarks.report import REPO_ROOT, measured_line, write_section
 from benchmarks.synthetic import DEFAULT_SEED, event_lines, write_rules
 from orion.activities import parse_timestamp
@@ -53,7 +53,9 @@ from orion.store import open_store
 from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS
 
 DATA_DIR = REPO_ROOT / "benchmarks" / "data" / "graph"
+PUSH_DIR = REPO_ROOT / "benchmarks" / "data" / "graph-push"
 DEFAULT_EVENTS = 50_000
+DEFAULT_PUSH_EVENTS = 200_000
 DEFAULT_CAMPAIGNS = 1_000
 FILES = 4
 EVENTS_PER_MESSAGE = 500
@@ -168,16 +170,24 @@ def pubsub_figures(rules: Path, workdir: Path, lines: list[str], expected_stored
     project = "orion-bench"
     with PubSubEmulator.start() as emulator:
         os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
-        publisher = pubsub_v1.PublisherClient()
+        # The replay is published with one ordering key and read from ordered
+        # subscriptions: it compresses days of events into seconds, so Pub/Sub's usual
+        # reordering of messages would put days between neighbours, far past the allowed
+        # lateness, and the events it dead-lettered as late would vary from run to run.
+        publisher = pubsub_v1.PublisherClient(
+            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True))
         subscriber = pubsub_v1.SubscriberClient()
         topic = publisher.topic_path(project, "activities")
         publisher.create_topic(name=topic)
         subscriptions = {}
         for name in ("orion", "ceiling"):
             subscriptions[name] = subscriber.subscription_path(project, name)
-            subscriber.create_subscription(name=subscriptions[name], topic=topic, ack_deadline_seconds=600)
+            subscriber.create_subscription(request={
+                "name": subscriptions[name], "topic": topic, "ack_deadline_seconds": 600,
+                "enable_message_ordering": True})
         events = _recent(lines)
-        futures = [publisher.publish(topic, json.dumps(events[i:i + EVENTS_PER_MESSAGE]).encode())
+        futures = [publisher.publish(topic, json.dumps(events[i:i + EVENTS_PER_MESSAGE]).encode(),
+                                     ordering_key="replay")
                    for i in range(0, len(events), EVENTS_PER_MESSAGE)]
         for future in futures:
             future.result(timeout=60)
@@ -189,8 +199,9 @@ def pubsub_figures(rules: Path, workdir: Path, lines: list[str], expected_stored
         store.init()
         orion_seconds, stored = time_streaming(lambda p: build_orion(p, config), lambda r: store.count(),
                                                expected_stored)
+        before = processed_in_this_process()
         ceiling_seconds, _ = time_streaming(lambda p: build_ceiling_pubsub(p, subscriptions["ceiling"]),
-                                            ceiling_count, len(events))
+                                            lambda r: processed_in_this_process() - before, len(events))
     print(f"streaming: {stored:,} of {len(events):,} events stored (the rest late or duplicates)", file=sys.stderr)
     return Figure(f"Pub/Sub emulator, streaming, {EVENTS_PER_MESSAGE} events per message", len(events),
                   orion_seconds, ceiling_seconds)
@@ -275,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS)
     parser.add_argument("--campaigns", type=int, default=DEFAULT_CAMPAIGNS)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--push-events", type=int, default=DEFAULT_PUSH_EVENTS,
+                        help="events of the longer in-process file run (0: skip it)")
     parser.add_argument("--skip-pubsub", action="store_true", help="files only (no emulator needed)")
     parser.add_argument("--only-pubsub", action="store_true", help="the Pub/Sub configuration only")
     parser.add_argument("--profile", action="store_true", help="profile the in-process file run and stop")
@@ -297,6 +310,18 @@ def main(argv: list[str] | None = None) -> None:
         figures.append(Figure(name, len(lines), orion_seconds, ceiling_seconds))
         print(f"{name}: Orion {figures[-1].orion_rate:,.0f}/s, ceiling {figures[-1].ceiling_rate:,.0f}/s",
               file=sys.stderr, flush=True)
+    if args.push_events and not args.only_pubsub:
+        # How far one machine goes: the fastest configuration above on a longer input, so
+        # start-up weighs less (files are read whole, one element each: the aggregated
+        # records of a file source).
+        push_rules, push_lines = prepare(PUSH_DIR, args.push_events, args.campaigns, args.seed)
+        orion_seconds, push_totals = time_orion_files(push_rules, PUSH_DIR, ())
+        if push_totals.get("events_read") != len(push_lines):
+            raise RuntimeError(f"Orion read {push_totals.get('events_read')} events, expected {len(push_lines)}")
+        ceiling_seconds = time_ceiling_files(PUSH_DIR, (), len(push_lines))
+        figures.append(Figure("files, in-process, longer input", len(push_lines), orion_seconds, ceiling_seconds))
+        print(f"{figures[-1].configuration}: Orion {figures[-1].orion_rate:,.0f}/s, "
+              f"ceiling {figures[-1].ceiling_rate:,.0f}/s", file=sys.stderr, flush=True)
     if not args.skip_pubsub:
         figures.append(pubsub_figures(rules, DATA_DIR, lines, totals.get("stored", 0)))
         print(f"{figures[-1].configuration}: Orion {figures[-1].orion_rate:,.0f}/s, "

@@ -8,6 +8,7 @@ by reference (the benchmark itself runs as __main__).
 from __future__ import annotations
 
 import json
+import threading
 from typing import Tuple
 
 import apache_beam as beam
@@ -16,6 +17,17 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 CEILING_NAMESPACE = "ceiling"
+
+# Elements the bare DoFn processed in this process. The bundle-based DirectRunner (the
+# streaming runner here) runs in the benchmark's process but stops reporting a streaming
+# pipeline's counters after its first bundles, so streaming progress is read from here.
+_processed_here = [0]
+_processed_lock = threading.Lock()
+
+
+def processed_in_this_process() -> int:
+    with _processed_lock:
+        return _processed_here[0]
 
 
 def _key(event: dict) -> tuple[tuple[str, str], dict]:
@@ -46,6 +58,8 @@ class BareStatefulFn(beam.DoFn):
     def process(self, element, count=beam.DoFn.StateParam(COUNT)):
         count.write((count.read() or 0) + 1)
         self.processed.inc()
+        with _processed_lock:
+            _processed_here[0] += 1
         return ()
 
 
