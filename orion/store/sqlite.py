@@ -85,7 +85,10 @@ class SqliteStore(ActivityStore):
             try:
                 # Beam may tear a DoFn down on another thread than the one that set it up.
                 connection = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-                connection.execute("PRAGMA journal_mode=WAL")
+                # Switching a new file to WAL takes an exclusive lock without waiting on
+                # the busy timeout: workers opening the same new store at once see
+                # "database is locked" here and must retry.
+                with_backoff(lambda: connection.execute("PRAGMA journal_mode=WAL"), _is_busy, attempts=10)
                 connection.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as err:
                 raise StoreError(f"cannot open SQLite store {self.path}: {err}") from err
