@@ -258,17 +258,35 @@ def render(figures: list[Figure], campaigns: int, command: str) -> str:
 
 # From `python -m benchmarks.bench_graph --profile --events 50000` (in-process files); the
 # analysis of the figures above, kept with the code that measures them.
-WHERE_THE_TIME_GOES = """Where the time goes (`python -m benchmarks.bench_graph --profile --events 50000`, in-process
-files): on bounded input the graph groups each lead's activities once (GroupByKey) and evaluates
-them in order, instead of buffering them in per-lead state with a timer per lead, so Beam's state
-cache and timer bundles no longer dominate. Of the rest, the SQLite store (inserts, the index
-recount, and the reads that seed each new lead's history counters) is about a sixth, parsing and
-validation about a sixth, evaluation under a tenth, and the remainder Beam's bundle processing and
-coders between the stages. With 2 processes Orion does better than this ceiling: the ceiling's
-stateful DoFn exchanges state with the runner over gRPC for every element, while the GroupByKey
-moves each lead's activities once. The bundle-based DirectRunner (the only local runner here that
-reads Pub/Sub) runs every step on one thread and fires each lead's timer in a bundle of its own,
-which is why the streaming figure is far below its ceiling."""
+WHERE_THE_TIME_GOES = """Where the time goes.
+
+- Files, in-process (`python -m benchmarks.bench_graph --profile --events 50000`): about
+  120 µs of one core per event. The SQLite store is about a quarter (inserts, the index
+  recount, and checking each row storable twice: once to write, once to index), the reads
+  that seed each lead new to the graph from the store a tenth, parsing and validation a
+  sixth, evaluation against 1,000 campaigns under a tenth, and Beam's bundle processing
+  and the coders around the one GroupByKey the rest, about two fifths. The ceiling does
+  none of that but read, parse and one state access per event.
+- Files, 2 processes: Orion beats this ceiling, whose stateful DoFn exchanges its state
+  with the runner over gRPC for every element, while Orion's GroupByKey moves each lead's
+  activities once. It is still no faster than one process: the runner process moves every
+  grouped byte between the workers over gRPC, on the same two cores.
+- Pub/Sub, streaming (the bundle-based DirectRunner, the only local runner that reads
+  Pub/Sub): a release timer used to free only what was due by its own time, so a lead
+  with k activities behind the watermark took k timer rounds (631 timer bundles for
+  20,000 events); it now frees everything any timer of the stage has proved the
+  watermark passed (14 bundles). What is left (py-spy): the runner copying and
+  re-encoding each key's state on every access (about a fifth), the store (a fifth),
+  Pub/Sub pulls of at most 10 messages (an eighth), evaluation and release (a sixth),
+  seeding reads and per-bundle set-up the rest.
+- How far one machine goes: the longer in-process run above. The levers the reference
+  used are in place or do not help here: files are read whole, one element each, and
+  Pub/Sub messages carry 500 events each (aggregated records); the bounded graph is
+  already two fused stages around one GroupByKey (nothing left to fuse); more processes
+  add gRPC transfers on the same two cores rather than a second core's worth of work.
+  At about 120 µs of Python per event, one core tops out near 8,000 to 12,000 events/s
+  with the store and 1,000 campaigns; 100,000 events/s would take a runner that spreads
+  the work over ten or more such cores (Dataflow, Flink: see BENCHMARKS' Flink section)."""
 
 
 def profile_files(rules: Path, workdir: Path) -> None:
