@@ -25,6 +25,9 @@ class GraphSettings(NamedTuple):
     max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH  # flows: how deep campaigns may trigger campaigns
     sender: object = None  # flows: orion.campaigns.email.SenderSettings (None: the defaults)
     seed_store_uri: str | None = None  # seed a new lead's history counters from this store
+    # The runner keeps one watermark per stage for all keys in the process (the local
+    # streaming DirectRunner): a release timer then frees every lead's due activities.
+    one_watermark_per_stage: bool = False
 
 
 class GraphOutputs(NamedTuple):
@@ -68,6 +71,7 @@ def build_activity_graph(
             dedup_span_ms=settings.dedup_span_ms,
             bounded=settings.bounded,
             seed_store_uri=settings.seed_store_uri,
+            one_watermark_per_stage=settings.one_watermark_per_stage,
         )
     )
     dead_letter_parts = [parse_dead_letters, late]

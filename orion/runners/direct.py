@@ -84,12 +84,21 @@ def build(pipeline: beam.Pipeline, config: RunConfig) -> None:
             config.dedup_span_ms,
             bounded=config.subscription is None,
             seed_store_uri=store_uri,
+            one_watermark_per_stage=_one_watermark_per_stage(pipeline),
         ),
         store_sink=WriteActivities(store_uri),
         outcome_sink=WriteJsonLines(outcomes_prefix, "outcomes_written"),
         dead_letter_sink=WriteJsonLines(dead_prefix, "dead_letters_written"),
         outbox_sink=_outbox_sink(config),
     )
+
+
+def _one_watermark_per_stage(pipeline: beam.Pipeline) -> bool:
+    """Whether the runner keeps one input watermark per stage for all keys in this
+    process: Beam's local DirectRunners do; Dataflow's and Flink's workers are not
+    assumed to."""
+    runner = pipeline.options.view_as(StandardOptions).runner
+    return runner in (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 
 def _outbox_sink(config: RunConfig):

@@ -53,14 +53,20 @@ class _WatermarkFloor:
     """The latest event-time timer fired so far in this process, per sequencing stage.
 
     A Python DoFn cannot read the watermark, but an event-time timer firing at T proves
-    the stage's input watermark has passed T, for every key of the stage (the watermark
-    is the stage's, not the key's). Without this, a timer that fires at T releases only
-    what is due by T and sets the next timer at the next activity: a lead holding k
+    the input watermark has passed T. Without this, a timer that fires at T releases
+    only what is due by T and sets the next timer at the next activity: a lead holding k
     activities already behind the watermark (a backlog after a restart, a replay) needed
-    k timer rounds, one activity each. With it, a timer releases everything due by the
-    latest time any timer of the stage has fired at: one round or two.
-    Runners copy a DoFn per bundle or per thread, so the floor lives here, keyed by the
-    stage's id, which the copies share."""
+    k timer rounds, one activity each.
+
+    How far that proof reaches depends on the runner. Within one bundle it holds for
+    every key of the bundle (one watermark delivered them all): always used. Across the
+    whole process it holds only where a stage has one input watermark for all its keys,
+    as on Beam's bundle-based DirectRunner (the local streaming runner, one process):
+    there a timer releases everything due by the latest time any timer of the stage has
+    fired at, so a backlog drains in a round or two. Runners with a watermark per
+    parallel instance (Beam on Flink) must not share it; `shared` says which applies.
+    Runners copy a DoFn per bundle or per thread, so the shared floor lives here, keyed
+    by the stage's id, which the copies share."""
 
     _lock = threading.Lock()
     _floors: dict[str, int] = {}
@@ -109,8 +115,10 @@ class _SequenceAndEvaluateFn(beam.DoFn):
     RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
 
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], allowed_lateness_ms: int,
-                 dedup_span_ms: int, bounded: bool, seed_store_uri: str | None = None):
+                 dedup_span_ms: int, bounded: bool, seed_store_uri: str | None = None,
+                 one_watermark_per_stage: bool = False):
         self.rules_dir = rules_dir
+        self.one_watermark_per_stage = one_watermark_per_stage
         self.seed_store_uri = seed_store_uri
         self.template_dirs = template_dirs
         self.allowed_lateness_ms = allowed_lateness_ms
@@ -139,6 +147,9 @@ class _SequenceAndEvaluateFn(beam.DoFn):
         store = getattr(self, "seed_store", None)
         if store is not None:
             store.close()
+
+    def start_bundle(self) -> None:
+        self.bundle_floor_ms = None  # the latest timer fired in this bundle
 
     def process(
         self,
@@ -185,7 +196,12 @@ class _SequenceAndEvaluateFn(beam.DoFn):
         if self.bounded:
             up_to = None
         else:
-            watermark_floor = _WatermarkFloor.raise_to(self.stage_id, fired.micros // 1000)
+            fired_ms = fired.micros // 1000
+            if self.one_watermark_per_stage:
+                watermark_floor = _WatermarkFloor.raise_to(self.stage_id, fired_ms)
+            else:
+                watermark_floor = max(fired_ms, getattr(self, "bundle_floor_ms", None) or fired_ms)
+                self.bundle_floor_ms = watermark_floor
             up_to = watermark_floor - self.allowed_lateness_ms
         before = LeadProgress(released.read(), seen.read() or {})
         ready, rest, duplicates, after = release_ready(before, pending.read(), up_to, self.dedup_span_ms)
@@ -272,15 +288,19 @@ class SequenceAndEvaluate(beam.PTransform):
 
     seed_store_uri: the store a lead new to the graph has its history counters seeded
     from (orion.seeding), before its first activity is evaluated; None: no reads.
+
+    one_watermark_per_stage: the runner keeps one input watermark for all the keys of a
+    stage in this process (Beam's bundle-based DirectRunner), so a timer's time proves
+    the watermark for every lead and a backlog drains in a round or two (_WatermarkFloor).
     """
 
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...] = (), *,
                  allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS,
                  dedup_span_ms: int = DEFAULT_DEDUP_SPAN_MS, bounded: bool = False,
-                 seed_store_uri: str | None = None):
+                 seed_store_uri: str | None = None, one_watermark_per_stage: bool = False):
         super().__init__()
         self.fn = _SequenceAndEvaluateFn(rules_dir, tuple(template_dirs), allowed_lateness_ms,
-                                         dedup_span_ms, bounded, seed_store_uri)
+                                         dedup_span_ms, bounded, seed_store_uri, one_watermark_per_stage)
 
     def expand(self, keyed):
         if self.fn.bounded:
