@@ -1,4 +1,4 @@
-"""`orion run` over files on the DirectRunner: the main job, its summary, and reruns."""
+"""`orion run` on the DirectRunner: the main job over files, its summary, reruns, and stopping a streaming run."""
 from __future__ import annotations
 
 import hashlib
@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 ORION = Path(sys.executable).with_name("orion")
@@ -66,3 +67,24 @@ def test_rerunning_the_same_file_leaves_the_store_unchanged(tmp_path):
     outcomes_after = sorted(line for f in (tmp_path / "out").glob("outcomes-*.jsonl") for line in f.read_text().splitlines())
     assert outcomes_after == outcomes_before, "a rerun replaces the outcome files, it does not add to them"
     assert summary_value(first.stdout, "stored:") == summary_value(second.stdout, "stored:") == before[0]
+
+
+def test_stopping_a_streaming_run_does_not_wait_on_a_runner_stuck_in_a_pull():
+    # The local runner's cancel joins a worker that can sit in a Pub/Sub pull for 30 s;
+    # `--duration` must not grow by that. A stand-in result whose cancel blocks until
+    # released (after 10 s at the latest, so a regression fails rather than hangs).
+    from orion.runners.direct import _stop
+
+    released = threading.Event()
+
+    class StuckResult:
+        def cancel(self):
+            released.wait(10)
+
+    deadline = threading.Timer(10, released.set)
+    deadline.start()
+    _stop(StuckResult(), wait_s=0.2)
+    returned_while_stuck = not released.is_set()
+    released.set()
+    deadline.cancel()
+    assert returned_while_stuck

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -22,6 +23,7 @@ from orion.pipelines.activity_graph import GraphSettings, build_activity_graph
 from orion.transforms.intake import METRICS_NAMESPACE, ParseActivities, ReadActivityFiles
 from orion.transforms.sinks import WriteActivities, WriteJsonLines
 
+STOP_WAIT_SECONDS = 2.0
 SUMMARY_EVERY_SECONDS = 10.0
 
 
@@ -220,4 +222,13 @@ def _watch_streaming(result, config: RunConfig, started: float, clock, out) -> N
     except KeyboardInterrupt:
         print("stopping ...", file=out)
     finally:
-        result.cancel()
+        _stop(result)
+
+
+def _stop(result, wait_s: float = STOP_WAIT_SECONDS) -> None:
+    """Cancel a streaming run without waiting more than `wait_s` for the runner: the local
+    runner's cancel joins a worker that may sit in a Pub/Sub pull for up to 30 s, which
+    made `--duration 10` take 30. Its workers are daemon threads; they end with the process."""
+    stopper = threading.Thread(target=result.cancel, name="orion-stop", daemon=True)
+    stopper.start()
+    stopper.join(wait_s)
