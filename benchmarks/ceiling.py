@@ -19,8 +19,9 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 CEILING_NAMESPACE = "ceiling"
 
 # Elements the bare DoFn processed in this process. The bundle-based DirectRunner (the
-# streaming runner here) runs in the benchmark's process but stops reporting a streaming
-# pipeline's counters after its first bundles, so streaming progress is read from here.
+# streaming runner here) runs in the benchmark's process, and without the fix in
+# orion.runners.direct_metrics it stops updating a streaming pipeline's counters after
+# its first bundles; streaming progress is read from here, relying on neither.
 _processed_here = [0]
 _processed_lock = threading.Lock()
 

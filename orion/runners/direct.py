@@ -18,8 +18,8 @@ from typing import Callable, NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from orion.runners import direct_metrics
 from orion.pipelines.activity_graph import GraphSettings, build_activity_graph
+from orion.runners import direct_metrics
 from orion.transforms.intake import METRICS_NAMESPACE, ParseActivities, ReadActivityFiles
 from orion.transforms.sinks import WriteActivities, WriteJsonLines
 

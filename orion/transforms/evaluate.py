@@ -64,7 +64,8 @@ class _WatermarkFloor:
     as on Beam's bundle-based DirectRunner (the local streaming runner, one process):
     there a timer releases everything due by the latest time any timer of the stage has
     fired at, so a backlog drains in a round or two. Runners with a watermark per
-    parallel instance (Beam on Flink) must not share it; `shared` says which applies.
+    parallel instance (Beam on Flink) must not share it; `one_watermark_per_stage` on
+    SequenceAndEvaluate says which applies.
     Runners copy a DoFn per bundle or per thread, so the shared floor lives here, keyed
     by the stage's id, which the copies share."""
 
@@ -132,7 +133,6 @@ class _SequenceAndEvaluateFn(beam.DoFn):
         self.outcomes = Metrics.counter(METRICS_NAMESPACE, "outcomes")
         self.qualified = Metrics.counter(METRICS_NAMESPACE, "qualified")
         self.seeded = Metrics.counter(METRICS_NAMESPACE, "leads_seeded_from_store")
-        self.release_timers = Metrics.counter(METRICS_NAMESPACE, "release_timers_fired")
 
     def setup(self) -> None:
         from orion.transforms import state_sizing
@@ -192,17 +192,7 @@ class _SequenceAndEvaluateFn(beam.DoFn):
         due=beam.DoFn.StateParam(DUE),
         release=beam.DoFn.TimerParam(RELEASE),
     ):
-        self.release_timers.inc()
-        if self.bounded:
-            up_to = None
-        else:
-            fired_ms = fired.micros // 1000
-            if self.one_watermark_per_stage:
-                watermark_floor = _WatermarkFloor.raise_to(self.stage_id, fired_ms)
-            else:
-                watermark_floor = max(fired_ms, getattr(self, "bundle_floor_ms", None) or fired_ms)
-                self.bundle_floor_ms = watermark_floor
-            up_to = watermark_floor - self.allowed_lateness_ms
+        up_to = None if self.bounded else self._watermark_floor(fired.micros // 1000) - self.allowed_lateness_ms
         before = LeadProgress(released.read(), seen.read() or {})
         ready, rest, duplicates, after = release_ready(before, pending.read(), up_to, self.dedup_span_ms)
         pending.clear()
@@ -223,6 +213,14 @@ class _SequenceAndEvaluateFn(beam.DoFn):
         else:
             due.clear()
 
+    def _watermark_floor(self, fired_ms: int) -> int:
+        """The latest time the watermark is known to have passed, given a timer fired at
+        `fired_ms` (see _WatermarkFloor)."""
+        if self.one_watermark_per_stage:
+            return _WatermarkFloor.raise_to(self.stage_id, fired_ms)
+        if self.bundle_floor_ms is None or fired_ms > self.bundle_floor_ms:
+            self.bundle_floor_ms = fired_ms
+        return self.bundle_floor_ms
 
     def evaluate_ready(self, state, ready: list[Activity]):
         """Evaluate a lead's released activities in order (seeding a lead new to the graph
