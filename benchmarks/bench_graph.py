@@ -286,7 +286,8 @@ WHERE_THE_TIME_GOES = """Where the time goes.
   add gRPC transfers on the same two cores rather than a second core's worth of work.
   At about 120 µs of Python per event, one core tops out near 8,000 to 12,000 events/s
   with the store and 1,000 campaigns; 100,000 events/s would take a runner that spreads
-  the work over ten or more such cores (Dataflow, Flink: see BENCHMARKS' Flink section)."""
+  the work over ten or more such cores (Dataflow, or a Flink cluster: the one-machine
+  Flink mini-cluster is slower than this, see the Flink section)."""
 
 
 def profile_files(rules: Path, workdir: Path) -> None:
