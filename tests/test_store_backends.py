@@ -1,6 +1,7 @@
 """What one backend does beyond the shared contract: the Bigtable row-key layout, Bigtable
-retrying and then reporting rows it keeps refusing, MySQL refusing over-long ids row by
-row and creating its database, and URIs that never show a password.
+retrying and then reporting rows it keeps refusing, the Bigtable store merging raw
+ReadRows chunks and resuming a read, MySQL refusing over-long ids row by row and creating
+its database, and URIs that never show a password.
 
     .venv/bin/python -m pytest -q tests/test_store_backends.py
 """
@@ -30,9 +31,12 @@ from orion.store.bigtable import (
     activity_row_key,
     cell_timestamp,
     index_row_key,
+    lead_prefix,
     lead_salt,
+    merge_row_chunks,
     parse_activity_row_key,
     parse_index_row_key,
+    read_rows_request,
 )
 
 @pytest.fixture
@@ -138,6 +142,128 @@ def test_bigtable_store_on_a_missing_table_says_to_run_init(bigtable_emulator):
     with open_store(uri) as store:
         with pytest.raises(StoreError, match=f"orion store init {uri}"):
             store.write([Activity("e1", "acme", "7", "open_email", T0, {})])
+
+
+def _raw_read(store, request) -> list:
+    """The ReadRowsResponse messages (the client's type) the emulator answers request with."""
+    return list(store._client.table_data_client.read_rows(request=request))
+
+
+def _rechunked(responses: list, piece: int, per_response: int) -> list:
+    """The rows of real responses sent the other ways the protocol allows: every value
+    split into chunks of at most `piece` bytes, family and qualifier omitted when they
+    repeat the previous cell's, every row first begun and reset, and the chunks spread
+    over responses of `per_response` chunks."""
+    from google.cloud.bigtable_v2.types import bigtable
+
+    raw = bigtable.ReadRowsResponse.pb()
+    rows, row = [], []
+    for response in responses:
+        for chunk in bigtable.ReadRowsResponse.pb(response).chunks:
+            row.append(chunk)
+            if chunk.commit_row:
+                rows.append(row)
+                row = []
+    holder = raw()  # chunks are built in it, then copied out
+    chunks = []
+    for row in rows:
+        begun = holder.chunks.add()
+        begun.CopyFrom(row[0])
+        begun.commit_row = False
+        chunks += [begun, holder.chunks.add(reset_row=True)]
+        family = qualifier = None
+        for n, cell in enumerate(row):
+            value = cell.value
+            pieces = [value[i:i + piece] for i in range(0, len(value), piece)] or [b""]
+            for i, part in enumerate(pieces):
+                chunk = holder.chunks.add(value=part)
+                if i == 0:
+                    if n == 0:
+                        chunk.row_key = cell.row_key
+                    if cell.family_name.value != family:
+                        chunk.family_name.value = family = cell.family_name.value
+                        qualifier = None
+                    if cell.qualifier.value != qualifier:
+                        chunk.qualifier.value = qualifier = cell.qualifier.value
+                    chunk.timestamp_micros = cell.timestamp_micros
+                if i < len(pieces) - 1:
+                    chunk.value_size = len(value)
+                chunks.append(chunk)
+            chunk.commit_row = n == len(row) - 1
+    out = []
+    for start in range(0, len(chunks), per_response):
+        response = raw()
+        for chunk in chunks[start:start + per_response]:
+            response.chunks.add().CopyFrom(chunk)
+        out.append(bigtable.ReadRowsResponse.wrap(response))
+    return out
+
+
+def test_bigtable_reads_merge_values_split_over_chunks_and_reset_rows(bigtable_emulator):
+    """The store merges ReadRows chunks itself. The emulator sends every cell whole, in one
+    chunk; Bigtable may split a large value over several chunks, omit a repeated family
+    and qualifier, and reset a row it has begun. The same real rows, sent those ways, must
+    merge to the same rows, cells and timestamps."""
+    from google.cloud.bigtable import row_filters as rf
+
+    big = Activity("e-big", "acme", "7", "open_email", T0, {"blob": "ü" * 300_000})
+    small = [Activity(f"e{n}", "acme", "7", ("click", "open_email")[n % 2], T0 + n, {"n": n}) for n in range(5)]
+    uri = bigtable_uri()
+    with open_store(uri) as store:
+        store.init()
+        store.write([big, *small])
+        request = read_rows_request(store._table(store.table_id).name, [(None, None)],
+                                    rf.CellsColumnLimitFilter(1))
+        responses = _raw_read(store, request)
+        expected = list(merge_row_chunks(responses))
+        assert [row.key for row in expected] == sorted(
+            activity_row_key(a.tenant, a.lead_id, a.occurred_at, a.event_id) for a in [big, *small])
+        by_key = {row.key: row for row in expected}
+        big_row = by_key[activity_row_key("acme", "7", T0, "e-big")]
+        assert big_row.cells["a"][b"attributes"][0].value == ('{"blob":"' + "ü" * 300_000 + '"}').encode()
+        assert {q: [tuple(c) for c in v] for q, v in big_row.cells["a"].items() if q != b"attributes"} == {
+            b"type": [(b"open_email", T0 * 1000)], b"occurred_at": [(str(T0).encode(), T0 * 1000)]}
+        for piece, per_response in ((1 << 20, 1), (1_000, 3), (7, 500)):
+            assert list(merge_row_chunks(_rechunked(responses, piece, per_response))) == expected
+        assert store.history("acme", "7") == sorted([big, *small], key=lambda a: (a.occurred_at, a.event_id), reverse=True)
+
+
+def test_bigtable_history_with_a_type_filter_and_a_limit_reads_only_what_it_needs(bigtable_emulator):
+    lead = [Activity(f"e{n:02d}", "acme", "7", ("click", "open_email", "visit")[n % 3], T0 + n // 2, {"n": n})
+            for n in range(30)]  # two activities per time: ties broken by event id
+    with open_store(bigtable_uri()) as store:
+        store.init()
+        store.write(lead)
+        newest_first = sorted(lead, key=lambda a: (a.occurred_at, a.event_id), reverse=True)
+        for types, limit in ((["click"], 3), (["click", "visit"], 5), (["visit"], None), (["nothing"], 2)):
+            wanted = [a for a in newest_first if a.type in types]
+            assert store.history("acme", "7", types=types, limit=limit) == wanted[:limit]
+        assert store.history("acme", "7", types=["open_email"], since=T0 + 3, until=T0 + 9, limit=2) == [
+            a for a in newest_first if a.type == "open_email" and T0 + 3 <= a.occurred_at < T0 + 9][:2]
+        assert store.count() == len(lead)
+
+
+def test_bigtable_resumed_reads_ask_only_for_the_rows_after_the_last_one_delivered(bigtable_emulator):
+    """What a read retried mid-stream sends: every range cut after the last row delivered."""
+    lead = [Activity(f"e{n}", "acme", "7", ("click", "open_email", "visit")[n % 3], T0 + n * 86_400_000, {})
+            for n in range(9)]
+    with open_store(bigtable_uri()) as store:
+        store.init()
+        store.write(lead)
+        store.index_activities(lead)
+        index = store._table(store.index_table_id).name
+        ranges = [((lead_prefix("acme", "7") + t + "#").encode(), (lead_prefix("acme", "7") + t + "$").encode())
+                  for t in ("click", "visit")]  # all days of two types
+        everything = [row.key for row in merge_row_chunks(_raw_read(store, read_rows_request(index, ranges)))]
+        assert len(everything) == 6
+        for done in range(1, 6):
+            request = read_rows_request(index, ranges, after=everything[done - 1])
+            assert [row.key for row in merge_row_chunks(_raw_read(store, request))] == everything[done:]
+        assert read_rows_request(index, ranges, after=ranges[-1][1]) is None  # nothing left to read
+        limited = read_rows_request(index, ranges, rows_limit=2)
+        assert [row.key for row in merge_row_chunks(_raw_read(store, limited))] == everything[:2]
+        assert store.read_index("acme", "7", types=["click", "visit"], since_day=activity_day(T0 + 3 * 86_400_000)) == {
+            (a.type, activity_day(a.occurred_at)): (1, a.occurred_at) for a in lead[3:] if a.type != "open_email"}
 
 
 def test_mysql_refuses_an_over_long_id_and_writes_the_rest(mysql_store_uri):
