@@ -19,7 +19,6 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from orion.pipelines.activity_graph import GraphSettings, build_activity_graph
-from orion.runners import direct_metrics
 from orion.transforms.intake import METRICS_NAMESPACE, ParseActivities, ReadActivityFiles
 from orion.transforms.sinks import WriteActivities, WriteJsonLines
 
@@ -190,7 +189,6 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=None
     config.out_dir.mkdir(parents=True, exist_ok=True)
     clear_previous_outputs(config.out_dir)
     options = pipeline_options(config)
-    direct_metrics.install()
     started = clock()
     pipeline = beam.Pipeline(options=options)
     build(pipeline, config)
