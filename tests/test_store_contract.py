@@ -274,3 +274,11 @@ def test_activity_index_ignores_rows_that_were_not_stored(store):
     write_and_index(store, [act("ok"), bad])
     assert store.index_activities([bad]) == 0
     assert store.read_index("acme", "7") == {("visit_web_page", activity_day(T0)): (1, T0)}
+
+
+def test_activity_index_ignores_rows_refused_for_their_attributes(store):
+    # Valid ids and time, attributes no store can hold: written nowhere, so indexed nowhere.
+    refused = act("nan", at=T0 + DAY, url=float("nan"))
+    write_and_index(store, [act("ok"), refused])
+    assert store.index_activities([refused]) == 0
+    assert store.read_index("acme", "7") == {("visit_web_page", activity_day(T0)): (1, T0)}

@@ -82,12 +82,14 @@ def day_bounds(day: date) -> tuple[int, int]:
 
 def index_keys(activities: Iterable[Activity]) -> list[tuple[str, str, str, date]]:
     """The (tenant, lead, type, day) index entries some activities touch, sorted (so
-    concurrent writers lock them in one order). Activities no store can hold (see
-    attributes_json) touch none."""
+    concurrent writers lock them in one order). Activities whose ids or time no store
+    can hold (see check_ids_and_time) touch none. Their attributes are not checked: the
+    stores that call this recount each entry from the rows they hold, so an activity
+    whose attributes were refused adds nothing to a count."""
     keys = set()
     for a in activities:
         try:
-            attributes_json(a)
+            check_ids_and_time(a)
         except ValueError:
             continue
         keys.add((a.tenant, a.lead_id, a.type, activity_day(a.occurred_at)))
@@ -214,9 +216,19 @@ def attributes_json(activity: Activity) -> str:
         text = _ATTRIBUTES_ENCODER.encode(activity.attributes)
     except (TypeError, ValueError) as err:
         raise ValueError(f"attributes are not JSON: {err}") from None
+    check_ids_and_time(activity)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"attributes is not valid Unicode text: {err.reason} at {err.start}") from None
+    return text
+
+
+def check_ids_and_time(activity: Activity) -> None:
+    """ValueError (the detail of an UNSTORABLE failure) unless the activity's ids are
+    UTF-8 text and its time epoch milliseconds within the years 1 to 9999."""
     for field, value in (("event_id", activity.event_id), ("tenant", activity.tenant),
-                         ("lead_id", activity.lead_id), ("type", activity.type),
-                         ("attributes", text)):
+                         ("lead_id", activity.lead_id), ("type", activity.type)):
         if not isinstance(value, str):
             raise ValueError(f"{field} must be text, not {type(value).__name__}")
         try:
@@ -227,7 +239,6 @@ def attributes_json(activity: Activity) -> str:
         raise ValueError(f"occurred_at must be epoch milliseconds, not {activity.occurred_at!r}")
     if not MIN_MS <= activity.occurred_at <= MAX_MS:
         raise ValueError(f"occurred_at {activity.occurred_at} is outside the years 1 to 9999")
-    return text
 
 
 def with_backoff(operation, is_transient, *, attempts: int = 6, first_delay: float = 0.1,

@@ -372,6 +372,7 @@ class MysqlStore(ActivityStore):
             return 0
 
         def recount(cursor):
+            set_entries = 0
             for tenant, lead_id, type_, day in keys:
                 start, end = day_bounds(day)
                 # Shared locks on the counted rows: a concurrent write to this lead, type
@@ -383,6 +384,7 @@ class MysqlStore(ActivityStore):
                 )
                 count, last_seen = cursor.fetchone()
                 if count:
+                    set_entries += 1
                     cursor.execute(
                         "INSERT INTO activity_index (tenant, lead_id, type, day, activity_count, last_seen) "
                         "VALUES (%s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
@@ -394,9 +396,9 @@ class MysqlStore(ActivityStore):
                         "DELETE FROM activity_index WHERE tenant = %s AND lead_id = %s AND type = %s AND day = %s",
                         (tenant, lead_id, type_, day),
                     )
+            return set_entries
 
-        self._transaction(recount)
-        return len(keys)
+        return self._transaction(recount)
 
     def read_index(
         self,

@@ -194,28 +194,33 @@ class SqliteStore(ActivityStore):
         if not keys:
             return 0
 
-        # Two set-based statements over all keys (sqlite3 loops over the parameters in C):
-        # recount each (tenant, lead, type, day) from the activities, and drop an entry
-        # whose day holds none any more.
+        # Set-based statements over all keys (sqlite3 loops over the parameters in C):
+        # recount each (tenant, lead, type, day) from the activities and, when some key
+        # had no rows (an activity that was not stored, or rows removed since), drop an
+        # entry whose day holds none any more.
         params = []
         for tenant, lead_id, type_, day in keys:
             start, end = day_bounds(day)
             params.append((day.isoformat(), tenant, lead_id, type_, start, end))
 
         def recount(connection):
+            before = connection.total_changes  # rows inserted (a replaced row counts once)
             connection.executemany(
                 "INSERT OR REPLACE INTO activity_index (tenant, lead_id, type, day, activity_count, last_seen) "
                 "SELECT tenant, lead_id, type, ?, COUNT(*), MAX(occurred_at) FROM activities "
                 "WHERE tenant = ? AND lead_id = ? AND type = ? AND occurred_at >= ? AND occurred_at < ? "
                 "GROUP BY tenant, lead_id, type", params)
+            set_entries = connection.total_changes - before
+            if set_entries == len(params):
+                return set_entries  # every entry was recounted from rows: none to drop
             connection.executemany(
                 "DELETE FROM activity_index WHERE day = ? AND tenant = ? AND lead_id = ? AND type = ? "
                 "AND NOT EXISTS (SELECT 1 FROM activities WHERE activities.tenant = activity_index.tenant "
                 "AND activities.lead_id = activity_index.lead_id AND activities.type = activity_index.type "
                 "AND occurred_at >= ? AND occurred_at < ?)", params)
+            return set_entries
 
-        self._transaction(recount)
-        return len(keys)
+        return self._transaction(recount)
 
     def read_index(
         self,
