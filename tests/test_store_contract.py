@@ -14,7 +14,7 @@ from store_services import bigtable_uri, drop_mysql_tables, mysql_uri
 
 from orion.activities import Activity
 from orion.store import open_store
-from orion.store.base import UNSTORABLE, StoreWriteError, activity_day
+from orion.store.base import UNSTORABLE, HistoryRead, IndexRead, StoreWriteError, activity_day
 
 BACKENDS = ("sqlite", "bigtable", "mysql")
 
@@ -282,3 +282,45 @@ def test_activity_index_ignores_rows_refused_for_their_attributes(store):
     write_and_index(store, [act("ok"), refused])
     assert store.index_activities([refused]) == 0
     assert store.read_index("acme", "7") == {("visit_web_page", activity_day(T0)): (1, T0)}
+
+
+# --- many leads at once (what seeding reads) ---------------------------------------------
+
+
+def many_leads(store):
+    """Leads of two tenants (odd ids among them), each with a few activities over three
+    days; more leads than one statement of a batching store takes."""
+    leads = [("acme", f"L{n}") for n in range(230)] + [("globex", lead) for lead in ODD_IDS]
+    batch = []
+    for n, (tenant, lead) in enumerate(leads):
+        for k in range(n % 4):
+            batch.append(act(f"{lead}-v{k}", tenant=tenant, lead=lead, at=T0 + k * DAY + n))
+            batch.append(act(f"{lead}-o{k}", tenant=tenant, lead=lead, at=T0 + k * DAY + n + 1,
+                             type_="open_email", email="welcome"))
+    write_and_index(store, batch)
+    return leads
+
+
+def test_histories_answer_each_read_as_history_would(store):
+    leads = many_leads(store)
+    reads = [HistoryRead(tenant, lead, since=T0 + (n % 3) * DAY if n % 5 else None,
+                         until=T0 + (n % 3 + 1) * DAY + n if n % 7 else None,
+                         types=(None, ("open_email",), (), ("open_email", "visit_web_page"))[n % 4])
+             for n, (tenant, lead) in enumerate(leads)]
+    reads += [HistoryRead("acme", "nobody"), HistoryRead("initech", "L1")]
+    answers = store.histories(reads)
+    assert answers == [store.history(r.tenant, r.lead_id, since=r.since, until=r.until, types=r.types)
+                       for r in reads]
+    assert sum(map(len, answers)) > 100  # the reads found rows, not only nothing
+
+
+def test_read_indexes_answer_each_read_as_read_index_would(store):
+    leads = many_leads(store)
+    reads = [IndexRead(tenant, lead, types=(None, ("open_email",), (), ("visit_web_page",))[n % 4],
+                       since_day=activity_day(T0 + (n % 3) * DAY) if n % 5 else None)
+             for n, (tenant, lead) in enumerate(leads)]
+    reads += [IndexRead("acme", "nobody"), IndexRead("initech", "L1")]
+    answers = store.read_indexes(reads)
+    assert answers == [store.read_index(r.tenant, r.lead_id, types=r.types, since_day=r.since_day)
+                       for r in reads]
+    assert sum(map(len, answers)) > 100

@@ -69,6 +69,25 @@ class StoreWriteError(StoreError):
 IndexEntries = dict[tuple[str, date], tuple[int, int]]
 
 
+class HistoryRead(NamedTuple):
+    """One lead's history read, as `ActivityStore.history` takes it (no limit)."""
+
+    tenant: str
+    lead_id: str
+    since: int | None = None
+    until: int | None = None
+    types: tuple[str, ...] | None = None
+
+
+class IndexRead(NamedTuple):
+    """One lead's index read, as `ActivityStore.read_index` takes it."""
+
+    tenant: str
+    lead_id: str
+    types: tuple[str, ...] | None = None
+    since_day: date | None = None
+
+
 def activity_day(occurred_at: int) -> date:
     """The UTC day an activity (epoch milliseconds) falls on."""
     return date(1970, 1, 1) + timedelta(days=occurred_at // MS_PER_DAY)
@@ -146,6 +165,11 @@ class ActivityStore(abc.ABC):
         """A lead's activities with since <= occurred_at < until, newest first (ties by
         event id, descending), at most `limit`."""
 
+    def histories(self, reads: Sequence[HistoryRead]) -> list[list[Activity]]:
+        """`history` of each read, in order. A store may answer many in one round trip;
+        this one asks for each in turn."""
+        return [self.history(r.tenant, r.lead_id, since=r.since, until=r.until, types=r.types) for r in reads]
+
     @abc.abstractmethod
     def count(self) -> int:
         """How many activities the store holds."""
@@ -166,6 +190,11 @@ class ActivityStore(abc.ABC):
     ) -> IndexEntries:
         """A lead's activity index: {(type, UTC day): (count, last seen epoch ms)} for the
         given types (default all) and days on or after since_day (default all)."""
+
+    def read_indexes(self, reads: Sequence[IndexRead]) -> list[IndexEntries]:
+        """`read_index` of each read, in order. A store may answer many in one round
+        trip; this one asks for each in turn."""
+        return [self.read_index(r.tenant, r.lead_id, types=r.types, since_day=r.since_day) for r in reads]
 
     def close(self) -> None:
         """Release connections."""

@@ -21,7 +21,9 @@ from orion.activities import Activity
 from orion.store.base import (
     UNSTORABLE,
     ActivityStore,
+    HistoryRead,
     IndexEntries,
+    IndexRead,
     StoreError,
     WriteFailure,
     WriteResult,
@@ -65,6 +67,27 @@ def sqlite_path(uri: str) -> Path:
     if parts.scheme != "sqlite" or not parts.path or parts.netloc:
         raise StoreError(f"bad SQLite URI {uri!r}; write sqlite:///relative/path.db or sqlite:////absolute/path.db")
     return Path(parts.path[1:])
+
+
+# Leads per statement of histories / read_indexes: four parameters each, under SQLite's
+# oldest limit of 999 parameters a statement.
+READS_PER_STATEMENT = 200
+_NO_EARLIER, _NO_LATER = -(2 ** 62), 2 ** 62
+
+
+def _by_tenant_and_types(reads) -> list[tuple[tuple, list[int]]]:
+    """The reads' positions grouped by (tenant, types), READS_PER_STATEMENT at most a group."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(reads):
+        groups.setdefault((r.tenant, None if r.types is None else tuple(r.types)), []).append(i)
+    return [(key, members[start:start + READS_PER_STATEMENT])
+            for key, members in groups.items() for start in range(0, len(members), READS_PER_STATEMENT)]
+
+
+def _types_clause(column: str, types: tuple | None) -> str:
+    if types is None:
+        return ""
+    return f"AND {column} IN ({', '.join('?' * len(types))})" if types else "AND 0"
 
 
 def _is_busy(err: Exception) -> bool:
@@ -189,6 +212,29 @@ class SqliteStore(ActivityStore):
     def count(self) -> int:
         return self._select("SELECT COUNT(*) FROM activities", ())[0][0]
 
+    def histories(self, reads: Sequence[HistoryRead]) -> list[list[Activity]]:
+        # One statement per tenant, types and READS_PER_STATEMENT leads: the reads join
+        # the activities as a VALUES table, each with its own time range.
+        answers: list[list[Activity]] = [[] for _ in reads]
+        for (tenant, types), members in _by_tenant_and_types(reads):
+            where_type = _types_clause("a.type", types)
+            values = ", ".join("(?, ?, ?, ?)" for _ in members)
+            params: list = []
+            for i in members:
+                r = reads[i]
+                params += [i, r.lead_id, _NO_EARLIER if r.since is None else r.since,
+                           _NO_LATER if r.until is None else r.until]
+            rows = self._select(
+                f"WITH r(i, lead_id, since, until) AS (VALUES {values}) "
+                "SELECT r.i, a.event_id, a.tenant, a.lead_id, a.type, a.occurred_at, a.attributes "
+                "FROM r JOIN activities a ON a.tenant = ? AND a.lead_id = r.lead_id "
+                f"AND a.occurred_at >= r.since AND a.occurred_at < r.until {where_type} "
+                "ORDER BY r.i, a.occurred_at DESC, a.event_id DESC",
+                params + [tenant] + list(types or ()))
+            for i, e, t, l, ty, at, attrs in rows:
+                answers[i].append(Activity(e, t, l, ty, at, json.loads(attrs)))
+        return answers
+
     def index_activities(self, activities: Sequence[Activity]) -> int:
         keys = index_keys(activities)
         if not keys:
@@ -241,6 +287,25 @@ class SqliteStore(ActivityStore):
             params.append(since_day.isoformat())
         rows = self._select(" ".join(sql), params)
         return {(type_, date.fromisoformat(day)): (count, last_seen) for type_, day, count, last_seen in rows}
+
+    def read_indexes(self, reads: Sequence[IndexRead]) -> list[IndexEntries]:
+        # As histories: one statement per tenant, types and READS_PER_STATEMENT leads.
+        answers: list[IndexEntries] = [{} for _ in reads]
+        for (tenant, types), members in _by_tenant_and_types(reads):
+            values = ", ".join("(?, ?, ?)" for _ in members)
+            params: list = []
+            for i in members:
+                r = reads[i]
+                params += [i, r.lead_id, "" if r.since_day is None else r.since_day.isoformat()]
+            rows = self._select(
+                f"WITH r(i, lead_id, since_day) AS (VALUES {values}) "
+                "SELECT r.i, x.type, x.day, x.activity_count, x.last_seen "
+                "FROM r JOIN activity_index x ON x.tenant = ? AND x.lead_id = r.lead_id AND x.day >= r.since_day "
+                f"{_types_clause('x.type', types)}",
+                params + [tenant] + list(types or ()))
+            for i, type_, day, count, last_seen in rows:
+                answers[i][(type_, date.fromisoformat(day))] = (count, last_seen)
+        return answers
 
     def close(self) -> None:
         if self._connection is not None:
