@@ -21,11 +21,14 @@ Engine-neutral: the Beam DoFn and the Flink function both call `seed_state`.
 """
 from __future__ import annotations
 
+import weakref
 from datetime import date, timedelta
+from typing import NamedTuple, Sequence
 
 from orion.activities import MS_PER_DAY, activity_sort_key
 from orion.rules.index import RuleSet
 from orion.rules.model import LeadState
+from orion.store.base import HistoryRead, IndexRead
 
 _EPOCH = date(1970, 1, 1)
 
@@ -35,6 +38,28 @@ def _counters(rules: RuleSet, tenant: str):
     if tenant_rules is None:
         return None, ()
     return tenant_rules, tuple(c for found in tenant_rules.counters_by_type.values() for c in found)
+
+
+class _Counted(NamedTuple):
+    """What a tenant's history counters read, worked out once per compiled rules."""
+
+    longest_days: int  # the longest span any counter looks back
+    whole: tuple[str, ...]  # types counted with no conditions (from the index)
+    conditional: tuple[str, ...]  # types counted with conditions (from the history)
+    whole_only: tuple[str, ...]  # whole and not conditional: their first day from the history
+
+
+_COUNTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # TenantRules -> _Counted
+
+
+def _counted_types(tenant_rules, counters) -> _Counted:
+    found = _COUNTED.get(tenant_rules)
+    if found is None:
+        whole = {c.activity_type for c in counters if not c.conditions}
+        conditional = {c.activity_type for c in counters if c.conditions}
+        found = _COUNTED[tenant_rules] = _Counted(max(c.retention_days for c in counters), tuple(sorted(whole)),
+                                                  tuple(sorted(conditional)), tuple(sorted(whole - conditional)))
+    return found
 
 
 def open_initialised_store(uri: str | None):
@@ -57,39 +82,68 @@ def reads_history(rules: RuleSet, tenant: str) -> bool:
 def seed_state(rules: RuleSet, store, tenant: str, lead_id: str, before_ms: int) -> LeadState | None:
     """The lead's state with its history counters filled from `store` (an ActivityStore)
     for everything stored before `before_ms`; None when there is nothing to count."""
+    return seed_states(rules, store, [(tenant, lead_id, before_ms)])[0]
+
+
+def seed_states(rules: RuleSet, store, leads: Sequence[tuple[str, str, int]]) -> list[LeadState | None]:
+    """`seed_state` of each (tenant, lead_id, before_ms), in order, with the store's
+    reads of all the leads asked together (`histories`, `read_indexes`): a store may
+    answer them in a few round trips rather than a few per lead."""
+    plans = [_plan(rules, tenant, lead_id, before_ms) for tenant, lead_id, before_ms in leads]
+    index_reads = [(n, plan.index_read) for n, plan in enumerate(plans) if plan and plan.index_read]
+    entries = dict(zip((n for n, _ in index_reads), store.read_indexes([read for _, read in index_reads])))
+    history_reads = [(n, read) for n, plan in enumerate(plans) if plan for read in plan.history_reads]
+    histories: dict[int, list] = {}
+    for (n, _), found in zip(history_reads, store.histories([read for _, read in history_reads])):
+        histories.setdefault(n, []).extend(found)
+    return [None if plan is None else _counted(plan, entries.get(n, {}), histories.get(n, []))
+            for n, plan in enumerate(plans)]
+
+
+class _Plan(NamedTuple):
+    """What seeding one lead reads, and what it needs to count what it read."""
+
+    tenant_rules: object  # the tenant's compiled rules
+    first_day: int  # the day (since the epoch) of before_ms
+    index_read: IndexRead | None  # counters with no conditions, whole days before first_day
+    history_reads: tuple[HistoryRead, ...]  # conditional counters, and first_day up to before_ms
+
+
+def _plan(rules: RuleSet, tenant: str, lead_id: str, before_ms: int) -> _Plan | None:
     tenant_rules, counters = _counters(rules, tenant)
     if not counters:
         return None
+    types = _counted_types(tenant_rules, counters)
     first_day = before_ms // MS_PER_DAY
-    oldest_day = max(0, first_day - max(c.retention_days for c in counters))
-    whole = {c.activity_type for c in counters if not c.conditions}
-    conditional = {c.activity_type for c in counters if c.conditions}
-    history: dict = {}
-    if whole:
-        entries = store.read_index(tenant, lead_id, types=sorted(whole),
-                                   since_day=_EPOCH + timedelta(days=oldest_day))
-        for (type_, day), (count, _last) in entries.items():
-            day_number = (day - _EPOCH).days
-            if day_number >= first_day or count <= 0:
-                continue  # the first day itself is counted from the history, up to before_ms
-            for counter in tenant_rules.counters_by_type.get(type_, ()):
-                if not counter.conditions and day_number > first_day - counter.retention_days:
-                    history.setdefault(counter.key, {})[day_number] = count
+    oldest_day = max(0, first_day - types.longest_days)
+    index_read = IndexRead(tenant, lead_id, types.whole, _EPOCH + timedelta(days=oldest_day)) if types.whole else None
     # From the history: conditional counters over their whole span, and the first day
     # (up to before_ms) of the unconditional ones. A type is read once.
-    reads = []
-    if conditional:
-        reads.append((sorted(conditional), oldest_day))
-    if whole - conditional:
-        reads.append((sorted(whole - conditional), max(first_day, 0)))
-    for types, from_day in reads:
-        activities = store.history(tenant, lead_id, since=from_day * MS_PER_DAY, until=before_ms, types=types)
-        for activity in sorted(activities, key=activity_sort_key):
-            day = activity.occurred_at // MS_PER_DAY
-            for counter in tenant_rules.counting(activity):
-                if day > first_day - counter.retention_days and (counter.conditions or day == first_day):
-                    per_day = history.setdefault(counter.key, {})
-                    per_day[day] = per_day.get(day, 0) + 1
+    history_reads = []
+    if types.conditional:
+        history_reads.append(HistoryRead(tenant, lead_id, oldest_day * MS_PER_DAY, before_ms, types.conditional))
+    if types.whole_only:
+        history_reads.append(HistoryRead(tenant, lead_id, max(first_day, 0) * MS_PER_DAY, before_ms,
+                                         types.whole_only))
+    return _Plan(tenant_rules, first_day, index_read, tuple(history_reads))
+
+
+def _counted(plan: _Plan, entries, activities) -> LeadState | None:
+    tenant_rules, first_day = plan.tenant_rules, plan.first_day
+    history: dict = {}
+    for (type_, day), (count, _last) in entries.items():
+        day_number = (day - _EPOCH).days
+        if day_number >= first_day or count <= 0:
+            continue  # the first day itself is counted from the history, up to before_ms
+        for counter in tenant_rules.counters_by_type.get(type_, ()):
+            if not counter.conditions and day_number > first_day - counter.retention_days:
+                history.setdefault(counter.key, {})[day_number] = count
+    for activity in sorted(activities, key=activity_sort_key):
+        day = activity.occurred_at // MS_PER_DAY
+        for counter in tenant_rules.counting(activity):
+            if day > first_day - counter.retention_days and (counter.conditions or day == first_day):
+                per_day = history.setdefault(counter.key, {})
+                per_day[day] = per_day.get(day, 0) + 1
     return LeadState(history=history) if history else None
 
 

@@ -23,7 +23,8 @@ from orion import cli
 from orion.activities import Activity, ActivityTypes, format_timestamp, parse_activity
 from orion.rules import evaluate, load_rules
 from orion.runners.direct import RunConfig, run
-from orion.seeding import seed_state
+from orion.seeding import seed_state, seed_states
+from orion.transforms.evaluate import SEED_BATCH
 from orion.store import open_store
 
 RULES = """
@@ -146,6 +147,29 @@ def test_a_second_run_sees_the_history_the_first_one_stored(rules_dir, tmp_path)
     # Running the same input again counts nothing twice: the same outcomes.
     run_graph(rules_dir, [contact("L1"), contact("L9")], tmp_path, "again", uri)
     assert fired(tmp_path / "again") == fired(tmp_path / "second")
+
+
+def test_leads_seeded_together_each_count_their_own_history(rules_dir, tmp_path):
+    # The bounded graph seeds leads in groups (SEED_BATCH): more leads than a group,
+    # each with its own history and its own first time, some with none.
+    rules = load_rules(rules_dir)
+    uri = f"sqlite:///{tmp_path / 's.db'}"
+    leads = [f"L{n}" for n in range(SEED_BATCH + 50)]
+    store_history(uri, [a for n, lead in enumerate(leads) if n % 5
+                        for a in history_of(lead, visits=n % 4 + 1, opens=n % 3)])
+    asked = [("acme", lead, T0 - (n % 2) * DAY) for n, lead in enumerate(leads)]
+    with open_store(uri) as store:
+        together = seed_states(rules, store, asked)
+        one_by_one = [seed_state(rules, store, *lead) for lead in asked]
+    assert together == one_by_one
+    assert sum(state is not None for state in together) > SEED_BATCH // 2
+    # The graph evaluates each lead with its own counters: qualified exactly where the
+    # lead's own history says so (3 pricing visits; 2 opens in the last 7 days).
+    totals = run_graph(rules_dir, [contact(lead) for lead in leads], tmp_path, "grouped", uri)
+    expected = {(lead, "Pricing fan") for n, lead in enumerate(leads) if n % 5 and n % 4 + 1 >= 3}
+    expected |= {(lead, "Regular reader") for n, lead in enumerate(leads) if n % 5 and n % 3 >= 2}
+    assert fired(tmp_path / "grouped") == expected
+    assert totals["leads_seeded_from_store"] == sum(1 for n in range(len(leads)) if n % 5)
 
 
 def test_the_campaign_flows_see_the_stored_history_too(rules_dir, tmp_path):

@@ -23,14 +23,15 @@ from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.transforms.window import GlobalWindow
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from orion.activities import Activity
 from orion.deadletters import DeadLetter
 from orion.rules import evaluate
 from orion.runtime import tune_gc
-from orion.seeding import open_initialised_store, seed_state
+from orion.seeding import open_initialised_store, seed_state, seed_states
 from orion.sequencing import (
     DEFAULT_ALLOWED_LATENESS_MS,
     DEFAULT_DEDUP_SPAN_MS,
@@ -47,6 +48,9 @@ from orion.transforms.intake import DEAD, METRICS_NAMESPACE
 STORE = "store"
 # Bounded input: one timer per lead at the end of the global window releases everything.
 _END_OF_INPUT = GlobalWindow().max_timestamp()
+_GLOBAL = (GlobalWindow(),)
+# Bounded input: leads seeded from the store together (see _EvaluateLeadsFn).
+SEED_BATCH = 200
 
 
 class _WatermarkFloor:
@@ -222,12 +226,13 @@ class _SequenceAndEvaluateFn(beam.DoFn):
             self.bundle_floor_ms = fired_ms
         return self.bundle_floor_ms
 
-    def evaluate_ready(self, state, ready: list[Activity]):
+    def evaluate_ready(self, state, ready: list[Activity], *, seeded: bool = False):
         """Evaluate a lead's released activities in order (seeding a lead new to the graph
-        from the store first); yields the outcomes and the activities to store, returns
-        the lead's state after them."""
+        from the store first, unless `seeded`: `state` is already what seeding gave);
+        yields the outcomes and the activities to store, returns the lead's state after
+        them."""
         rules = self.rules
-        if state is None and self.seed_store is not None:
+        if state is None and not seeded and self.seed_store is not None:
             # A lead new to this graph may have a history in the store already.
             first = ready[0]
             state = seed_state(rules, self.seed_store, first.tenant, first.lead_id, first.occurred_at)
@@ -253,24 +258,63 @@ class _EvaluateLeadsFn(beam.DoFn):
     """Bounded input: each lead's whole input, grouped, deduplicated, ordered and
     evaluated at once. This is what SequenceAndEvaluate's timer does at the end of a
     bounded input (release everything, once), without per-lead state and timers: a
-    GroupByKey is far cheaper on every runner."""
+    GroupByKey is far cheaper on every runner.
 
-    def __init__(self, sequencer: _SequenceAndEvaluateFn):
+    With a store to seed from, leads wait in groups of up to `seed_batch` (0: none) so
+    the store is asked for all their histories at once (orion.seeding.seed_states)
+    rather than in a few reads per lead. Only for input in the global window: a lead
+    evaluated while another is processed, or at the end of the bundle, is emitted in
+    the global window at the timestamp the GroupByKey gave the leads (one for all)."""
+
+    def __init__(self, sequencer: _SequenceAndEvaluateFn, seed_batch: int = 0):
         self.sequencer = sequencer
+        self.seed_batch = seed_batch
 
     def setup(self) -> None:
         self.sequencer.setup()
+        self.batching = self.seed_batch > 0 and self.sequencer.seed_store is not None
 
     def teardown(self) -> None:
         self.sequencer.teardown()
 
-    def process(self, element):
+    def start_bundle(self) -> None:
+        self.waiting: list[list[Activity]] = []  # leads' ready activities, not yet seeded
+        self.timestamp = _END_OF_INPUT  # where the GroupByKey emits (runners differ)
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam):
         _, activities = element
+        self.timestamp = timestamp
         ready, _, duplicates, _ = release_ready(LeadProgress(None, {}), activities, None,
                                                 self.sequencer.dedup_span_ms)
         if duplicates:
             self.sequencer.duplicates.inc(duplicates)
-        yield from self.sequencer.evaluate_ready(None, ready)
+        if not ready:
+            return
+        if not self.batching:
+            yield from self.sequencer.evaluate_ready(None, ready)
+            return
+        self.waiting.append(ready)
+        if len(self.waiting) >= self.seed_batch:
+            yield from self._evaluate_waiting()
+
+    def finish_bundle(self):
+        for output in self._evaluate_waiting():
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag, WindowedValue(output.value, self.timestamp, _GLOBAL))
+            else:
+                yield WindowedValue(output, self.timestamp, _GLOBAL)
+
+    def _evaluate_waiting(self):
+        waiting, self.waiting = self.waiting, []
+        if not waiting:
+            return
+        sequencer = self.sequencer
+        states = seed_states(sequencer.rules, sequencer.seed_store,
+                             [(ready[0].tenant, ready[0].lead_id, ready[0].occurred_at) for ready in waiting])
+        for ready, state in zip(waiting, states):
+            if state is not None:
+                sequencer.seeded.inc()
+            yield from sequencer.evaluate_ready(state, ready, seeded=True)
 
 
 def _at(ms: int) -> Timestamp:
@@ -302,9 +346,11 @@ class SequenceAndEvaluate(beam.PTransform):
 
     def expand(self, keyed):
         if self.fn.bounded:
+            global_window = isinstance(keyed.windowing.windowfn, GlobalWindows)
             results = (keyed
                        | "GroupByLead" >> beam.GroupByKey()
-                       | "EvaluateLeads" >> beam.ParDo(_EvaluateLeadsFn(self.fn)).with_outputs(
+                       | "EvaluateLeads" >> beam.ParDo(
+                           _EvaluateLeadsFn(self.fn, SEED_BATCH if global_window else 0)).with_outputs(
                            STORE, DEAD, main="outcomes"))
         else:
             results = keyed | "SequenceAndEvaluate" >> beam.ParDo(self.fn).with_outputs(
