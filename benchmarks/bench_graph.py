@@ -20,6 +20,10 @@ outcome and dead-letter files. Times are wall clock from building the pipeline t
 last event processed (streaming: to the counter reaching the event count), so both sides
 pay the same start-up.
 
+Beside the ratios, Orion's own work outside Beam (parsing, seeding, ordering and
+evaluation, the SQLite store and index) is timed alone over the same events, in the same
+process, so the section shows how much of a run no runner can take away.
+
 Writes its section of BENCHMARKS.md (`<!-- bench:graph:... -->`).
 
     make bench-graph
@@ -50,7 +54,7 @@ from benchmarks.synthetic import DEFAULT_SEED, event_lines, write_rules
 from orion.activities import parse_timestamp
 from orion.runners.direct import RunConfig, build as build_orion, run as run_orion
 from orion.store import open_store
-from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS
+from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS, EMPTY_PROGRESS
 
 DATA_DIR = REPO_ROOT / "benchmarks" / "data" / "graph"
 PUSH_DIR = REPO_ROOT / "benchmarks" / "data" / "graph-push"
@@ -221,7 +225,7 @@ def _recent(lines: list[str]) -> list[dict]:
 # --- report -------------------------------------------------------------------------
 
 
-def render(figures: list[Figure], campaigns: int, command: str) -> str:
+def render(figures: list[Figure], campaigns: int, command: str, alone: WorkAlone | None = None) -> str:
     rows = [
         "| configuration | events | Orion events/s | ceiling events/s | ratio to ceiling |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -236,6 +240,18 @@ def render(figures: list[Figure], campaigns: int, command: str) -> str:
         + (f" ({', '.join(f.configuration for f in met)})." if met else "."),
         f"- Best absolute figure: {best.orion_rate:,.0f} events/s ({best.configuration}).",
     ]
+    if alone is not None:
+        first = figures[0]
+        verdicts.append(
+            f"- Orion's own work outside Beam, each part timed alone over the same {first.events:,} events: "
+            f"parsing {alone.parse:.1f}, seeding {alone.seed:.1f}, ordering and evaluation {alone.evaluate:.1f}, "
+            f"the SQLite store and index {alone.store:.1f}; {alone.total:.1f} µs per event in all. "
+            f"The whole in-process run takes {1e6 / first.orion_rate:.1f} µs per event and the ceiling's "
+            f"{1e6 / first.ceiling_rate:.1f}. At a ratio of {TARGET_RATIO} Orion could take "
+            f"{1e6 / first.ceiling_rate / TARGET_RATIO:.1f}: its own work would leave "
+            f"{1e6 / first.ceiling_rate / TARGET_RATIO - alone.total:.1f} µs for all Beam does for it, "
+            "where the ceiling's whole run (read, parse, key, one state access) takes "
+            f"{1e6 / first.ceiling_rate:.1f}.")
     return "\n".join([
         "## Graph: events/s end to end on the DirectRunner",
         "",
@@ -260,34 +276,94 @@ def render(figures: list[Figure], campaigns: int, command: str) -> str:
 # analysis of the figures above, kept with the code that measures them.
 WHERE_THE_TIME_GOES = """Where the time goes.
 
-- Files, in-process (`python -m benchmarks.bench_graph --profile --events 50000`): about
-  120 µs of one core per event. The SQLite store is about a quarter (inserts, the index
-  recount, and checking each row storable twice: once to write, once to index), the reads
-  that seed each lead new to the graph from the store a tenth, parsing and validation a
-  sixth, evaluation against 1,000 campaigns under a tenth, and Beam's bundle processing
-  and the coders around the one GroupByKey the rest, about two fifths. The ceiling does
-  none of that but read, parse and one state access per event.
+- Files, in-process (py-spy over an in-process run of 50,000 events; `--profile` gives
+  cProfile's view): Beam's bundle processing, coders and the GroupByKey about two fifths; the
+  SQLite store a quarter (inserts a half of it, the index recount the other); loading
+  and compiling the 1,000 campaigns a tenth (once per run); evaluation, parsing and
+  validation under a tenth each; seeding new leads from the store a sixteenth (in groups
+  of 200 leads a query); the outcome and dead-letter files the rest. The line above
+  times Orion's own part alone: against the ceiling's whole run, it is the cost of the
+  work itself in one Python process (JSON parsing, 1,000 campaigns, a SQL insert and an
+  index recount per row), not overhead that a better graph removes. Where the store
+  sink asked Beam for each element's window and timestamp, the SDK's per-window path
+  cost a sixth of the run; it no longer does on global-window input.
 - Files, 2 processes: Orion beats this ceiling, whose stateful DoFn exchanges its state
   with the runner over gRPC for every element, while Orion's GroupByKey moves each lead's
   activities once. It is still no faster than one process: the runner process moves every
   grouped byte between the workers over gRPC, on the same two cores.
 - Pub/Sub, streaming (the bundle-based DirectRunner, the only local runner that reads
-  Pub/Sub): a release timer used to free only what was due by its own time, so a lead
-  with k activities behind the watermark took k timer rounds (631 timer bundles for
-  20,000 events); it now frees everything any timer of the stage has proved the
-  watermark passed (14 bundles). What is left (py-spy): the runner copying and
-  re-encoding each key's state on every access (about a fifth), the store (a fifth),
-  Pub/Sub pulls of at most 10 messages (an eighth), evaluation and release (a sixth),
-  seeding reads and per-bundle set-up the rest.
+  Pub/Sub): a release timer frees everything any timer of the stage has proved the
+  watermark passed, so a backlog drains in a round or two. What is left (py-spy): the
+  runner copying and re-encoding each key's state on every access (about a fifth), the
+  store (a fifth), Pub/Sub pulls of at most 10 messages, each on a new client (an
+  eighth), evaluation and release (a sixth), and seeding, one lead at a time: a timer
+  reaches only its own key's state, so leads cannot be seeded in groups there.
 - How far one machine goes: the longer in-process run above. The levers the reference
   used are in place or do not help here: files are read whole, one element each, and
   Pub/Sub messages carry 500 events each (aggregated records); the bounded graph is
-  already two fused stages around one GroupByKey (nothing left to fuse); more processes
-  add gRPC transfers on the same two cores rather than a second core's worth of work.
-  At about 120 µs of Python per event, one core tops out near 8,000 to 12,000 events/s
-  with the store and 1,000 campaigns; 100,000 events/s would take a runner that spreads
-  the work over ten or more such cores (Dataflow, or a Flink cluster: the one-machine
-  Flink mini-cluster is slower than this, see the Flink section)."""
+  already two fused stages around one GroupByKey (nothing left to fuse; gathering a
+  bundle's activities by lead before it, or a tuple coder instead of pickle, measured no
+  faster); more processes add gRPC transfers on the same two cores rather than a second
+  core's worth of work, and a writer thread gains nothing under the GIL. At 50 to 70 µs of
+  Python per event, one core tops out near 15,000 to 20,000 events/s with the store and
+  1,000 campaigns; 100,000 events/s would take a runner that spreads the work over six or
+  more such cores (Dataflow, or a Flink cluster: the one-machine Flink mini-cluster is
+  slower than this, see the Flink section)."""
+
+
+class WorkAlone(NamedTuple):
+    """Microseconds of one core per event for the work Orion does outside Beam, each part
+    timed alone in this process over the same events: what no runner can take away."""
+
+    parse: float  # reading and validating the JSON lines
+    seed: float  # seeding each lead from the (empty) store, in groups as the graph does
+    evaluate: float  # ordering each lead's activities and evaluating them against the rules
+    store: float  # writing to SQLite and bringing the activity index up to date
+
+    @property
+    def total(self) -> float:
+        return self.parse + self.seed + self.evaluate + self.store
+
+
+def time_work_alone(rules: Path, workdir: Path, lines: list[str]) -> WorkAlone:
+    from orion.intake import read_lines
+    from orion.rules import evaluate, load_rules
+    from orion.seeding import seed_states
+    from orion.sequencing import release
+    from orion.transforms.evaluate import SEED_BATCH
+
+    ruleset = load_rules(rules)
+    started = time.perf_counter()
+    activities = [a for a in read_lines(lines, ruleset.activity_types, "alone", DEFAULT_ALLOWED_LATENESS_MS)
+                  if not hasattr(a, "reason")]
+    parsed = time.perf_counter()
+    by_lead: dict = {}
+    for activity in activities:
+        by_lead.setdefault((activity.tenant, activity.lead_id), []).append(activity)
+    store = open_store(f"sqlite:///{workdir / 'store' / f'alone-{time.monotonic_ns()}.db'}")
+    store.init()
+    leads = [release(EMPTY_PROGRESS, found, None, DEFAULT_DEDUP_SPAN_MS)[0] for found in by_lead.values()]
+    grouped = time.perf_counter()
+    states = []
+    for start in range(0, len(leads), SEED_BATCH):
+        states += seed_states(ruleset, store, [(r[0].tenant, r[0].lead_id, r[0].occurred_at)
+                                               for r in leads[start:start + SEED_BATCH]])
+    seeded = time.perf_counter()
+    ordered = []
+    for ready, state in zip(leads, states):
+        for activity in ready:
+            state, _ = evaluate(ruleset, state, activity)
+            ordered.append(activity)
+    evaluated = time.perf_counter()
+    for start in range(0, len(ordered), 500):
+        batch = ordered[start:start + 500]
+        store.write_with_failures(batch)
+        store.index_activities(batch)
+    stored = time.perf_counter()
+    store.close()
+    per_event = 1e6 / len(lines)
+    return WorkAlone((parsed - started) * per_event, (seeded - grouped) * per_event,
+                     (evaluated - seeded + grouped - parsed) * per_event, (stored - evaluated) * per_event)
 
 
 def profile_files(rules: Path, workdir: Path) -> None:
@@ -318,6 +394,7 @@ def main(argv: list[str] | None = None) -> None:
         profile_files(rules, DATA_DIR)
         return
     figures = []
+    alone = None
     totals: dict = {"stored": len(lines)}
     file_runs = () if args.only_pubsub else (("files, in-process (FnApiRunner)", ()),
                                              ("files, 2 processes (multi_processing)", MULTI_PROCESS_ARGS))
@@ -329,6 +406,9 @@ def main(argv: list[str] | None = None) -> None:
         figures.append(Figure(name, len(lines), orion_seconds, ceiling_seconds))
         print(f"{name}: Orion {figures[-1].orion_rate:,.0f}/s, ceiling {figures[-1].ceiling_rate:,.0f}/s",
               file=sys.stderr, flush=True)
+        if alone is None:
+            alone = time_work_alone(rules, DATA_DIR, lines)
+            print(f"work alone: {alone}", file=sys.stderr, flush=True)
     if args.push_events and not args.only_pubsub:
         # How far one machine goes: the fastest configuration above on a longer input, so
         # start-up weighs less (files are read whole, one element each: the aggregated
@@ -346,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{figures[-1].configuration}: Orion {figures[-1].orion_rate:,.0f}/s, "
               f"ceiling {figures[-1].ceiling_rate:,.0f}/s", file=sys.stderr, flush=True)
     command = "make bench-graph" + (f' ARGS="{shlex.join(argv)}"' if argv else "")
-    section = render(figures, args.campaigns, command)
+    section = render(figures, args.campaigns, command, alone)
     print(section)
     if not args.no_write:
         write_section("graph", section)
