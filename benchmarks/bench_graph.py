@@ -20,8 +20,8 @@ outcome and dead-letter files. Times are wall clock from building the pipeline t
 last event processed (streaming: to the counter reaching the event count), so both sides
 pay the same start-up.
 
-Beside the ratios, Orion's own work outside Beam (parsing, seeding, ordering and
-evaluation, the SQLite store and index) is timed alone over the same events, in the same
+Beside the ratios, Orion's own work outside Beam (loading the rules, parsing, seeding,
+ordering and evaluation, the SQLite store and index) is timed alone over the same events, in the same
 process, so the section shows how much of a run no runner can take away.
 
 Writes its section of BENCHMARKS.md (`<!-- bench:graph:... -->`).
@@ -244,7 +244,7 @@ def render(figures: list[Figure], campaigns: int, command: str, alone: WorkAlone
         first = figures[0]
         verdicts.append(
             f"- Orion's own work outside Beam, each part timed alone over the same {first.events:,} events: "
-            f"parsing {alone.parse:.1f}, seeding {alone.seed:.1f}, ordering and evaluation {alone.evaluate:.1f}, "
+            f"loading the rules {alone.load:.1f}, parsing {alone.parse:.1f}, seeding {alone.seed:.1f}, ordering and evaluation {alone.evaluate:.1f}, "
             f"the SQLite store and index {alone.store:.1f}; {alone.total:.1f} µs per event in all. "
             f"The whole in-process run takes {1e6 / first.orion_rate:.1f} µs per event and the ceiling's "
             f"{1e6 / first.ceiling_rate:.1f}. At a ratio of {TARGET_RATIO} Orion could take "
@@ -315,6 +315,7 @@ class WorkAlone(NamedTuple):
     """Microseconds of one core per event for the work Orion does outside Beam, each part
     timed alone in this process over the same events: what no runner can take away."""
 
+    load: float  # loading and compiling the rules (once per run), spread over the events
     parse: float  # reading and validating the JSON lines
     seed: float  # seeding each lead from the (empty) store, in groups as the graph does
     evaluate: float  # ordering each lead's activities and evaluating them against the rules
@@ -322,7 +323,7 @@ class WorkAlone(NamedTuple):
 
     @property
     def total(self) -> float:
-        return self.parse + self.seed + self.evaluate + self.store
+        return self.load + self.parse + self.seed + self.evaluate + self.store
 
 
 def time_work_alone(rules: Path, workdir: Path, lines: list[str]) -> WorkAlone:
@@ -332,6 +333,7 @@ def time_work_alone(rules: Path, workdir: Path, lines: list[str]) -> WorkAlone:
     from orion.sequencing import release
     from orion.transforms.evaluate import SEED_BATCH
 
+    loading = time.perf_counter()
     ruleset = load_rules(rules)
     started = time.perf_counter()
     activities = [a for a in read_lines(lines, ruleset.activity_types, "alone", DEFAULT_ALLOWED_LATENESS_MS)
@@ -362,7 +364,7 @@ def time_work_alone(rules: Path, workdir: Path, lines: list[str]) -> WorkAlone:
     stored = time.perf_counter()
     store.close()
     per_event = 1e6 / len(lines)
-    return WorkAlone((parsed - started) * per_event, (seeded - grouped) * per_event,
+    return WorkAlone((started - loading) * per_event, (parsed - started) * per_event, (seeded - grouped) * per_event,
                      (evaluated - seeded + grouped - parsed) * per_event, (stored - evaluated) * per_event)
 
 
