@@ -279,7 +279,10 @@ class _EvaluateLeadsFn(beam.DoFn):
 
     def start_bundle(self) -> None:
         self.waiting: list[list[Activity]] = []  # leads' ready activities, not yet seeded
-        self.timestamp = _END_OF_INPUT  # where the GroupByKey emits (runners differ)
+        # The GroupByKey's output timestamp, one for every lead (set by process, so set
+        # whenever leads wait). Runners differ; the FnApiRunner's is a millisecond before
+        # _END_OF_INPUT, and a flow timer at _END_OF_INPUT would never fire there.
+        self.timestamp = None
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam):
         _, activities = element
