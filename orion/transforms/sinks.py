@@ -83,21 +83,22 @@ class _WriteActivitiesFn(beam.DoFn):
         if refused:
             self.failed.inc(len(refused))
             self.dead.inc(len(refused))
-        written_by_window: dict = {}
+        written_by_window: dict = {}  # window (None: global) -> (activities, first timestamp)
         for activity, timestamp, window in batch:
-            if window is None:
-                timestamp, window = _event_time(activity), _GLOBAL_WINDOW
             failure = refused.get(id(activity))
             if failure is None:
                 if self.emit_written:
-                    written_by_window.setdefault(window, ([], timestamp))[0].append(activity)
+                    found = written_by_window.get(window)
+                    if found is None:
+                        found = written_by_window[window] = ([], _timestamp(activity, timestamp))
+                    found[0].append(activity)
                 continue
             Metrics.counter(METRICS_NAMESPACE, f"dead_letters:{failure.reason}").inc()
             yield WindowedValue(
                 DeadLetter(activity.to_json_dict(), failure.reason, failure.detail, STORE_SOURCE),
-                timestamp, (window,))
+                _timestamp(activity, timestamp), (window or _GLOBAL_WINDOW,))
         for window, (activities, first_timestamp) in written_by_window.items():
-            yield TaggedOutput(WRITTEN, WindowedValue(tuple(activities), first_timestamp, (window,)))
+            yield TaggedOutput(WRITTEN, WindowedValue(tuple(activities), first_timestamp, (window or _GLOBAL_WINDOW,)))
 
     def teardown(self) -> None:
         store = getattr(self, "store", None)
@@ -115,8 +116,10 @@ class _WriteWindowedActivitiesFn(_WriteActivitiesFn):
             yield from self._flush()
 
 
-def _event_time(activity) -> Timestamp:
-    return Timestamp(micros=activity.occurred_at * 1000)
+def _timestamp(activity, timestamp: Timestamp | None) -> Timestamp:
+    """The timestamp the input gave an activity or, from the global-window DoFn, which
+    asks for none, its event time."""
+    return timestamp if timestamp is not None else Timestamp(micros=activity.occurred_at * 1000)
 
 
 class _IndexActivitiesFn(beam.DoFn):
