@@ -327,23 +327,25 @@ class WorkAlone(NamedTuple):
 
 
 def time_work_alone(rules: Path, workdir: Path, lines: list[str]) -> WorkAlone:
+    from orion.activities import Activity
     from orion.intake import read_lines
     from orion.rules import evaluate, load_rules
     from orion.seeding import seed_states
     from orion.sequencing import release
     from orion.transforms.evaluate import SEED_BATCH
+    from orion.transforms.sinks import DEFAULT_BATCH_SIZE
 
+    store = open_store(f"sqlite:///{workdir / 'store' / f'alone-{time.monotonic_ns()}.db'}")
+    store.init()
     loading = time.perf_counter()
     ruleset = load_rules(rules)
     started = time.perf_counter()
     activities = [a for a in read_lines(lines, ruleset.activity_types, "alone", DEFAULT_ALLOWED_LATENESS_MS)
-                  if not hasattr(a, "reason")]
+                  if isinstance(a, Activity)]
     parsed = time.perf_counter()
     by_lead: dict = {}
     for activity in activities:
         by_lead.setdefault((activity.tenant, activity.lead_id), []).append(activity)
-    store = open_store(f"sqlite:///{workdir / 'store' / f'alone-{time.monotonic_ns()}.db'}")
-    store.init()
     leads = [release(EMPTY_PROGRESS, found, None, DEFAULT_DEDUP_SPAN_MS)[0] for found in by_lead.values()]
     grouped = time.perf_counter()
     states = []
@@ -357,8 +359,8 @@ def time_work_alone(rules: Path, workdir: Path, lines: list[str]) -> WorkAlone:
             state, _ = evaluate(ruleset, state, activity)
             ordered.append(activity)
     evaluated = time.perf_counter()
-    for start in range(0, len(ordered), 500):
-        batch = ordered[start:start + 500]
+    for start in range(0, len(ordered), DEFAULT_BATCH_SIZE):
+        batch = ordered[start:start + DEFAULT_BATCH_SIZE]
         store.write_with_failures(batch)
         store.index_activities(batch)
     stored = time.perf_counter()

@@ -33,13 +33,6 @@ from orion.store.base import HistoryRead, IndexRead
 _EPOCH = date(1970, 1, 1)
 
 
-def _counters(rules: RuleSet, tenant: str):
-    tenant_rules = rules.tenants.get(tenant)
-    if tenant_rules is None:
-        return None, ()
-    return tenant_rules, tuple(c for found in tenant_rules.counters_by_type.values() for c in found)
-
-
 class _Counted(NamedTuple):
     """What a tenant's history counters read, worked out once per compiled rules."""
 
@@ -49,17 +42,23 @@ class _Counted(NamedTuple):
     whole_only: tuple[str, ...]  # whole and not conditional: their first day from the history
 
 
-_COUNTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # TenantRules -> _Counted
+_COUNTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # TenantRules -> _Counted | None
 
 
-def _counted_types(tenant_rules, counters) -> _Counted:
-    found = _COUNTED.get(tenant_rules)
-    if found is None:
+def _counted_types(rules: RuleSet, tenant: str):
+    """(the tenant's rules, what its counters read); (rules or None, None) when seeding
+    the tenant's leads reads nothing."""
+    tenant_rules = rules.tenants.get(tenant)
+    if tenant_rules is None:
+        return None, None
+    if tenant_rules not in _COUNTED:
+        counters = [c for found in tenant_rules.counters_by_type.values() for c in found]
         whole = {c.activity_type for c in counters if not c.conditions}
         conditional = {c.activity_type for c in counters if c.conditions}
-        found = _COUNTED[tenant_rules] = _Counted(max(c.retention_days for c in counters), tuple(sorted(whole)),
-                                                  tuple(sorted(conditional)), tuple(sorted(whole - conditional)))
-    return found
+        _COUNTED[tenant_rules] = _Counted(
+            max(c.retention_days for c in counters), tuple(sorted(whole)), tuple(sorted(conditional)),
+            tuple(sorted(whole - conditional))) if counters else None
+    return tenant_rules, _COUNTED[tenant_rules]
 
 
 def open_initialised_store(uri: str | None):
@@ -76,7 +75,7 @@ def open_initialised_store(uri: str | None):
 
 def reads_history(rules: RuleSet, tenant: str) -> bool:
     """Whether seeding a lead of `tenant` reads anything (it has history filters)."""
-    return bool(_counters(rules, tenant)[1])
+    return _counted_types(rules, tenant)[1] is not None
 
 
 def seed_state(rules: RuleSet, store, tenant: str, lead_id: str, before_ms: int) -> LeadState | None:
@@ -110,10 +109,9 @@ class _Plan(NamedTuple):
 
 
 def _plan(rules: RuleSet, tenant: str, lead_id: str, before_ms: int) -> _Plan | None:
-    tenant_rules, counters = _counters(rules, tenant)
-    if not counters:
+    tenant_rules, types = _counted_types(rules, tenant)
+    if types is None:
         return None
-    types = _counted_types(tenant_rules, counters)
     first_day = before_ms // MS_PER_DAY
     oldest_day = max(0, first_day - types.longest_days)
     index_read = IndexRead(tenant, lead_id, types.whole, _EPOCH + timedelta(days=oldest_day)) if types.whole else None

@@ -85,6 +85,8 @@ def _by_tenant_and_types(reads) -> list[tuple[tuple, list[int]]]:
 
 
 def _types_clause(column: str, types: tuple | None) -> str:
+    """The condition keeping only `types` (None: any type; empty: none), with a
+    parameter per type."""
     if types is None:
         return ""
     return f"AND {column} IN ({', '.join('?' * len(types))})" if types else "AND 0"
@@ -198,9 +200,9 @@ class SqliteStore(ActivityStore):
         if until is not None:
             sql.append("AND occurred_at < ?")
             params.append(until)
-        type_list = list(types) if types is not None else None
+        type_list = tuple(types) if types is not None else None
         if type_list is not None:
-            sql.append(f"AND type IN ({', '.join('?' * len(type_list))})" if type_list else "AND 0")
+            sql.append(_types_clause("type", type_list))
             params.extend(type_list)
         sql.append("ORDER BY occurred_at DESC, event_id DESC")
         if limit is not None:
@@ -278,9 +280,9 @@ class SqliteStore(ActivityStore):
     ) -> IndexEntries:
         sql = ["SELECT type, day, activity_count, last_seen FROM activity_index WHERE tenant = ? AND lead_id = ?"]
         params: list = [tenant, lead_id]
-        type_list = list(types) if types is not None else None
+        type_list = tuple(types) if types is not None else None
         if type_list is not None:
-            sql.append(f"AND type IN ({', '.join('?' * len(type_list))})" if type_list else "AND 0")
+            sql.append(_types_clause("type", type_list))
             params.extend(type_list)
         if since_day is not None:
             sql.append("AND day >= ?")
