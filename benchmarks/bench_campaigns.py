@@ -1,4 +1,6 @@
-"""Campaigns benchmark, against the real MariaDB on 127.0.0.1:3306 (root, no password):
+"""Campaigns benchmark, against a real MariaDB server that it starts itself (mariadbd on a
+throwaway data dir and a free port, orion/testing/mariadb.py; or the running one
+ORION_TEST_MYSQL=HOST:PORT names) and stops at the end:
 
 - Throughput: a batch send in one process (read the leads, apply the filters, run the
   flow, assemble each email with Jinja2 and the MIME frame, queue it in the MySQL
@@ -14,10 +16,11 @@
   ceiling's own 2-process scaling is measured beside it.
 
 The lead database `orion_bench_campaigns` (tenant `big`: 1,000,000 leads; tenant `mid`:
-the leads of the throughput runs) is built once with LOAD DATA LOCAL INFILE and reused
-while its row counts are right. Outboxes are fresh databases, dropped at the end. Where a
-target is not met, a cProfile of the 1-stream send says where the time goes. Writes
-section "campaigns" of BENCHMARKS.md.
+the leads of the throughput runs) is built with LOAD DATA LOCAL INFILE on the fresh
+server; on an ORION_TEST_MYSQL server it is reused while its row counts are right.
+Outboxes are fresh databases, dropped at the end. Where a target is not met, a cProfile
+of the 1-stream send says where the time goes. Writes section "campaigns" of
+BENCHMARKS.md.
 
     make bench-campaigns
     .venv/bin/python -m benchmarks.bench_campaigns --mid-leads 20000 --no-write
@@ -42,8 +45,8 @@ import pymysql
 
 from benchmarks.report import measured_line, write_section
 from orion.activities import parse_timestamp
+from orion.testing.mariadb import MariaDBServer, start_or_reuse
 
-HOST, PORT, USER = "127.0.0.1", 3306, "root"
 LEADS_DB = "orion_bench_campaigns"
 OUTBOX_DB = "orion_bench_campaigns_outbox"
 BIG_LEADS = 1_000_000
@@ -75,13 +78,22 @@ https://acme.example/offer?l={{ lead.id }}{% endblock %}
 """
 
 
-def connect(database: str | None = None, **more):
-    return pymysql.connect(host=HOST, port=PORT, user=USER, password="", database=database, autocommit=True,
-                           charset="utf8mb4", **more)
+# The server main() started (or ORION_TEST_MYSQL's); forked workers inherit it.
+_server: MariaDBServer | None = None
+
+
+def server() -> MariaDBServer:
+    if _server is None:
+        raise RuntimeError("no MariaDB server: main() starts it before the benchmark runs")
+    return _server
+
+
+def connect(database: str | None = None, **more) -> pymysql.Connection:
+    return server().connect(database, **more)
 
 
 def uri(database: str) -> str:
-    return f"mysql://{USER}@{HOST}:{PORT}/{database}"
+    return server().uri(database)
 
 
 # --- the lead database -------------------------------------------------------------------
@@ -234,7 +246,10 @@ def ceiling_two_processes(rows: list[tuple]) -> float:
 
 
 def server_pid() -> int | None:
-    """The database server's process on this machine (its CPU time is read from /proc)."""
+    """The database server's process on this machine (its CPU time is read from /proc):
+    the one started here, or for an ORION_TEST_MYSQL server the first one running."""
+    if server().pid is not None:
+        return server().pid
     for name in ("mariadbd", "mysqld"):
         found = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()
         if found:
@@ -487,7 +502,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import sys
 
-    section = run(args.mid_leads, args.repetitions, sys.stderr)
+    global _server
+    # The redo log at the server's default size (96M), as a normal installation has it.
+    _server = start_or_reuse(log_file_size="96M")
+    print(f"MariaDB at {_server.address}", file=sys.stderr)
+    try:
+        section = run(args.mid_leads, args.repetitions, sys.stderr)
+    finally:
+        _server.stop()
     print(section)
     if not args.no_write:
         write_section("campaigns", section)

@@ -19,9 +19,10 @@ every backend.
 - History: `store.history(tenant, lead)` for a lead with 10,000 activities (all of them,
   and the newest 100), on sqlite, MySQL and Bigtable.
 
-Ratios and times are best of `--repetitions`, ceiling and candidate interleaved. Needs the
-Bigtable emulator (started here) and MariaDB on 127.0.0.1:3306 (root, no password).
-Writes section "store" of BENCHMARKS.md.
+Ratios and times are best of `--repetitions`, ceiling and candidate interleaved. Starts
+the Bigtable emulator and a MariaDB server (mariadbd on a throwaway data dir and a free
+port, orion/testing/mariadb.py; or the one ORION_TEST_MYSQL=HOST:PORT names) and stops
+them at the end. Writes section "store" of BENCHMARKS.md.
 
     make bench-store
     .venv/bin/python -m benchmarks.bench_store --rows 20000 --no-write
@@ -42,6 +43,7 @@ import apache_beam as beam
 
 from benchmarks.report import measured_line, write_section
 from orion.activities import Activity
+from orion.testing.mariadb import MariaDBServer, start_or_reuse
 
 PROJECT, INSTANCE = "orion-bench", "orion-local"
 DEFAULT_ROWS = 60_000
@@ -181,19 +183,17 @@ def sink_pipeline(uri: str, rows: int, index: bool, store: bool = True) -> float
 # --- (b) the bootstrap --------------------------------------------------------------
 
 
-def legacy_database(rows: list[Activity]) -> tuple[str, Callable[[], None]]:
-    """A fresh MariaDB database holding `rows` in the legacy schema; (URI, drop)."""
+def legacy_database(mysql: MariaDBServer, rows: list[Activity]) -> tuple[str, Callable[[], None]]:
+    """A fresh database on `mysql` holding `rows` in the legacy schema; (URI, drop)."""
     import json
-
-    import pymysql
 
     from orion.store import open_store
 
     name = f"orion_bench_{uuid.uuid4().hex[:10]}"
-    admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", autocommit=True)
+    admin = mysql.connect()
     with admin.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    uri = f"mysql://root@127.0.0.1:3306/{name}"
+    uri = mysql.uri(name)
     with open_store(uri) as store:
         store.init()
     values = [(a.tenant, a.event_id, a.lead_id, a.type, a.occurred_at, json.dumps(a.attributes)) for a in rows]
@@ -263,6 +263,9 @@ def run(rows: int, repetitions: int, history_reads: int) -> str:
     from orion.testing.emulators import BigtableEmulator
 
     data = activities(rows)
+    # The redo log at the server's default size (96M), as a normal installation has it.
+    mysql = start_or_reuse(log_file_size="96M")
+    print(f"MariaDB at {mysql.address}", file=sys.stderr)
     workdir = tempfile.mkdtemp(prefix="orion-bench-store-")
     drop = None
     try:
@@ -281,7 +284,7 @@ def run(rows: int, repetitions: int, history_reads: int) -> str:
             with_index = sink_pipeline(bigtable_uri(), rows, index=True)
             print(f"  sink with index {rows / with_index:,.0f} rows/s", file=sys.stderr)
 
-            source_uri, drop = legacy_database(data)
+            source_uri, drop = legacy_database(mysql, data)
             copy1, copy2, full = [], [], []
             for repetition in range(repetitions):
                 ceiling.append(bare_mutate_rows(bigtable_uri(), data))
@@ -298,9 +301,12 @@ def run(rows: int, repetitions: int, history_reads: int) -> str:
             latencies["mysql"] = history_latencies(mysql_history, history_reads)
             latencies["bigtable"] = history_latencies(bigtable_uri(), history_reads)
     finally:
-        if drop is not None:
-            drop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            if drop is not None:
+                drop()
+        finally:
+            mysql.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
 
     best_ceiling, best_raw = rows / min(ceiling), rows / min(raw)
     best_sink, best_copy1, best_copy2 = rows / min(sink), rows / min(copy1), rows / min(copy2)

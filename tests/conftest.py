@@ -159,7 +159,7 @@ def single_error(errors, file: str, line: int, *fragments: str):
     return error
 
 
-# Session fixtures: the Bigtable emulator and a MariaDB database (store tests), the Flink
+# Session fixtures: the Bigtable emulator, a MariaDB server and a database on it (store tests), the Flink
 # runner once it has shown it can start a mini-cluster (Flink tests).
-from store_services import bigtable_emulator, mysql_database  # noqa: E402,F401
+from store_services import bigtable_emulator, mysql_database, mysql_server  # noqa: E402,F401
 from flink_services import flink  # noqa: E402,F401

@@ -1,7 +1,10 @@
 """The real services the store tests run against, as session fixtures (conftest.py imports
-them): the Bigtable emulator on a free port, and a MariaDB database with a random name on
-127.0.0.1:3306 (root, no password), created for the session and dropped after it. A
-missing service fails the tests with what to install or start; nothing is skipped or
+them): the Bigtable emulator on a free port, and a MariaDB server that the session starts
+itself (mariadbd on a throwaway data dir and a free port, root with no password; see
+orion/testing/mariadb.py) with a database with a random name, created for the session
+and dropped after it. The server starts only when a test needs it and stops at the end
+of the session. With ORION_TEST_MYSQL=HOST:PORT set, that running server is used
+instead. A missing service fails the tests with what to install; nothing is skipped or
 mocked.
 
     .venv/bin/python -m pytest -q tests/test_store_contract.py tests/test_store_cli.py
@@ -14,9 +17,13 @@ import uuid
 import pytest
 
 from orion.testing.emulators import BigtableEmulator, EmulatorMissing
+from orion.testing.mariadb import MariaDBMissing, MariaDBServer, start_or_reuse
 
-MYSQL_HOST, MYSQL_PORT, MYSQL_USER = "127.0.0.1", 3306, "root"
 BIGTABLE_PROJECT, BIGTABLE_INSTANCE = "orion-test", "orion-local"
+
+# The session's MariaDB server, once the mysql_server fixture has started it; the helpers
+# below connect to it.
+_session_mysql: MariaDBServer | None = None
 
 
 @pytest.fixture(scope="session")
@@ -36,23 +43,43 @@ def bigtable_emulator():
     emulator.stop()
 
 
-def _mysql_connect():
-    import pymysql
-
+@pytest.fixture(scope="session")
+def mysql_server():
+    """The session's MariaDB server (started here, stopped when the session ends)."""
+    global _session_mysql
+    # pytest.fail outside the except clauses, so the report is the message alone, without
+    # the exception it replaces chained to it.
+    failure = None
     try:
-        return pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password="",
-                               connect_timeout=5, autocommit=True)
-    except pymysql.err.OperationalError as err:
-        pytest.fail(
-            f"the MySQL store tests need MariaDB on {MYSQL_HOST}:{MYSQL_PORT}, user root with no "
-            f"password (DESIGN.md, Real components), and could not connect: {err}. Install and "
-            "start it: apt-get install mariadb-server && service mariadb start",
-            pytrace=False,
-        )
+        server = start_or_reuse()
+    except MariaDBMissing as err:
+        failure = f"the MySQL tests need MariaDB: {err}"
+    except Exception as err:  # installed, but it would not start or answer: say why
+        failure = f"the MySQL tests could not get a MariaDB server: {err}"
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
+    _session_mysql = server
+    try:
+        yield server
+    finally:
+        _session_mysql = None
+        server.stop()
+
+
+def _running_mysql() -> MariaDBServer:
+    if _session_mysql is None:
+        raise RuntimeError("no MariaDB server is running: the test or fixture must request the mysql_server "
+                           "(or mysql_database) fixture before connecting")
+    return _session_mysql
+
+
+def _mysql_connect(database: str | None = None):
+    """A root connection (autocommit) to the session's server, optionally to `database`."""
+    return _running_mysql().connect(database)
 
 
 @pytest.fixture(scope="session")
-def mysql_database():
+def mysql_database(mysql_server):
     """The name of a fresh, empty database, dropped at the end of the session."""
     name = f"orion_test_{uuid.uuid4().hex[:12]}"
     connection = _mysql_connect()
@@ -65,7 +92,7 @@ def mysql_database():
 
 
 def mysql_uri(database: str) -> str:
-    return f"mysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{database}"
+    return _running_mysql().uri(database)
 
 
 def drop_mysql_tables(database: str) -> None:
@@ -74,7 +101,7 @@ def drop_mysql_tables(database: str) -> None:
     try:
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TABLE IF EXISTS `{database}`.activities, `{database}`.leads, "
-                           f"`{database}`.activity_index")
+                           f"`{database}`.activity_index, `{database}`.stored_profiles")
     finally:
         connection.close()
 

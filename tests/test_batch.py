@@ -20,7 +20,7 @@ from datetime import date, timedelta
 from email import policy
 
 import pytest
-from store_services import MYSQL_HOST, MYSQL_PORT, MYSQL_USER, _mysql_connect
+from store_services import _mysql_connect
 
 from orion.activities import MS_PER_DAY, parse_timestamp
 from orion.campaigns.batch import (
@@ -158,15 +158,16 @@ def bulk_load(uri: str, database: str, data: Data) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A database of its own (dropped afterwards) with the 100,000 leads, an outbox
-    database, and a rules directory with the campaigns and their templates."""
+def world(tmp_path_factory, mysql_server):
+    """A database of its own on the session's MariaDB (dropped afterwards) with the
+    100,000 leads, an outbox database, and a rules directory with the campaigns and their
+    templates."""
     name = f"orion_test_batch_{uuid.uuid4().hex[:10]}"
     connection = _mysql_connect()
     with connection.cursor() as cursor:
         for db in (name, f"{name}_outbox"):
             cursor.execute(f"CREATE DATABASE `{db}` CHARACTER SET utf8mb4")
-    uri = f"mysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
+    uri = mysql_server.uri(name)
     rules_dir = tmp_path_factory.mktemp("batch-rules")
     (rules_dir / "acme.yaml").write_text(RULES)
     (rules_dir / "initech.yaml").write_text(SMALL_RULES)
@@ -176,7 +177,7 @@ def world(tmp_path_factory):
     data = Data()
     bulk_load(uri, name, data)
     try:
-        yield {"leads": uri, "outbox": f"mysql://{MYSQL_USER}@{MYSQL_HOST}:{MYSQL_PORT}/{name}_outbox",
+        yield {"leads": uri, "outbox": mysql_server.uri(f"{name}_outbox"),
                "rules_dir": str(rules_dir), "rules": load_rules(rules_dir), "data": data,
                "expected": data.expected_members()}
     finally:

@@ -8,7 +8,7 @@ emails and webhook calls are kept.
 from __future__ import annotations
 
 import pytest
-from store_services import mysql_uri
+from store_services import _mysql_connect, mysql_uri
 
 from orion.campaigns.flows import EmailRequest, HeldEmail, WebhookCall
 from orion.campaigns.outbox import (
@@ -27,9 +27,7 @@ def outbox_uri(request, tmp_path):
         return f"eml:///{tmp_path / 'outbox'}"
     database = request.getfixturevalue("mysql_database")
     uri = mysql_uri(database)
-    import pymysql
-
-    connection = pymysql.connect(host="127.0.0.1", user="root", password="", database=database)
+    connection = _mysql_connect(database)
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE IF EXISTS outbox")
     connection.close()
