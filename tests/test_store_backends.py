@@ -1,7 +1,7 @@
 """What one backend does beyond the shared contract: the Bigtable row-key layout, Bigtable
 retrying and then reporting rows it keeps refusing, the Bigtable store merging raw
 ReadRows chunks and resuming a read, MySQL refusing over-long ids row by row and creating
-its database, and URIs that never show a password.
+its database, URIs that never show a password, and where each backend keeps lead profiles.
 
     .venv/bin/python -m pytest -q tests/test_store_backends.py
 """
@@ -10,14 +10,12 @@ from __future__ import annotations
 import time
 import uuid
 
-import pymysql
 import pytest
 from conftest import T0
 from store_services import (
     BIGTABLE_INSTANCE,
     BIGTABLE_PROJECT,
-    MYSQL_HOST,
-    MYSQL_PORT,
+    _mysql_connect,
     bigtable_uri,
     drop_mysql_tables,
     mysql_uri,
@@ -25,7 +23,7 @@ from store_services import (
 
 from orion.activities import Activity
 from orion.store import StoreError, open_store
-from orion.store.base import STORE_WRITE_FAILED, UNSTORABLE, activity_day
+from orion.store.base import STORE_WRITE_FAILED, UNSTORABLE, StoredProfile, activity_day
 from orion.store.bigtable import (
     SALT_BUCKETS,
     activity_row_key,
@@ -36,7 +34,11 @@ from orion.store.bigtable import (
     merge_row_chunks,
     parse_activity_row_key,
     parse_index_row_key,
+    parse_profile_row_key,
+    parse_wake_value,
+    profile_row_key,
     read_rows_request,
+    wake_value,
 )
 
 @pytest.fixture
@@ -284,7 +286,7 @@ def test_mysql_keeps_the_legacy_schema(mysql_database, mysql_store_uri):
         store.write([Activity("e1", "acme", "7", "open_email", T0, {"email": "x"}),
                      Activity("e2", "acme", "7", "open_email", T0 + 5, {"email": "y"})])
         store.write([Activity("e1", "acme", "7", "open_email", T0, {"email": "x"})])
-    connection = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", database=mysql_database)
+    connection = _mysql_connect(mysql_database)
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT id, event_id FROM activities ORDER BY id")
@@ -305,7 +307,7 @@ def test_mysql_init_creates_a_missing_database(mysql_database):  # the fixture c
             store.init()
             assert store.history("acme", "7") == []
     finally:
-        connection = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root")
+        connection = _mysql_connect()
         with connection.cursor() as cursor:
             cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
         connection.close()
@@ -315,3 +317,116 @@ def test_mysql_uris_never_show_the_password():
     store = open_store("mysql://orion:s3cr%40t@db.example:3307/orion")
     assert "s3cr" not in repr(store)
     assert store._settings["password"] == "s3cr@t" and store._settings["port"] == 3307
+
+
+# --- lead profiles -------------------------------------------------------------------
+
+
+def test_profile_row_key_layout():
+    assert profile_row_key("acme", "7") == f"acme#{lead_salt('7')}#7".encode()
+    assert profile_row_key("a#b", "ü 1") == f"a%23b#{lead_salt('ü 1')}#%C3%BC%201".encode()
+    for tenant in ODD:
+        for lead in ODD:
+            assert parse_profile_row_key(profile_row_key(tenant, lead)) == (tenant, lead)
+    times = [-62_135_596_800_000, -1, 0, 1, 9, 10, T0, 253_402_300_799_999]
+    assert sorted(wake_value(t) for t in times) == [wake_value(t) for t in times]  # byte order is time order
+    assert {len(wake_value(t)) for t in times} == {15}
+    assert [parse_wake_value(wake_value(t)) for t in times] == times
+
+
+def test_bigtable_profiles_have_a_table_of_their_own_and_keep_one_cell_version(bigtable_emulator):
+    from google.cloud import bigtable
+
+    uri = bigtable_uri()
+    with open_store(uri) as store:
+        store.init()
+        for _ in range(2):  # a retry rewrites the same cells
+            store.write_profiles([StoredProfile("acme", "7", "first", T0)])
+        store.write_profiles([StoredProfile("acme", "7", "second", T0 + 1)])
+        assert store.count() == 0 and store.history("acme", "7") == []  # nothing in the activity table
+    table_id = uri.rsplit("/", 1)[1]
+    table = bigtable.Client(project=BIGTABLE_PROJECT).instance(BIGTABLE_INSTANCE).table(table_id + "-profiles")
+
+    def cells():
+        row = table.read_row(profile_row_key("acme", "7"))
+        return {name: [(c.value, c.timestamp.timestamp()) for c in versions] for name, versions in row.cells["p"].items()}
+
+    assert cells() == {b"data": [(b"second", 0)], b"next_wake": [(wake_value(T0 + 1), 0)]}
+    with open_store(uri) as store:
+        store.write_profiles([StoredProfile("acme", "7", "third")])  # waits no more: the wake cell goes
+    assert cells() == {b"data": [(b"third", 0)]}
+
+
+def test_bigtable_profile_reads_ask_for_their_keys_and_resume_after_the_last_one_delivered(bigtable_emulator):
+    with open_store(bigtable_uri()) as store:
+        store.init()
+        store.write_profiles([StoredProfile("acme", str(n), f"profile {n}") for n in range(6)])
+        table = store._table(store.profile_table_id).name
+        keys = sorted(profile_row_key("acme", str(n)) for n in (0, 2, 3, 5, 9))  # no profile for 9
+        everything = [row.key for row in merge_row_chunks(_raw_read(store, read_rows_request(table, (), keys=keys)))]
+        assert everything == [key for key in keys if key != profile_row_key("acme", "9")]
+        for done in range(1, 4):
+            request = read_rows_request(table, (), after=everything[done - 1], keys=keys)
+            assert [row.key for row in merge_row_chunks(_raw_read(store, request))] == everything[done:]
+        assert read_rows_request(table, (), after=keys[-1], keys=keys) is None  # nothing left to read
+        assert store.read_profiles([("acme", "5"), ("acme", "9"), ("acme", "0")]) == ["profile 5", None, "profile 0"]
+
+
+def test_mysql_profiles_sit_beside_the_batch_campaigns_lead_profiles(mysql_database, mysql_store_uri):
+    from orion.campaigns.batch import init_lead_tables
+
+    with open_store(mysql_store_uri) as store:
+        store.init()
+        store.write_profiles([StoredProfile("acme", "7", '{"v": 1}', T0)])
+        init_lead_tables(mysql_store_uri)  # `orion campaign init` on the same database
+        store.init()
+        assert store.read_profiles([("acme", "7")]) == ['{"v": 1}']
+    connection = _mysql_connect(mysql_database)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT tenant, lead_id, attributes, score, lists FROM lead_profiles")
+            assert cursor.fetchall() == ()
+            cursor.execute("SELECT tenant, lead_id, data, next_wake FROM stored_profiles")
+            assert cursor.fetchall() == ((b"acme", b"7", '{"v": 1}', T0),)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS lead_profiles")  # not a store table: drop_mysql_tables leaves it
+        connection.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"])
+def test_sql_profiles_keep_their_row_unchanged_when_written_again_unchanged(backend, tmp_path, request):
+    if backend == "mysql":
+        uri = request.getfixturevalue("mysql_store_uri")
+    else:
+        uri = f"sqlite:///{tmp_path / 'activities.db'}"
+
+    def updated_at():
+        return store._query("SELECT updated_at FROM stored_profiles", ()) if backend == "mysql" else \
+            store._select("SELECT updated_at FROM stored_profiles", ())
+
+    with open_store(uri) as store:
+        store.init()
+        store.write_profiles([StoredProfile("acme", "7", "same", T0)])
+        first = updated_at()
+        time.sleep(0.01)
+        store.write_profiles([StoredProfile("acme", "7", "same", T0)])
+        assert updated_at() == first
+        store.write_profiles([StoredProfile("acme", "7", "same", None)])
+        assert updated_at() > first
+        changed = updated_at()
+        time.sleep(0.01)
+        store.write_profiles([StoredProfile("acme", "7", "same ", None)])  # a trailing space is a change
+        assert updated_at() > changed
+        assert store.read_profiles([("acme", "7")]) == ["same "]
+
+
+def test_mysql_refuses_a_batch_of_profiles_with_an_over_long_id_and_writes_none(mysql_store_uri):
+    with open_store(mysql_store_uri) as store:
+        store.init()
+        with pytest.raises(ValueError, match="refused"):
+            store.write_profiles([StoredProfile("acme", "7", "ok"), StoredProfile("acme", "x" * 256, "too long")])
+        assert store.count_profiles() == 0
+        big = "ü" * 2_000_000  # 4 MB of UTF-8: MEDIUMTEXT holds up to 16 MiB
+        store.write_profiles([StoredProfile("acme", "7", big)])
+        assert store.read_profiles([("acme", "7")]) == [big]

@@ -21,7 +21,7 @@ from conftest import HOUR, MINUTE, T0
 from store_services import BIGTABLE_INSTANCE, BIGTABLE_PROJECT, bigtable_uri, drop_mysql_tables, mysql_uri
 
 from orion.activities import Activity, format_timestamp
-from orion.store import open_store
+from orion.store import StoredProfile, open_store
 from orion.store.bigtable import activity_row_key, index_row_key
 from orion.store.base import activity_day
 from orion.store.commands import main as store_commands
@@ -54,10 +54,12 @@ def test_store_init_creates_the_store_and_is_safe_to_run_twice(store_uri):
     assert "initialized" in first.stdout
     with open_store(store_uri) as store:
         store.write([Activity("e1", "acme", "7", "open_email", T0, {"email": "welcome"})])
+        store.write_profiles([StoredProfile("acme", "7", '{"v": 1}', T0)])  # init made the profile table too
     second = run_commands("store", "init", store_uri)
     assert second.returncode == 0, second.stderr
     with open_store(store_uri) as store:
         assert store.count() == 1
+        assert store.read_profiles([("acme", "7")]) == ['{"v": 1}']
 
 
 def test_history_prints_newest_first_one_line_per_activity(store_uri):

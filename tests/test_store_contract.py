@@ -14,7 +14,7 @@ from store_services import bigtable_uri, drop_mysql_tables, mysql_uri
 
 from orion.activities import Activity
 from orion.store import open_store
-from orion.store.base import UNSTORABLE, HistoryRead, IndexRead, StoreWriteError, activity_day
+from orion.store.base import UNSTORABLE, HistoryRead, IndexRead, StoredProfile, StoreWriteError, activity_day
 
 BACKENDS = ("sqlite", "bigtable", "mysql")
 
@@ -324,3 +324,126 @@ def test_read_indexes_answer_each_read_as_read_index_would(store):
     assert answers == [store.read_index(r.tenant, r.lead_id, types=r.types, since_day=r.since_day)
                        for r in reads]
     assert sum(map(len, answers)) > 100
+
+
+# --- lead profiles -----------------------------------------------------------------------
+
+
+def profile(lead: str = "7", data: str | None = None, next_wake: int | None = None, tenant: str = "acme") -> StoredProfile:
+    return StoredProfile(tenant, lead, data if data is not None else f'{{"v":1,"lead":"{lead}"}}', next_wake)
+
+
+def test_a_profile_round_trips(store):
+    big = '{"v":1,"attributes":{"name":"Zoë 😀"},"pad":"' + "x" * 6000 + '"}'
+    assert store.write_profiles([profile("7", big, T0), profile("8", "", None)]) == 2
+    assert store.read_profiles([("acme", "7"), ("acme", "8")]) == [big, ""]
+    assert store.count_profiles() == 2
+
+
+def test_writing_a_profile_again_replaces_it(store):
+    store.write_profiles([profile("7", "first", T0)])
+    store.write_profiles([profile("7", "second", T0 + HOUR)])
+    assert store.read_profiles([("acme", "7")]) == ["second"]
+    assert store.due_profiles(T0 + HOUR) == [("acme", "7", T0 + HOUR)]
+    # In one batch, the last profile given for a lead wins.
+    assert store.write_profiles([profile("7", "third", T0), profile("8", "other"), profile("7", "fourth", None)]) == 3
+    assert store.read_profiles([("acme", "7"), ("acme", "8")]) == ["fourth", "other"]
+    assert store.due_profiles(T0 + DAY) == []
+    assert store.count_profiles() == 2
+
+
+def test_writing_the_same_profile_twice_leaves_one_row(store):
+    batch = [profile("7", next_wake=T0), profile("8")]
+    store.write_profiles(batch)
+    store.write_profiles(batch)
+    store.write_profiles(list(reversed(batch)))
+    assert store.count_profiles() == 2
+    assert store.read_profiles([("acme", "7"), ("acme", "8")]) == [batch[0].data, batch[1].data]
+    assert store.due_profiles(T0) == [("acme", "7", T0)]
+
+
+def test_reading_leads_without_a_profile_gives_none_in_their_places(store):
+    assert store.read_profiles([]) == []
+    assert store.read_profiles([("acme", "7")]) == [None]
+    store.write_profiles([profile("7", "seven"), profile("9", "nine")])
+    assert store.read_profiles([("acme", "1"), ("acme", "7"), ("acme", "8"), ("acme", "9"), ("acme", "7"),
+                                ("globex", "7")]) == [None, "seven", None, "nine", "seven", None]
+    assert store.write_profiles([]) == 0
+    assert store.count_profiles() == 2
+
+
+def test_many_profiles_are_read_in_one_call_in_order(store):
+    leads = ([("acme", f"L{n}") for n in range(1200)]
+             + [("globex", odd) for odd in ODD_IDS] + [("globex", f"{odd} {n}") for n, odd in enumerate(ODD_IDS)]
+             + [("globex", lead) for lead in ("L1", "", " ", "L1 ", "l1", "ü", "ü ", "a#b#c")])
+    assert len(set(leads)) == 1234
+    store.write_profiles([StoredProfile(tenant, lead, f"{tenant}|{lead}|ünï") for tenant, lead in leads])
+    missing = [("acme", "L1200"), ("globex", "L0"), ("initech", "L1"), ("acme", "l1"),
+               ("acme", "L1 "), ("acme", "L1#"), ("globex", "a#"), ("globex", "%23")]
+    keys = leads[::-1] + missing[:4] + leads[::2] + missing[4:] + leads[1::7]
+    expected = [None if key in missing else f"{key[0]}|{key[1]}|ünï" for key in keys]
+    assert store.read_profiles(keys) == expected
+    assert store.count_profiles() == 1234
+
+
+def test_tenants_never_see_each_others_profiles(store):
+    store.write_profiles([profile("7", "acme's", T0, tenant="acme"), profile("7", "globex's", T0 + 1, tenant="globex")])
+    assert store.read_profiles([("acme", "7"), ("globex", "7"), ("ACME", "7")]) == ["acme's", "globex's", None]
+    assert store.due_profiles(T0 + 1, tenants=["globex"]) == [("globex", "7", T0 + 1)]
+    assert store.due_profiles(T0 + 1) == [("acme", "7", T0), ("globex", "7", T0 + 1)]
+    assert store.count_profiles() == 2
+
+
+def test_due_profiles_are_those_whose_wake_has_come(store):
+    store.write_profiles([
+        profile("due-early", next_wake=T0 - DAY), profile("due-now", next_wake=T0), profile("later", next_wake=T0 + 1),
+        profile("never"), profile("a#b", next_wake=T0 - 1), profile("ünï", next_wake=T0 - 2),
+        profile("other", next_wake=T0, tenant="globex"), profile("x", next_wake=T0 - 5, tenant="a#b"),
+        profile("first", next_wake=-62_135_596_800_000), profile("last", next_wake=253_402_300_799_999),
+    ])
+    due = [("a#b", "x", T0 - 5), ("acme", "a#b", T0 - 1), ("acme", "due-early", T0 - DAY), ("acme", "due-now", T0),
+           ("acme", "first", -62_135_596_800_000), ("acme", "ünï", T0 - 2), ("globex", "other", T0)]
+    assert store.due_profiles(T0) == due  # == due_by counts as due
+    assert store.due_profiles(T0 - 1) == [d for d in due if d[2] <= T0 - 1]
+    assert store.due_profiles(T0 + 1) == sorted(due + [("acme", "later", T0 + 1)])
+    assert store.due_profiles(-62_135_596_800_001) == []
+    assert len(store.due_profiles(2 ** 62)) == 9  # "never" never is
+    assert store.due_profiles(T0, tenants=["acme"]) == [d for d in due if d[0] == "acme"]
+    assert store.due_profiles(T0, tenants=("globex", "a#b", "nobody")) == [due[0], due[-1]]
+    assert store.due_profiles(T0, tenants=iter(["globex"])) == [due[-1]]
+    assert store.due_profiles(T0, tenants=[]) == []
+    assert store.due_profiles(T0, tenants=["ACME", "a"]) == []
+
+
+def test_a_profile_written_without_a_wake_is_no_longer_due(store):
+    store.write_profiles([profile("7", "waiting", T0), profile("8", "waiting", T0)])
+    store.write_profiles([profile("7", "done waiting", None)])
+    assert store.due_profiles(T0 + DAY) == [("acme", "8", T0)]
+    assert store.read_profiles([("acme", "7")]) == ["done waiting"]
+    store.write_profiles([profile("7", "waiting again", T0 + HOUR)])
+    assert store.due_profiles(T0 + DAY) == [("acme", "7", T0 + HOUR), ("acme", "8", T0)]
+
+
+def test_profiles_no_store_can_hold_are_refused_before_anything_is_written(store):
+    for bad in (profile("lone \ud800 surrogate"), profile("7", "data \udfff"), profile("7", next_wake=1.5),
+                profile("7", next_wake=True), profile("7", next_wake=253_402_300_800_000), StoredProfile("acme", "7", None)):
+        with pytest.raises(ValueError):
+            store.write_profiles([profile("ok"), bad])
+    assert store.count_profiles() == 0
+
+
+def test_init_twice_keeps_the_profiles(store):
+    store.write_profiles([profile("7", "kept", T0)])
+    store.init()
+    store.init()
+    assert store.read_profiles([("acme", "7")]) == ["kept"]
+    assert store.due_profiles(T0) == [("acme", "7", T0)]
+    assert store.count_profiles() == 1
+
+
+def test_profiles_and_activities_keep_apart(store):
+    store.write([act("e1")])
+    store.write_profiles([profile("7", "profile", T0)])
+    assert store.history("acme", "7") == [act("e1")]
+    assert store.count() == 1
+    assert store.count_profiles() == 1

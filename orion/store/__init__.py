@@ -9,10 +9,12 @@
 from orion.store.base import (
     ActivityStore,
     StoreError,
+    StoredProfile,
     StoreWriteError,
     WriteFailure,
     WriteResult,
-    open_store,
 )
+from orion.store.opening import URI_FORMS, open_store
 
-__all__ = ["ActivityStore", "StoreError", "StoreWriteError", "WriteFailure", "WriteResult", "open_store"]
+__all__ = ["ActivityStore", "StoreError", "StoredProfile", "StoreWriteError", "URI_FORMS", "WriteFailure",
+           "WriteResult", "open_store"]

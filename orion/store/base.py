@@ -1,6 +1,7 @@
 """The activity store interface: write activities idempotently, read a lead's history
-newest first, and keep the activity index (count and last seen per lead, activity type
-and UTC day). Backends are chosen by URI scheme:
+newest first, keep the activity index (count and last seen per lead, activity type and
+UTC day), and keep one durable profile per lead beside the activities. Backends are
+chosen by URI scheme:
 
     sqlite:///PATH                         the embedded default
     bigtable://PROJECT/INSTANCE/TABLE      Cloud Bigtable, or its emulator (BIGTABLE_EMULATOR_HOST)
@@ -17,7 +18,6 @@ import json
 import time
 from datetime import date, timedelta
 from typing import Iterable, NamedTuple, Sequence
-from urllib.parse import urlsplit
 
 from orion.activities import _MAX_MS as MAX_MS
 from orion.activities import _MIN_MS as MIN_MS
@@ -28,11 +28,6 @@ from orion.activities import MS_PER_DAY, Activity
 UNSTORABLE = "unstorable"  # the row itself cannot be stored (bad encoding, too long, not JSON)
 STORE_WRITE_FAILED = "store_write_failed"  # the store kept refusing the row after retries
 
-URI_FORMS = (
-    "sqlite:///relative/path.db or sqlite:////absolute/path.db",
-    "bigtable://PROJECT/INSTANCE/TABLE",
-    "mysql://USER:PASSWORD@HOST:PORT/DATABASE",
-)
 
 
 class StoreError(RuntimeError):
@@ -115,6 +110,56 @@ def index_keys(activities: Iterable[Activity]) -> list[tuple[str, str, str, date
     return sorted(keys)
 
 
+class StoredProfile(NamedTuple):
+    """One lead's durable profile as a store keeps it: the encoded profile (orion.profiles
+    writes and reads it; the store treats it as opaque text) and the time its earliest
+    waiting flow step is due (None when the lead waits in no flow), which `due_profiles` finds."""
+
+    tenant: str
+    lead_id: str
+    data: str
+    next_wake: int | None = None
+
+
+def profiles_to_write(profiles: Iterable[StoredProfile]) -> list[StoredProfile]:
+    """The profiles a `write_profiles` call stores: one per (tenant, lead), the last one
+    given winning, sorted by (tenant, lead_id) (so concurrent writers lock rows in one
+    order). ValueError, naming the lead, for a profile no store can hold: ids or data that
+    are not UTF-8 text, a next_wake that is not epoch milliseconds within the years 1 to
+    9999."""
+    latest: dict[tuple[str, str], StoredProfile] = {}
+    for profile in profiles:
+        for field in ("tenant", "lead_id", "data"):
+            value = getattr(profile, field)
+            if not isinstance(value, str):
+                raise ValueError(f"profile {profile.tenant!r}/{profile.lead_id!r}: {field} must be text, "
+                                 f"not {type(value).__name__}")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(f"profile {profile.tenant!r}/{profile.lead_id!r}: {field} is not valid Unicode "
+                                 f"text: {err.reason} at {err.start}") from None
+        wake = profile.next_wake
+        if wake is not None and (not isinstance(wake, int) or isinstance(wake, bool) or not MIN_MS <= wake <= MAX_MS):
+            raise ValueError(f"profile {profile.tenant!r}/{profile.lead_id!r}: next_wake must be None or epoch "
+                             f"milliseconds within the years 1 to 9999, not {wake!r}")
+        latest[(profile.tenant, profile.lead_id)] = profile
+    return [latest[key] for key in sorted(latest)]
+
+
+def leads_by_tenant(keys: Iterable[tuple[str, str]], per_group: int) -> list[tuple[str, list[str]]]:
+    """The distinct lead ids of some (tenant, lead_id) keys grouped by tenant, at most
+    per_group leads a group: what a SQL store asks for in one statement."""
+    leads: dict[str, dict[str, None]] = {}  # a dict keeps the first-seen order, unlike a set
+    for tenant, lead_id in keys:
+        leads.setdefault(tenant, {})[lead_id] = None
+    groups = []
+    for tenant, members in leads.items():
+        ids = list(members)
+        groups += [(tenant, ids[start:start + per_group]) for start in range(0, len(ids), per_group)]
+    return groups
+
+
 class ActivityStore(abc.ABC):
     """One lead history store. Writing the same activity twice leaves one copy.
 
@@ -129,6 +174,12 @@ class ActivityStore(abc.ABC):
     lead, type, UTC day) the number of distinct stored activities and the newest
     occurred_at. It sets values (never increments blindly), so retries and reruns leave
     the same index.
+
+    Lead profiles: one row per (tenant, lead) beside the activities, holding the lead's
+    encoded profile (opaque text to the store) and when its next waiting flow step is
+    due. `write_profiles` upserts, `read_profiles` reads many leads in few round trips,
+    `due_profiles` finds the leads whose wake time has come. `init` creates them with
+    the activity tables.
     """
 
     uri: str
@@ -196,6 +247,31 @@ class ActivityStore(abc.ABC):
         trip; this one asks for each in turn."""
         return [self.read_index(r.tenant, r.lead_id, types=r.types, since_day=r.since_day) for r in reads]
 
+    @abc.abstractmethod
+    def write_profiles(self, profiles: Sequence[StoredProfile]) -> int:
+        """Upsert each lead's profile: its data and next_wake replace what was stored (the
+        last one given for a lead wins; writing the same profile twice leaves one row,
+        unchanged). Returns how many were given. Transient errors are retried with
+        backoff as the activity writes are; a store that cannot be reached raises
+        StoreError. A profile no store can hold (see profiles_to_write), or one this
+        backend refuses, raises ValueError."""
+
+    @abc.abstractmethod
+    def read_profiles(self, keys: Sequence[tuple[str, str]]) -> list[str | None]:
+        """The stored profile data of each (tenant, lead_id), in order; None for a lead
+        that has none. Many keys are answered in few round trips (the SQL stores: one
+        statement per tenant and 500 leads; Bigtable: one ReadRows per 2,000 keys)."""
+
+    @abc.abstractmethod
+    def due_profiles(self, due_by: int, tenants: Iterable[str] | None = None) -> list[tuple[str, str, int]]:
+        """(tenant, lead_id, next_wake) of every lead whose next_wake <= due_by (epoch
+        ms), only of `tenants` when given, sorted by (tenant, lead_id). A lead whose
+        next_wake is None is never due."""
+
+    @abc.abstractmethod
+    def count_profiles(self) -> int:
+        """How many lead profiles the store holds."""
+
     def close(self) -> None:
         """Release connections."""
 
@@ -207,30 +283,6 @@ class ActivityStore(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
-
-
-def open_store(uri: str) -> ActivityStore:
-    """The store a URI names; StoreError, naming the accepted forms, for anything else."""
-    if not isinstance(uri, str) or "://" not in uri:
-        raise StoreError(f"bad store URI {uri!r}; use one of: {'; '.join(URI_FORMS)}")
-    scheme = urlsplit(uri).scheme
-    if scheme == "sqlite":
-        from orion.store.sqlite import SqliteStore
-
-        return SqliteStore(uri)
-    if scheme == "bigtable":
-        from orion.store.bigtable import BigtableStore
-
-        return BigtableStore(uri)
-    if scheme == "mysql":
-        from orion.store.mysql import MysqlStore
-
-        return MysqlStore(uri)
-    if scheme == "migrating":
-        from orion.store.migrating import MigratingStore
-
-        return MigratingStore(uri)
-    raise StoreError(f"unsupported store URI scheme {scheme!r} in {uri!r}; use one of: {'; '.join(URI_FORMS)}")
 
 
 # json.dumps with these settings, built once: every stored row is encoded (and checked)

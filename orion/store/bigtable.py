@@ -28,6 +28,25 @@ occurred_at). Count = number of cells, last seen = their maximum value. Writing 
 event id again sets the same cell, and concurrent writers only ever add cells, so the
 index is exact under retries, reruns and parallel workers without any read-modify-write.
 
+Lead profiles live in TABLE-profiles, one row per (tenant, lead):
+
+    TENANT#SALT#LEAD
+
+with the same encoding and salt as the activity keys, family "p", two columns: `data` (the
+encoded profile, UTF-8, opaque to the store) and `next_wake` (when the lead's earliest
+waiting flow step is due: next_wake - MIN_MS as 15 zero-padded digits, so that byte
+order is time order from year 1 to 9999; no cell when the lead waits in no flow). A
+table of their own, not a family of TABLE: history reads scan a lead's key range of
+TABLE, and `count`, `scan` and the bootstrap's verification read all of TABLE, so every
+row there must be an activity. Every cell is written with the one explicit cell
+timestamp PROFILE_CELL_MICROS, so each write of a lead's profile sets the same cells: a
+retry rewrites them, a later write replaces them, and no versions pile up (the family
+keeps one version, reads take one). `due_profiles` scans the profile rows (all of them,
+or the key ranges of the tenants asked for) with a server-side filter that returns only
+the `next_wake` cells due, so it reads every profile row on the server but sends back
+only the due ones: a cost proportional to the number of profiles, fine for a periodic
+sweep, not for a per-event call.
+
     BIGTABLE_EMULATOR_HOST=127.0.0.1:8086 orion store init bigtable://demo/local/activities
 """
 from __future__ import annotations
@@ -49,11 +68,13 @@ from orion.store.base import (
     UNSTORABLE,
     ActivityStore,
     IndexEntries,
+    StoredProfile,
     StoreError,
     WriteFailure,
     WriteResult,
     activity_day,
     attributes_json,
+    profiles_to_write,
     with_backoff,
 )
 
@@ -63,6 +84,10 @@ TIME_DIGITS = 15  # len(str(MAX_MS - MIN_MS))
 ACTIVITY_FAMILY = "a"
 INDEX_FAMILY = "e"
 INDEX_TABLE_SUFFIX = "-index"
+PROFILE_FAMILY = "p"
+PROFILE_TABLE_SUFFIX = "-profiles"
+PROFILE_CELL_MICROS = 0  # the cell timestamp of every profile cell (see the module docstring)
+READ_KEYS_PER_REQUEST = 2000  # row keys per ReadRows of read_profiles
 BATCH_SIZE = 500  # rows per MutateRows request
 
 _TABLE_ID = re.compile(r"[_a-zA-Z0-9][-_.a-zA-Z0-9]*")
@@ -126,6 +151,27 @@ def parse_index_row_key(key: bytes) -> tuple[str, str, str, date]:
     return decode_id(tenant), decode_id(lead_id), decode_id(type_), date.fromisoformat(day)
 
 
+def profile_row_key(tenant: str, lead_id: str) -> bytes:
+    """TENANT#SALT#LEAD, ASCII: a lead's row in the profile table."""
+    return lead_prefix(tenant, lead_id)[:-1].encode("ascii")
+
+
+def parse_profile_row_key(key: bytes) -> tuple[str, str]:
+    """(tenant, lead_id) back from a profile row key."""
+    tenant, _salt, lead_id = key.decode("ascii").split(SEPARATOR)
+    return decode_id(tenant), decode_id(lead_id)
+
+
+def wake_value(next_wake: int) -> bytes:
+    """A next_wake (epoch ms, years 1 to 9999) as its cell holds it: fixed-width digits
+    whose byte order is time order, so a value range filter can select the due ones."""
+    return f"{next_wake - MIN_MS:0{TIME_DIGITS}d}".encode("ascii")
+
+
+def parse_wake_value(value: bytes) -> int:
+    return int(value) + MIN_MS
+
+
 def cell_timestamp(occurred_at: int) -> datetime:
     """The explicit cell timestamp of an activity's cells (Bigtable has none before 1970)."""
     return _EPOCH + timedelta(milliseconds=max(occurred_at, 0))
@@ -148,9 +194,10 @@ def parse_bigtable_uri(uri: str) -> tuple[str, str, str]:
     if not _INSTANCE_ID.fullmatch(instance):
         raise StoreError(f"bad Bigtable instance id {instance!r} in {uri!r}: 6 to 33 characters, "
                          "lower-case letters, digits and '-', starting with a letter")
-    if not _TABLE_ID.fullmatch(table) or len(table) + len(INDEX_TABLE_SUFFIX) > 50:
+    longest_suffix = max(len(INDEX_TABLE_SUFFIX), len(PROFILE_TABLE_SUFFIX))  # table ids: 50 characters at most
+    if not _TABLE_ID.fullmatch(table) or len(table) + longest_suffix > 50:
         raise StoreError(f"bad Bigtable table id {table!r} in {uri!r}: letters, digits, '_', '-', '.', "
-                         f"at most {50 - len(INDEX_TABLE_SUFFIX)} characters")
+                         f"at most {50 - longest_suffix} characters")
     return project, instance, table
 
 
@@ -175,7 +222,8 @@ def _re2_literal(text: str) -> bytes:
 # 100 µs of Python per row: more than everything else the bootstrap does with a row. The
 # raw request carries the same bytes for a small fraction of that.
 
-Cells = Sequence[tuple[bytes, bytes, int]]  # (qualifier, value, timestamp in epoch microseconds)
+# (qualifier, value, timestamp in epoch microseconds); a value of None deletes the column.
+Cells = Sequence[tuple[bytes, bytes | None, int]]
 
 
 class _Messages(NamedTuple):
@@ -193,13 +241,19 @@ def _messages() -> _Messages:
 
 def mutate_rows_request(table_name: str, family: str, rows: Iterable[tuple[bytes, Cells]]):
     """A MutateRowsRequest (the client's type, over a raw protobuf one) setting, for each
-    (row key, cells), the cells of `family` in that row."""
+    (row key, cells), the cells of `family` in that row (deleting every version of a
+    column whose value is None)."""
     messages = _messages()
     request = messages.raw_request(table_name=table_name)
     add_entry = request.entries.add
     for key, cells in rows:
         add_mutation = add_entry(row_key=key).mutations.add
         for qualifier, value, micros in cells:
+            if value is None:
+                column = add_mutation().delete_from_column
+                column.family_name = family
+                column.column_qualifier = qualifier
+                continue
             cell = add_mutation().set_cell
             cell.family_name = family
             cell.column_qualifier = qualifier
@@ -246,15 +300,19 @@ def _read_messages() -> _ReadMessages:
 
 
 def read_rows_request(table_name: str, ranges: Sequence[KeyRange], row_filter=None, rows_limit: int = 0,
-                      after: bytes = b""):
+                      after: bytes = b"", keys: Sequence[bytes] = ()):
     """A ReadRowsRequest (the client's type, over a raw protobuf one) for the rows of
-    `ranges` that sort after `after` (b"": all of them), through row_filter (a
-    google.cloud.bigtable.row_filters filter, or None), at most rows_limit rows (0: no
-    limit). None when no range has a key left after `after`: a resumed read is done."""
+    `ranges` and the single row `keys` that sort after `after` (b"": all of them), through
+    row_filter (a google.cloud.bigtable.row_filters filter, or None), at most rows_limit
+    rows (0: no limit). None when no range or key is left after `after`: a resumed read
+    is done."""
     messages = _read_messages()
     request = messages.raw_request(table_name=table_name, rows_limit=rows_limit)
     if row_filter is not None:
         request.filter.CopyFrom(messages.row_filter.pb(row_filter.to_pb()))
+    request.rows.row_keys.extend(key for key in keys if key > after)
+    if keys and not request.rows.row_keys and not ranges:
+        return None  # every key was delivered before the retry (and an empty row set is the whole table)
     for start, end in ranges:
         if after and end and end <= after:
             continue  # every row of this range was delivered before the retry
@@ -265,7 +323,7 @@ def read_rows_request(table_name: str, ranges: Sequence[KeyRange], row_filter=No
             row_range.start_key_closed = start
         if end:
             row_range.end_key_open = end
-    if after and not request.rows.row_ranges:
+    if after and not request.rows.row_ranges and not request.rows.row_keys:
         return None
     return messages.request.wrap(request)
 
@@ -363,6 +421,7 @@ class BigtableStore(ActivityStore):
         self.uri = uri
         self.project, self.instance_id, self.table_id = parse_bigtable_uri(uri)
         self.index_table_id = self.table_id + INDEX_TABLE_SUFFIX
+        self.profile_table_id = self.table_id + PROFILE_TABLE_SUFFIX
         self._client = None
         self._tables: dict = {}
 
@@ -398,7 +457,8 @@ class BigtableStore(ActivityStore):
         client = self._new_client(admin=True)
         try:
             instance = client.instance(self.instance_id)
-            for table_id, family in ((self.table_id, ACTIVITY_FAMILY), (self.index_table_id, INDEX_FAMILY)):
+            for table_id, family in ((self.table_id, ACTIVITY_FAMILY), (self.index_table_id, INDEX_FAMILY),
+                                     (self.profile_table_id, PROFILE_FAMILY)):
                 table = instance.table(table_id)
                 one_version = column_family.MaxVersionsGCRule(1)
                 try:
@@ -505,9 +565,9 @@ class BigtableStore(ActivityStore):
     read_attempt_timeout = 61.0
 
     def _read(self, table_id: str, ranges: Sequence[KeyRange] = ((None, None),), row_filter=None,
-              rows_limit: int = 0) -> Iterator[Row]:
-        """Stream the rows of table_id in `ranges` through row_filter (at most rows_limit,
-        0: all), merged from raw ReadRows chunks. A stream broken by an error the client
+              rows_limit: int = 0, keys: Sequence[bytes] = ()) -> Iterator[Row]:
+        """Stream the rows of table_id in `ranges` and at `keys` through row_filter (at
+        most rows_limit, 0: all), merged from raw ReadRows chunks. A stream broken by an error the client
         would retry is reopened after the last row delivered, with backoff; a missing
         table becomes a StoreError that says to run init."""
         from google.api_core import exceptions
@@ -517,7 +577,8 @@ class BigtableStore(ActivityStore):
         last_key, delivered = b"", 0
         delays, deadline = None, None  # backoff since the last row delivered
         while not (rows_limit and delivered >= rows_limit):
-            request = read_rows_request(table.name, ranges, row_filter, rows_limit and rows_limit - delivered, last_key)
+            request = read_rows_request(table.name, ranges, row_filter, rows_limit and rows_limit - delivered, last_key,
+                                        keys)
             if request is None:
                 return
             stream = None
@@ -643,6 +704,70 @@ class BigtableStore(ActivityStore):
             cells = row.cells.get(INDEX_FAMILY, {})
             entries[(type_, day)] = (len(cells), max(int(versions[0].value) for versions in cells.values()))
         return entries
+
+    # lead profiles
+
+    def write_profiles(self, profiles: Sequence[StoredProfile]) -> int:
+        pending = []
+        for profile in profiles_to_write(profiles):
+            wake = None if profile.next_wake is None else wake_value(profile.next_wake)
+            pending.append((profile, profile_row_key(profile.tenant, profile.lead_id),
+                            ((b"data", profile.data.encode("utf-8"), PROFILE_CELL_MICROS),
+                             (b"next_wake", wake, PROFILE_CELL_MICROS))))
+        _, failed = self._mutate(self.profile_table_id, PROFILE_FAMILY, pending)
+        refused = [f for f in failed if f.reason == UNSTORABLE]
+        if refused:
+            first = refused[0]
+            raise ValueError(f"{len(refused)} profiles of {self.uri} were refused, the first "
+                             f"{first.activity.tenant!r}/{first.activity.lead_id!r}: {first.detail}")
+        if failed:
+            raise StoreError(f"{len(failed)} profiles of {self.uri} could not be written: {failed[0].detail}")
+        return len(profiles)
+
+    def read_profiles(self, keys: Sequence[tuple[str, str]]) -> list[str | None]:
+        from google.cloud.bigtable import row_filters as rf
+
+        row_keys = [profile_row_key(tenant, lead_id) for tenant, lead_id in keys]
+        wanted = sorted(set(row_keys))
+        data_only = rf.RowFilterChain([rf.FamilyNameRegexFilter(PROFILE_FAMILY), rf.ColumnQualifierRegexFilter(b"^data$"),
+                                       rf.CellsColumnLimitFilter(1)])
+        found: dict[bytes, str] = {}
+        for start in range(0, len(wanted), READ_KEYS_PER_REQUEST):
+            for row in self._read(self.profile_table_id, (), data_only,
+                                  keys=wanted[start:start + READ_KEYS_PER_REQUEST]):
+                found[row.key] = row.cells[PROFILE_FAMILY][b"data"][0].value.decode("utf-8")
+        return [found.get(key) for key in row_keys]
+
+    def due_profiles(self, due_by: int, tenants: Iterable[str] | None = None) -> list[tuple[str, str, int]]:
+        """See ActivityStore.due_profiles. The cost: every profile row (of the tenants
+        asked for) is read on the server; only the due ones are sent back."""
+        from google.cloud.bigtable import row_filters as rf
+
+        if due_by < MIN_MS:
+            return []
+        if tenants is None:
+            ranges: list[KeyRange] = [(None, None)]
+        else:
+            prefixes = sorted({encode_id(tenant) + SEPARATOR for tenant in tenants})
+            ranges = [(prefix.encode("ascii"), _prefix_end(prefix).encode("ascii")) for prefix in prefixes]
+            if not ranges:
+                return []
+        due_wakes = rf.RowFilterChain([
+            rf.FamilyNameRegexFilter(PROFILE_FAMILY), rf.ColumnQualifierRegexFilter(b"^next_wake$"),
+            rf.CellsColumnLimitFilter(1),
+            rf.ValueRangeFilter(end_value=wake_value(min(due_by, MAX_MS)), inclusive_end=True),
+        ])
+        due = []
+        for row in self._read(self.profile_table_id, ranges, due_wakes):
+            tenant, lead_id = parse_profile_row_key(row.key)
+            due.append((tenant, lead_id, parse_wake_value(row.cells[PROFILE_FAMILY][b"next_wake"][0].value)))
+        return sorted(due)  # key order is salt order within a tenant, and percent-encoded
+
+    def count_profiles(self) -> int:
+        from google.cloud.bigtable import row_filters as rf
+
+        keys_only = rf.RowFilterChain([rf.CellsRowLimitFilter(1), rf.StripValueTransformerFilter(True)])
+        return sum(1 for _ in self._read(self.profile_table_id, row_filter=keys_only))
 
     def close(self) -> None:
         if self._client is not None:

@@ -15,7 +15,8 @@ import json
 import sys
 
 from orion.activities import format_timestamp, parse_timestamp
-from orion.store.base import URI_FORMS, StoreError, open_store
+from orion.store.base import StoreError
+from orion.store.opening import URI_FORMS, open_store
 
 DEFAULT_STORE = "sqlite:///orion-data/activities.db"  # the same default as `orion run`
 
@@ -27,8 +28,9 @@ def add_store_commands(subparsers) -> None:
     init = store_commands.add_parser(
         "init",
         help="create a store's tables (safe to run again)",
-        description="Create the tables, column families and indexes of the store URI names; "
-        "running it again changes nothing. URI forms: " + "; ".join(URI_FORMS) + ".",
+        description="Create the tables, column families and indexes of the store URI names (the "
+        "activities, the activity index and the lead profiles); running it again changes nothing "
+        "and keeps what is stored. URI forms: " + "; ".join(URI_FORMS) + ".",
     )
     init.add_argument("uri", metavar="URI", help="the store, e.g. sqlite:///orion-data/activities.db")
     init.set_defaults(handler=init_store)

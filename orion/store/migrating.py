@@ -6,21 +6,23 @@ Modes (see docs/migration.md):
 
     legacy   MySQL only: the graph writes and reads the legacy store (no MigratingStore).
     passive  writes go to both stores; every read the graph makes (a lead's history, the
-             activity index) is served from MySQL, and the new store's answer is computed
-             too and compared.
+             activity index, lead profiles and the leads due to wake) is served from
+             MySQL, and the new store's answer is computed too and compared.
     active   writes go to both stores; reads are served from the new store and compared
              with MySQL's. MySQL keeps receiving every activity, so going back to legacy
              loses nothing written meanwhile.
 
 Every difference is counted (Beam counters `migration_differences` and
 `migration_differences:KIND`) and written to a report, one JSON object per line in
-REPORT_DIR/differences-*.jsonl: mode, tenant, lead, kind (history, index, write,
-unavailable), which store served, and what differed.
+REPORT_DIR/differences-*.jsonl: mode, tenant, lead, kind (history, index, profile,
+write, unavailable), which store served, and what differed.
 
 A row the serving store refuses goes to the dead letters as with a single store. A row
 only the other store refused is written to the report with the whole activity, so it can
-be replayed; the run goes on. When the other store cannot be reached at all, reads are
-still served and writes still made on the serving store, and each miss is reported.
+be replayed; the run goes on. A lead profile only the other store refused is reported
+(kind write) with its tenant and lead. When the other store cannot be reached at all,
+reads are still served and writes still made on the serving store, and each miss is
+reported.
 
 The graph's DoFns open stores by URI, so a MigratingStore has one too:
 `migrating://MODE?legacy=URI&new=URI&report=DIR` (build it with `migration_store_uri`).
@@ -37,11 +39,20 @@ from typing import Iterable, Sequence
 from urllib.parse import parse_qs, quote, urlsplit
 
 from orion.activities import Activity, format_timestamp
-from orion.store.base import STORE_WRITE_FAILED, ActivityStore, IndexEntries, StoreError, WriteFailure, WriteResult
+from orion.store.base import (
+    STORE_WRITE_FAILED,
+    ActivityStore,
+    IndexEntries,
+    StoredProfile,
+    StoreError,
+    WriteFailure,
+    WriteResult,
+    profiles_to_write,
+)
 
 PASSIVE, ACTIVE = "passive", "active"
 SCHEME = "migrating"
-HISTORY, INDEX, WRITE, UNAVAILABLE = "history", "index", "write", "unavailable"
+HISTORY, INDEX, PROFILE, WRITE, UNAVAILABLE = "history", "index", "profile", "write", "unavailable"
 METRICS_NAMESPACE = "orion"  # orion.transforms.intake.METRICS_NAMESPACE, without importing Beam
 SHOWN = 10  # event ids / index days listed per difference
 
@@ -97,6 +108,15 @@ def _count(kind: str) -> None:
     Metrics.counter(METRICS_NAMESPACE, f"migration_differences:{kind}").inc()
 
 
+def _profile_difference(mine: str | None, theirs: str | None, serving: str, other: str) -> str:
+    """What differs between two stored profiles, without repeating them (they may be long)."""
+    if theirs is None:
+        return f"only in {serving}"
+    if mine is None:
+        return f"only in {other}"
+    return f"{len(mine)} characters in {serving}, {len(theirs)} in {other}, not the same"
+
+
 def _fingerprint(activity: Activity) -> tuple:
     return (activity.occurred_at, activity.type, json.dumps(activity.attributes, sort_keys=True, default=str))
 
@@ -106,9 +126,9 @@ class MigratingStore(ActivityStore):
     one (MySQL in passive mode, the new store in active mode) and compared with the
     other's answer."""
 
-    def __init__(self, uri: str):
-        from orion.store.base import open_store
-
+    def __init__(self, uri: str, open_store):
+        """`open_store` opens the legacy and the new store from their URIs
+        (orion.store.opening.open_store)."""
         parts = urlsplit(uri)
         query = parse_qs(parts.query)
         mode = parts.netloc
@@ -171,6 +191,17 @@ class MigratingStore(ActivityStore):
                                 f"{self.other_name} could not index: {error}")
         return entries
 
+    def write_profiles(self, profiles: Sequence[StoredProfile]) -> int:
+        given = self.serving.write_profiles(profiles)
+        try:
+            self.other.write_profiles(profiles)
+        except (StoreError, ValueError) as error:
+            kind, what = (UNAVAILABLE, "could not write") if isinstance(error, StoreError) else (WRITE, "refused")
+            for profile in profiles_to_write(profiles):
+                self.report.add(kind, profile.tenant, profile.lead_id, self.serving_name,
+                                f"{self.other_name} {what} the lead's profile: {error}")
+        return given
+
     # --- reads: served from one, compared with the other -------------------------------
 
     def history(self, tenant: str, lead_id: str, *, since: int | None = None, until: int | None = None,
@@ -217,6 +248,46 @@ class MigratingStore(ActivityStore):
                             f"activity index differs on {len(differing)} (type, day) entries "
                             "([count, last seen ms] serving vs other)", differing=differing[:SHOWN])
         return served
+
+    def read_profiles(self, keys: Sequence[tuple[str, str]]) -> list[str | None]:
+        served = self.serving.read_profiles(keys)
+        try:
+            other = self.other.read_profiles(keys)
+        except StoreError as error:
+            for tenant, lead_id in dict.fromkeys(keys):
+                self.report.add(UNAVAILABLE, tenant, lead_id, self.serving_name,
+                                f"{self.other_name} could not read the profile: {error}")
+            return served
+        reported = set()
+        for (tenant, lead_id), mine, theirs in zip(keys, served, other):
+            if mine != theirs and (tenant, lead_id) not in reported:
+                reported.add((tenant, lead_id))
+                self.report.add(PROFILE, tenant, lead_id, self.serving_name, "profile differs: " + _profile_difference(
+                    mine, theirs, self.serving_name, self.other_name))
+        return served
+
+    def due_profiles(self, due_by: int, tenants: Iterable[str] | None = None) -> list[tuple[str, str, int]]:
+        tenants = None if tenants is None else list(tenants)
+        served = self.serving.due_profiles(due_by, tenants)
+        try:
+            other = self.other.due_profiles(due_by, tenants)
+        except StoreError as error:
+            self.report.add(UNAVAILABLE, "", "", self.serving_name,
+                            f"{self.other_name} could not list the leads due by {due_by}: {error}")
+            return served
+        mine = {(tenant, lead_id): wake for tenant, lead_id, wake in served}
+        theirs = {(tenant, lead_id): wake for tenant, lead_id, wake in other}
+        for tenant, lead_id in sorted(set(mine) | set(theirs)):
+            here, there = mine.get((tenant, lead_id)), theirs.get((tenant, lead_id))
+            if here != there:
+                self.report.add(PROFILE, tenant, lead_id, self.serving_name,
+                                f"due by {due_by}: next wake {here} in {self.serving_name}, "
+                                f"{there} in {self.other_name} (None: not due)",
+                                due_by=due_by, serving=here, other=there)
+        return served
+
+    def count_profiles(self) -> int:
+        return self.serving.count_profiles()
 
     def count(self) -> int:
         return self.serving.count()

@@ -11,6 +11,13 @@ through PyMySQL. It keeps the legacy schema the bootstrap migration reads by id 
 - `activity_index`: count and last seen per (tenant, lead_id, type, UTC day), a derived
   table recounted from `activities` for every entry a batch touches, in one transaction
   with shared locks on the counted rows, so retries and reruns leave the same index.
+- `stored_profiles`: one row per (tenant, lead_id) holding the lead's encoded profile
+  (`data`, MEDIUMTEXT utf8mb4: at most 16 MiB, and no more than the server's
+  max_allowed_packet), when its next waiting flow step is due (`next_wake`, BIGINT epoch
+  ms, NULL for none; indexed for `due_profiles`) and `updated_at` (wall-clock epoch ms of
+  the last change, for people only). Not `lead_profiles`: that name is the batch
+  campaigns' table of lead attributes, score and lists (orion/campaigns/batch.py), which
+  lives in the same database.
 
 Ids and types are VARBINARY (UTF-8 bytes): comparisons are exact and byte-wise, with no
 case folding, no trailing-space padding and the same order as the other stores. An event
@@ -28,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from datetime import date
 from typing import Iterable, Sequence
 from urllib.parse import unquote, urlsplit
@@ -37,12 +45,15 @@ from orion.store.base import (
     UNSTORABLE,
     ActivityStore,
     IndexEntries,
+    StoredProfile,
     StoreError,
     WriteFailure,
     WriteResult,
     attributes_json,
     day_bounds,
     index_keys,
+    leads_by_tenant,
+    profiles_to_write,
     with_backoff,
 )
 
@@ -86,6 +97,17 @@ _SCHEMA = (
         PRIMARY KEY (tenant, lead_id, type, day)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
     """,
+    """
+    CREATE TABLE IF NOT EXISTS stored_profiles (
+        tenant     VARBINARY(255) NOT NULL,
+        lead_id    VARBINARY(255) NOT NULL,
+        data       MEDIUMTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL COMMENT 'the encoded profile',
+        next_wake  BIGINT         NULL COMMENT 'epoch ms its earliest waiting flow step is due',
+        updated_at BIGINT         NOT NULL COMMENT 'wall-clock epoch ms of the last change',
+        PRIMARY KEY (tenant, lead_id),
+        KEY stored_profiles_next_wake (next_wake)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+    """,
 )
 
 _UPSERT_LEAD = (
@@ -99,6 +121,18 @@ _UPSERT_ACTIVITY = (
     "ON DUPLICATE KEY UPDATE lead_id = VALUES(lead_id), type = VALUES(type), "
     "occurred_at = VALUES(occurred_at), attributes = VALUES(attributes)"
 )
+
+# updated_at first: MySQL assigns left to right, so it still compares with the old row.
+# A profile written again unchanged keeps its row as it was, updated_at included.
+_UPSERT_PROFILE = (
+    "INSERT INTO stored_profiles (tenant, lead_id, data, next_wake, updated_at) VALUES (%s, %s, %s, %s, %s) "
+    "ON DUPLICATE KEY UPDATE updated_at = IF(CAST(data AS BINARY) <=> CAST(VALUES(data) AS BINARY) "
+    "AND next_wake <=> VALUES(next_wake), updated_at, VALUES(updated_at)), "
+    "data = VALUES(data), next_wake = VALUES(next_wake)"
+)
+# Leads (of one tenant) per statement of read_profiles, and tenants per statement of
+# due_profiles.
+KEYS_PER_STATEMENT = 500
 
 # Server and client error codes worth a retry: lock wait timeout, deadlock, too many
 # connections, cannot connect, server gone away, lost connection, shutdown in progress.
@@ -421,6 +455,48 @@ class MysqlStore(ActivityStore):
             params.append(since_day)
         return {(_text(type_), day): (int(count), int(last_seen))
                 for type_, day, count, last_seen in self._query(" ".join(sql), params)}
+
+    # lead profiles
+
+    def write_profiles(self, profiles: Sequence[StoredProfile]) -> int:
+        import pymysql
+
+        now = int(time.time() * 1000)
+        # Sorted by key: one lock order for concurrent writers.
+        rows = [(p.tenant, p.lead_id, p.data, p.next_wake, now) for p in profiles_to_write(profiles)]
+        if not rows:
+            return len(profiles)
+        try:
+            self._transaction(lambda cursor: cursor.executemany(_UPSERT_PROFILE, rows))
+        except pymysql.err.Error as err:
+            if _row_refused(err):
+                raise ValueError(f"MySQL refused a profile of the batch, which was not written: {err.args[-1]}") from err
+            raise StoreError(f"cannot write to MySQL {redact(self.uri)}: {err}") from err
+        return len(profiles)
+
+    def read_profiles(self, keys: Sequence[tuple[str, str]]) -> list[str | None]:
+        found: dict[tuple[str, str], str] = {}
+        for tenant, leads in leads_by_tenant(keys, KEYS_PER_STATEMENT):
+            rows = self._query(f"SELECT lead_id, data FROM stored_profiles WHERE tenant = %s "
+                               f"AND lead_id IN ({', '.join(['%s'] * len(leads))})", [tenant, *leads])
+            found.update(((tenant, _text(lead_id)), data) for lead_id, data in rows)
+        return [found.get((tenant, lead_id)) for tenant, lead_id in keys]
+
+    def due_profiles(self, due_by: int, tenants: Iterable[str] | None = None) -> list[tuple[str, str, int]]:
+        sql = "SELECT tenant, lead_id, next_wake FROM stored_profiles WHERE next_wake <= %s"
+        if tenants is None:
+            rows = self._query(sql, [due_by])
+        else:
+            wanted = sorted(set(tenants))
+            rows = []
+            for start in range(0, len(wanted), KEYS_PER_STATEMENT):
+                chunk = wanted[start:start + KEYS_PER_STATEMENT]
+                rows += self._query(f"{sql} AND tenant IN ({', '.join(['%s'] * len(chunk))})", [due_by, *chunk])
+        # Sorted here (byte order of the UTF-8 ids is the order of their code points).
+        return sorted((_text(tenant), _text(lead_id), int(wake)) for tenant, lead_id, wake in rows)
+
+    def count_profiles(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM stored_profiles", ())[0][0])
 
     def close(self) -> None:
         self._drop_connection()

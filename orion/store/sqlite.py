@@ -1,6 +1,8 @@
 """The embedded activity store: one SQLite file, rows keyed like the Bigtable row key
-(tenant, lead, time, event id) so writing the same activity twice leaves one row, and
-the activity index as a derived table recounted from the stored rows.
+(tenant, lead, time, event id) so writing the same activity twice leaves one row, the
+activity index as a derived table recounted from the stored rows, and the lead profiles
+in `stored_profiles`, one row per (tenant, lead), with an index on next_wake for
+`due_profiles`.
 
 WAL mode and a busy timeout let the workers of a multi-process DirectRunner write to
 the same file; a write and an index update each run in one IMMEDIATE transaction, so a
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from datetime import date
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -24,12 +27,15 @@ from orion.store.base import (
     HistoryRead,
     IndexEntries,
     IndexRead,
+    StoredProfile,
     StoreError,
     WriteFailure,
     WriteResult,
     attributes_json,
     day_bounds,
     index_keys,
+    leads_by_tenant,
+    profiles_to_write,
     with_backoff,
 )
 
@@ -56,10 +62,30 @@ _SCHEMA = (
         PRIMARY KEY (tenant, lead_id, type, day)
     ) WITHOUT ROWID
     """,
+    # A rowid table (not WITHOUT ROWID): profiles run to a few KB, and a WITHOUT ROWID
+    # table keeps whole rows in its key b-tree, which suits only small rows.
+    """
+    CREATE TABLE IF NOT EXISTS stored_profiles (
+        tenant     TEXT    NOT NULL,
+        lead_id    TEXT    NOT NULL,
+        data       TEXT    NOT NULL,  -- the encoded profile, opaque to the store
+        next_wake  INTEGER,           -- epoch ms its earliest waiting flow step is due; NULL: none
+        updated_at INTEGER NOT NULL,  -- wall-clock epoch ms of the last change, for people only
+        PRIMARY KEY (tenant, lead_id)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS stored_profiles_next_wake ON stored_profiles (next_wake)",
 )
 
 _INSERT = ("INSERT OR REPLACE INTO activities "
            "(tenant, lead_id, occurred_at, event_id, type, attributes) VALUES (?, ?, ?, ?, ?, ?)")
+# A profile written again unchanged keeps its row as it was, updated_at included.
+_UPSERT_PROFILE = (
+    "INSERT INTO stored_profiles (tenant, lead_id, data, next_wake, updated_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (tenant, lead_id) DO UPDATE SET data = excluded.data, next_wake = excluded.next_wake, "
+    "updated_at = excluded.updated_at "
+    "WHERE data IS NOT excluded.data OR next_wake IS NOT excluded.next_wake"
+)
 
 
 def sqlite_path(uri: str) -> Path:
@@ -72,6 +98,9 @@ def sqlite_path(uri: str) -> Path:
 # Leads per statement of histories / read_indexes: four parameters each, under SQLite's
 # oldest limit of 999 parameters a statement.
 READS_PER_STATEMENT = 200
+# Leads (of one tenant) per statement of read_profiles, and tenants per statement of
+# due_profiles: one parameter each, plus one.
+KEYS_PER_STATEMENT = 500
 _NO_EARLIER, _NO_LATER = -(2 ** 62), 2 ** 62
 
 
@@ -308,6 +337,42 @@ class SqliteStore(ActivityStore):
             for i, type_, day, count, last_seen in rows:
                 answers[i][(type_, date.fromisoformat(day))] = (count, last_seen)
         return answers
+
+    # lead profiles
+
+    def write_profiles(self, profiles: Sequence[StoredProfile]) -> int:
+        now = int(time.time() * 1000)
+        rows = [(p.tenant, p.lead_id, p.data, p.next_wake, now) for p in profiles_to_write(profiles)]
+        if rows:
+            self._transaction(lambda connection: connection.executemany(_UPSERT_PROFILE, rows))
+        return len(profiles)
+
+    def read_profiles(self, keys: Sequence[tuple[str, str]]) -> list[str | None]:
+        # One statement per tenant and KEYS_PER_STATEMENT leads, on the primary key.
+        found: dict[tuple[str, str], str] = {}
+        for tenant, leads in leads_by_tenant(keys, KEYS_PER_STATEMENT):
+            rows = self._select(f"SELECT lead_id, data FROM stored_profiles WHERE tenant = ? "
+                                f"AND lead_id IN ({', '.join('?' * len(leads))})", [tenant, *leads])
+            found.update(((tenant, lead_id), data) for lead_id, data in rows)
+        return [found.get((tenant, lead_id)) for tenant, lead_id in keys]
+
+    def due_profiles(self, due_by: int, tenants: Iterable[str] | None = None) -> list[tuple[str, str, int]]:
+        # Through the next_wake index: sorted here, since an ORDER BY would make SQLite walk
+        # the primary key (every profile) instead, and `+tenant` keeps it from picking the
+        # primary key for the tenant filter (every profile of those tenants).
+        sql = "SELECT tenant, lead_id, next_wake FROM stored_profiles WHERE next_wake <= ?"
+        if tenants is None:
+            due = self._select(sql, [due_by])
+        else:
+            wanted = sorted(set(tenants))
+            due = []
+            for start in range(0, len(wanted), KEYS_PER_STATEMENT):
+                chunk = wanted[start:start + KEYS_PER_STATEMENT]
+                due += self._select(f"{sql} AND +tenant IN ({', '.join('?' * len(chunk))})", [due_by, *chunk])
+        return sorted(due)
+
+    def count_profiles(self) -> int:
+        return self._select("SELECT COUNT(*) FROM stored_profiles", ())[0][0]
 
     def close(self) -> None:
         if self._connection is not None:

@@ -1,0 +1,41 @@
+"""Opening the store a URI names. Kept apart from the interface (orion.store.base), which
+every backend imports, so that no backend depends on the others or on this chooser.
+
+    python -c "from orion.store.opening import open_store; print(open_store('sqlite:///tmp/a.db'))"
+"""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from orion.store.base import ActivityStore, StoreError
+
+URI_FORMS = (
+    "sqlite:///relative/path.db or sqlite:////absolute/path.db",
+    "bigtable://PROJECT/INSTANCE/TABLE",
+    "mysql://USER:PASSWORD@HOST:PORT/DATABASE",
+)
+
+
+def open_store(uri: str) -> ActivityStore:
+    """The store a URI names; StoreError, naming the accepted forms, for anything else."""
+    if not isinstance(uri, str) or "://" not in uri:
+        raise StoreError(f"bad store URI {uri!r}; use one of: {'; '.join(URI_FORMS)}")
+    scheme = urlsplit(uri).scheme
+    if scheme == "sqlite":
+        from orion.store.sqlite import SqliteStore
+
+        return SqliteStore(uri)
+    if scheme == "bigtable":
+        from orion.store.bigtable import BigtableStore
+
+        return BigtableStore(uri)
+    if scheme == "mysql":
+        from orion.store.mysql import MysqlStore
+
+        return MysqlStore(uri)
+    if scheme == "migrating":
+        from orion.store.migrating import MigratingStore
+
+        # The migrating store opens its two stores with this function, handed to it.
+        return MigratingStore(uri, open_store)
+    raise StoreError(f"unsupported store URI scheme {scheme!r} in {uri!r}; use one of: {'; '.join(URI_FORMS)}")
