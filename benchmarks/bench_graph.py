@@ -54,7 +54,7 @@ from benchmarks.synthetic import DEFAULT_SEED, event_lines, write_rules
 from orion.activities import parse_timestamp
 from orion.runners.direct import RunConfig, build as build_orion, run as run_orion
 from orion.store import open_store
-from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS, EMPTY_PROGRESS
+from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS
 
 DATA_DIR = REPO_ROOT / "benchmarks" / "data" / "graph"
 PUSH_DIR = REPO_ROOT / "benchmarks" / "data" / "graph-push"
@@ -317,9 +317,9 @@ class WorkAlone(NamedTuple):
 
     load: float  # loading and compiling the rules (once per run), spread over the events
     parse: float  # reading and validating the JSON lines
-    seed: float  # seeding each lead from the (empty) store, in groups as the graph does
-    evaluate: float  # ordering each lead's activities and evaluating them against the rules
-    store: float  # writing to SQLite and bringing the activity index up to date
+    seed: float  # seeding each lead from the (empty) store, profiles and histories, in groups as the graph does
+    evaluate: float  # the one step: ordering each lead's activities, evaluating them, the profile
+    store: float  # writing to SQLite: the activities, the activity index and the lead profiles
 
     @property
     def total(self) -> float:
@@ -327,11 +327,15 @@ class WorkAlone(NamedTuple):
 
 
 def time_work_alone(rules: Path, workdir: Path, lines: list[str]) -> WorkAlone:
+    """Orion's own work over the events, each part alone, as the bounded graph does it:
+    the one step per lead (orion.leadstep) seeding leads in groups from the store (their
+    profiles and histories), replaying each lead's activities, and the store writing the
+    activities, the index and the lead profiles."""
     from orion.activities import Activity
     from orion.intake import read_lines
-    from orion.rules import evaluate, load_rules
-    from orion.seeding import seed_states
-    from orion.sequencing import release
+    from orion.leadstep import PROFILE, LeadStep, SeedRequest, StepResult
+    from orion.profiles import EMPTY_RECORD
+    from orion.rules import load_rules
     from orion.transforms.evaluate import SEED_BATCH
     from orion.transforms.sinks import DEFAULT_BATCH_SIZE
 
@@ -339,6 +343,7 @@ def time_work_alone(rules: Path, workdir: Path, lines: list[str]) -> WorkAlone:
     store.init()
     loading = time.perf_counter()
     ruleset = load_rules(rules)
+    step = LeadStep(ruleset, dedup_span_ms=DEFAULT_DEDUP_SPAN_MS, run_flows=False)
     started = time.perf_counter()
     activities = [a for a in read_lines(lines, ruleset.activity_types, "alone", DEFAULT_ALLOWED_LATENESS_MS)
                   if isinstance(a, Activity)]
@@ -346,23 +351,27 @@ def time_work_alone(rules: Path, workdir: Path, lines: list[str]) -> WorkAlone:
     by_lead: dict = {}
     for activity in activities:
         by_lead.setdefault((activity.tenant, activity.lead_id), []).append(activity)
-    leads = [release(EMPTY_PROGRESS, found, None, DEFAULT_DEDUP_SPAN_MS)[0] for found in by_lead.values()]
+    leads = [(key, sorted(found, key=lambda a: (a.occurred_at, a.event_id))) for key, found in by_lead.items()]
     grouped = time.perf_counter()
-    states = []
+    records = []
+    seeding = StepResult()
     for start in range(0, len(leads), SEED_BATCH):
-        states += seed_states(ruleset, store, [(r[0].tenant, r[0].lead_id, r[0].occurred_at)
-                                               for r in leads[start:start + SEED_BATCH]])
+        group = leads[start:start + SEED_BATCH]
+        records += step.seed(store, [SeedRequest(t, lead, found[0].occurred_at) for (t, lead), found in group],
+                             seeding)
     seeded = time.perf_counter()
-    ordered = []
-    for ready, state in zip(leads, states):
-        for activity in ready:
-            state, _ = evaluate(ruleset, state, activity)
-            ordered.append(activity)
+    result = StepResult()
+    for ((tenant, lead_id), found), record in zip(leads, records):
+        step.replay(record or EMPTY_RECORD, tenant, lead_id, found, None, result)
     evaluated = time.perf_counter()
+    ordered = [value for tag, value in result.emitted if tag == "store"]
+    profiles = [value for tag, value in result.emitted if tag == PROFILE]
     for start in range(0, len(ordered), DEFAULT_BATCH_SIZE):
         batch = ordered[start:start + DEFAULT_BATCH_SIZE]
         store.write_with_failures(batch)
         store.index_activities(batch)
+    for start in range(0, len(profiles), DEFAULT_BATCH_SIZE):
+        store.write_profiles(profiles[start:start + DEFAULT_BATCH_SIZE])
     stored = time.perf_counter()
     store.close()
     per_event = 1e6 / len(lines)

@@ -23,13 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
-SAMPLES = Path(__file__).resolve().parent / "samples"
-SAMPLE_RULES = SAMPLES / "rules"
-SAMPLE_EVENTS = SAMPLES / "events.jsonl"
-DEFAULT_DATA_DIR = Path("orion-data")
-
-
-DEFAULT_STORE = f"sqlite:///{DEFAULT_DATA_DIR / 'activities.db'}"
+from orion.settings import DEFAULT_DATA_DIR, DEFAULT_OUTBOX, DEFAULT_STORE, MODES, SAMPLE_EVENTS, SAMPLE_RULES
 
 
 def _add_run(commands) -> None:
@@ -65,7 +59,7 @@ def _add_run(commands) -> None:
                         "duplicate deliveries (default: %(default)s)")
     parser.add_argument("--duration", type=float, metavar="SECONDS",
                         help="with --subscription: stop after this long (default: until Ctrl-C)")
-    parser.add_argument("--outbox", metavar="URI", default=f"sqlite:///{DEFAULT_DATA_DIR / 'outbox.db'}",
+    parser.add_argument("--outbox", metavar="URI", default=DEFAULT_OUTBOX,
                         type=lambda uri: None if uri.lower() == "none" else uri,
                         help="run the campaign flows of what qualifies and queue their emails, held "
                         "emails and webhook calls here, once each however often the job reruns: "
@@ -91,12 +85,11 @@ def _add_run(commands) -> None:
     parser.set_defaults(handler=_run, beam_args_allowed=True)
 
 
-MODES = ("legacy", "passive", "active")
-
 
 def _run(args: argparse.Namespace) -> int:
     from orion.rules import RuleErrors, load_rules
-    from orion.runners.direct import RunConfig, run
+    from orion.runners.direct import run
+    from orion.settings import RunConfig
 
     try:
         rules = load_rules(args.rules, args.templates)
@@ -236,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     from orion.store.commands import add_store_commands
 
     add_store_commands(commands)
-    from orion.migration import add_bootstrap_command
+    from orion.pipelines.bootstrap_command import add_bootstrap_command
 
     add_bootstrap_command(commands)
     from orion.collector import add_collect_command

@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import SAMPLE_RULES
+
+import orion
 
 ENGINES = ("apache_beam", "pyflink")
 
@@ -32,7 +35,8 @@ def engine_modules_after(module: str, use: str = "") -> list[str]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("module", ["orion.activities", "orion.rules"])
+@pytest.mark.parametrize("module", ["orion.activities", "orion.rules", "orion.leadstep", "orion.profiles",
+                                    "orion.seeding", "orion.sequencing", "orion.campaigns.flows"])
 def test_core_module_imports_no_engine(module):
     assert engine_modules_after(module) == []
 
@@ -52,3 +56,39 @@ def test_loading_and_evaluating_the_samples_imports_no_engine():
 def test_the_probe_would_see_an_engine_import():
     # Guards the checks above: an engine imported in the probe is reported.
     assert "pyflink" in engine_modules_after("pyflink")
+
+
+# The engine adapters, and what only an adapter imports: every other module is core.
+ADAPTERS = ("orion.transforms", "orion.pipelines.bootstrap", "orion.pipelines.activity_graph", "orion.flink",
+            "orion.runners.direct", "orion.runners.direct_metrics", "orion.runners.dataflow", "orion.runners.flink")
+# Entry points run their command when imported; what they import is checked through the
+# modules they name.
+ENTRY_POINTS = ("__main__",)
+
+
+def core_modules() -> list[str]:
+    package = Path(orion.__file__).resolve().parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if parts[-1] in ENTRY_POINTS:
+            continue
+        if not any(name == adapter or name.startswith(adapter + ".") for adapter in ADAPTERS):
+            found.append(name)
+    return found
+
+
+def test_every_module_but_the_adapters_imports_no_engine():
+    modules = core_modules()
+    assert "orion.leadstep" in modules and "orion.settings" in modules and len(modules) > 30
+    use = "\n".join(f"import {name}" for name in modules)
+    assert engine_modules_after("orion", use) == [], \
+        "a core module imports an engine: " + ", ".join(m for m in modules if engine_modules_after(m))
+
+
+def test_the_adapter_list_names_real_modules():
+    import importlib.util
+
+    for adapter in ADAPTERS:
+        assert importlib.util.find_spec(adapter) is not None, adapter

@@ -205,25 +205,27 @@ def test_a_waiting_lead_keeps_its_place_across_a_restart(rules_dir):
 
 
 def test_the_flow_state_the_beam_dofn_keeps_resumes_in_a_new_process(rules_dir, tmp_path):
-    """What a runner checkpoints for a waiting lead is RunFlows' FLOWS state, written with
-    that state spec's own coder; a new process (rules loaded anew) decodes it and the
-    flow goes on at its wake-up time."""
+    """What a runner checkpoints for a waiting lead is the lead step's RECORD state,
+    written with that state spec's own coder (versioned JSON, not pickle); a new process
+    (rules loaded anew) decodes it and the flow goes on at its wake-up time."""
     import subprocess
     import sys
 
-    from orion.transforms.flows import _RunFlowsFn
+    from orion.profiles import LeadRecord
+    from orion.transforms.evaluate import _LeadStepFn
 
     before = FlowEngine(load_rules(rules_dir))
     flows, _ = before.process_activity(with_email(before), form("Signup"))
-    checkpoint = tmp_path / "flows.state"
-    checkpoint.write_bytes(_RunFlowsFn.FLOWS.coder.encode(flows))
+    checkpoint = tmp_path / "record.state"
+    checkpoint.write_bytes(_LeadStepFn.RECORD.coder.encode(LeadRecord(flows=flows)))
+    assert checkpoint.read_bytes().startswith(b"{"), "lead state is JSON with a schema, not a pickle"
     resume = textwrap.dedent("""
         import json, sys
         from orion.campaigns.flows import FlowEngine
         from orion.rules import load_rules
-        from orion.transforms.flows import _RunFlowsFn
+        from orion.transforms.evaluate import _LeadStepFn
         with open(sys.argv[1], "rb") as saved:
-            flows = _RunFlowsFn.FLOWS.coder.decode(saved.read())
+            flows = _LeadStepFn.RECORD.coder.decode(saved.read()).flows
         done, result = FlowEngine(load_rules(sys.argv[2])).wake(flows, "acme", "1", flows.next_wake())
         print(json.dumps({"emails": [[e.template, e.requested_at] for e in result.emails],
                           "running": len(done.running), "score": done.lead.score}))
@@ -337,6 +339,8 @@ def test_the_graph_runs_flows_into_the_outbox(rules_dir, tmp_path):
         make_activity("data_value_changes", lead="8", at=T0 - HOUR, attribute="email", new_value="l@example.com"),
         make_activity("data_value_changes", lead="8", at=T0 - HOUR, attribute="industry", new_value="Loop"),
         make_activity("change_score", lead="8", delta=1),
+        # Another lead, three days on: event time reaches past lead 7's two-day wait.
+        make_activity("visit_web_page", lead="99", at=T0 + 3 * DAY, url="https://acme.example/"),
     ]
     pipeline = beam.Pipeline()
     parsed = pipeline | "Activities" >> beam.Create(activities)
@@ -349,18 +353,18 @@ def test_the_graph_runs_flows_into_the_outbox(rules_dir, tmp_path):
         reasons = sorted(d.reason for d in letters)
         assert reasons == [CASCADE_DEPTH], reasons
 
-    def check_generated(generated):
-        by_lead = sorted((a.lead_id, a.type) for a in generated)
+    def check_generated(stored):
+        by_lead = sorted((a.lead_id, a.type) for a in stored if a.event_id.startswith("flow-"))
         assert by_lead.count(("7", "added_to_list")) == 1 and by_lead.count(("7", "removed_from_list")) == 1
         assert by_lead.count(("8", "change_score")) == 3
 
     assert_that(outputs.dead_letters, check_dead, label="DeadLetters")
-    assert_that(outputs.flows.activities, check_generated, label="Generated")
+    assert_that(outputs.stored, check_generated, label="Generated")
     pipeline.run().wait_until_finish()
     with open_outbox(outbox_uri) as outbox:
         keys = sorted(outbox.keys())
         counts = outbox.counts()
-    # welcome at once, newsletter (the choice) when the 2-day wait fired at the end of input
+    # welcome at once, newsletter (the choice) when event time passed the 2-day wait
     assert [(k[1], k[2], k[3].split("#")[1]) for k in keys] == [("Signup", "7", "0"), ("Signup", "7", "6")]
     assert counts["webhook:queued"] == 1
     _ = format_timestamp  # keep the import for readers comparing timestamps by hand
@@ -382,6 +386,8 @@ def test_orion_run_with_an_outbox_queues_the_flow_emails_once_however_often_it_r
         make_activity("data_value_changes", lead="1", at=T0 - HOUR, attribute="first_name", new_value="Ada"),
         make_activity("data_value_changes", lead="3", at=T0 - HOUR, attribute="email", new_value="three@example.com"),
         signup, promo, anonymous,  # lead 2 has no address: held, not lost
+        # Another lead, three days on: event time reaches past the Signup flow's two-day wait.
+        make_activity("visit_web_page", lead="9", at=T0 + 3 * DAY, url="https://acme.example/"),
     ]
     events = tmp_path / "events.jsonl"
     events.write_text("".join(json.dumps(a.to_json_dict()) + "\n" for a in activities))
@@ -395,8 +401,8 @@ def test_orion_run_with_an_outbox_queues_the_flow_emails_once_however_often_it_r
         queued = sorted(outbox.keys("queued"))
         held = sorted(outbox.keys("held"))
         counts = outbox.counts()
-    # Signup: welcome at once, then (the 2-day wait fired at the end of the bounded input)
-    # the newsletter its choice picks; Promo: one newsletter.
+    # Signup: welcome at once, then (the input reaches past the 2-day wait) the newsletter
+    # its choice picks; Promo: one newsletter.
     assert queued == [("acme", "Marketing", "3", f"{promo.event_id}#0"),
                       ("acme", "Signup", "1", f"{signup.event_id}#0"),
                       ("acme", "Signup", "1", f"{signup.event_id}#6")]
@@ -411,7 +417,39 @@ def test_orion_run_with_an_outbox_queues_the_flow_emails_once_however_often_it_r
     second = capsys.readouterr().out
     with open_outbox(outbox_uri) as outbox:
         assert sorted(outbox.keys("queued")) == queued and outbox.counts() == counts
-    assert "emails queued:     0 (3 assembled)" in second and "already queued:    7" in second
+    # The leads' profiles remember what they went through: nothing is evaluated again.
+    assert summary_value(second, "duplicates:") == len(activities)
+    assert summary_value(second, "outcomes:") == 0 and "campaign flows:" not in second
+
+
+def summary_value(text: str, label: str) -> int:
+    line = next(line for line in text.splitlines() if line.startswith(label))
+    return int(line[len(label):].split()[0])
+
+
+def test_a_wait_past_the_end_of_the_input_waits_in_the_profile_for_the_next_run(rules_dir, tmp_path, capsys):
+    """Event time never passes the input: a wait that ends after the newest activity
+    stays in the lead's stored profile, and the run whose input reaches its time sends
+    the email, although the lead does nothing in that run."""
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    outbox_uri = f"sqlite:///{tmp_path / 'outbox.db'}"
+    signup = form("Signup", lead="1")
+    day1 = [make_activity("data_value_changes", lead="1", at=T0 - HOUR, attribute="email", new_value=EMAIL), signup]
+    day3 = [make_activity("visit_web_page", lead="2", at=T0 + 3 * DAY, url="https://acme.example/")]
+    for name, activities in (("day1", day1), ("day3", day3)):
+        events = tmp_path / f"{name}.jsonl"
+        events.write_text("".join(json.dumps(a.to_json_dict()) + "\n" for a in activities))
+        assert run_orion("--events", str(events), "--rules", str(rules_dir), "--store", store,
+                         "--out-dir", str(tmp_path / name), "--outbox", outbox_uri) == 0
+        capsys.readouterr()
+        with open_outbox(outbox_uri) as outbox:
+            runs = sorted(k[3].split("#")[1] for k in outbox.keys("queued") if k[1] == "Signup")
+        if name == "day1":
+            assert runs == ["0"], "the welcome only: the two-day wait ends after the input"
+            from orion.store import open_store
+            with open_store(store) as opened:
+                assert opened.due_profiles(T0 + 2 * DAY) == [("acme", "1", T0 + 2 * DAY)]
+    assert runs == ["0", "6"], "the follow-up once the next run's input passed the wait"
 
 
 def test_orion_run_with_no_arguments_queues_the_sample_flows_emails(tmp_path, monkeypatch, capsys):

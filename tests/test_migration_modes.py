@@ -25,7 +25,8 @@ from orion.rules import evaluate, load_rules
 from orion.runners.direct import RunConfig, run
 from orion.seeding import seed_state, seed_states
 from orion.transforms.evaluate import SEED_BATCH
-from orion.store import open_store
+from orion.store import StoredProfile, open_store
+from orion.store.migrating import migration_store_uri
 
 RULES = """
 tenant: acme
@@ -144,9 +145,11 @@ def test_a_second_run_sees_the_history_the_first_one_stored(rules_dir, tmp_path)
     totals = run_graph(rules_dir, [contact("L1"), contact("L9")], tmp_path, "second", uri)
     assert fired(tmp_path / "second") == {("L1", "Pricing fan"), ("L1", "Regular reader")}
     assert totals["leads_seeded_from_store"] == 1
-    # Running the same input again counts nothing twice: the same outcomes.
-    run_graph(rules_dir, [contact("L1"), contact("L9")], tmp_path, "again", uri)
-    assert fired(tmp_path / "again") == fired(tmp_path / "second")
+    # Running the same input again counts nothing twice: the leads' profiles know it was
+    # evaluated, so nothing is evaluated or fires again.
+    again = run_graph(rules_dir, [contact("L1"), contact("L9")], tmp_path, "again", uri)
+    assert fired(tmp_path / "again") == set()
+    assert again["duplicates"] == 2 and again.get("evaluated", 0) == 0
 
 
 def test_leads_seeded_together_each_count_their_own_history(rules_dir, tmp_path):
@@ -249,6 +252,32 @@ def test_active_mode_serves_bigtable_and_going_back_to_legacy_loses_nothing(rule
     with open_store(legacy) as store:
         index = store.read_index("acme", "L1", types=["fill_out_form"])
     assert sorted(count for count, _ in index.values()) == [1, 1]
+
+
+def test_profiles_are_written_to_both_stores_and_read_from_the_serving_one(tmp_path, two_stores):
+    legacy, new = two_stores
+    with open_store(migration_store_uri("passive", legacy, new, tmp_path / "writes")) as store:
+        assert store.write_profiles([StoredProfile("acme", "L1", "one", T0), StoredProfile("acme", "L2", "two")]) == 2
+    for uri in (legacy, new):
+        with open_store(uri) as single:
+            assert single.read_profiles([("acme", "L1"), ("acme", "L2")]) == ["one", "two"]
+            assert single.due_profiles(T0) == [("acme", "L1", T0)]
+    assert report(tmp_path / "writes") == []
+    # Behind the migrating store's back, L1's profile becomes different in each store.
+    with open_store(legacy) as single:
+        single.write_profiles([StoredProfile("acme", "L1", "legacy's", T0)])
+    with open_store(new) as single:
+        single.write_profiles([StoredProfile("acme", "L1", "new's", T0 + DAY)])
+    for mode, served, wake, served_from in (("passive", "legacy's", T0, "legacy mysql"),
+                                            ("active", "new's", T0 + DAY, "new bigtable")):
+        with open_store(migration_store_uri(mode, legacy, new, tmp_path / mode)) as store:
+            assert store.read_profiles([("acme", "L1"), ("acme", "L2"), ("acme", "L3")]) == [served, "two", None]
+            assert store.due_profiles(T0 + DAY) == [("acme", "L1", wake)]
+            assert store.count_profiles() == 2
+        differences = report(tmp_path / mode)
+        assert [(d["lead_id"], d["kind"], d["served_from"]) for d in differences] == [
+            ("L1", "profile", served_from), ("L1", "profile", served_from)]
+        assert differences[1]["serving"] == wake
 
 
 def test_a_mode_needs_the_legacy_store(capsys):

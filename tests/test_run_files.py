@@ -61,12 +61,22 @@ def test_rerunning_the_same_file_leaves_the_store_unchanged(tmp_path):
     args = ("--events", str(events), "--store", f"sqlite:///{db}", "--out-dir", str(tmp_path / "out"))
     first = orion_run(*args, cwd=tmp_path)
     before = store_digest(db)
-    outcomes_before = sorted(line for f in (tmp_path / "out").glob("outcomes-*.jsonl") for line in f.read_text().splitlines())
+    profiles_before = profile_rows(db)
     second = orion_run(*args, cwd=tmp_path)
     assert store_digest(db) == before
-    outcomes_after = sorted(line for f in (tmp_path / "out").glob("outcomes-*.jsonl") for line in f.read_text().splitlines())
-    assert outcomes_after == outcomes_before, "a rerun replaces the outcome files, it does not add to them"
-    assert summary_value(first.stdout, "stored:") == summary_value(second.stdout, "stored:") == before[0]
+    assert profile_rows(db) == profiles_before and profiles_before, "a replay leaves the same profiles"
+    outcomes_after = [line for f in (tmp_path / "out").glob("outcomes-*.jsonl") for line in f.read_text().splitlines()]
+    assert outcomes_after == [], "a rerun replaces the outcome files; the leads' profiles say it was all evaluated"
+    assert summary_value(first.stdout, "stored:") == before[0]
+    assert summary_value(second.stdout, "stored:") == 0
+    # Every input activity evaluated the first time is recognised as already evaluated.
+    input_stored = summary_value(first.stdout, "stored:") - summary_value(first.stdout, "  flow activities:")
+    assert summary_value(second.stdout, "duplicates:") == input_stored + summary_value(first.stdout, "duplicates:")
+
+
+def profile_rows(db: Path) -> list:
+    with sqlite3.connect(db) as connection:
+        return connection.execute("SELECT tenant, lead_id, data FROM stored_profiles ORDER BY tenant, lead_id").fetchall()
 
 
 def test_stopping_a_streaming_run_does_not_wait_on_a_runner_stuck_in_a_pull():

@@ -10,14 +10,14 @@ import gc
 from conftest import SAMPLE_RULES
 
 from orion.runtime import GC_THRESHOLDS
-from orion.transforms.evaluate import SequenceAndEvaluate
+from orion.transforms.evaluate import LeadSteps, _LeadStepFn
 
 
 def test_the_evaluating_dofn_sets_the_collector_thresholds():
     before = gc.get_threshold()
     gc.set_threshold(700, 10, 10)
     try:
-        fn = SequenceAndEvaluate(str(SAMPLE_RULES)).fn
+        fn = _LeadStepFn(LeadSteps(str(SAMPLE_RULES)).settings, one_watermark_per_stage=False)
         fn.setup()
         assert gc.get_threshold() == GC_THRESHOLDS
         fn.teardown()

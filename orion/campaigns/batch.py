@@ -518,7 +518,7 @@ def _when(text: str) -> int | str:
 
 
 def _common(parser) -> None:
-    from orion.cli import SAMPLE_RULES
+    from orion.settings import SAMPLE_RULES
 
     parser.add_argument("--rules", type=Path, default=SAMPLE_RULES, help="rules directory")
     parser.add_argument("--templates", type=Path, action="append", default=[], help="extra template folder")
@@ -684,7 +684,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from orion.cli import SAMPLE_RULES
+    from orion.settings import SAMPLE_RULES
     from orion.rules import load_rules
 
     rules = load_rules(args.rules or SAMPLE_RULES)

@@ -146,9 +146,16 @@ class FlowResult(NamedTuple):
 
 
 class _Run:
-    """The working state of one call: the lead as it changes, and what it produced."""
+    """The working state of one call: the lead as it changes, and what it produced.
 
-    def __init__(self, flows: LeadFlows, tenant: str, lead_id: str):
+    top_outcomes: whether the outcomes of evaluating the input activity itself (depth 0)
+    join result.outcomes (the one stateful step emits them all); start_flows: whether a
+    qualified outcome starts its campaign's flow (False: evaluation only, flows off)."""
+
+    def __init__(self, flows: LeadFlows, tenant: str, lead_id: str, *, top_outcomes: bool = False,
+                 start_flows: bool = True):
+        self.top_outcomes = top_outcomes
+        self.start_flows = start_flows
         self.lead = flows.lead
         self.running: dict[tuple[str, str], RunningFlow] = {(f.campaign, f.run): f for f in flows.running}
         self.sent = list(flows.sent)
@@ -193,6 +200,19 @@ class FlowEngine:
         self._evaluate(run, activity, 0)
         return run.finish()
 
+    def step(self, flows: LeadFlows | None, activity: Activity, *, start_flows: bool = True
+             ) -> tuple[LeadFlows, FlowResult]:
+        """`process_activity` for the one stateful step per lead: the activity is
+        evaluated once, here, and `result.outcomes` holds the outcomes of every cascade
+        depth, in the order they happened. With `start_flows` False only evaluation runs
+        (the graph without an outbox): no flow starts and no wait resumes."""
+        run = _Run(flows or LeadFlows(), activity.tenant, activity.lead_id, top_outcomes=True,
+                   start_flows=start_flows)
+        if start_flows:
+            self._resume_due(run, activity.occurred_at)
+        self._evaluate(run, activity, 0)
+        return run.finish()
+
     def wake(self, flows: LeadFlows, tenant: str, lead_id: str, now: int) -> tuple[LeadFlows, FlowResult]:
         """Resume every flow of the lead waiting until `now` or earlier."""
         run = _Run(flows, tenant, lead_id)
@@ -219,8 +239,10 @@ class FlowEngine:
 
     def _evaluate(self, run: _Run, activity: Activity, depth: int) -> list[Outcome]:
         run.lead, outcomes = evaluate(self.rules, run.lead, activity)
-        if depth > 0:
+        if depth > 0 or run.top_outcomes:
             run.result.outcomes.extend(outcomes)
+        if not run.start_flows:
+            return outcomes
         for outcome in outcomes:
             if outcome.qualified:
                 self._start(run, outcome.campaign, activity.event_id, activity.occurred_at, depth, {})

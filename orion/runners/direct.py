@@ -12,46 +12,19 @@ import collections
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from orion.pipelines.activity_graph import GraphSettings, build_activity_graph
+from orion.settings import RunConfig, clear_previous_outputs, effective_store_uri, output_prefixes
+from orion.summary import campaigns_fired, render_summary
 from orion.transforms.intake import METRICS_NAMESPACE, ParseActivities, ReadActivityFiles
-from orion.transforms.sinks import WriteActivities, WriteJsonLines
+from orion.transforms.sinks import WriteActivities, WriteJsonLines, WriteProfiles
 
 STOP_WAIT_SECONDS = 2.0
 SUMMARY_EVERY_SECONDS = 10.0
-
-
-class RunConfig(NamedTuple):
-    rules_dir: str
-    template_dirs: tuple[str, ...]
-    events: str | None  # a path or glob; None with a subscription
-    subscription: str | None
-    store_uri: str
-    out_dir: Path
-    allowed_lateness_ms: int
-    dedup_span_ms: int
-    duration_s: float | None  # streaming: stop after this long (None: until interrupted)
-    beam_args: tuple[str, ...]
-    outbox_uri: str | None = None  # campaign flows on: emails, held emails and webhooks go here
-    mode: str | None = None  # migration: legacy | passive | active (None: store_uri alone)
-    legacy_store_uri: str | None = None  # migration: the legacy MySQL store (mysql://...)
-
-
-def output_prefixes(out_dir: Path) -> tuple[str, str]:
-    return str(out_dir / "outcomes"), str(out_dir / "dead-letters")
-
-
-def clear_previous_outputs(out_dir: Path) -> None:
-    """A rerun replaces the outcome and dead-letter files of the previous run (the store
-    is idempotent on its own)."""
-    for pattern in ("outcomes-*.jsonl", "dead-letters-*.jsonl", "differences-*.jsonl"):
-        for old in out_dir.glob(pattern):
-            old.unlink()
 
 
 def pipeline_options(config: RunConfig) -> PipelineOptions:
@@ -88,10 +61,25 @@ def build(pipeline: beam.Pipeline, config: RunConfig) -> None:
             one_watermark_per_stage=_one_watermark_per_stage(pipeline),
         ),
         store_sink=WriteActivities(store_uri),
+        profile_sink=WriteProfiles(store_uri),
         outcome_sink=WriteJsonLines(outcomes_prefix, "outcomes_written"),
         dead_letter_sink=WriteJsonLines(dead_prefix, "dead_letters_written"),
         outbox_sink=_outbox_sink(config),
+        waiting_leads=_waiting_leads(pipeline, config, store_uri),
     )
+
+
+def _waiting_leads(pipeline: beam.Pipeline, config: RunConfig, store_uri: str):
+    """Streaming with flows: the leads waiting in a flow in the store start the job, so
+    that a job replacing another without its state still resumes their waits."""
+    if config.subscription is None or not config.outbox_uri:
+        return None
+    from typing import Any, Tuple
+
+    from orion.transforms.evaluate import waiting_leads
+
+    found = waiting_leads(store_uri, config.rules_dir, config.template_dirs)
+    return pipeline | "WaitingLeads" >> beam.Create(found).with_output_types(Tuple[Tuple[str, str], Any])
 
 
 def _one_watermark_per_stage(pipeline: beam.Pipeline) -> bool:
@@ -111,21 +99,6 @@ def _outbox_sink(config: RunConfig):
     return QueueEmails(config.outbox_uri)
 
 
-def effective_store_uri(config: RunConfig) -> str:
-    """The store the graph writes and reads: --store alone; with --mode legacy the legacy
-    store alone; with --mode passive or active both, side by side, differences reported
-    into the output directory (orion/store/migrating.py)."""
-    if config.mode is None:
-        return config.store_uri
-    if not config.legacy_store_uri:
-        raise ValueError("--mode needs --legacy-store mysql://USER:PASSWORD@HOST:PORT/DB")
-    if config.mode == "legacy":
-        return config.legacy_store_uri
-    from orion.store.migrating import migration_store_uri
-
-    return migration_store_uri(config.mode, config.legacy_store_uri, config.store_uri, config.out_dir)
-
-
 def counters(result) -> dict[str, int]:
     """Orion's counters, summed over the steps that report them."""
     totals: dict[str, int] = collections.Counter()
@@ -134,52 +107,6 @@ def counters(result) -> dict[str, int]:
             value = found.committed if found.committed is not None else found.attempted
             totals[found.key.metric.name] += value or 0
     return dict(totals)
-
-
-def render_summary(totals: dict[str, int], seconds: float) -> str:
-    read = totals.get("events_read", 0)
-    dead = {name.split(":", 1)[1]: n for name, n in totals.items() if name.startswith("dead_letters:")}
-    fired = {name.split(":", 1)[1]: n for name, n in totals.items() if name.startswith("fired:")}
-    lines = [
-        f"events read:      {read}",
-        f"stored:           {totals.get('stored', 0)}",
-        f"duplicates:       {totals.get('duplicates', 0)}",
-        f"dead letters:     {sum(dead.values())}"
-        + "".join(f"\n  {reason}: {n}" for reason, n in sorted(dead.items())),
-        f"outcomes:         {totals.get('outcomes', 0)} ({totals.get('qualified', 0)} qualified)",
-        "campaigns fired (top 10):",
-    ]
-    top = sorted(fired.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
-    lines += [f"  {n:6d}  {name}" for name, n in top] or ["  none"]
-    if "leads_seeded_from_store" in totals:
-        lines.append(f"leads seeded:     {totals['leads_seeded_from_store']} (history counters read from the store)")
-    if "migration_differences" in totals:
-        kinds = {name.split(":", 1)[1]: n for name, n in totals.items() if name.startswith("migration_differences:")}
-        lines.append(f"store differences: {totals['migration_differences']} (differences-*.jsonl)"
-                     + "".join(f"\n  {kind}: {n}" for kind, n in sorted(kinds.items())))
-    lines += _flow_summary(totals)
-    rate = read / seconds if seconds > 0 else 0.0
-    lines.append(f"elapsed:          {seconds:.2f} s ({rate:,.0f} events/s)")
-    return "\n".join(lines)
-
-
-def _flow_summary(totals: dict[str, int]) -> list[str]:
-    """Campaign flows (with an outbox): what was queued, held and dead-lettered. The
-    stored count above includes the activities flow steps generated."""
-    if "emails_requested" not in totals and "flow_activities" not in totals and "outbox_queued" not in totals:
-        return []
-    held = {name.split(":", 1)[1]: n for name, n in totals.items() if name.startswith("emails_held:")}
-    return [
-        "campaign flows:",
-        f"  emails queued:     {totals.get('queued_emails', 0)} ({totals.get('emails_assembled', 0)} assembled)",
-        f"  emails held:       {totals.get('queued_held', 0)}"
-        + (" (held back this run: " + ", ".join(f"{reason} {n}" for reason, n in sorted(held.items())) + ")"
-           if held else ""),
-        f"  webhooks queued:   {totals.get('queued_webhooks', 0)}",
-        f"  already queued:    {totals.get('outbox_duplicates', 0)} (by an earlier run; not queued twice)",
-        f"  flow activities:   {totals.get('flow_activities', 0)} (stored with the history)",
-        f"  flow dead letters: {totals.get('flow_dead_letters', 0)} (among the dead letters above)",
-    ]
 
 
 def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=None) -> dict[str, int]:
@@ -198,7 +125,7 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=None
     else:
         _watch_streaming(result, config, started, clock, out)
     totals = counters(result)
-    print(render_summary(totals, clock() - started), file=out)
+    print(render_summary(totals, clock() - started, campaigns_fired(config.out_dir)), file=out)
     if config.outbox_uri:
         print(f"outbox:       {config.outbox_uri}", file=out)
     return totals

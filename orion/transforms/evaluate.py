@@ -1,14 +1,17 @@
-"""Per-lead ordering and trigger evaluation: `KeyByLead` and `SequenceAndEvaluate`.
+"""The one stateful step per lead in Beam: `KeyByLead` and `LeadSteps`.
 
-SequenceAndEvaluate is a stateful DoFn keyed by (tenant, lead). It buffers a lead's
-activities and, when the watermark passes their time plus the allowed lateness, releases
-them in event-time order (ties by event id) into the core evaluator. Deduplication and
-lateness are the core's (`orion.sequencing`), lead state is the core's `LeadState`: the
-DoFn only loads state, calls the core, stores state and emits.
+LeadSteps keeps, per (tenant, lead), one state: the arrived activities not yet released,
+and the lead's LeadRecord (sequencer progress, lead state, campaign flows). Everything a
+lead's activities do happens in that one step (orion.leadstep): ordering and dedup,
+evaluation (once per activity), the flows the lead qualifies for, the activities flow
+steps generate (evaluated inline, up to the cascade depth), and the lead's durable
+profile. The DoFn only loads state, calls the core, stores state and maps what the core
+emits to tagged outputs and what it counts to Beam metrics.
 
-Deduplication lives here rather than in a stage of its own: a duplicate delivery carries
-the same lead, so the per-lead state can recognise it, and the graph saves a whole shuffle
-keyed by event id.
+Long-lived state uses coders with a schema and a version (orion.transforms.coders), so
+a pipeline update or a savepoint survives a new release. A lead's state expires
+`lead_ttl_days` of event time after its last activity, when nothing of it is waiting;
+the profile in the store keeps it, and a lead that comes back is seeded from there.
 
     orion run
 """
@@ -16,10 +19,10 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import Any, Tuple
+from typing import Any, NamedTuple, Tuple
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder
+from apache_beam.coders import TupleCoder, VarIntCoder, StrUtf8Coder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -27,34 +30,38 @@ from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from orion.activities import Activity
-from orion.deadletters import DeadLetter
-from orion.rules import evaluate
+from orion.activities import Activity, MS_PER_DAY, activity_sort_key
+from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH
+from orion.leadstep import DEAD, EMAIL, HELD, OUTCOME, PROFILE, STORE, WEBHOOK, LeadStep, SeedRequest, StepResult
+from orion.profiles import EMPTY_RECORD
 from orion.runtime import tune_gc
-from orion.seeding import open_initialised_store, seed_state, seed_states
-from orion.sequencing import (
-    DEFAULT_ALLOWED_LATENESS_MS,
-    DEFAULT_DEDUP_SPAN_MS,
-    DUPLICATE,
-    LATE,
-    LeadProgress,
-    classify_behind,
-    late_detail,
-    release as release_ready,
-    sorts_before_released,
-)
-from orion.transforms.intake import DEAD, METRICS_NAMESPACE
+from orion.seeding import open_initialised_store
+from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS
+from orion.settings import DEFAULT_LEAD_TTL_DAYS
+from orion.transforms.coders import ActivityCoder, LeadRecordCoder
+from orion.transforms.intake import METRICS_NAMESPACE
 
-STORE = "store"
-# Bounded input: one timer per lead at the end of the global window releases everything.
-_END_OF_INPUT = GlobalWindow().max_timestamp()
-_GLOBAL = (GlobalWindow(),)
-# Bounded input: leads seeded from the store together (see _EvaluateLeadsFn).
+# Bounded input: leads seeded from the store together (see _ReplayLeadsFn).
 SEED_BATCH = 200
+_GLOBAL = (GlobalWindow(),)
+_END_OF_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: every wait is due by then
+# Outputs besides the main one (the outcomes), in the order LeadSteps returns them.
+SIDE_OUTPUTS = (STORE, DEAD, EMAIL, HELD, WEBHOOK, PROFILE)
+
+
+class WakeUp(NamedTuple):
+    """A lead whose stored profile has a flow waiting until `wake_at`, keyed by the lead
+    into the step. Bounded input: a lead whose wait is due by the horizon, grouped with
+    its activities (if any) so it is woken. Streaming: a lead waiting when the job
+    starts, so a new job (no savepoint) resumes its waits (see `waiting_leads`)."""
+
+    tenant: str
+    lead_id: str
+    wake_at: int
 
 
 class _WatermarkFloor:
-    """The latest event-time timer fired so far in this process, per sequencing stage.
+    """The latest event-time timer fired so far in this process, per step.
 
     A Python DoFn cannot read the watermark, but an event-time timer firing at T proves
     the input watermark has passed T. Without this, a timer that fires at T releases
@@ -62,16 +69,11 @@ class _WatermarkFloor:
     activities already behind the watermark (a backlog after a restart, a replay) needed
     k timer rounds, one activity each.
 
-    How far that proof reaches depends on the runner. Within one bundle it holds for
-    every key of the bundle (one watermark delivered them all): always used. Across the
-    whole process it holds only where a stage has one input watermark for all its keys,
-    as on Beam's bundle-based DirectRunner (the local streaming runner, one process):
-    there a timer releases everything due by the latest time any timer of the stage has
-    fired at, so a backlog drains in a round or two. Runners with a watermark per
-    parallel instance (Beam on Flink) must not share it; `one_watermark_per_stage` on
-    SequenceAndEvaluate says which applies.
-    Runners copy a DoFn per bundle or per thread, so the shared floor lives here, keyed
-    by the stage's id, which the copies share."""
+    Within one bundle the proof holds for every key of the bundle: always used. Across
+    the whole process it holds only where a stage has one input watermark for all its
+    keys, as on Beam's bundle-based DirectRunner; `one_watermark_per_stage` says which
+    applies. Runners copy a DoFn per bundle or thread, so the shared floor lives here,
+    keyed by the step's id, which the copies share."""
 
     _lock = threading.Lock()
     _floors: dict[str, int] = {}
@@ -94,58 +96,90 @@ class KeyByLead(beam.PTransform):
         ).with_output_types(Tuple[Tuple[str, str], Any])
 
 
-class _SequenceAndEvaluateFn(beam.DoFn):
-    """Buffers each lead's activities and evaluates them in event-time order.
+class _Emitter:
+    """Maps a StepResult to Beam: tags to outputs, counts to metrics (one Metrics
+    counter per name, made once: the names are a bounded set)."""
+
+    def __init__(self):
+        self.counters: dict[str, Any] = {}
+
+    def emit(self, result: StepResult, wrap=None):
+        counters = self.counters
+        for name, n in result.counts.items():
+            counter = counters.get(name)
+            if counter is None:
+                counter = counters[name] = Metrics.counter(METRICS_NAMESPACE, name)
+            counter.inc(n)
+        for tag, value in result.emitted:
+            if wrap is not None:
+                value = wrap(value)
+            yield value if tag == OUTCOME else beam.pvalue.TaggedOutput(tag, value)
+
+
+class _StepSettings(NamedTuple):
+    rules_dir: str
+    template_dirs: tuple[str, ...]
+    allowed_lateness_ms: int
+    dedup_span_ms: int
+    run_flows: bool
+    max_cascade_depth: int
+    seed_store_uri: str | None
+    lead_ttl_days: int
+
+
+def _open_step(settings: _StepSettings):
+    """The core step and the store new leads are seeded from, in a worker."""
+    from orion.rules.shared import shared_rules
+    from orion.transforms import state_sizing
+
+    state_sizing.install()
+    tune_gc()
+    rules = shared_rules(settings.rules_dir, settings.template_dirs)
+    step = LeadStep(rules, dedup_span_ms=settings.dedup_span_ms, run_flows=settings.run_flows,
+                    max_cascade_depth=settings.max_cascade_depth)
+    return step, open_initialised_store(settings.seed_store_uri)
+
+
+class _LeadStepFn(beam.DoFn):
+    """Streaming: each lead's activities, released in event-time order as the watermark
+    passes them plus the allowed lateness, through the one step.
 
     State, per (tenant, lead):
-      PENDING   bag of arrived activities not yet evaluated;
+      PENDING   bag of arrived activities not yet released;
       RELEASED  (occurred_at, event_id) of the last activity evaluated: read on every
-                arrival, so it is kept apart from the larger SEEN;
-      SEEN      event id -> occurred_at of recently evaluated activities (dedup);
-      LEAD      orion.rules.LeadState: attributes, score, lists, campaign runs, history;
-      DUE       the time the RELEASE timer is set for, so it is only ever moved earlier.
-    Timer:
-      RELEASE   event time; fires when the watermark passes the earliest buffered
-                activity plus the allowed lateness (bounded input: once, at the end),
-                and releases everything the watermark is known to have passed by then
-                (see _WatermarkFloor).
-    Outputs: outcomes (main), activities to store (STORE), dead letters (DEAD).
+                arrival, so it is kept apart from the larger RECORD;
+      RECORD    orion.profiles.LeadRecord: progress (with the recent event ids), the lead
+                state, its running flows and recent sends;
+      DUE       when RELEASE is set for, so it only ever moves earlier;
+      WAKE_AT   when WAKE is set for, likewise.
+    Timers (event time):
+      RELEASE   the watermark passed the earliest buffered activity plus the allowed
+                lateness: releases everything the watermark is known to have passed
+                (see _WatermarkFloor);
+      WAKE      the earliest wake-up time of a waiting flow;
+      EXPIRE    `lead_ttl_days` after the lead's last activity: its state is cleared if
+                nothing waits (its profile stays in the store).
+    Outputs: outcomes (main) and SIDE_OUTPUTS.
     """
 
-    PENDING = BagStateSpec("pending", PickleCoder())
-    RELEASED = ReadModifyWriteStateSpec("released", PickleCoder())
-    SEEN = ReadModifyWriteStateSpec("seen", PickleCoder())
-    LEAD = ReadModifyWriteStateSpec("lead", PickleCoder())
-    DUE = ReadModifyWriteStateSpec("due", PickleCoder())
+    PENDING = BagStateSpec("pending", ActivityCoder())
+    RELEASED = ReadModifyWriteStateSpec("released", TupleCoder([VarIntCoder(), StrUtf8Coder()]))
+    RECORD = ReadModifyWriteStateSpec("record", LeadRecordCoder())
+    DUE = ReadModifyWriteStateSpec("due", VarIntCoder())
+    WAKE_AT = ReadModifyWriteStateSpec("wake_at", VarIntCoder())
     RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
+    WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
+    EXPIRE = TimerSpec("expire", TimeDomain.WATERMARK)
 
-    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], allowed_lateness_ms: int,
-                 dedup_span_ms: int, bounded: bool, seed_store_uri: str | None = None,
-                 one_watermark_per_stage: bool = False):
-        self.rules_dir = rules_dir
+    def __init__(self, settings: _StepSettings, one_watermark_per_stage: bool):
+        self.settings = settings
         self.one_watermark_per_stage = one_watermark_per_stage
-        self.seed_store_uri = seed_store_uri
-        self.template_dirs = template_dirs
-        self.allowed_lateness_ms = allowed_lateness_ms
-        self.dedup_span_ms = dedup_span_ms
-        self.bounded = bounded
         self.stage_id = uuid.uuid4().hex  # shared by the runner's copies of this DoFn
-        self.duplicates = Metrics.counter(METRICS_NAMESPACE, "duplicates")
-        self.late = Metrics.counter(METRICS_NAMESPACE, "dead_letters:late")
-        self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
-        self.evaluated = Metrics.counter(METRICS_NAMESPACE, "evaluated")
-        self.outcomes = Metrics.counter(METRICS_NAMESPACE, "outcomes")
-        self.qualified = Metrics.counter(METRICS_NAMESPACE, "qualified")
-        self.seeded = Metrics.counter(METRICS_NAMESPACE, "leads_seeded_from_store")
 
     def setup(self) -> None:
-        from orion.transforms import state_sizing
-        from orion.rules.shared import shared_rules
-
-        state_sizing.install()
-        tune_gc()
-        self.rules = shared_rules(self.rules_dir, self.template_dirs)
-        self.seed_store = open_initialised_store(self.seed_store_uri)
+        self.step, self.seed_store = _open_step(self.settings)
+        self.emitter = _Emitter()
+        self.ttl_ms = self.settings.lead_ttl_days * MS_PER_DAY
 
     def teardown(self) -> None:
         store = getattr(self, "seed_store", None)
@@ -155,67 +189,114 @@ class _SequenceAndEvaluateFn(beam.DoFn):
     def start_bundle(self) -> None:
         self.bundle_floor_ms = None  # the latest timer fired in this bundle
 
-    def process(
-        self,
-        element: tuple[tuple[str, str], Activity],
-        pending=beam.DoFn.StateParam(PENDING),
-        released=beam.DoFn.StateParam(RELEASED),
-        seen=beam.DoFn.StateParam(SEEN),
-        due=beam.DoFn.StateParam(DUE),
-        release=beam.DoFn.TimerParam(RELEASE),
-    ):
-        _, activity = element
-        # Bounded input releases each lead once, after its last arrival: nothing is
-        # released yet, so there is nothing an arrival could sort before.
-        last = None if self.bounded else released.read()
-        if last is not None and sorts_before_released(last, activity):
-            progress = LeadProgress(last, seen.read() or {})
-            if classify_behind(progress, activity) == DUPLICATE:
-                self.duplicates.inc()
-                return
-            self.late.inc()
-            self.dead.inc()
-            yield beam.pvalue.TaggedOutput(
-                DEAD, DeadLetter(activity.to_json_dict(), LATE, late_detail(activity, last), "sequencer"))
+    def process(self, element: tuple[tuple[str, str], Activity],
+                pending=beam.DoFn.StateParam(PENDING), released=beam.DoFn.StateParam(RELEASED),
+                record=beam.DoFn.StateParam(RECORD), due=beam.DoFn.StateParam(DUE),
+                wake_at=beam.DoFn.StateParam(WAKE_AT), release=beam.DoFn.TimerParam(RELEASE),
+                wake=beam.DoFn.TimerParam(WAKE)):
+        (tenant, lead_id), activity = element
+        result = StepResult()
+        if isinstance(activity, WakeUp):
+            # A lead waiting in a flow, from the store, when the job starts: unless the
+            # job knows the lead already, its state comes from its profile, and its
+            # wake timer is set.
+            if record.read() is None and self.seed_store is not None:
+                seeded = self.step.seed(self.seed_store, [SeedRequest(tenant, lead_id, activity.wake_at)], result)[0]
+                if seeded is not None:
+                    record.write(seeded)
+                    if seeded.progress.released is not None:
+                        released.write(seeded.progress.released)
+                    self._schedule_wake(seeded, wake_at, wake)
+            yield from self.emitter.emit(result)
             return
-        pending.add(activity)
-        when = _END_OF_INPUT if self.bounded else _at(activity.occurred_at + self.allowed_lateness_ms)
-        current = due.read()
-        if current is None or when < current:
-            release.set(when)
-            due.write(when)
+        last = released.read()
+        seen = lambda: (record.read() or EMPTY_RECORD).progress.seen  # noqa: E731 - read only when behind
+        if self.step.arrival(tuple(last) if last is not None else None, seen, activity, result):
+            pending.add(activity)
+            when = activity.occurred_at + self.settings.allowed_lateness_ms
+            current = due.read()
+            if current is None or when < current:
+                release.set(_at(when))
+                due.write(when)
+        if result.emitted or result.counts:
+            yield from self.emitter.emit(result)
 
     @on_timer(RELEASE)
-    def on_release(
-        self,
-        fired=beam.DoFn.TimestampParam,
-        pending=beam.DoFn.StateParam(PENDING),
-        released=beam.DoFn.StateParam(RELEASED),
-        seen=beam.DoFn.StateParam(SEEN),
-        lead=beam.DoFn.StateParam(LEAD),
-        due=beam.DoFn.StateParam(DUE),
-        release=beam.DoFn.TimerParam(RELEASE),
-    ):
-        up_to = None if self.bounded else self._watermark_floor(fired.micros // 1000) - self.allowed_lateness_ms
-        before = LeadProgress(released.read(), seen.read() or {})
-        ready, rest, duplicates, after = release_ready(before, pending.read(), up_to, self.dedup_span_ms)
-        pending.clear()
-        for activity in rest:
-            pending.add(activity)
-        if duplicates:
-            self.duplicates.inc(duplicates)
-        if after is not before:
-            released.write(after.released)
-            seen.write(after.seen)
-        if ready:
-            state = yield from self.evaluate_ready(lead.read(), ready)
-            lead.write(state)
+    def on_release(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                   pending=beam.DoFn.StateParam(PENDING), released=beam.DoFn.StateParam(RELEASED),
+                   record=beam.DoFn.StateParam(RECORD), due=beam.DoFn.StateParam(DUE),
+                   wake_at=beam.DoFn.StateParam(WAKE_AT), release=beam.DoFn.TimerParam(RELEASE),
+                   wake=beam.DoFn.TimerParam(WAKE), expire=beam.DoFn.TimerParam(EXPIRE)):
+        tenant, lead_id = key
+        up_to = self._watermark_floor(fired.micros // 1000) - self.settings.allowed_lateness_ms
+        result = StepResult()
+        buffered = list(pending.read())
+        stored = record.read()
+        current = stored if stored is not None else self._seed(tenant, lead_id, buffered, result)
+        after, rest = self.step.release(current, tenant, lead_id, buffered, up_to, result)
+        if len(rest) != len(buffered):
+            pending.clear()
+            for activity in rest:
+                pending.add(activity)
+        if after is not stored:
+            record.write(after)
+            if after.progress.released is not None:
+                released.write(after.progress.released)
+                expire.set(_at(after.progress.released[0] + self.ttl_ms))
+            self._schedule_wake(after, wake_at, wake)
         if rest:
-            when = _at(rest[0].occurred_at + self.allowed_lateness_ms)
-            release.set(when)
+            when = rest[0].occurred_at + self.settings.allowed_lateness_ms
+            release.set(_at(when))
             due.write(when)
         else:
             due.clear()
+        yield from self.emitter.emit(result)
+
+    @on_timer(WAKE)
+    def on_wake(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                record=beam.DoFn.StateParam(RECORD), wake_at=beam.DoFn.StateParam(WAKE_AT),
+                wake=beam.DoFn.TimerParam(WAKE)):
+        tenant, lead_id = key
+        wake_at.clear()
+        current = record.read()
+        if current is None:
+            return
+        result = StepResult()
+        after = self.step.wake(current, tenant, lead_id, fired.micros // 1000, result)
+        if after is not current:
+            record.write(after)
+        self._schedule_wake(after, wake_at, wake)
+        yield from self.emitter.emit(result)
+
+    @on_timer(EXPIRE)
+    def on_expire(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
+                  released=beam.DoFn.StateParam(RELEASED), record=beam.DoFn.StateParam(RECORD),
+                  due=beam.DoFn.StateParam(DUE), wake_at=beam.DoFn.StateParam(WAKE_AT)):
+        # Only a lead with nothing buffered or waiting, silent for the whole TTL, is cleared.
+        last = released.read()
+        if last is None or due.read() is not None or wake_at.read() is not None:
+            return
+        if last[0] + self.ttl_ms > fired.micros // 1000:
+            return  # the lead was active since this timer was set
+        for state in (pending, released, record):
+            state.clear()
+
+    def _seed(self, tenant: str, lead_id: str, buffered: list[Activity], result: StepResult):
+        if self.seed_store is None or not buffered:
+            return EMPTY_RECORD
+        first = min(activity.occurred_at for activity in buffered)
+        seeded = self.step.seed(self.seed_store, [SeedRequest(tenant, lead_id, first)], result)[0]
+        return seeded or EMPTY_RECORD
+
+    @staticmethod
+    def _schedule_wake(record, wake_at, wake) -> None:
+        next_wake = record.next_wake()
+        if next_wake is None:
+            return
+        current = wake_at.read()
+        if current is None or next_wake < current:
+            wake.set(_at(next_wake))
+            wake_at.write(next_wake)
 
     def _watermark_floor(self, fired_ms: int) -> int:
         """The latest time the watermark is known to have passed, given a timer fired at
@@ -226,113 +307,129 @@ class _SequenceAndEvaluateFn(beam.DoFn):
             self.bundle_floor_ms = fired_ms
         return self.bundle_floor_ms
 
-    def evaluate_ready(self, state, ready: list[Activity], *, seeded: bool = False):
-        """Evaluate a lead's released activities in order (seeding a lead new to the graph
-        from the store first, unless `seeded`: `state` is already what seeding gave);
-        yields the outcomes and the activities to store, returns the lead's state after
-        them."""
-        rules = self.rules
-        if state is None and not seeded and self.seed_store is not None:
-            # A lead new to this graph may have a history in the store already.
-            first = ready[0]
-            state = seed_state(rules, self.seed_store, first.tenant, first.lead_id, first.occurred_at)
-            if state is not None:
-                self.seeded.inc()
-        outcome_count = qualified = 0
-        for activity in ready:
-            state, outcomes = evaluate(rules, state, activity)
-            yield beam.pvalue.TaggedOutput(STORE, activity)
-            for outcome in outcomes:
-                outcome_count += 1
-                if outcome.qualified:
-                    qualified += 1
-                    Metrics.counter(METRICS_NAMESPACE, f"fired:{outcome.tenant}/{outcome.campaign}").inc()
-                yield outcome
-        self.evaluated.inc(len(ready))
-        self.outcomes.inc(outcome_count)
-        self.qualified.inc(qualified)
-        return state
 
-
-class _EvaluateLeadsFn(beam.DoFn):
-    """Bounded input: each lead's whole input, grouped, deduplicated, ordered and
-    evaluated at once. This is what SequenceAndEvaluate's timer does at the end of a
-    bounded input (release everything, once), without per-lead state and timers: a
-    GroupByKey is far cheaper on every runner.
+class _ReplayLeadsFn(beam.DoFn):
+    """Bounded input: each lead's whole input, grouped, then the one step's `replay`:
+    ordered, deduplicated against the lead's profile, evaluated, its flows run, and the
+    waits due by the horizon resumed. A GroupByKey is far cheaper than per-lead state and
+    timers on every runner.
 
     With a store to seed from, leads wait in groups of up to `seed_batch` (0: none) so
-    the store is asked for all their histories at once (orion.seeding.seed_states)
-    rather than in a few reads per lead. Only for input in the global window: a lead
-    evaluated while another is processed, or at the end of the bundle, is emitted in
-    the global window at the timestamp the GroupByKey gave the leads (one for all)."""
+    the store is asked for all their profiles and histories at once. Only for input in
+    the global window: a lead replayed at the end of the bundle is emitted in the global
+    window at the timestamp the GroupByKey gave the leads (one for all)."""
 
-    def __init__(self, sequencer: _SequenceAndEvaluateFn, seed_batch: int = 0):
-        self.sequencer = sequencer
+    def __init__(self, settings: _StepSettings, seed_batch: int = 0):
+        self.settings = settings
         self.seed_batch = seed_batch
 
     def setup(self) -> None:
-        self.sequencer.setup()
-        self.batching = self.seed_batch > 0 and self.sequencer.seed_store is not None
+        self.step, self.seed_store = _open_step(self.settings)
+        self.emitter = _Emitter()
+        self.batching = self.seed_batch > 0 and self.seed_store is not None
 
     def teardown(self) -> None:
-        self.sequencer.teardown()
+        if getattr(self, "seed_store", None) is not None:
+            self.seed_store.close()
 
     def start_bundle(self) -> None:
-        self.waiting: list[list[Activity]] = []  # leads' ready activities, not yet seeded
-        # The GroupByKey's output timestamp, one for every lead (set by process, so set
-        # whenever leads wait). Runners differ; the FnApiRunner's is a millisecond before
-        # _END_OF_INPUT, and a flow timer at _END_OF_INPUT would never fire there.
+        self.waiting: list = []  # (key, activities), not yet seeded
+        # The GroupByKey's output timestamp, one for every lead. Runners differ; the
+        # FnApiRunner's is a millisecond before the end of the global window.
         self.timestamp = None
 
-    def process(self, element, timestamp=beam.DoFn.TimestampParam):
-        _, activities = element
+    def process(self, element, horizon, timestamp=beam.DoFn.TimestampParam):
+        key, grouped = element
         self.timestamp = timestamp
-        ready, _, duplicates, _ = release_ready(LeadProgress(None, {}), activities, None,
-                                                self.sequencer.dedup_span_ms)
-        if duplicates:
-            self.sequencer.duplicates.inc(duplicates)
-        if not ready:
-            return
-        if not self.batching:
-            yield from self.sequencer.evaluate_ready(None, ready)
-            return
-        self.waiting.append(ready)
-        if len(self.waiting) >= self.seed_batch:
-            yield from self._evaluate_waiting()
+        self.horizon = horizon
+        activities = sorted((a for a in grouped if isinstance(a, Activity)), key=activity_sort_key)
+        self.waiting.append((key, activities))
+        if not self.batching or len(self.waiting) >= self.seed_batch:
+            yield from self._replay_waiting()
 
     def finish_bundle(self):
-        for output in self._evaluate_waiting():
+        wrap = lambda value: WindowedValue(value, self.timestamp, _GLOBAL)  # noqa: E731
+        for output in self._replay_waiting():
             if isinstance(output, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(output.tag, WindowedValue(output.value, self.timestamp, _GLOBAL))
+                yield beam.pvalue.TaggedOutput(output.tag, wrap(output.value))
             else:
-                yield WindowedValue(output, self.timestamp, _GLOBAL)
+                yield wrap(output)
 
-    def _evaluate_waiting(self):
+    def _replay_waiting(self):
         waiting, self.waiting = self.waiting, []
         if not waiting:
             return
-        sequencer = self.sequencer
-        states = seed_states(sequencer.rules, sequencer.seed_store,
-                             [(ready[0].tenant, ready[0].lead_id, ready[0].occurred_at) for ready in waiting])
-        for ready, state in zip(waiting, states):
-            if state is not None:
-                sequencer.seeded.inc()
-            yield from sequencer.evaluate_ready(state, ready, seeded=True)
+        step, horizon = self.step, self.horizon
+        result = StepResult()
+        requests = []
+        for (tenant, lead_id), activities in waiting:
+            first = activities[0].occurred_at if activities else horizon
+            requests.append(SeedRequest(tenant, lead_id, first))
+        records = step.seed(self.seed_store, requests, result)
+        for ((tenant, lead_id), activities), record in zip(waiting, records):
+            step.replay(record or EMPTY_RECORD, tenant, lead_id, activities, horizon, result)
+        yield from self.emitter.emit(result)
+
+
+class _DueLeadsFn(beam.DoFn):
+    """The horizon of a bounded input -> a WakeUp, keyed by lead, for each stored lead
+    of these tenants whose flow wait is due by it."""
+
+    def __init__(self, store_uri: str, tenants: tuple[str, ...]):
+        self.store_uri = store_uri
+        self.tenants = tenants
+
+    def process(self, horizon):
+        if horizon is None:
+            return
+        store = open_initialised_store(self.store_uri)
+        try:
+            for tenant, lead_id, wake_at in store.due_profiles(horizon, self.tenants):
+                Metrics.counter(METRICS_NAMESPACE, "leads_woken_from_store").inc()
+                yield (tenant, lead_id), WakeUp(tenant, lead_id, wake_at)
+        finally:
+            store.close()
+
+
+def waiting_leads(store_uri: str, rules_dir: str, template_dirs: tuple[str, ...] = ()) -> list:
+    """((tenant, lead), WakeUp) of every lead of the rules' tenants waiting in a flow in
+    the store at `store_uri`: a streaming job starts with them (beam.Create), so the waits
+    of a job it replaced without a savepoint are not lost. Read once, when the job is
+    built."""
+    from orion.rules.shared import shared_rules
+
+    tenants = tuple(sorted(shared_rules(rules_dir, tuple(template_dirs)).tenants))
+    store = open_initialised_store(store_uri)
+    try:
+        return [((tenant, lead_id), WakeUp(tenant, lead_id, wake_at))
+                for tenant, lead_id, wake_at in store.due_profiles(_END_OF_TIME_MS, tenants)]
+    finally:
+        store.close()
+
+
+def _newest(times):
+    return max((t for t in times if t is not None), default=None)
 
 
 def _at(ms: int) -> Timestamp:
     return Timestamp(micros=ms * 1000)
 
 
-class SequenceAndEvaluate(beam.PTransform):
-    """((tenant, lead), Activity) -> (outcomes, activities to store, dead letters).
+class LeadSteps(beam.PTransform):
+    """((tenant, lead), Activity) -> (outcomes, and one PCollection per SIDE_OUTPUTS tag:
+    activities to store, dead letters, email requests, held emails, webhook calls,
+    lead profiles to write).
 
-    bounded: the input ends (files); each lead is released once, at the end, fully
-    ordered (a GroupByKey by lead, then the same release and evaluation). Otherwise (streaming) activities are released as the watermark passes
-    their time plus `allowed_lateness_ms`.
+    bounded: the input ends (files); each lead is replayed once, at the end, fully
+    ordered (a GroupByKey by lead), with the waits due by the input's newest activity.
+    Otherwise (streaming) activities are released as the watermark passes their time
+    plus `allowed_lateness_ms`, and waits are event-time timers.
 
-    seed_store_uri: the store a lead new to the graph has its history counters seeded
-    from (orion.seeding), before its first activity is evaluated; None: no reads.
+    run_flows: campaign flows run (an outbox is given); else evaluation only.
+
+    seed_store_uri: the store a lead new to the graph is seeded from (its profile and
+    history counters), and, bounded, where leads waiting in a flow are found; None: no
+    reads.
 
     one_watermark_per_stage: the runner keeps one input watermark for all the keys of a
     stage in this process (Beam's bundle-based DirectRunner), so a timer's time proves
@@ -341,21 +438,37 @@ class SequenceAndEvaluate(beam.PTransform):
 
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...] = (), *,
                  allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS,
-                 dedup_span_ms: int = DEFAULT_DEDUP_SPAN_MS, bounded: bool = False,
-                 seed_store_uri: str | None = None, one_watermark_per_stage: bool = False):
+                 dedup_span_ms: int = DEFAULT_DEDUP_SPAN_MS, bounded: bool = False, run_flows: bool = True,
+                 max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH, seed_store_uri: str | None = None,
+                 one_watermark_per_stage: bool = False, lead_ttl_days: int = DEFAULT_LEAD_TTL_DAYS):
         super().__init__()
-        self.fn = _SequenceAndEvaluateFn(rules_dir, tuple(template_dirs), allowed_lateness_ms,
-                                         dedup_span_ms, bounded, seed_store_uri, one_watermark_per_stage)
+        self.settings = _StepSettings(rules_dir, tuple(template_dirs), allowed_lateness_ms, dedup_span_ms,
+                                      run_flows, max_cascade_depth, seed_store_uri, lead_ttl_days)
+        self.bounded = bounded
+        self.one_watermark_per_stage = one_watermark_per_stage
 
     def expand(self, keyed):
-        if self.fn.bounded:
-            global_window = isinstance(keyed.windowing.windowfn, GlobalWindows)
-            results = (keyed
-                       | "GroupByLead" >> beam.GroupByKey()
-                       | "EvaluateLeads" >> beam.ParDo(
-                           _EvaluateLeadsFn(self.fn, SEED_BATCH if global_window else 0)).with_outputs(
-                           STORE, DEAD, main="outcomes"))
-        else:
-            results = keyed | "SequenceAndEvaluate" >> beam.ParDo(self.fn).with_outputs(
-                STORE, DEAD, main="outcomes")
-        return results.outcomes, results[STORE], results[DEAD]
+        settings = self.settings
+        if not self.bounded:
+            results = keyed | "LeadStep" >> beam.ParDo(
+                _LeadStepFn(settings, self.one_watermark_per_stage)).with_outputs(*SIDE_OUTPUTS, main=OUTCOME)
+            return (results[OUTCOME],) + tuple(results[tag] for tag in SIDE_OUTPUTS)
+        global_window = isinstance(keyed.windowing.windowfn, GlobalWindows)
+        newest = beam.CombineGlobally(_newest)
+        horizon = (keyed
+                   | "EventTimes" >> beam.Map(lambda element: element[1].occurred_at)
+                   | "Horizon" >> (newest if global_window else newest.without_defaults()))
+        to_group = keyed
+        if settings.run_flows and settings.seed_store_uri is not None and global_window:
+            from orion.rules.shared import shared_rules
+
+            tenants = tuple(sorted(shared_rules(settings.rules_dir, settings.template_dirs).tenants))
+            woken = horizon | "DueLeads" >> beam.ParDo(
+                _DueLeadsFn(settings.seed_store_uri, tenants)).with_output_types(Tuple[Tuple[str, str], Any])
+            to_group = (keyed, woken) | "WithWokenLeads" >> beam.Flatten()
+        results = (to_group
+                   | "GroupByLead" >> beam.GroupByKey()
+                   | "LeadStep" >> beam.ParDo(_ReplayLeadsFn(settings, SEED_BATCH if global_window else 0),
+                                              beam.pvalue.AsSingleton(horizon, default_value=None)
+                                              ).with_outputs(*SIDE_OUTPUTS, main=OUTCOME))
+        return (results[OUTCOME],) + tuple(results[tag] for tag in SIDE_OUTPUTS)

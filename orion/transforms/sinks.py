@@ -254,3 +254,55 @@ class WriteJsonLines(beam.PTransform):
 
     def expand(self, records):
         return records | "WriteJsonLines" >> beam.ParDo(_WriteJsonLinesFn(self.prefix, self.counter))
+
+
+class _WriteProfilesFn(beam.DoFn):
+    """Buffers a bundle's lead profiles (the last one of each lead wins) and writes them
+    to the store every `batch_size` leads and at the end of the bundle. Writing a
+    profile is an upsert of the whole profile, so a retried bundle writes the same rows.
+    Counter: `profiles_written`."""
+
+    def __init__(self, store_uri: str, batch_size: int):
+        self.store_uri = store_uri
+        self.batch_size = batch_size
+        self.written = Metrics.counter(METRICS_NAMESPACE, "profiles_written")
+
+    def setup(self) -> None:
+        from orion.seeding import open_initialised_store
+
+        self.store = open_initialised_store(self.store_uri)
+
+    def start_bundle(self) -> None:
+        self.batch: dict = {}
+
+    def process(self, profile):
+        self.batch[(profile.tenant, profile.lead_id)] = profile
+        if len(self.batch) >= self.batch_size:
+            self._flush()
+        return ()
+
+    def finish_bundle(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.batch:
+            profiles, self.batch = list(self.batch.values()), {}
+            self.written.inc(self.store.write_profiles(profiles))
+
+    def teardown(self) -> None:
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+
+
+class WriteProfiles(beam.PTransform):
+    """StoredProfiles (orion.store.base) -> the lead profiles of the store at
+    `store_uri`, in batches, idempotently."""
+
+    def __init__(self, store_uri: str, batch_size: int = DEFAULT_BATCH_SIZE):
+        super().__init__()
+        self.store_uri = store_uri
+        self.batch_size = batch_size
+
+    def expand(self, profiles):
+        return profiles | "WriteProfiles" >> beam.ParDo(_WriteProfilesFn(self.store_uri, self.batch_size))

@@ -1,0 +1,297 @@
+"""One stateful step per lead, engine-neutral: sequencing, deduplication, evaluation,
+campaign flows and the durable profile share one keyed state (`LeadRecord`), and each
+activity is evaluated once.
+
+The engines keep a LeadRecord per (tenant, lead) and a buffer of arrived activities, and
+call `LeadStep`:
+
+- `arrival(released, seen, activity)` when an activity arrives: None to buffer it, or
+  what it is instead (a duplicate, or a `late` dead letter);
+- `release(record, tenant, lead, pending, up_to)` when their watermark has passed `up_to`: the due
+  activities in event-time order, each evaluated once, the flows it qualifies the lead
+  for run inline (flow-generated activities evaluated inline up to the cascade depth);
+- `wake(record, tenant, lead, now)` when a flow's wait is due (an event-time timer);
+- `replay(record, activities, horizon)` for a bounded input: a lead's whole input at
+  once, then the waits due by the input's horizon.
+
+Each call returns the new record and a `StepResult`: what to emit, as (tag, value) pairs
+in order, and counter increments under a fixed, bounded set of names. The engines only
+map the tags to their outputs (Beam TaggedOutputs, Flink side outputs) and the counts to
+their metrics. A call that changed the record also emits the lead's profile (PROFILE),
+which the engine writes to the store in batches.
+
+A lead new to a job is seeded from the store: its profile (orion.profiles), and its
+history counters from the stored activities (orion.seeding). A replay of activities the
+profile has already been through is recognised by the profile's progress and changes
+nothing, so replaying an input leaves the same profile, and two runs over consecutive
+inputs give what one run over both gives.
+
+Event time never passes the input: a bounded run resumes the waits due by its horizon
+(the newest activity of the whole input); a later wait stays in the lead's profile with
+its wake-up time, and the next run (or a streaming job) that reaches that time resumes it.
+
+    python -c "from orion.leadstep import LeadStep; help(LeadStep)"
+"""
+from __future__ import annotations
+
+from typing import Iterable, NamedTuple, Sequence
+
+from orion.activities import Activity
+from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH, FlowEngine, FlowResult, LeadFlows
+from orion.deadletters import DeadLetter
+from orion.profiles import EMPTY_RECORD, LeadRecord, ProfileError, decode_profile, encode_profile, with_history
+from orion.rules import evaluate
+from orion.rules.index import RuleSet
+from orion.seeding import seed_states
+from orion.sequencing import (
+    DEFAULT_DEDUP_SPAN_MS,
+    DUPLICATE,
+    LATE,
+    LeadProgress,
+    classify_behind,
+    late_detail,
+    release as release_ready,
+    sorts_before_released,
+)
+from orion.store.base import StoredProfile
+
+# What a step emits, by tag. Each engine maps a tag to one output.
+OUTCOME = "outcomes"  # orion.rules.model.Outcome
+STORE = "store"  # Activity: input and flow-generated, in the lead's evaluation order
+DEAD = "dead"  # DeadLetter
+EMAIL = "emails"  # orion.campaigns.flows.EmailRequest, to assemble
+HELD = "held"  # HeldEmail, to the outbox
+WEBHOOK = "webhooks"  # WebhookCall, to the outbox
+PROFILE = "profiles"  # orion.store.base.StoredProfile, to the profile store
+
+SEQUENCER_SOURCE = "sequencer"  # DeadLetter.source of late activities
+PROFILE_SOURCE = "profile"  # DeadLetter.source of an unreadable stored profile
+BAD_PROFILE = "bad_profile"  # the reason, when a stored profile cannot be read
+
+# Every counter name a step uses (bounded: no name per campaign, tenant or lead).
+COUNTERS = (
+    "evaluated", "outcomes", "qualified", "duplicates", "dead_letters", "dead_letters:late",
+    "emails_requested", "emails_held", "webhooks", "flow_activities", "flow_dead_letters",
+    "leads_seeded_from_store", "profiles_loaded", "profiles_emitted",
+)
+
+
+class StepResult:
+    """What one or more step calls produced: `emitted`, (tag, value) pairs in order, and
+    `counts`, counter name -> increment. Reasons add a bounded family of names:
+    `dead_letters:REASON` and `emails_held:REASON`."""
+
+    __slots__ = ("emitted", "counts")
+
+    def __init__(self):
+        self.emitted: list[tuple[str, object]] = []
+        self.counts: dict[str, int] = {}
+
+    def count(self, name: str, n: int = 1) -> None:
+        if n:
+            self.counts[name] = self.counts.get(name, 0) + n
+
+    def emit(self, tag: str, value) -> None:
+        self.emitted.append((tag, value))
+
+    def dead(self, letter: DeadLetter) -> None:
+        self.emitted.append((DEAD, letter))
+        self.count("dead_letters")
+        self.count(f"dead_letters:{letter.reason}")
+
+
+class SeedRequest(NamedTuple):
+    """A lead to seed from the store: `first_ms` is the time of the first thing the job
+    will do for it (its first activity, or the horizon a wake-up resumes to)."""
+
+    tenant: str
+    lead_id: str
+    first_ms: int
+
+
+class LeadStep:
+    """The step, holding only the compiled rules and the settings. See the module doc."""
+
+    def __init__(self, rules: RuleSet, *, dedup_span_ms: int = DEFAULT_DEDUP_SPAN_MS, run_flows: bool = True,
+                 max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH):
+        self.rules = rules
+        self.dedup_span_ms = dedup_span_ms
+        self.run_flows = run_flows
+        self.engine = FlowEngine(rules, max_cascade_depth)
+
+    # arrival and release (streaming) ------------------------------------------------
+
+    def arrival(self, released: tuple[int, str] | None, seen, activity: Activity, result: StepResult) -> bool:
+        """Whether to buffer an arriving activity. Not when it sorts before what the lead
+        has already evaluated: then it is a duplicate (counted) or late (a dead letter).
+        `seen` is a callable giving the lead's recent event ids, read only then."""
+        if not sorts_before_released(released, activity):
+            return True
+        self._behind(LeadProgress(released, seen() or {}), activity, result)
+        return False
+
+    def _behind(self, progress: LeadProgress, activity: Activity, result: StepResult) -> None:
+        if classify_behind(progress, activity) == DUPLICATE:
+            result.count("duplicates")
+            return
+        result.dead(DeadLetter(activity.to_json_dict(), LATE, late_detail(activity, progress.released),
+                               SEQUENCER_SOURCE))
+
+    def release(self, record: LeadRecord, tenant: str, lead_id: str, pending: Iterable[Activity],
+                up_to: int | None, result: StepResult) -> tuple[LeadRecord, list[Activity]]:
+        """Evaluate the lead's buffered activities due by `up_to` (None: all) in order;
+        returns the new record and the activities still buffered, in order."""
+        changed, rest = self._release(record, pending, up_to, result)
+        if changed is not record:
+            self._emit_profile(tenant, lead_id, changed, result)
+        return changed, rest
+
+    def _release(self, record: LeadRecord, pending: Iterable[Activity], up_to: int | None,
+                 result: StepResult) -> tuple[LeadRecord, list[Activity]]:
+        ready, rest, duplicates, progress = release_ready(record.progress, pending, up_to, self.dedup_span_ms)
+        result.count("duplicates", duplicates)
+        if progress is record.progress:
+            return record, rest
+        return LeadRecord(progress, self._evaluate(record.flows, ready, result)), rest
+
+    def wake(self, record: LeadRecord, tenant: str, lead_id: str, now: int, result: StepResult) -> LeadRecord:
+        """Resume every flow of the lead waiting until `now` or earlier, each at its own
+        wake-up time."""
+        if not self.run_flows or record.flows.next_wake() is None or record.flows.next_wake() > now:
+            return record
+        flows, found = self.engine.wake(record.flows, tenant, lead_id, now)
+        self._emit_flows(found, result)
+        record = record._replace(flows=flows)
+        self._emit_profile(tenant, lead_id, record, result)
+        return record
+
+    # bounded input -----------------------------------------------------------------
+
+    def replay(self, record: LeadRecord, tenant: str, lead_id: str, activities: Sequence[Activity],
+               horizon: int | None, result: StepResult) -> LeadRecord:
+        """A lead's whole bounded input: what sorts before the profile's progress is a
+        duplicate or late; the rest is evaluated in order; then the waits due by
+        `horizon` resume (None: none)."""
+        before = record
+        ready = self.ready_of(record, activities, result)
+        if ready:
+            record, _ = self._release(record, ready, None, result)
+        if horizon is not None and self.run_flows:
+            next_wake = record.flows.next_wake()
+            if next_wake is not None and next_wake <= horizon:
+                flows, found = self.engine.wake(record.flows, tenant, lead_id, horizon)
+                self._emit_flows(found, result)
+                record = record._replace(flows=flows)
+        if record is not before:
+            self._emit_profile(tenant, lead_id, record, result)
+        return record
+
+    def ready_of(self, record: LeadRecord, activities: Sequence[Activity], result: StepResult) -> list[Activity]:
+        """The activities of a bounded input not behind the lead's progress; the others
+        are counted as duplicates or dead-lettered as late."""
+        released = record.progress.released
+        if released is None:
+            return list(activities)
+        ready = []
+        for activity in activities:
+            if sorts_before_released(released, activity):
+                self._behind(record.progress, activity, result)
+            else:
+                ready.append(activity)
+        return ready
+
+    # seeding and the profile -------------------------------------------------------
+
+    def seed(self, store, leads: Sequence[SeedRequest], result: StepResult) -> list[LeadRecord | None]:
+        """The records of leads new to the job, from the store: each lead's profile and
+        its history counters before `first_ms`; None for a lead the store knows nothing
+        of. The store is asked for all the leads together."""
+        if store is None or not leads:
+            return [None] * len(leads)
+        texts = store.read_profiles([(lead.tenant, lead.lead_id) for lead in leads])
+        histories = seed_states(self.rules, store, [(lead.tenant, lead.lead_id, lead.first_ms) for lead in leads])
+        records: list[LeadRecord | None] = []
+        for lead, text, seeded in zip(leads, texts, histories):
+            record = None
+            if text is not None:
+                try:
+                    record = decode_profile(text)
+                    result.count("profiles_loaded")
+                except ProfileError as err:
+                    # The lead starts afresh rather than stopping the job; the profile is
+                    # kept in the dead letter, so it can be repaired and nothing is lost.
+                    result.dead(DeadLetter({"tenant": lead.tenant, "lead_id": lead.lead_id, "profile": text},
+                                           BAD_PROFILE, f"{err}; the lead started from an empty profile",
+                                           PROFILE_SOURCE))
+            if seeded is not None:
+                record = with_history(record or EMPTY_RECORD, seeded)
+            if record is not None:
+                result.count("leads_seeded_from_store")
+            records.append(record)
+        return records
+
+    def emit_profile(self, tenant: str, lead_id: str, record: LeadRecord, result: StepResult) -> None:
+        self._emit_profile(tenant, lead_id, record, result)
+
+    @staticmethod
+    def _emit_profile(tenant, lead_id, record: LeadRecord, result: StepResult) -> None:
+        if tenant is None:
+            return
+        result.emit(PROFILE, StoredProfile(tenant, lead_id, encode_profile(record), record.flows.next_wake()))
+        result.count("profiles_emitted")
+
+    # evaluation --------------------------------------------------------------------
+
+    def _evaluate(self, flows: LeadFlows, ready: list[Activity], result: StepResult) -> LeadFlows:
+        emitted = result.emitted
+        outcomes = qualified = 0
+        if not self.run_flows:
+            rules = self.rules
+            state = flows.lead
+            for activity in ready:
+                state, found = evaluate(rules, state, activity)
+                emitted.append((STORE, activity))
+                for outcome in found:
+                    outcomes += 1
+                    qualified += outcome.qualified
+                    emitted.append((OUTCOME, outcome))
+            flows = flows._replace(lead=state)
+        else:
+            engine = self.engine
+            for activity in ready:
+                flows, found = engine.step(flows, activity)
+                emitted.append((STORE, activity))
+                self._emit_flows(found, result)
+        result.count("evaluated", len(ready))
+        result.count("outcomes", outcomes)
+        result.count("qualified", qualified)
+        return flows
+
+    @staticmethod
+    def _emit_flows(found: FlowResult, result: StepResult) -> None:
+        """A FlowResult's records, tagged. Flow-generated activities were evaluated
+        inline (their outcomes are among found.outcomes), so they count as evaluated."""
+        emitted = result.emitted
+        qualified = 0
+        for outcome in found.outcomes:
+            qualified += outcome.qualified
+            emitted.append((OUTCOME, outcome))
+        result.count("outcomes", len(found.outcomes))
+        result.count("qualified", qualified)
+        for activity in found.activities:
+            emitted.append((STORE, activity))
+        result.count("flow_activities", len(found.activities))
+        result.count("evaluated", len(found.activities))
+        for request in found.emails:
+            emitted.append((EMAIL, request))
+        result.count("emails_requested", len(found.emails))
+        for held in found.held:
+            emitted.append((HELD, held))
+            result.count(f"emails_held:{held.reason}")
+        result.count("emails_held", len(found.held))
+        for call in found.webhooks:
+            emitted.append((WEBHOOK, call))
+        result.count("webhooks", len(found.webhooks))
+        for letter in found.dead_letters:
+            result.dead(letter)
+        result.count("flow_dead_letters", len(found.dead_letters))

@@ -1,0 +1,125 @@
+"""The durable lead profile: what a lead did, kept outside any job, so a new run, a
+restarted streaming job or another service sees the same lead.
+
+A profile holds, per (tenant, lead):
+- the lead state evaluation works on, less the history counters: attributes (the email
+  address, the `unsubscribed` and `email_invalid` flags among them), score, lists and
+  each campaign's qualification runs (count, last run) for `once` and `once_every`;
+- the lead's place in its campaign flows (next step, wake-up time) and the times of
+  its recent non-operational emails (communication limits);
+- the sequencer's progress: the last activity evaluated and the recent event ids, so
+  a replay of activities the lead has already been through is recognised (duplicates)
+  and changes nothing.
+
+The history counters are not in it: they are counted from the activity store, which
+holds every activity (orion.seeding), and so they follow rule changes.
+
+The encoding is versioned JSON text. Version 1 is the flow state Orion kept before the
+profile existed (`LeadFlows.to_json_dict`: lead, running, sent; no version field); it
+loads as a profile with no sequencer progress. Version 2 adds the version and the
+progress. A newer Orion reads every older version; tests/data/ holds a profile of each.
+
+    python -c "from orion.profiles import *; print(encode_profile(LeadRecord()))"
+"""
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+from orion.campaigns.flows import LeadFlows, RunningFlow
+from orion.rules.model import LeadState
+from orion.sequencing import EMPTY_PROGRESS, LeadProgress
+
+PROFILE_VERSION = 2
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+class ProfileError(ValueError):
+    """A stored profile that cannot be read; the message says what is wrong with it."""
+
+
+class LeadRecord(NamedTuple):
+    """Everything a job keeps for one lead, in one keyed state: the sequencer's progress
+    and the lead's flows (its LeadState, running flows and recent sends)."""
+
+    progress: LeadProgress = EMPTY_PROGRESS
+    flows: LeadFlows = LeadFlows()
+
+    def next_wake(self) -> int | None:
+        return self.flows.next_wake()
+
+
+EMPTY_RECORD = LeadRecord()
+
+
+def encode_profile(record: LeadRecord, *, history: bool = False) -> str:
+    """The record as profile text (the current version). The store's profile leaves the
+    history counters out (`history` False); an engine's keyed state keeps them (True).
+    The same record always gives the same text, so rewriting it changes nothing."""
+    lead = record.flows.lead
+    progress = record.progress
+    data = {
+        "version": PROFILE_VERSION,
+        "lead": {
+            "attributes": lead.attributes,
+            "score": lead.score,
+            "lists": sorted(lead.lists),
+            "campaigns": {name: list(run) for name, run in lead.campaigns.items()},
+        },
+        "running": [flow._asdict() for flow in record.flows.running],
+        "sent": list(record.flows.sent),
+        "released": list(progress.released) if progress.released is not None else None,
+        "seen": progress.seen,
+    }
+    if history and lead.history:
+        data["lead"]["history"] = {key: {str(day): n for day, n in days.items()}
+                                   for key, days in lead.history.items()}
+    return _ENCODER.encode(data)
+
+
+def decode_profile(text: str | bytes) -> LeadRecord:
+    """A LeadRecord from profile text of any version this Orion knows (a stored profile
+    has no history: the caller seeds it from the store). ProfileError for text that is
+    not a profile."""
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise ProfileError(f"a lead profile is not JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"a lead profile must be a JSON object, not {type(data).__name__}")
+    version = data.get("version", 1)
+    if not isinstance(version, int) or version < 1:
+        raise ProfileError(f"a lead profile has version {version!r}; expected a whole number from 1")
+    if version > PROFILE_VERSION:
+        raise ProfileError(f"a lead profile has version {version}, written by a newer Orion than this one "
+                           f"(which reads up to version {PROFILE_VERSION}); upgrade Orion to read it")
+    try:
+        lead = data.get("lead", {})
+        state = LeadState(
+            attributes=dict(lead.get("attributes", {})),
+            score=lead.get("score", 0),
+            lists=frozenset(lead.get("lists", ())),
+            campaigns={name: tuple(run) for name, run in lead.get("campaigns", {}).items()},
+            history={key: {int(day): n for day, n in days.items()}
+                     for key, days in lead.get("history", {}).items()},
+        )
+        running = tuple(RunningFlow(**flow) for flow in data.get("running", ()))
+        flows = LeadFlows(lead=state, running=running, sent=tuple(data.get("sent", ())))
+        progress = EMPTY_PROGRESS
+        if version >= 2:
+            released = data.get("released")
+            progress = LeadProgress(tuple(released) if released is not None else None,
+                                    dict(data.get("seen") or {}))
+    except (AttributeError, TypeError, ValueError) as err:
+        raise ProfileError(f"a version {version} lead profile has a bad field: {err}") from None
+    return LeadRecord(progress, flows)
+
+
+def with_history(record: LeadRecord, seeded: LeadState | None) -> LeadRecord:
+    """The record with the history counters of `seeded` (orion.seeding), which a profile
+    does not keep."""
+    if seeded is None or not seeded.history:
+        return record
+    flows = record.flows
+    return record._replace(flows=flows._replace(lead=flows.lead._replace(history=seeded.history)))
