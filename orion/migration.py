@@ -1,11 +1,11 @@
 """The bootstrap migration: copy the legacy MySQL activities table into the Bigtable
 store, then prove the copy is complete. This module holds the plain-Python core (turning a
 legacy row into an Activity, the split plan, the per-lead-range checksums, the
-verification report, the progress line) and the `orion bootstrap` command; the Beam graph
-is orion/pipelines/bootstrap.py, its transforms orion/transforms/legacy.py.
+verification report, the progress line); the Beam graph is orion/pipelines/bootstrap.py,
+its transforms orion/transforms/legacy.py, and the `orion bootstrap` command
+orion/pipelines/bootstrap_command.py.
 
     orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://p/i/activities --splits 32
-    python -m orion.migration bootstrap --from ... --to ... --verify-only
 
 How a legacy row becomes an Activity (anything else is a dead letter with a reason,
 counted, written to the dead-letter files, and never silently dropped):
@@ -40,7 +40,6 @@ command exit 1.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -53,7 +52,6 @@ from typing import Callable, Iterable, NamedTuple
 
 from orion.activities import BAD_FIELD, BAD_TIMESTAMP, Activity, BadActivity
 from orion.store.base import MAX_MS, MIN_MS, StoreError, attributes_json
-from orion.store.commands import positive_int
 
 BAD_ATTRIBUTES = "bad_attributes"
 LEGACY_COLUMNS = ("id", "tenant", "event_id", "lead_id", "type", "occurred_at", "attributes")
@@ -435,81 +433,3 @@ class ProgressPrinter:
         while not self.stopped.wait(self.every):
             counts = read_progress(self.directory)
             print(progress_line(counts, self.expected_rows, self.clock() - self.started), file=self.out, flush=True)
-
-
-# --- the command --------------------------------------------------------------------
-
-
-def add_bootstrap_command(subparsers) -> None:
-    """Register `bootstrap` on an argparse subparsers object (the `orion` parser's)."""
-    parser = subparsers.add_parser(
-        "bootstrap",
-        help="copy the legacy MySQL activities into Bigtable, then verify the copy",
-        description="Copy every row of the legacy activities table into a Bigtable store with a "
-        "Beam batch pipeline (id-range splits read in parallel), index what was written, and "
-        "verify: per lead range, counts and checksums of both sides. Safe to rerun after a "
-        "crash. Exit 0 when the verification passes, 1 when it finds a difference, 2 on "
-        "errors. Options not listed here go to Beam (for example --runner).",
-    )
-    parser.add_argument("--from", dest="source", required=True, metavar="mysql://USER:PASSWORD@HOST:PORT/DB",
-                        help="the legacy store (a password can also come from MYSQL_PWD)")
-    parser.add_argument("--to", dest="target", required=True, metavar="bigtable://PROJECT/INSTANCE/TABLE",
-                        help="the Bigtable store (the emulator through BIGTABLE_EMULATOR_HOST)")
-    parser.add_argument("--splits", type=positive_int, default=DEFAULT_SPLITS, metavar="N",
-                        help="id ranges read in parallel (default: %(default)s)")
-    parser.add_argument("--workers", type=positive_int, default=min(os.cpu_count() or 1, 4), metavar="N",
-                        help="local worker processes on the DirectRunner (default: %(default)s)")
-    parser.add_argument("--dead-letters", default="orion-data/bootstrap-dead-letters", metavar="PREFIX",
-                        help="dead letters go to PREFIX-*.jsonl (default: %(default)s)")
-    parser.add_argument("--verify-only", action="store_true",
-                        help="only compare the legacy table with the target; write nothing")
-    parser.add_argument("--progress-every", type=float, default=PROGRESS_EVERY_SECONDS, metavar="SECONDS",
-                        help="seconds between progress lines on stderr (default: %(default)s)")
-    parser.set_defaults(handler=bootstrap_command, beam_args_allowed=True)
-
-
-def bootstrap_command(args: argparse.Namespace) -> int:
-    from orion.pipelines.bootstrap import BootstrapSettings, run_bootstrap
-    from orion.store.mysql import redact
-
-    try:
-        plan = plan_bootstrap(args.source, args.target, args.splits)
-    except StoreError as err:
-        print(f"orion: {err}", file=sys.stderr)
-        return EXIT_ERROR
-    what = "verifying" if args.verify_only else "bootstrapping"
-    print(f"{what} {redact(plan.source_uri)} -> {plan.target_uri}: {plan.legacy_rows:,} legacy rows, "
-          f"ids {plan.min_id}..{plan.max_id} in {len(plan.splits)} splits, {len(plan.tenants)} tenants",
-          file=sys.stderr, flush=True)
-    settings = BootstrapSettings(
-        dead_letter_prefix=args.dead_letters,
-        copy=not args.verify_only,
-        workers=args.workers,
-        progress_every=args.progress_every,
-        beam_args=tuple(getattr(args, "beam_args", ()) or ()),
-    )
-    started = time.monotonic()
-    try:
-        verification, totals = run_bootstrap(plan, settings)
-    except StoreError as err:
-        print(f"orion: {err}", file=sys.stderr)
-        return EXIT_ERROR
-    seconds = time.monotonic() - started
-    if not args.verify_only:
-        rate = totals.get("stored", 0) / seconds if seconds > 0 else 0.0
-        print(f"written: {totals.get('stored', 0):,} activities, {totals.get('indexed', 0):,} index entries "
-              f"in {seconds:.1f} s ({rate:,.0f} rows/s)")
-    print(verification.render())
-    return EXIT_OK if verification.ok else EXIT_MISMATCH
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="orion", description="Orion migration commands.")
-    add_bootstrap_command(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args, unknown = parser.parse_known_args(argv)
-    args.beam_args = unknown
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -117,13 +117,13 @@ def legacy_rows() -> tuple[list[tuple], list[Activity]]:
 
 
 @pytest.fixture(scope="module")
-def legacy(bigtable_emulator):
+def legacy(bigtable_emulator, mysql_server):
     """A fresh legacy database of TOTAL activities; yields (URI, expected activities)."""
     name = f"orion_legacy_{uuid.uuid4().hex[:12]}"
     admin = _mysql_connect()
     with admin.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    uri = f"mysql://root@127.0.0.1:3306/{name}"
+    uri = mysql_server.uri(name)
     try:
         with open_store(uri) as store:
             store.init()
@@ -145,7 +145,7 @@ def legacy(bigtable_emulator):
 
 
 def bootstrap_command(source: str, target: str, dead_letters, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "orion.migration", "bootstrap", "--from", source, "--to", target,
+    return [sys.executable, "-m", "orion.pipelines.bootstrap_command", "bootstrap", "--from", source, "--to", target,
             "--dead-letters", str(dead_letters), "--splits", "8", *extra]
 
 
