@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator
 
+import orjson
+
 from orion.activities import MALFORMED_JSON, Activity, ActivityTypes, BadActivity, parse_activity
 from orion.deadletters import DeadLetter
 from orion.sequencing import LATE, ReplayLateness
@@ -34,8 +36,8 @@ def parse_payload(payload: str | bytes, types: ActivityTypes, source: str) -> It
     stripped = payload.lstrip()
     if stripped[:1] in (b"[", "["):
         try:
-            items = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as err:
+            items = orjson.loads(payload)
+        except orjson.JSONDecodeError as err:
             yield DeadLetter(_text(payload), MALFORMED_JSON, f"a batch is a JSON array: {err}", source)
             return
         for n, item in enumerate(items):

@@ -236,12 +236,29 @@ def test_attribute_outside_its_enum_is_a_bad_attribute():
         1.5,
         [],
         10**20,  # beyond year 9999
+        # ISO 8601 forms Python's parser takes, which are not RFC 3339:
+        "2026-W47-7T10:00:00Z",  # a week date
+        "20261122T100000Z",  # the basic format
+        "2026-11-22T10:00Z",  # no seconds
+        "2026-11-22 10:00:00Z",  # a space for the T
+        "2026-326T10:00:00Z",  # an ordinal date
+        "2026-11-22T10:00:00+0100",  # an offset without its colon
     ],
 )
 def test_bad_timestamp_is_refused_as_bad_timestamp(value):
     error = refused(raw(occurred_at=value))
     assert error.reason == BAD_TIMESTAMP
     assert "occurred_at" in error.detail
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2026-11-22T10:00:00Z", T0),
+    ("2026-11-22t10:00:00z", T0),  # RFC 3339 allows lower case
+    ("2026-11-22T11:30:00+01:30", T0),
+    ("2026-11-22T10:00:00.123456789Z", T0 + 123),  # any number of fraction digits
+])
+def test_rfc_3339_times_are_read(text, expected):
+    assert parse_timestamp(text) == expected
 
 
 def test_timestamp_without_offset_says_to_add_one():
@@ -308,3 +325,21 @@ def test_builtin_types_are_available_to_every_tenant_including_unknown_ones():
     activity = parse_activity(raw(tenant="someone-new"), CUSTOM)
     assert activity.tenant == "someone-new"
     assert "store_visit" in CUSTOM.names("globex") and "store_visit" not in CUSTOM.names("acme")
+
+
+# --- input no store can hold, refused at parse time ------------------------------------------
+
+
+def test_json_nested_past_the_depth_limit_is_malformed_not_a_crash():
+    deep = '{"event_id": "e1", "tenant": "acme", "lead_id": "7", "type": "open_email", ' \
+           '"occurred_at": 0, "attributes": {"x": ' + "[" * 1500 + "]" * 1500 + "}}"
+    error = refused(deep)
+    assert error.reason == MALFORMED_JSON and "depth" in error.detail
+
+
+@pytest.mark.parametrize("field", ["lead_id", "tenant", "event_id"])
+def test_a_lone_surrogate_in_an_id_is_refused_at_parse_time(field):
+    text = json.dumps(raw(**{field: "L\ud800"}))  # JSON text with the escape \ud800
+    assert "\\ud800" in text
+    error = refused(text)
+    assert error.reason == MALFORMED_JSON and "surrogate" in error.detail
