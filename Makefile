@@ -8,10 +8,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench bench-evaluator bench-graph bench-store bench-collector bench-campaigns bench-flink clean
 
-$(STAMP): setup.py
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[flink,collector,test]'
 	touch $(STAMP)
 
 run: $(STAMP)
