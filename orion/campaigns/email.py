@@ -41,6 +41,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from jinja2.exceptions import SecurityError
 
 from orion.campaigns.flows import EmailRequest
+from orion.deadletters import DeadLetter
 from orion.rules.compiler import TEMPLATE_SUFFIX, template_search_path
 
 # Dead-letter reasons of assembly.
@@ -287,3 +288,15 @@ def _main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
+
+
+def assemble_one(assembler: "EmailAssembler", request: EmailRequest):
+    """What the engines' AssembleEmails do with one request: (the AssembledEmail, or the
+    DeadLetter of a lead whose template fails, with the reason; and the counter
+    increments)."""
+    try:
+        email = assembler.assemble(request)
+    except AssemblyError as err:
+        return (DeadLetter(request._asdict(), err.reason, err.detail, ASSEMBLY_SOURCE),
+                {"dead_letters": 1, "flow_dead_letters": 1, f"dead_letters:{err.reason}": 1})
+    return email, {"emails_assembled": 1}

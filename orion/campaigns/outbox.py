@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 from urllib.parse import urlsplit
 
-from orion.store.base import with_backoff
+from orion.store.base import close_quietly, with_backoff
 
 URI_FORMS = ("mysql://USER:PASSWORD@HOST:PORT/DB", "sqlite:///PATH.db", "eml:///DIR")
 
@@ -100,6 +100,33 @@ def webhook_record(call) -> OutboxRecord:
     payload = json.dumps(call._asdict(), default=str).encode()
     return OutboxRecord(call.tenant, call.campaign, call.lead_id, call.run, WEBHOOK, QUEUED, "", call.name,
                         payload, None, call.requested_at)
+
+
+# What an outbox record is, as the counters of the sinks that queue them name it.
+QUEUED_EMAILS, QUEUED_HELD, QUEUED_WEBHOOKS = "queued_emails", "queued_held", "queued_webhooks"
+RECORD_KINDS = (QUEUED_EMAILS, QUEUED_HELD, QUEUED_WEBHOOKS)
+
+
+def outbox_record(item, queued_at: int | None = None) -> tuple[str, OutboxRecord]:
+    """(kind, record) of what a flow or a batch send produced: an AssembledEmail, a
+    HeldEmail or a WebhookCall; the kind is one of RECORD_KINDS."""
+    from orion.campaigns.flows import HeldEmail, WebhookCall
+
+    if isinstance(item, HeldEmail):
+        return QUEUED_HELD, held_record(item)
+    if isinstance(item, WebhookCall):
+        return QUEUED_WEBHOOKS, webhook_record(item)
+    return QUEUED_EMAILS, email_record(item, queued_at)
+
+
+def records_by_kind(items) -> dict[str, list[OutboxRecord]]:
+    """Outbox records of `items` (see outbox_record), by kind, each kind in the order
+    given."""
+    by_kind: dict[str, list[OutboxRecord]] = {kind: [] for kind in RECORD_KINDS}
+    for item in items:
+        kind, record = outbox_record(item)
+        by_kind[kind].append(record)
+    return by_kind
 
 
 class Outbox(abc.ABC):
@@ -371,12 +398,8 @@ class SqlOutbox(Outbox):
         return [tuple(_text(v) for v in row) for row in self._transaction(select)]
 
     def close(self) -> None:
-        if self._connection is not None:
-            try:
-                self._connection.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection may fail in any way
-                pass
-            self._connection = None
+        close_quietly(self._connection)
+        self._connection = None
 
 
 def _text(value) -> str:

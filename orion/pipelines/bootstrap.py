@@ -16,7 +16,6 @@ module builds the graph and runs it locally with a progress line every few secon
 """
 from __future__ import annotations
 
-import collections
 import shutil
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from orion.migration import (
     progress_line,
     target_scan_ranges,
 )
-from orion.transforms.intake import METRICS_NAMESPACE
+from orion.transforms.intake import orion_counters
 from orion.transforms.legacy import ChecksumTarget, CompareRanges, CountProgress, ReadLegacyActivities
 from orion.transforms.sinks import DEFAULT_BATCH_SIZE, IndexActivities, WriteJsonLines, WriteToStore
 
@@ -121,15 +120,6 @@ def pipeline_options(settings: BootstrapSettings) -> PipelineOptions:
     return options
 
 
-def counters(result) -> dict[str, int]:
-    totals: dict[str, int] = collections.Counter()
-    for found in result.metrics().query()["counters"]:
-        if found.key.metric.namespace == METRICS_NAMESPACE:
-            value = found.committed if found.committed is not None else found.attempted
-            totals[found.key.metric.name] += value or 0
-    return dict(totals)
-
-
 def clear_dead_letters(prefix: str) -> None:
     """A rerun replaces the dead-letter files of the previous run."""
     folder = Path(prefix).parent
@@ -161,7 +151,7 @@ def run_bootstrap(plan: BootstrapPlan, settings: BootstrapSettings, out=sys.stde
             result.wait_until_finish()
         print(progress_line(read_progress(str(progress_dir)), plan.legacy_rows, printer.clock() - printer.started),
               file=out, flush=True)
-        totals = counters(result)
+        totals = orion_counters(result)
         dead = {name.split(":", 1)[1]: n for name, n in totals.items() if name.startswith("dead_letters:")}
         verification = Verification(
             ranges=ranges_from_json(report_path.read_text(encoding="utf-8")) if settings.verify else [],

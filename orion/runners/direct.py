@@ -8,19 +8,19 @@ bundle-based DirectRunner, which reads the emulator through PUBSUB_EMULATOR_HOST
 """
 from __future__ import annotations
 
-import collections
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from orion.pipelines.activity_graph import GraphSettings, build_activity_graph
-from orion.settings import RunConfig, clear_previous_outputs, effective_store_uri, output_prefixes
+from orion.settings import RunConfig, clear_previous_outputs, effective_store_uri, is_remote, output_prefixes
 from orion.summary import campaigns_fired, render_summary
-from orion.transforms.intake import METRICS_NAMESPACE, ParseActivities, ReadActivityFiles
+from orion.transforms.intake import ParseActivities, ReadActivityFiles, orion_counters
 from orion.transforms.sinks import WriteActivities, WriteJsonLines, WriteProfiles
 
 STOP_WAIT_SECONDS = 2.0
@@ -99,21 +99,12 @@ def _outbox_sink(config: RunConfig):
     return QueueEmails(config.outbox_uri)
 
 
-def counters(result) -> dict[str, int]:
-    """Orion's counters, summed over the steps that report them."""
-    totals: dict[str, int] = collections.Counter()
-    for found in result.metrics().query()["counters"]:
-        if found.key.metric.namespace == METRICS_NAMESPACE:
-            value = found.committed if found.committed is not None else found.attempted
-            totals[found.key.metric.name] += value or 0
-    return dict(totals)
-
-
 def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=None) -> dict[str, int]:
     """Run the graph; print progress and the summary (to `out`, default: the standard
     output at call time); return the counters."""
     out = sys.stdout if out is None else out
-    config.out_dir.mkdir(parents=True, exist_ok=True)
+    if not is_remote(config.out_dir):
+        Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     clear_previous_outputs(config.out_dir)
     options = pipeline_options(config)
     started = clock()
@@ -124,7 +115,7 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=None
         result.wait_until_finish()
     else:
         _watch_streaming(result, config, started, clock, out)
-    totals = counters(result)
+    totals = orion_counters(result)
     print(render_summary(totals, clock() - started, campaigns_fired(config.out_dir)), file=out)
     if config.outbox_uri:
         print(f"outbox:       {config.outbox_uri}", file=out)
@@ -141,7 +132,7 @@ def _watch_streaming(result, config: RunConfig, started: float, clock, out) -> N
             time.sleep(0.5)
             if clock() - last >= SUMMARY_EVERY_SECONDS:
                 last = clock()
-                totals = counters(result)
+                totals = orion_counters(result)
                 print(f"... {totals.get('events_read', 0):,} events read, {totals.get('stored', 0):,} stored, "
                       f"{totals.get('qualified', 0):,} qualified", file=out, flush=True)
     except KeyboardInterrupt:

@@ -22,11 +22,13 @@ from typing import Iterable, NamedTuple, Sequence
 from orion.activities import _MAX_MS as MAX_MS
 from orion.activities import _MIN_MS as MIN_MS
 from orion.activities import MS_PER_DAY, Activity
+from orion.deadletters import DeadLetter
 
 # Dead-letter reasons a store write can give (the graph's sink sends failed rows to the
 # dead letters with these codes).
 UNSTORABLE = "unstorable"  # the row itself cannot be stored (bad encoding, too long, not JSON)
 STORE_WRITE_FAILED = "store_write_failed"  # the store kept refusing the row after retries
+STORE_SOURCE = "store"  # DeadLetter.source of the rows a store refused
 
 
 
@@ -338,3 +340,40 @@ def with_backoff(operation, is_transient, *, attempts: int = 6, first_delay: flo
         sleep(delay)
         delay = min(delay * 2, max_delay)
         attempt += 1
+
+
+def close_quietly(connection) -> None:
+    """Close a database connection that may already be broken (closing one may fail in
+    any way; there is nothing left to do about it)."""
+    if connection is None:
+        return
+    try:
+        connection.close()
+    except Exception:  # noqa: BLE001 - see the docstring
+        pass
+
+
+class BatchWritten(NamedTuple):
+    """What `write_batch` did: the activities written, in the batch's order; the dead
+    letter of each refused one, by id() of the activity; and the counter increments."""
+
+    written: list
+    refused: dict
+    counts: dict
+
+
+def write_batch(store: "ActivityStore", batch: Sequence[Activity]) -> BatchWritten:
+    """Write a batch as every engine's store sink does: what the store refuses becomes a
+    DeadLetter (source "store", the store's reason and detail), counted as `stored`,
+    `store_failed`, `dead_letters` and `dead_letters:REASON`."""
+    result = store.write_with_failures(batch)
+    counts = {"stored": result.written}
+    refused = {}
+    for failure in result.failed:
+        activity = failure.activity
+        refused[id(activity)] = DeadLetter(activity.to_json_dict(), failure.reason, failure.detail, STORE_SOURCE)
+        counts[f"dead_letters:{failure.reason}"] = counts.get(f"dead_letters:{failure.reason}", 0) + 1
+    if refused:
+        counts["store_failed"] = counts["dead_letters"] = len(refused)
+    written = [activity for activity in batch if id(activity) not in refused] if refused else list(batch)
+    return BatchWritten(written, refused, counts)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from orion.campaigns.flows import EmailRequest, HeldEmail, WebhookCall
+from orion.campaigns.flows import EmailRequest
+from orion.campaigns.outbox import RECORD_KINDS
 from orion.deadletters import DeadLetter
 from orion.transforms.intake import DEAD, METRICS_NAMESPACE
 
@@ -23,29 +24,23 @@ class _AssembleEmailsFn(beam.DoFn):
         self.rules_dir = rules_dir
         self.template_dirs = template_dirs
         self.sender = sender
-        self.assembled = Metrics.counter(METRICS_NAMESPACE, "emails_assembled")
-        self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
-        self.flow_dead = Metrics.counter(METRICS_NAMESPACE, "flow_dead_letters")
 
     def setup(self) -> None:
         from orion.campaigns.email import EmailAssembler, SenderSettings
 
         self.assembler = EmailAssembler(self.rules_dir, self.template_dirs, self.sender or SenderSettings())
+        self.counters: dict = {}
 
     def process(self, request: EmailRequest):
-        from orion.campaigns.email import ASSEMBLY_SOURCE, AssemblyError
+        from orion.campaigns.email import assemble_one
 
-        try:
-            email = self.assembler.assemble(request)
-        except AssemblyError as err:
-            self.dead.inc()
-            self.flow_dead.inc()
-            Metrics.counter(METRICS_NAMESPACE, f"dead_letters:{err.reason}").inc()
-            yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(request._asdict(), err.reason, err.detail,
-                                                            ASSEMBLY_SOURCE))
-            return
-        self.assembled.inc()
-        yield email
+        made, counts = assemble_one(self.assembler, request)
+        for name, n in counts.items():
+            counter = self.counters.get(name)
+            if counter is None:
+                counter = self.counters[name] = Metrics.counter(METRICS_NAMESPACE, name)
+            counter.inc(n)
+        yield beam.pvalue.TaggedOutput(DEAD, made) if isinstance(made, DeadLetter) else made
 
 
 class AssembleEmails(beam.PTransform):
@@ -67,7 +62,7 @@ class _QueueEmailsFn(beam.DoFn):
     `outbox_duplicates` (already there), and the new ones by kind: `queued_emails`,
     `queued_held`, `queued_webhooks`."""
 
-    KINDS = ("queued_emails", "queued_held", "queued_webhooks")
+    KINDS = RECORD_KINDS
 
     def __init__(self, outbox_uri: str, batch_size: int):
         self.outbox_uri = outbox_uri
@@ -86,14 +81,9 @@ class _QueueEmailsFn(beam.DoFn):
         self.batches = {kind: [] for kind in self.KINDS}
 
     def process(self, item):
-        from orion.campaigns.outbox import email_record, held_record, webhook_record
+        from orion.campaigns.outbox import outbox_record
 
-        if isinstance(item, HeldEmail):
-            kind, record = "queued_held", held_record(item)
-        elif isinstance(item, WebhookCall):
-            kind, record = "queued_webhooks", webhook_record(item)
-        else:
-            kind, record = "queued_emails", email_record(item)
+        kind, record = outbox_record(item)
         batch = self.batches[kind]
         batch.append(record)
         if len(batch) >= self.batch_size:

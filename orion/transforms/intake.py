@@ -19,6 +19,17 @@ from orion.deadletters import DeadLetter
 from orion.intake import parse_payload, read_lines
 
 METRICS_NAMESPACE = "orion"
+
+
+def orion_counters(result) -> dict[str, int]:
+    """Orion's counters of a pipeline result (its namespace), summed over the steps that
+    report them; committed values where the runner has them, else attempted."""
+    totals: dict[str, int] = {}
+    for found in result.metrics().query()["counters"]:
+        if found.key.metric.namespace == METRICS_NAMESPACE:
+            value = found.committed if found.committed is not None else found.attempted
+            totals[found.key.metric.name] = totals.get(found.key.metric.name, 0) + (value or 0)
+    return totals
 DEAD = "dead_letters"
 PROGRESS_EVERY_SECONDS = 5.0
 

@@ -30,6 +30,7 @@ from orion.migration import (
     compare_ranges,
     connect_legacy,
 )
+from orion.store.base import close_quietly
 from orion.transforms.intake import DEAD, METRICS_NAMESPACE
 
 CHECKSUMS = "checksums"
@@ -114,12 +115,8 @@ class _ReadSplitFn(beam.DoFn):
             self.progress.flush()
 
     def _close(self) -> None:
-        if self.connection is not None:
-            try:
-                self.connection.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection may fail in any way
-                pass
-            self.connection = None
+        close_quietly(self.connection)
+        self.connection = None
 
     def teardown(self) -> None:
         self._close()
