@@ -13,7 +13,7 @@
     orion send --outbox URI --smtp HOST:PORT            # drain the outbox to SMTP, feed back deliveries
     orion campaign run --tenant T --campaign NAME       # a batch campaign, in --streams N
     orion run --runner flink                            # the same job as a PyFlink job
-    orion run --runner dataflow --project P --region R --temp-location gs://B/tmp --dry-run
+    orion run --runner dataflow --project P --region R --temp_location gs://B/tmp --out-dir gs://B/out --dry-run
     orion run --mode passive --legacy-store mysql://... --store bigtable://...   # migration
 """
 from __future__ import annotations
@@ -23,7 +23,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from orion.settings import DEFAULT_DATA_DIR, DEFAULT_OUTBOX, DEFAULT_STORE, MODES, SAMPLE_EVENTS, SAMPLE_RULES
+from orion.settings import (
+    DEFAULT_DATA_DIR, DEFAULT_OUTBOX, DEFAULT_STORE, MODES, SAMPLE_EVENTS, SAMPLE_RULES, output_dir,
+)
 
 
 def _add_run(commands) -> None:
@@ -48,8 +50,9 @@ def _add_run(commands) -> None:
                         help="extra template folder (repeatable)")
     parser.add_argument("--store", default=DEFAULT_STORE,
                         help="activity store URI (default: %(default)s)")
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="where outcomes-*.jsonl and dead-letters-*.jsonl go (default: %(default)s)")
+    parser.add_argument("--out-dir", type=output_dir, default=DEFAULT_DATA_DIR,
+                        help="where outcomes-*.jsonl and dead-letters-*.jsonl go: a local directory or "
+                        "gs://BUCKET/PATH (default: %(default)s)")
     parser.add_argument("--allowed-lateness", type=float, default=60.0, metavar="SECONDS",
                         help="how far behind the watermark (or, in a file, behind the newest "
                         "earlier line) an activity may arrive and still be evaluated in order; "
@@ -116,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     runner = args.runner.lower()
     if runner == "flink":
-        from orion.runners.flink_options import run_from_args
+        from orion.runners.flink import run_from_args
 
         status = run_from_args(config, args)
         if status:

@@ -68,6 +68,10 @@ SEQUENCER_SOURCE = "sequencer"  # DeadLetter.source of late activities
 PROFILE_SOURCE = "profile"  # DeadLetter.source of an unreadable stored profile
 BAD_PROFILE = "bad_profile"  # the reason, when a stored profile cannot be read
 
+# A time every wait is due by (9999-12-31T23:59:59.999Z): a streaming job asks the store
+# for the leads waiting until then, that is, every waiting lead.
+END_OF_TIME_MS = 253_402_300_799_999
+
 # Every counter name a step uses (bounded: no name per campaign, tenant or lead).
 COUNTERS = (
     "evaluated", "outcomes", "qualified", "duplicates", "dead_letters", "dead_letters:late",
@@ -98,6 +102,17 @@ class StepResult:
         self.emitted.append((DEAD, letter))
         self.count("dead_letters")
         self.count(f"dead_letters:{letter.reason}")
+
+
+class WakeUp(NamedTuple):
+    """A lead whose stored profile has a flow waiting until `wake_at`, sent to the step
+    keyed like an activity, so the lead's waits resume in a job that has no state of it:
+    a bounded run, for the leads whose waits its input's horizon passes; a streaming job,
+    for the leads waiting when it starts."""
+
+    tenant: str
+    lead_id: str
+    wake_at: int
 
 
 class SeedRequest(NamedTuple):
@@ -141,7 +156,9 @@ class LeadStep:
                 up_to: int | None, result: StepResult) -> tuple[LeadRecord, list[Activity]]:
         """Evaluate the lead's buffered activities due by `up_to` (None: all) in order;
         returns the new record and the activities still buffered, in order."""
-        changed, rest = self._release(record, pending, up_to, result)
+        # What the record has already been through is a redelivery or late: a lead seeded
+        # from its profile while activities of it were buffered can have some.
+        changed, rest = self._release(record, self.ready_of(record, pending, result), up_to, result)
         if changed is not record:
             self._emit_profile(tenant, lead_id, changed, result)
         return changed, rest
@@ -186,9 +203,9 @@ class LeadStep:
             self._emit_profile(tenant, lead_id, record, result)
         return record
 
-    def ready_of(self, record: LeadRecord, activities: Sequence[Activity], result: StepResult) -> list[Activity]:
-        """The activities of a bounded input not behind the lead's progress; the others
-        are counted as duplicates or dead-lettered as late."""
+    def ready_of(self, record: LeadRecord, activities: Iterable[Activity], result: StepResult) -> list[Activity]:
+        """The activities not behind the lead's progress; the others are counted as
+        duplicates or dead-lettered as late."""
         released = record.progress.released
         if released is None:
             return list(activities)

@@ -24,6 +24,7 @@ progress. A newer Orion reads every older version; tests/data/ holds a profile o
 from __future__ import annotations
 
 import json
+import re
 from typing import NamedTuple
 
 from orion.campaigns.flows import LeadFlows, RunningFlow
@@ -33,6 +34,7 @@ from orion.sequencing import EMPTY_PROGRESS, LeadProgress
 PROFILE_VERSION = 2
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ProfileError(ValueError):
@@ -54,9 +56,9 @@ EMPTY_RECORD = LeadRecord()
 
 
 def encode_profile(record: LeadRecord, *, history: bool = False) -> str:
-    """The record as profile text (the current version). The store's profile leaves the
-    history counters out (`history` False); an engine's keyed state keeps them (True).
-    The same record always gives the same text, so rewriting it changes nothing."""
+    """The record as profile text (the current version), valid UTF-8. The store's profile
+    leaves the history counters out (`history` False); an engine's keyed state keeps them
+    (True). The same record always gives the same text, so rewriting it changes nothing."""
     lead = record.flows.lead
     progress = record.progress
     data = {
@@ -75,7 +77,13 @@ def encode_profile(record: LeadRecord, *, history: bool = False) -> str:
     if history and lead.history:
         data["lead"]["history"] = {key: {str(day): n for day, n in days.items()}
                                    for key, days in lead.history.items()}
-    return _ENCODER.encode(data)
+    text = _ENCODER.encode(data)
+    if text.isascii():
+        return text
+    # A lone surrogate (from an input attribute) is not UTF-8, which every store and
+    # Flink's STRING need: it is written as its JSON escape, which reads back as the same
+    # text (it can only stand inside a JSON string).
+    return _LONE_SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 def decode_profile(text: str | bytes) -> LeadRecord:

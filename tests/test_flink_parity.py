@@ -1,9 +1,11 @@
 """The Flink job on a real PyFlink mini-cluster: the same rules and events give the same
-outcomes, stored activities, dead letters and queued emails as the Beam graph on the
-DirectRunner, and a job stopped with a savepoint, its rules changed and restarted from
-the savepoint neither loses nor repeats an activity, an outcome or an email, and a lead
-waiting in a campaign flow keeps its place. A lead new to the job is seeded from the
-store's history on both engines alike.
+outcomes, stored activities, lead profiles, dead letters and queued emails as the Beam
+graph on the DirectRunner, and a job stopped with a savepoint, its rules changed and
+restarted from the savepoint neither loses nor repeats an activity, an outcome or an
+email, and a lead waiting in a campaign flow keeps its place. A lead new to the job is
+seeded from the store (its profile and history) on both engines alike; two bounded runs
+over consecutive days give what one run over both gives; and each activity is evaluated
+once (one stateful step per lead).
 
 Needs Java 17 and apache-flink (PyFlink); without them these tests fail and say so.
 
@@ -24,7 +26,7 @@ import pytest
 
 from orion.activities import format_timestamp, parse_timestamp
 from orion.runners import direct
-from orion.runners.direct import RunConfig
+from orion.settings import RunConfig
 
 SAMPLES = Path(__file__).resolve().parent.parent / "orion" / "samples"
 T0 = parse_timestamp("2026-11-22T10:00:00Z")
@@ -52,16 +54,25 @@ def scenario_lines() -> list[str]:
     ]
 
 
-def outputs(out_dir: Path, db: Path) -> dict[str, list]:
-    """Everything a run left, order-free: outcome and dead-letter lines, store rows."""
-    def lines(pattern: str) -> list[str]:
-        return sorted(line for f in out_dir.glob(pattern) for line in f.read_text(encoding="utf-8").splitlines())
+def output_lines(out_dir: Path, pattern: str) -> list[str]:
+    return sorted(line for f in out_dir.glob(pattern) for line in f.read_text(encoding="utf-8").splitlines())
 
+
+def store_rows(db: Path) -> dict[str, list]:
+    """The store's rows, order-free: activities, the index, and the lead profiles (less
+    their wall-clock updated_at)."""
     with sqlite3.connect(db) as connection:
         activities = connection.execute("SELECT * FROM activities ORDER BY 1, 2, 3, 4").fetchall()
         index = connection.execute("SELECT * FROM activity_index ORDER BY 1, 2, 3, 4").fetchall()
-    return {"outcomes": lines("outcomes-*.jsonl"), "dead_letters": lines("dead-letters-*.jsonl"),
-            "activities": activities, "index": index}
+        profiles = connection.execute(
+            "SELECT tenant, lead_id, data, next_wake FROM stored_profiles ORDER BY 1, 2").fetchall()
+    return {"activities": activities, "index": index, "profiles": profiles}
+
+
+def outputs(out_dir: Path, db: Path) -> dict[str, list]:
+    """Everything a run left, order-free: outcome and dead-letter lines, store rows."""
+    return {"outcomes": output_lines(out_dir, "outcomes-*.jsonl"),
+            "dead_letters": output_lines(out_dir, "dead-letters-*.jsonl"), **store_rows(db)}
 
 
 def outbox_rows(db: Path) -> list[tuple]:
@@ -144,6 +155,8 @@ def flow_lines() -> list[str]:
         signup("f-7", "F3", T0 + 10 * SECOND),  # no address: held
         signup("f-9", "F4", T0 + 15 * SECOND),  # an address the assembler refuses
         _event("f-10", "F2", "visit_web_page", T0 + DAY, tenant="flowco", url="https://flowco.example/"),
+        # The input's newest activity, its horizon: the two-day waits end before it.
+        _event("f-11", "F5", "visit_web_page", T0 + 3 * DAY, tenant="flowco", url="https://flowco.example/"),
     ]
 
 
@@ -167,20 +180,21 @@ def test_flink_and_beam_give_identical_outcomes_store_dead_letters_and_emails(fl
 
     beam = outputs(tmp_path / "beam", tmp_path / "beam.db")
     on_flink = outputs(tmp_path / "flink", tmp_path / "flink.db")
-    for part in ("outcomes", "dead_letters", "activities", "index"):
+    for part in ("outcomes", "dead_letters", "activities", "index", "profiles"):
         assert on_flink[part] == beam[part], f"{part} differ between Flink and Beam"
     beam_outbox, flink_outbox = outbox_rows(tmp_path / "beam-outbox.db"), outbox_rows(tmp_path / "flink-outbox.db")
     assert [row[:4] for row in flink_outbox] == [row[:4] for row in beam_outbox], "queued keys differ"
     assert flink_outbox == beam_outbox, "queued records (recipients, messages, held reasons) differ"
-    for counter in ("events_read", "stored", "duplicates", "dead_letters", "outcomes", "qualified",
+    for counter in ("events_read", "evaluated", "stored", "duplicates", "dead_letters", "outcomes", "qualified",
                     "emails_requested", "emails_held", "emails_assembled", "webhooks", "flow_activities",
                     "outbox_queued", "outbox_duplicates"):
         assert flink_run.counters.get(counter, 0) == beam_totals.get(counter, 0), counter
 
     # The flows really ran: the welcome at the signup, the score change stored and
-    # triggering the webhook, the two-day wait, and the email after it (F1's company
-    # picks the newsletter); the redelivered signup started one run; F3 is held for want
-    # of an address; F4's address is refused at assembly.
+    # triggering the webhook, the two-day wait (over before the input's horizon, f-11),
+    # and the email after it (F1's company picks the newsletter); the redelivered signup
+    # started one run; F3 is held for want of an address; F4's address is refused at
+    # assembly.
     onboarding = {(row[2], row[3].split("#")[1]): row for row in flink_outbox
                   if row[0] == "flowco" and row[1] == "Onboarding"}
     emails = {key: (row[6], row[7], row[10], message_of(row[8])[0])
@@ -313,6 +327,9 @@ def test_stop_with_savepoint_change_rules_restore_loses_and_repeats_nothing(flin
     released_first = released_before(first, newest=first[-1])
     wait_for(lambda: released_first <= set(stored_event_ids(db)), "the first file's released visits")
     wait_for(lambda: queued_emails(outbox) == welcomes, "the welcome emails")
+    # The functions write their counts every second while they run (a job stopped with a
+    # savepoint in thread mode does not close them).
+    wait_for(lambda: flink.read_counters(tmp_path / "out").get("emails_requested") == LEADS, "the first job's counts")
     savepoint = job.stop_with_savepoint(str(tmp_path / "savepoints"))
     after_first_run = set(stored_event_ids(db))
     waiting = {f"v-{n:04d}" for n in first} - after_first_run
@@ -399,3 +416,140 @@ def test_a_lead_new_to_the_job_is_seeded_from_the_store_on_flink_as_on_beam(flin
     assert (outcome["event_id"], outcome["qualified"]) == ("h-9", True), \
         "the stored history counts: without it one visit would not pass the filter"
     assert flink_run.counters.get("leads_seeded_from_store") == beam_totals.get("leads_seeded_from_store") == 1
+
+
+# --- two bounded runs over consecutive days: the lead's state is durable -----------------
+
+DAY_RULES = """\
+tenant: dayco
+settings:
+  communication_limits: {per_day: 5, per_7_days: 20}
+campaigns:
+  - name: Welcome
+    triggers:
+      - activity: fill_out_form
+        where: {form: {is: Signup}}
+    qualification: once
+    flow:
+      - send_email: {template: welcome}
+      - change_score: {delta: 10}
+      - wait: {duration: {n: 1, unit: days}}
+      - send_email: {template: follow_up}
+  - name: Pricing
+    triggers:
+      - activity: visit_web_page
+        where: {url: {contains: /pricing}}
+    qualification: every_time
+    flow:
+      - send_email: {template: newsletter}
+"""
+HOUR = 3_600 * SECOND
+
+
+def _day_event(event_id: str, lead: str, type_: str, at: int, **attributes) -> str:
+    return _event(event_id, lead, type_, at, tenant="dayco", **attributes)
+
+
+def day_one_lines() -> list[str]:
+    """A, B and D have addresses; A and B sign up (a one-day wait each); C, with an
+    address too, unsubscribes. The horizon of the day is E's visit, four hours in."""
+    return [_day_event(f"d1-email-{lead}", lead, "data_value_changes", T0 - HOUR, attribute="email",
+                       new_value=f"{lead.lower()}@dayco.example") for lead in "ABCD"] + [
+        _day_event("d1-signup-A", "A", "fill_out_form", T0, form="Signup"),
+        _day_event("d1-signup-B", "B", "fill_out_form", T0 + 60 * SECOND, form="Signup"),
+        _day_event("d1-unsubscribe-C", "C", "unsubscribe_email", T0 + 120 * SECOND, email="Welcome"),
+        _day_event("d1-visit-E", "E", "visit_web_page", T0 + 4 * HOUR, url="https://dayco.example/"),
+    ]
+
+
+def day_two_lines() -> list[str]:
+    """A signs up again (`once`: no second run), after its wait has ended; B does nothing
+    (its wait ends all the same); C, unsubscribed yesterday, visits pricing (its
+    newsletter is held); D signs up, its wait ending after this day's horizon (F's visit)."""
+    return [
+        _day_event("d2-signup-A", "A", "fill_out_form", T0 + DAY + 2 * HOUR, form="Signup"),
+        _day_event("d2-pricing-C", "C", "visit_web_page", T0 + DAY + 3 * HOUR, url="https://dayco.example/pricing"),
+        _day_event("d2-signup-D", "D", "fill_out_form", T0 + DAY + 5 * HOUR, form="Signup"),
+        _day_event("d2-visit-F", "F", "visit_web_page", T0 + DAY + 6 * HOUR, url="https://dayco.example/"),
+    ]
+
+
+def qualified_outcomes(*out_dirs: Path) -> set[tuple[str, str, str]]:
+    """(lead, campaign, event id) of every qualified outcome the runs wrote."""
+    found = set()
+    for out_dir in out_dirs:
+        for line in output_lines(out_dir, "outcomes-*.jsonl"):
+            outcome = json.loads(line)
+            if outcome["qualified"]:
+                found.add((outcome["lead_id"], outcome["campaign"], outcome["event_id"]))
+    return found
+
+
+def day_inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The rules directory and the two days' files."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "dayco.yaml").write_text(DAY_RULES, encoding="utf-8")
+    days = tmp_path / "in"
+    days.mkdir()
+    (days / "day-1.jsonl").write_text("\n".join(day_one_lines()) + "\n", encoding="utf-8")
+    (days / "day-2.jsonl").write_text("\n".join(day_two_lines()) + "\n", encoding="utf-8")
+    return rules, days / "day-1.jsonl", days / "day-2.jsonl"
+
+
+def test_two_bounded_runs_over_consecutive_days_give_what_one_run_over_both_gives(flink, tmp_path):
+    rules, day_one, day_two = day_inputs(tmp_path)
+    both = str(day_one.parent / "day-*.jsonl")
+    options = flink.FlinkOptions(parallelism=2)
+    whole = flink.run_flink(config_for(both, rules, tmp_path / "whole", tmp_path / "whole.db",
+                                       tmp_path / "whole-outbox.db"), options=options)
+    db, outbox = tmp_path / "days.db", tmp_path / "days-outbox.db"
+    first = flink.run_flink(config_for(str(day_one), rules, tmp_path / "run-1", db, outbox), options=options)
+    after_first = outbox_rows(outbox)
+    second = flink.run_flink(config_for(str(day_two), rules, tmp_path / "run-2", db, outbox), options=options)
+
+    assert store_rows(db) == store_rows(tmp_path / "whole.db"), "the store (activities, index, profiles) differs"
+    assert outbox_rows(outbox) == outbox_rows(tmp_path / "whole-outbox.db"), "the outbox differs"
+    assert qualified_outcomes(tmp_path / "run-1", tmp_path / "run-2") == qualified_outcomes(tmp_path / "whole") == {
+        ("A", "Welcome", "d1-signup-A"), ("B", "Welcome", "d1-signup-B"), ("D", "Welcome", "d2-signup-D"),
+        ("C", "Pricing", "d2-pricing-C"),
+    }, "`once` kept A from qualifying again in the second run"
+    for run in (whole, first, second):
+        assert not run.counters.get("dead_letters"), run.counters
+
+    # What each fact looks like in the outbox: (lead, campaign, step, kind, status, queued_at).
+    queued = sorted((row[2], row[1], row[3].split("#")[1], row[4], row[5], row[10]) for row in outbox_rows(outbox))
+    assert queued == [
+        ("A", "Welcome", "0", "email", "queued", T0),
+        ("A", "Welcome", "3", "email", "queued", T0 + DAY),  # the wait ended in run 2, at its own time
+        ("B", "Welcome", "0", "email", "queued", T0 + 60 * SECOND),
+        ("B", "Welcome", "3", "email", "queued", T0 + DAY + 60 * SECOND),  # B was not in day 2's input
+        ("C", "Pricing", "0", "email", "held", T0 + DAY + 3 * HOUR),
+        ("D", "Welcome", "0", "email", "queued", T0 + DAY + 5 * HOUR),
+    ]
+    (held,) = [row for row in outbox_rows(outbox) if row[5] == "held"]
+    assert held[9].split(":")[0] == "unsubscribed", "C's unsubscribe in run 1 holds run 2's newsletter"
+    assert [row[:4] for row in after_first] == [row[:4] for row in outbox_rows(outbox)
+                                                if row[10] < T0 + DAY], "run 1 queued only day 1's emails"
+    assert (second.counters.get("outbox_duplicates", 0), second.counters.get("leads_woken_from_store")) == (0, 2), \
+        "run 2 repeated nothing, and woke A and B (both due by its horizon) from their stored profiles"
+    waiting = {row[1]: row[3] for row in store_rows(db)["profiles"] if row[3] is not None}
+    assert waiting == {"D": T0 + 2 * DAY + 5 * HOUR}, "D's wait, past run 2's horizon, waits in its profile"
+
+
+def test_each_activity_is_evaluated_once_input_and_flow_generated(flink, tmp_path):
+    rules, day_one, day_two = day_inputs(tmp_path)
+    # A redelivery of day 2's last line: a duplicate, stored and evaluated once.
+    with day_two.open("a", encoding="utf-8") as lines:
+        lines.write(day_two_lines()[-1] + "\n")
+    db = tmp_path / "store.db"
+    run = flink.run_flink(config_for(str(day_one.parent / "day-*.jsonl"), rules, tmp_path / "out", db,
+                                     tmp_path / "outbox.db"), options=flink.FlinkOptions(parallelism=2))
+
+    counts = run.counters
+    with sqlite3.connect(db) as connection:
+        (rows,) = connection.execute("SELECT COUNT(*) FROM activities").fetchone()
+    assert counts["flow_activities"] == 3 and counts["duplicates"] == 1, counts
+    assert counts["evaluated"] == counts["stored"] == rows == \
+        counts["activities_parsed"] - counts["duplicates"] + counts["flow_activities"], \
+        "each stored activity, from the input or a flow step, was evaluated exactly once"

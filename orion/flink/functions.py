@@ -6,14 +6,14 @@ Beam DoFns in `orion.transforms` are:
   ParseActivities       payload (a line of a monitored file, a Kafka record) -> the same
                         (`orion.intake.parse_payload`)
   ActivityTime          the event time of an activity, for the watermark strategy
-  SequenceAndEvaluate   keyed by (tenant, lead): buffers, orders, dedups and evaluates each
-                        lead's activities with `orion.sequencing` and `orion.rules.evaluate`
-  RunFlows              keyed by (tenant, lead): runs the campaign flows of each lead with
-                        `orion.campaigns.flows.FlowEngine` (waits are event-time timers)
+  LeadStep              keyed by (tenant, lead): the one stateful step per lead
+                        (`orion.leadstep`): orders, dedups and evaluates each activity
+                        once, runs the campaign flows inline (waits are event-time
+                        timers) and emits the lead's durable profile
   AssembleEmails        email request -> MIME message (`orion.campaigns.email.EmailAssembler`)
   WriteInBatches        keyed by a shard number: buffers records in keyed state and hands
-                        them to a writer (the activity store, the outbox, a JSONL file) in
-                        batches
+                        them to a writer (the activity store, the lead profiles, the
+                        outbox, a JSONL file) in batches
 
 Every function loads its rules or opens its client in `open()`, so only configuration is
 pickled. Counts go to Flink's metric system (the web UI, REST) and, when the job ends, to
@@ -40,43 +40,53 @@ from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import FlatMapFunction, KeyedProcessFunction, OutputTag, ProcessFunction, TimeDomain
 from pyflink.datastream.state import ListStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
+from orion import leadstep
+from orion.leadstep import WakeUp
 from orion.activities import Activity, activity_sort_key
 from orion.deadletters import DeadLetter
 from orion.intake import parse_payload, read_lines
-from orion.rules import evaluate
-from orion.seeding import open_initialised_store, seed_flows, seed_state
-from orion.sequencing import (
-    DUPLICATE,
-    LATE,
-    LeadProgress,
-    classify_behind,
-    late_detail,
-    release as release_ready,
-    sorts_before_released,
-)
+from orion.profiles import EMPTY_RECORD, LeadRecord, decode_profile, encode_profile
+from orion.seeding import open_initialised_store
+from orion.store.base import STORE_SOURCE, UNSTORABLE, write_batch
 
 # Elements between Python functions are pickled Python objects (activities, outcomes,
-# dead letters); keys and the small bookkeeping values of state have real Flink types.
+# dead letters); they live in no state but the sinks' short batch buffers. Keys and
+# the LeadStep's long-lived state have real Flink types and schema'd, versioned text.
 PICKLED = Types.PICKLED_BYTE_ARRAY()
 LEAD_KEY = Types.TUPLE([Types.STRING(), Types.STRING()])
 SHARD_KEY = Types.INT()
+# LeadStep's side outputs (its main output is the outcomes), one per kind of record.
 DEAD = OutputTag("dead-letters", PICKLED)
-STORE = OutputTag("store", PICKLED)
-# RunFlows' side outputs: held emails and webhook calls (both go to the outbox), the
-# activities flow steps generate (to be stored) and the outcomes of evaluating them.
-OUTBOX = OutputTag("outbox", PICKLED)
-GENERATED = OutputTag("generated", PICKLED)
-FLOW_OUTCOMES = OutputTag("flow-outcomes", PICKLED)
+STORE = OutputTag("store", PICKLED)  # activities to store: input and flow-generated
+EMAILS = OutputTag("emails", PICKLED)  # email requests, to assemble
+OUTBOX = OutputTag("outbox", PICKLED)  # held emails and webhook calls, to the outbox
+PROFILES = OutputTag("profiles", PICKLED)  # lead profiles, to the store
+# Where each tag of the core step goes (None: the main output).
+STEP_OUTPUTS = {
+    leadstep.OUTCOME: None,
+    leadstep.STORE: STORE,
+    leadstep.DEAD: DEAD,
+    leadstep.EMAIL: EMAILS,
+    leadstep.HELD: OUTBOX,
+    leadstep.WEBHOOK: OUTBOX,
+    leadstep.PROFILE: PROFILES,
+}
 
 # Flink's end of event time (Watermark.MAX_WATERMARK): a bounded input ends with it, so
 # a timer set there fires once, after the last element.
 END_OF_INPUT = 2 ** 63 - 1
 METRICS_GROUP = "orion"
-SEQUENCER_SOURCE = "sequencer"  # DeadLetter.source of the sequencer's late activities
 
 
-def lead_key(activity: Activity) -> tuple[str, str]:
-    return activity.tenant, activity.lead_id
+WAKE_UP = Types.TUPLE([Types.STRING(), Types.STRING(), Types.LONG()])  # a WakeUp's fields
+
+
+def wake_up_of(fields) -> WakeUp:
+    return WakeUp(*fields)
+
+
+def lead_key(element: Activity | WakeUp) -> tuple[str, str]:
+    return element.tenant, element.lead_id
 
 
 def shard_of(text: str, shards: int) -> int:
@@ -86,32 +96,56 @@ def shard_of(text: str, shards: int) -> int:
 
 class Counts:
     """A function instance's counters: Flink metrics (for the web UI and REST) and a
-    local tally written to `counters_dir` when the function closes, for the summary."""
+    local tally, written to its own file in `counters_dir` (cumulative, replaced each
+    time) by a small thread every WRITE_EVERY_S while counts change, and when the
+    function closes, for the summary. (A job stopped with a savepoint in thread mode does
+    not close its Python functions: a tally written only at close would be lost.)"""
+
+    WRITE_EVERY_S = 1.0
 
     def __init__(self, runtime_context, counters_dir: str | None, name: str):
         self.group = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
         self.metrics: dict = {}
         self.tally: collections.Counter = collections.Counter()
-        self.counters_dir = counters_dir
-        self.name = name
+        self.lock = threading.Lock()
+        self.changed = False
+        self.path = (None if counters_dir is None
+                     else Path(counters_dir) / f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json")
+        self.stopped = threading.Event()
+        if self.path is not None:
+            threading.Thread(target=self._write_while_open, name=f"orion-counts-{name}", daemon=True).start()
 
     def inc(self, name: str, n: int = 1) -> None:
         if n:
-            self.tally[name] += n
-            if ":" not in name:  # per-campaign and per-reason counts stay local
+            with self.lock:
+                self.tally[name] += n
+                self.changed = True
+            if ":" not in name:  # per-reason counts stay local
                 metric = self.metrics.get(name)
                 if metric is None:
                     metric = self.metrics[name] = self.group.counter(name)
                 metric.inc(n)
 
+    def _write_while_open(self) -> None:
+        while not self.stopped.wait(self.WRITE_EVERY_S):
+            self._write_changed()
+
+    def _write_changed(self) -> None:
+        with self.lock:
+            if not self.changed:
+                return
+            snapshot = dict(self.tally)
+            self.changed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".tmp")
+        partial.write_text(json.dumps(snapshot), encoding="utf-8")
+        partial.replace(self.path)  # a reader sees the old tally or the new, never half
+
     def write(self) -> None:
-        if self.counters_dir is None or not self.tally:
-            return
-        folder = Path(self.counters_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
-        path.write_text(json.dumps(dict(self.tally)), encoding="utf-8")
-        self.tally.clear()
+        """The function closes: the final tally, and no more writes."""
+        self.stopped.set()
+        if self.path is not None:
+            self._write_changed()
 
 
 def _load_rules(rules_dir: str, template_dirs: tuple[str, ...]):
@@ -129,7 +163,7 @@ def _ttl_config(days: int) -> StateTtlConfig:
         .build()
 
 
-def _open_compressed(path: str):
+def open_compressed(path: str):
     """Files are read in binary, as Beam's ReadMatches does, decompressed by suffix."""
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
@@ -180,7 +214,7 @@ class ReadActivityFiles(_Parse, ProcessFunction):
 
     def process_element(self, named_file, ctx):
         name, path = named_file
-        with _open_compressed(path) as lines:
+        with open_compressed(path) as lines:
             yield from self.split(read_lines(lines, self.types, name, self.allowed_lateness_ms), True)
 
 
@@ -237,49 +271,87 @@ def _opened_outbox(uri: str):
     return outbox
 
 
-class SequenceAndEvaluate(KeyedProcessFunction):
-    """Buffers each lead's activities and evaluates them in event-time order; the Flink
-    twin of Beam's `_SequenceAndEvaluateFn`, over the same core functions.
+def _activity_text(activity: Activity) -> str:
+    """An activity as JSON text of its six fields, the shape the intake reads (escaped to
+    ASCII: a lone surrogate from a `\\ud800` in the input is not UTF-8, which Flink's
+    STRING needs)."""
+    return json.dumps(activity.to_json_dict(), separators=(",", ":"))
+
+
+def _activity_of(text: str) -> Activity:
+    return Activity(**json.loads(text))
+
+
+def _record_text(record: LeadRecord) -> str:
+    """A LeadRecord as versioned profile JSON with its history counters (valid UTF-8, as
+    Flink's STRING needs)."""
+    return encode_profile(record, history=True)
+
+
+class LeadStep(KeyedProcessFunction):
+    """The one stateful step per (tenant, lead), over the engine-neutral core
+    (`orion.leadstep.LeadStep`), as Beam's LeadSteps (orion/transforms/evaluate.py) is:
+    each activity is evaluated once, in event-time order, and the campaign flows it
+    qualifies the lead for run inline, their waits as event-time timers.
 
     Keyed state, per (tenant, lead), created in open():
-      pending   list of arrived activities not yet evaluated (no TTL: the timer drains it);
+      pending   list of arrived activities not yet evaluated, each as JSON text of its
+                six fields (no TTL: the timer drains it);
       released  (occurred_at, event_id) of the last activity evaluated: read on every
-                arrival, so it is kept apart from the larger seen;
-      seen      event id -> occurred_at of recently evaluated activities (dedup; the core
-                bounds it by the dedup span);
-      lead      orion.rules.LeadState, pickled;
+                arrival, so it is kept apart from the larger record;
+      record    the lead's orion.profiles.LeadRecord (sequencer progress with the recent
+                event ids, lead state with its history counters, running flows, recent
+                sends) as versioned profile JSON, `encode_profile(history=True)`;
       due       the time the release timer is set for, so it only ever moves earlier;
+      wake_at   the time the wake timer is set for (the earliest flow wait), likewise;
       poll_due  the processing time of the idle-release timer, if one is set.
-    released, seen and lead expire `lead_ttl_days` after their last write (Flink's TTL
-    is in processing time): a lead silent that long starts afresh.
+    Nothing is pickled, so a savepoint survives a new release of Orion. released and
+    record expire `lead_ttl_days` after their last write (Flink's TTL is in processing
+    time): a lead silent that long is seeded again from its profile in the store.
 
-    Timers: bounded input: one event-time timer per lead, at the end of input, releasing
-    everything in order. Unbounded: an event-time timer at the earliest buffered
-    activity's time. Flink's watermark already trails the newest event by the allowed
-    lateness (a bounded-out-of-orderness strategy), so the timer is not pushed back by it
-    again as Beam's, whose watermark does not trail, is; both release an activity once the
-    stream has moved the allowed lateness past it. And, while a lead has activities
-    waiting, a processing-time timer every `idle_release_ms` releases whatever the
-    watermark has passed: PyFlink hands a watermark to Python asynchronously, so an
+    A lead new to the job (no record) is seeded from the store at `seed_store_uri`, its
+    profile and its history counters (`LeadStep.seed`), before anything is evaluated;
+    None: no reads, the lead starts empty. Every change to the record is emitted as the
+    lead's profile (PROFILES), which WriteProfiles writes to the store.
+
+    Bounded input (files): each lead is replayed once, at the end of input (an
+    event-time timer there): its activities in order (`LeadStep.replay`), then the flow
+    waits due by `horizon`, the input's newest activity; later waits stay in the
+    profile for the next run. A WakeUp (a lead whose stored profile has a wait due by
+    the horizon) only sets that timer.
+
+    Unbounded input: a release timer (event time) at the earliest buffered activity's
+    time. Flink's watermark already trails the newest event by the allowed lateness
+    (a bounded-out-of-orderness strategy), so the timer is not pushed back by it again
+    as Beam's, whose watermark does not trail, is; both release an activity once the
+    stream has moved the allowed lateness past it. A wake timer (event time) at the
+    earliest flow wait. Whichever fires, the step releases what the watermark has
+    passed, then resumes the waits it has passed, each at its own time. And while a lead
+    has activities waiting, a processing-time timer every `idle_release_ms` does the
+    same up to the watermark: PyFlink hands a watermark to Python asynchronously, so an
     event-time timer registered just before the watermark passed it fires only at the
     next watermark, which an idle stream never sends.
 
-    A lead new to the job (no lead state) has its history counters seeded from the
-    store at `seed_store_uri` before its first activity is evaluated (orion.seeding), as
-    Beam's SequenceAndEvaluate does; None: no reads.
+    run_flows False (no outbox): evaluation only, no flow starts.
 
-    Outputs: outcomes (main), activities to store (STORE), late activities (DEAD).
+    Outputs: outcomes (main); STORE, DEAD, EMAILS, OUTBOX and PROFILES (STEP_OUTPUTS).
+    Counters: the core step's, a bounded set of names (orion.leadstep.COUNTERS), and
+    `leads_woken_from_store` (WakeUps).
     """
 
-    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], dedup_span_ms: int,
-                 bounded: bool, lead_ttl_days: int, counters_dir: str | None = None,
-                 idle_release_ms: int = 60_000, seed_store_uri: str | None = None):
-        self.seed_store_uri = seed_store_uri
+    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], *, dedup_span_ms: int, bounded: bool,
+                 run_flows: bool, max_cascade_depth: int, lead_ttl_days: int, horizon: int | None = None,
+                 seed_store_uri: str | None = None, counters_dir: str | None = None,
+                 idle_release_ms: int = 60_000):
         self.rules_dir = rules_dir
         self.template_dirs = tuple(template_dirs)
         self.dedup_span_ms = dedup_span_ms
         self.bounded = bounded
+        self.run_flows = run_flows
+        self.max_cascade_depth = max_cascade_depth
         self.lead_ttl_days = lead_ttl_days
+        self.horizon = horizon
+        self.seed_store_uri = seed_store_uri
         self.counters_dir = counters_dir
         self.idle_release_ms = idle_release_ms
 
@@ -290,15 +362,17 @@ class SequenceAndEvaluate(KeyedProcessFunction):
             descriptor.enable_time_to_live(ttl)
             return descriptor
 
-        self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", PICKLED))
+        self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", Types.STRING()))
         self.released = runtime_context.get_state(
             expiring(ValueStateDescriptor("released", Types.TUPLE([Types.LONG(), Types.STRING()]))))
-        self.seen = runtime_context.get_state(expiring(ValueStateDescriptor("seen", PICKLED)))
-        self.lead = runtime_context.get_state(expiring(ValueStateDescriptor("lead", PICKLED)))
+        self.record = runtime_context.get_state(expiring(ValueStateDescriptor("record", Types.STRING())))
         self.due = runtime_context.get_state(ValueStateDescriptor("due", Types.LONG()))
+        self.wake_at = runtime_context.get_state(ValueStateDescriptor("wake_at", Types.LONG()))
         self.poll_due = runtime_context.get_state(ValueStateDescriptor("poll_due", Types.LONG()))
-        self.rules = _load_rules(self.rules_dir, self.template_dirs)
-        self.counts = Counts(runtime_context, self.counters_dir, "SequenceAndEvaluate")
+        self.step = leadstep.LeadStep(_load_rules(self.rules_dir, self.template_dirs),
+                                      dedup_span_ms=self.dedup_span_ms, run_flows=self.run_flows,
+                                      max_cascade_depth=self.max_cascade_depth)
+        self.counts = Counts(runtime_context, self.counters_dir, "LeadStep")
         self.seed_stores = (None if self.seed_store_uri is None
                             else OpenedPerThread(lambda: open_initialised_store(self.seed_store_uri)))
 
@@ -307,215 +381,157 @@ class SequenceAndEvaluate(KeyedProcessFunction):
             self.seed_stores.close()
         self.counts.write()
 
-    def _progress(self) -> LeadProgress:
-        released = self.released.value()
-        return LeadProgress(tuple(released) if released is not None else None, self.seen.value() or {})
+    # arrivals -----------------------------------------------------------------------
 
-    def process_element(self, activity: Activity, ctx):
-        last = self.released.value()
-        if last is not None:
-            last = tuple(last)
-        if sorts_before_released(last, activity):
-            progress = LeadProgress(last, self.seen.value() or {})
-            if classify_behind(progress, activity) == DUPLICATE:
-                self.counts.inc("duplicates")
-                return
-            self.counts.inc("dead_letters")
-            self.counts.inc(f"dead_letters:{LATE}")
-            yield DEAD, DeadLetter(activity.to_json_dict(), LATE, late_detail(activity, last), SEQUENCER_SOURCE)
-            return
-        self.pending.add(activity)
+    def process_element(self, element: Activity | WakeUp, ctx):
         timers = ctx.timer_service()
-        when = END_OF_INPUT if self.bounded else activity.occurred_at
+        if isinstance(element, WakeUp):
+            self.counts.inc("leads_woken_from_store")
+            if self.bounded:
+                self._release_at(END_OF_INPUT, timers)
+                return
+            # Unbounded: a lead waiting in the store when the job starts. Unless the job
+            # knows it already, its state comes from its profile and its wake timer is set.
+            if self._stored_record() is None:
+                result = leadstep.StepResult()
+                record = self._seed(element.tenant, element.lead_id, element.wake_at, result)
+                self._store_record(record)
+                self._schedule_wake(record, timers.current_watermark(), timers)
+                yield from self._emit(result)
+            return
+        result = leadstep.StepResult()
+        # Bounded input releases nothing before its end: no arrival can sort before it.
+        released = None if self.bounded else self.released.value()
+        if self.step.arrival(None if released is None else tuple(released), self._seen, element, result):
+            self.pending.add(_activity_text(element))
+            self._release_at(END_OF_INPUT if self.bounded else element.occurred_at, timers)
+            if not self.bounded and self.poll_due.value() is None:
+                self._poll_later(timers)
+            return
+        yield from self._emit(result)
+
+    def _seen(self) -> dict | None:
+        """The lead's recent event ids: read only for an arrival that sorts before what
+        the lead has released (a redelivery, or late)."""
+        record = self._stored_record()
+        return None if record is None else record.progress.seen
+
+    # timers -------------------------------------------------------------------------
+
+    def on_timer(self, timestamp: int, ctx):
+        tenant, lead_id = ctx.get_current_key()
+        result = leadstep.StepResult()
+        if self.bounded:
+            self._replay(tenant, lead_id, result)
+        else:
+            timers = ctx.timer_service()
+            if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+                self.poll_due.clear()
+                up_to = timers.current_watermark()
+            else:
+                up_to = max(timestamp, timers.current_watermark())
+            self._release_and_wake(tenant, lead_id, up_to, timers, result)
+        yield from self._emit(result)
+
+    def _replay(self, tenant: str, lead_id: str, result: leadstep.StepResult) -> None:
+        """The end of a bounded input: the lead's activities in order, then its waits due
+        by the horizon."""
+        buffered = sorted(self._buffered(), key=activity_sort_key)
+        self.pending.clear()
+        self.due.clear()
+        if not buffered and self.horizon is None:
+            return
+        record = self._stored_record()
+        if record is None:
+            record = self._seed(tenant, lead_id, buffered[0].occurred_at if buffered else self.horizon, result)
+        self._store_record(self.step.replay(record, tenant, lead_id, buffered, self.horizon, result))
+
+    def _release_and_wake(self, tenant: str, lead_id: str, up_to: int, timers, result: leadstep.StepResult) -> None:
+        """Unbounded input: release the buffered activities the watermark has passed
+        (`up_to`), then resume the waits it has passed; set the timers for what is left."""
+        buffered = self._buffered()
+        stored = self._stored_record()
+        record = stored
+        if record is None:
+            first = min((activity.occurred_at for activity in buffered), default=up_to)
+            record = self._seed(tenant, lead_id, first, result)
+        rest = buffered
+        if buffered:
+            # (What a seeded profile has already been through is a redelivery or late: the
+            # core's release sorts that out.)
+            record, rest = self.step.release(record, tenant, lead_id, buffered, up_to, result)
+        record = self.step.wake(record, tenant, lead_id, up_to, result)
+        if record is not stored:
+            self._store_record(record)
+        if len(rest) != len(buffered):
+            self.pending.clear()
+            if rest:
+                self.pending.add_all([_activity_text(activity) for activity in rest])
+        if rest:
+            when = rest[0].occurred_at
+            if when != self.due.value():
+                timers.register_event_time_timer(when)
+                self.due.update(when)
+            if self.poll_due.value() is None:
+                self._poll_later(timers)
+        else:
+            self.due.clear()
+        self._schedule_wake(record, up_to, timers)
+
+    def _release_at(self, when: int, timers) -> None:
         current = self.due.value()
         if current is None or when < current:
             if current is not None:
                 timers.delete_event_time_timer(current)
             timers.register_event_time_timer(when)
             self.due.update(when)
-        if not self.bounded and self.poll_due.value() is None:
-            self._poll_later(timers)
 
     def _poll_later(self, timers) -> None:
         due = timers.current_processing_time() + self.idle_release_ms
         timers.register_processing_time_timer(due)
         self.poll_due.update(due)
 
-    def on_timer(self, timestamp: int, ctx):
-        timers = ctx.timer_service()
-        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
-            self.poll_due.clear()
-            up_to = timers.current_watermark()
-        else:
-            up_to = None if self.bounded else max(timestamp, timers.current_watermark())
-        before = self._progress()
-        ready, rest, duplicates, after = release_ready(before, self.pending.get(), up_to, self.dedup_span_ms)
-        if ready or duplicates:
-            self.pending.clear()
-            if rest:
-                self.pending.add_all(rest)
-        self.counts.inc("duplicates", duplicates)
-        if after is not before:
-            self.released.update(after.released)
-            self.seen.update(after.seen)
-        if ready:
-            state = self.lead.value()
-            if state is None and self.seed_stores is not None:
-                # A lead new to this job may have a history in the store already.
-                first = ready[0]
-                state = seed_state(self.rules, self.seed_stores.get(), first.tenant, first.lead_id,
-                                   first.occurred_at)
-                if state is not None:
-                    self.counts.inc("leads_seeded_from_store")
-            outcome_count = qualified = 0
-            for activity in ready:
-                state, outcomes = evaluate(self.rules, state, activity)
-                yield STORE, activity
-                for outcome in outcomes:
-                    outcome_count += 1
-                    if outcome.qualified:
-                        qualified += 1
-                        self.counts.inc(f"fired:{outcome.tenant}/{outcome.campaign}")
-                    yield outcome
-            self.lead.update(state)
-            self.counts.inc("evaluated", len(ready))
-            self.counts.inc("outcomes", outcome_count)
-            self.counts.inc("qualified", qualified)
-        if rest:
-            when = rest[0].occurred_at
-            if when != self.due.value():
-                timers.register_event_time_timer(when)
-                self.due.update(when)
-            if not self.bounded and self.poll_due.value() is None:
-                self._poll_later(timers)
-        else:
-            self.due.clear()
-
-
-class RunFlows(KeyedProcessFunction):
-    """Runs each lead's campaign flows; the Flink twin of Beam's `_RunFlowsFn`
-    (orion/transforms/flows.py), over the same `FlowEngine`.
-
-    Input: the activities SequenceAndEvaluate released (deduplicated, on time), keyed by
-    (tenant, lead). Unlike Beam, Flink keeps the order of a key's elements between two
-    operators, so they arrive in the order they were released and are processed at once,
-    without the FLUSH buffer the Beam DoFn needs.
-
-    Keyed state, per (tenant, lead), created in open():
-      done     (occurred_at, event_id) of the last activity processed: a redelivered one
-               is skipped;
-      flows    orion.campaigns.flows.LeadFlows, pickled: the lead's state, its running
-               flows (next step, wake-up time) and recent email times;
-      wake_at  the time the wake timer is set for, so it only ever moves earlier.
-    done and flows expire `lead_ttl_days` after their last write, as the sequencer's
-    lead state does.
-
-    Timer (event time): the earliest wake-up time of a waiting flow. When it fires, every
-    wait the watermark has passed resumes, each at its own wake-up time, as Beam's timers
-    fire one after the other (PyFlink may not fire a timer set behind the watermark,
-    at the end of a bounded input for one, until the next watermark, which never comes).
-
-    Outputs: email requests (main), held emails and webhook calls (OUTBOX), generated
-    activities (GENERATED), the outcomes of evaluating them (FLOW_OUTCOMES), dead
-    letters (DEAD).
-    """
-
-    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], max_cascade_depth: int,
-                 lead_ttl_days: int, counters_dir: str | None = None, seed_store_uri: str | None = None):
-        self.seed_store_uri = seed_store_uri
-        self.rules_dir = rules_dir
-        self.template_dirs = tuple(template_dirs)
-        self.max_cascade_depth = max_cascade_depth
-        self.lead_ttl_days = lead_ttl_days
-        self.counters_dir = counters_dir
-
-    def open(self, runtime_context):
-        from orion.campaigns.flows import FlowEngine
-
-        ttl = _ttl_config(self.lead_ttl_days)
-        done = ValueStateDescriptor("done", Types.TUPLE([Types.LONG(), Types.STRING()]))
-        done.enable_time_to_live(ttl)
-        flows = ValueStateDescriptor("flows", PICKLED)
-        flows.enable_time_to_live(ttl)
-        self.done = runtime_context.get_state(done)
-        self.flows = runtime_context.get_state(flows)
-        self.wake_at = runtime_context.get_state(ValueStateDescriptor("wake_at", Types.LONG()))
-        self.engine = FlowEngine(_load_rules(self.rules_dir, self.template_dirs), self.max_cascade_depth)
-        self.counts = Counts(runtime_context, self.counters_dir, "RunFlows")
-        self.seed_stores = (None if self.seed_store_uri is None
-                            else OpenedPerThread(lambda: open_initialised_store(self.seed_store_uri)))
-
-    def close(self):
-        if getattr(self, "seed_stores", None) is not None:
-            self.seed_stores.close()
-        self.counts.write()
-
-    def process_element(self, activity: Activity, ctx):
-        sort_key = activity_sort_key(activity)
-        last = self.done.value()
-        if last is not None and sort_key <= tuple(last):
-            self.counts.inc("flow_redeliveries")  # already processed
-            return
-        self.done.update(sort_key)
-        state = self.flows.value()
-        if state is None and self.seed_stores is not None:
-            # As SequenceAndEvaluate does: a lead new to the job starts from its stored history.
-            state = seed_flows(self.engine.rules, self.seed_stores.get(), activity.tenant, activity.lead_id,
-                               activity.occurred_at)
-        state, result = self.engine.process_activity(state, activity)
-        yield from self._emit(result)
-        self.flows.update(state)
-        self._schedule(state, ctx.timer_service())
-
-    def on_timer(self, timestamp: int, ctx):
-        tenant, lead_id = ctx.get_current_key()
-        timers = ctx.timer_service()
-        self.wake_at.clear()
-        state = self.flows.value()
-        if state is None:
-            return
-        up_to = max(timestamp, timers.current_watermark())
-        due = state.next_wake()
-        while due is not None and due <= up_to:
-            state, result = self.engine.wake(state, tenant, lead_id, due)
-            yield from self._emit(result)
-            due = state.next_wake()
-        self.flows.update(state)
-        self._schedule(state, timers)
-
-    def _schedule(self, state, timers) -> None:
-        next_wake = state.next_wake()
-        if next_wake is None:
-            return
-        current = self.wake_at.value()
-        if current is None or next_wake < current:
+    def _schedule_wake(self, record: LeadRecord, up_to: int, timers) -> None:
+        """The wake timer at the record's earliest wait, only ever moved earlier; a timer
+        at or before `up_to` has done its work (the waits it was for are resumed)."""
+        next_wake = record.next_wake() if self.run_flows else None
+        stored = self.wake_at.value()
+        current = stored if stored is not None and stored > up_to else None
+        if next_wake is not None and (current is None or next_wake < current):
             timers.register_event_time_timer(next_wake)
             self.wake_at.update(next_wake)
+        elif current is None and stored is not None:
+            self.wake_at.clear()
 
-    def _emit(self, result):
+    # state and outputs ------------------------------------------------------------
+
+    def _buffered(self) -> list[Activity]:
+        return [_activity_of(text) for text in self.pending.get() or ()]
+
+    def _stored_record(self) -> LeadRecord | None:
+        text = self.record.value()
+        return None if text is None else decode_profile(text)
+
+    def _store_record(self, record: LeadRecord) -> None:
+        self.record.update(_record_text(record))
+        released = record.progress.released
+        if released is None:
+            self.released.clear()
+        else:
+            self.released.update(released)
+
+    def _seed(self, tenant: str, lead_id: str, first_ms: int, result: leadstep.StepResult) -> LeadRecord:
+        store = None if self.seed_stores is None else self.seed_stores.get()
+        seeded = self.step.seed(store, [leadstep.SeedRequest(tenant, lead_id, first_ms)], result)[0]
+        return seeded or EMPTY_RECORD
+
+    def _emit(self, result: leadstep.StepResult):
         counts = self.counts
-        for request in result.emails:
-            counts.inc("emails_requested")
-            yield request
-        for held in result.held:
-            counts.inc("emails_held")
-            counts.inc(f"emails_held:{held.reason}")
-            yield OUTBOX, held
-        for call in result.webhooks:
-            counts.inc("webhooks")
-            yield OUTBOX, call
-        for activity in result.activities:
-            counts.inc("flow_activities")
-            yield GENERATED, activity
-        for outcome in result.outcomes:
-            if outcome.qualified:
-                counts.inc(f"fired:{outcome.tenant}/{outcome.campaign}")
-            yield FLOW_OUTCOMES, outcome
-        for dead in result.dead_letters:
-            counts.inc("dead_letters")
-            counts.inc("flow_dead_letters")
-            counts.inc(f"dead_letters:{dead.reason}")
-            yield DEAD, dead
+        for name, n in result.counts.items():
+            counts.inc(name, n)
+        for tag, value in result.emitted:
+            output = STEP_OUTPUTS[tag]
+            yield value if output is None else (output, value)
 
 
 class AssembleEmails(ProcessFunction):
@@ -540,18 +556,12 @@ class AssembleEmails(ProcessFunction):
         self.counts.write()
 
     def process_element(self, request, ctx):
-        from orion.campaigns.email import ASSEMBLY_SOURCE, AssemblyError
+        from orion.campaigns.email import assemble_one
 
-        try:
-            email = self.assembler.assemble(request)
-        except AssemblyError as err:
-            self.counts.inc("dead_letters")
-            self.counts.inc("flow_dead_letters")
-            self.counts.inc(f"dead_letters:{err.reason}")
-            yield DEAD, DeadLetter(request._asdict(), err.reason, err.detail, ASSEMBLY_SOURCE)
-            return
-        self.counts.inc("emails_assembled")
-        yield email
+        made, counts = assemble_one(self.assembler, request)
+        for name, n in counts.items():
+            self.counts.inc(name, n)
+        yield (DEAD, made) if isinstance(made, DeadLetter) else made
 
 
 class WriteInBatches(KeyedProcessFunction):
@@ -630,21 +640,50 @@ class StoreWriter:
         self.stores = OpenedPerThread(lambda: open_initialised_store(self.store_uri))
 
     def write(self, batch: list[Activity]):
-        from orion.transforms.sinks import STORE_SOURCE
-
         store = self.stores.get()
-        result = store.write_with_failures(batch)
-        self.counts.inc("stored", result.written)
-        refused = {id(f.activity): f for f in result.failed}
-        if refused:
-            self.counts.inc("store_failed", len(refused))
-            self.counts.inc("dead_letters", len(refused))
-        for failure in result.failed:
-            self.counts.inc(f"dead_letters:{failure.reason}")
-            yield DeadLetter(failure.activity.to_json_dict(), failure.reason, failure.detail, STORE_SOURCE)
-        written = [activity for activity in batch if id(activity) not in refused]
-        if written:
-            self.counts.inc("indexed", store.index_activities(written))
+        done = write_batch(store, batch)
+        for name, n in done.counts.items():
+            self.counts.inc(name, n)
+        yield from done.refused.values()
+        if done.written:
+            self.counts.inc("indexed", store.index_activities(done.written))
+
+    def close(self) -> None:
+        if hasattr(self, "stores"):
+            self.stores.close()
+
+
+class ProfileWriter:
+    """Writes batches of lead profiles (orion.store.base.StoredProfile) into the store
+    named by `store_uri`, as Beam's WriteProfiles does: within a batch only each lead's
+    last profile (the newest: a lead's profiles arrive in order, on one shard). Writing
+    a profile replaces the lead's row, so a batch written again after a restart changes
+    nothing. A profile the store cannot hold (ids that are not UTF-8 text, say) is a
+    DeadLetter (source "store"), not a failed job; a store that cannot be reached raises
+    StoreError, as StoreWriter's. Counter: `profiles_written`."""
+
+    def __init__(self, store_uri: str):
+        self.store_uri = store_uri
+
+    def open(self, counts: Counts) -> None:
+        self.counts = counts
+        self.stores = OpenedPerThread(lambda: open_initialised_store(self.store_uri))
+
+    def write(self, batch: list):
+        latest = {(profile.tenant, profile.lead_id): profile for profile in batch}
+        store = self.stores.get()
+        try:
+            self.counts.inc("profiles_written", store.write_profiles(list(latest.values())))
+            return
+        except ValueError:
+            pass  # one of them cannot be stored: write them one by one, to find which
+        for profile in latest.values():
+            try:
+                self.counts.inc("profiles_written", store.write_profiles([profile]))
+            except ValueError as refused:
+                self.counts.inc("dead_letters")
+                self.counts.inc(f"dead_letters:{UNSTORABLE}")
+                yield DeadLetter(profile._asdict(), UNSTORABLE, str(refused), STORE_SOURCE)
 
     def close(self) -> None:
         if hasattr(self, "stores"):
@@ -668,19 +707,10 @@ class OutboxWriter:
         self.outboxes = OpenedPerThread(lambda: _opened_outbox(self.outbox_uri))
 
     def write(self, batch: list):
-        from orion.campaigns.flows import HeldEmail, WebhookCall
-        from orion.campaigns.outbox import email_record, held_record, webhook_record
+        from orion.campaigns.outbox import records_by_kind
 
-        by_kind: dict[str, list] = {"queued_emails": [], "queued_held": [], "queued_webhooks": []}
-        for item in batch:
-            if isinstance(item, HeldEmail):
-                by_kind["queued_held"].append(held_record(item))
-            elif isinstance(item, WebhookCall):
-                by_kind["queued_webhooks"].append(webhook_record(item))
-            else:
-                by_kind["queued_emails"].append(email_record(item))
         outbox = self.outboxes.get()
-        for kind, records in by_kind.items():
+        for kind, records in records_by_kind(batch).items():
             if records:
                 new = outbox.queue(records)
                 self.counts.inc(kind, new)
@@ -708,8 +738,6 @@ class JsonLinesWriter:
         self.file = None
 
     def write(self, batch: list):
-        from orion.transforms.sinks import _to_json as record_json
-
         if self.file is None:
             self.file = open(self.path, "a", encoding="utf-8")
         self.file.write("".join(record_json(record) + "\n" for record in batch))
@@ -721,6 +749,48 @@ class JsonLinesWriter:
         if getattr(self, "file", None) is not None:
             self.file.close()
             self.file = None
+
+
+def record_json(record) -> str:
+    """One JSONL line of an outcome or dead letter, as Beam's WriteJsonLines writes it."""
+    to_json = getattr(record, "to_json", None)
+    if to_json is not None:
+        return to_json()
+    to_dict = getattr(record, "to_json_dict", None)
+    return json.dumps(to_dict() if to_dict else record, ensure_ascii=False, default=str)
+
+
+# Shard keys of the sinks: small picklable callables (a lambda would capture its
+# closure), here so the workers import only this module.
+
+
+class ByLead:
+    """Records of one lead (activities, outcomes, profiles) on one shard, in order."""
+
+    def __init__(self, shards: int):
+        self.shards = shards
+
+    def __call__(self, record) -> int:
+        return shard_of(f"{record.tenant}\x00{record.lead_id}", self.shards)
+
+
+class ByDeadLetter:
+    def __init__(self, shards: int):
+        self.shards = shards
+
+    def __call__(self, dead_letter) -> int:
+        return shard_of(f"{dead_letter.source}\x00{dead_letter.reason}", self.shards)
+
+
+class ByOutboxKey:
+    """Outbox records by their idempotency key's lead."""
+
+    def __init__(self, shards: int):
+        self.shards = shards
+
+    def __call__(self, record) -> int:
+        request = getattr(record, "request", record)  # a HeldEmail holds its request
+        return shard_of(f"{request.tenant}\x00{request.lead_id}", self.shards)
 
 
 class BareKeyedState(KeyedProcessFunction):
@@ -740,7 +810,7 @@ class ParseJsonKey(FlatMapFunction):
 
     def flat_map(self, named_file):
         _, path = named_file
-        with _open_compressed(path) as lines:
+        with open_compressed(path) as lines:
             for line in lines:
                 if line.strip():
                     record = json.loads(line)

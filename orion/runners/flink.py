@@ -1,19 +1,26 @@
 """Launching the activity graph as a PyFlink DataStream job, on the same engine-neutral
 core as the Beam graph (`orion.flink.functions` are the adapters):
 
-    source ─► ReadActivityFiles / ParseActivities ─► key by (tenant, lead) ─► SequenceAndEvaluate
-              │ DEAD ─► dead letters                                          ├─► STORE ─► WriteActivities
-              │                                                               │     │      (store, index)
-              │                                      (with an outbox)         │     └─► RunFlows ─► AssembleEmails
-              │                                                               │           │         ─► QueueEmails
-              │                                                               │           ├─► generated ─► WriteActivities
-              │                                                               ├─► outcomes, the flows' ─► WriteOutcomes
-              └───────────────────────────────────────────────────────────────┴─► DEAD, every stage's ─► WriteDeadLetters
+    source ─► ReadActivityFiles ─► key by (tenant, lead) ─► LeadStep ─┬─► outcomes ─► WriteOutcomes
+              / ParseActivities      ▲                    (one step   ├─► STORE ─► WriteActivities (store, index)
+              │                      │                     per lead)  ├─► PROFILES ─► WriteProfiles (store)
+              │   WakeUps ───────────┘                                ├─► EMAILS ─► AssembleEmails ─┐  with an outbox:
+              │   (bounded, with an outbox: stored leads              ├─► OUTBOX: held emails,      ├─► QueueEmails
+              │    whose flow wait is due by the horizon)             │   webhook calls ────────────┘
+              │ DEAD                                                  │
+              └───────────────────────────────────────────────────────┴─► DEAD, every stage's ─► WriteDeadLetters
 
-Sources: JSONL files (bounded: each lead is released once, fully ordered, at the end of
-input), a directory monitored for new files (unbounded, `watch=True`), or a Kafka topic
-(unbounded; needs the Kafka connector jar in `jars`). Unbounded sources get a
-bounded-out-of-orderness watermark equal to the allowed lateness.
+LeadStep is the one stateful step per lead (orion.leadstep): each activity is evaluated
+once, in event-time order, and, with an outbox, the campaign flows it qualifies the lead
+for run inline (waits are event-time timers). A lead new to the job is seeded from its
+profile in the store; every change is written back (WriteProfiles).
+
+Sources: JSONL files (bounded: each lead is replayed once, fully ordered, at the end of
+input, then the flow waits due by the horizon, the input's newest activity, resume; a
+lead not in the input whose stored profile has such a wait is woken too), a directory
+monitored for new files (unbounded, `watch=True`), or a Kafka topic (unbounded; needs
+the Kafka connector jar in `jars`). Unbounded sources get a bounded-out-of-orderness
+watermark equal to the allowed lateness.
 
 Runs on a local mini-cluster by default, on a remote cluster with `flink_master`; the
 Python workers run this very interpreter (`python.executable` = sys.executable).
@@ -40,13 +47,13 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 from urllib.parse import urlsplit
 
-from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH
-from orion.runners.direct import RunConfig, clear_previous_outputs, output_prefixes, render_summary
+# The run's settings and the summary are engine-neutral, shared with the Beam runners:
+# nothing here imports Beam. (FlinkOptions is importable from here too.)
+from orion.leadstep import END_OF_TIME_MS
+from orion.settings import FlinkOptions, RunConfig, clear_previous_outputs, effective_store_uri, output_prefixes
+from orion.summary import campaigns_fired, render_summary
 
 COUNTERS_DIR = ".flink-counters"  # under the output directory: each function's counts
-DEFAULT_LEAD_TTL_DAYS = 400
-DEFAULT_BATCH_SIZE = 500
-DEFAULT_FLUSH_AFTER_MS = 500
 PYTHON_WORKER_MODE = "_python_worker_execution_mode"  # PyFlink's switch: loopback or process
 SHARDS_PER_INSTANCE = 2  # sink shards per parallel instance: spreads key groups evenly
 MISSING_FLINK = (
@@ -57,34 +64,6 @@ MISSING_FLINK = (
 )
 
 
-class FlinkOptions(NamedTuple):
-    """How the Flink job runs; the graph's own settings are RunConfig's."""
-
-    parallelism: int = 1
-    checkpoint_interval_s: float | None = None  # None: no periodic checkpoints
-    flink_master: str | None = None  # HOST:PORT of a remote JobManager's REST endpoint
-    savepoint_dir: str | None = None  # an unbounded job stops with a savepoint here
-    from_savepoint: str | None = None  # restore the job's state from this savepoint
-    jars: tuple[str, ...] = ()  # connector jars (Kafka), local paths or file:// URLs
-    watch: bool = False  # `events` is a directory, monitored for new files (unbounded)
-    monitor_interval_s: float = 1.0
-    kafka_servers: str | None = None  # with kafka_topic: read Kafka instead of files
-    kafka_topic: str | None = None
-    kafka_group: str = "orion"
-    execution_mode: str = "process"  # python.execution-mode: process or thread
-    bundle_size: int | None = None  # python.fn-execution.bundle.size (Flink's default: 100,000)
-    state_cache_size: int | None = None  # python.state.cache-size: keys' state cached in Python (default 1,000)
-    lead_ttl_days: int = DEFAULT_LEAD_TTL_DAYS
-    idle_release_s: float | None = None  # unbounded: poll waiting leads this often (default: the allowed lateness)
-    batch_size: int = DEFAULT_BATCH_SIZE
-    flush_after_ms: int = DEFAULT_FLUSH_AFTER_MS
-    max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH  # flows: how deep campaigns may trigger campaigns
-
-    @property
-    def bounded(self) -> bool:
-        return not self.watch and self.kafka_topic is None
-
-
 class JobStreams(NamedTuple):
     """The job's streams, for callers that attach more."""
 
@@ -92,6 +71,7 @@ class JobStreams(NamedTuple):
     stored: object  # DataStream of activities to store (with an outbox: the flows' too)
     dead_letters: object  # DataStream of DeadLetter, from every stage
     emails: object | None = None  # with an outbox: DataStream of AssembledEmail
+    profiles: object | None = None  # DataStream of orion.store.base.StoredProfile
 
 
 class FlinkRun(NamedTuple):
@@ -118,8 +98,6 @@ def job_store_uri(config: RunConfig) -> str:
     """The store the job writes and seeds leads from, as the Beam graph's
     (`effective_store_uri`: --store, or with --mode the legacy or migrating store), with
     local paths made absolute."""
-    from orion.runners.direct import effective_store_uri
-
     local = config._replace(store_uri=absolute_store_uri(config.store_uri), out_dir=config.out_dir.resolve())
     return effective_store_uri(local)
 
@@ -209,34 +187,47 @@ def match_files(pattern: str) -> list[tuple[str, str]]:
 
 
 def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
-    """Wire the job on `env`: source, parse, key by lead, sequence and evaluate, sinks.
+    """Wire the job on `env`: source, parse, key by lead, the one step per lead, sinks.
     Every stateful step has a uid, so a savepoint maps onto a changed job.
 
     With `config.outbox_uri`, campaign flows run as in the Beam graph
-    (orion/pipelines/activity_graph.py): RunFlows runs the flows of what qualifies over
-    the released activities, AssembleEmails renders the email requests, and QueueEmails
-    queues the emails, held emails and webhook calls in the outbox. The activities flow
-    steps generate are stored with the others, the outcomes of evaluating them join the
-    outcomes, and flow and assembly failures join the dead letters."""
+    (orion/pipelines/activity_graph.py): LeadStep runs the flows of what qualifies
+    inline, AssembleEmails renders the email requests, and QueueEmails queues the
+    emails, held emails and webhook calls in the outbox. The activities flow steps
+    generate are stored with the others, their outcomes join the outcomes, and flow and
+    assembly failures join the dead letters. A bounded input then has a horizon (its
+    newest activity, `input_horizon`): the waits due by it resume, those of leads not in
+    the input too (`due_wake_ups`, read from the store before the job starts)."""
     from pyflink.common import Duration, Types, WatermarkStrategy
     from pyflink.datastream.connectors.base import Sink
     from pyflink.java_gateway import get_gateway
 
     from orion.flink import functions as fn
-
     rules_dir = os.path.abspath(config.rules_dir)
     template_dirs = tuple(os.path.abspath(t) for t in config.template_dirs)
     out_dir = config.out_dir.resolve()
     counters_dir = str(out_dir / COUNTERS_DIR)
     store_uri = job_store_uri(config)
+    run_flows = bool(config.outbox_uri)
+    horizon = None
 
     if options.bounded:
-        files = env.from_collection(match_files(config.events), type_info=Types.TUPLE([Types.STRING(), Types.STRING()]))
+        named_files = match_files(config.events)
+        files = env.from_collection(named_files, type_info=Types.TUPLE([Types.STRING(), Types.STRING()]))
         parsed = (files.rebalance()
                   .process(fn.ReadActivityFiles(rules_dir, template_dirs, config.allowed_lateness_ms, counters_dir),
                            output_type=fn.PICKLED)
                   .name("ReadActivityFiles").uid("read-activity-files"))
         activities = parsed
+        if run_flows:
+            horizon = input_horizon(named_files, rules_dir, template_dirs, config.allowed_lateness_ms)
+            wake_ups = [] if horizon is None else due_wake_ups(store_uri, horizon, rules_dir, template_dirs)
+            if wake_ups:
+                # As plain typed tuples: from_collection cannot hand Python objects over.
+                due = (env.from_collection([tuple(wake_up) for wake_up in wake_ups], type_info=fn.WAKE_UP)
+                       .name("DueLeads").uid("due-leads")
+                       .map(fn.wake_up_of, output_type=fn.PICKLED).name("WakeUps").uid("wake-ups"))
+                activities = parsed.union(due)
     else:
         payloads, source_name = _unbounded_source(env, config, options)
         parsed = (payloads
@@ -250,18 +241,28 @@ def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
                       .with_idleness(Duration.of_millis(max(1000, config.allowed_lateness_ms)))
                       .with_timestamp_assigner(fn.ActivityTime()))
         activities = parsed.assign_timestamps_and_watermarks(watermarks).name("EventTime").uid("event-time")
+        if run_flows:
+            # The leads waiting in a flow in the store when the job starts: a job that
+            # replaced another without its savepoint still resumes their waits.
+            wake_ups = due_wake_ups(store_uri, END_OF_TIME_MS, rules_dir, template_dirs)
+            if wake_ups:
+                waiting = (env.from_collection([tuple(wake_up) for wake_up in wake_ups], type_info=fn.WAKE_UP)
+                           .name("WaitingLeads").uid("waiting-leads")
+                           .map(fn.wake_up_of, output_type=fn.PICKLED).name("WaitingWakeUps").uid("waiting-wake-ups"))
+                activities = activities.union(waiting)
     parse_dead = parsed.get_side_output(fn.DEAD)
 
-    evaluated = (activities
-                 .key_by(fn.lead_key, key_type=fn.LEAD_KEY)
-                 .process(fn.SequenceAndEvaluate(rules_dir, template_dirs, config.dedup_span_ms, options.bounded,
-                                                 options.lead_ttl_days, counters_dir,
-                                                 idle_release_ms=_idle_release_ms(config, options),
-                                                 seed_store_uri=store_uri),
-                          output_type=fn.PICKLED)
-                 .name("SequenceAndEvaluate").uid("sequence-and-evaluate"))
-    stored = evaluated.get_side_output(fn.STORE)
-    late = evaluated.get_side_output(fn.DEAD)
+    steps = (activities
+             .key_by(fn.lead_key, key_type=fn.LEAD_KEY)
+             .process(fn.LeadStep(rules_dir, template_dirs, dedup_span_ms=config.dedup_span_ms,
+                                  bounded=options.bounded, run_flows=run_flows,
+                                  max_cascade_depth=options.max_cascade_depth, lead_ttl_days=options.lead_ttl_days,
+                                  horizon=horizon, seed_store_uri=store_uri, counters_dir=counters_dir,
+                                  idle_release_ms=_idle_release_ms(config, options)),
+                      output_type=fn.PICKLED)
+             .name("LeadStep").uid("lead-step"))
+    stored = steps.get_side_output(fn.STORE)
+    profiles = steps.get_side_output(fn.PROFILES)
 
     shards = max(1, options.parallelism * SHARDS_PER_INSTANCE)
     discard = Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink())
@@ -273,35 +274,65 @@ def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
                          output_type=fn.PICKLED)
                 .name(name).uid(uid))
 
-    outcomes, to_store, emails = evaluated, stored, None
-    dead_letter_parts = [late]
-    if config.outbox_uri:
-        flows = (stored
-                 .key_by(fn.lead_key, key_type=fn.LEAD_KEY)
-                 .process(fn.RunFlows(rules_dir, template_dirs, options.max_cascade_depth, options.lead_ttl_days,
-                                      counters_dir, seed_store_uri=store_uri),
-                          output_type=fn.PICKLED)
-                 .name("RunFlows").uid("run-flows"))
-        emails = (flows
+    emails = None
+    dead_letter_parts = [parse_dead, steps.get_side_output(fn.DEAD)]
+    if run_flows:
+        emails = (steps.get_side_output(fn.EMAILS)
                   .process(fn.AssembleEmails(rules_dir, template_dirs, counters_dir=counters_dir),
                            output_type=fn.PICKLED)
                   .name("AssembleEmails").uid("assemble-emails"))
-        write_in_batches(emails.union(flows.get_side_output(fn.OUTBOX)), _ByOutboxKey(shards),
+        write_in_batches(emails.union(steps.get_side_output(fn.OUTBOX)), fn.ByOutboxKey(shards),
                          fn.OutboxWriter(absolute_outbox_uri(config.outbox_uri)),
                          "QueueEmails", "queue-emails").sink_to(discard).name("EmailsQueued")
-        to_store = stored.union(flows.get_side_output(fn.GENERATED))
-        outcomes = evaluated.union(flows.get_side_output(fn.FLOW_OUTCOMES))
-        dead_letter_parts += [flows.get_side_output(fn.DEAD), emails.get_side_output(fn.DEAD)]
+        dead_letter_parts.append(emails.get_side_output(fn.DEAD))
 
-    refused = write_in_batches(to_store, _ByLead(shards), fn.StoreWriter(store_uri),
-                               "WriteActivities", "write-activities")
+    dead_letter_parts.append(write_in_batches(stored, fn.ByLead(shards), fn.StoreWriter(store_uri),
+                                              "WriteActivities", "write-activities"))
+    dead_letter_parts.append(write_in_batches(profiles, fn.ByLead(shards), fn.ProfileWriter(store_uri),
+                                              "WriteProfiles", "write-profiles"))
     outcomes_prefix, dead_prefix = output_prefixes(out_dir)
-    write_in_batches(outcomes, _ByLead(shards), fn.JsonLinesWriter(outcomes_prefix, "outcomes_written"),
+    write_in_batches(steps, fn.ByLead(shards), fn.JsonLinesWriter(outcomes_prefix, "outcomes_written"),
                      "WriteOutcomes", "write-outcomes").sink_to(discard).name("OutcomesWritten")
-    dead_letters = parse_dead.union(*dead_letter_parts, refused)
-    write_in_batches(dead_letters, _ByDeadLetter(shards), fn.JsonLinesWriter(dead_prefix, "dead_letters_written"),
+    dead_letters = dead_letter_parts[0].union(*dead_letter_parts[1:])
+    write_in_batches(dead_letters, fn.ByDeadLetter(shards), fn.JsonLinesWriter(dead_prefix, "dead_letters_written"),
                      "WriteDeadLetters", "write-dead-letters").sink_to(discard).name("DeadLettersWritten")
-    return JobStreams(outcomes, to_store, dead_letters, emails)
+    return JobStreams(steps, stored, dead_letters, emails, profiles)
+
+
+def input_horizon(named_files: list[tuple[str, str]], rules_dir: str, template_dirs: tuple[str, ...],
+                  allowed_lateness_ms: int) -> int | None:
+    """The horizon of a bounded input: the newest occurred_at of its activities, the
+    files read as ReadActivityFiles reads them (the same parser and replay lateness), so
+    it is the Beam graph's too; None when there is no activity. Event time never passes
+    it: waits due later stay in the leads' profiles for a later run."""
+    from orion.activities import Activity
+    from orion.flink.functions import open_compressed
+    from orion.intake import read_lines
+    from orion.rules.shared import shared_rules
+
+    types = shared_rules(rules_dir, template_dirs).activity_types
+    newest = None
+    for name, path in named_files:
+        with open_compressed(path) as lines:
+            for found in read_lines(lines, types, name, allowed_lateness_ms):
+                if isinstance(found, Activity) and (newest is None or found.occurred_at > newest):
+                    newest = found.occurred_at
+    return newest
+
+
+def due_wake_ups(store_uri: str, horizon: int, rules_dir: str, template_dirs: tuple[str, ...]) -> list:
+    """A WakeUp for each lead of the rules' tenants whose stored profile has a flow wait
+    due by `horizon` (the store's `due_profiles`)."""
+    from orion.leadstep import WakeUp
+    from orion.rules.shared import shared_rules
+    from orion.seeding import open_initialised_store
+
+    tenants = sorted(shared_rules(rules_dir, template_dirs).tenants)
+    store = open_initialised_store(store_uri)
+    try:
+        return [WakeUp(tenant, lead_id, wake_at) for tenant, lead_id, wake_at in store.due_profiles(horizon, tenants)]
+    finally:
+        store.close()
 
 
 def _unbounded_source(env, config: RunConfig, options: FlinkOptions):
@@ -333,46 +364,10 @@ def _unbounded_source(env, config: RunConfig, options: FlinkOptions):
     return stream.uid("monitored-files"), config.events
 
 
-# Small picklable callables (a lambda would capture the whole closure).
-
-
 def _idle_release_ms(config: RunConfig, options: FlinkOptions) -> int:
     if options.idle_release_s is not None:
         return int(options.idle_release_s * 1000)
     return max(1000, config.allowed_lateness_ms)
-
-
-class _ByLead:
-    def __init__(self, shards: int):
-        self.shards = shards
-
-    def __call__(self, record) -> int:
-        from orion.flink.functions import shard_of
-
-        return shard_of(f"{record.tenant}\x00{record.lead_id}", self.shards)
-
-
-class _ByDeadLetter:
-    def __init__(self, shards: int):
-        self.shards = shards
-
-    def __call__(self, dead_letter) -> int:
-        from orion.flink.functions import shard_of
-
-        return shard_of(f"{dead_letter.source}\x00{dead_letter.reason}", self.shards)
-
-
-class _ByOutboxKey:
-    """Outbox records by their idempotency key's lead."""
-
-    def __init__(self, shards: int):
-        self.shards = shards
-
-    def __call__(self, record) -> int:
-        from orion.flink.functions import shard_of
-
-        request = getattr(record, "request", record)  # a HeldEmail holds its request
-        return shard_of(f"{request.tenant}\x00{request.lead_id}", self.shards)
 
 
 # --- running ---------------------------------------------------------------------------
@@ -509,15 +504,27 @@ def run_flink(config: RunConfig, parallelism: int = 1, checkpoint_interval: floa
         else:
             job.cancel()
     totals = read_counters(config.out_dir)
-    print(render_summary(totals, clock() - started), file=out)
+    print(render_summary(totals, clock() - started, campaigns_fired(config.out_dir)), file=out)
     if config.outbox_uri:
         print(f"outbox:       {config.outbox_uri}", file=out)
     return FlinkRun(totals, savepoint)
 
 
+def run_from_args(config: RunConfig, args: argparse.Namespace) -> int:
+    """`orion run --runner flink`: run the PyFlink job with the parsed options."""
+    from orion.runners.flink_options import flink_options_from
+
+    try:
+        run_flink(config, options=flink_options_from(args))
+    except FlinkUnavailable as error:
+        print(f"orion: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    from orion.runners.flink_options import add_flink_arguments, flink_options_from
-    from orion.cli import DEFAULT_DATA_DIR, DEFAULT_STORE, SAMPLE_EVENTS, SAMPLE_RULES
+    from orion.runners.flink_options import add_flink_arguments
+    from orion.settings import DEFAULT_DATA_DIR, DEFAULT_STORE, SAMPLE_EVENTS, SAMPLE_RULES
 
     parser = argparse.ArgumentParser(prog="python -m orion.runners.flink", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", default=str(SAMPLE_EVENTS))
@@ -536,12 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         store_uri=args.store, out_dir=args.out_dir, allowed_lateness_ms=int(args.allowed_lateness * 1000),
         dedup_span_ms=int(args.dedup_span * 3_600_000), duration_s=args.duration, beam_args=(),
         outbox_uri=args.outbox)
-    try:
-        run_flink(config, options=flink_options_from(args))
-    except FlinkUnavailable as error:
-        print(f"orion: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_from_args(config, args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ building the command line imports neither PyFlink nor Beam."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_flink_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +24,7 @@ def add_flink_arguments(parser: argparse.ArgumentParser) -> None:
                        help="--events names a directory: read new files as they appear (unbounded)")
     group.add_argument("--kafka-servers", metavar="HOST:PORT[,...]", help="read Kafka (needs --jars)")
     group.add_argument("--kafka-topic", metavar="TOPIC")
-    group.add_argument("--python-execution-mode", choices=("process", "thread"), default="process",
+    group.add_argument("--python-execution-mode", choices=("process", "thread"), default="thread",
                        help="Flink's python.execution-mode (default: %(default)s)")
     group.add_argument("--bundle-size", type=int, metavar="N",
                        help="Flink's python.fn-execution.bundle.size: elements per bundle handed to "
@@ -33,7 +32,7 @@ def add_flink_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def flink_options_from(args: argparse.Namespace):
-    from orion.runners.flink import FlinkOptions
+    from orion.settings import FlinkOptions
 
     if (args.kafka_servers is None) != (args.kafka_topic is None):
         raise SystemExit("orion: --kafka-servers and --kafka-topic go together")
@@ -56,15 +55,3 @@ def beam_runner_args(args: argparse.Namespace) -> tuple[str, ...]:
     """The options of this group a Beam runner takes too (Beam's FlinkRunner: --parallelism),
     passed on to Beam when `orion run --runner` names a Beam runner."""
     return () if args.parallelism is None else (f"--parallelism={args.parallelism}",)
-
-
-def run_from_args(config, args: argparse.Namespace) -> int:
-    """`orion run --runner flink`: run the PyFlink job with the parsed options."""
-    from orion.runners.flink import FlinkUnavailable, run_flink
-
-    try:
-        run_flink(config, options=flink_options_from(args))
-    except FlinkUnavailable as error:
-        print(f"orion: {error}", file=sys.stderr)
-        return 2
-    return 0

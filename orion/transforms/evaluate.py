@@ -32,7 +32,10 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from orion.activities import Activity, MS_PER_DAY, activity_sort_key
 from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH
-from orion.leadstep import DEAD, EMAIL, HELD, OUTCOME, PROFILE, STORE, WEBHOOK, LeadStep, SeedRequest, StepResult
+from orion.leadstep import (
+    DEAD, EMAIL, END_OF_TIME_MS, HELD, OUTCOME, PROFILE, STORE, WEBHOOK, LeadStep, SeedRequest, StepResult,
+    WakeUp,
+)
 from orion.profiles import EMPTY_RECORD
 from orion.runtime import tune_gc
 from orion.seeding import open_initialised_store
@@ -44,20 +47,8 @@ from orion.transforms.intake import METRICS_NAMESPACE
 # Bounded input: leads seeded from the store together (see _ReplayLeadsFn).
 SEED_BATCH = 200
 _GLOBAL = (GlobalWindow(),)
-_END_OF_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: every wait is due by then
 # Outputs besides the main one (the outcomes), in the order LeadSteps returns them.
 SIDE_OUTPUTS = (STORE, DEAD, EMAIL, HELD, WEBHOOK, PROFILE)
-
-
-class WakeUp(NamedTuple):
-    """A lead whose stored profile has a flow waiting until `wake_at`, keyed by the lead
-    into the step. Bounded input: a lead whose wait is due by the horizon, grouped with
-    its activities (if any) so it is woken. Streaming: a lead waiting when the job
-    starts, so a new job (no savepoint) resumes its waits (see `waiting_leads`)."""
-
-    tenant: str
-    lead_id: str
-    wake_at: int
 
 
 class _WatermarkFloor:
@@ -402,7 +393,7 @@ def waiting_leads(store_uri: str, rules_dir: str, template_dirs: tuple[str, ...]
     store = open_initialised_store(store_uri)
     try:
         return [((tenant, lead_id), WakeUp(tenant, lead_id, wake_at))
-                for tenant, lead_id, wake_at in store.due_profiles(_END_OF_TIME_MS, tenants)]
+                for tenant, lead_id, wake_at in store.due_profiles(END_OF_TIME_MS, tenants)]
     finally:
         store.close()
 
