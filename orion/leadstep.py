@@ -72,11 +72,18 @@ BAD_PROFILE = "bad_profile"  # the reason, when a stored profile cannot be read
 # for the leads waiting until then, that is, every waiting lead.
 END_OF_TIME_MS = 253_402_300_799_999
 
+# The most activities one lead may have waiting for release. One very hot lead (a bot)
+# must not exhaust a worker's memory: past this, the engines release what the lead has
+# buffered at once, in order, without waiting for the allowed lateness, and count it as
+# `hot_lead_releases`; an activity of that lead arriving later than what was released
+# is then `late`, a dead letter, as any late activity is. Nothing is dropped.
+DEFAULT_MAX_PENDING = 10_000
+
 # Every counter name a step uses (bounded: no name per campaign, tenant or lead).
 COUNTERS = (
     "evaluated", "outcomes", "qualified", "duplicates", "dead_letters", "dead_letters:late",
     "emails_requested", "emails_held", "webhooks", "flow_activities", "flow_dead_letters",
-    "leads_seeded_from_store", "profiles_loaded", "profiles_emitted",
+    "leads_seeded_from_store", "profiles_loaded", "profiles_emitted", "hot_lead_releases",
 )
 
 
@@ -128,10 +135,13 @@ class LeadStep:
     """The step, holding only the compiled rules and the settings. See the module doc."""
 
     def __init__(self, rules: RuleSet, *, dedup_span_ms: int = DEFAULT_DEDUP_SPAN_MS, run_flows: bool = True,
-                 max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH):
+                 max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH, max_pending: int = DEFAULT_MAX_PENDING):
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
         self.rules = rules
         self.dedup_span_ms = dedup_span_ms
         self.run_flows = run_flows
+        self.max_pending = max_pending
         self.engine = FlowEngine(rules, max_cascade_depth)
 
     # arrival and release (streaming) ------------------------------------------------
@@ -144,6 +154,14 @@ class LeadStep:
             return True
         self._behind(LeadProgress(released, seen() or {}), activity, result)
         return False
+
+    def over_budget(self, buffered: int, result: StepResult) -> bool:
+        """Whether a lead with `buffered` activities waiting must be released now (see
+        DEFAULT_MAX_PENDING); counted as a hot-lead release when it must."""
+        if buffered <= self.max_pending:
+            return False
+        result.count("hot_lead_releases")
+        return True
 
     def _behind(self, progress: LeadProgress, activity: Activity, result: StepResult) -> None:
         if classify_behind(progress, activity) == DUPLICATE:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH
+from orion.leadstep import DEFAULT_MAX_PENDING
 from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
@@ -88,6 +89,7 @@ class FlinkOptions(NamedTuple):
     batch_size: int = DEFAULT_BATCH_SIZE
     flush_after_ms: int = DEFAULT_FLUSH_AFTER_MS
     max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH  # flows: how deep campaigns may trigger campaigns
+    max_pending: int = DEFAULT_MAX_PENDING  # a hot lead's buffer: released at once past this
 
     @property
     def bounded(self) -> bool:

@@ -315,3 +315,59 @@ def test_a_lead_within_its_state_ttl_keeps_its_state_in_the_job(rules_dir, tmp_p
     result.wait_until_finish()
     counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
     assert not counters.get("profiles_loaded"), "the lead's state was still in the job"
+
+
+# --- a hot lead ----------------------------------------------------------------------------
+
+
+def test_a_hot_lead_past_its_buffer_bound_is_released_at_once_and_nothing_is_lost(rules_dir):
+    """A lead (a bot) sending more activities within the allowed lateness than the step
+    buffers: past the bound they are released at once, in order; one arriving later
+    than what was released is a `late` dead letter. Every activity is stored or a dead
+    letter, and the other lead is untouched."""
+    arrivals = [arriving(visit(f"h{n}", T0 + n * SECOND), T0 + n * SECOND) for n in range(1, 8)]
+    stream = (
+        TestStream()
+        .advance_watermark_to(T0 / 1000)
+        .add_elements(arrivals[:4])  # 4 > max_pending 3: released at once
+        .add_elements([arriving(visit("old", T0 + 2 * SECOND + 500), T0 + 5 * SECOND)])  # behind what was released
+        .add_elements(arrivals[4:])
+        .add_elements([arriving(visit("calm", T0 + SECOND, lead="L2"), T0 + SECOND)])
+    )
+    stream = finish(stream)
+
+    def check(out):
+        assert_that(event_ids(out.stored, "Stored"),
+                    equal_to([f"h{n}" for n in range(1, 8)] + ["calm"]), label="AllStored")
+        assert_that(dead_reasons(out.dead_letters), equal_to([("late", "old")]), label="OldIsLate")
+
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    pipeline = beam.Pipeline(options=options)
+    activities, dead = pipeline | stream | ParseActivities(rules_dir)
+    outputs = build_activity_graph(
+        activities, dead, GraphSettings(rules_dir, allowed_lateness_ms=60 * SECOND, bounded=False,
+                                        one_watermark_per_stage=True, max_pending=3))
+    check(outputs)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+    assert counters.get("hot_lead_releases") == 1
+
+
+def test_a_hot_lead_in_a_file_is_replayed_in_bounded_chunks(rules_dir, tmp_path):
+    """Bounded input: a lead with more activities than max_pending is replayed a chunk
+    at a time; a file in event-time order loses nothing and evaluates everything once."""
+    pipeline = beam.Pipeline()
+    lines = [visit(f"h{n:02d}", T0 + n * SECOND) for n in range(10)] + [visit("calm", T0, lead="L2")]
+    activities, dead = (pipeline | beam.Create(lines) | ParseActivities(rules_dir))
+    outputs = build_activity_graph(activities, dead, GraphSettings(rules_dir, bounded=True, max_pending=3))
+    assert_that(event_ids(outputs.stored, "Stored"), equal_to([f"h{n:02d}" for n in range(10)] + ["calm"]))
+    assert_that(qualified(outputs.outcomes) | "FirstVisits" >> beam.Filter(lambda q: q[0] == "First visit"),
+                equal_to([("First visit", "h00"), ("First visit", "calm")]), label="OnceAcrossChunks")
+    assert_that(outputs.dead_letters, equal_to([]), label="NoDeadLetters")
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+    assert counters.get("hot_lead_releases") == 2, "chunks of 4, 4 and 2 activities: two past the bound of 3"
+    assert counters.get("evaluated") == 11

@@ -342,7 +342,8 @@ class LeadStep(KeyedProcessFunction):
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], *, dedup_span_ms: int, bounded: bool,
                  run_flows: bool, max_cascade_depth: int, lead_ttl_days: int, horizon: int | None = None,
                  seed_store_uri: str | None = None, counters_dir: str | None = None,
-                 idle_release_ms: int = 60_000):
+                 idle_release_ms: int = 60_000, max_pending: int = leadstep.DEFAULT_MAX_PENDING):
+        self.max_pending = max_pending
         self.rules_dir = rules_dir
         self.template_dirs = tuple(template_dirs)
         self.dedup_span_ms = dedup_span_ms
@@ -369,9 +370,10 @@ class LeadStep(KeyedProcessFunction):
         self.due = runtime_context.get_state(ValueStateDescriptor("due", Types.LONG()))
         self.wake_at = runtime_context.get_state(ValueStateDescriptor("wake_at", Types.LONG()))
         self.poll_due = runtime_context.get_state(ValueStateDescriptor("poll_due", Types.LONG()))
+        self.buffered = runtime_context.get_state(ValueStateDescriptor("buffered", Types.LONG()))
         self.step = leadstep.LeadStep(_load_rules(self.rules_dir, self.template_dirs),
                                       dedup_span_ms=self.dedup_span_ms, run_flows=self.run_flows,
-                                      max_cascade_depth=self.max_cascade_depth)
+                                      max_cascade_depth=self.max_cascade_depth, max_pending=self.max_pending)
         self.counts = Counts(runtime_context, self.counters_dir, "LeadStep")
         self.seed_stores = (None if self.seed_store_uri is None
                             else OpenedPerThread(lambda: open_initialised_store(self.seed_store_uri)))
@@ -407,8 +409,32 @@ class LeadStep(KeyedProcessFunction):
             self._release_at(END_OF_INPUT if self.bounded else element.occurred_at, timers)
             if not self.bounded and self.poll_due.value() is None:
                 self._poll_later(timers)
-            return
+            count = (self.buffered.value() or 0) + 1
+            if not self.step.over_budget(count, result):
+                self.buffered.update(count)
+                return
+            # A hot lead: what it has buffered is released now, in order (bounded: without
+            # the waits, which resume at the end of input).
+            tenant, lead_id = ctx.get_current_key()
+            if self.bounded:
+                self._replay(tenant, lead_id, result, horizon=None)
+            else:
+                self._release_all(tenant, lead_id, result)
         yield from self._emit(result)
+
+    def _release_all(self, tenant: str, lead_id: str, result: leadstep.StepResult) -> None:
+        """Unbounded: release everything the lead has buffered, whatever the watermark."""
+        stored = self._stored_record()
+        buffered = self._buffered()
+        record = stored
+        if record is None:
+            record = self._seed(tenant, lead_id, min(a.occurred_at for a in buffered), result)
+        record, _ = self.step.release(record, tenant, lead_id, buffered, None, result)
+        if record is not stored:
+            self._store_record(record)
+        self.pending.clear()
+        self.buffered.clear()
+        self.due.clear()
 
     def _seen(self) -> dict | None:
         """The lead's recent event ids: read only for an arrival that sorts before what
@@ -433,18 +459,22 @@ class LeadStep(KeyedProcessFunction):
             self._release_and_wake(tenant, lead_id, up_to, timers, result)
         yield from self._emit(result)
 
-    def _replay(self, tenant: str, lead_id: str, result: leadstep.StepResult) -> None:
-        """The end of a bounded input: the lead's activities in order, then its waits due
-        by the horizon."""
+    _AT_THE_HORIZON = object()
+
+    def _replay(self, tenant: str, lead_id: str, result: leadstep.StepResult, horizon=_AT_THE_HORIZON) -> None:
+        """Bounded input: the lead's buffered activities in order, then its waits due by
+        the horizon (at the end of input; a hot lead's early release passes None)."""
+        horizon = self.horizon if horizon is self._AT_THE_HORIZON else horizon
         buffered = sorted(self._buffered(), key=activity_sort_key)
         self.pending.clear()
+        self.buffered.clear()
         self.due.clear()
-        if not buffered and self.horizon is None:
+        if not buffered and horizon is None:
             return
         record = self._stored_record()
         if record is None:
-            record = self._seed(tenant, lead_id, buffered[0].occurred_at if buffered else self.horizon, result)
-        self._store_record(self.step.replay(record, tenant, lead_id, buffered, self.horizon, result))
+            record = self._seed(tenant, lead_id, buffered[0].occurred_at if buffered else horizon, result)
+        self._store_record(self.step.replay(record, tenant, lead_id, buffered, horizon, result))
 
     def _release_and_wake(self, tenant: str, lead_id: str, up_to: int, timers, result: leadstep.StepResult) -> None:
         """Unbounded input: release the buffered activities the watermark has passed
@@ -467,6 +497,7 @@ class LeadStep(KeyedProcessFunction):
             self.pending.clear()
             if rest:
                 self.pending.add_all([_activity_text(activity) for activity in rest])
+            self.buffered.update(len(rest))
         if rest:
             when = rest[0].occurred_at
             if when != self.due.value():

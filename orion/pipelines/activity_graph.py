@@ -14,6 +14,7 @@ import apache_beam as beam
 
 from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH
 from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS
+from orion.leadstep import DEFAULT_MAX_PENDING
 from orion.settings import DEFAULT_LEAD_TTL_DAYS
 from orion.transforms.evaluate import KeyByLead, LeadSteps
 from orion.transforms.flows import AssembleEmails
@@ -34,6 +35,7 @@ class GraphSettings(NamedTuple):
     # streaming DirectRunner): a release timer then frees every lead's due activities.
     one_watermark_per_stage: bool = False
     lead_ttl_days: int = DEFAULT_LEAD_TTL_DAYS  # streaming: a silent lead's state expires
+    max_pending: int = DEFAULT_MAX_PENDING  # a hot lead's buffer: released at once past this
 
 
 class GraphOutputs(NamedTuple):
@@ -92,6 +94,7 @@ def build_activity_graph(
             seed_store_uri=settings.seed_store_uri,
             one_watermark_per_stage=settings.one_watermark_per_stage,
             lead_ttl_days=settings.lead_ttl_days,
+            max_pending=settings.max_pending,
         )
     )
     dead_letter_parts = [parse_dead_letters, dead]

@@ -258,7 +258,8 @@ def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
                                   bounded=options.bounded, run_flows=run_flows,
                                   max_cascade_depth=options.max_cascade_depth, lead_ttl_days=options.lead_ttl_days,
                                   horizon=horizon, seed_store_uri=store_uri, counters_dir=counters_dir,
-                                  idle_release_ms=_idle_release_ms(config, options)),
+                                  idle_release_ms=_idle_release_ms(config, options),
+                                  max_pending=options.max_pending),
                       output_type=fn.PICKLED)
              .name("LeadStep").uid("lead-step"))
     stored = steps.get_side_output(fn.STORE)

@@ -17,6 +17,7 @@ the profile in the store keeps it, and a lead that comes back is seeded from the
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 from typing import Any, NamedTuple, Tuple
@@ -33,8 +34,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 from orion.activities import Activity, MS_PER_DAY, activity_sort_key
 from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH
 from orion.leadstep import (
-    DEAD, EMAIL, END_OF_TIME_MS, HELD, OUTCOME, PROFILE, STORE, WEBHOOK, LeadStep, SeedRequest, StepResult,
-    WakeUp,
+    DEAD, DEFAULT_MAX_PENDING, EMAIL, END_OF_TIME_MS, HELD, OUTCOME, PROFILE, STORE, WEBHOOK, LeadStep, SeedRequest,
+    StepResult, WakeUp,
 )
 from orion.profiles import EMPTY_RECORD
 from orion.runtime import tune_gc
@@ -116,6 +117,7 @@ class _StepSettings(NamedTuple):
     max_cascade_depth: int
     seed_store_uri: str | None
     lead_ttl_days: int
+    max_pending: int = DEFAULT_MAX_PENDING
 
 
 def _open_step(settings: _StepSettings):
@@ -127,7 +129,7 @@ def _open_step(settings: _StepSettings):
     tune_gc()
     rules = shared_rules(settings.rules_dir, settings.template_dirs)
     step = LeadStep(rules, dedup_span_ms=settings.dedup_span_ms, run_flows=settings.run_flows,
-                    max_cascade_depth=settings.max_cascade_depth)
+                    max_cascade_depth=settings.max_cascade_depth, max_pending=settings.max_pending)
     return step, open_initialised_store(settings.seed_store_uri)
 
 
@@ -142,7 +144,9 @@ class _LeadStepFn(beam.DoFn):
       RECORD    orion.profiles.LeadRecord: progress (with the recent event ids), the lead
                 state, its running flows and recent sends;
       DUE       when RELEASE is set for, so it only ever moves earlier;
-      WAKE_AT   when WAKE is set for, likewise.
+      WAKE_AT   when WAKE is set for, likewise;
+      BUFFERED  how many activities PENDING holds: past the step's max_pending (a hot
+                lead) they are released at once (orion.leadstep.DEFAULT_MAX_PENDING).
     Timers (event time):
       RELEASE   the watermark passed the earliest buffered activity plus the allowed
                 lateness: releases everything the watermark is known to have passed
@@ -158,6 +162,7 @@ class _LeadStepFn(beam.DoFn):
     RECORD = ReadModifyWriteStateSpec("record", LeadRecordCoder())
     DUE = ReadModifyWriteStateSpec("due", VarIntCoder())
     WAKE_AT = ReadModifyWriteStateSpec("wake_at", VarIntCoder())
+    BUFFERED = ReadModifyWriteStateSpec("buffered", VarIntCoder())
     RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
     WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
     EXPIRE = TimerSpec("expire", TimeDomain.WATERMARK)
@@ -183,8 +188,9 @@ class _LeadStepFn(beam.DoFn):
     def process(self, element: tuple[tuple[str, str], Activity],
                 pending=beam.DoFn.StateParam(PENDING), released=beam.DoFn.StateParam(RELEASED),
                 record=beam.DoFn.StateParam(RECORD), due=beam.DoFn.StateParam(DUE),
-                wake_at=beam.DoFn.StateParam(WAKE_AT), release=beam.DoFn.TimerParam(RELEASE),
-                wake=beam.DoFn.TimerParam(WAKE)):
+                wake_at=beam.DoFn.StateParam(WAKE_AT), buffered=beam.DoFn.StateParam(BUFFERED),
+                release=beam.DoFn.TimerParam(RELEASE), wake=beam.DoFn.TimerParam(WAKE),
+                expire=beam.DoFn.TimerParam(EXPIRE)):
         (tenant, lead_id), activity = element
         result = StepResult()
         if isinstance(activity, WakeUp):
@@ -204,11 +210,18 @@ class _LeadStepFn(beam.DoFn):
         seen = lambda: (record.read() or EMPTY_RECORD).progress.seen  # noqa: E731 - read only when behind
         if self.step.arrival(tuple(last) if last is not None else None, seen, activity, result):
             pending.add(activity)
-            when = activity.occurred_at + self.settings.allowed_lateness_ms
-            current = due.read()
-            if current is None or when < current:
-                release.set(_at(when))
-                due.write(when)
+            count = (buffered.read() or 0) + 1
+            if self.step.over_budget(count, result):
+                # A hot lead: release everything it has buffered now.
+                self._release((tenant, lead_id), None, result, pending, released, record, due, wake_at, buffered,
+                              release, wake, expire)
+            else:
+                buffered.write(count)
+                when = activity.occurred_at + self.settings.allowed_lateness_ms
+                current = due.read()
+                if current is None or when < current:
+                    release.set(_at(when))
+                    due.write(when)
         if result.emitted or result.counts:
             yield from self.emitter.emit(result)
 
@@ -216,19 +229,28 @@ class _LeadStepFn(beam.DoFn):
     def on_release(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                    pending=beam.DoFn.StateParam(PENDING), released=beam.DoFn.StateParam(RELEASED),
                    record=beam.DoFn.StateParam(RECORD), due=beam.DoFn.StateParam(DUE),
-                   wake_at=beam.DoFn.StateParam(WAKE_AT), release=beam.DoFn.TimerParam(RELEASE),
-                   wake=beam.DoFn.TimerParam(WAKE), expire=beam.DoFn.TimerParam(EXPIRE)):
-        tenant, lead_id = key
+                   wake_at=beam.DoFn.StateParam(WAKE_AT), buffered=beam.DoFn.StateParam(BUFFERED),
+                   release=beam.DoFn.TimerParam(RELEASE), wake=beam.DoFn.TimerParam(WAKE),
+                   expire=beam.DoFn.TimerParam(EXPIRE)):
         up_to = self._watermark_floor(fired.micros // 1000) - self.settings.allowed_lateness_ms
         result = StepResult()
-        buffered = list(pending.read())
+        self._release(key, up_to, result, pending, released, record, due, wake_at, buffered, release, wake, expire)
+        yield from self.emitter.emit(result)
+
+    def _release(self, key, up_to: int | None, result: StepResult, pending, released, record, due, wake_at,
+                 buffered, release, wake, expire) -> None:
+        """Release what the lead has buffered up to event time `up_to` (None: all of it),
+        and set the state and timers for what is left."""
+        tenant, lead_id = key
+        waiting = list(pending.read())
         stored = record.read()
-        current = stored if stored is not None else self._seed(tenant, lead_id, buffered, result)
-        after, rest = self.step.release(current, tenant, lead_id, buffered, up_to, result)
-        if len(rest) != len(buffered):
+        current = stored if stored is not None else self._seed(tenant, lead_id, waiting, result)
+        after, rest = self.step.release(current, tenant, lead_id, waiting, up_to, result)
+        if len(rest) != len(waiting):
             pending.clear()
             for activity in rest:
                 pending.add(activity)
+            buffered.write(len(rest))
         if after is not stored:
             record.write(after)
             if after.progress.released is not None:
@@ -241,7 +263,6 @@ class _LeadStepFn(beam.DoFn):
             due.write(when)
         else:
             due.clear()
-        yield from self.emitter.emit(result)
 
     @on_timer(WAKE)
     def on_wake(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
@@ -262,14 +283,15 @@ class _LeadStepFn(beam.DoFn):
     @on_timer(EXPIRE)
     def on_expire(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
                   released=beam.DoFn.StateParam(RELEASED), record=beam.DoFn.StateParam(RECORD),
-                  due=beam.DoFn.StateParam(DUE), wake_at=beam.DoFn.StateParam(WAKE_AT)):
+                  due=beam.DoFn.StateParam(DUE), wake_at=beam.DoFn.StateParam(WAKE_AT),
+                  buffered=beam.DoFn.StateParam(BUFFERED)):
         # Only a lead with nothing buffered or waiting, silent for the whole TTL, is cleared.
         last = released.read()
         if last is None or due.read() is not None or wake_at.read() is not None:
             return
         if last[0] + self.ttl_ms > fired.micros // 1000:
             return  # the lead was active since this timer was set
-        for state in (pending, released, record):
+        for state in (pending, released, record, buffered):
             state.clear()
 
     def _seed(self, tenant: str, lead_id: str, buffered: list[Activity], result: StepResult):
@@ -333,10 +355,34 @@ class _ReplayLeadsFn(beam.DoFn):
         key, grouped = element
         self.timestamp = timestamp
         self.horizon = horizon
-        activities = sorted((a for a in grouped if isinstance(a, Activity)), key=activity_sort_key)
+        items = (a for a in grouped if isinstance(a, Activity))
+        activities = list(itertools.islice(items, self.step.max_pending + 1))
+        if len(activities) > self.step.max_pending:
+            yield from self._replay_hot(key, activities, items, horizon)
+            return
+        activities.sort(key=activity_sort_key)
         self.waiting.append((key, activities))
         if not self.batching or len(self.waiting) >= self.seed_batch:
             yield from self._replay_waiting()
+
+    def _replay_hot(self, key, chunk: list, items, horizon):
+        """A hot lead (more activities than the step's max_pending): replayed on its own,
+        a chunk of at most max_pending + 1 activities at a time, each in order, so its
+        memory stays bounded. What a later chunk holds that sorts before an earlier
+        chunk's is late, a dead letter. The waits resume with the last chunk."""
+        tenant, lead_id = key
+        step = self.step
+        result = StepResult()
+        record = step.seed(self.seed_store, [SeedRequest(tenant, lead_id, min(a.occurred_at for a in chunk))],
+                           result)[0] or EMPTY_RECORD
+        while chunk:
+            step.over_budget(len(chunk), result)
+            chunk.sort(key=activity_sort_key)
+            following = list(itertools.islice(items, step.max_pending + 1))
+            record = step.replay(record, tenant, lead_id, chunk, None if following else horizon, result)
+            yield from self.emitter.emit(result)
+            result = StepResult()
+            chunk = following
 
     def finish_bundle(self):
         wrap = lambda value: WindowedValue(value, self.timestamp, _GLOBAL)  # noqa: E731
@@ -425,16 +471,20 @@ class LeadSteps(beam.PTransform):
     one_watermark_per_stage: the runner keeps one input watermark for all the keys of a
     stage in this process (Beam's bundle-based DirectRunner), so a timer's time proves
     the watermark for every lead and a backlog drains in a round or two (_WatermarkFloor).
+
+    max_pending: the most activities a lead may have buffered; past it a hot lead is
+    released at once (bounded: in chunks), visibly (orion.leadstep.DEFAULT_MAX_PENDING).
     """
 
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...] = (), *,
                  allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS,
                  dedup_span_ms: int = DEFAULT_DEDUP_SPAN_MS, bounded: bool = False, run_flows: bool = True,
                  max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH, seed_store_uri: str | None = None,
-                 one_watermark_per_stage: bool = False, lead_ttl_days: int = DEFAULT_LEAD_TTL_DAYS):
+                 one_watermark_per_stage: bool = False, lead_ttl_days: int = DEFAULT_LEAD_TTL_DAYS,
+                 max_pending: int = DEFAULT_MAX_PENDING):
         super().__init__()
         self.settings = _StepSettings(rules_dir, tuple(template_dirs), allowed_lateness_ms, dedup_span_ms,
-                                      run_flows, max_cascade_depth, seed_store_uri, lead_ttl_days)
+                                      run_flows, max_cascade_depth, seed_store_uri, lead_ttl_days, max_pending)
         self.bounded = bounded
         self.one_watermark_per_stage = one_watermark_per_stage
 
