@@ -94,3 +94,41 @@ def test_activities_published_to_pubsub_are_stored_and_fire_triggers(pubsub, tmp
     assert [d["reason"] for d in dead] == ["malformed_json"]
     assert "events read:      31" in result.stdout
     assert "stored:           30" in result.stdout
+
+
+def test_a_poison_message_is_a_dead_letter_and_the_messages_pulled_with_it_are_stored(pubsub, tmp_path, monkeypatch):
+    """A message of JSON nested 1,500 levels deep (3 KB) among good ones: it becomes a
+    malformed_json dead letter, and every good message of the same pulls is stored."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub.host)
+    from google.cloud import pubsub_v1
+
+    topic = f"projects/{PROJECT}/topics/poison"
+    subscription = f"projects/{PROJECT}/subscriptions/poison"
+    publisher = pubsub_v1.PublisherClient(
+        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True))
+    subscriber = pubsub_v1.SubscriberClient()
+    publisher.create_topic(name=topic)
+    subscriber.create_subscription(request={"name": subscription, "topic": topic, "enable_message_ordering": True})
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "shop.yaml").write_text(RULES)
+    base = int(time.time() * 1000) - 600_000
+    good = [{"event_id": f"g{n}", "tenant": "shop", "lead_id": f"L{n}", "type": "visit_web_page",
+             "occurred_at": base + n * 1000, "attributes": {"url": "https://shop.example/pricing"}} for n in range(6)]
+    poison = b'{"event_id": "deep", "attributes": ' + b"[" * 1500 + b"]" * 1500 + b"}"
+    payloads = [json.dumps(e).encode() for e in good[:3]] + [poison] + [json.dumps(e).encode() for e in good[3:]]
+    for future in [publisher.publish(topic, payload, ordering_key="test") for payload in payloads]:
+        future.result(timeout=30)
+
+    store_uri = f"sqlite:///{tmp_path / 'store.db'}"
+    result = subprocess.run(
+        [str(ORION), "run", "--rules", str(rules), "--subscription", subscription, "--store", store_uri,
+         "--out-dir", str(tmp_path / "out"), "--outbox", "none", "--allowed-lateness", "1", "--duration", "30"],
+        env=emulator_environment(pubsub), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open_store(store_uri) as store:
+        assert store.count() == len(good)
+    dead = [json.loads(line) for f in (tmp_path / "out").glob("dead-letters-*.jsonl")
+            for line in f.read_text().splitlines()]
+    assert [(d["reason"], "depth" in d["detail"]) for d in dead] == [("malformed_json", True)]
