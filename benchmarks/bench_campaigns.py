@@ -100,17 +100,32 @@ def uri(database: str) -> str:
 
 
 def lead_rows(tenant: str, count: int, seed: int):
+    """(lead, attributes JSON, score, lists JSON, profile) per lead: each profile as the
+    activity graph writes it (attributes, score, lists, a campaign run, the sequencer's
+    recent event ids), with its columns as the store derives them."""
+    from orion.campaigns.flows import LeadFlows
+    from orion.profiles import LeadRecord, encode_profile
+    from orion.rules.model import LeadState
+    from orion.sequencing import LeadProgress
+
     rng = random.Random(seed)
     for n in range(count):
         lead = f"{tenant[0].upper()}{n:07d}"
         attributes = {"email": f"{lead.lower()}@example.com", "first_name": f"Name{n}",
                       "country": rng.choice(("DE", "FR", "US", "GB"))}
         lists = [name for name in ("newsletter", "customers") if rng.random() < 0.6]
-        yield lead, json.dumps(attributes), rng.randint(0, 100), json.dumps(lists)
+        score = rng.randint(0, 100)
+        seen = {f"{lead}-e{k}": SEND_AT - 86_400_000 + k for k in range(3)}
+        record = LeadRecord(LeadProgress((SEND_AT - 86_400_000 + 2, f"{lead}-e2"), seen),
+                            LeadFlows(lead=LeadState(attributes, score, frozenset(lists),
+                                                     {"Welcome": (1, SEND_AT - 86_400_000)})))
+        yield (lead, json.dumps(attributes, sort_keys=True, separators=(",", ":")), score,
+               json.dumps(sorted(lists), separators=(",", ":")), encode_profile(record))
 
 
 def ensure_lead_database(mid_leads: int, out) -> str:
-    """orion_bench_campaigns with `big` (1M leads) and `mid` (`mid_leads`), built once."""
+    """orion_bench_campaigns with `big` (1M leads) and `mid` (`mid_leads`), built once:
+    `leads` rows and lead_profiles rows as the MySQL store writes them."""
     from orion.campaigns.batch import init_lead_tables
 
     wanted = {"big": BIG_LEADS, "mid": mid_leads}
@@ -124,23 +139,26 @@ def ensure_lead_database(mid_leads: int, out) -> str:
         for tenant, count in wanted.items():
             cursor.execute("SELECT COUNT(*) FROM leads WHERE tenant = %s", (tenant,))
             have_leads = cursor.fetchone()[0]
-            cursor.execute("SELECT COUNT(*) FROM lead_profiles WHERE tenant = %s", (tenant,))
+            cursor.execute("SELECT COUNT(data) FROM lead_profiles WHERE tenant = %s", (tenant,))
             if have_leads == count and cursor.fetchone()[0] == count:
                 continue
             started = time.perf_counter()
             cursor.execute("DELETE FROM leads WHERE tenant = %s", (tenant,))
             cursor.execute("DELETE FROM lead_profiles WHERE tenant = %s", (tenant,))
+            now = int(time.time() * 1000)
             with tempfile.TemporaryDirectory() as workdir:
                 leads_file, profiles_file = Path(workdir) / "leads.tsv", Path(workdir) / "profiles.tsv"
                 with open(leads_file, "w") as leads, open(profiles_file, "w") as profiles:
-                    for lead, attributes, score, lists in lead_rows(tenant, count, seed=len(tenant)):
+                    for lead, attributes, score, lists, data in lead_rows(tenant, count, seed=len(tenant)):
                         leads.write(f"{tenant}\t{lead}\t{SEND_AT}\t{SEND_AT}\n")
-                        profiles.write(f"{tenant}\t{lead}\t{attributes}\t{score}\t{lists}\n")
+                        profiles.write(f"{tenant}\t{lead}\t{attributes}\t{score}\t{lists}\t{data}\t{now}\n")
                 for table, path, columns in (
                         ("leads", leads_file, "(tenant, lead_id, first_activity_at, last_activity_at)"),
-                        ("lead_profiles", profiles_file, "(tenant, lead_id, attributes, score, lists)")):
+                        ("lead_profiles", profiles_file,
+                         "(tenant, lead_id, attributes, score, lists, data, updated_at)")):
+                    # ESCAPED BY '': the JSON's own backslashes are data, not LOAD DATA escapes.
                     cursor.execute(f"LOAD DATA LOCAL INFILE %s INTO TABLE {table} FIELDS TERMINATED BY '\\t' "
-                                   f"{columns}", (str(path),))
+                                   f"ESCAPED BY '' {columns}", (str(path),))
             print(f"loaded {count:,} leads of tenant {tenant} in {time.perf_counter() - started:.1f} s",
                   file=out, flush=True)
     connection.close()
@@ -363,9 +381,9 @@ def profile_send(rules_dir: Path, leads: str, tenant: str, limit: int) -> list[t
         "queue in the outbox: the first record, then waiting for the writer thread's commits":
             ("batch.py", "send_batch.queue"),
         "read the leads (pymysql unbuffered fetch)": ("cursors.py", "fetchmany"),
-        "lead profiles: JSON decode, LeadState": ("batch.py", "_lead_state"),
+        "lead profiles: decode, LeadState": ("batch.py", "member_state"),
         "campaign filters": ("model.py", "failed_filters"),
-        "flow engine (run_batch)": ("flows.py", "run_batch"),
+        "flow engine (run_flow)": ("flows.py", "run_flow"),
     }
     cumulative = {}
     for (file, _, name), (_, _, _, ct, _) in stats.stats.items():
@@ -442,7 +460,8 @@ def run(mid_leads: int, repetitions: int, out) -> str:
         measured_line("make bench-campaigns"),
         "",
         f"A batch campaign (filters: country in DE, FR and list newsletter) over {mid_leads:,} leads of the "
-        f"MariaDB lead database on this machine, {emails:,} members, each sent one email "
+        f"MariaDB lead database on this machine (lead_profiles rows as the store writes them: the encoded "
+        f"profile, decoded per lead, and its columns), {emails:,} members, each sent one email "
         f"(multipart text + HTML, ~{payload:,.0f} bytes) into the MySQL outbox on the same server, "
         f"{BATCH} rows a commit. Ceiling: a bare pymysql `executemany` INSERT of the same rendered rows, in "
         f"the same batches, into a fresh outbox table of the same shape, measured in the same run. Best of "

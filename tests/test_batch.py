@@ -1,11 +1,18 @@
 """Batch campaigns over a real MariaDB: 100,000 leads with profiles, an activity index and
-raw activities, bulk-loaded once for the module. The expected members are computed here,
-in plain Python, from the rows this file generated (not with Orion's filter code), and
-the outbox must hold exactly them, once each, whether the send runs as 1, 2 or 4
-streams (worker processes). Also: membership is streamed (the first email is committed
-before the list has been read), precomputed membership sent later, schedules, a lead
-whose template fails is dead-lettered while the rest goes on, an unreadable profile is
-dead-lettered, and a flow with a wait is refused lead by lead, with the reason.
+raw activities, bulk-loaded once for the module. Half the profiles are written by the
+store as the activity graph writes them (the encoded profile, its attributes, score and
+lists derived beside it), half are rows written with SQL (attributes, score and lists
+only), and some leads are only in the legacy `leads` table. The expected members are
+computed here, in plain Python, from the rows this file generated (not with Orion's
+filter code), and the outbox must hold exactly them, once each, whether the send runs as
+1, 2 or 4 streams (worker processes). Also: membership is streamed (the first email is
+committed before the list has been read), precomputed membership sent later, schedules,
+a lead whose template fails is dead-lettered while the rest goes on, an unreadable
+profile is dead-lettered, and a flow with a wait is refused lead by lead, with the
+reason. And the one lead database: what the activity graph (`orion run` into the same
+MySQL store) did to a lead holds the batch's email (an unsubscribe, an email the graph
+sent under a communication limit), and a row written with SQL is a member the batch
+mails and a lead the graph seeds from.
 
     .venv/bin/python -m pytest -q tests/test_batch.py
 """
@@ -14,6 +21,8 @@ from __future__ import annotations
 import email
 import json
 import random
+import shutil
+import sqlite3
 import uuid
 import zlib
 from datetime import date, timedelta
@@ -27,8 +36,12 @@ from orion.campaigns.batch import (
     BAD_LEAD_PROFILE, BATCH_FLOW_WAITS, init_lead_tables, next_run_at, run_stream, run_streams, send_batch,
     stream_members,
 )
+from orion.campaigns.flows import LeadFlows
 from orion.campaigns.outbox import open_outbox
+from orion.profiles import LeadRecord, encode_profile
 from orion.rules import load_rules
+from orion.rules.model import LeadState
+from orion.store import StoredProfile, open_store
 
 LEADS = 100_000
 SEND_AT = parse_timestamp("2026-11-01T09:00:00Z")  # the scheduled time every send here uses
@@ -131,13 +144,27 @@ class Data:
         return members
 
 
+def profile_text(attributes: dict, score: float, lists, sent=()) -> str:
+    """A lead's profile as the activity graph writes it."""
+    return encode_profile(LeadRecord(flows=LeadFlows(lead=LeadState(attributes, score, frozenset(lists)),
+                                                     sent=tuple(sent))))
+
+
 def bulk_load(uri: str, database: str, data: Data) -> None:
     init_lead_tables(uri)
     connection = _mysql_connect()
     connection.select_db(database)
-    rows = [("acme", lead_id(n), SEND_AT, SEND_AT) for n in range(LEADS)]
+    # Every lead in `leads`, but for one in 50 of those with a profile: its profile row is all there is of it.
+    rows = [("acme", lead_id(n), SEND_AT, SEND_AT) for n in range(LEADS)
+            if n % 50 != 1 or lead_id(n) not in data.profiles]
+    # Even-numbered leads: profiles the store writes; the others: rows written with SQL.
+    encoded = [StoredProfile("acme", lead, profile_text(a, score, lists))
+               for lead, (a, score, lists) in data.profiles.items() if int(lead[1:]) % 2 == 0]
+    with open_store(uri) as store:
+        for start in range(0, len(encoded), 5000):
+            store.write_profiles(encoded[start:start + 5000])
     profiles = [("acme", lead, json.dumps(a), score, json.dumps(lists))
-                for lead, (a, score, lists) in data.profiles.items()]
+                for lead, (a, score, lists) in data.profiles.items() if int(lead[1:]) % 2]
     index = [("acme", lead, "visit_web_page", EPOCH + timedelta(days=day), count, day * MS_PER_DAY)
              for lead, days in data.visits.items() for day, count in days.items()]
     with connection.cursor() as cursor:
@@ -205,6 +232,9 @@ def test_the_generated_data_makes_every_filter_matter(world):
     by_visits_only = expected - by_score - set(data.pricing)
     assert by_score and by_visits_only and expected & set(data.pricing) - by_score
     assert any("email" not in data.profiles[lead][0] for lead in expected)  # some are held, not sent
+    for kind in (0, 1):  # members among the encoded profiles and among the rows written with SQL
+        assert sum(1 for lead in expected if int(lead[1:]) % 2 == kind) > 1000
+    assert any(int(lead[1:]) % 50 == 1 for lead in expected)  # and among the leads with no `leads` row
 
 
 @pytest.mark.parametrize("streams", [1, 2, 4])
@@ -215,7 +245,9 @@ def test_a_batch_send_queues_exactly_the_members_once_each_in_any_number_of_stre
     queued = queued_leads(world, run_id)
     assert len(queued) == len(set(queued)) == total.queued == len(expected)
     assert set(queued) == expected
-    assert total.leads_read == LEADS and total.members == len(expected)  # no lead read or sent by two streams
+    # every lead read once (those with a profile row, and those of `leads` without one):
+    # no lead read or sent by two streams
+    assert total.leads_read == LEADS and total.members == len(expected)
     assert total.held == sum(1 for lead in expected if "email" not in world["data"].profiles[lead][0])
     assert total.dead_letters == 0
     if streams > 1:
@@ -310,9 +342,14 @@ def test_an_unreadable_profile_and_a_flow_that_waits_are_dead_lettered_with_the_
                        "AND lead_id = 'D002'")
     connection.close()
     letters = []
+    with open_store(world["leads"]) as store:  # and one the store wrote that is not a profile
+        store.write_profiles([StoredProfile("initech", "D004", '{"version": 2, "lead": {"attributes": [1]}}')])
     summary = run_stream(small_config(world, "bad-row", on_dead_letter=letters.append), 0)
-    assert [(d.reason, d.element["lead_id"]) for d in letters] == [(BAD_LEAD_PROFILE, "D002")]
-    assert summary.leads_read == 5 and summary.members == 4 and summary.dead_letters == 1
+    assert [(d.reason, d.element["lead_id"]) for d in letters] == [(BAD_LEAD_PROFILE, "D002"),
+                                                                   (BAD_LEAD_PROFILE, "D004")]
+    assert "lists must be a JSON array" in letters[0].detail and letters[0].element["lists"] == '{"not": "a list"}'
+    assert "bad field" in letters[1].detail and letters[1].element["profile"].startswith('{"version": 2')
+    assert summary.leads_read == 5 and summary.members == 3 and summary.dead_letters == 2
     small_world(world, leads=5).close()
     letters.clear()
     summary = run_stream(small_config(world, "drip", name="Drip", on_dead_letter=letters.append), 0)
@@ -378,3 +415,155 @@ def test_the_command_refuses_what_is_not_a_batch_campaign_or_a_bad_stream(world,
     assert "batch campaigns: Autumn offer" in capsys.readouterr().err
     assert run_cli("run", *common, "--campaign", "Autumn offer", "--streams", "2", "--stream", "2") == 2
     assert "--stream must be 0..1" in capsys.readouterr().err
+
+
+# --- one lead database: the activity graph and the batch -----------------------------------
+
+GRAPH_RULES = """
+tenant: umbrella
+settings:
+  communication_limits: {per_day: 1}
+campaigns:
+  - name: Promo
+    triggers: [{activity: fill_out_form, where: {form: {is: Promo}}}]
+    qualification: every_time
+    flow:
+      - send_email: {template: promo}
+  - name: Newsletter
+    type: batch
+    flow:
+      - send_email: {template: promo}
+"""
+PROMO = """{% block subject %}News{% endblock %}
+{% block text %}Hello {{ lead.first_name | default("there") }}{% endblock %}
+"""
+DAY_START = parse_timestamp("2026-11-20T00:00:00Z")  # the graph's activities and the batch send: one UTC day
+
+
+def graph_event(event_id: str, lead: str, hour: int, type_: str, **attributes) -> dict:
+    return {"event_id": event_id, "tenant": "umbrella", "lead_id": lead, "type": type_,
+            "occurred_at": DAY_START + hour * 3_600_000, "attributes": attributes}
+
+
+def outbox_rows(path) -> dict[tuple[str, str], tuple]:
+    """(campaign, lead) -> (status, reason, recipient) of each email record."""
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute("SELECT campaign, lead_id, status, detail, recipient FROM outbox "
+                                  "WHERE kind = 'email'").fetchall()
+    return {(campaign, lead): (status, (detail or "").split(":")[0], recipient)
+            for campaign, lead, status, detail, recipient in rows}
+
+
+def test_the_batch_reads_the_profiles_the_activity_graph_writes(mysql_server, tmp_path, capsys):
+    """One MySQL database for both: `orion run` over a day's activities into it, then
+    `orion campaign run` over it, later the same day. A lead the graph saw unsubscribe is
+    held `unsubscribed`; one the graph sent an email that day is held by the per-day
+    limit; a row written with SQL (no encoded profile) is a member and is mailed at the
+    address in its columns; the graph seeds a lead from such a row; a lead only in the
+    legacy `leads` table is a member with no address."""
+    from orion.cli import main
+
+    name = f"orion_test_batch_graph_{uuid.uuid4().hex[:10]}"
+    uri = mysql_server.uri(name)
+    rules_dir = tmp_path / "rules"
+    (rules_dir / "templates").mkdir(parents=True)
+    (rules_dir / "umbrella.yaml").write_text(GRAPH_RULES)
+    (rules_dir / "templates" / "promo.j2").write_text(PROMO)
+    try:
+        assert main(["campaign", "init", "--leads", uri]) == 0  # the store's tables (`orion store init`)
+        connection = _mysql_connect(name)
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO lead_profiles (tenant, lead_id, attributes, score, lists) VALUES ('umbrella', %s, %s, %s, %s)",
+                [("legacy", json.dumps({"email": "legacy@example.com", "first_name": "Lee"}), 5, "[]"),
+                 ("seeded", json.dumps({"email": "seeded@example.com", "first_name": "Sid"}), 0, "[]")])
+            cursor.execute("INSERT INTO leads (tenant, lead_id, first_activity_at, last_activity_at) "
+                           "VALUES ('umbrella', 'bare', 0, 0)")
+        events = [
+            graph_event("u1", "unsub", 8, "data_value_changes", attribute="email", new_value="unsub@example.com"),
+            graph_event("u2", "unsub", 9, "unsubscribe_email", email="unsub@example.com"),
+            graph_event("m1", "mailed", 8, "data_value_changes", attribute="email", new_value="mailed@example.com"),
+            graph_event("m2", "mailed", 9, "fill_out_form", form="Promo"),
+            graph_event("f1", "fresh", 8, "data_value_changes", attribute="email", new_value="fresh@example.com"),
+            graph_event("s1", "seeded", 10, "fill_out_form", form="Promo"),  # its address: from the SQL row
+        ]
+        events.sort(key=lambda e: (e["occurred_at"], e["event_id"]))  # a day's export, in time order
+        (tmp_path / "day.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+        graph_outbox = tmp_path / "graph-outbox.db"
+        assert main(["run", "--events", str(tmp_path / "day.jsonl"), "--rules", str(rules_dir), "--store", uri,
+                     "--outbox", f"sqlite:///{graph_outbox}", "--out-dir", str(tmp_path / "out")]) == 0
+        assert outbox_rows(graph_outbox) == {
+            ("Promo", "mailed"): ("queued", "", "mailed@example.com"),
+            ("Promo", "seeded"): ("queued", "", "seeded@example.com"),  # seeded from the row's columns
+        }
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT lead_id, attributes, data IS NOT NULL FROM lead_profiles ORDER BY lead_id")
+            columns = {lead.decode(): (json.loads(attributes), has_data) for lead, attributes, has_data in cursor}
+        assert columns["seeded"] == ({"email": "seeded@example.com", "first_name": "Sid"}, 1)
+        assert columns["unsub"][0]["unsubscribed"] is True and columns["legacy"][1] == 0
+        connection.close()
+        capsys.readouterr()
+
+        batch_outbox = tmp_path / "batch-outbox.db"
+        letters = tmp_path / "dead.jsonl"
+        assert main(["campaign", "run", "--rules", str(rules_dir), "--tenant", "umbrella", "--campaign", "Newsletter",
+                     "--leads", uri, "--outbox", f"sqlite:///{batch_outbox}", "--at", "2026-11-20T15:00:00Z",
+                     "--dead-letters", str(letters)]) == 0
+        out = capsys.readouterr().out
+        assert "leads read:   6" in out and "members:      6" in out and "held:         4" in out
+        assert not letters.exists() or letters.read_text() == ""
+        assert {lead: row for (_, lead), row in outbox_rows(batch_outbox).items()} == {
+            "unsub": ("held", "unsubscribed", "unsub@example.com"),
+            "mailed": ("held", "communication_limit_per_day", "mailed@example.com"),
+            "seeded": ("held", "communication_limit_per_day", "seeded@example.com"),
+            "fresh": ("queued", "", "fresh@example.com"),
+            "legacy": ("queued", "", "legacy@example.com"),  # a row written with SQL
+            "bare": ("held", "no_email_address", ""),  # in `leads` only
+        }
+    finally:
+        connection = _mysql_connect()
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        connection.close()
+
+
+def test_a_send_from_precomputed_membership_reads_each_profile_again(world, tmp_path, capsys):
+    """Members computed ahead of the send; then one unsubscribes, another is sent an
+    email that day (as the graph would write it) and a third's profile is deleted. Given
+    --leads, the send sees all three."""
+    small_world(world, leads=4).close()
+    members = tmp_path / "members.jsonl"
+    common = ("--rules", world["rules_dir"], "--tenant", "initech", "--campaign", "Parts notice")
+    at = "2026-11-09T08:00:00Z"
+    assert run_cli("precompute", *common, "--leads", world["leads"], "--at", at, "--out", str(members)) == 0
+    with open_store(world["leads"]) as store:
+        store.write_profiles([
+            StoredProfile("initech", "D001", profile_text({"email": "d1@example.com", "parts": 2, "unsubscribed": True},
+                                                          0, ["maintenance"])),
+            StoredProfile("initech", "D002", profile_text({"email": "d2@example.com", "parts": 3}, 0, ["maintenance"],
+                                                          sent=[parse_timestamp("2026-11-09T07:00:00Z")])),
+        ])
+    connection = _mysql_connect(world["leads"].rsplit("/", 1)[1])
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM lead_profiles WHERE tenant = 'initech' AND lead_id = 'D003'")
+    connection.close()
+    # A per-day limit for initech (the module's rules have none), so D002's send counts.
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(world["rules_dir"], rules_dir)
+    (rules_dir / "initech.yaml").write_text(SMALL_RULES.replace(
+        "  lists: [maintenance]\n", "  lists: [maintenance]\n  communication_limits: {per_day: 1}\n"))
+    assert run_cli("run", "--rules", str(rules_dir), *common[2:], "--membership", str(members),
+                   "--leads", world["leads"], "--outbox", world["outbox"], "--run-id", "refreshed") == 0
+    assert "members:      4" in capsys.readouterr().out
+    connection = _mysql_connect(world["outbox"].rsplit("/", 1)[1])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT lead_id, status, detail FROM outbox WHERE campaign = 'Parts notice' "
+                       "AND run = 'refreshed#0' ORDER BY lead_id")
+        found = [(lead.decode(), status, (detail or "").split(":")[0]) for lead, status, detail in cursor.fetchall()]
+    connection.close()
+    assert found == [("D000", "queued", ""), ("D001", "held", "unsubscribed"),
+                     ("D002", "held", "communication_limit_per_day"), ("D003", "held", "no_email_address")]
+    # Without --leads the members go as computed (and the command says so).
+    assert run_cli("run", "--rules", str(rules_dir), *common[2:], "--membership", str(members),
+                   "--outbox", world["outbox"], "--run-id", "as-computed") == 0
+    assert "without --leads the members are sent as precomputed" in capsys.readouterr().err

@@ -65,7 +65,7 @@ def store_rows(db: Path) -> dict[str, list]:
         activities = connection.execute("SELECT * FROM activities ORDER BY 1, 2, 3, 4").fetchall()
         index = connection.execute("SELECT * FROM activity_index ORDER BY 1, 2, 3, 4").fetchall()
         profiles = connection.execute(
-            "SELECT tenant, lead_id, data, next_wake FROM stored_profiles ORDER BY 1, 2").fetchall()
+            "SELECT tenant, lead_id, data, next_wake FROM lead_profiles ORDER BY 1, 2").fetchall()
     return {"activities": activities, "index": index, "profiles": profiles}
 
 
@@ -553,3 +553,24 @@ def test_each_activity_is_evaluated_once_input_and_flow_generated(flink, tmp_pat
     assert counts["evaluated"] == counts["stored"] == rows == \
         counts["activities_parsed"] - counts["duplicates"] + counts["flow_activities"], \
         "each stored activity, from the input or a flow step, was evaluated exactly once"
+
+
+# --- a hot lead ------------------------------------------------------------------------------
+
+
+def test_a_hot_lead_is_released_in_bounded_chunks_on_flink_as_on_beam(flink, tmp_path):
+    """A lead with more activities than the step buffers (max_pending 3): released a
+    chunk at a time, nothing lost, each evaluated once, the same as Beam."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(
+        [_event(f"h{n:02d}", "HOT", "visit_web_page", T0 + n * SECOND, url="https://acme.example/")
+         for n in range(10)]
+        + [_event("calm", "CALM", "visit_web_page", T0, url="https://acme.example/")]) + "\n", encoding="utf-8")
+    db = tmp_path / "store.db"
+    run = flink.run_flink(config_for(str(events), SAMPLES / "rules", tmp_path / "out", db, None),
+                          options=flink.FlinkOptions(max_pending=3))
+    with sqlite3.connect(db) as connection:
+        stored = sorted(row[0] for row in connection.execute("SELECT event_id FROM activities"))
+    assert stored == sorted([f"h{n:02d}" for n in range(10)] + ["calm"])
+    assert run.counters["hot_lead_releases"] == 2, "chunks of 4 and 4 past the bound of 3, then the last 2"
+    assert run.counters["evaluated"] == 11 and not run.counters.get("dead_letters")

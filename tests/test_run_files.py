@@ -76,7 +76,7 @@ def test_rerunning_the_same_file_leaves_the_store_unchanged(tmp_path):
 
 def profile_rows(db: Path) -> list:
     with sqlite3.connect(db) as connection:
-        return connection.execute("SELECT tenant, lead_id, data FROM stored_profiles ORDER BY tenant, lead_id").fetchall()
+        return connection.execute("SELECT tenant, lead_id, data FROM lead_profiles ORDER BY tenant, lead_id").fetchall()
 
 
 def test_stopping_a_streaming_run_does_not_wait_on_a_runner_stuck_in_a_pull():

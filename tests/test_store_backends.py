@@ -372,26 +372,73 @@ def test_bigtable_profile_reads_ask_for_their_keys_and_resume_after_the_last_one
         assert store.read_profiles([("acme", "5"), ("acme", "9"), ("acme", "0")]) == ["profile 5", None, "profile 0"]
 
 
-def test_mysql_profiles_sit_beside_the_batch_campaigns_lead_profiles(mysql_database, mysql_store_uri):
+def test_mysql_profiles_are_the_batch_campaigns_lead_profiles_and_an_older_table_is_upgraded(
+        mysql_database, mysql_store_uri):
+    """`orion campaign init` used to make lead_profiles with attributes, score and lists
+    only; `orion store init` (which `orion campaign init` now is) adds the profile columns,
+    its rows read as profiles of those columns, and a profile the store writes fills them."""
     from orion.campaigns.batch import init_lead_tables
+    from orion.profiles import LeadRecord, decode_profile, encode_profile
+    from orion.campaigns.flows import LeadFlows
+    from orion.rules.model import LeadState
 
-    with open_store(mysql_store_uri) as store:
-        store.init()
-        store.write_profiles([StoredProfile("acme", "7", '{"v": 1}', T0)])
-        init_lead_tables(mysql_store_uri)  # `orion campaign init` on the same database
-        store.init()
-        assert store.read_profiles([("acme", "7")]) == ['{"v": 1}']
     connection = _mysql_connect(mysql_database)
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT tenant, lead_id, attributes, score, lists FROM lead_profiles")
-            assert cursor.fetchall() == ()
-            cursor.execute("SELECT tenant, lead_id, data, next_wake FROM stored_profiles")
-            assert cursor.fetchall() == ((b"acme", b"7", '{"v": 1}', T0),)
-    finally:
+            cursor.execute("CREATE TABLE lead_profiles (tenant VARBINARY(255) NOT NULL, lead_id VARBINARY(255) NOT NULL, "
+                           "attributes JSON NOT NULL, score DOUBLE NOT NULL DEFAULT 0, lists JSON NOT NULL, "
+                           "PRIMARY KEY (tenant, lead_id)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+            cursor.execute("INSERT INTO lead_profiles VALUES ('acme', 'old', '{\"email\": \"o@example.com\"}', 12, "
+                           "'[\"vip\"]')")
+        init_lead_tables(mysql_store_uri)
+        init_lead_tables(mysql_store_uri)  # safe to rerun
+        with open_store(mysql_store_uri) as store:
+            old, = store.read_profiles([("acme", "old")])
+            lead = decode_profile(old).flows.lead
+            assert (lead.attributes, lead.score, lead.lists) == ({"email": "o@example.com"}, 12, frozenset({"vip"}))
+            assert store.count_profiles() == 1 and store.due_profiles(2 ** 62) == []
+            state = LeadState({"email": "n@example.com", "unsubscribed": True}, 3, frozenset({"b", "a"}))
+            text = encode_profile(LeadRecord(flows=LeadFlows(lead=state, sent=(T0,))))
+            store.write_profiles([StoredProfile("acme", "new", text, T0), StoredProfile("acme", "old", "not a profile")])
+            assert store.read_profiles([("acme", "new"), ("acme", "old")]) == [text, "not a profile"]
         with connection.cursor() as cursor:
-            cursor.execute("DROP TABLE IF EXISTS lead_profiles")  # not a store table: drop_mysql_tables leaves it
+            cursor.execute("SELECT lead_id, attributes, score, lists, data, next_wake FROM lead_profiles ORDER BY lead_id")
+            assert cursor.fetchall() == (
+                (b"new", '{"email":"n@example.com","unsubscribed":true}', 3.0, '["a","b"]', text, T0),
+                (b"old", "{}", 0.0, "[]", "not a profile", None))  # opaque text: no attributes to derive
+            cursor.execute("SHOW INDEX FROM lead_profiles WHERE Key_name = 'lead_profiles_next_wake'")
+            assert cursor.fetchall()
+    finally:
         connection.close()
+
+
+def test_sql_profile_rows_written_with_sql_read_as_profiles_of_their_columns(tmp_path, mysql_database,
+                                                                              mysql_store_uri):
+    """A lead_profiles row with attributes, score and lists but no data (an `orion campaign
+    init` user's row) is a profile of those on both SQL stores; one whose columns are
+    unreadable gives a text that is not a profile and says why (the graph dead-letters it)."""
+    from orion.profiles import ProfileError, decode_profile
+
+    rows = [("acme", "legacy", '{"email": "l@example.com", "unsubscribed": true}', 7, '["news"]'),
+            ("acme", "broken", '["not", "an object"]', 0, '[]')]
+    sqlite_uri = f"sqlite:///{tmp_path / 'activities.db'}"
+    for uri in (sqlite_uri, mysql_store_uri):
+        with open_store(uri) as store:
+            store.init()
+            if uri == sqlite_uri:
+                store.connection.executemany("INSERT INTO lead_profiles (tenant, lead_id, attributes, score, lists) "
+                                             "VALUES (?, ?, ?, ?, ?)", rows)
+            else:
+                store._transaction(lambda cursor: cursor.executemany(
+                    "INSERT INTO lead_profiles (tenant, lead_id, attributes, score, lists) VALUES (%s, %s, %s, %s, %s)",
+                    rows))
+            legacy, broken, missing = store.read_profiles([("acme", "legacy"), ("acme", "broken"), ("acme", "x")])
+            lead = decode_profile(legacy).flows.lead
+            assert lead.attributes == {"email": "l@example.com", "unsubscribed": True}, uri
+            assert (lead.score, lead.lists, missing) == (7, frozenset({"news"}), None)
+            assert "attributes must be a JSON object" in broken and '["not", "an object"]' in broken
+            with pytest.raises(ProfileError):
+                decode_profile(broken)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "mysql"])
@@ -402,8 +449,8 @@ def test_sql_profiles_keep_their_row_unchanged_when_written_again_unchanged(back
         uri = f"sqlite:///{tmp_path / 'activities.db'}"
 
     def updated_at():
-        return store._query("SELECT updated_at FROM stored_profiles", ()) if backend == "mysql" else \
-            store._select("SELECT updated_at FROM stored_profiles", ())
+        return store._query("SELECT updated_at FROM lead_profiles", ()) if backend == "mysql" else \
+            store._select("SELECT updated_at FROM lead_profiles", ())
 
     with open_store(uri) as store:
         store.init()

@@ -1,22 +1,31 @@
-"""Batch campaigns: select a campaign's members from the lead table and the activity
+"""Batch campaigns: select a campaign's members from the lead profiles and the activity
 index with its filters, streaming, and send to each as it is found, so the first email
 is queued long before the whole list is known. `--streams N --stream K` splits the
 leads by a hash of the lead id (CRC32, computed by the database, so each stream reads
 only its own leads): no lead is in two streams, and N streams can run on N workers.
 
-Where the lead data comes from (MySQL / MariaDB, the legacy store's database):
-- `leads` (the legacy table: one row per tenant and lead id) lists the leads;
-- `lead_profiles` (this module's table: attributes JSON, score, lists JSON) holds what
-  lead filters, score and list filters test; a lead without a profile has none;
+The leads are those of the activity store's MySQL / MariaDB database, the one lead
+database the activity graph (`orion run --store mysql://...`) writes:
+- `lead_profiles` (the store's profile table, orion/store/mysql.py) holds each lead's
+  profile, the one the graph keeps: attributes (the email address, `unsubscribed`,
+  `email_invalid`), score, lists, campaign runs and the times of its recent
+  non-operational emails. A row written with SQL, with attributes, score and lists but
+  no encoded profile, is read from those columns;
+- `leads` (the legacy table: one row per tenant and lead id) adds the leads that have no
+  profile row, with an empty profile;
 - history filters read `activity_index` (counts per lead, type and UTC day) for counters
   without conditions, and the `activities` table for counters with conditions.
 
-A send's run id defaults to its scheduled time, so running the same scheduled send again
-(a retry, a second worker given the same stream) queues nothing twice: the outbox key is
-(tenant, campaign, lead, run). Membership can be computed ahead of the scheduled time
-(`orion campaign precompute`) and sent later from the file. A lead whose profile is
-unreadable, whose template fails, or whose flow reaches a wait is dead-lettered with the
-reason; the send goes on. docs/campaigns.md has the whole story.
+Each member's flow runs on its profile: an email to a lead who unsubscribed, whose
+address bounced or who has none is held, and the communication limits count the emails
+the graph sent it. A send's run id defaults to its scheduled time, so running the same
+scheduled send again (a retry, a second worker given the same stream) queues nothing
+twice: the outbox key is (tenant, campaign, lead, run). Membership can be computed ahead
+of the scheduled time (`orion campaign precompute`) and sent later from the file; given
+`--leads` too, the send re-reads each member's profile, so what changed since (an
+unsubscribe) still counts. A lead whose profile is unreadable, whose template fails, or
+whose flow reaches a wait is dead-lettered with the reason; the send goes on.
+docs/campaigns.md has the whole story.
 
     orion campaign init --leads mysql://root@127.0.0.1:3306/orion
     orion campaign run --rules orion/samples/rules --tenant acme --campaign "Monthly newsletter" \\
@@ -40,18 +49,10 @@ import pymysql.cursors
 
 from orion.activities import MS_PER_DAY, format_timestamp, parse_timestamp
 from orion.deadletters import DeadLetter
+from orion.profiles import decode_profile
 from orion.rules.model import LeadState
-
-LEAD_PROFILES_TABLE = """
-CREATE TABLE IF NOT EXISTS lead_profiles (
-    tenant     VARBINARY(255) NOT NULL,
-    lead_id    VARBINARY(255) NOT NULL,
-    attributes JSON           NOT NULL COMMENT 'lead attributes: email, first_name, ...',
-    score      DOUBLE         NOT NULL DEFAULT 0,
-    lists      JSON           NOT NULL COMMENT 'names of the lists the lead is in',
-    PRIMARY KEY (tenant, lead_id)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
-"""
+from orion.store.base import StoreError
+from orion.store.profile_columns import lead_state_of_columns
 
 _EPOCH_DAY = date(1970, 1, 1)
 BAD_LEAD_PROFILE = "bad_lead_profile"
@@ -62,8 +63,12 @@ _CHUNKS = (1, 16, 256, 2000)
 
 
 class Member(NamedTuple):
+    """A lead of the send: its state as the filters and the flow see it, and the times of
+    its recent non-operational emails (the communication limits count them)."""
+
     lead_id: str
     state: LeadState
+    sent: tuple = ()
 
 
 class BatchSummary(NamedTuple):
@@ -105,16 +110,16 @@ def _connect(uri: str, unbuffered: bool = False):
 
 
 def init_lead_tables(uri: str) -> None:
-    """The store's tables (leads, activities, activity_index) and lead_profiles."""
+    """The lead database's tables: the MySQL activity store's (`orion store init`):
+    leads, activities, activity_index and lead_profiles. An older lead_profiles table
+    (attributes, score and lists only) gains the profile columns."""
     from orion.store.mysql import MysqlStore
 
     store = MysqlStore(uri)
-    store.init()
-    store.close()
-    connection = _connect(uri)
-    with connection.cursor() as cursor:
-        cursor.execute(LEAD_PROFILES_TABLE)
-    connection.close()
+    try:
+        store.init()
+    finally:
+        store.close()
 
 
 def _text(value) -> str:
@@ -186,55 +191,93 @@ class _Histories:
         return histories
 
 
+# A profile's data, or (data NULL: a row written with SQL) the columns it is read from;
+# the columns only for such rows, so a profile's bytes cross the network once.
+_PROFILE_FIELDS = ("data, IF(data IS NULL, attributes, NULL), IF(data IS NULL, score, NULL), "
+                   "IF(data IS NULL, lists, NULL)")
+_NO_SUCH_TABLE, _UNKNOWN_COLUMN = 1146, 1054
+
+
+def _member_queries(connection, tenant: str, streams: int, stream: int) -> list[tuple[str, list]]:
+    """The statements that list a tenant's leads of one stream, each in lead id order:
+    the profile rows, then the leads of the legacy `leads` table without one (if the
+    database has that table)."""
+    split, params = "", [tenant]
+    if streams > 1:
+        split = " AND CRC32({}lead_id) %% %s = %s"
+        params += [streams, stream]
+    # By lead id alone: with the tenant fixed that is the primary key's order, so the
+    # server streams rows as it reads them (ORDER BY tenant, lead_id makes MariaDB
+    # 10.11 sort the whole tenant first: seconds for a million leads).
+    queries = [(f"SELECT lead_id, {_PROFILE_FIELDS} FROM lead_profiles WHERE tenant = %s{split.format('')} "
+                "ORDER BY lead_id", params)]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                       "AND TABLE_NAME = 'leads'")
+        if cursor.fetchone() is not None:
+            queries.append((
+                "SELECT l.lead_id, NULL, NULL, NULL, NULL FROM leads l LEFT JOIN lead_profiles p "
+                f"ON p.tenant = l.tenant AND p.lead_id = l.lead_id WHERE l.tenant = %s{split.format('l.')} "
+                "AND p.lead_id IS NULL ORDER BY l.lead_id", params))
+    return queries
+
+
+def _execute(cursor, sql: str, params: list, leads_uri: str) -> None:
+    try:
+        cursor.execute(sql, params)
+    except pymysql.err.MySQLError as err:
+        code = err.args[0] if err.args else None
+        if code not in (_NO_SUCH_TABLE, _UNKNOWN_COLUMN):
+            raise
+        from orion.store.mysql import redact
+
+        raise StoreError(f"the lead database {redact(leads_uri)} lacks the lead profile table or its columns "
+                         f"({err.args[-1]}); create or upgrade them with: orion campaign init --leads "
+                         f"{redact(leads_uri)}") from err
+
+
 def stream_members(leads_uri: str, rules, campaign, now: int, *, streams: int = 1, stream: int = 0,
                    counts: list | None = None, dead_letters: Callable | None = None) -> Iterator[Member]:
-    """The campaign's members among the tenant's leads of one stream, as they are read
-    (in lead id order). `counts`, if given, [leads read, bad rows], is added to as it
-    goes. A lead whose profile cannot be read (attributes or lists not JSON of the
-    right shape) is not a member: it goes to `dead_letters` with reason `bad_lead_profile`."""
+    """The campaign's members among the tenant's leads of one stream, as they are read:
+    the leads with a profile row in lead id order, then the legacy `leads` rows without
+    one. `counts`, if given, [leads read, bad rows], is added to as it goes. A lead whose
+    profile cannot be read (not a profile, or columns that are not JSON of the right
+    shape) is not a member: it goes to `dead_letters` with reason `bad_lead_profile`."""
     if not 0 <= stream < streams:
         raise ValueError(f"stream {stream} is not one of 0..{streams - 1}")
     reader = _connect(leads_uri, unbuffered=True)
     lookups = _connect(leads_uri)
     histories = _Histories(lookups, rules, campaign)
-    sql = ("SELECT l.lead_id, p.attributes, p.score, p.lists FROM leads l LEFT JOIN lead_profiles p "
-           "ON p.tenant = l.tenant AND p.lead_id = l.lead_id WHERE l.tenant = %s")
-    params: list = [campaign.tenant]
-    if streams > 1:
-        sql += " AND CRC32(l.lead_id) %% %s = %s"
-        params += [streams, stream]
-    # By lead id alone: with the tenant fixed that is the primary key's order, so the
-    # server streams rows as it reads them (ORDER BY tenant, lead_id makes MariaDB
-    # 10.11 sort the whole tenant first: seconds for a million leads).
-    sql += " ORDER BY l.lead_id"
     cursor = reader.cursor()
     finished = False
     try:
-        cursor.execute(sql, params)
-        round_ = 0
-        while True:
-            rows = cursor.fetchmany(_CHUNKS[min(round_, len(_CHUNKS) - 1)])
-            round_ += 1
-            if not rows:
-                break
-            if counts is not None:
-                counts[0] += len(rows)
-            lead_ids = [_text(row[0]) for row in rows]
-            found = histories.load(lead_ids, now)
-            for lead_id, (_, attributes, score, lists) in zip(lead_ids, rows):
-                try:
-                    state = _lead_state(attributes, score, lists, found.get(lead_id, {}))
-                except ValueError as err:
-                    if counts is not None and len(counts) > 1:
-                        counts[1] += 1
-                    if dead_letters is not None:
-                        dead_letters(DeadLetter(
-                            {"tenant": campaign.tenant, "lead_id": lead_id, "attributes": _text(attributes),
-                             "lists": _text(lists)}, BAD_LEAD_PROFILE,
-                            f"lead {lead_id}: lead_profiles row unreadable: {err}", BATCH_SOURCE))
-                    continue
-                if campaign.failed_filters(state, now) is None:
-                    yield Member(lead_id, state)
+        for sql, params in _member_queries(lookups, campaign.tenant, streams, stream):
+            _execute(cursor, sql, params, leads_uri)
+            round_ = 0
+            while True:
+                rows = cursor.fetchmany(_CHUNKS[min(round_, len(_CHUNKS) - 1)])
+                round_ += 1
+                if not rows:
+                    break
+                if counts is not None:
+                    counts[0] += len(rows)
+                lead_ids = [_text(row[0]) for row in rows]
+                found = histories.load(lead_ids, now)
+                for lead_id, (_, data, attributes, score, lists) in zip(lead_ids, rows):
+                    try:
+                        state, sent = member_state(data, attributes, score, lists, found.get(lead_id, {}))
+                    except ValueError as err:
+                        if counts is not None and len(counts) > 1:
+                            counts[1] += 1
+                        if dead_letters is not None:
+                            row = ({"profile": _text(data)} if data is not None else
+                                   {"attributes": _text(attributes), "lists": _text(lists)})
+                            dead_letters(DeadLetter(
+                                {"tenant": campaign.tenant, "lead_id": lead_id, **row}, BAD_LEAD_PROFILE,
+                                f"lead {lead_id}: lead_profiles row unreadable: {err}", BATCH_SOURCE))
+                        continue
+                    if campaign.failed_filters(state, now) is None:
+                        yield Member(lead_id, state, sent)
         finished = True
     finally:
         if not finished:
@@ -257,24 +300,66 @@ def _abandon(reader, lookups) -> None:
         pass  # the query has ended on its own
 
 
-# lead_profiles.lists as read -> the frozenset: most leads share a few combinations.
-_LIST_SETS: dict[str, frozenset] = {}
+def member_state(data, attributes, score, lists, history: dict) -> tuple[LeadState, tuple]:
+    """A lead's state (with `history`) and its recent non-operational send times, from its
+    lead_profiles row: the encoded profile when there is one, else the attributes, score
+    and lists columns (all None: a lead with no profile). ValueError (ProfileError is
+    one) if the row cannot be read."""
+    if data is None:
+        return lead_state_of_columns(attributes, score, lists)._replace(history=history), ()
+    flows = decode_profile(data).flows
+    sent = flows.sent
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in sent):
+        raise ValueError("the profile's sent times must be epoch milliseconds")
+    return flows.lead._replace(history=history), sent
 
 
-def _lead_state(attributes, score, lists, history: dict) -> LeadState:
-    """A lead's state from its lead_profiles columns; ValueError if they are unreadable."""
-    attributes = json.loads(attributes) if attributes else {}
-    if not isinstance(attributes, dict):
-        raise ValueError(f"attributes must be a JSON object, not {type(attributes).__name__}")
-    names = _LIST_SETS.get(lists) if lists else frozenset()
-    if names is None:
-        found = json.loads(lists)
-        if not isinstance(found, list) or not all(isinstance(name, str) for name in found):
-            raise ValueError("lists must be a JSON array of list names")
-        names = frozenset(found)
-        if len(_LIST_SETS) < 4096:
-            _LIST_SETS[lists] = names
-    return LeadState(attributes, float(score or 0), names, {}, history)
+def refreshed(members: Iterable[Member], leads_uri: str, tenant: str, *, chunk: int = 500,
+              counts: list | None = None, dead_letters: Callable | None = None) -> Iterator[Member]:
+    """Precomputed members with what their profiles say now: each member's attributes,
+    score, lists, campaign runs and send times are read again from lead_profiles (in
+    chunks of `chunk` leads), so a lead who unsubscribed, bounced or was sent an email
+    since the list was computed is held as a live send would hold it. Membership stays
+    as computed; so do the history counters. A member whose profile row is gone has an
+    empty profile, as a lead only in `leads` has (no address: its email is held); one
+    whose row is now unreadable is dead-lettered, not sent.
+    `counts`, if given, [members read, bad rows], is added to as it goes."""
+    connection = _connect(leads_uri)
+    try:
+        pending: list[Member] = []
+        for member in members:
+            pending.append(member)
+            if len(pending) >= chunk:
+                yield from _refresh(connection, pending, tenant, counts, dead_letters)
+                pending = []
+        if pending:
+            yield from _refresh(connection, pending, tenant, counts, dead_letters)
+    finally:
+        connection.close()
+
+
+def _refresh(connection, members: list[Member], tenant: str, counts, dead_letters) -> list[Member]:
+    marks = ", ".join(["%s"] * len(members))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT lead_id, {_PROFILE_FIELDS} FROM lead_profiles WHERE tenant = %s "
+                       f"AND lead_id IN ({marks})", [tenant, *(m.lead_id for m in members)])
+        rows = {_text(row[0]): row[1:] for row in cursor.fetchall()}
+    if counts is not None:
+        counts[0] += len(members)
+    fresh = []
+    for member in members:
+        try:
+            state, sent = member_state(*rows.get(member.lead_id, (None,) * 4), member.state.history)
+        except ValueError as err:
+            if counts is not None and len(counts) > 1:
+                counts[1] += 1
+            if dead_letters is not None:
+                dead_letters(DeadLetter({"tenant": tenant, "lead_id": member.lead_id}, BAD_LEAD_PROFILE,
+                                        f"lead {member.lead_id}: lead_profiles row unreadable at send time: {err}",
+                                        BATCH_SOURCE))
+            continue
+        fresh.append(Member(member.lead_id, state, sent))
+    return fresh
 
 
 def membership_header(path: str | Path) -> dict:
@@ -297,7 +382,8 @@ def read_membership(path: str | Path, *, streams: int = 1, stream: int = 0) -> I
                 continue
             if streams > 1 and stream_of(record["lead_id"], streams) != stream:
                 continue
-            yield Member(record["lead_id"], LeadState.from_json_dict(record["state"]))
+            yield Member(record["lead_id"], LeadState.from_json_dict(record["state"]),
+                         tuple(record.get("sent", ())))
 
 
 def write_membership(members: Iterable[Member], path: str | Path, header: dict | None = None) -> int:
@@ -307,7 +393,8 @@ def write_membership(members: Iterable[Member], path: str | Path, header: dict |
         if header is not None:
             out.write(json.dumps({"membership_of": header}) + "\n")
         for member in members:
-            out.write(json.dumps({"lead_id": member.lead_id, "state": member.state.to_json_dict()}) + "\n")
+            out.write(json.dumps({"lead_id": member.lead_id, "state": member.state.to_json_dict(),
+                                  "sent": list(member.sent)}) + "\n")
             n += 1
     return n
 
@@ -322,24 +409,31 @@ def send_batch(members: Iterable[Member], rules, rules_dir: str, template_dirs, 
                dead_letters: Callable | None = None, activities_out: Callable | None = None,
                clock: Callable[[], float] = time.perf_counter, started: float | None = None,
                counts: list | None = None, on_queued: Callable[[int, int], None] | None = None) -> BatchSummary:
-    """Run the campaign's flow for each member and queue what it sends. The first
-    record is committed on its own, so it is queued as soon as the first member is
+    """Run the campaign's flow for each member and queue what it sends. A member's
+    emails are held as the graph holds them (no address, a bounced address, an
+    unsubscribe, a communication limit counting the sends in the member's profile). The
+    first record is committed on its own, so it is queued as soon as the first member is
     assembled; the rest in batches of `batch_size`, committed on a thread of their own
     while the next batch is assembled. `on_queued(new records, members so far)` is
     called after each commit. A member's template that fails, or a flow that
     would wait (a batch send has no timers: the steps after a wait would be lost), goes
     to `dead_letters` with the reason, and the send goes on."""
     from orion.campaigns.email import ASSEMBLY_SOURCE, AssemblyError, EmailAssembler, SenderSettings
-    from orion.campaigns.flows import FlowEngine
+    from orion.campaigns.flows import FlowEngine, LeadFlows
     from orion.campaigns.outbox import email_record, held_record, open_outbox, webhook_record
     from orion.deadletters import DeadLetter
+    from orion.rules.model import Outcome
 
     started = clock() if started is None else started
     run_id = run_id or default_run_id(now)
     engine = FlowEngine(rules)
+    # Each member's flow starts as FlowEngine.run_batch starts it (the campaign's flow
+    # from its first step, run id as event id, at the send's time), but from the
+    # member's LeadFlows, so the communication limits count the sends in its profile.
+    found = rules.campaign(tenant, campaign_name)
+    priority = found.priority if found is not None else 0
     assembler = EmailAssembler(rules_dir, template_dirs, sender or SenderSettings())
     outbox = open_outbox(outbox_uri)
-    outbox.init()
     writer = _BehindQueue(outbox)
     records: list = []
     n_members = queued = held = dead = 0
@@ -353,10 +447,12 @@ def send_batch(members: Iterable[Member], rules, rules_dir: str, template_dirs, 
                 on_queued(new, members_so_far)
 
     try:
+        writer.call(outbox.init)
         for member in members:
             n_members += 1
-            flows, result = engine.run_batch(member.state, tenant, member.lead_id, campaign_name, run_id, now,
-                                             tokens)
+            flows, result = engine.run_flow(LeadFlows(lead=member.state, sent=member.sent),
+                                            Outcome(tenant, member.lead_id, run_id, now, campaign_name, priority,
+                                                    True), tokens=tokens)
             if flows.running:
                 dead += 1
                 if dead_letters is not None:
@@ -386,7 +482,7 @@ def send_batch(members: Iterable[Member], rules, rules_dir: str, template_dirs, 
                 for activity in result.activities:
                     activities_out(activity)
             if records and first_queued is None:
-                new = outbox.queue(records)  # the first on its own, at once
+                new = writer.call(outbox.queue, records)  # the first on its own, at once
                 first_queued = clock() - started
                 settle([(new, n_members)])
                 records = []
@@ -398,7 +494,6 @@ def send_batch(members: Iterable[Member], rules, rules_dir: str, template_dirs, 
         settle(writer.wait())
     finally:
         writer.close()
-        outbox.close()
     read = counts[0] if counts else n_members
     bad_rows = counts[1] if counts and len(counts) > 1 else 0
     return BatchSummary(read, n_members, queued, held, dead + bad_rows, first_queued, clock() - started)
@@ -407,13 +502,21 @@ def send_batch(members: Iterable[Member], rules, rules_dir: str, template_dirs, 
 class _BehindQueue:
     """Queues batches in the outbox on a thread of its own, one batch in flight, so the
     next batch is assembled while the database commits the last one (pymysql lets go of
-    the GIL while it waits on the socket). Results come back in order. The caller does
-    not touch the outbox while a batch is in flight."""
+    the GIL while it waits on the socket). Results come back in order. Every use of the
+    outbox, from init to close, runs on that one thread (a SQLite connection may only be
+    used on the thread that opened it); the caller does not touch the outbox itself."""
 
     def __init__(self, outbox):
         self.outbox = outbox
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self.pending: tuple | None = None  # (future, members so far)
+
+    def call(self, method, *args):
+        """`method(*args)` on the outbox's thread, once the batch in flight is committed;
+        its result."""
+        if self.pending is not None:
+            raise RuntimeError("a batch is in flight: wait() for it first")
+        return self.pool.submit(method, *args).result()
 
     def submit(self, records: list, members_so_far: int) -> list[tuple[int, int]]:
         """Queue `records` behind; returns (new records, members so far) of the batch
@@ -430,7 +533,12 @@ class _BehindQueue:
         return [(future.result(), members_so_far)]
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        """Close the outbox (on its thread) and stop the thread; a batch still in flight
+        (the send stopped early) is committed or fails first."""
+        try:
+            self.pool.submit(self.outbox.close).result()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def run_stream(config: dict, stream: int) -> BatchSummary:
@@ -450,7 +558,10 @@ def run_stream(config: dict, stream: int) -> BatchSummary:
         (lambda d: dead_file.write(d.to_json() + "\n")) if dead_file else None)
     if config.get("membership"):
         members = read_membership(config["membership"], streams=config["streams"], stream=stream)
-        counts = None
+        if config.get("leads"):
+            members = refreshed(members, config["leads"], config["tenant"], counts=counts, dead_letters=dead_letters)
+        else:
+            counts = None
     else:
         members = stream_members(config["leads"], rules, campaign, config["now"], streams=config["streams"],
                                  stream=stream, counts=counts, dead_letters=dead_letters)
@@ -524,7 +635,8 @@ def _common(parser) -> None:
     parser.add_argument("--templates", type=Path, action="append", default=[], help="extra template folder")
     parser.add_argument("--tenant", required=True)
     parser.add_argument("--campaign", required=True, help="the batch campaign's name")
-    parser.add_argument("--leads", help="the lead database: mysql://USER@HOST:PORT/DB")
+    parser.add_argument("--leads", help="the lead database (the MySQL activity store the graph writes lead "
+                        "profiles to): mysql://USER@HOST:PORT/DB")
     parser.add_argument("--streams", type=int, default=1, metavar="N", help="split the leads into N streams")
     parser.add_argument("--stream", type=int, metavar="K",
                         help="run stream K (0..N-1) only; without it, all N run here, one process each")
@@ -539,13 +651,15 @@ def add_campaign_commands(commands) -> None:
     sub = parser.add_subparsers(dest="campaign_command", required=True)
     run = sub.add_parser(
         "run", help="send a batch campaign now (or at its scheduled time)",
-        description="Select the campaign's members from the lead table and the activity index with its "
-        "filters, streaming, run its flow for each and queue the emails in the outbox.")
+        description="Select the campaign's members from the lead profiles and the activity index with its "
+        "filters, streaming, run its flow for each on the lead's profile (unsubscribed, bounced and "
+        "communication limits hold an email) and queue the emails in the outbox.")
     _common(run)
     run.add_argument("--outbox", required=True, help="outbox URI: mysql://..., sqlite:///PATH, eml:///DIR")
     run.add_argument("--membership", type=Path,
                      help="use members precomputed by `orion campaign precompute` (the send's time is then "
-                     "the one they were computed for, unless --at says otherwise)")
+                     "the one they were computed for, unless --at says otherwise); with --leads, each member's "
+                     "profile is read again at send time, so an unsubscribe or a send since then counts")
     run.add_argument("--run-id", help="the send's id in the outbox key (default: batch:SCHEDULED-TIME); a rerun "
                      "with the same id (or the same --at TIME) queues nothing twice")
     run.add_argument("--token", type=_token, action="append", default=[], metavar="NAME=VALUE",
@@ -561,8 +675,10 @@ def add_campaign_commands(commands) -> None:
     pre.add_argument("--dead-letters", help="append dead letters (JSONL) here: leads whose profile is unreadable")
     pre.set_defaults(handler=_precompute)
     init = sub.add_parser("init", help="create the lead tables a batch send reads (safe to rerun)",
-                          description="Create leads, activities, activity_index (the MySQL store's tables) and "
-                          "lead_profiles (attributes, score and lists per lead) in the lead database.")
+                          description="Create the MySQL activity store's tables (what `orion store init` "
+                          "creates): leads, activities, activity_index and lead_profiles (one profile per "
+                          "lead: the encoded profile and its attributes, score and lists as columns). An "
+                          "older lead_profiles table gains the profile columns; its rows are kept.")
     init.add_argument("--leads", required=True, help="the lead database: mysql://USER@HOST:PORT/DB")
     init.set_defaults(handler=_init)
     schedule = sub.add_parser("schedule", help="list batch campaigns and their next scheduled send")
@@ -634,6 +750,9 @@ def _run(args: argparse.Namespace) -> int:
             return 2
         # The send happens at the time the members were computed for.
         when = header["now"] if args.at == "now" else _scheduled_time(args, campaign)
+        if args.leads is None:
+            print("orion: note: without --leads the members are sent as precomputed; a lead who unsubscribed "
+                  "or was sent an email since is not seen", file=sys.stderr)
     else:
         when = _scheduled_time(args, campaign)
     _wait_until(when)
@@ -644,7 +763,12 @@ def _run(args: argparse.Namespace) -> int:
         "membership": str(args.membership) if args.membership else None,
         "dead_letters": args.dead_letters, "activities_out": args.activities_out,
     }
-    print(run_streams(config, streams).render())
+    try:
+        summary = run_streams(config, streams)
+    except StoreError as err:
+        print(f"orion: {err}", file=sys.stderr)
+        return 2
+    print(summary.render())
     return 0
 
 
@@ -666,6 +790,9 @@ def _precompute(args: argparse.Namespace) -> int:
             args.leads, rules, campaign, when, streams=args.streams, stream=k, counts=counts,
             dead_letters=(lambda d: dead_file.write(d.to_json() + "\n")) if dead_file else None))
         n = write_membership(members, args.out, header)
+    except StoreError as err:
+        print(f"orion: {err}", file=sys.stderr)
+        return 2
     finally:
         if dead_file is not None:
             dead_file.close()
@@ -678,8 +805,14 @@ def _precompute(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
-    init_lead_tables(args.leads)
-    print(f"lead tables ready in {args.leads}")
+    from orion.store.mysql import redact
+
+    try:
+        init_lead_tables(args.leads)
+    except StoreError as err:
+        print(f"orion: {err}", file=sys.stderr)
+        return 2
+    print(f"lead tables ready in {redact(args.leads)}")
     return 0
 
 

@@ -11,13 +11,17 @@ through PyMySQL. It keeps the legacy schema the bootstrap migration reads by id 
 - `activity_index`: count and last seen per (tenant, lead_id, type, UTC day), a derived
   table recounted from `activities` for every entry a batch touches, in one transaction
   with shared locks on the counted rows, so retries and reruns leave the same index.
-- `stored_profiles`: one row per (tenant, lead_id) holding the lead's encoded profile
+- `lead_profiles`: one row per (tenant, lead_id), the lead's profile: the encoded profile
   (`data`, MEDIUMTEXT utf8mb4: at most 16 MiB, and no more than the server's
   max_allowed_packet), when its next waiting flow step is due (`next_wake`, BIGINT epoch
-  ms, NULL for none; indexed for `due_profiles`) and `updated_at` (wall-clock epoch ms of
-  the last change, for people only). Not `lead_profiles`: that name is the batch
-  campaigns' table of lead attributes, score and lists (orion/campaigns/batch.py), which
-  lives in the same database.
+  ms, NULL for none; indexed for `due_profiles`), `updated_at` (wall-clock epoch ms of
+  the last change, for people only) and, derived from the profile on every write, the
+  lead's `attributes` (JSON), `score` (DOUBLE) and `lists` (JSON array), which SQL users
+  and the batch campaigns (orion/campaigns/batch.py) read. A row with only attributes,
+  score and lists (data NULL: written with SQL, as the batch campaigns' lead database
+  was before the profile existed) reads as a profile of those
+  (orion/store/profile_columns.py). `init` adds the profile columns to a lead_profiles
+  table made by an older `orion campaign init`.
 
 Ids and types are VARBINARY (UTF-8 bytes): comparisons are exact and byte-wise, with no
 case folding, no trailing-space padding and the same order as the other stores. An event
@@ -50,12 +54,14 @@ from orion.store.base import (
     WriteFailure,
     WriteResult,
     attributes_json,
+    close_quietly,
     day_bounds,
     index_keys,
     leads_by_tenant,
     profiles_to_write,
     with_backoff,
 )
+from orion.store.profile_columns import profile_columns, profile_of_columns
 
 URI_FORM = "mysql://USER:PASSWORD@HOST:PORT/DATABASE"
 _DATABASE_NAME = re.compile(r"[A-Za-z0-9_$]{1,64}")
@@ -98,17 +104,31 @@ _SCHEMA = (
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
     """,
     """
-    CREATE TABLE IF NOT EXISTS stored_profiles (
+    CREATE TABLE IF NOT EXISTS lead_profiles (
         tenant     VARBINARY(255) NOT NULL,
         lead_id    VARBINARY(255) NOT NULL,
-        data       MEDIUMTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL COMMENT 'the encoded profile',
+        attributes JSON           NOT NULL COMMENT 'lead attributes: email, first_name, ...',
+        score      DOUBLE         NOT NULL DEFAULT 0,
+        lists      JSON           NOT NULL COMMENT 'names of the lists the lead is in',
+        data       MEDIUMTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL
+                   COMMENT 'the encoded profile; NULL: a row written with SQL, of its columns only',
         next_wake  BIGINT         NULL COMMENT 'epoch ms its earliest waiting flow step is due',
-        updated_at BIGINT         NOT NULL COMMENT 'wall-clock epoch ms of the last change',
+        updated_at BIGINT         NULL COMMENT 'wall-clock epoch ms of the last change by the store',
         PRIMARY KEY (tenant, lead_id),
-        KEY stored_profiles_next_wake (next_wake)
+        KEY lead_profiles_next_wake (next_wake)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
     """,
 )
+# What `init` adds to a lead_profiles table an older `orion campaign init` made (tenant,
+# lead_id, attributes, score, lists), checked against information_schema, so the same
+# statements run on MySQL and MariaDB (only MariaDB has ADD COLUMN IF NOT EXISTS).
+_PROFILE_COLUMNS = (
+    ("data", "MEDIUMTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL "
+             "COMMENT 'the encoded profile; NULL: a row written with SQL, of its columns only'"),
+    ("next_wake", "BIGINT NULL COMMENT 'epoch ms its earliest waiting flow step is due'"),
+    ("updated_at", "BIGINT NULL COMMENT 'wall-clock epoch ms of the last change by the store'"),
+)
+_PROFILE_WAKE_INDEX = "lead_profiles_next_wake"
 
 _UPSERT_LEAD = (
     "INSERT INTO leads (tenant, lead_id, first_activity_at, last_activity_at) VALUES (%s, %s, %s, %s) "
@@ -123,13 +143,20 @@ _UPSERT_ACTIVITY = (
 )
 
 # updated_at first: MySQL assigns left to right, so it still compares with the old row.
-# A profile written again unchanged keeps its row as it was, updated_at included.
+# A profile written again unchanged keeps its row as it was, updated_at included. The
+# attributes, score and lists follow the data they are derived from.
 _UPSERT_PROFILE = (
-    "INSERT INTO stored_profiles (tenant, lead_id, data, next_wake, updated_at) VALUES (%s, %s, %s, %s, %s) "
+    "INSERT INTO lead_profiles (tenant, lead_id, data, next_wake, updated_at, attributes, score, lists) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
     "ON DUPLICATE KEY UPDATE updated_at = IF(CAST(data AS BINARY) <=> CAST(VALUES(data) AS BINARY) "
     "AND next_wake <=> VALUES(next_wake), updated_at, VALUES(updated_at)), "
-    "data = VALUES(data), next_wake = VALUES(next_wake)"
+    "data = VALUES(data), next_wake = VALUES(next_wake), attributes = VALUES(attributes), "
+    "score = VALUES(score), lists = VALUES(lists)"
 )
+# A profile's data, or (data NULL) the columns it is built from; the columns only for
+# such rows, so a profile's bytes cross the network once.
+_READ_PROFILE_COLUMNS = ("lead_id, data, IF(data IS NULL, attributes, NULL), IF(data IS NULL, score, NULL), "
+                         "IF(data IS NULL, lists, NULL)")
 # Leads (of one tenant) per statement of read_profiles, and tenants per statement of
 # due_profiles.
 KEYS_PER_STATEMENT = 500
@@ -246,12 +273,8 @@ class MysqlStore(ActivityStore):
         return self._connection
 
     def _drop_connection(self) -> None:
-        if self._connection is not None:
-            try:
-                self._connection.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection may fail in any way
-                pass
-            self._connection = None
+        close_quietly(self._connection)
+        self._connection = None
 
     def _transaction(self, body):
         """Run body(cursor) in one transaction; deadlocks, lock timeouts and lost
@@ -316,6 +339,7 @@ class MysqlStore(ActivityStore):
         def create(cursor):
             for statement in _SCHEMA:
                 cursor.execute(statement)
+            _add_profile_columns(cursor)
 
         self._transaction(create)
 
@@ -463,7 +487,8 @@ class MysqlStore(ActivityStore):
 
         now = int(time.time() * 1000)
         # Sorted by key: one lock order for concurrent writers.
-        rows = [(p.tenant, p.lead_id, p.data, p.next_wake, now) for p in profiles_to_write(profiles)]
+        rows = [(p.tenant, p.lead_id, p.data, p.next_wake, now, *profile_columns(p.data))
+                for p in profiles_to_write(profiles)]
         if not rows:
             return len(profiles)
         try:
@@ -477,13 +502,14 @@ class MysqlStore(ActivityStore):
     def read_profiles(self, keys: Sequence[tuple[str, str]]) -> list[str | None]:
         found: dict[tuple[str, str], str] = {}
         for tenant, leads in leads_by_tenant(keys, KEYS_PER_STATEMENT):
-            rows = self._query(f"SELECT lead_id, data FROM stored_profiles WHERE tenant = %s "
+            rows = self._query(f"SELECT {_READ_PROFILE_COLUMNS} FROM lead_profiles WHERE tenant = %s "
                                f"AND lead_id IN ({', '.join(['%s'] * len(leads))})", [tenant, *leads])
-            found.update(((tenant, _text(lead_id)), data) for lead_id, data in rows)
+            found.update(((tenant, _text(lead_id)), data if data is not None else profile_of_columns(*columns))
+                         for lead_id, data, *columns in rows)
         return [found.get((tenant, lead_id)) for tenant, lead_id in keys]
 
     def due_profiles(self, due_by: int, tenants: Iterable[str] | None = None) -> list[tuple[str, str, int]]:
-        sql = "SELECT tenant, lead_id, next_wake FROM stored_profiles WHERE next_wake <= %s"
+        sql = "SELECT tenant, lead_id, next_wake FROM lead_profiles WHERE next_wake <= %s"
         if tenants is None:
             rows = self._query(sql, [due_by])
         else:
@@ -496,10 +522,26 @@ class MysqlStore(ActivityStore):
         return sorted((_text(tenant), _text(lead_id), int(wake)) for tenant, lead_id, wake in rows)
 
     def count_profiles(self) -> int:
-        return int(self._query("SELECT COUNT(*) FROM stored_profiles", ())[0][0])
+        return int(self._query("SELECT COUNT(*) FROM lead_profiles", ())[0][0])
 
     def close(self) -> None:
         self._drop_connection()
+
+
+def _add_profile_columns(cursor) -> None:
+    """Bring a lead_profiles table an older `orion campaign init` made up to this
+    schema: the profile columns and the next_wake index it lacks (its rows keep their
+    attributes, score and lists, and read as profiles of those)."""
+    cursor.execute("SELECT COLUMN_NAME FROM information_schema.COLUMNS "
+                   "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'lead_profiles'")
+    have = {_text(name).lower() for name, in cursor.fetchall()}
+    changes = [f"ADD COLUMN {name} {definition}" for name, definition in _PROFILE_COLUMNS if name not in have]
+    cursor.execute("SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+                   "AND TABLE_NAME = 'lead_profiles' AND INDEX_NAME = %s LIMIT 1", (_PROFILE_WAKE_INDEX,))
+    if cursor.fetchone() is None:
+        changes.append(f"ADD KEY {_PROFILE_WAKE_INDEX} (next_wake)")
+    if changes:
+        cursor.execute(f"ALTER TABLE lead_profiles {', '.join(changes)}")
 
 
 def _lead_rows(activities: Sequence[Activity]) -> list[tuple[str, str, int, int]]:

@@ -1,8 +1,11 @@
 """The embedded activity store: one SQLite file, rows keyed like the Bigtable row key
 (tenant, lead, time, event id) so writing the same activity twice leaves one row, the
 activity index as a derived table recounted from the stored rows, and the lead profiles
-in `stored_profiles`, one row per (tenant, lead), with an index on next_wake for
-`due_profiles`.
+in `lead_profiles`, one row per (tenant, lead), with an index on next_wake for
+`due_profiles`. As in the MySQL store, a profile row holds the encoded profile (`data`)
+and, derived from it on every write, the lead's attributes, score and lists (JSON as
+TEXT); a row with only those columns (data NULL, written with SQL) reads as a profile of
+them (orion/store/profile_columns.py).
 
 WAL mode and a busy timeout let the workers of a multi-process DirectRunner write to
 the same file; a write and an index update each run in one IMMEDIATE transaction, so a
@@ -38,6 +41,7 @@ from orion.store.base import (
     profiles_to_write,
     with_backoff,
 )
+from orion.store.profile_columns import profile_columns, profile_of_columns
 
 _SCHEMA = (
     """
@@ -65,27 +69,36 @@ _SCHEMA = (
     # A rowid table (not WITHOUT ROWID): profiles run to a few KB, and a WITHOUT ROWID
     # table keeps whole rows in its key b-tree, which suits only small rows.
     """
-    CREATE TABLE IF NOT EXISTS stored_profiles (
+    CREATE TABLE IF NOT EXISTS lead_profiles (
         tenant     TEXT    NOT NULL,
         lead_id    TEXT    NOT NULL,
-        data       TEXT    NOT NULL,  -- the encoded profile, opaque to the store
+        attributes TEXT    NOT NULL DEFAULT '{}',  -- JSON object: email, first_name, ...
+        score      REAL    NOT NULL DEFAULT 0,
+        lists      TEXT    NOT NULL DEFAULT '[]',  -- JSON array: the lists the lead is in
+        data       TEXT,              -- the encoded profile; NULL: a row written with SQL, of its columns only
         next_wake  INTEGER,           -- epoch ms its earliest waiting flow step is due; NULL: none
-        updated_at INTEGER NOT NULL,  -- wall-clock epoch ms of the last change, for people only
+        updated_at INTEGER,           -- wall-clock epoch ms of the last change by the store, for people only
         PRIMARY KEY (tenant, lead_id)
     )
     """,
-    "CREATE INDEX IF NOT EXISTS stored_profiles_next_wake ON stored_profiles (next_wake)",
+    "CREATE INDEX IF NOT EXISTS lead_profiles_next_wake ON lead_profiles (next_wake)",
 )
 
 _INSERT = ("INSERT OR REPLACE INTO activities "
            "(tenant, lead_id, occurred_at, event_id, type, attributes) VALUES (?, ?, ?, ?, ?, ?)")
-# A profile written again unchanged keeps its row as it was, updated_at included.
+# A profile written again unchanged keeps its row as it was, updated_at included. The
+# attributes, score and lists follow the data they are derived from.
 _UPSERT_PROFILE = (
-    "INSERT INTO stored_profiles (tenant, lead_id, data, next_wake, updated_at) VALUES (?, ?, ?, ?, ?) "
+    "INSERT INTO lead_profiles (tenant, lead_id, data, next_wake, updated_at, attributes, score, lists) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (tenant, lead_id) DO UPDATE SET data = excluded.data, next_wake = excluded.next_wake, "
-    "updated_at = excluded.updated_at "
+    "updated_at = excluded.updated_at, attributes = excluded.attributes, score = excluded.score, "
+    "lists = excluded.lists "
     "WHERE data IS NOT excluded.data OR next_wake IS NOT excluded.next_wake"
 )
+# A profile's data, or (data NULL) the columns it is built from.
+_READ_PROFILE_COLUMNS = ("lead_id, data, CASE WHEN data IS NULL THEN attributes END, "
+                         "CASE WHEN data IS NULL THEN score END, CASE WHEN data IS NULL THEN lists END")
 
 
 def sqlite_path(uri: str) -> Path:
@@ -342,7 +355,8 @@ class SqliteStore(ActivityStore):
 
     def write_profiles(self, profiles: Sequence[StoredProfile]) -> int:
         now = int(time.time() * 1000)
-        rows = [(p.tenant, p.lead_id, p.data, p.next_wake, now) for p in profiles_to_write(profiles)]
+        rows = [(p.tenant, p.lead_id, p.data, p.next_wake, now, *profile_columns(p.data))
+                for p in profiles_to_write(profiles)]
         if rows:
             self._transaction(lambda connection: connection.executemany(_UPSERT_PROFILE, rows))
         return len(profiles)
@@ -351,16 +365,17 @@ class SqliteStore(ActivityStore):
         # One statement per tenant and KEYS_PER_STATEMENT leads, on the primary key.
         found: dict[tuple[str, str], str] = {}
         for tenant, leads in leads_by_tenant(keys, KEYS_PER_STATEMENT):
-            rows = self._select(f"SELECT lead_id, data FROM stored_profiles WHERE tenant = ? "
+            rows = self._select(f"SELECT {_READ_PROFILE_COLUMNS} FROM lead_profiles WHERE tenant = ? "
                                 f"AND lead_id IN ({', '.join('?' * len(leads))})", [tenant, *leads])
-            found.update(((tenant, lead_id), data) for lead_id, data in rows)
+            found.update(((tenant, lead_id), data if data is not None else profile_of_columns(*columns))
+                         for lead_id, data, *columns in rows)
         return [found.get((tenant, lead_id)) for tenant, lead_id in keys]
 
     def due_profiles(self, due_by: int, tenants: Iterable[str] | None = None) -> list[tuple[str, str, int]]:
         # Through the next_wake index: sorted here, since an ORDER BY would make SQLite walk
         # the primary key (every profile) instead, and `+tenant` keeps it from picking the
         # primary key for the tenant filter (every profile of those tenants).
-        sql = "SELECT tenant, lead_id, next_wake FROM stored_profiles WHERE next_wake <= ?"
+        sql = "SELECT tenant, lead_id, next_wake FROM lead_profiles WHERE next_wake <= ?"
         if tenants is None:
             due = self._select(sql, [due_by])
         else:
@@ -372,7 +387,7 @@ class SqliteStore(ActivityStore):
         return sorted(due)
 
     def count_profiles(self) -> int:
-        return self._select("SELECT COUNT(*) FROM stored_profiles", ())[0][0]
+        return self._select("SELECT COUNT(*) FROM lead_profiles", ())[0][0]
 
     def close(self) -> None:
         if self._connection is not None:
