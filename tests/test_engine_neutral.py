@@ -61,7 +61,7 @@ def test_the_probe_would_see_an_engine_import():
 # The engine adapters, and what only an adapter imports: every other module is core.
 ADAPTERS = ("orion.transforms", "orion.pipelines.bootstrap", "orion.pipelines.activity_graph", "orion.flink",
             "orion.runners.direct", "orion.runners.direct_metrics", "orion.runners.dataflow", "orion.runners.flink",
-            "orion.runners.beam_options")
+            "orion.runners.beam_options", "orion.runners.direct_pubsub")
 # Entry points run their command when imported; what they import is checked through the
 # modules they name.
 ENTRY_POINTS = ("__main__",)

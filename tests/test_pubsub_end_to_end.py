@@ -132,3 +132,37 @@ def test_a_poison_message_is_a_dead_letter_and_the_messages_pulled_with_it_are_s
     dead = [json.loads(line) for f in (tmp_path / "out").glob("dead-letters-*.jsonl")
             for line in f.read_text().splitlines()]
     assert [(d["reason"], "depth" in d["detail"]) for d in dead] == [("malformed_json", True)]
+
+
+def test_a_run_stopped_by_duration_releases_what_it_pulled_before_it_stops(pubsub, tmp_path, monkeypatch):
+    """Two events happening now, and a run whose --duration ends before the allowed
+    lateness has passed them: the local runner has acknowledged them, so the stop drains
+    (no more pulls, the watermark passes them) and both are stored, not lost."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub.host)
+    from google.cloud import pubsub_v1
+
+    topic = f"projects/{PROJECT}/topics/stop"
+    subscription = f"projects/{PROJECT}/subscriptions/stop"
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    publisher.create_topic(name=topic)
+    subscriber.create_subscription(request={"name": subscription, "topic": topic})
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "shop.yaml").write_text(RULES)
+    now = int(time.time() * 1000)
+    events = [{"event_id": f"now{n}", "tenant": "shop", "lead_id": f"L{n}", "type": "visit_web_page",
+               "occurred_at": now + n, "attributes": {"url": "https://shop.example/"}} for n in range(2)]
+    for future in [publisher.publish(topic, json.dumps(e).encode()) for e in events]:
+        future.result(timeout=30)
+
+    store_uri = f"sqlite:///{tmp_path / 'store.db'}"
+    result = subprocess.run(
+        [str(ORION), "run", "--rules", str(rules), "--subscription", subscription, "--store", store_uri,
+         "--out-dir", str(tmp_path / "out"), "--outbox", "none", "--allowed-lateness", "15", "--duration", "6"],
+        env=emulator_environment(pubsub), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "draining" in result.stdout and "drained" in result.stdout
+    with open_store(store_uri) as store:
+        assert sorted(a.event_id for lead in ("L0", "L1") for a in store.history("shop", lead)) == ["now0", "now1"]

@@ -24,6 +24,9 @@ from orion.transforms.intake import ParseActivities, ReadActivityFiles, orion_co
 from orion.transforms.sinks import WriteActivities, WriteJsonLines, WriteProfiles
 
 STOP_WAIT_SECONDS = 2.0
+# Draining a streaming run: after the allowed lateness, how long to leave for the last
+# release timers' bundles (the local runner fires them a round or two after the watermark).
+DRAIN_MARGIN_SECONDS = 3.0
 SUMMARY_EVERY_SECONDS = 10.0
 
 
@@ -110,11 +113,19 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=None
     started = clock()
     pipeline = beam.Pipeline(options=options)
     build(pipeline, config)
+    # The local streaming runner acknowledges what it pulls: a stop drains it first.
+    drains = (config.subscription is not None
+              and options.view_as(StandardOptions).runner == "BundleBasedDirectRunner")
+    if drains:
+        from orion.runners import direct_pubsub
+
+        direct_pubsub.install()
+        direct_pubsub.resume_pulling()
     result = pipeline.run()
     if config.subscription is None:
         result.wait_until_finish()
     else:
-        _watch_streaming(result, config, started, clock, out)
+        _watch_streaming(result, config, started, clock, out, drains)
     totals = orion_counters(result)
     print(render_summary(totals, clock() - started, campaigns_fired(config.out_dir)), file=out)
     if config.outbox_uri:
@@ -122,9 +133,10 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=None
     return totals
 
 
-def _watch_streaming(result, config: RunConfig, started: float, clock, out) -> None:
+def _watch_streaming(result, config: RunConfig, started: float, clock, out, drains: bool = False) -> None:
     """Stream until the duration passes or the user interrupts, with a summary line
-    every few seconds; then stop the pipeline."""
+    every few seconds; then (`drains`: on the local runner) drain, and stop the
+    pipeline (see `_drain`)."""
     deadline = None if config.duration_s is None else started + config.duration_s
     last = started
     try:
@@ -135,10 +147,35 @@ def _watch_streaming(result, config: RunConfig, started: float, clock, out) -> N
                 totals = orion_counters(result)
                 print(f"... {totals.get('events_read', 0):,} events read, {totals.get('stored', 0):,} stored, "
                       f"{totals.get('qualified', 0):,} qualified", file=out, flush=True)
+        if drains:
+            _drain(config, clock, out)
     except KeyboardInterrupt:
-        print("stopping ...", file=out)
+        print("stopping ...", file=out, flush=True)
+        try:
+            if drains:
+                _drain(config, clock, out)
+        except KeyboardInterrupt:
+            print("stopped without draining: activities pulled in the last "
+                  f"{config.allowed_lateness_ms / 1000:g} s may not have been released", file=out, flush=True)
     finally:
         _stop(result)
+
+
+def _drain(config: RunConfig, clock, out) -> None:
+    """The local runner acknowledges messages as it pulls them (orion/runners/direct_pubsub.py):
+    stop pulling, so what is published from now on stays on the subscription, and wait
+    while the watermark (the wall clock) passes everything already pulled plus the
+    allowed lateness, so it is released, evaluated and stored. Ctrl-C stops at once."""
+    from orion.runners import direct_pubsub
+
+    direct_pubsub.stop_pulling()
+    wait_s = config.allowed_lateness_ms / 1000 + DRAIN_MARGIN_SECONDS
+    print(f"draining: no more pulls (what is published now stays on the subscription); releasing what "
+          f"was pulled, {wait_s:g} s (the allowed lateness and a margin); Ctrl-C stops at once", file=out, flush=True)
+    until = clock() + wait_s
+    while clock() < until:
+        time.sleep(0.2)
+    print("drained: every activity pulled before the stop has been released", file=out, flush=True)
 
 
 def _stop(result, wait_s: float = STOP_WAIT_SECONDS) -> None:
