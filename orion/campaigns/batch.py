@@ -418,9 +418,9 @@ def send_batch(members: Iterable[Member], rules, rules_dir: str, template_dirs, 
     called after each commit. A member's template that fails, or a flow that
     would wait (a batch send has no timers: the steps after a wait would be lost), goes
     to `dead_letters` with the reason, and the send goes on."""
-    from orion.campaigns.email import ASSEMBLY_SOURCE, AssemblyError, EmailAssembler, SenderSettings
+    from orion.campaigns.email import EmailAssembler, SenderSettings, assemble_one
     from orion.campaigns.flows import FlowEngine, LeadFlows
-    from orion.campaigns.outbox import email_record, held_record, open_outbox, webhook_record
+    from orion.campaigns.outbox import open_outbox, outbox_record
     from orion.deadletters import DeadLetter
     from orion.rules.model import Outcome
 
@@ -463,17 +463,15 @@ def send_batch(members: Iterable[Member], rules, rules_dir: str, template_dirs, 
                         f"so lead {member.lead_id} stopped at the wait, step {waiting.position}; the steps after "
                         "it were not run", BATCH_SOURCE))
             for request in result.emails:
-                try:
-                    records.append(email_record(assembler.assemble(request), queued_at=now))
-                except AssemblyError as err:
+                made, _ = assemble_one(assembler, request)
+                if isinstance(made, DeadLetter):
                     dead += 1
                     if dead_letters is not None:
-                        dead_letters(DeadLetter(request._asdict(), err.reason, err.detail, ASSEMBLY_SOURCE))
-            for item in result.held:
-                held += 1
-                records.append(held_record(item))
-            for call in result.webhooks:
-                records.append(webhook_record(call))
+                        dead_letters(made)
+                else:
+                    records.append(outbox_record(made, queued_at=now)[1])
+            held += len(result.held)
+            records.extend(outbox_record(item)[1] for item in (*result.held, *result.webhooks))
             for letter in result.dead_letters:
                 dead += 1
                 if dead_letters is not None:
