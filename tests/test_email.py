@@ -132,3 +132,27 @@ def test_a_template_that_does_not_compile_is_refused_at_load_time(rules_dir):
         load_rules(rules_dir)
     message = str(errors.value.errors[0])
     assert "hello.j2:2" in message and "does not compile" in message
+
+
+def test_a_template_cannot_change_the_leads_data(rules_dir):
+    (rules_dir / "templates" / "acme" / "nosy.j2").write_text(
+        "{% block subject %}x{% endblock %}{% block text %}{{ lead.update({'email': 'thief@example.com'}) }}{% endblock %}")
+    lead_request = request("nosy")
+    with pytest.raises(AssemblyError) as refused:
+        EmailAssembler(rules_dir).assemble(lead_request)
+    assert refused.value.reason == TEMPLATE_UNSAFE and "update" in refused.value.detail
+    assert lead_request.lead["email"] == "lead1@example.com"
+
+
+def test_a_template_over_its_budget_fails_for_that_lead_only(rules_dir):
+    from orion.campaigns.email import TEMPLATE_BUDGET, TEMPLATE_TOO_LARGE
+
+    (rules_dir / "templates" / "acme" / "nosy.j2").write_text(
+        "{% block subject %}x{% endblock %}{% block text %}{% for i in range(lead.score) %}"
+        "{% for j in range(lead.score) %}.{% endfor %}{% endfor %}{% endblock %}")
+    assembler = EmailAssembler(rules_dir)
+    assert assembler.render(request("nosy", score=30))[2] == "." * 900
+    with pytest.raises(AssemblyError) as refused:
+        assembler.render(request("nosy", score=10_000))  # 10**8 loop steps
+    assert refused.value.reason in (TEMPLATE_BUDGET, TEMPLATE_TOO_LARGE)
+    assert assembler.render(request("nosy", lead_id="2", score=3))[2] == "." * 9

@@ -469,3 +469,17 @@ def test_orion_run_with_outbox_none_runs_no_flows(tmp_path, monkeypatch, capsys)
     assert run_orion("--outbox", "none") == 0
     assert "campaign flows:" not in capsys.readouterr().out
     assert not (tmp_path / "orion-data" / "outbox.db").exists()
+
+
+def test_cascades_stop_at_the_activity_budget_with_one_dead_letter(rules_dir):
+    from orion.campaigns.flows import CASCADE_BUDGET
+
+    engine = FlowEngine(load_rules(rules_dir), max_cascade_depth=50, max_cascade_activities=10)
+    lead = with_email(engine, industry="Loop")
+    flows, result = engine.process_activity(lead, make_activity("change_score", delta=1))
+    assert len(result.activities) == 10 and flows.lead.score == 1 + 10
+    (dead,) = result.dead_letters
+    assert dead.reason == CASCADE_BUDGET and "generated 10 activities" in dead.detail
+    # A fresh budget for the lead's next activity.
+    _, result = engine.process_activity(flows, make_activity("change_score", delta=1, at=T0 + HOUR))
+    assert len(result.activities) == 10

@@ -424,3 +424,69 @@ def test_yaml_yes_no_on_off_are_text_but_an_unquoted_number_is_not(rules_dir, er
         "          note: {is: 42}\n"
     ))
     single_error(errors, rules_dir.file(), rules_dir.line("note: {is: 42}"), "quote it")
+
+
+# --- `matches` runs on RE2 -------------------------------------------------------------------
+
+import re2  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from orion.rules.regex import CASEFOLD_SAFE_UNDER_IGNORECASE, compile_search, required_literal  # noqa: E402
+
+
+def test_matches_takes_re2_syntax_python_re_does_not_know(load):
+    rules = load(probe_yaml("trigger", "note", {"matches": r"^\pL+-\d+\z"}))
+    assert run(rules, [make_activity("purchase", types=rules, note="thermo-12")])[1]
+    assert not run(rules, [make_activity("purchase", types=rules, note="thermo-12\n")])[1]
+
+
+def test_matches_searches_text_with_any_unicode_and_even_a_lone_surrogate():
+    search = compile_search("(?i)straße")
+    assert search("Hauptstraße 1") and search("HAUPTSTRASSE") is False
+    assert compile_search("x")("\ud800x") and not compile_search("y")("\ud800x")
+
+
+def test_ascii_letters_used_under_ignorecase_match_in_re2_only_what_casefolds_to_them():
+    every_character = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
+    for char in CASEFOLD_SAFE_UNDER_IGNORECASE:
+        for found in re2.finditer("(?i)" + re2.escape(char), every_character):
+            assert found.group().casefold() == char.casefold(), (char, found.group())
+
+
+RE2_PIECES = ["pricing", "PRICING", "Straße", "/", "-1", r"\d", r"\pL", r"\p{Greek}", r"\x{41}", r"\x41", r"\Q.*\E",
+              "[[:alpha:]]", "]", "[]a]", "{2}", "{,3}", "{", "}", "(?i)", "(?i:ab)", "(?s)", "a|b", "(x)", "s*",
+              "?", "+?", "$", "^", ".", r"\.", r"\z", "ß", "k", "K", "ſ", "i", "I", "é"]
+RE2_TEXTS = ["https://acme.example/pricing-12", "/PRICING-1", "Straße", "STRASSE", "ab-1", "A", "]x", "{,3}",
+             "a{2}", "K-ſ", "x", ".*", "é", "É", ""]
+
+
+@settings(max_examples=500, deadline=None)
+@given(pieces=st.lists(st.sampled_from(RE2_PIECES), min_size=1, max_size=6),
+       texts=st.lists(st.one_of(st.sampled_from(RE2_TEXTS), st.text(alphabet="prcingSTRAßkKsſ-1/x.{},]é", max_size=10)),
+                      min_size=1, max_size=8))
+def test_a_pattern_matches_in_re2_only_text_holding_its_required_literal(pieces, texts):
+    pattern = "".join(pieces)
+    try:
+        search = compile_search(pattern)
+    except ValueError:
+        return
+    literal = required_literal(pattern)
+    if literal is None:
+        return
+    for text in texts:
+        if search(text):
+            assert literal in text.casefold(), (pattern, text, literal)
+
+
+@pytest.mark.parametrize("pattern, literal", [
+    (r"\p{Greek}abc", "abc"),  # the class's name is not text to match
+    ("[[:alpha:]]]x", "]x"),  # RE2's named class, then a literal ]
+    (r"\Q.*\E", None),  # quoted text: not read
+    ("ab{,3}", "ab{,3}"),  # not a repeat in RE2: literal braces
+    ("abc{2}d", "ab"),
+    (r"a\.b\.c", "a.b.c"),
+    ("xy(?i)cd", "xy"),  # (?i) changes what follows
+])
+def test_required_literal_reads_re2_syntax(pattern, literal):
+    assert required_literal(pattern) == literal

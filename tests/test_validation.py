@@ -740,3 +740,53 @@ def test_the_quick_check_never_passes_a_file_jsonschema_finds_fault_with(data):
                 del parent[last]
     if _QUICKLY_VALID(doc):
         assert list(_VALIDATOR.iter_errors(doc)) == []
+
+
+# --- settings.limits -----------------------------------------------------------------------------
+
+
+def test_tenant_limits_load_and_are_kept_with_the_tenant(load):
+    rules = load("""
+        tenant: acme
+        settings:
+          limits: {max_email_bytes: 250000, max_cascade_activities: 20}
+    """)
+    assert rules.tenants["acme"].limits == {"max_email_bytes": 250000, "max_cascade_activities": 20}
+
+
+def test_unknown_limit_with_a_suggestion(rules_dir, errors_of):
+    errors = errors_of("""
+        tenant: acme
+        settings:
+          limits: {max_email_byte: 250000}
+    """)
+    single_error(errors, rules_dir.file(), rules_dir.line("max_email_byte"),
+                 "unknown key 'max_email_byte'", "did you mean 'max_email_bytes'?")
+
+
+def test_a_limit_set_in_two_files_of_one_tenant(rules_dir):
+    rules_dir.write("tenant: acme\nsettings:\n  limits: {max_cascade_activities: 20}\n", "a.yaml")
+    rules_dir.write("tenant: acme\nsettings:\n  limits: {max_cascade_activities: 30}\n", "b.yaml")
+    single_error(rules_dir.errors(), rules_dir.file("b.yaml"), 3,
+                 "limits.max_cascade_activities of tenant 'acme' is already set at", rules_dir.file("a.yaml"))
+
+
+def test_a_key_that_is_not_text_is_an_error_at_its_line(rules_dir, errors_of):
+    errors = errors_of("""
+        tenant: acme
+        settings:
+          lead_attributes: {industry: string, 42: number}
+    """)
+    single_error(errors, rules_dir.file(), rules_dir.line("42: number"), "the key 42 is not text")
+
+
+def test_logic_nested_too_deep_is_refused_at_its_line(rules_dir, errors_of):
+    errors = errors_of(f"""
+        tenant: acme
+        campaigns:
+          - name: Deep
+            triggers: [{{activity: open_email}}]
+            filters: [{{score: {{ge: 1}}}}]
+            logic: "{'(' * 60}1{')' * 60}"
+    """)
+    single_error(errors, rules_dir.file(), rules_dir.line("logic:"), "more than 50 deep")

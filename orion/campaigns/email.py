@@ -1,12 +1,20 @@
 """Email assembly: a template rendered for one lead, built into a MIME message.
 
 Templates are Jinja2 files `NAME.j2` with the blocks `subject`, `html` and `text`, found
-on the rules' search path (`RULES/templates/TENANT`, `RULES/templates`, the --templates
-folders, then orion/templates). They run in Jinja2's SandboxedEnvironment, and this one
-refuses outright (raises) where the stock sandbox would quietly render nothing: a
-template reaching for Python internals (`{{ ''.__class__.__mro__ }}`) fails for that
-lead, and the lead goes to the dead letters with reason `template_unsafe`. The HTML part
-is autoescaped; subject and text are not (they are not HTML).
+on the tenant's search path (`RULES/templates/TENANT`, the files of `RULES/templates`,
+the --templates folders, then orion/templates; never another tenant's folder, see
+orion/rules/template_lookup.py), includes and imports too. They run in the sandbox of
+orion/templates/sandbox.py: Jinja2's immutable sandbox, which here refuses outright
+(raises) where the stock one would quietly render nothing, with budgets of steps, time,
+range sizes, macro nesting and value sizes. The HTML part is autoescaped; subject and text
+are not (they are not HTML).
+
+Whatever goes wrong renders no email for that lead, only a dead letter with the reason:
+`template_unsafe` (a template reaching for Python internals, `{{ ''.__class__.__mro__ }}`),
+`template_budget` (too many steps or too long), `template_too_large` (a value or the
+message past the tenant's `settings.limits.max_email_bytes`, 1 MB by default),
+`template_missing`, `template_failed` (any other error, a RecursionError included); the
+other leads and tenants go on.
 
 Tokens: `lead.*` (the lead's attributes, `lead.id`, `lead.score`; a missing one is
 undefined, so `{{ lead.first_name | default("there") }}` works), `campaign.*` (name,
@@ -37,18 +45,37 @@ from typing import Iterable, NamedTuple
 from urllib.parse import quote
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 from jinja2.exceptions import SecurityError
 
 from orion.campaigns.flows import EmailRequest
 from orion.deadletters import DeadLetter
-from orion.rules.compiler import TEMPLATE_SUFFIX, template_search_path
+from orion.rules.limits import tenant_limit
+from orion.rules.template_lookup import (
+    TemplateFileTooLarge,
+    TemplateSearch,
+    TenantTemplateLoader,
+    template_filename,
+    template_name_problem,
+)
+from orion.templates.sandbox import (
+    TEMPLATE_BUDGET,
+    TEMPLATE_TOO_LARGE,
+    TemplateLimitError,
+    TemplateLimits,
+    TemplateSandbox,
+    rendering,
+)
 
 # Dead-letter reasons of assembly.
 TEMPLATE_UNSAFE = "template_unsafe"
 TEMPLATE_FAILED = "template_failed"
 TEMPLATE_MISSING = "template_missing"
 ASSEMBLY_SOURCE = "assemble_emails"
+__all__ = [
+    "ASSEMBLY_SOURCE", "TEMPLATE_BUDGET", "TEMPLATE_FAILED", "TEMPLATE_MISSING", "TEMPLATE_TOO_LARGE",
+    "TEMPLATE_UNSAFE", "AssembledEmail", "AssemblyError", "EmailAssembler", "SenderSettings", "assemble_one",
+    "unsubscribe_token",
+]
 
 BLOCKS = ("subject", "html", "text")
 
@@ -88,65 +115,87 @@ class AssemblyError(Exception):
         self.detail = detail
 
 
-class _RefusingSandbox(SandboxedEnvironment):
-    """The sandbox, but reaching for an unsafe attribute raises SecurityError at once
-    instead of yielding an undefined value that renders as nothing."""
-
-    def unsafe_undefined(self, obj, attribute):
-        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
-
-
-def _environment(search: list[Path], autoescape: bool) -> SandboxedEnvironment:
-    return _RefusingSandbox(
-        loader=jinja2.FileSystemLoader([str(p) for p in search]),
-        autoescape=autoescape,
-        auto_reload=False,
-        cache_size=-1,
-    )
-
-
 def unsubscribe_token(secret: str, tenant: str, lead_id: str) -> str:
     # hmac.digest: the one-shot C path, the same value as hmac.new(...).hexdigest().
-    return hmac.digest(secret.encode(), f"{tenant}\x1f{lead_id}".encode(), "sha256").hex()[:32]
+    return hmac.digest(secret.encode(), f"{tenant}\x1f{lead_id}".encode("utf-8", "surrogatepass"),
+                       "sha256").hex()[:32]
 
 
 class EmailAssembler:
     """Renders and builds emails for every tenant of a rules directory. Compiled
-    templates are cached per (tenant, template, part)."""
+    templates are cached per (tenant, template, part); each tenant has its own template
+    environments, whose loader finds only what that tenant may use.
+
+    `rules` (the compiled rules of `rules_dir`) give each tenant's email size limit; when
+    not given they are read once, when first needed (the worker's shared copy)."""
 
     def __init__(self, rules_dir: str | Path, template_dirs: Iterable[str | Path] = (),
-                 sender: SenderSettings = SenderSettings(), campaign_tokens: dict | None = None):
+                 sender: SenderSettings = SenderSettings(), campaign_tokens: dict | None = None,
+                 rules=None):
         self.rules_dir = Path(rules_dir)
         self.template_dirs = [Path(d) for d in template_dirs]
         self.sender = sender
         self.campaign_tokens = campaign_tokens or {}  # (tenant, campaign) -> {token: value}
-        self._environments: dict[tuple[str, bool], SandboxedEnvironment] = {}
+        self.rules = rules
+        self._limits: dict[str, TemplateLimits] = {}
+        self._environments: dict[tuple[str, bool], TemplateSandbox] = {}
         self._templates: dict[tuple[str, str, bool], jinja2.Template] = {}
         self._frames: dict[str, str] = {}
         self._dates: dict[int, str] = {}  # requested_at -> Date header (a batch send has one time)
+
+    def limits(self, tenant: str) -> TemplateLimits:
+        """The render budgets of `tenant`'s emails: its max_email_bytes, the sandbox's
+        defaults for the rest."""
+        found = self._limits.get(tenant)
+        if found is None:
+            found = self._limits[tenant] = TemplateLimits(
+                max_chars=tenant_limit(self._tenant_settings(tenant), "max_email_bytes"))
+        return found
+
+    def _tenant_settings(self, tenant: str) -> dict:
+        if self.rules is None:
+            from orion.rules import RuleErrors
+            from orion.rules.shared import shared_rules
+
+            try:
+                self.rules = shared_rules(str(self.rules_dir), tuple(str(d) for d in self.template_dirs))
+            except RuleErrors:
+                return {}  # rules that do not load run no job; a preview gets the defaults
+        tenant_rules = self.rules.tenants.get(tenant)
+        return tenant_rules.limits if tenant_rules is not None else {}
 
     def _template(self, tenant: str, name: str, autoescape: bool) -> jinja2.Template:
         key = (tenant, name, autoescape)
         template = self._templates.get(key)
         if template is None:
+            problem = template_name_problem(name)
+            if problem is not None:
+                raise AssemblyError(TEMPLATE_MISSING, f"template name {_shown(name)} {problem}")
             env_key = (tenant, autoescape)
             env = self._environments.get(env_key)
             if env is None:
-                search = template_search_path(self.rules_dir, tenant, self.template_dirs)
-                env = self._environments[env_key] = _environment(search, autoescape)
-            filename = name if name.endswith(TEMPLATE_SUFFIX) else name + TEMPLATE_SUFFIX
+                loader = TenantTemplateLoader(TemplateSearch(self.rules_dir, tenant, self.template_dirs))
+                env = self._environments[env_key] = TemplateSandbox(loader=loader, autoescape=autoescape)
+            filename = template_filename(name)
             try:
                 template = env.get_template(filename)
             except jinja2.TemplateNotFound:
-                raise AssemblyError(TEMPLATE_MISSING, f"no template {filename} for tenant {tenant!r}") from None
+                raise AssemblyError(TEMPLATE_MISSING,
+                                    f"no template {_shown(filename)} for tenant {tenant!r}") from None
             except jinja2.TemplateSyntaxError as err:
-                raise AssemblyError(TEMPLATE_FAILED, f"template {name!r} does not compile: "
-                                    f"{err.filename}:{err.lineno}: {err.message}") from None
+                raise AssemblyError(TEMPLATE_FAILED, f"template {_shown(name)} does not compile: "
+                                    f"{err.filename}:{err.lineno}: {_shown(err.message, 200)}") from None
+            except TemplateFileTooLarge as err:
+                raise AssemblyError(TEMPLATE_TOO_LARGE, str(err)) from None
+            except (TemplateLimitError, RecursionError, jinja2.TemplateError) as err:
+                raise AssemblyError(_reason(err), f"template {_shown(name)} does not compile: "
+                                    f"{type(err).__name__}: {_shown(str(err), 200)}") from None
             self._templates[key] = template
         return template
 
     def render(self, request: EmailRequest) -> tuple[str, str, str]:
-        """(subject, html, text) for one request; AssemblyError if the template fails."""
+        """(subject, html, text) for one request; AssemblyError if the template fails,
+        goes past a budget or reaches for what the sandbox refuses."""
         tokens = dict(self.campaign_tokens.get((request.tenant, request.campaign), {}))
         tokens.update(request.tokens)
         context = {
@@ -156,24 +205,29 @@ class EmailAssembler:
         }
         parts = []
         contexts = {}  # subject and text share one template, so one context
-        for block in BLOCKS:
-            template = self._template(request.tenant, request.template, block == "html")
-            render_block = template.blocks.get(block)
-            if render_block is None:
-                parts.append("")
-                continue
-            try:
-                found = contexts.get(id(template))
-                if found is None:
-                    found = contexts[id(template)] = template.new_context(context)
-                parts.append("".join(render_block(found)))
-            except SecurityError as err:
-                raise AssemblyError(TEMPLATE_UNSAFE, f"template {request.template!r} ({block}) for lead "
-                                    f"{request.lead_id}: {err}") from None
-            except (jinja2.TemplateError, ArithmeticError, TypeError, ValueError, LookupError,
-                    AttributeError) as err:
-                raise AssemblyError(TEMPLATE_FAILED, f"template {request.template!r} ({block}) for lead "
-                                    f"{request.lead_id}: {type(err).__name__}: {err}") from None
+        limits = self.limits(request.tenant)
+        with rendering(limits) as budget:
+            size = 0
+            for block in BLOCKS:
+                template = self._template(request.tenant, request.template, block == "html")
+                render_block = template.blocks.get(block)
+                if render_block is None:
+                    parts.append("")
+                    continue
+                try:
+                    found = contexts.get(id(template))
+                    if found is None:
+                        found = contexts[id(template)] = template.new_context(context)
+                    pieces = []
+                    for piece in render_block(found):
+                        size += len(piece)
+                        budget.chars(size, "the email")
+                        budget.tick()
+                        pieces.append(piece)
+                    parts.append("".join(pieces))
+                except Exception as err:  # a template is tenant code: whatever it raises fails this lead only
+                    raise AssemblyError(_reason(err), f"template {_shown(request.template)} ({block}) for lead "
+                                        f"{request.lead_id}: {_describe_error(err)}") from None
         subject, html, text = parts
         return " ".join(subject.split()), html, text
 
@@ -187,19 +241,20 @@ class EmailAssembler:
         sender = self.sender
         token = unsubscribe_token(sender.secret, tenant, request.lead_id)
         key = request.key()
-        digest = hashlib.sha256("\x1f".join(key).encode()).hexdigest()[:32]
+        digest = hashlib.sha256("\x1f".join(key).encode("utf-8", "surrogatepass")).hexdigest()[:32]
         values = {
             "TO": recipient,
             "SUBJECT": _header_text("Subject", subject),
             "DATE": self._date(request.requested_at),
             "MESSAGEID": f"<{digest}@{tenant}.orion>",
-            "UNSUBSCRIBE": (f"<{sender.unsubscribe_url.format(tenant=tenant)}?l={quote(request.lead_id)}"
+            "UNSUBSCRIBE": (f"<{sender.unsubscribe_url.format(tenant=tenant)}"
+                            f"?l={quote(request.lead_id, errors='replace')}"
                             f"&t={token}>,\n <mailto:{sender.unsubscribe_mailto.format(tenant=tenant)}"
                             f"?subject=unsubscribe-{token}>"),
             "CAMPAIGN": _header_text("X-Orion-Campaign", request.campaign),
             "LEAD": _header_text("X-Orion-Lead", request.lead_id),
             "RUN": _header_text("X-Orion-Run", request.run),
-            "TEMPLATE": request.template,
+            "TEMPLATE": _header_text("X-Orion-Template", request.template),
             "BOUNDARY": f"=_orion_{digest}",
             "TEXT": _quoted_printable(text),
             "HTML": _quoted_printable(html),
@@ -210,7 +265,13 @@ class EmailAssembler:
                 "{" + piece + "}" if slot else piece.replace("{", "{{").replace("}", "}}")
                 for slot, piece in _frame(sender, tenant))
         # SMTP's canonical line ending: the message goes over the wire as it is stored.
+        # Every slot is ASCII (the header values RFC 2047 encoded, the parts quoted-printable).
         message = frame.format_map(values).replace("\n", "\r\n").encode("ascii")
+        limit = self.limits(tenant).max_chars
+        if len(message) > limit:
+            raise AssemblyError(TEMPLATE_TOO_LARGE, f"the email to lead {request.lead_id} from template "
+                                f"{_shown(request.template)} is {len(message):,} bytes, more than the "
+                                f"{limit:,} tenant {tenant!r} allows (settings.limits.max_email_bytes)")
         return AssembledEmail(tenant, request.campaign, request.lead_id, request.run, request.template,
                               recipient, message, request.requested_at)
 
@@ -230,17 +291,43 @@ _ADDRESS = re.compile(r"[^@\s<>,;:\\\"()\[\]]+@[^@\s<>,;:\\\"()\[\]]+\.[^@\s<>,;
 _SLOT = re.compile(r"@@ORION([A-Z]+)@@")
 
 
+def _shown(value: str, limit: int = 80) -> str:
+    """A value for a dead letter's detail, cut short."""
+    text = repr(value[:limit]) if isinstance(value, str) else repr(type(value).__name__)
+    return text + ("..." if isinstance(value, str) and len(value) > limit else "")
+
+
+def _reason(err: BaseException) -> str:
+    """The dead-letter reason of an exception a template raised."""
+    if isinstance(err, SecurityError):
+        return TEMPLATE_UNSAFE
+    if isinstance(err, TemplateLimitError):
+        return err.reason
+    if isinstance(err, MemoryError):
+        return TEMPLATE_TOO_LARGE
+    return TEMPLATE_FAILED
+
+
+def _describe_error(err: BaseException) -> str:
+    if isinstance(err, (SecurityError, TemplateLimitError)):
+        return _shown(str(err), 300)[1:-1]
+    if isinstance(err, RecursionError):
+        return "RecursionError: the template recurses too deep (an include or macro calling itself?)"
+    return f"{type(err).__name__}: {_shown(str(err), 300)[1:-1]}"
+
+
 def _quoted_printable(body: str) -> str:
     body = body.replace("\r\n", "\n").replace("\r", "\n") if "\r" in body else body
-    return binascii.b2a_qp((body or " ").encode("utf-8"), istext=True).decode("ascii")
+    return binascii.b2a_qp((body or " ").encode("utf-8", "surrogatepass"), istext=True).decode("ascii")
 
 
 def _header_text(name: str, value: str) -> str:
     """A header value: as is when it is short printable ASCII, else RFC 2047 encoded
     and folded by the email package."""
-    value = " ".join(value.split())
+    value = " ".join(value.split())  # no line break survives: nothing can start a header
     if value.isascii() and len(value) + len(name) < 900 and value.isprintable():
         return value
+    value = value.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate becomes ?
     return Header(value, "utf-8", header_name=name).encode(linesep="\n")
 
 

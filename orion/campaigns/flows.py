@@ -16,6 +16,15 @@ How it works, for one activity:
    An activity deeper than `max_cascade_depth` is not applied: it goes to the dead
    letters with reason `cascade_depth`.
 
+The cascade also has a breadth budget: the flows may generate at most the tenant's
+`settings.limits.max_cascade_activities` (default 100) activities per call (one input
+activity, one wake-up, one batch lead), all depths together, so campaigns that re-trigger
+each other several times a step cannot fan out exponentially within the depth limit.
+Past the budget no change is applied; one `cascade_budget` dead letter says so, and the
+lead's other work (emails, webhooks, waits) goes on. Refused changes are reported once
+per breach: one `cascade_depth` dead letter per campaign step that went too deep, with
+the number of changes refused there, and one `cascade_budget` dead letter per call.
+
 "Now" is always the activity's time or the wake-up time, never the wall clock, so the
 same input gives the same output on any engine. Generated event ids are derived from
 (run, campaign, step, lead), so a retry regenerates the same ids and the store keeps one
@@ -34,6 +43,7 @@ from orion.campaigns.choices import choice_test
 from orion.deadletters import DeadLetter
 from orion.rules.evaluator import evaluate, qualification_block
 from orion.rules.index import RuleSet
+from orion.rules.limits import tenant_limit
 from orion.rules.model import EMPTY_LEAD_STATE, Campaign, LeadState, Outcome
 
 DEFAULT_MAX_CASCADE_DEPTH = 5
@@ -41,6 +51,7 @@ WEEK_MS = 7 * MS_PER_DAY
 
 # Dead-letter reasons of this stage, and the source it names.
 CASCADE_DEPTH = "cascade_depth"
+CASCADE_BUDGET = "cascade_budget"
 CAMPAIGN_GONE = "campaign_gone"
 FLOWS_SOURCE = "flows"
 
@@ -153,7 +164,7 @@ class _Run:
     qualified outcome starts its campaign's flow (False: evaluation only, flows off)."""
 
     def __init__(self, flows: LeadFlows, tenant: str, lead_id: str, *, top_outcomes: bool = False,
-                 start_flows: bool = True):
+                 start_flows: bool = True, budget: int = 0):
         self.top_outcomes = top_outcomes
         self.start_flows = start_flows
         self.lead = flows.lead
@@ -162,8 +173,28 @@ class _Run:
         self.tenant = tenant
         self.lead_id = lead_id
         self.result = FlowResult.empty()
+        self.budget = budget  # activities the flows may still generate in this call
+        self.too_deep: dict[tuple[str, int], list] = {}  # (campaign, step) -> [first refused activity, count, depth]
+        self.over_budget: list | None = None  # [first refused activity, its campaign and step, count]
 
-    def finish(self) -> tuple[LeadFlows, FlowResult]:
+    def finish(self, max_depth: int, budget: int) -> tuple[LeadFlows, FlowResult]:
+        """The new LeadFlows and the result, with one dead letter per breach of the
+        cascade limits."""
+        for (campaign, position), (activity, count, depth) in self.too_deep.items():
+            more = f"; {count - 1} more such change(s) refused there in this cascade" if count > 1 else ""
+            self.result.dead_letters.append(DeadLetter(
+                activity.to_json_dict(), CASCADE_DEPTH,
+                f"step {position + 1} of campaign {campaign!r} would change lead {self.lead_id} at cascade depth "
+                f"{depth}, past the limit of {max_depth} (campaigns triggering each other in a loop?); the change "
+                f"was not applied{more}", FLOWS_SOURCE))
+        if self.over_budget is not None:
+            activity, (campaign, position), count = self.over_budget
+            self.result.dead_letters.append(DeadLetter(
+                activity.to_json_dict(), CASCADE_BUDGET,
+                f"the flows of lead {self.lead_id} generated {budget} activities from one input activity, the "
+                f"budget of tenant {self.tenant!r} (settings.limits.max_cascade_activities); {count} change(s) "
+                f"from step {position + 1} of campaign {campaign!r} on were not applied (campaigns re-triggering "
+                "each other?); the lead's other steps went on", FLOWS_SOURCE))
         return LeadFlows(self.lead, tuple(self.running.values()), tuple(self.sent)), self.result
 
 
@@ -183,22 +214,39 @@ def lead_tokens(lead_id: str, state: LeadState) -> dict:
 class FlowEngine:
     """Runs flows against compiled rules. Holds only the rules and caches."""
 
-    def __init__(self, rules: RuleSet, max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH):
+    def __init__(self, rules: RuleSet, max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH,
+                 max_cascade_activities: int | None = None):
         if max_cascade_depth < 1:
             raise ValueError("max_cascade_depth must be at least 1")
+        if max_cascade_activities is not None and max_cascade_activities < 1:
+            raise ValueError("max_cascade_activities must be at least 1")
         self.rules = rules
         self.max_cascade_depth = max_cascade_depth
+        self.max_cascade_activities = max_cascade_activities  # None: each tenant's setting
         self._choices: dict[tuple, Any] = {}
+
+    def cascade_budget(self, tenant: str) -> int:
+        """Activities the flows may generate per call for a lead of `tenant`."""
+        if self.max_cascade_activities is not None:
+            return self.max_cascade_activities
+        tenant_rules = self.rules.tenants.get(tenant)
+        return tenant_limit(tenant_rules.limits if tenant_rules is not None else None, "max_cascade_activities")
+
+    def _new_run(self, flows: LeadFlows, tenant: str, lead_id: str, **kw) -> _Run:
+        return _Run(flows, tenant, lead_id, budget=self.cascade_budget(tenant), **kw)
+
+    def _finish(self, run: _Run) -> tuple[LeadFlows, FlowResult]:
+        return run.finish(self.max_cascade_depth, self.cascade_budget(run.tenant))
 
     # entry points -------------------------------------------------------------------
 
     def process_activity(self, flows: LeadFlows | None, activity: Activity) -> tuple[LeadFlows, FlowResult]:
         """Resume the flows due by the activity's time, then evaluate the activity and run
         the flows it qualifies the lead for."""
-        run = _Run(flows or LeadFlows(), activity.tenant, activity.lead_id)
+        run = self._new_run(flows or LeadFlows(), activity.tenant, activity.lead_id)
         self._resume_due(run, activity.occurred_at)
         self._evaluate(run, activity, 0)
-        return run.finish()
+        return self._finish(run)
 
     def step(self, flows: LeadFlows | None, activity: Activity, *, start_flows: bool = True
              ) -> tuple[LeadFlows, FlowResult]:
@@ -206,34 +254,34 @@ class FlowEngine:
         evaluated once, here, and `result.outcomes` holds the outcomes of every cascade
         depth, in the order they happened. With `start_flows` False only evaluation runs
         (the graph without an outbox): no flow starts and no wait resumes."""
-        run = _Run(flows or LeadFlows(), activity.tenant, activity.lead_id, top_outcomes=True,
-                   start_flows=start_flows)
+        run = self._new_run(flows or LeadFlows(), activity.tenant, activity.lead_id, top_outcomes=True,
+                            start_flows=start_flows)
         if start_flows:
             self._resume_due(run, activity.occurred_at)
         self._evaluate(run, activity, 0)
-        return run.finish()
+        return self._finish(run)
 
     def wake(self, flows: LeadFlows, tenant: str, lead_id: str, now: int) -> tuple[LeadFlows, FlowResult]:
         """Resume every flow of the lead waiting until `now` or earlier."""
-        run = _Run(flows, tenant, lead_id)
+        run = self._new_run(flows, tenant, lead_id)
         self._resume_due(run, now)
-        return run.finish()
+        return self._finish(run)
 
     def run_flow(self, flows: LeadFlows | None, outcome: Outcome, *, depth: int = 0,
                  tokens: dict | None = None) -> tuple[LeadFlows, FlowResult]:
         """Start the campaign's flow for a qualified outcome (the evaluator has already
         recorded the run in the lead state) and run it up to its end or first wait."""
-        run = _Run(flows or LeadFlows(), outcome.tenant, outcome.lead_id)
+        run = self._new_run(flows or LeadFlows(), outcome.tenant, outcome.lead_id)
         self._start(run, outcome.campaign, outcome.event_id, outcome.occurred_at, depth, tokens or {})
-        return run.finish()
+        return self._finish(run)
 
     def run_batch(self, state: LeadState, tenant: str, lead_id: str, campaign: str, run_id: str,
                   now: int, tokens: dict | None = None) -> tuple[LeadFlows, FlowResult]:
         """One lead of a batch send: the campaign's flow from the start (the membership
         has already been decided by the campaign's filters)."""
-        run = _Run(LeadFlows(lead=state), tenant, lead_id)
+        run = self._new_run(LeadFlows(lead=state), tenant, lead_id)
         self._start(run, campaign, run_id, now, 0, tokens or {})
-        return run.finish()
+        return self._finish(run)
 
     # evaluation and cascades --------------------------------------------------------
 
@@ -251,19 +299,33 @@ class FlowEngine:
     def _change_lead(self, run: _Run, flow: RunningFlow, position: int, type_: str,
                      attributes: dict, now: int) -> list[Outcome] | None:
         """A step's change to the lead, as an activity evaluated one level deeper; None
-        when that breaches the cascade depth (dead-lettered, not applied)."""
-        activity = Activity(_generated_event_id(flow.run, flow.campaign, position, run.lead_id),
-                            run.tenant, run.lead_id, type_, now, attributes)
+        when that breaches the cascade depth or the call's cascade budget (not applied;
+        one dead letter per breach, see _Run.finish)."""
         depth = flow.depth + 1
         if depth > self.max_cascade_depth:
-            run.result.dead_letters.append(DeadLetter(
-                activity.to_json_dict(), CASCADE_DEPTH,
-                f"step {position + 1} of campaign {flow.campaign!r} would change lead {run.lead_id} at "
-                f"cascade depth {depth}, past the limit of {self.max_cascade_depth} (campaigns triggering "
-                "each other in a loop?); the change was not applied", FLOWS_SOURCE))
+            refused = run.too_deep.get((flow.campaign, position))
+            if refused is None:
+                run.too_deep[(flow.campaign, position)] = [
+                    self._generated(run, flow, position, type_, attributes, now), 1, depth]
+            else:
+                refused[1] += 1
             return None
+        if run.budget <= 0:
+            if run.over_budget is None:
+                run.over_budget = [self._generated(run, flow, position, type_, attributes, now),
+                                   (flow.campaign, position), 1]
+            else:
+                run.over_budget[2] += 1
+            return None
+        run.budget -= 1
+        activity = self._generated(run, flow, position, type_, attributes, now)
         run.result.activities.append(activity)
         return self._evaluate(run, activity, depth)
+
+    @staticmethod
+    def _generated(run: _Run, flow: RunningFlow, position: int, type_: str, attributes: dict, now: int) -> Activity:
+        return Activity(_generated_event_id(flow.run, flow.campaign, position, run.lead_id),
+                        run.tenant, run.lead_id, type_, now, attributes)
 
     # flows --------------------------------------------------------------------------
 

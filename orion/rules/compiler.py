@@ -1,7 +1,10 @@
-"""Loading a rules directory: every file is schema-checked, then each tenant's settings and
-campaigns are checked for meaning (unknown activity types, attributes, lists, templates
-and campaigns; operators that do not suit an attribute; bad regular expressions and
-logic; duplicate names; request_campaign cycles) and compiled once into a `RuleSet`.
+"""Loading a rules directory: every file is read within its budgets and schema-checked
+(source.py), then each tenant's settings and campaigns are checked for meaning (unknown
+activity types, attributes, lists and campaigns; operators that do not suit an attribute;
+regular expressions RE2 does not take; bad logic; duplicate names; request_campaign
+cycles; template names that are not allowed, templates the tenant does not have or that
+do not compile, and includes of templates it cannot use) and compiled once into a
+`RuleSet`. Every value an error message shows is cut short (`short_repr`).
 
 All errors are collected, each with file:line and how to fix it; `load_rules` raises
 `RuleErrors` holding every one of them, `check_rules` returns them.
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+import jinja2.meta
 
 from orion.activities import (
     BUILTIN_LEAD_ATTRIBUTES,
@@ -51,12 +54,28 @@ from orion.rules.source import (
     line_of,
     read_rule_file,
     rule_files,
+    short_repr,
+    short_text,
     suggest,
 )
+from orion.rules.template_lookup import (
+    BUILTIN_TEMPLATE_DIR,
+    TEMPLATE_SUFFIX,
+    TemplateFileTooLarge,
+    TemplateSearch,
+    TenantTemplateLoader,
+    read_template,
+    template_filename,
+    template_name_problem,
+)
+from orion.templates.sandbox import TemplateLimitError, TemplateSandbox
 
-BUILTIN_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
-TEMPLATE_SUFFIX = ".j2"
+__all__ = ["BUILTIN_TEMPLATE_DIR", "DEFAULT_PRIORITY", "TEMPLATE_SUFFIX", "check_rules", "load_rules",
+           "template_search_path"]
+
 DEFAULT_PRIORITY = 100
+# Templates one template may pull in through include, import and extends, all levels.
+MAX_REFERENCED_TEMPLATES = 100
 
 
 def load_rules(directory: str | Path, template_dirs: Iterable[str | Path] = ()) -> RuleSet:
@@ -79,8 +98,9 @@ def check_rules(directory: str | Path, template_dirs: Iterable[str | Path] = ())
 def template_search_path(rules_dir: Path, tenant: str, extra: list[Path]) -> list[Path]:
     """Where a tenant's send_email templates are looked up, first match wins: the
     tenant's own folder, the shared folder of the rules directory, any extra folders,
-    then the templates shipped with Orion."""
-    return [rules_dir / "templates" / tenant, rules_dir / "templates", *extra, BUILTIN_TEMPLATE_DIR]
+    then the templates shipped with Orion (see orion/rules/template_lookup.py for what
+    keeps a tenant out of the others' folders)."""
+    return TemplateSearch(rules_dir, tenant, extra).folders
 
 
 # --- per-tenant compilation ---------------------------------------------------------
@@ -92,6 +112,7 @@ class _Settings:
         self.lead_attributes: dict[str, str] = dict(BUILTIN_LEAD_ATTRIBUTES)
         self.activity_types: dict[str, ActivityType] = {}
         self.limits: dict[str, int] = {}
+        self.budgets: dict[str, int] = {}  # settings.limits
         self.seen: dict[tuple, str] = {}  # what was declared where, for clash messages
 
 
@@ -118,29 +139,41 @@ class _TenantCompiler:
             if not isinstance(settings, dict) or ("settings",) in file.broken:
                 continue
             base = ("settings",)
-            if not file.is_broken(*base, "lists"):
-                s.lists.update(settings.get("lists", ()))
+            if not file.is_broken(*base, "lists") and isinstance(settings.get("lists"), list):
+                s.lists.update(settings["lists"])
             limits = settings.get("communication_limits")
-            if limits is not None and not file.is_broken(*base, "communication_limits"):
+            if isinstance(limits, dict) and not file.is_broken(*base, "communication_limits"):
                 if ("limits",) in s.seen:
                     self.error(file, base + ("communication_limits",),
-                               f"communication_limits of tenant {self.tenant!r} are already set at "
+                               f"communication_limits of tenant {short_repr(self.tenant)} are already set at "
                                f"{s.seen[('limits',)]}; keep one")
                 else:
                     s.seen[("limits",)] = f"{file.path}:{line_of(file.doc, base + ('communication_limits',))}"
                     s.limits = dict(limits)
-            for name, type_ in settings.get("lead_attributes", {}).items():
+            budgets = settings.get("limits")
+            if isinstance(budgets, dict) and not file.is_broken(*base, "limits"):
+                for name, value in budgets.items():
+                    if ("budget", name) in s.seen:
+                        self.error(file, base + ("limits", name),
+                                   f"limits.{name} of tenant {short_repr(self.tenant)} is already set at "
+                                   f"{s.seen[('budget', name)]}; keep one")
+                    else:
+                        s.seen[("budget", name)] = f"{file.path}:{line_of(file.doc, base + ('limits', name))}"
+                        s.budgets[name] = value
+            declared = settings.get("lead_attributes")
+            for name, type_ in declared.items() if isinstance(declared, dict) else ():
                 path = base + ("lead_attributes", name)
                 if file.is_broken(*path) or ("settings", "lead_attributes") in file.broken:
                     continue
                 if name in BUILTIN_LEAD_ATTRIBUTES:
-                    self.error(file, path, f"lead attribute {name!r} is built in; remove it from lead_attributes")
+                    self.error(file, path, f"lead attribute {short_repr(name)} is built in; remove it from lead_attributes")
                 elif ("lead", name) in s.seen:
-                    self.error(file, path, f"lead attribute {name!r} is already declared at {s.seen[('lead', name)]}")
+                    self.error(file, path, f"lead attribute {short_repr(name)} is already declared at {s.seen[('lead', name)]}")
                 else:
                     s.seen[("lead", name)] = f"{file.path}:{line_of(file.doc, path)}"
                     s.lead_attributes[name] = type_
-            for name, decl in settings.get("activity_types", {}).items():
+            declared = settings.get("activity_types")
+            for name, decl in declared.items() if isinstance(declared, dict) else ():
                 if file.is_broken(*base, "activity_types", name) or (*base, "activity_types") in file.broken:
                     continue
                 self.read_activity_type(file, base + ("activity_types", name), name, decl)
@@ -148,10 +181,10 @@ class _TenantCompiler:
     def read_activity_type(self, file: RuleFile, path: tuple, name: str, decl: dict) -> None:
         s = self.settings
         if name in BUILTIN_TYPES:
-            self.error(file, path, f"{name!r} is a built-in activity type; give the custom type another name")
+            self.error(file, path, f"{short_repr(name)} is a built-in activity type; give the custom type another name")
             return
         if ("type", name) in s.seen:
-            self.error(file, path, f"activity type {name!r} is already declared at {s.seen[('type', name)]}")
+            self.error(file, path, f"activity type {short_repr(name)} is already declared at {s.seen[('type', name)]}")
             return
         attributes = {}
         for attr, spec in decl["attributes"].items():
@@ -166,7 +199,7 @@ class _TenantCompiler:
         indexed_by = decl.get("indexed_by")
         if indexed_by is not None and (indexed_by not in attributes or attributes[indexed_by].type != "string"):
             self.error(file, path + ("indexed_by",),
-                       f"indexed_by must name a string attribute of {name!r}; "
+                       f"indexed_by must name a string attribute of {short_repr(name)}; "
                        f"its string attributes: {', '.join(a for a, sp in attributes.items() if sp.type == 'string') or 'none'}")
             indexed_by = None
         s.seen[("type", name)] = f"{file.path}:{line_of(file.doc, path)}"
@@ -190,14 +223,14 @@ class _TenantCompiler:
             spec = type_.attributes.get(head)
             if spec is None:
                 self.error(file, attr_path,
-                           f"{type_.name} has no attribute {head!r}{suggest(head, type_.attributes)}; "
+                           f"{type_.name} has no attribute {short_repr(head)}{suggest(head, type_.attributes)}; "
                            f"its attributes: {', '.join(type_.attributes) or 'none'}")
                 ok = False
                 continue
             attr_type = spec.type
             if rest:
                 if spec.type != "object":
-                    self.error(file, attr_path, f"{type_.name}.{head} is {spec.type}, so it has no field {rest!r}")
+                    self.error(file, attr_path, f"{type_.name}.{head} is {spec.type}, so it has no field {short_repr(rest)}")
                     ok = False
                     continue
                 attr_type = "any"
@@ -213,7 +246,7 @@ class _TenantCompiler:
                     for value in values if isinstance(values, list) else [values] if values is not None else []:
                         if value not in spec.enum:
                             self.error(file, attr_path,
-                                       f"{type_.name}.{head} is one of {', '.join(spec.enum)}, never {value!r}")
+                                       f"{type_.name}.{head} is one of {', '.join(spec.enum)}, never {short_repr(value)}")
                             ok = False
             self.check_list_value(file, attr_path, type_, head, ops)
         return tuple(conditions) if ok else None
@@ -232,8 +265,8 @@ class _TenantCompiler:
             return True
         known = sorted(self.settings.lists)
         self.error(file, path,
-                   f"unknown list {name!r}{suggest(name, known)}; declare it under settings.lists "
-                   f"(tenant {self.tenant!r} has: {', '.join(known) or 'no lists'})")
+                   f"unknown list {short_repr(name)}{suggest(name, known)}; declare it under settings.lists "
+                   f"(tenant {short_repr(self.tenant)} has: {', '.join(known) or 'no lists'})")
         return False
 
     def compile_filters(self, file: RuleFile, path: tuple, filters: list) -> tuple[Filter, ...] | None:
@@ -260,7 +293,7 @@ class _TenantCompiler:
                 if attr_type is None:
                     known = sorted(self.settings.lead_attributes)
                     self.error(file, here + (attr,),
-                               f"unknown lead attribute {attr!r}{suggest(attr, known)}; "
+                               f"unknown lead attribute {short_repr(attr)}{suggest(attr, known)}; "
                                "declare it under settings.lead_attributes")
                     return None
                 try:
@@ -292,8 +325,8 @@ class _TenantCompiler:
             if not self.check_list(file, here, body):
                 return None
             if kind == "member_of_list":
-                return Filter(number, f"member of list {body!r}", lambda state, now: body in state.lists)
-            return Filter(number, f"not member of list {body!r}", lambda state, now: body not in state.lists)
+                return Filter(number, f"member of list {short_repr(body)}", lambda state, now: body in state.lists)
+            return Filter(number, f"not member of list {short_repr(body)}", lambda state, now: body not in state.lists)
         return self.compile_history_filter(file, here, number, body)
 
     def compile_history_filter(self, file: RuleFile, path: tuple, number: int, body: dict) -> Filter | None:
@@ -345,7 +378,7 @@ class _TenantCompiler:
     def unknown_activity_type(self, file: RuleFile, path: tuple, name: str) -> None:
         known = sorted(set(BUILTIN_TYPES) | set(self.settings.activity_types))
         self.error(file, path,
-                   f"unknown activity type {name!r}{suggest(name, known)}; use a built-in type or "
+                   f"unknown activity type {short_repr(name)}{suggest(name, known)}; use a built-in type or "
                    "declare it under settings.activity_types")
 
     # campaigns ------------------------------------------------------------------
@@ -363,7 +396,7 @@ class _TenantCompiler:
                 name = spec["name"]
                 if name in where_defined:
                     self.error(file, path + ("name",),
-                               f"campaign {name!r} is already defined at {where_defined[name]}; "
+                               f"campaign {short_repr(name)} is already defined at {where_defined[name]}; "
                                "campaign names must be unique within a tenant")
                     continue
                 where_defined[name] = f"{file.path}:{line_of(file.doc, path)}"
@@ -390,7 +423,7 @@ class _TenantCompiler:
         triggers_spec = part("triggers", [], container=True)
         if kind == "trigger":
             if triggers_spec == []:
-                self.error(file, path, f"trigger campaign {spec['name']!r} needs at least one entry under "
+                self.error(file, path, f"trigger campaign {short_repr(spec['name'])} needs at least one entry under "
                            "triggers (or set type: batch for a scheduled send)")
             if "schedule" in spec:
                 self.error(file, path + ("schedule",), "schedule belongs to batch campaigns; set type: batch "
@@ -528,14 +561,14 @@ class _TenantCompiler:
             attr_type = self.settings.lead_attributes.get(attr)
             if attr_type is None:
                 self.error(file, here + ("attribute",),
-                           f"unknown lead attribute {attr!r}{suggest(attr, self.settings.lead_attributes)}; "
+                           f"unknown lead attribute {short_repr(attr)}{suggest(attr, self.settings.lead_attributes)}; "
                            "declare it under settings.lead_attributes")
             elif body["value"] is not None:
                 try:
                     compile_conditions({"is": body["value"]}, attr_type) if attr_type != "date" else parse_timestamp(body["value"])
                 except (OperandError, ValueError):
                     self.error(file, here + ("value",),
-                               f"lead attribute {attr!r} is {attr_type}; {body['value']!r} does not fit")
+                               f"lead attribute {short_repr(attr)} is {attr_type}; {short_repr(body['value'])} does not fit")
         elif kind == "wait" and "until" in body:
             try:
                 parse_timestamp(body["until"])
@@ -555,34 +588,69 @@ class _TenantCompiler:
             self.error(file, path, problem)
 
     def find_template_problem(self, name: str) -> str | None:
-        filename = name if name.endswith(TEMPLATE_SUFFIX) else name + TEMPLATE_SUFFIX
-        search = template_search_path(self.rules_dir, self.tenant, self.template_dirs)
-        for folder in search:
-            candidate = folder / filename
-            if candidate.is_file():
-                try:
-                    source = candidate.read_text(encoding="utf-8")
-                    SandboxedEnvironment(autoescape=True).parse(source)
-                except jinja2.TemplateSyntaxError as err:
-                    return (f"template {name!r} does not compile: {candidate}:{err.lineno}: "
-                            f"{err.message}; fix the template")
-                except (OSError, UnicodeDecodeError) as err:
-                    return f"template {name!r} cannot be read: {err}"
-                return None
-        available = sorted({p.name[: -len(TEMPLATE_SUFFIX)] for folder in search if folder.is_dir()
-                            for p in folder.glob("*" + TEMPLATE_SUFFIX)})
-        return (f"unknown template {name!r}{suggest(name, available)}; add {filename} to "
-                f"{self.rules_dir / 'templates' / self.tenant} (available: {', '.join(available) or 'none'})")
+        problem = template_name_problem(name)
+        if problem is not None:
+            return (f"template name {short_repr(name)} {problem}; a template is named by its file "
+                    f"(NAME{TEMPLATE_SUFFIX}) in {self.rules_dir / 'templates' / self.tenant}, "
+                    f"{self.rules_dir / 'templates'} or a --templates folder")
+        search = TemplateSearch(self.rules_dir, self.tenant, self.template_dirs)
+        if search.find(name) is None:
+            available = search.available()
+            return (f"unknown template {short_repr(name)}{suggest(name, available)}; add "
+                    f"{short_text(template_filename(name))} to {search.own} "
+                    f"(available: {short_text(', '.join(available) or 'none', 400)})")
+        return self.template_compile_problem(search, name)
+
+    def template_compile_problem(self, search: TemplateSearch, name: str) -> str | None:
+        """Compile the template and every template it includes, imports or extends by a
+        fixed name, in the sandbox it renders in, through the tenant's own loader."""
+        environment = TemplateSandbox(loader=TenantTemplateLoader(search), autoescape=True)
+        pending, seen = [template_filename(name)], set()
+        while pending:
+            filename = pending.pop()
+            if filename in seen:
+                continue
+            seen.add(filename)
+            if len(seen) > MAX_REFERENCED_TEMPLATES:
+                return (f"template {short_repr(name)} pulls in more than {MAX_REFERENCED_TEMPLATES} templates "
+                        "through include, import and extends; use fewer")
+            path = search.find(filename)
+            try:
+                source = read_template(path)
+                tree = environment.parse(source, filename, str(path))
+                environment.compile(tree, filename, str(path))
+            except jinja2.TemplateSyntaxError as err:
+                return (f"template {short_repr(name)} does not compile: {path}:{err.lineno}: "
+                        f"{short_text(err.message or '', 200)}; fix the template")
+            except (TemplateFileTooLarge, TemplateLimitError) as err:
+                return f"template {short_repr(name)} is refused: {short_text(str(err), 200)}"
+            except (OSError, UnicodeDecodeError) as err:
+                return f"template {short_repr(name)} cannot be read: {short_text(str(err), 200)}"
+            except RecursionError:
+                return f"template {short_repr(name)} nests too deep to compile ({path}); simplify it"
+            for referenced in jinja2.meta.find_referenced_templates(tree):
+                if referenced is None:
+                    continue  # a name computed when it renders: looked up (and confined) then
+                problem = template_name_problem(referenced)
+                if problem is not None:
+                    return (f"template {short_repr(name)} ({path}) refers to {short_repr(referenced)}, whose "
+                            f"name {problem}")
+                if search.find(referenced) is None:
+                    return (f"template {short_repr(name)} ({path}) refers to {short_repr(referenced)}, which is "
+                            f"not a template tenant {short_repr(self.tenant)} has; templates of other tenants "
+                            "cannot be used")
+                pending.append(template_filename(referenced))
+        return None
 
     def check_campaign_references(self, defined: dict, requests: dict, removals: list) -> None:
         for name, targets in requests.items():
             for target, file, path in targets:
                 if target not in defined:
-                    self.error(file, path, f"request_campaign names unknown campaign {target!r}"
+                    self.error(file, path, f"request_campaign names unknown campaign {short_repr(target)}"
                                f"{suggest(target, defined)}")
         for target, file, path in removals:
             if target not in defined:
-                self.error(file, path, f"remove_from_flow names unknown campaign {target!r}{suggest(target, defined)}")
+                self.error(file, path, f"remove_from_flow names unknown campaign {short_repr(target)}{suggest(target, defined)}")
         # Depth-first search for request cycles; report each cycle once, at its first request.
         graph = {name: [t for t, _, _ in targets if t in defined] for name, targets in requests.items()}
         state: dict[str, int] = {}  # 1 = on the current path, 2 = done
@@ -711,6 +779,7 @@ def _compile_directory_now(directory: Path, template_dirs: list[Path]) -> tuple[
             lists=frozenset(compiler.settings.lists),
             lead_attributes=dict(compiler.settings.lead_attributes),
             communication_limits=dict(compiler.settings.limits),
+            limits=dict(compiler.settings.budgets),
         )
     activity_types = ActivityTypes({t: c.settings.activity_types for t, c in compilers.items()})
     return RuleSet(tenants, activity_types), errors

@@ -69,6 +69,9 @@ class KeyTrie:
                 (self.groups[key[:n]] for n in range(len(key) - 1, 0, -1) if key[:n] in groups_by_key), ()
             )
             self.groups[key] = inherited + groups_by_key[key]
+        # Python's `re` is safe here, unlike for a tenant's `matches` (RE2, regex.py): the
+        # pattern is the tenant's texts escaped, a trie whose branches start with distinct
+        # characters, so a match attempt never backtracks further than one key's length.
         try:
             compiled = re.compile(_trie_pattern(self.keys))
         except (RecursionError, re.error, OverflowError):  # absurdly deep or long keys
@@ -263,6 +266,7 @@ class TenantRules:
         lists: frozenset,
         lead_attributes: dict[str, str],
         communication_limits: dict[str, int],
+        limits: dict[str, int] | None = None,
     ):
         self.tenant = tenant
         self.campaigns = campaigns
@@ -271,6 +275,7 @@ class TenantRules:
         self.lists = lists
         self.lead_attributes = lead_attributes
         self.communication_limits = communication_limits
+        self.limits = limits or {}  # settings.limits: the tenant's budgets (orion/rules/limits.py)
 
     @classmethod
     def build(
@@ -282,6 +287,7 @@ class TenantRules:
         lists: frozenset = frozenset(),
         lead_attributes: dict[str, str] | None = None,
         communication_limits: dict[str, int] | None = None,
+        limits: dict[str, int] | None = None,
     ) -> "TenantRules":
         # activity type -> (trigger or counter, its campaign or None, the counter or None)
         filed: dict[str, list[tuple[Any, Campaign | None, HistoryCounter | None]]] = {}
@@ -311,6 +317,7 @@ class TenantRules:
             lists,
             lead_attributes or {},
             communication_limits or {},
+            limits or {},
         )
 
     def match(self, activity: Activity) -> list[Campaign]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from orion.rules.source import short_repr
+
 FilterTest = Callable[[int], bool]
 Logic = Callable[[FilterTest], bool]
 
@@ -30,16 +32,16 @@ def parse_logic(text: str, filter_count: int) -> Logic:
     if word == "any":
         return lambda met: filter_count == 0 or any(met(i) for i in range(1, filter_count + 1))
     if filter_count == 0:
-        raise LogicError(f"logic {text!r} names filters, but the campaign has none")
+        raise LogicError(f"logic {short_repr(text)} names filters, but the campaign has none")
     tokens = _tokens(text)
     parser = _Parser(tokens, text, filter_count)
     tree = parser.expression()
     if parser.pos != len(tokens):
-        raise LogicError(f"unexpected {tokens[parser.pos][1]!r} in logic {text!r}")
+        raise LogicError(f"unexpected {short_repr(tokens[parser.pos][1])} in logic {short_repr(text)}")
     unused = sorted(set(range(1, filter_count + 1)) - parser.used)
     if unused:
         raise LogicError(
-            f"logic {text!r} does not use filter {', '.join(map(str, unused))}; "
+            f"logic {short_repr(text)} does not use filter {', '.join(map(str, unused))}; "
             "use it in the expression or remove the filter"
         )
     return tree
@@ -51,7 +53,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         number, word, paren, junk = match.groups()
         if junk is not None:
             raise LogicError(
-                f"unexpected {junk!r} in logic {text!r}; "
+                f"unexpected {short_repr(junk)} in logic {short_repr(text)}; "
                 "write filter numbers with and, or, not and parentheses, e.g. 1 and (2 or 3)"
             )
         if number is not None:
@@ -67,9 +69,14 @@ class _Parser:
     """Recursive descent: expression := term (or term)*; term := factor (and factor)*;
     factor := not factor | NUMBER | ( expression )."""
 
+    # Parentheses and `not`s nested deeper than this are refused: the parser and the
+    # compiled logic recurse once per level.
+    MAX_DEPTH = 50
+
     def __init__(self, tokens: list[tuple[str, str]], text: str, filter_count: int):
         self.tokens, self.text, self.count = tokens, text, filter_count
         self.pos = 0
+        self.depth = 0
         self.used: set[int] = set()
 
     def _peek(self) -> str | None:
@@ -96,27 +103,41 @@ class _Parser:
     def factor(self) -> Logic:
         kind = self._peek()
         if kind is None:
-            raise LogicError(f"logic {self.text!r} ends too early; a filter number is missing")
+            raise LogicError(f"logic {short_repr(self.text)} ends too early; a filter number is missing")
         self.pos += 1
+        if kind in ("not", "("):
+            self.depth += 1
+            if self.depth > self.MAX_DEPTH:
+                raise LogicError(f"logic {short_repr(self.text)} nests parentheses and `not` more than "
+                                 f"{self.MAX_DEPTH} deep; simplify it")
+            try:
+                return self._nested(kind)
+            finally:
+                self.depth -= 1
+        return self._simple(kind)
+
+    def _nested(self, kind: str) -> Logic:
         if kind == "not":
             inner = self.factor()
             return lambda met: not inner(met)
+        inner = self.expression()
+        if self._peek() != ")":
+            raise LogicError(f"logic {short_repr(self.text)} has an unclosed '('")
+        self.pos += 1
+        return inner
+
+    def _simple(self, kind: str) -> Logic:
         if kind == "num":
-            number = int(self.tokens[self.pos - 1][1])
+            digits = self.tokens[self.pos - 1][1]
+            number = int(digits) if len(digits) <= 9 else 0  # past int()'s digit limit otherwise
             if not 1 <= number <= self.count:
                 raise LogicError(
-                    f"logic {self.text!r} names filter {number}, but filters are numbered "
+                    f"logic {short_repr(self.text)} names filter {short_repr(digits)[1:-1]}, but filters are numbered "
                     f"1 to {self.count}"
                 )
             self.used.add(number)
             return lambda met: met(number)
-        if kind == "(":
-            inner = self.expression()
-            if self._peek() != ")":
-                raise LogicError(f"logic {self.text!r} has an unclosed '('")
-            self.pos += 1
-            return inner
         raise LogicError(
-            f"unexpected {self.tokens[self.pos - 1][1]!r} in logic {self.text!r}; "
+            f"unexpected {short_repr(self.tokens[self.pos - 1][1])} in logic {short_repr(self.text)}; "
             "expected a filter number, 'not' or '('"
         )

@@ -2,7 +2,8 @@
 predicates `predicate(value, now_ms) -> bool` that run at evaluation time.
 
 String comparisons ignore case (as marketers expect: "Contact Us" is "contact us");
-`matches` uses the regular expression as written, compiled once (add `(?i)` for case).
+`matches` uses the regular expression as written, compiled once by RE2, which runs in time
+linear in the text (orion/rules/regex.py; add `(?i)` to ignore case).
 A missing value is empty: `is_empty` holds, the negative operators (is_not, not_contains,
 not_in) hold, every other operator fails. A value of the wrong type behaves the same way.
 
@@ -10,11 +11,17 @@ not_in) hold, every other operator fails. A value of the wrong type behaves the 
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 from orion.activities import MS_PER_UNIT, parse_timestamp
+from orion.rules.regex import CASEFOLD_SAFE_UNDER_IGNORECASE, RegexError, compile_search, required_literal
 from orion.rules.schema import OPERATORS_BY_TYPE
+from orion.rules.source import short_repr
+
+__all__ = [
+    "CASEFOLD_SAFE_UNDER_IGNORECASE", "NEGATIVE_OPERATORS", "OperandError", "Predicate", "compile_condition",
+    "compile_conditions", "required_literal",
+]
 
 Predicate = Callable[[Any, int], bool]
 
@@ -56,7 +63,7 @@ def _describe(value: Any) -> str:
     if value is None:
         return "nothing"
     if isinstance(value, str):
-        return f"the text {value!r}"
+        return f"the text {short_repr(value)}"
     if _is_number(value):
         return f"the number {value}"
     return f"a {'list' if isinstance(value, list) else 'mapping'}"
@@ -110,7 +117,7 @@ def _duration_ms(operand: Any, op: str) -> int:
     ):
         raise OperandError(
             f"{op} needs {{n: <whole number >= 1>, unit: <{'|'.join(MS_PER_UNIT)}>}}, "
-            f"got {operand!r}"
+            f"got {short_repr(operand)}"
         )
     return operand["n"] * MS_PER_UNIT[operand["unit"]]
 
@@ -123,7 +130,7 @@ def compile_condition(op: str, operand: Any, attr_type: str) -> Predicate:
     allowed = OPERATORS_BY_TYPE[attr_type]
     if op not in allowed:
         raise OperandError(
-            f"operator {op!r} does not apply to a {attr_type} attribute; "
+            f"operator {short_repr(op)} does not apply to a {attr_type} attribute; "
             f"use one of {', '.join(allowed)}"
         )
     if op in ("is_empty", "is_not_empty"):
@@ -189,12 +196,10 @@ def compile_condition(op: str, operand: Any, attr_type: str) -> Predicate:
         if not isinstance(operand, str):
             raise OperandError(f"matches needs a regular expression as text, got {_describe(operand)}")
         try:
-            search = re.compile(operand).search
-        except re.error as err:
-            raise OperandError(
-                f"bad regular expression {operand!r}: {err}; escape special characters with \\"
-            ) from None
-        return lambda v, now: isinstance(v, str) and search(v) is not None
+            search = compile_search(operand)
+        except RegexError as err:
+            raise OperandError(f"bad regular expression {short_repr(operand)}: {err}") from None
+        return lambda v, now: isinstance(v, str) and search(v)
 
     if op in ("gt", "ge", "lt", "le"):
         if not _is_number(operand):
@@ -212,51 +217,15 @@ def compile_condition(op: str, operand: Any, attr_type: str) -> Predicate:
         low, high = _range(operand, lambda x: _scalar(x, "number", op))
         return lambda v, now: isinstance(v, _NUMBER) and v.__class__ is not bool and low <= v <= high
 
-    raise OperandError(f"operator {op!r} is not supported for {attr_type}")  # pragma: no cover
-
-
-# ASCII characters whose case-insensitive matches in `re` are exactly the characters that
-# casefold to the same text: every one but I and i, which `re` also matches with the
-# Turkish dotted and dotless i (casefolded "i̇" and "ı"). tests/test_operators.py checks
-# this against every code point.
-CASEFOLD_SAFE_UNDER_IGNORECASE = frozenset(chr(c) for c in range(128)) - {"I", "i"}
-
-
-def required_literal(pattern: str) -> str | None:
-    """A casefolded text that `value.casefold()` contains whenever `re.search(pattern,
-    value)` finds a match, so the trigger index can file a `matches` condition under it
-    as if it were a `contains` (the regular expression is still run on what it finds).
-    None when the pattern has no literal of two characters or more outside groups,
-    alternatives and repeats.
-
-    Only literal characters at the top level of the pattern count: they occur, in order
-    and adjacent, in every match. Under IGNORECASE a character counts only when `re`'s
-    idea of "same letter" agrees with casefolding (CASEFOLD_SAFE_UNDER_IGNORECASE)."""
-    try:
-        parsed = re._parser.parse(pattern)  # type: ignore[attr-defined]
-        ignore_case = bool(parsed.state.flags & re.IGNORECASE)
-        literal_op = re._constants.LITERAL  # type: ignore[attr-defined]
-        items = list(parsed)
-    except Exception:  # a private module that may change; no literal just means no index
-        return None
-    best = run = ""
-    for op, argument in items:
-        char = chr(argument) if op == literal_op else None
-        if char is not None and (not ignore_case or char in CASEFOLD_SAFE_UNDER_IGNORECASE):
-            run += char
-            if len(run) > len(best):
-                best = run
-        else:
-            run = ""
-    return best.casefold() if len(best) >= 2 else None
+    raise OperandError(f"operator {short_repr(op)} is not supported for {attr_type}")  # pragma: no cover
 
 
 def _range(operand: Any, convert: Callable[[Any], Any]) -> tuple[Any, Any]:
     if not isinstance(operand, list) or len(operand) != 2:
-        raise OperandError(f"between needs [low, high], got {operand!r}")
+        raise OperandError(f"between needs [low, high], got {short_repr(operand)}")
     low, high = convert(operand[0]), convert(operand[1])
     if low > high:
-        raise OperandError(f"between needs low <= high, got {operand!r}; swap them")
+        raise OperandError(f"between needs low <= high, got {short_repr(operand)}; swap them")
     return low, high
 
 

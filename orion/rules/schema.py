@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from orion.activities import ATTRIBUTE_TYPES, MS_PER_UNIT
+from orion.rules.limits import MAX_CASCADE_ACTIVITIES, MAX_EMAIL_BYTES, MIN_EMAIL_BYTES
 
 UNITS = list(MS_PER_UNIT)
 
@@ -191,6 +192,16 @@ _SETTINGS = {
             },
         },
         "lists": {"type": "array", "items": _NAME},
+        # A tenant's budgets (orion/rules/limits.py has the defaults and the ceilings).
+        "limits": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "max_email_bytes": {"type": "integer", "minimum": MIN_EMAIL_BYTES, "maximum": MAX_EMAIL_BYTES},
+                "max_cascade_activities": {"type": "integer", "minimum": 1,
+                                           "maximum": MAX_CASCADE_ACTIVITIES},
+            },
+        },
         "lead_attributes": {
             "type": "object",
             "additionalProperties": {"enum": ["string", "number", "boolean", "date"]},
@@ -379,5 +390,8 @@ _QUICK_KEYWORDS = {
     "maxProperties": lambda n, schema: lambda instance: not isinstance(instance, dict) or len(instance) <= n,
     "minimum": lambda n, schema: lambda instance: (
         not isinstance(instance, (int, float)) or isinstance(instance, bool) or instance >= n
+    ),
+    "maximum": lambda n, schema: lambda instance: (
+        not isinstance(instance, (int, float)) or isinstance(instance, bool) or instance <= n
     ),
 }

@@ -5,6 +5,12 @@ YAML is read with a safe loader that remembers the line of every key and list it
 dates as text (the rule language parses them itself) and reads only true/false as booleans,
 so `country: {is: NO}` means Norway, not false.
 
+Rule files come from tenants, so reading one has budgets: a file holds at most
+MAX_RULE_FILE_BYTES, nests at most MAX_YAML_DEPTH levels, and may not use YAML aliases
+(`*name`), which would let a few hundred bytes stand for gigabytes. A file past a budget
+is refused with file:line and how to fix it; nothing is expanded to say so. Every value
+an error message shows goes through `short_repr`, which never builds more than it shows.
+
     python -m orion.cli rules validate orion/samples/rules
 """
 from __future__ import annotations
@@ -18,6 +24,64 @@ import jsonschema
 import yaml
 
 from orion.rules.schema import RULE_FILE_SCHEMA, quick_validator
+
+
+# Budgets of a rule file (docs/rules.md, "Limits").
+MAX_RULE_FILE_BYTES = 1_000_000
+MAX_YAML_DEPTH = 64
+# The longest value (as text) an error message shows.
+SHOWN_CHARS = 80
+
+
+def short_repr(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """`repr(value)` cut to about `limit` characters, built without ever producing more:
+    a string is cut before it is quoted, a list or mapping shows its first few items, and
+    nesting stops a few levels down. Safe on any structure a rule file can hold."""
+    text = _bounded_repr(value, limit + 1, 3)
+    return text if len(text) <= limit else text[: max(limit - 3, 1)] + "..."
+
+
+def _bounded_repr(value: Any, budget: int, levels: int) -> str:
+    if isinstance(value, str):
+        return repr(value[:budget]) if len(value) <= budget else repr(value[:budget]) + "..."
+    if isinstance(value, bytes):
+        return repr(value[:budget]) + ("..." if len(value) > budget else "")
+    if isinstance(value, (bool, float)) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 256 else "<a number of %d bits>" % value.bit_length()
+    if isinstance(value, dict):
+        opening, closing = "{", "}"
+        items = value.items()
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        opening, closing = ("(", ")") if isinstance(value, tuple) else ("[", "]")
+        items = value
+    else:
+        return "<" + type(value).__name__ + ">"
+    if levels <= 0:
+        return opening + "..." + closing if len(value) else opening + closing
+    parts: list[str] = []
+    used = 2
+    for item in items:
+        if used >= budget:
+            parts.append("...")
+            break
+        if isinstance(value, dict):
+            key, item_value = item
+            piece = (_bounded_repr(key, budget - used, levels - 1) + ": "
+                     + _bounded_repr(item_value, budget - used, levels - 1))
+        else:
+            piece = _bounded_repr(item, budget - used, levels - 1)
+        parts.append(piece)
+        used += len(piece) + 2
+    return opening + ", ".join(parts) + closing
+
+
+def short_text(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """`str(value)` for a message, cut to about `limit` characters (a key or a name)."""
+    if not isinstance(value, str):
+        return short_repr(value, limit)
+    return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
 class RuleError(NamedTuple):
@@ -63,6 +127,7 @@ class SafeLineLoader(_SafeBase):
     def __init__(self, stream):
         super().__init__(stream)
         self.duplicate_keys: list[tuple[int, Any]] = []
+        self.bad_keys: list[tuple[int, Any]] = []  # keys that are not text
 
 
 # Only YAML 1.2 booleans, and no implicit timestamps: copy the resolvers, then prune them.
@@ -81,6 +146,57 @@ SafeLineLoader.add_implicit_resolver(
 )
 
 
+class YamlBudgetError(ValueError):
+    """A rule file past a budget of the YAML reader; `line` is where, 1-based."""
+
+    def __init__(self, line: int, message: str, alias: bool = False):
+        super().__init__(message)
+        self.line = line
+        self.message = message
+        self.alias = alias
+
+
+def _first_alias_line(text: str, default: int) -> int:
+    """The line of the first alias in `text`. A composed document no longer knows where
+    an alias was written (the alias is the anchored node itself), the parser's events do."""
+    try:
+        for event in yaml.parse(text, Loader=_SafeBase):
+            if isinstance(event, yaml.AliasEvent):
+                return event.start_mark.line + 1
+    except yaml.YAMLError:
+        pass
+    return default
+
+
+def check_node_budget(root: yaml.Node) -> None:
+    """Refuse a composed YAML document that uses an alias or nests deeper than
+    MAX_YAML_DEPTH. Walks each node once, without recursion, and never follows an alias,
+    so an alias bomb costs no more than its own few nodes."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, int, int]] = [(root, 1, root.start_mark.line + 1)]
+    while stack:
+        node, depth, line = stack.pop()
+        if id(node) in seen:
+            raise YamlBudgetError(line, "YAML aliases (*name) are not allowed in rule files (a few of them "
+                                  "can stand for gigabytes); write the value out in full instead of "
+                                  "referring to an anchor (&name)", alias=True)
+        seen.add(id(node))
+        if depth > MAX_YAML_DEPTH:
+            raise YamlBudgetError(node.start_mark.line + 1,
+                                  f"the YAML nests deeper than {MAX_YAML_DEPTH} levels; "
+                                  "flatten the structure (no rule needs that depth)")
+        # Children go on the stack last first, so nodes are met in document order: an
+        # anchor always before its aliases, and the alias is what gets reported.
+        if isinstance(node, yaml.MappingNode):
+            for key, value in reversed(node.value):
+                key_line = key.start_mark.line + 1
+                stack.append((value, depth + 1, key_line))
+                stack.append((key, depth + 1, key_line))
+        elif isinstance(node, yaml.SequenceNode):
+            for item in reversed(node.value):
+                stack.append((item, depth + 1, item.start_mark.line + 1))
+
+
 def _construct_mapping(loader: SafeLineLoader, node: yaml.MappingNode) -> LineDict:
     loader.flatten_mapping(node)
     mapping = LineDict()
@@ -88,9 +204,11 @@ def _construct_mapping(loader: SafeLineLoader, node: yaml.MappingNode) -> LineDi
     mapping.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
-        try:
-            hash(key)
-        except TypeError:
+        if not isinstance(key, str):
+            # Every key of the rule language is text: a number, a date, a list or an empty
+            # key is a mistake, reported; the key goes on as text so the rest is checked.
+            loader.bad_keys.append((key_node.start_mark.line + 1, key))
+            key = "" if key is None else key if isinstance(key, (int, float)) else short_repr(key)
             key = str(key)
         if key in mapping:
             loader.duplicate_keys.append((key_node.start_mark.line + 1, key))
@@ -128,12 +246,15 @@ def line_of(doc: Any, path: Iterable[Any]) -> int:
 
 def suggest(word: str, choices: Iterable[str]) -> str:
     """' (did you mean X?)' when a close match exists, else ''."""
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    word = str(word) if isinstance(word, (str, int, float)) else ""
+    if not word or len(word) > 100:  # nothing close to it, and difflib is quadratic
+        return ""
+    close = difflib.get_close_matches(word, [c for c in choices if isinstance(c, str)], n=1, cutoff=0.6)
+    return f" (did you mean {short_repr(close[0])}?)" if close else ""
 
 
 def _where(path: list) -> str:
-    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(
+    return ".".join(short_text(p, 40) if not isinstance(p, int) else f"[{p}]" for p in path).replace(
         ".[", "["
     ) or "the file"
 
@@ -150,12 +271,12 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[list, str]:
         parent = path[-1] if path else None
         what = "operator" if parent is not None and allowed and "is_not_empty" in allowed else "key"
         return path + [key], (
-            f"unknown {what} {key!r} in {where}{suggest(key, allowed)}; "
+            f"unknown {what} {short_repr(key)} in {where}{suggest(key, allowed)}; "
             f"expected one of {', '.join(allowed)}"
         )
     if validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
-        return path, f"{where} needs {missing!r}"
+        return path, f"{where} needs {short_repr(missing)}"
     if validator == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
@@ -163,7 +284,7 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[list, str]:
     if validator == "enum":
         options = ", ".join(str(v) for v in error.validator_value)
         return path, (
-            f"{where} is {error.instance!r}{suggest(error.instance, map(str, error.validator_value))}; "
+            f"{where} is {short_repr(error.instance)}{suggest(error.instance, map(str, error.validator_value))}; "
             f"expected one of {options}"
         )
     if validator in ("minProperties", "maxProperties") and isinstance(error.instance, dict):
@@ -174,11 +295,11 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[list, str]:
     if validator == "minItems":
         return path, f"{where} needs at least {error.validator_value} item(s)"
     if validator == "minimum":
-        return path, f"{where} must be at least {error.validator_value}, got {error.instance!r}"
+        return path, f"{where} must be at least {error.validator_value}, got {short_repr(error.instance)}"
     if validator == "minLength":
         return path, f"{where} must not be empty"
     if validator == "pattern":
-        return path, f"{where} {error.instance!r} may hold only letters, digits, '_', '.', '-'"
+        return path, f"{where} {short_repr(error.instance)} may hold only letters, digits, '_', '.', '-'"
     if validator in ("anyOf", "oneOf") and error.context:
         # Explain the branch written for this kind of value: for a mapping where a name
         # or a mapping is allowed, what is wrong inside the mapping, not "not one of the names".
@@ -186,7 +307,9 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[list, str]:
         best = jsonschema.exceptions.best_match(same_kind or error.context)
         inner_path, message = _schema_message(best)
         return inner_path, message
-    return path, f"{where}: {error.message}"
+    if validator == "maximum":
+        return path, f"{where} must be at most {error.validator_value}, got {short_repr(error.instance)}"
+    return path, f"{where}: {short_text(error.message, 200)}"
 
 
 def _branch_takes(error: jsonschema.ValidationError, instance: Any) -> bool:
@@ -219,10 +342,12 @@ def _json_name(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"number {value}"
     if isinstance(value, str):
-        return f"text {value!r}"
+        return f"text {short_repr(value)}"
     if isinstance(value, list):
         return "a list"
-    return "a mapping"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a YAML {type(value).__name__} value"
 
 
 _VALIDATOR = jsonschema.Draft202012Validator(RULE_FILE_SCHEMA)
@@ -247,23 +372,44 @@ def read_rule_file(path: Path, display: str) -> tuple[RuleFile | None, list[Rule
     its errors; a document with errors is still returned so later checks can skip just
     the broken parts."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as opened:
+            data = opened.read(MAX_RULE_FILE_BYTES + 1)
+        if len(data) > MAX_RULE_FILE_BYTES:
+            return None, [RuleError(display, 1, f"the file is larger than {MAX_RULE_FILE_BYTES:,} bytes, the most "
+                                    "a rule file may hold; split the tenant's campaigns over several files")]
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        return None, [RuleError(display, 1, f"cannot read the file: {err}")]
+        return None, [RuleError(display, 1, f"cannot read the file: {short_text(str(err), 200)}")]
     loader = SafeLineLoader(text)
     try:
-        doc = loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            doc = None
+        else:
+            check_node_budget(node)
+            doc = loader.construct_document(node)
+    except YamlBudgetError as err:
+        line = _first_alias_line(text, err.line) if err.alias else err.line
+        return None, [RuleError(display, line, err.message)]
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else 1
-        return None, [RuleError(display, line, f"YAML syntax error: {err.problem or err}; check indentation and quoting")]
+        problem = short_text(str(err.problem or err), 200)
+        return None, [RuleError(display, line, f"YAML syntax error: {problem}; check indentation and quoting")]
     except yaml.YAMLError as err:
-        return None, [RuleError(display, 1, f"YAML error: {err}")]
+        return None, [RuleError(display, 1, f"YAML error: {short_text(str(err), 200)}")]
+    except RecursionError:
+        return None, [RuleError(display, 1, f"the YAML nests too deep; keep it under {MAX_YAML_DEPTH} levels")]
     finally:
         loader.dispose()
     errors = [
-        RuleError(display, line, f"duplicate key {key!r}; each key may appear once in a mapping")
+        RuleError(display, line, f"duplicate key {short_repr(key)}; each key may appear once in a mapping")
         for line, key in loader.duplicate_keys
+    ]
+    errors += [
+        RuleError(display, line, f"the key {short_repr(key)} is not text; every key of a rule file is a name "
+                  "(quote it if it is one)")
+        for line, key in loader.bad_keys
     ]
     if not isinstance(doc, LineDict):
         errors.append(
