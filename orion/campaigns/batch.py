@@ -432,7 +432,7 @@ def send_batch(members: Iterable[Member], rules, rules_dir: str, template_dirs, 
     # member's LeadFlows, so the communication limits count the sends in its profile.
     found = rules.campaign(tenant, campaign_name)
     priority = found.priority if found is not None else 0
-    assembler = EmailAssembler(rules_dir, template_dirs, sender or SenderSettings())
+    assembler = EmailAssembler(rules_dir, template_dirs, sender or SenderSettings(), rules=rules)
     outbox = open_outbox(outbox_uri)
     writer = _BehindQueue(outbox)
     records: list = []

@@ -27,8 +27,11 @@ class _AssembleEmailsFn(beam.DoFn):
 
     def setup(self) -> None:
         from orion.campaigns.email import EmailAssembler, SenderSettings
+        from orion.rules.shared import shared_rules
 
-        self.assembler = EmailAssembler(self.rules_dir, self.template_dirs, self.sender or SenderSettings())
+        # The rules compiled once per worker, as the lead step's (the tenants' email limits).
+        self.assembler = EmailAssembler(self.rules_dir, self.template_dirs, self.sender or SenderSettings(),
+                                        rules=shared_rules(self.rules_dir, tuple(self.template_dirs)))
         self.counters: dict = {}
 
     def process(self, request: EmailRequest):
