@@ -9,23 +9,36 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from orion.settings import output_prefixes
+from orion.settings import is_remote, output_prefixes
 
 
-def campaigns_fired(out_dir: Path) -> dict[str, int]:
+def campaigns_fired(out_dir: Path | str) -> dict[str, int]:
     """Qualified outcomes per "tenant/campaign", counted from the outcome files a run
     wrote (the counters stay a bounded set of names: none per campaign)."""
     import orjson
 
     fired: collections.Counter = collections.Counter()
     prefix, _ = output_prefixes(out_dir)
-    for path in Path(prefix).parent.glob(Path(prefix).name + "-*.jsonl"):
-        with open(path, "rb") as lines:
+    for lines in _outcome_files(prefix):
+        with lines:
             for line in lines:
                 if b'"qualified": true' in line or b'"qualified":true' in line:
                     outcome = orjson.loads(line)
                     fired[f"{outcome['tenant']}/{outcome['campaign']}"] += 1
     return dict(fired)
+
+
+def _outcome_files(prefix: str):
+    """The outcome files PREFIX-*.jsonl, each opened for reading bytes."""
+    if is_remote(prefix):
+        # Only a Beam runner writes there (gs://...), so Beam's file systems can read it.
+        from apache_beam.io.filesystems import FileSystems
+
+        for found in FileSystems.match([prefix + "-*.jsonl"])[0].metadata_list:
+            yield FileSystems.open(found.path)
+        return
+    for path in Path(prefix).parent.glob(Path(prefix).name + "-*.jsonl"):
+        yield open(path, "rb")
 
 
 def render_summary(totals: dict[str, int], seconds: float, fired: dict[str, int] | None = None) -> str:

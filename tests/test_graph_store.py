@@ -16,9 +16,9 @@ from store_services import bigtable_uri
 from orion.activities import Activity
 from orion.pipelines.activity_graph import GraphSettings, build_activity_graph
 from orion.store import open_store
-from orion.store.base import MAX_MS, UNSTORABLE, activity_day
+from orion.store.base import MAX_MS, STORE_SOURCE, UNSTORABLE, activity_day
 from orion.transforms.intake import METRICS_NAMESPACE
-from orion.transforms.sinks import STORE_SOURCE, WriteActivities
+from orion.transforms.sinks import WriteActivities
 
 T0 = 1_800_000_000_000  # 2027-01-15T08:00:00Z
 MINUTE = 60_000

@@ -21,7 +21,7 @@ from orion.pipelines.activity_graph import GraphSettings, build_activity_graph
 from orion.settings import RunConfig, clear_previous_outputs, effective_store_uri, is_remote, output_prefixes
 from orion.summary import campaigns_fired, render_summary
 from orion.transforms.intake import ParseActivities, ReadActivityFiles, orion_counters
-from orion.transforms.sinks import WriteActivities, WriteJsonLines, WriteProfiles
+from orion.transforms.sinks import DEFAULT_WINDOW_SECONDS, WriteActivities, WriteJsonLines, WriteProfiles
 
 STOP_WAIT_SECONDS = 2.0
 # Draining a streaming run: after the allowed lateness, how long to leave for the last
@@ -165,13 +165,16 @@ def _drain(config: RunConfig, clock, out) -> None:
     """The local runner acknowledges messages as it pulls them (orion/runners/direct_pubsub.py):
     stop pulling, so what is published from now on stays on the subscription, and wait
     while the watermark (the wall clock) passes everything already pulled plus the
-    allowed lateness, so it is released, evaluated and stored. Ctrl-C stops at once."""
+    allowed lateness, so it is released, evaluated and stored, and then the end of the
+    last window of outcome and dead-letter files (WriteJsonLines), so they are written.
+    Ctrl-C stops at once."""
     from orion.runners import direct_pubsub
 
     direct_pubsub.stop_pulling()
-    wait_s = config.allowed_lateness_ms / 1000 + DRAIN_MARGIN_SECONDS
+    wait_s = config.allowed_lateness_ms / 1000 + DEFAULT_WINDOW_SECONDS + DRAIN_MARGIN_SECONDS
     print(f"draining: no more pulls (what is published now stays on the subscription); releasing what "
-          f"was pulled, {wait_s:g} s (the allowed lateness and a margin); Ctrl-C stops at once", file=out, flush=True)
+          f"was pulled and writing its files, {wait_s:g} s (the allowed lateness, a file window and a margin); "
+          "Ctrl-C stops at once", file=out, flush=True)
     until = clock() + wait_s
     while clock() < until:
         time.sleep(0.2)

@@ -1,34 +1,40 @@
 """Sinks: `WriteActivities` into an activity store, `WriteJsonLines` into JSONL files.
 
-Both pickle only their configuration, open their client in setup, write in batches,
-flush in finish_bundle and count what they wrote. Store writes are idempotent, so a
-retried bundle rewrites the same rows. `WriteActivities` returns the dead letters of the
-rows the store refused (the graph flattens them with the others) and feeds what it wrote
-to `IndexActivities`.
+The store sinks pickle only their configuration, open their client in setup, write in
+batches, flush in finish_bundle and count what they wrote. Store writes are idempotent,
+so a retried bundle rewrites the same rows. `WriteActivities` returns the dead letters of
+the rows the store refused (the graph flattens them with the others) and feeds what it
+wrote to `IndexActivities`. `WriteJsonLines` writes through Beam's `fileio.WriteToFiles`,
+which moves a bundle's file into place only once the bundle has committed, so a retried
+bundle writes no line twice, on a local disk or in Cloud Storage.
 
-    orion run --store sqlite:///orion-data/activities.db
+    orion run --store sqlite:///orion-data/activities.db --out-dir orion-data
 """
 from __future__ import annotations
 
 import json
-import os
+import time
 import uuid
-from pathlib import Path
+from typing import Callable
 
 import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.options.value_provider import StaticValueProvider
 from apache_beam.pvalue import TaggedOutput
-from apache_beam.transforms.window import GlobalWindow, GlobalWindows
+from apache_beam.transforms.window import FixedWindows, GlobalWindow, GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from orion.deadletters import DeadLetter
+from orion.store.base import write_batch
 from orion.transforms.intake import METRICS_NAMESPACE
 
 DEFAULT_BATCH_SIZE = 500
-STORE_SOURCE = "store"  # DeadLetter.source of rows the store refused
 WRITTEN = "written"  # the output tag of written batches (what IndexActivities indexes)
 _GLOBAL_WINDOW = GlobalWindow()
+JSONL_SUFFIX = ".jsonl"
+DEFAULT_WINDOW_SECONDS = 10.0  # WriteJsonLines, unbounded input: one set of files per window
 
 
 class _WriteActivitiesFn(beam.DoFn):
@@ -52,9 +58,6 @@ class _WriteActivitiesFn(beam.DoFn):
         self.store_uri = store_uri
         self.batch_size = batch_size
         self.emit_written = emit_written
-        self.stored = Metrics.counter(METRICS_NAMESPACE, "stored")
-        self.failed = Metrics.counter(METRICS_NAMESPACE, "store_failed")
-        self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
 
     def setup(self) -> None:
         from orion.store import open_store
@@ -77,26 +80,21 @@ class _WriteActivitiesFn(beam.DoFn):
         if not self.batch:
             return
         batch, self.batch = self.batch, []
-        result = self.store.write_with_failures([activity for activity, _, _ in batch])
-        self.stored.inc(result.written)
-        refused = {id(f.activity): f for f in result.failed}
-        if refused:
-            self.failed.inc(len(refused))
-            self.dead.inc(len(refused))
+        done = write_batch(self.store, [activity for activity, _, _ in batch])
+        for name, n in done.counts.items():
+            Metrics.counter(METRICS_NAMESPACE, name).inc(n)
+        refused = done.refused
         written_by_window: dict = {}  # window (None: global) -> (activities, first timestamp)
         for activity, timestamp, window in batch:
-            failure = refused.get(id(activity))
-            if failure is None:
+            letter = refused.get(id(activity))
+            if letter is None:
                 if self.emit_written:
                     found = written_by_window.get(window)
                     if found is None:
                         found = written_by_window[window] = ([], _timestamp(activity, timestamp))
                     found[0].append(activity)
                 continue
-            Metrics.counter(METRICS_NAMESPACE, f"dead_letters:{failure.reason}").inc()
-            yield WindowedValue(
-                DeadLetter(activity.to_json_dict(), failure.reason, failure.detail, STORE_SOURCE),
-                _timestamp(activity, timestamp), (window or _GLOBAL_WINDOW,))
+            yield WindowedValue(letter, _timestamp(activity, timestamp), (window or _GLOBAL_WINDOW,))
         for window, (activities, first_timestamp) in written_by_window.items():
             yield TaggedOutput(WRITTEN, WindowedValue(tuple(activities), first_timestamp, (window or _GLOBAL_WINDOW,)))
 
@@ -204,35 +202,63 @@ class WriteActivities(beam.PTransform):
         return dead_letters
 
 
-class _WriteJsonLinesFn(beam.DoFn):
-    """Appends to one file per DoFn instance, `<prefix>-<unique>.jsonl`; works the same
-    for bounded and streaming input, with no windowing needed."""
+class _JsonLinesFn(beam.DoFn):
+    """Records -> their JSON lines (`_to_json`), counted under the counter's name.
 
-    def __init__(self, prefix: str, counter: str):
-        self.prefix = prefix
+    This is the global-window DoFn: it asks Beam for no window or timestamp (see
+    _WriteActivitiesFn), so bounded runs keep the SDK's fast per-element path."""
+
+    def __init__(self, counter: str):
         self.written = Metrics.counter(METRICS_NAMESPACE, counter)
 
-    def setup(self) -> None:
-        path = Path(f"{self.prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.file = None
-
     def process(self, record):
-        if self.file is None:
-            self.file = open(self.path, "a", encoding="utf-8")
-        self.file.write(_to_json(record) + "\n")
         self.written.inc()
+        yield _to_json(record)
+
+
+class _AtWriteTimeFn(beam.DoFn):
+    """Unbounded input: each line at the later of its own timestamp and `clock()`.
+
+    A record's own timestamp may be far behind the watermark (a late activity's dead
+    letter carries its event time; a Pub/Sub message its publish time), and a window
+    the watermark has passed drops what enters it. The wall clock is never behind the
+    watermark of a real source, so a line stamped with it always finds its window
+    open; where the records' own times run ahead of the clock (a TestStream's, or a
+    clock that returns 0), the files follow them."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
+
+    def process(self, line, timestamp=beam.DoFn.TimestampParam):
+        now = Timestamp.of(self.clock())
+        yield TimestampedValue(line, timestamp if timestamp > now else now)
+
+
+class _RemoveTempDirectoryFn(beam.DoFn):
+    """Bounded input, once every file is written: checks that each is in place, then
+    deletes the temporary directory with whatever a failed attempt of a retried bundle
+    left there (the retry wrote those lines again, into a file that was moved).
+
+    WriteToFiles logs a move that failed only at debug level (a retried move fails
+    harmlessly); a file missing here fails the run instead, and its lines stay in the
+    temporary directory."""
+
+    def __init__(self, directory: str, temp_directory: str):
+        self.directory = directory
+        self.temp_directory = temp_directory
+
+    def process(self, file_names: list[str]):
+        missing = [name for name in file_names if not FileSystems.exists(FileSystems.join(self.directory, name))]
+        if missing:
+            raise OSError(f"{len(missing)} file(s) were not moved into {self.directory} "
+                          f"(e.g. {missing[0]}); their lines are in {self.temp_directory}")
+        left = FileSystems.match([FileSystems.join(self.temp_directory, "*")])[0].metadata_list
+        if left:
+            FileSystems.delete([found.path for found in left])
+        # The directory itself: a local one is removed; Cloud Storage has no directories.
+        if FileSystems.match([self.temp_directory])[0].metadata_list:
+            FileSystems.delete([self.temp_directory])
         return ()
-
-    def finish_bundle(self) -> None:
-        if self.file is not None:
-            self.file.flush()
-
-    def teardown(self) -> None:
-        if getattr(self, "file", None) is not None:
-            self.file.close()
-            self.file = None
 
 
 def _to_json(record) -> str:
@@ -244,16 +270,57 @@ def _to_json(record) -> str:
 
 
 class WriteJsonLines(beam.PTransform):
-    """Records (with to_json / to_json_dict, or plain JSON values) -> JSONL files named
-    `<prefix>-<pid>-<id>.jsonl`."""
+    """Records (with to_json / to_json_dict, or plain JSON values) -> JSONL files
+    `<prefix>-*.jsonl`, written through Beam's file systems (a local path, gs://...)
+    with `fileio.WriteToFiles`: each bundle writes a temporary file, and a file is
+    moved into place only once the bundle that wrote it has committed. So a retried
+    bundle writes no line twice, and a line is in the output once or, before its
+    files are committed, not yet.
 
-    def __init__(self, prefix: str, counter: str = "written"):
+    Bounded input is written in the global window, as `<prefix>-SSSSS-of-NNNNN.jsonl`,
+    once the input is done; then the temporary directory is deleted. Unbounded input
+    is cut into windows of `window_s` seconds by when its lines are written (see
+    _AtWriteTimeFn) and each window is written once the watermark passes its end, as
+    `<prefix>-<start>-<end>-SSSSS-of-NNNNN.jsonl`: a job stopped without a drain
+    loses the lines of the windows still open (the store, the profiles and the
+    outbox have them all).
+
+    The temporary directory is `temp_directory` if given, else `.temp-<name>-<unique>`
+    beside the files, never Beam's --temp_location: a local rename cannot cross file
+    systems, and Beam logs a move that failed only at debug level. Counter: `counter`,
+    the lines handed to the files. Returns the written files (fileio.FileResult)."""
+
+    def __init__(self, prefix: str, counter: str = "written", window_s: float = DEFAULT_WINDOW_SECONDS,
+                 clock: Callable[[], float] = time.time, temp_directory: str | None = None):
         super().__init__()
-        self.prefix = prefix
+        self.prefix = str(prefix)
         self.counter = counter
+        self.window_s = window_s
+        self.clock = clock
+        self.temp_directory = temp_directory
 
     def expand(self, records):
-        return records | "WriteJsonLines" >> beam.ParDo(_WriteJsonLinesFn(self.prefix, self.counter))
+        directory, name = FileSystems.split(self.prefix)
+        temp_directory = self.temp_directory or FileSystems.join(directory, f".temp-{name}-{uuid.uuid4().hex}")
+        lines = records | "ToJsonLines" >> beam.ParDo(_JsonLinesFn(self.counter))
+        if records.is_bounded:
+            if not isinstance(records.windowing.windowfn, GlobalWindows):
+                lines = lines | "IntoGlobalWindow" >> beam.WindowInto(GlobalWindows())
+        else:
+            lines = (lines
+                     | "AtWriteTime" >> beam.ParDo(_AtWriteTimeFn(self.clock))
+                     | "IntoWriteWindows" >> beam.WindowInto(FixedWindows(self.window_s)))
+        written = lines | "WriteToFiles" >> fileio.WriteToFiles(
+            path=directory,
+            file_naming=fileio.default_file_naming(prefix=name, suffix=JSONL_SUFFIX),
+            temp_directory=StaticValueProvider(str, temp_directory),
+        )
+        if records.is_bounded:
+            (written
+             | "FileNames" >> beam.Map(lambda written_file: written_file.file_name)
+             | "AllFileNames" >> beam.combiners.ToList()
+             | "RemoveTempDirectory" >> beam.ParDo(_RemoveTempDirectoryFn(directory, temp_directory)))
+        return written
 
 
 class _WriteProfilesFn(beam.DoFn):

@@ -1,0 +1,168 @@
+"""Orion's settings of the activity graph as Beam pipeline options (`OrionOptions`), so
+the graph can be launched by Beam's own tooling alone, with Beam's flags and Orion's
+side by side on one command line: a Dataflow flex template's main, a test, a notebook.
+
+    python -m orion.runners.beam_options --runner=DataflowRunner --project=P --region=europe-west1 \\
+        --temp_location=gs://B/tmp --rules=/template/rules --events='gs://B/in/*.jsonl' \\
+        --store=bigtable://P/I/activities --outbox=none --out_dir=gs://B/out
+    python -m orion.runners.beam_options --events=in.jsonl --store=sqlite:///data/a.db --out_dir=data
+
+Orion's flags (`python -m orion.runners.beam_options --help` lists them) have the
+defaults of orion/settings.py, as `orion run` does, but in Beam's spelling
+(--out_dir, --allowed_lateness SECONDS, --dedup_span HOURS, --legacy_store); every
+other flag is Beam's and stays Beam's (--runner, --project, --job_name, --streaming ...).
+`main` builds the same graph as `orion run` (orion.runners.direct.build) and runs it,
+waiting for the run to end, except on Dataflow, where it returns once the job is
+submitted (a flex template's launcher must not wait for the job). A Pub/Sub
+--subscription makes the run streaming. `orion run --runner dataflow`
+(orion/runners/dataflow.py) adds the checks and defaults of a Dataflow submission.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from orion.settings import (
+    DEFAULT_ALLOWED_LATENESS_MS,
+    DEFAULT_DATA_DIR,
+    DEFAULT_DEDUP_SPAN_MS,
+    DEFAULT_OUTBOX,
+    DEFAULT_STORE,
+    MODES,
+    SAMPLE_EVENTS,
+    SAMPLE_RULES,
+    RunConfig,
+    clear_previous_outputs,
+    output_dir,
+)
+
+MS_PER_HOUR = 3_600_000
+LOCAL_RUNNERS = (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+
+
+class OrionOptions(PipelineOptions):
+    """The activity graph's own settings (orion.settings.RunConfig) as Beam flags."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        group = parser.add_argument_group("Orion: the activity graph")
+        group.add_argument("--rules", default=str(SAMPLE_RULES),
+                           help="rules directory (default: the shipped samples)")
+        group.add_argument("--templates", action="append", default=[],
+                           help="extra email template folder (repeatable)")
+        group.add_argument("--events", default=None,
+                           help="JSONL files, a path or a glob; bounded (default: the shipped samples, "
+                           "unless --subscription)")
+        group.add_argument("--subscription", default=None,
+                           help="projects/P/subscriptions/S: read Pub/Sub, streaming")
+        group.add_argument("--store", default=DEFAULT_STORE, help="activity store URI (default: %(default)s)")
+        group.add_argument("--outbox", default=DEFAULT_OUTBOX,
+                           help="where campaign flows queue emails, held emails and webhooks; "
+                           "none: no flows, outcomes only (default: %(default)s)")
+        group.add_argument("--out_dir", default=str(DEFAULT_DATA_DIR),
+                           help="where outcomes-*.jsonl and dead-letters-*.jsonl go: a local "
+                           "directory or gs://BUCKET/PATH (default: %(default)s)")
+        group.add_argument("--allowed_lateness", type=float, default=DEFAULT_ALLOWED_LATENESS_MS / 1000,
+                           help="seconds an activity may arrive behind the watermark and still be "
+                           "evaluated in order; later ones are dead letters (late) (default: %(default)s)")
+        group.add_argument("--dedup_span", type=float, default=DEFAULT_DEDUP_SPAN_MS / MS_PER_HOUR,
+                           help="hours of event time a lead remembers event ids, to drop duplicates "
+                           "(default: %(default)s)")
+        group.add_argument("--mode", choices=MODES, default=None,
+                           help="migration from the legacy store: legacy, passive or active "
+                           "(default: --store alone)")
+        group.add_argument("--legacy_store", default=None,
+                           help="the legacy store, mysql://USER:PASSWORD@HOST:PORT/DB, with --mode")
+
+
+def orion_option_names() -> frozenset[str]:
+    """The names (argparse dests) of Orion's options."""
+    parser = argparse.ArgumentParser(add_help=False)
+    OrionOptions._add_argparse_args(parser)
+    return frozenset(vars(parser.parse_args([])))
+
+
+def run_config(options: PipelineOptions) -> RunConfig:
+    """The run OrionOptions describe, with the other (Beam's) options as its beam_args.
+    Raises ValueError for settings that contradict each other."""
+    orion = options.view_as(OrionOptions)
+    if orion.events is not None and orion.subscription is not None:
+        raise ValueError("give --events (files) or --subscription (Pub/Sub), not both")
+    if orion.mode is not None and not orion.legacy_store:
+        raise ValueError("--mode needs --legacy_store mysql://USER:PASSWORD@HOST:PORT/DB")
+    return RunConfig(
+        rules_dir=orion.rules,
+        template_dirs=tuple(orion.templates),
+        events=None if orion.subscription else (orion.events or str(SAMPLE_EVENTS)),
+        subscription=orion.subscription,
+        store_uri=orion.store,
+        out_dir=output_dir(orion.out_dir),
+        allowed_lateness_ms=int(orion.allowed_lateness * 1000),
+        dedup_span_ms=int(orion.dedup_span * MS_PER_HOUR),
+        duration_s=None,
+        beam_args=beam_flags(options),
+        outbox_uri=None if orion.outbox.lower() == "none" else orion.outbox,
+        mode=orion.mode,
+        legacy_store_uri=orion.legacy_store,
+    )
+
+
+def beam_flags(options: PipelineOptions) -> tuple[str, ...]:
+    """The options that are not Orion's, set away from their defaults, as flags."""
+    ours = orion_option_names()
+    values = options.get_all_options(drop_default=True, retain_unknown_options=True)
+    flags = []
+    for name, value in sorted(values.items()):
+        if name in ours or value is None:
+            continue
+        if value is True:
+            flags.append(f"--{name}")
+        elif value is False:
+            # Left after dropping defaults: a switch that is on by default, which Beam
+            # turns off with --no_NAME (--no_use_public_ips, --no_pipeline_type_check).
+            flags.append(f"--no_{name}")
+        elif isinstance(value, list):
+            flags += [f"--{name}={item}" for item in value]
+        elif isinstance(value, dict):
+            flags.append(f"--{name}={json.dumps(value)}")
+        else:
+            flags.append(f"--{name}={value}")
+    return tuple(flags)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse Beam's and Orion's flags, build the graph and run it (see the module docs)."""
+    import apache_beam as beam
+
+    from orion.runners.direct import build
+
+    # Parsed as OrionOptions so that --help lists Orion's flags (Beam's: any runner's docs).
+    options = OrionOptions(sys.argv[1:] if argv is None else argv)
+    try:
+        config = run_config(options)
+    except ValueError as error:
+        print(f"orion: {error}", file=sys.stderr)
+        return 2
+    standard = options.view_as(StandardOptions)
+    local = standard.runner in LOCAL_RUNNERS
+    if config.subscription is not None:
+        standard.streaming = True
+        if standard.runner in (None, "DirectRunner"):
+            # As `orion run` does: the switching DirectRunner would try Prism first,
+            # which downloads a binary.
+            standard.runner = "BundleBasedDirectRunner"
+    if local:
+        clear_previous_outputs(config.out_dir)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, config)
+    result = pipeline.run()
+    if "dataflow" not in (standard.runner or "").lower():
+        result.wait_until_finish()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
