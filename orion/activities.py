@@ -52,6 +52,17 @@ BAD_FIELD = "bad_field"
 UNKNOWN_TYPE = "unknown_type"
 BAD_ATTRIBUTE = "bad_attribute"
 BAD_TIMESTAMP = "bad_timestamp"
+TOO_LARGE = "too_large"
+
+# Input limits, the same for every way in (files, Pub/Sub messages, the HTTP collector),
+# so what one source accepts no other refuses. An activity's JSON text may be at most
+# MAX_ACTIVITY_BYTES (UTF-8; inside a JSON array, its compact JSON): larger is `too_large`.
+# It may nest at most MAX_NESTING_DEPTH levels, the activity object being the first:
+# deeper is `malformed_json`. The depth is what every later stage can take: Beam pickles
+# elements and the stores encode attributes recursively, and both give up (RecursionError,
+# which would stop the job) long before orjson's own parse limit of 1,024 levels.
+MAX_ACTIVITY_BYTES = 1_000_000
+MAX_NESTING_DEPTH = 64
 
 
 class BadActivity(ValueError):
@@ -268,6 +279,24 @@ def _json_type_name(value: Any) -> str:
     return "object"
 
 
+def nests_deeper_than(value: Any, levels: int) -> bool:
+    """Whether a decoded JSON value nests more than `levels` arrays and objects deep (a
+    scalar is 0 levels, `[]` one). It recurses at most `levels` deep, however deep the
+    value: a value nested past any stack is judged like any other."""
+    if not isinstance(value, (dict, list)):
+        return False
+    if levels <= 0:
+        return True
+    for child in value.values() if isinstance(value, dict) else value:
+        if isinstance(child, (dict, list)) and nests_deeper_than(child, levels - 1):
+            return True
+    return False
+
+
+# An attribute's value sits inside the activity object and its attributes object.
+_ATTRIBUTE_LEVELS = MAX_NESTING_DEPTH - 2
+
+
 def _validate_attributes(type_: ActivityType, attributes: Any) -> dict:
     if attributes is None:
         attributes = {}
@@ -304,6 +333,12 @@ def _validate_attributes(type_: ActivityType, attributes: Any) -> dict:
                 BAD_ATTRIBUTE,
                 f"{type_.name}.{name} must be {spec.type}, got {_json_type_name(value)}",
             )
+        if isinstance(value, (dict, list)) and nests_deeper_than(value, _ATTRIBUTE_LEVELS):
+            raise BadActivity(
+                MALFORMED_JSON,
+                f"{type_.name}.{name} nests deeper than an activity may "
+                f"({MAX_NESTING_DEPTH} levels, the activity object included)",
+            )
         if spec.enum is not None and value not in spec.enum:
             raise BadActivity(
                 BAD_ATTRIBUTE,
@@ -324,16 +359,92 @@ def _identifier(obj: dict, field: str) -> str:
     text = str(value)
     if not text:
         raise BadActivity(BAD_FIELD, f"{field} must not be empty")
+    if not text.isascii():
+        # JSON text parsed here cannot hold a lone surrogate (orjson refuses it), but an
+        # already decoded object can: such an id could never be keyed, stored or logged.
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise BadActivity(
+                BAD_FIELD, f"{field} is not valid Unicode text: {err.reason} at position {err.start}"
+            ) from None
     return text
+
+
+def json_text_size(raw: str | bytes | bytearray) -> int:
+    """The size in bytes (UTF-8) of JSON text, counted exactly only where it matters."""
+    if isinstance(raw, str) and len(raw) > MAX_ACTIVITY_BYTES // 4:
+        return len(raw.encode("utf-8", "surrogatepass"))
+    return len(raw)
+
+
+def too_large(size: int) -> BadActivity:
+    return BadActivity(
+        TOO_LARGE, f"the activity is {size:,} bytes of JSON; an activity may be at most "
+        f"{MAX_ACTIVITY_BYTES:,}"
+    )
+
+
+# A JSON string (its closing quote may be missing at the end of the text), or one of the
+# characters that give an array its shape. Linear: no nested repetition.
+_ARRAY_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{},]', re.S)
+_ARRAY_TOKENS_BYTES = re.compile(_ARRAY_TOKENS.pattern.encode("ascii"), re.S)
+
+
+def split_json_array(text: str | bytes) -> list | None:
+    """The items of a JSON array as text (or bytes), each undecoded; None when `text` is
+    not one array of comma-separated items.
+
+    Only strings and brackets are tracked, in one pass, without recursion, so one item
+    that orjson refuses (nested past its limit, a lone surrogate, a syntax error) does
+    not take the rest of its batch with it: each item can be judged on its own.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        pattern, quote, opening, closing = _ARRAY_TOKENS_BYTES, b'"', b"[{", b"]}"
+    else:
+        pattern, quote, opening, closing = _ARRAY_TOKENS, '"', "[{", "]}"
+    items: list = []
+    depth = 0
+    start = 0
+    for token in pattern.finditer(text):
+        mark = token.group()[:1]
+        if mark == quote:
+            continue  # brackets and commas inside a string are text
+        if mark in opening:
+            depth += 1
+            if depth == 1:
+                if mark != opening[:1] or text[:token.start()].strip():
+                    return None
+                start = token.end()
+        elif mark in closing:
+            depth -= 1
+            if depth < 0:
+                return None
+            if depth == 0:
+                if mark != closing[:1] or text[token.end():].strip():
+                    return None
+                last = text[start:token.start()]
+                if items or last.strip():
+                    items.append(last)
+                return items
+        elif depth == 1:  # a comma between two items
+            items.append(text[start:token.start()])
+            start = token.end()
+    return None
 
 
 def parse_activity(raw: str | bytes | Mapping, types: ActivityTypes) -> Activity:
     """Raw JSON (text, bytes or an already decoded object) -> a validated Activity.
 
     Raises BadActivity(reason, detail) for anything that is not a valid activity of a
-    type the tenant may send.
+    type the tenant may send, or that is over the input limits (MAX_ACTIVITY_BYTES for
+    text; MAX_NESTING_DEPTH always).
     """
     if isinstance(raw, (str, bytes, bytearray)):
+        if len(raw) > MAX_ACTIVITY_BYTES // 4:  # only then can it be over the limit
+            size = json_text_size(raw)
+            if size > MAX_ACTIVITY_BYTES:
+                raise too_large(size)
         # orjson: several times faster than json on this, the hottest path, and it refuses
         # what no store can hold (lone surrogates, integers past 64 bits, NaN) and JSON
         # nested past 1,024 levels, instead of recursing until the interpreter gives up.

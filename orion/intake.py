@@ -5,6 +5,12 @@ carries one activity, a JSON array of activities, or JSONL lines: collectors agg
 many events per message to cut cost, as the personalization vendor did. Every element
 that is not a valid activity becomes a DeadLetter with its reason; the rest go on.
 
+The input limits of `orion.activities` hold per activity, whatever carries it: a line, a
+message, or an item of a JSON array (a message may be far larger than one activity).
+An item over MAX_ACTIVITY_BYTES is `too_large`; one that breaks the array for orjson
+(nested too deep, a lone surrogate, a syntax error) is refused alone, the other items of
+its array are judged on their own.
+
     python -c "from orion.intake import parse_payload; from orion.activities import ActivityTypes; print(list(parse_payload(b'[1]', ActivityTypes(), 'demo')))"
 """
 from __future__ import annotations
@@ -14,7 +20,18 @@ from typing import Iterable, Iterator
 
 import orjson
 
-from orion.activities import MALFORMED_JSON, Activity, ActivityTypes, BadActivity, parse_activity
+from orion.activities import (
+    MALFORMED_JSON,
+    MAX_ACTIVITY_BYTES,
+    TOO_LARGE,
+    Activity,
+    ActivityTypes,
+    BadActivity,
+    json_text_size,
+    parse_activity,
+    split_json_array,
+    too_large,
+)
 from orion.deadletters import DeadLetter
 from orion.sequencing import LATE, ReplayLateness
 
@@ -23,12 +40,29 @@ def _text(raw: str | bytes) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else raw
 
 
+def _element_text(value) -> str:
+    """A decoded element as JSON text for its dead letter, whatever it holds."""
+    try:
+        return json.dumps(value, default=str)
+    except (RecursionError, TypeError, ValueError) as err:  # nested past the stack, odd keys
+        return f"<a {type(value).__name__} that cannot be written as JSON: {type(err).__name__}>"
+
+
 def parse_one(raw, types: ActivityTypes, source: str) -> Activity | DeadLetter:
     try:
         return parse_activity(raw, types)
     except BadActivity as bad:
-        element = raw if isinstance(raw, (str, bytes, bytearray)) else json.dumps(raw, default=str)
-        return DeadLetter(_text(element).rstrip("\n"), bad.reason, bad.detail, source)
+        element = _text(raw) if isinstance(raw, (str, bytes, bytearray)) else _element_text(raw)
+        return DeadLetter(element.rstrip("\n"), bad.reason, bad.detail, source)
+
+
+def _compact_size(item) -> tuple[int, bytes | None]:
+    """An array item's size as compact JSON (the collector publishes exactly that)."""
+    try:
+        encoded = orjson.dumps(item)
+    except TypeError:  # nested past orjson's limit: parse_activity refuses it for its depth
+        return 0, None
+    return len(encoded), encoded
 
 
 def parse_payload(payload: str | bytes, types: ActivityTypes, source: str) -> Iterator[Activity | DeadLetter]:
@@ -38,9 +72,21 @@ def parse_payload(payload: str | bytes, types: ActivityTypes, source: str) -> It
         try:
             items = orjson.loads(payload)
         except orjson.JSONDecodeError as err:
-            yield DeadLetter(_text(payload), MALFORMED_JSON, f"a batch is a JSON array: {err}", source)
+            parts = split_json_array(payload)
+            if parts is None:
+                yield DeadLetter(_text(payload), MALFORMED_JSON, f"a batch is a JSON array: {err}", source)
+                return
+            for n, part in enumerate(parts):  # each judged alone, its text measured
+                yield parse_one(part.strip(), types, f"{source}[{n}]")
             return
+        # Each item may be an activity of the largest size; measured only when they could be.
+        measure = json_text_size(payload) > MAX_ACTIVITY_BYTES
         for n, item in enumerate(items):
+            if measure:
+                size, encoded = _compact_size(item)
+                if size > MAX_ACTIVITY_BYTES:
+                    yield DeadLetter(encoded.decode("utf-8"), TOO_LARGE, too_large(size).detail, f"{source}[{n}]")
+                    continue
             yield parse_one(item, types, f"{source}[{n}]")
         return
     lines = payload.splitlines()

@@ -1,13 +1,17 @@
 """Activity parsing: every way raw input can be wrong maps to its dead-letter reason, and
 valid input (RFC 3339 or epoch-ms timestamps, text, bytes or decoded JSON) becomes the
-same Activity.
+same Activity. The input limits (size, nesting, text no store can hold) hold the same for
+a line of a file, a Pub/Sub message and an item of a JSON array, and a file holding the
+attacks runs to the end with its good lines stored.
 
     .venv/bin/python -m pytest tests/test_activities.py -q
 """
 from __future__ import annotations
 
 import json
+import sqlite3
 
+import orjson
 import pytest
 
 from orion.activities import (
@@ -15,7 +19,10 @@ from orion.activities import (
     BAD_FIELD,
     BAD_TIMESTAMP,
     MALFORMED_JSON,
+    MAX_ACTIVITY_BYTES,
+    MAX_NESTING_DEPTH,
     MISSING_FIELD,
+    TOO_LARGE,
     UNKNOWN_TYPE,
     Activity,
     ActivityType,
@@ -26,9 +33,12 @@ from orion.activities import (
     format_timestamp,
     parse_activity,
     parse_timestamp,
+    split_json_array,
 )
+from orion.deadletters import DeadLetter
+from orion.intake import parse_payload, read_lines
 
-from conftest import T0
+from conftest import SAMPLE_RULES, T0
 
 BUILTINS = ActivityTypes()
 _DROP = object()  # marks a field to leave out of raw()
@@ -343,3 +353,180 @@ def test_a_lone_surrogate_in_an_id_is_refused_at_parse_time(field):
     assert "\\ud800" in text
     error = refused(text)
     assert error.reason == MALFORMED_JSON and "surrogate" in error.detail
+
+
+@pytest.mark.parametrize("field", ["lead_id", "tenant", "event_id"])
+def test_a_lone_surrogate_in_an_id_of_a_decoded_object_is_a_bad_field(field):
+    """Already decoded input (an item of a JSON array, a collector's event) skips orjson's
+    check: the id itself is checked, so KeyByLead never meets text it cannot encode."""
+    error = refused(raw(**{field: "L\ud800"}))
+    assert error.reason == BAD_FIELD and field in error.detail and "surrogate" in error.detail
+
+
+def test_a_decoded_object_with_a_lone_surrogate_id_is_a_dead_letter_that_can_be_written():
+    (found,) = parse_payload(b"[" + json.dumps(raw(lead_id="\ud800")).encode() + b"]", BUILTINS, "m")
+    assert isinstance(found, DeadLetter) and found.reason == MALFORMED_JSON  # orjson: in text, refused whole
+    from orion.intake import parse_one
+
+    dead = parse_one(raw(lead_id="\udfff"), BUILTINS, "m[0]")
+    assert dead.reason == BAD_FIELD
+    assert "\\udfff" in dead.to_json()  # kept as an escape, so the dead letter can be written
+
+
+# --- input limits: the same for a file line, a message and an array item -----------------
+
+
+def padded(size: int, **overrides) -> str:
+    """A valid activity whose JSON text is exactly `size` bytes (ASCII)."""
+    text = json.dumps(raw(type="visit_web_page", attributes={"url": ""}, **overrides))
+    return text.replace('"url": ""', '"url": "' + "x" * (size - len(text)) + '"')
+
+
+def test_an_activity_of_the_largest_size_is_accepted_and_one_byte_more_is_too_large():
+    largest = padded(MAX_ACTIVITY_BYTES)
+    assert len(largest.encode()) == MAX_ACTIVITY_BYTES
+    assert len(parse_activity(largest, BUILTINS).attributes["url"]) > 999_000
+    assert len(parse_activity(largest.encode(), BUILTINS).attributes["url"]) > 999_000
+    error = refused(padded(MAX_ACTIVITY_BYTES + 1))
+    assert error.reason == TOO_LARGE and "1,000,001 bytes" in error.detail and "1,000,000" in error.detail
+
+
+def test_size_is_counted_in_utf8_bytes_not_characters():
+    text = json.dumps(raw(type="visit_web_page", attributes={"url": "é" * 600_000}), ensure_ascii=False)
+    assert len(text) < MAX_ACTIVITY_BYTES < len(text.encode())
+    assert refused(text).reason == TOO_LARGE
+    assert refused(text.encode()).reason == TOO_LARGE
+
+
+@pytest.mark.parametrize("size", [1_100_000, 10_000_000])
+def test_an_oversized_line_or_message_is_too_large_and_the_rest_go_through(size):
+    big = padded(size, event_id="big")
+    good = [json.dumps(raw(event_id=f"g{n}", occurred_at=T0 + n)) for n in range(3)]
+    found = list(read_lines([good[0] + "\n", big + "\n", good[1] + "\n", good[2]], BUILTINS, "f.jsonl", None))
+    assert [type(f).__name__ for f in found] == ["Activity", "DeadLetter", "Activity", "Activity"]
+    assert (found[1].reason, found[1].source) == (TOO_LARGE, "f.jsonl:2")
+    (message,) = parse_payload(big.encode(), BUILTINS, "sub")
+    assert message.reason == TOO_LARGE
+    jsonl = list(parse_payload("\n".join([good[0], big, good[1]]).encode(), BUILTINS, "sub"))
+    assert [getattr(f, "reason", None) for f in jsonl] == [None, TOO_LARGE, None]
+
+
+def test_a_json_array_may_exceed_the_limit_but_each_of_its_items_may_not():
+    small = [raw(event_id=f"s{n}", type="visit_web_page", attributes={"url": "u" * 2_000}) for n in range(600)]
+    payload = json.dumps(small).encode()
+    assert len(payload) > MAX_ACTIVITY_BYTES
+    found = list(parse_payload(payload, BUILTINS, "sub"))
+    assert len(found) == 600 and all(isinstance(f, Activity) for f in found)
+
+    big = json.loads(padded(1_100_000, event_id="big"))
+    found = list(parse_payload(json.dumps([small[0], big, small[1]]).encode(), BUILTINS, "sub"))
+    assert [getattr(f, "reason", None) for f in found] == [None, TOO_LARGE, None]
+    assert found[1].source == "sub[1]" and json.loads(found[1].element)["event_id"] == "big"
+
+
+def nested(depth: int) -> str:
+    """An activity whose JSON nests `depth` levels, counting the activity object as one."""
+    inner = depth - 3  # activity, attributes and the fields object
+    return json.dumps(raw(type="fill_out_form", attributes={"form": "f", "fields": {}})).replace(
+        '"fields": {}', '"fields": {"x": ' + "[" * inner + "]" * inner + "}")
+
+
+def test_nesting_up_to_the_limit_is_accepted_and_deeper_is_refused_in_text_and_decoded_form():
+    assert parse_activity(nested(MAX_NESTING_DEPTH), BUILTINS).attributes["form"] == "f"
+    assert parse_activity(orjson.loads(nested(MAX_NESTING_DEPTH)), BUILTINS).type == "fill_out_form"
+    for deeper in (nested(MAX_NESTING_DEPTH + 1), nested(1_000)):  # 1,000: orjson reads it, Beam could not pickle it
+        for form in (deeper, orjson.loads(deeper)):
+            error = refused(form)
+            assert error.reason == MALFORMED_JSON and f"{MAX_NESTING_DEPTH} levels" in error.detail
+
+
+def test_a_decoded_object_nested_far_past_any_parser_is_refused_without_recursion():
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    error = refused(raw(type="fill_out_form", attributes={"form": "f", "fields": {"x": deep}}))
+    assert error.reason == MALFORMED_JSON
+    from orion.intake import parse_one
+
+    dead = parse_one(raw(type="fill_out_form", attributes={"form": "f", "fields": {"x": deep}}), BUILTINS, "m")
+    assert dead.reason == MALFORMED_JSON and dead.to_json()  # its element could not be JSON: said so, not raised
+
+
+def test_one_bad_item_of_a_json_array_is_refused_alone():
+    """Items orjson refuses inside an array (past its depth, a lone surrogate, broken
+    syntax) would sink the whole message: each item is judged on its own instead."""
+    good = [json.dumps(raw(event_id=f"g{n}")) for n in range(3)]
+    deep = nested(1_500)
+    surrogate = json.dumps(raw(event_id="s", lead_id="\ud800"))
+    payload = "[" + ",".join([good[0], deep, good[1], surrogate, '{"event_id": }', good[2]]) + "]"
+    found = list(parse_payload(payload.encode(), BUILTINS, "sub"))
+    assert [getattr(f, "reason", None) for f in found] == [None, MALFORMED_JSON, None, MALFORMED_JSON,
+                                                             MALFORMED_JSON, None]
+    assert [f.event_id for f in found if isinstance(f, Activity)] == ["g0", "g1", "g2"]
+    assert "depth" in found[1].detail and "surrogate" in found[3].detail
+    assert [f.source for f in found if isinstance(f, DeadLetter)] == ["sub[1]", "sub[3]", "sub[4]"]
+    assert found[1].element == deep  # as it arrived
+    (whole,) = parse_payload(b"[" + good[0].encode() + b", {", BUILTINS, "sub")  # no array at all
+    assert whole.reason == MALFORMED_JSON and whole.source == "sub"
+
+
+@pytest.mark.parametrize("text, items", [
+    ("[]", []), ("  [ ]  ", []), ("[1]", ["1"]), ('[1, "a,]", {"b": [2, 3]}]', ["1", ' "a,]"', ' {"b": [2, 3]}']),
+    ('["\\"],"]', ['"\\"],"']), ("[1,,2]", ["1", "", "2"]), ("[[[[]]]]", ["[[[]]]"]),
+])
+def test_split_json_array_tracks_strings_and_brackets(text, items):
+    assert split_json_array(text) == items
+    assert split_json_array(text.encode()) == [item.encode() for item in items]
+
+
+@pytest.mark.parametrize("text", ["", "[1", "x[1]", "[1] x", "[1}", '{"a": 1}', "]", '["open]', "[1]]"])
+def test_split_json_array_refuses_what_is_not_one_array(text):
+    assert split_json_array(text) is None
+
+
+# --- the attacks, against the whole graph -------------------------------------------------
+
+
+def test_a_file_with_every_input_attack_runs_to_the_end_and_stores_its_good_lines(tmp_path, capsys):
+    """`orion run` over a file holding, between good lines, a 3 KB line nested 1,500
+    levels, one nested 1,000 levels (orjson reads that; Beam could not pickle it), lone
+    surrogates in JSON text, and a 1.1 MB activity: exit 0, every good line stored, each
+    attack one dead letter with its reason."""
+    from orion.cli import main
+
+    def event(n: int, **fields) -> dict:
+        found = {"event_id": f"g{n}", "tenant": "acme", "lead_id": f"L{n}", "type": "visit_web_page",
+                 "occurred_at": T0 + n, "attributes": {"url": f"https://acme.example/{n}"}}
+        found.update(fields)
+        return found
+
+    deep = '{"event_id": "deep", "tenant": "acme", "lead_id": "D", "type": "visit_web_page", ' \
+           '"occurred_at": 0, "attributes": {"url": ' + "[" * 1500 + "]" * 1500 + "}}"
+    assert 2_900 < len(deep) < 3_300
+    attacks = [
+        (deep, MALFORMED_JSON),
+        (nested(1_000).replace('"e1"', '"deep-1000"'), MALFORMED_JSON),
+        (json.dumps(event(90, lead_id="\ud800")), MALFORMED_JSON),
+        (json.dumps(event(91, tenant="acme\udc00")), MALFORMED_JSON),
+        (padded(1_100_000, event_id="big", occurred_at=T0), TOO_LARGE),
+    ]
+    lines = []
+    for n, (attack, _) in enumerate(attacks):
+        lines += [json.dumps(event(n)), attack]
+    lines.append(json.dumps(event(len(attacks))))
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+    db = tmp_path / "store.db"
+    out = tmp_path / "out"
+
+    status = main(["run", "--events", str(events), "--rules", str(SAMPLE_RULES), "--store", f"sqlite:///{db}",
+                   "--out-dir", str(out), "--outbox", "none"])
+
+    assert status == 0
+    with sqlite3.connect(db) as connection:
+        stored = sorted(row[0] for row in connection.execute("SELECT event_id FROM activities"))
+    assert stored == sorted(f"g{n}" for n in range(len(attacks) + 1))
+    dead = [json.loads(line) for f in out.glob("dead-letters-*.jsonl") for line in f.read_text().splitlines()]
+    assert sorted((d["source"].rsplit(":", 1)[1], d["reason"]) for d in dead) == sorted(
+        (str(2 * n + 2), reason) for n, (_, reason) in enumerate(attacks))
+    assert "dead letters:     5" in capsys.readouterr().out

@@ -1,16 +1,23 @@
 """The HTTP intake collector against the real Pub/Sub emulator: keys, tenants, sizes,
-bodies, per-event answers, rate limits, metrics, and Pub/Sub down or hung (503, nothing
-half-accepted)."""
+bodies, per-event answers, rate limits, metrics, Pub/Sub down or hung (503, nothing
+half-accepted), and hostile input: deep nesting, lone surrogates, oversized events, gzip
+bombs, slow clients and malformed requests carrying the key (a 4xx, never a 500, the
+other events and requests unaffected, no key in answers or logs)."""
 from __future__ import annotations
 
 import concurrent.futures
+import gzip
 import json
+import logging
 import os
+import socket
 import stat
 import subprocess
 import sys
 import time
+import zlib
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector_services import (FlakyProxy, event, new_topic, pulled_events, request,  # noqa: F401
@@ -279,3 +286,240 @@ def test_keys_command_prints_a_key_once_and_stores_only_its_hash(tmp_path):
     listed = subprocess.run([sys.executable, "-m", "orion.collector", "keys", "list", "--keys", str(path)],
                             capture_output=True, text=True, check=True).stdout
     assert record.id in listed and key not in listed
+
+
+# --- bad input: a 4xx with its reason, never a 500; the batch's other events go on --------
+
+
+def metric_samples(collector) -> dict:
+    text = collector.get("/metrics")[2]
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def answers_by_code(collector) -> dict[tuple[str, str], float]:
+    return {(dict(labels)["route"], dict(labels)["code"]): value
+            for (name, labels), value in metric_samples(collector).items() if name == "orion_collector_requests_total"}
+
+
+def deep_event(n: int, depth: int) -> str:
+    """An event (JSON text) whose attributes nest so that the whole is `depth` levels."""
+    text = json.dumps(event(n, type="fill_out_form", attributes={"form": "f", "fields": {"x": "deep"}}))
+    inner = depth - 4  # the event, its attributes, the fields object
+    return text.replace('"deep"', "[" * inner + "]" * inner)
+
+
+def test_deep_nesting_and_lone_surrogates_are_refused_per_event_and_the_good_ones_published(start_collector, keys):
+    topic, subscription = new_topic()
+    collector = start_collector(topic)
+    surrogate_lead = json.dumps(event(3, lead_id="L\ud800"))       # JSON text with the escape \ud800
+    surrogate_tenant = json.dumps(event(4, tenant="shop\udfff"))
+    assert "\\ud800" in surrogate_lead
+    bad = [deep_event(1, 1_500), deep_event(2, 300), surrogate_lead, surrogate_tenant]
+    array = "[" + ",".join([json.dumps(event(10)), *bad, json.dumps(event(11))]) + "]"
+    status, _, answer = collector.post(array, key=keys.shop)
+    assert status == 200
+    assert [(r["status"], r.get("reason")) for r in answer["results"]] == [
+        ("accepted", None), *[("refused", "malformed_json")] * 4, ("accepted", None)]
+    assert "depth" in answer["results"][1]["detail"] and "surrogate" in answer["results"][3]["detail"]
+    jsonl = "\n".join([json.dumps(event(12)), *bad, json.dumps(event(13))])
+    status, _, answer = collector.post(jsonl, key=keys.shop, headers={"Content-Type": "application/x-ndjson"})
+    assert status == 200 and (answer["accepted"], answer["refused"]) == (2, 4)
+    # A body of one such event: what the JSON parser refuses is a 400 for the body, what
+    # it reads (300 levels) a 422 for the event; the reason is the same.
+    answers = [collector.post(single, key=keys.shop) for single in bad]
+    assert [(status, answer.get("error") or answer["results"][0]["reason"]) for status, _, answer in answers] == [
+        (400, "malformed_json"), (422, "malformed_json"), (400, "malformed_json"), (400, "malformed_json")]
+    assert sorted(e["event_id"] for e in pulled_events(subscription)) == ["e10", "e11", "e12", "e13"]
+    codes = answers_by_code(collector)
+    assert codes[("/v1/events", "200")] == 2 and codes[("/v1/events", "400")] == 3
+    assert codes[("/v1/events", "422")] == 1
+    assert not [code for (_, code) in codes if code.startswith("5")]
+
+
+def test_an_event_over_the_graphs_size_limit_is_refused_too_large(start_collector, keys):
+    """The collector takes what the graph takes: an event may be at most
+    MAX_ACTIVITY_BYTES as published (tenant filled in), the graph's own limit."""
+    from orion.activities import MAX_ACTIVITY_BYTES
+
+    topic, subscription = new_topic()
+    collector = start_collector(topic, max_body_bytes=4_000_000)
+    small = event(1, tenant=None)
+    big = event(2, url="https://shop.example/" + "x" * 1_100_000)
+    base = len(json.dumps(event(3), separators=(",", ":")).encode()) - len("https://shop.example/")
+    largest = event(3, url="x" * (MAX_ACTIVITY_BYTES - base))  # exactly the limit as published
+    one_more = event(4, url="x" * (MAX_ACTIVITY_BYTES - base + 1), tenant=None)  # over once the tenant is in
+    status, _, answer = collector.post([small, big, largest, one_more], key=keys.shop)
+    assert status == 200
+    assert [r.get("reason") for r in answer["results"]] == [None, "too_large", None, "too_large"]
+    assert "at most 1,000,000" in answer["results"][1]["detail"]
+    pulled = pulled_events(subscription)  # pulled_events checks the graph reads them without a dead letter
+    assert sorted(e["event_id"] for e in pulled) == ["e1", "e3"]
+    # default body limit: the same 1,000,000 bytes
+    default = start_collector(topic)
+    status, _, answer = default.post(big, key=keys.shop)
+    assert (status, answer["error"]) == (413, "too_large")
+
+
+# --- compressed bodies --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gzip_bomb() -> bytes:
+    """About 500 KB of gzip that inflates to 500 MB."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    bomb = b"".join(compressor.compress(zeros) for _ in range(500)) + compressor.flush()
+    assert len(bomb) < 600_000
+    return bomb
+
+
+def test_compressed_bodies_are_inflated_after_the_key_check_and_capped(start_collector, keys, gzip_bomb):
+    topic, subscription = new_topic()
+    collector = start_collector(topic)
+    body = json.dumps([event(n) for n in range(3)]).encode()
+    gzip_headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    assert collector.post(gzip.compress(body), key=keys.shop, headers=gzip_headers)[0] == 200
+    assert collector.post(zlib.compress(json.dumps(event(7)).encode()), key=keys.shop,
+                          headers={"Content-Encoding": "deflate"})[0] == 200
+
+    # Without a valid key the bomb is refused unread, and the server serves on meanwhile.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        bombs = pool.submit(lambda: [collector.post(gzip_bomb, key="ok_0000000000000000_" + "A" * 43,
+                                                    headers=gzip_headers)[0] for _ in range(3)])
+        slowest = 0.0
+        while not bombs.done():
+            started = time.monotonic()
+            assert collector.get("/healthz")[0] == 200
+            slowest = max(slowest, time.monotonic() - started)
+        assert bombs.result() == [401] * 3
+    assert slowest < 1.0, f"/healthz took {slowest:.2f} s while a gzip bomb was sent"
+    # With a valid key: inflated only as far as the body limit, or as its ratio allows.
+    status, _, answer = collector.post(gzip_bomb, key=keys.shop, headers=gzip_headers)
+    assert (status, answer["error"]) == (413, "too_large") and "more than 1,000,000 bytes" in answer["detail"]
+    small_bomb = gzip.compress(b" " * 200_000)  # within the body limit once inflated, but 200 KB from 300 bytes
+    status, _, answer = collector.post(small_bomb, key=keys.shop, headers=gzip_headers)
+    assert (status, answer["error"]) == (413, "too_large") and "100 times" in answer["detail"]
+    status, _, answer = collector.post(gzip.compress(body)[:-12], key=keys.shop, headers=gzip_headers)
+    assert (status, answer["error"]) == (400, "bad_encoding")
+    status, _, answer = collector.post(b"not gzip", key=keys.shop, headers=gzip_headers)
+    assert (status, answer["error"]) == (400, "bad_encoding")
+    status, _, answer = collector.post(body, key=keys.shop, headers={"Content-Encoding": "br"})
+    assert (status, answer["error"]) == (415, "bad_encoding")
+    assert sorted(e["event_id"] for e in pulled_events(subscription)) == ["e0", "e1", "e2", "e7"]
+
+
+# --- slow clients: idle, header and body timeouts --------------------------------------------
+
+
+def read_until_closed(sock: socket.socket, limit: float = 30.0) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took.
+    Fails if it is still open after `limit` seconds."""
+    sock.settimeout(limit)
+    started = time.monotonic()
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except socket.timeout:
+        pytest.fail(f"the server kept the connection open for {limit} s; received {received[:200]!r}")
+    except ConnectionResetError:
+        pass
+    return received, time.monotonic() - started
+
+
+def test_a_client_that_stalls_before_its_request_is_complete_is_disconnected(start_collector, keys):
+    topic, _ = new_topic()
+    collector = start_collector(topic, idle_timeout=1.0, body_timeout=1.0)
+    with socket.create_connection(("127.0.0.1", collector.port)) as silent:  # never sends a byte
+        received, took = read_until_closed(silent)
+        assert received == b"" and took < 10  # closed after the 1 s idle timeout, give or take a loaded machine
+    with socket.create_connection(("127.0.0.1", collector.port)) as slowloris:  # half the headers, then nothing
+        slowloris.sendall(f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys.shop}\r\n".encode())
+        time.sleep(0.3)
+        slowloris.sendall(b"X-Trickle: 1\r\n")  # a trickle of header lines does not extend the timeout
+        received, took = read_until_closed(slowloris)
+        assert received == b"" and took < 10
+    with socket.create_connection(("127.0.0.1", collector.port)) as slow_body:  # headers, a tenth of the body
+        slow_body.sendall(f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys.shop}\r\n"
+                          "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n[{\"event\"".encode())
+        answer, _ = read_until_closed(slow_body)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b'"body_timeout"' in answer
+    with socket.create_connection(("127.0.0.1", collector.port)) as idle:  # one request, then idle keep-alive
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer, _ = read_until_closed(idle)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+    assert collector.get("/healthz")[0] == 200  # and the server serves on
+    assert answers_by_code(collector)[("/v1/events", "408")] == 1
+
+
+# --- secrets: never in an answer, never in a log line -------------------------------------------
+
+
+def test_a_malformed_request_holding_the_key_is_answered_and_logged_without_it(start_collector, keys, caplog):
+    topic, _ = new_topic()
+    collector = start_collector(topic)
+    secret = keys.shop.split("_", 2)[2]
+    caplog.set_level(logging.DEBUG)
+    heads = [
+        f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization Bearer {keys.shop}\r\n\r\n",  # no colon
+        f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys.shop}\x01\r\n\r\n",  # control char
+        f"POST /v1/events HTTP/1.1\r\nHost: x\r\nX-Orion-Key : {keys.shop}\r\n\r\n",
+        f"POST /v1/events?key={keys.shop} junk HTTP/1.1\r\nHost: x\r\n\r\n",  # a broken request line
+        f"POST /v1/events HTTP/1.1\r\nHost: x\r\nX-Orion-Key: {keys.shop}{'A' * 9000}\r\n\r\n",  # too long
+    ]
+    for head in heads:
+        with socket.create_connection(("127.0.0.1", collector.port)) as connection:
+            connection.sendall(head.encode("latin-1"))
+            answer, _ = read_until_closed(connection)
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert b" 400 " in status_line, answer
+        assert secret.encode() not in answer and b"application/json" in rest
+        assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"] == "bad_request"
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "not valid HTTP" in logged and secret not in logged
+    assert answers_by_code(collector)[("unparsed", "400")] == len(heads)
+
+
+def test_a_fault_of_the_collector_is_a_counted_json_500_without_the_key(emulator_env, keys, caplog):
+    """Not bad input: a failure of the collector itself (here, its schemas). The request
+    gets a JSON 500, /metrics counts it, the log has the traceback without the key."""
+    from collector_services import CollectorThread
+    from orion.activities import ActivityTypes
+    from orion.collector.app import CollectorSettings
+
+    class BrokenTypes(ActivityTypes):
+        def lookup(self, tenant, type_name):
+            raise RuntimeError(f"lookup failed; the request had Authorization: Bearer {keys.shop}")
+
+    topic, subscription = new_topic()
+    caplog.set_level(logging.INFO)
+    collector = CollectorThread(topic, keys.path, BrokenTypes(), CollectorSettings())
+    try:
+        status, _, answer = collector.post([event(1)], key=keys.shop)
+        assert (status, answer["error"]) == (500, "internal") and keys.shop not in json.dumps(answer)
+        assert answers_by_code(collector)[("/v1/events", "500")] == 1
+    finally:
+        collector.stop()
+    failures = [r for r in caplog.records if r.name == "orion.collector.app" and r.levelno == logging.ERROR]
+    assert failures and "lookup failed" in failures[0].exc_text
+    secret = keys.shop.split("_", 2)[2]
+    assert all(secret not in f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert pulled_events(subscription, 0.5) == []
+
+
+def test_redaction_cuts_keys_out_of_text_and_log_records():
+    from orion.collector.redaction import RedactSecrets, redact
+
+    key = "ok_0123456789abcdef_" + "S" * 43
+    for text in (f"Authorization: Bearer {key}", f"b'authorization Bearer {key}'", f"X-Orion-Key: {key}",
+                 f"GET /v1/events?key={key}&x=1", f"token {key} here", f"x-api-key={key}"):
+        assert "S" * 10 not in redact(text), text
+    assert redact(f"key {key}").startswith("key ok_0123456789abcdef_")  # the id may stay: it names the key
+    try:
+        raise ValueError(f"bad header: Authorization: Bearer {key}")
+    except ValueError as err:
+        record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "failed on %s", (key,),
+                                   (type(err), err, err.__traceback__))
+    RedactSecrets().filter(record)
+    assert "S" * 10 not in logging.Formatter().format(record)

@@ -5,8 +5,9 @@ to Pub/Sub, many per message, for the graph's ParseActivities. See docs/collecto
     orion collect --topic projects/P/topics/activities --keys orion-data/collector-keys.yaml
 
 Modules: `keys` (hashed API keys), `limits` (per-key rate limit), `checking` (body ->
-per-event verdicts), `publisher` (aggregation, Pub/Sub, backpressure), `metrics`
-(Prometheus), `app` (aiohttp routes), `commands` (the command line).
+per-event verdicts, decompression), `publisher` (aggregation, Pub/Sub, backpressure),
+`metrics` (Prometheus), `redaction` (no key in a log line or an answer), `app` (aiohttp
+routes, timeouts), `commands` (the command line).
 """
 from orion.collector.commands import add_collect_command
 

@@ -3,40 +3,59 @@
 POST /v1/events takes one event, a JSON array of events or JSONL, with an API key in
 `Authorization: Bearer KEY`, in `X-Orion-Key: KEY` or, for `navigator.sendBeacon` (which
 cannot set headers), in the query string `?key=KEY`. In order, a request can be refused
-whole with 401 (no key / unknown key), 429 (the key's rate limit; Retry-After), 413 (body
-over max_body_bytes, or more than max_batch events), 400 (not UTF-8, not JSON, empty) or
-503 (Pub/Sub did not take the events; Retry-After; nothing of it was accepted). Otherwise
-the answer lists every event in order, accepted or refused with a reason
-(`orion.collector.checking`): 200 when at least one was accepted, 422 when none was.
+whole with 401 (no key / unknown key), 429 (the key's rate limit; Retry-After), 415 (a
+Content-Encoding other than gzip or deflate), 413 (body over max_body_bytes, before or
+after decompression, inflating more than max_compression_ratio, or more than max_batch
+events), 408 (the body did not arrive within body_timeout), 400 (not UTF-8, not JSON,
+empty, broken compression) or 503 (Pub/Sub did not take the events; Retry-After; nothing
+of it was accepted). Otherwise the answer lists every event in order, accepted or
+refused with a reason (`orion.collector.checking`): 200 when at least one was accepted,
+422 when none was.
+
+Bad input is never a 500, and nothing about one request slows the others: the key is
+checked before the body is read, aiohttp does not inflate bodies (the handler does, off
+the event loop, capped), and every connection has an idle timeout that also bounds how
+long its request line and headers may take (`CollectorRunner`). Every answer is counted
+in /metrics by route and status, including those aiohttp gives to requests it cannot
+parse (route `unparsed`), and no answer or log line carries an API key
+(`orion.collector.redaction`).
 
     python -m orion.collector --topic projects/P/topics/T --keys K.yaml --port 8080
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
-from orion.activities import ActivityTypes
-from orion.collector.checking import UNAVAILABLE, BodyRefused, check_body
+from orion.activities import MAX_ACTIVITY_BYTES, ActivityTypes
+from orion.collector.checking import (MAX_RATIO, UNAVAILABLE, BodyRefused, check_body, content_coding,
+                                      decompress_body)
 from orion.collector.keys import KeyStore
 from orion.collector.limits import RateLimiter, retry_after_header
 from orion.collector.metrics import CollectorMetrics
 from orion.collector.publisher import BatchPublisher, PublishUnavailable
+from orion.collector.redaction import redact
 
 log = logging.getLogger(__name__)
 
 EVENTS_ROUTE = "/v1/events"
+UNPARSED_ROUTE = "unparsed"  # the route label of requests aiohttp could not parse (4xx)
+# After an answer given before its body was read (401, 413, ...), how long aiohttp goes on
+# reading and dropping the body so the client sees the answer, not a reset connection.
+LINGER_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
 class CollectorSettings:
     max_batch: int = 1000              # events per request
-    max_body_bytes: int = 1_000_000    # bytes per request body
+    max_body_bytes: int = MAX_ACTIVITY_BYTES  # bytes per request body, also after decompression
     rate_limit: float = 100.0          # requests per second per key; 0: none
     rate_burst: float | None = None    # default: max(1, rate_limit)
     flush_events: int = 1000           # a message is sent when it holds this many events,
@@ -46,6 +65,10 @@ class CollectorSettings:
     publish_timeout: float = 10.0      # seconds for Pub/Sub to acknowledge a message
     retry_after: float = 2.0           # seconds, in Retry-After of a 503
     cors_origin: str = "*"             # Access-Control-Allow-Origin for web pages
+    max_compression_ratio: float = MAX_RATIO  # a compressed body inflates at most this many times
+    idle_timeout: float = 15.0         # seconds a connection may wait for (the rest of) a request line
+                                       # and headers: before its first request and between requests
+    body_timeout: float = 30.0         # seconds for a request's body to arrive; longer: 408
 
 
 STATE = web.AppKey("collector", object)
@@ -64,8 +87,12 @@ class Collector:
 
 
 def _json(status: int, body: dict, headers: dict | None = None) -> web.Response:
-    return web.Response(status=status, headers=headers,
-                        body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
+    text = json.dumps(body, ensure_ascii=False)
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:  # text that is not valid Unicode is sent as \uXXXX escapes
+        encoded = json.dumps(body).encode("ascii")
+    return web.Response(status=status, headers=headers, body=encoded,
                         content_type="application/json", charset="utf-8")
 
 
@@ -74,6 +101,30 @@ def _presented_key(request: web.Request) -> str | None:
     if authorization[:7].lower() == "bearer ":
         return authorization[7:].strip() or None
     return request.headers.get("X-Orion-Key") or request.query.get("key") or None
+
+
+async def _read_body(request: web.Request, settings: CollectorSettings) -> bytes:
+    """The body as sent, inflated when compressed; BodyRefused for what cannot be taken."""
+    coding = content_coding(request.headers.get("Content-Encoding"))
+    too_large = BodyRefused(413, "too_large", f"the body may be at most {settings.max_body_bytes:,} bytes")
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise too_large
+    try:
+        body = await asyncio.wait_for(request.read(), settings.body_timeout)
+    except web.HTTPRequestEntityTooLarge:  # chunked bodies are cut off by client_max_size
+        raise too_large from None
+    except asyncio.TimeoutError:
+        raise BodyRefused(408, "body_timeout", f"the body did not arrive within {settings.body_timeout:g} s") \
+            from None
+    except (ConnectionError, web.RequestPayloadError) as err:
+        raise BodyRefused(400, "bad_body", f"the body could not be read: {type(err).__name__}") from None
+    if len(body) > settings.max_body_bytes:
+        raise too_large
+    if coding is not None:
+        # zlib lets go of the interpreter while it inflates: the event loop serves on.
+        body = await asyncio.get_running_loop().run_in_executor(
+            None, decompress_body, body, coding, settings.max_body_bytes, settings.max_compression_ratio)
+    return body
 
 
 async def post_events(request: web.Request) -> web.Response:
@@ -92,20 +143,14 @@ async def post_events(request: web.Request) -> web.Response:
         return _json(429, {"error": "rate_limited",
                            "detail": f"this key may make {settings.rate_limit:g} requests a second"},
                      {"Retry-After": retry_after_header(wait)})
-    too_large = _json(413, {"error": "too_large",
-                            "detail": f"the body may be at most {settings.max_body_bytes:,} bytes"})
-    if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        return too_large
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:  # chunked bodies are cut off by client_max_size
-        return too_large
-    if len(body) > settings.max_body_bytes:
-        return too_large
-    try:
+        body = await _read_body(request, settings)
         checked = check_body(body, key.tenant, collector.types, settings.max_batch)
     except BodyRefused as refused:
-        return _json(refused.status, {"error": refused.error, "detail": refused.detail})
+        response = _json(refused.status, {"error": refused.error, "detail": refused.detail})
+        if refused.status == 408:
+            response.force_close()  # a client this slow does not get the connection again
+        return response
     metrics = collector.metrics
     for reason in checked.refused_reasons:
         metrics.refused.labels(key.tenant, reason).inc()
@@ -144,6 +189,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=collector.metrics.render(), headers={"Content-Type": collector.metrics.content_type})
 
 
+def _internal_error() -> web.Response:
+    return _json(500, {"error": "internal", "detail": "the collector failed on this request; it is logged"})
+
+
 @web.middleware
 async def count_and_cors(request: web.Request, handler):
     collector: Collector = request.app[STATE]
@@ -151,6 +200,10 @@ async def count_and_cors(request: web.Request, handler):
         response = await handler(request)
     except web.HTTPException as http_error:  # 404, 405 and the like, raised by aiohttp itself
         response = http_error
+    except Exception as err:  # noqa: BLE001 - a fault of ours: answered, counted and logged, keys cut out
+        log.error("%s %s failed: %s", request.method, redact(request.path_qs), redact(f"{type(err).__name__}: {err}"),
+                  exc_info=err)
+        response = _internal_error()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
     collector.metrics.requests.labels(route, str(response.status)).inc()
     if route == EVENTS_ROUTE:
@@ -165,6 +218,8 @@ def build_app(keys: KeyStore, types: ActivityTypes, publisher: BatchPublisher,
     """The aiohttp application; the caller owns the publisher (and closes it)."""
     metrics_ = metrics_ or CollectorMetrics()
     # aiohttp refuses larger bodies itself while reading; the handler answers 413 in JSON.
+    # Serve it with CollectorRunner: it sets the timeouts and turns off aiohttp's own
+    # decompression, which would inflate a body on the event loop before the key is checked.
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[count_and_cors])
     app[STATE] = Collector(keys, types, publisher, settings, metrics_)
     app.router.add_post(EVENTS_ROUTE, post_events)
@@ -172,6 +227,80 @@ def build_app(keys: KeyStore, types: ActivityTypes, publisher: BatchPublisher,
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app
+
+
+_QUOTED = re.compile(r"""\s*(?:bytearray\()?b['"]""")
+
+
+class _CollectorRequestHandler(web.RequestHandler):
+    """One connection. aiohttp answers here the requests it could not parse (a malformed
+    header line, say), which never reach the app and its middleware: its own answer quotes
+    the offending line back, API key and all, and logs it with a traceback. This one
+    answers in JSON with the first line of the complaint only, keys cut out, logs one
+    line, and counts the answer."""
+
+    collector: Collector
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: an answer is under way, none can follow
+            raise ConnectionError("an answer was being sent when the request failed")
+        complaint = (message or (str(exc) if exc is not None else "") or "").strip().splitlines()
+        # the kind of fault only: not the bytes aiohttp quotes after it
+        summary = redact(_QUOTED.split(complaint[0], 1)[0].rstrip(": ")[:200] if complaint else "")
+        if status >= 500:
+            log.error("answering %s with %d: %s", request.remote, status,
+                      redact(f"{type(exc).__name__}: {exc}") if exc is not None else summary,
+                      exc_info=exc if isinstance(exc, BaseException) else None)
+            response = _internal_error() if status == 500 else _json(status, {"error": "internal", "detail": summary})
+        else:
+            log.info("request from %s is not valid HTTP (%d): %s", request.remote, status, summary)
+            response = _json(status, {"error": "bad_request", "detail": f"not a valid HTTP request: {summary}"})
+        self.collector.metrics.requests.labels(UNPARSED_ROUTE if status < 500 else "other", str(status)).inc()
+        response.force_close()
+        return response
+
+
+class _CollectorServer(web.Server):
+    """aiohttp's Server, with the collector's connections."""
+
+    def __init__(self, handler, *, collector: Collector, loop: asyncio.AbstractEventLoop, **options):
+        super().__init__(handler, loop=loop, **options)
+        self.collector = collector
+        self.connection_options = {k: v for k, v in options.items()
+                                   if k not in ("request_factory", "handler_cancellation")}
+        self.connection_loop = loop
+
+    def __call__(self) -> web.RequestHandler:
+        connection = _CollectorRequestHandler(self, loop=self.connection_loop, **self.connection_options)
+        connection.collector = self.collector
+        return connection
+
+
+class CollectorRunner(web.AppRunner):
+    """Serves the collector's app: aiohttp's AppRunner with the collector's timeouts and
+    connections.
+
+    - idle_timeout: aiohttp closes a connection that has no complete request waiting, from
+      when it opens and after each answer: it bounds the time to send the request line and
+      headers (slowloris) as well as idle keep-alive. Their size is bounded by aiohttp's
+      defaults: lines and header fields of at most 8,190 bytes, at most 128 headers.
+    - body_timeout: bounds the body, in the handler (408).
+    - no automatic decompression: the handler inflates bodies after the key check, capped.
+    """
+
+    def __init__(self, app: web.Application, settings: CollectorSettings):
+        self._connection_options = {"keepalive_timeout": settings.idle_timeout, "lingering_time": LINGER_SECONDS,
+                                    "auto_decompress": False, "access_log": None}
+        super().__init__(app, **self._connection_options)
+
+    async def _make_server(self) -> web.Server:
+        # AppRunner's server starts the app; its request handler and factory are kept, and
+        # its connections are the collector's.
+        made = await super()._make_server()
+        return _CollectorServer(made.request_handler, request_factory=made.request_factory,
+                                handler_cancellation=made.handler_cancellation, collector=self.app[STATE],
+                                loop=asyncio.get_running_loop(), **self._connection_options)
 
 
 def load_types(rules_dir: Path) -> ActivityTypes:

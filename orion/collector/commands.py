@@ -35,6 +35,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {value:g}")
+    return value
+
+
 def _topic(text: str) -> str:
     parts = text.split("/")
     if len(parts) != 4 or parts[0] != "projects" or parts[2] != "topics" or not parts[1] or not parts[3]:
@@ -69,7 +76,15 @@ def add_collect_command(subparsers) -> None:
     collect.add_argument("--max-batch", type=_positive_int, default=defaults.max_batch, metavar="EVENTS",
                          help="most events in one request; more: 413 (default: %(default)s)")
     collect.add_argument("--max-body-bytes", type=_positive_int, default=defaults.max_body_bytes, metavar="BYTES",
-                         help="largest request body; larger: 413 (default: %(default)s)")
+                         help="largest request body, also once decompressed; larger: 413 (default: %(default)s)")
+    collect.add_argument("--max-compression-ratio", type=_positive_float, default=defaults.max_compression_ratio,
+                         metavar="RATIO", help="how many times its size a gzip or deflate body may inflate; "
+                         "more: 413 (default: %(default)s)")
+    collect.add_argument("--idle-timeout", type=_positive_float, default=defaults.idle_timeout, metavar="SECONDS",
+                         help="close a connection without a complete request line and headers after this "
+                         "long: from when it opens and after each answer (default: %(default)s)")
+    collect.add_argument("--body-timeout", type=_positive_float, default=defaults.body_timeout, metavar="SECONDS",
+                         help="how long a request's body may take to arrive; longer: 408 (default: %(default)s)")
     collect.add_argument("--rate-limit", type=_non_negative, default=defaults.rate_limit, metavar="PER_SECOND",
                          help="requests a second per key, token bucket; over: 429; 0: no limit "
                          "(default: %(default)s)")
@@ -183,7 +198,9 @@ def serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, max_body_bytes=args.max_body_bytes, rate_limit=args.rate_limit,
         rate_burst=args.rate_burst, flush_events=args.flush_events, flush_bytes=args.flush_bytes,
         flush_seconds=args.flush_ms / 1000, max_pending_bytes=args.max_pending_bytes,
-        publish_timeout=args.publish_timeout, retry_after=args.retry_after, cors_origin=args.cors_origin)
+        publish_timeout=args.publish_timeout, retry_after=args.retry_after, cors_origin=args.cors_origin,
+        max_compression_ratio=args.max_compression_ratio, idle_timeout=args.idle_timeout,
+        body_timeout=args.body_timeout)
     if settings.max_body_bytes * 2 + settings.flush_bytes > 9_000_000:
         print("orion: --max-body-bytes x 2 + --flush-bytes must stay under 9,000,000 "
               "(a Pub/Sub message holds at most 10 MB)", file=sys.stderr)
@@ -207,10 +224,12 @@ async def run_collector(topic_name: str, keys, types, settings, host: str, port:
 
     from aiohttp import web
 
-    from orion.collector.app import build_app
+    from orion.collector.app import CollectorRunner, build_app
     from orion.collector.metrics import CollectorMetrics
     from orion.collector.publisher import BatchPublisher, PubSubTopic
+    from orion.collector.redaction import install_log_redaction
 
+    install_log_redaction()
     topic = PubSubTopic(topic_name, settings.publish_timeout)
     status = await topic.ensure(create_topic)
     metrics = CollectorMetrics()
@@ -219,7 +238,7 @@ async def run_collector(topic_name: str, keys, types, settings, host: str, port:
                                publish_timeout=settings.publish_timeout, retry_after_s=settings.retry_after,
                                metrics=metrics)
     app = build_app(keys, types, publisher, settings, metrics)
-    runner = web.AppRunner(app, access_log=None)
+    runner = CollectorRunner(app, settings)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
