@@ -13,6 +13,7 @@
     orion send --outbox URI --smtp HOST:PORT            # drain the outbox to SMTP, feed back deliveries
     orion campaign run --tenant T --campaign NAME       # a batch campaign, in --streams N
     orion run --runner flink                            # the same job as a PyFlink job
+    orion flink cluster start                           # a local Flink cluster: --flink-master (docs/flink.md)
     orion run --runner dataflow --project P --region R --temp_location gs://B/tmp --out-dir gs://B/out --dry-run
     orion run --mode passive --legacy-store mysql://... --store bigtable://...   # migration
 """
@@ -244,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     from orion.campaigns.batch import add_campaign_commands
 
     add_campaign_commands(commands)
+    from orion.runners.flink_options import add_flink_commands
+
+    add_flink_commands(commands)
     return parser
 
 

@@ -81,6 +81,7 @@ class FlinkOptions(NamedTuple):
     # python.execution-mode. Thread mode runs the Python functions inside the JVM, without
     # a gRPC round trip per bundle: several times faster, and savepoints, restores and
     # the parity tests pass in it. process: a Python worker process per TaskManager slot.
+    # A job on a cluster (flink_master) always runs in process mode (docs/flink.md).
     execution_mode: str = "thread"
     bundle_size: int | None = None  # python.fn-execution.bundle.size (Flink's default: 100,000)
     state_cache_size: int | None = None  # python.state.cache-size: keys' state cached in Python (default 1,000)
@@ -90,6 +91,10 @@ class FlinkOptions(NamedTuple):
     flush_after_ms: int = DEFAULT_FLUSH_AFTER_MS
     max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH  # flows: how deep campaigns may trigger campaigns
     max_pending: int = DEFAULT_MAX_PENDING  # a hot lead's buffer: released at once past this
+    # The Python workers' interpreter (python.executable; None: the one running orion) and
+    # an archive shipped with the job that holds it (python.archives, ARCHIVE[#DIR]).
+    python_executable: str | None = None
+    python_archive: str | None = None
 
     @property
     def bounded(self) -> bool:

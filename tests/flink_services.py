@@ -1,8 +1,11 @@
-"""The Flink runner the Flink tests run on, as a session fixture (conftest.py imports it):
-PyFlink importable and able to start a local mini-cluster, or the tests fail and say what
-to install. Nothing is skipped.
+"""The Flink the Flink tests run on, as session fixtures: `flink`, the runner module once
+PyFlink has shown it can start a local mini-cluster (conftest.py imports it), and
+`flink_cluster`, a standalone cluster of one JobManager and two TaskManagers started from
+the apache-flink package's own scripts on free ports, its state in a temporary
+directory, stopped at the end of the session. Without Java 17 or PyFlink the tests fail
+and say what to install. Nothing is skipped.
 
-    .venv/bin/python -m pytest -q tests/test_flink_parity.py tests/test_flink_cli.py
+    .venv/bin/python -m pytest -q tests/test_flink_parity.py tests/test_flink_cli.py tests/test_flink_cluster.py
 """
 from __future__ import annotations
 
@@ -22,3 +25,21 @@ def flink():
     except flink_runner.FlinkUnavailable as error:
         pytest.fail(str(error), pytrace=False)
     return flink_runner
+
+
+@pytest.fixture(scope="session")
+def flink_cluster(tmp_path_factory):
+    """A running orion.flink.cluster.LocalCluster with two TaskManagers of two slots;
+    `flink_cluster.rest_address` is what --flink-master takes."""
+    from orion.flink.cluster import ClusterError, LocalCluster
+
+    cluster = LocalCluster(tmp_path_factory.mktemp("flink-cluster"))
+    try:
+        cluster.start(taskmanagers=2, slots=2)
+    except ClusterError as error:
+        cluster.stop()
+        pytest.fail(f"cannot start a standalone Flink cluster: {error}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

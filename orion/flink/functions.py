@@ -580,7 +580,8 @@ class AssembleEmails(ProcessFunction):
     def open(self, runtime_context):
         from orion.campaigns.email import EmailAssembler, SenderSettings
 
-        self.assembler = EmailAssembler(self.rules_dir, self.template_dirs, self.sender or SenderSettings())
+        self.assembler = EmailAssembler(self.rules_dir, self.template_dirs, self.sender or SenderSettings(),
+                                        rules=_load_rules(self.rules_dir, self.template_dirs))
         self.counts = Counts(runtime_context, self.counters_dir, "AssembleEmails")
 
     def close(self):

@@ -22,8 +22,12 @@ monitored for new files (unbounded, `watch=True`), or a Kafka topic (unbounded; 
 the Kafka connector jar in `jars`). Unbounded sources get a bounded-out-of-orderness
 watermark equal to the allowed lateness.
 
-Runs on a local mini-cluster by default, on a remote cluster with `flink_master`; the
-Python workers run this very interpreter (`python.executable` = sys.executable).
+Runs on a local mini-cluster by default; with `flink_master` (HOST:PORT of a JobManager's
+REST endpoint) it is submitted to that cluster, with orion's code and the flink-python jar
+shipped with it, and its Python functions run in process mode on the TaskManagers. The
+Python workers run this very interpreter (`python.executable` = sys.executable) unless
+`python_executable` / `python_archive` name another: what a TaskManager needs is
+in docs/flink.md.
 
     .venv/bin/python -m orion.runners.flink                                # samples, into ./orion-data/
     .venv/bin/python -m orion.runners.flink --events 'in/*.jsonl' --parallelism 2
@@ -31,17 +35,21 @@ Python workers run this very interpreter (`python.executable` = sys.executable).
     .venv/bin/python -m orion.runners.flink --events in/ --watch --checkpoint-interval 10 \\
         --savepoint-dir /tmp/savepoints --duration 60     # stops with a savepoint
     .venv/bin/python -m orion.runners.flink --events in/ --watch --from-savepoint /tmp/savepoints/savepoint-...
+    .venv/bin/python -m orion.runners.flink --flink-master 127.0.0.1:8081 --detach   # on a cluster
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import contextlib
+import functools
 import glob
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -119,11 +127,15 @@ def flink_configuration(options: FlinkOptions):
     from pyflink.common import Configuration
 
     conf = Configuration()
-    # The workers must import orion and its dependencies: run them on this interpreter.
-    conf.set_string("python.executable", sys.executable)
+    # The workers must import orion's dependencies: run them on this interpreter, or on
+    # the one inside the Python archive shipped with the job.
+    conf.set_string("python.executable", options.python_executable or sys.executable)
     conf.set_string("python.client.executable", sys.executable)
-    conf.set_string("python.execution-mode", options.execution_mode)
-    if options.execution_mode == "thread":
+    mode = execution_mode(options)
+    conf.set_string("python.execution-mode", mode)
+    if options.python_archive is not None:
+        conf.set_string("python.archives", _archive_spec(options.python_archive))
+    if mode == "thread":
         # Thread mode embeds CPython in the Flink JVM, which starts it from the base
         # installation, not this virtual environment: give it this interpreter's path.
         path = [os.path.abspath(entry) for entry in sys.path if os.path.isdir(entry or os.curdir)]
@@ -143,9 +155,57 @@ def flink_configuration(options: FlinkOptions):
         conf.set_string("execution.state-recovery.path", options.from_savepoint)
     if options.savepoint_dir is not None:
         conf.set_string("execution.checkpointing.savepoint-dir", Path(options.savepoint_dir).resolve().as_uri())
-    if options.jars:
-        conf.set_string("pipeline.jars", ";".join(_jar_url(jar) for jar in options.jars))
+    jars = [_jar_url(jar) for jar in options.jars]
+    if options.flink_master is not None:
+        # A cluster started from Flink's own scripts has no flink-python on its class path
+        # (the distribution keeps it in opt/): the job brings it, as `flink run -py` does.
+        jars.append(flink_python_jar().as_uri())
+    if jars:
+        conf.set_string("pipeline.jars", ";".join(jars))
     return conf
+
+
+def execution_mode(options: FlinkOptions) -> str:
+    """python.execution-mode of the job: the option's on the local mini-cluster; always
+    `process` on a cluster. In thread mode a TaskManager embeds one CPython for its whole
+    life: the first job's interpreter and modules stay loaded, while the job's shipped
+    files are deleted when that job ends, so a later job runs stale code or fails to
+    import a module the first one did not load. Process mode starts the Python workers
+    afresh for each job, from the job's own python.executable and files."""
+    if options.flink_master is not None or options.python_archive is not None:
+        return "process"
+    return options.execution_mode
+
+
+def _archive_spec(archive: str) -> str:
+    """python.archives: a local archive made absolute; `ARCHIVE#DIR` keeps its target
+    directory (the name python.executable is relative to on the TaskManager)."""
+    path, hash_, target = archive.partition("#")
+    path = path if urlsplit(path).scheme else os.path.abspath(path)
+    return f"{path}#{target}" if hash_ else path
+
+
+def flink_python_jar() -> Path:
+    """flink-python-*.jar of the apache-flink package: the Python operators' classes."""
+    from pyflink.find_flink_home import _find_flink_home
+
+    found = sorted(Path(_find_flink_home()).glob("opt/flink-python*.jar"))
+    if not found:
+        raise FlinkUnavailable(MISSING_FLINK.format(error="no opt/flink-python*.jar in the apache-flink package"))
+    return found[-1]
+
+
+@functools.lru_cache(maxsize=None)
+def staged_package() -> str:
+    """A copy of the orion package in a directory of its own, to ship with a job to a
+    cluster: Flink puts a shipped directory itself on the workers' PYTHONPATH, so the
+    package must sit inside it. Removed when this process exits (the job has uploaded it
+    by then)."""
+    staging = tempfile.mkdtemp(prefix="orion-job-")
+    atexit.register(shutil.rmtree, staging, True)
+    shutil.copytree(Path(__file__).resolve().parent.parent, Path(staging) / "orion",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return staging
 
 
 def create_environment(options: FlinkOptions):
@@ -155,7 +215,11 @@ def create_environment(options: FlinkOptions):
         from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
 
         with _workers_in_their_own_processes():
-            env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(options))
+            conf = flink_configuration(options)
+            if options.flink_master is None:
+                env = StreamExecutionEnvironment.get_execution_environment(conf)
+            else:
+                env = _remote_environment(conf)
     except ImportError as error:
         raise FlinkUnavailable(MISSING_FLINK.format(error=error)) from error
     except Exception as error:  # the gateway reports a missing java as a bare Exception
@@ -169,9 +233,23 @@ def create_environment(options: FlinkOptions):
     if options.checkpoint_interval_s:
         env.enable_checkpointing(int(options.checkpoint_interval_s * 1000))
     if options.flink_master is not None:
-        # A remote cluster's workers import orion from the job's files.
-        env.add_python_file(str(Path(__file__).resolve().parent.parent))
+        # A cluster's workers import orion from the job's files, not from this checkout.
+        env.add_python_file(staged_package())
     return env
+
+
+def _remote_environment(conf):
+    """An environment that submits to the cluster at rest.address:rest.port.
+    StreamExecutionEnvironment.getExecutionEnvironment(conf), which PyFlink's
+    get_execution_environment calls, returns a LocalStreamEnvironment whenever the
+    program is not run by `flink run`, and that overrides execution.target with `local`:
+    the job would start a mini-cluster here (and fail to bind the REST port the cluster
+    holds). The plain constructor keeps the target: `remote`, Flink's REST client."""
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.java_gateway import get_gateway
+
+    java_environment = get_gateway().jvm.org.apache.flink.streaming.api.environment.StreamExecutionEnvironment
+    return StreamExecutionEnvironment(java_environment(conf._j_configuration))
 
 
 # --- the job ---------------------------------------------------------------------------
@@ -395,8 +473,13 @@ class FlinkJob:
         self.client = client
         self.config = config
 
+    @property
+    def job_id(self) -> str:
+        return str(self.client.get_job_id())
+
     def status(self) -> str:
-        return str(self.client.get_job_status().result())
+        """The job's state: RUNNING, FINISHED, CANCELED, FAILED, ..."""
+        return self.client.get_job_status().result().name
 
     def wait(self, timeout_s: float | None = None) -> None:
         """Until the job finishes; raises if it failed."""
@@ -437,7 +520,7 @@ class FlinkJob:
             try:
                 if self.status() in ("FINISHED", "CANCELED", "FAILED"):
                     return
-            except Exception:  # the mini-cluster forgets a job once it is gone
+            except Exception:  # the mini-cluster forgets a job once it is gone (a cluster does not)
                 return
             time.sleep(0.2)
 
@@ -515,8 +598,15 @@ def run_from_args(config: RunConfig, args: argparse.Namespace) -> int:
     """`orion run --runner flink`: run the PyFlink job with the parsed options."""
     from orion.runners.flink_options import flink_options_from
 
+    options = flink_options_from(args)
     try:
-        run_flink(config, options=flink_options_from(args))
+        if args.detach:
+            job = start_flink(config, options)
+            print(f"job id:       {job.job_id}\n"
+                  f"submitted to: http://{options.flink_master} (the job runs on; stop it with "
+                  f"`orion flink stop {job.job_id} --savepoint DIR --flink-master {options.flink_master}`)")
+        else:
+            run_flink(config, options=options)
     except FlinkUnavailable as error:
         print(f"orion: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,421 @@
+"""A standalone Flink cluster on this machine, and the REST calls orion makes to any
+cluster.
+
+`LocalCluster` starts one JobManager and N TaskManagers with the apache-flink package's
+own scripts (bin/jobmanager.sh, bin/taskmanager.sh), the way a standalone cluster is
+started from a Flink distribution. Everything it writes lives in its state directory,
+never inside site-packages:
+
+    STATE_DIR/conf/       a copy of the package's conf/, config.yaml set for this machine:
+                          every address 127.0.0.1, free ports, small memory, and
+                          python.executable = the interpreter that started the cluster
+    STATE_DIR/log/        the daemons' logs (FLINK_LOG_DIR)
+    STATE_DIR/pid/        their pid files (FLINK_PID_DIR)
+    STATE_DIR/tmp/        io.tmp.dirs: the jobs' shipped Python files and archives
+    STATE_DIR/savepoints/ the default savepoint directory
+    STATE_DIR/cluster.json  the REST address and the cluster's shape, while it runs
+
+The REST functions (`overview`, `jobs`, `stop_job`, `cancel_job`) speak Flink's REST API
+to any cluster, this one or a remote one, and need neither Java nor PyFlink.
+
+    .venv/bin/orion flink cluster start --taskmanagers 2
+    .venv/bin/orion flink cluster status
+    .venv/bin/orion flink cluster stop
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import NamedTuple
+
+from orion.settings import DEFAULT_DATA_DIR
+
+DEFAULT_STATE_DIR = DEFAULT_DATA_DIR / "flink-cluster"
+DEFAULT_TASKMANAGERS = 2
+DEFAULT_SLOTS = 2  # per TaskManager
+# Small enough for a laptop or a 2-core CI machine running the tests beside it: with two
+# TaskManagers the cluster takes 4 GB.
+JOBMANAGER_MEMORY = "1024m"
+TASKMANAGER_MEMORY = "1536m"
+HOST = "127.0.0.1"
+IDENT = "orion"  # FLINK_IDENT_STRING: the daemons' pid and log files are named after it
+STATE_FILE = "cluster.json"
+CONFIG_FILE = "config.yaml"  # Flink 2.x; Flink 1.x read flink-conf.yaml
+MISSING = (
+    "{what}\n"
+    "A Flink cluster needs Java 17 (apt-get install openjdk-17-jre-headless, or JAVA_HOME "
+    "pointing at a JDK 17) and the apache-flink==2.3.0 package in this interpreter "
+    "(pip install -e '.[flink]' installs it)."
+)
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot start, stop or answer; the message says why and what to do."""
+
+
+# --- Flink's REST API ------------------------------------------------------------------
+
+
+def rest_call(address: str, path: str, body: dict | None = None, method: str | None = None,
+              timeout_s: float = 10.0) -> dict:
+    """One call to the REST API at HOST:PORT; the answer's JSON."""
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    verb = method or ("POST" if data else "GET")
+    request = urllib.request.Request(f"http://{address}{path}", data=data, method=verb,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            text = response.read().decode("utf-8")
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode("utf-8", "replace")
+        raise ClusterError(f"Flink REST {verb} {path} at {address}: HTTP {error.code}: {detail}") from error
+    except OSError as error:
+        raise ClusterError(f"no Flink REST endpoint answers at {address} ({error})") from error
+    return json.loads(text) if text.strip() else {}
+
+
+def overview(address: str) -> dict:
+    """/overview: TaskManagers, slots, jobs by state, Flink version."""
+    return rest_call(address, "/overview")
+
+
+def taskmanagers(address: str) -> list[dict]:
+    return rest_call(address, "/taskmanagers").get("taskmanagers", [])
+
+
+def jobs(address: str) -> list[dict]:
+    """/jobs/overview: every job the cluster knows, newest first (jid, name, state, ...)."""
+    return sorted(rest_call(address, "/jobs/overview").get("jobs", []), key=lambda job: -job.get("start-time", 0))
+
+
+def job_state(address: str, job_id: str) -> str:
+    return rest_call(address, f"/jobs/{job_id}").get("state", "UNKNOWN")
+
+
+def job_taskmanagers(address: str, job_id: str) -> set[str]:
+    """The ids of the TaskManagers the job's subtasks ran on."""
+    found = set()
+    for vertex in rest_call(address, f"/jobs/{job_id}").get("vertices", []):
+        for subtask in rest_call(address, f"/jobs/{job_id}/vertices/{vertex['id']}").get("subtasks", []):
+            if subtask.get("taskmanager-id"):
+                found.add(subtask["taskmanager-id"])
+    return found
+
+
+def wait_for_job(address: str, job_id: str, states=("FINISHED", "CANCELED", "FAILED"),
+                 timeout_s: float = 120.0) -> str:
+    """Until the job reaches one of `states`; its state."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = job_state(address, job_id)
+        if state in states:
+            return state
+        if time.monotonic() > deadline:
+            raise ClusterError(f"job {job_id} is {state} after {timeout_s:.0f} s, not {' or '.join(states)}")
+        time.sleep(0.3)
+
+
+def stop_job(address: str, job_id: str, savepoint_dir: str | None = None, drain: bool = False,
+             timeout_s: float = 300.0) -> str:
+    """Stop a job with a savepoint (into `savepoint_dir`, or the cluster's default
+    savepoint directory); the savepoint's path. drain=True first advances event time to
+    the end, which releases every buffered activity."""
+    body: dict = {"drain": drain, "formatType": "CANONICAL"}
+    if savepoint_dir is not None:
+        body["targetDirectory"] = savepoint_dir if "://" in savepoint_dir else Path(savepoint_dir).resolve().as_uri()
+    trigger = rest_call(address, f"/jobs/{job_id}/stop", body)["request-id"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = rest_call(address, f"/jobs/{job_id}/savepoints/{trigger}")
+        if answer.get("status", {}).get("id") == "COMPLETED":
+            operation = answer.get("operation", {})
+            if "failure-cause" in operation:
+                cause = operation["failure-cause"].get("stack-trace", "").splitlines()
+                raise ClusterError(f"job {job_id} did not stop with a savepoint: {cause[0] if cause else operation}")
+            wait_for_job(address, job_id, timeout_s=max(10.0, deadline - time.monotonic()))
+            return operation["location"]
+        if time.monotonic() > deadline:
+            raise ClusterError(f"job {job_id}: no savepoint after {timeout_s:.0f} s")
+        time.sleep(0.3)
+
+
+def cancel_job(address: str, job_id: str) -> str:
+    """Cancel a job (no savepoint); its final state."""
+    rest_call(address, f"/jobs/{job_id}?mode=cancel", method="PATCH")
+    return wait_for_job(address, job_id)
+
+
+# --- the local cluster -----------------------------------------------------------------
+
+
+class ClusterStatus(NamedTuple):
+    rest_address: str
+    taskmanagers: list[dict]  # /taskmanagers: id, slotsNumber, freeSlots, ...
+    overview: dict
+    jobs: list[dict]
+
+    def render(self) -> str:
+        version = self.overview.get("flink-version", "?")
+        free, total = self.overview.get("slots-available", 0), self.overview.get("slots-total", 0)
+        lines = [f"Flink {version} cluster, REST and web UI at http://{self.rest_address}",
+                 f"taskmanagers: {len(self.taskmanagers)}, slots: {free} free of {total}"]
+        for manager in sorted(self.taskmanagers, key=lambda tm: tm["id"]):
+            lines.append(f"  {manager['id']}  slots {manager.get('freeSlots', 0)} free of "
+                         f"{manager.get('slotsNumber', 0)}")
+        running = [job for job in self.jobs if job.get("state") not in ("FINISHED", "CANCELED", "FAILED")]
+        lines.append(f"jobs: {len(running)} running, {len(self.jobs)} known")
+        for job in self.jobs:
+            lines.append(f"  {job['jid']}  {job.get('state', '?'):<10} {job.get('name', '')}")
+        return "\n".join(lines)
+
+
+def flink_home() -> Path:
+    """The apache-flink package's directory (bin/, lib/, opt/, conf/): FLINK_HOME."""
+    spec = importlib.util.find_spec("pyflink")
+    if spec is None or spec.origin is None:
+        raise ClusterError(MISSING.format(what="PyFlink is not importable in this interpreter."))
+    home = Path(spec.origin).resolve().parent
+    if not (home / "bin" / "jobmanager.sh").is_file():
+        raise ClusterError(MISSING.format(what=f"{home} has no bin/jobmanager.sh: not a full apache-flink package."))
+    return home
+
+
+def java_available() -> bool:
+    java_home = os.environ.get("JAVA_HOME")
+    return bool(shutil.which("java")) or bool(java_home and (Path(java_home) / "bin" / "java").is_file())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def _set_option(tree: dict, key: str, value) -> None:
+    """Set a dotted Flink option in config.yaml's nested form, replacing a flattened one."""
+    tree.pop(key, None)
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+class LocalCluster:
+    """A standalone cluster on this machine, managed through Flink's own scripts; its
+    state (configuration, logs, pid files) lives in `state_dir`."""
+
+    def __init__(self, state_dir: Path | str = DEFAULT_STATE_DIR):
+        self.state_dir = Path(state_dir).resolve()
+        self.conf_dir = self.state_dir / "conf"
+        self.log_dir = self.state_dir / "log"
+        self.pid_dir = self.state_dir / "pid"
+        self.savepoint_dir = self.state_dir / "savepoints"
+
+    # --- what it is ---
+
+    @property
+    def rest_address(self) -> str:
+        """HOST:PORT of the JobManager's REST endpoint (and web UI): --flink-master."""
+        state = self._state()
+        if state is None:
+            raise ClusterError(f"no cluster has been started in {self.state_dir} (orion flink cluster start)")
+        return state["rest_address"]
+
+    def _state(self) -> dict | None:
+        path = self.state_dir / STATE_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def daemon_pids(self) -> dict[str, list[int]]:
+        """The live JobManager ('standalonesession') and TaskManager ('taskexecutor')
+        processes of this cluster, from the scripts' pid files; a pid the system has
+        given to another process since is not counted."""
+        found: dict[str, list[int]] = {}
+        for daemon in ("standalonesession", "taskexecutor"):
+            path = self.pid_dir / f"flink-{IDENT}-{daemon}.pid"
+            pids = [int(line) for line in path.read_text().split()] if path.is_file() else []
+            found[daemon] = [pid for pid in pids if self._is_ours(pid)]
+        return found
+
+    def _is_ours(self, pid: int) -> bool:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return os.fsencode(str(self.conf_dir)) in command
+
+    def is_running(self) -> bool:
+        return any(self.daemon_pids().values())
+
+    # --- start, status, stop ---
+
+    def write_configuration(self, taskmanagers: int, slots: int, python: str = sys.executable) -> dict:
+        """conf/: the package's conf/ copied, config.yaml set for this machine; returns the
+        options set."""
+        import yaml
+
+        home = flink_home()
+        shutil.rmtree(self.conf_dir, ignore_errors=True)
+        shutil.copytree(home / "conf", self.conf_dir)
+        for directory in (self.log_dir, self.pid_dir, self.state_dir / "tmp", self.savepoint_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        rest_port = free_port()
+        options = {
+            "jobmanager.rpc.address": HOST,
+            "jobmanager.bind-host": HOST,
+            "jobmanager.rpc.port": free_port(),
+            "taskmanager.host": HOST,
+            "taskmanager.bind-host": HOST,
+            # a port for each (Flink's port-range syntax); `start` gives each its own
+            "taskmanager.rpc.port": ",".join(str(free_port()) for _ in range(taskmanagers)),
+            "rest.address": HOST,
+            "rest.bind-address": HOST,
+            "rest.port": rest_port,
+            "blob.server.port": str(free_port()),
+            "taskmanager.numberOfTaskSlots": slots,
+            # a job of parallelism N takes slots on N TaskManagers, not N slots of the first
+            "taskmanager.load-balance.mode": "SLOTS",
+            "jobmanager.memory.process.size": JOBMANAGER_MEMORY,
+            "taskmanager.memory.process.size": TASKMANAGER_MEMORY,
+            "python.executable": python,
+            "python.client.executable": python,
+            "io.tmp.dirs": str(self.state_dir / "tmp"),
+            "execution.checkpointing.savepoint-dir": self.savepoint_dir.as_uri(),
+        }
+        path = self.conf_dir / CONFIG_FILE
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for key, value in options.items():
+            _set_option(tree, key, value)
+        path.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
+        (self.conf_dir / "masters").write_text(f"{HOST}:{rest_port}\n", encoding="utf-8")
+        (self.conf_dir / "workers").write_text(f"{HOST}\n" * taskmanagers, encoding="utf-8")
+        return options
+
+    def start(self, taskmanagers: int = DEFAULT_TASKMANAGERS, slots: int = DEFAULT_SLOTS,
+              timeout_s: float = 120.0) -> ClusterStatus:
+        """Start the JobManager, then the TaskManagers, and wait until all have
+        registered. Fails if this state directory's cluster is running already."""
+        if taskmanagers < 1 or slots < 1:
+            raise ClusterError("a cluster needs at least one TaskManager with one slot")
+        home = flink_home()
+        if not java_available():
+            raise ClusterError(MISSING.format(what="No java on PATH and no JAVA_HOME."))
+        if self.is_running():
+            raise ClusterError(f"a cluster from {self.state_dir} is running already, at "
+                               f"{self._state_address()} (orion flink cluster stop first)")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+        for stale in self.pid_dir.glob("*.pid"):
+            stale.unlink()
+        options = self.write_configuration(taskmanagers, slots)
+        address = f"{HOST}:{options['rest.port']}"
+        try:
+            self._script(home, "jobmanager.sh", "start")
+            for port in options["taskmanager.rpc.port"].split(","):
+                self._script(home, "taskmanager.sh", "start", "-D", f"taskmanager.rpc.port={port}")
+            self._wait_registered(address, taskmanagers, timeout_s)
+        except ClusterError:
+            self.stop()
+            raise
+        (self.state_dir / STATE_FILE).write_text(json.dumps(
+            {"rest_address": address, "taskmanagers": taskmanagers, "slots": slots,
+             "flink_home": str(home), "python": sys.executable}, indent=2) + "\n", encoding="utf-8")
+        return self.status()
+
+    def status(self) -> ClusterStatus:
+        address = self.rest_address
+        return ClusterStatus(address, taskmanagers(address), overview(address), jobs(address))
+
+    def stop(self, timeout_s: float = 60.0) -> list[int]:
+        """Stop the TaskManagers, then the JobManager, through Flink's scripts; a daemon
+        that outlives them is killed. Returns the pids stopped."""
+        pids = self.daemon_pids()
+        stopped = [pid for group in pids.values() for pid in group]
+        if not stopped:
+            (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+            return []
+        home = flink_home()
+        # The scripts stop whatever their pid files name: leave only this cluster's live daemons there.
+        for daemon, live in pids.items():
+            path = self.pid_dir / f"flink-{IDENT}-{daemon}.pid"
+            if live:
+                path.write_text("".join(f"{pid}\n" for pid in live))
+            else:
+                path.unlink(missing_ok=True)
+        for script, daemon in (("taskmanager.sh", "taskexecutor"), ("jobmanager.sh", "standalonesession")):
+            if pids[daemon]:
+                self._script(home, script, "stop-all", check=False)
+        deadline = time.monotonic() + timeout_s
+        while any(self._is_ours(pid) for pid in stopped) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in stopped:
+            if self._is_ours(pid):
+                os.kill(pid, signal.SIGKILL)
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+        return stopped
+
+    # --- helpers ---
+
+    def _state_address(self) -> str:
+        state = self._state()
+        return state["rest_address"] if state else "an unknown address"
+
+    def environment(self, home: Path) -> dict[str, str]:
+        """The scripts' environment: the package as FLINK_HOME, everything else here."""
+        env = dict(os.environ)
+        env.update(FLINK_HOME=str(home), FLINK_CONF_DIR=str(self.conf_dir), FLINK_LOG_DIR=str(self.log_dir),
+                   FLINK_PID_DIR=str(self.pid_dir), FLINK_IDENT_STRING=IDENT)
+        for inherited in ("FLINK_LIB_DIR", "FLINK_OPT_DIR", "FLINK_PLUGINS_DIR", "FLINK_ENV_JAVA_OPTS"):
+            env.pop(inherited, None)
+        return env
+
+    def _script(self, home: Path, name: str, *args: str, check: bool = True) -> str:
+        # From the state directory: a daemon's Python workers start in its working
+        # directory, where a stray module could shadow an installed one.
+        result = subprocess.run(["bash", str(home / "bin" / name), *args], cwd=self.state_dir,
+                                env=self.environment(home), stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=120)
+        if check and result.returncode != 0:
+            raise ClusterError(f"{name} {' '.join(args)} failed ({result.returncode}): "
+                               f"{(result.stderr or result.stdout).strip()}\n{self._log_tail()}")
+        return result.stdout
+
+    def _wait_registered(self, address: str, taskmanagers: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        registered = -1
+        while time.monotonic() < deadline:
+            pids = self.daemon_pids()
+            if not pids["standalonesession"] or len(pids["taskexecutor"]) < taskmanagers:
+                raise ClusterError(f"a Flink daemon exited while the cluster started\n{self._log_tail()}")
+            try:
+                registered = overview(address).get("taskmanagers", 0)
+            except ClusterError:
+                registered = -1
+            if registered >= taskmanagers:
+                return
+            time.sleep(0.5)
+        seen = "no REST endpoint" if registered < 0 else f"{registered} of {taskmanagers} TaskManagers"
+        raise ClusterError(f"the cluster did not come up at {address} within {timeout_s:.0f} s ({seen})\n"
+                           f"{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 15) -> str:
+        parts = []
+        for path in sorted(self.log_dir.glob("*.out")) + sorted(self.log_dir.glob("*.log")):
+            text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            errors = [line for line in text if "ERROR" in line or "Exception" in line][-lines:]
+            if errors or path.suffix == ".out" and text:
+                parts.append(f"--- {path}\n" + "\n".join(errors or text[-lines:]))
+        return "\n".join(parts) or f"(no logs in {self.log_dir})"
