@@ -256,21 +256,18 @@ def _distinct_count(expected: int):
     return match
 
 
-def test_a_lead_silent_past_its_state_ttl_is_cleared_and_comes_back_from_its_profile(rules_dir, tmp_path):
-    """Streaming lead state expires `lead_ttl_days` of event time after the lead's last
-    activity; the lead's profile in the store keeps what it did, so when it comes back
-    it is seeded from there: "First visit" (once) does not qualify again."""
+def run_with_profiles(rules_dir: str, store: str, gap_ms: int, lead_ttl_days: int, check=None) -> dict:
+    """Two visits of one lead `gap_ms` apart in a streaming run that seeds from and writes
+    profiles to `store`; Orion's counters when it ends."""
     from orion.transforms.sinks import WriteProfiles
 
-    day = 86_400 * SECOND
-    store = f"sqlite:///{tmp_path / 'store.db'}"
     stream = (
         TestStream()
         .advance_watermark_to(T0 / 1000)
         .add_elements([arriving(visit("e1", T0), T0)])
-        .advance_watermark_to((T0 + 3 * day) / 1000)  # past e1's release and the 2-day TTL
-        .add_elements([arriving(visit("e2", T0 + 3 * day), T0 + 3 * day)])
-        .advance_watermark_to((T0 + 3 * day + 3_600 * SECOND) / 1000)
+        .advance_watermark_to((T0 + gap_ms) / 1000)
+        .add_elements([arriving(visit("e2", T0 + gap_ms), T0 + gap_ms)])
+        .advance_watermark_to((T0 + gap_ms + 3_600 * SECOND) / 1000)
         .advance_watermark_to_infinity()
     )
     options = PipelineOptions()
@@ -279,41 +276,31 @@ def test_a_lead_silent_past_its_state_ttl_is_cleared_and_comes_back_from_its_pro
     activities, dead = pipeline | stream | ParseActivities(rules_dir)
     outputs = build_activity_graph(
         activities, dead, GraphSettings(rules_dir, allowed_lateness_ms=10 * SECOND, bounded=False,
-                                        one_watermark_per_stage=True, seed_store_uri=store, lead_ttl_days=2),
+                                        one_watermark_per_stage=True, seed_store_uri=store,
+                                        lead_ttl_days=lead_ttl_days),
         profile_sink=WriteProfiles(store))
-    assert_that(qualified(outputs.outcomes), equal_to([
-        ("First visit", "e1"), ("Every visit", "e1"), ("Every visit", "e2")]))
+    if check is not None:
+        check(outputs)
     result = pipeline.run()
     result.wait_until_finish()
-    counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+    return {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+
+
+def test_a_lead_silent_past_its_state_ttl_is_cleared_and_comes_back_from_its_profile(rules_dir, tmp_path):
+    """Streaming lead state expires `lead_ttl_days` of event time after the lead's last
+    activity; the lead's profile in the store keeps what it did, so when it comes back
+    it is seeded from there: "First visit" (once) does not qualify again."""
+    def check(outputs):
+        assert_that(qualified(outputs.outcomes), equal_to([
+            ("First visit", "e1"), ("Every visit", "e1"), ("Every visit", "e2")]))
+
+    counters = run_with_profiles(rules_dir, f"sqlite:///{tmp_path / 'store.db'}", 3 * 86_400 * SECOND,
+                                 lead_ttl_days=2, check=check)
     assert counters.get("profiles_loaded") == 1, "the lead came back from its stored profile"
 
 
 def test_a_lead_within_its_state_ttl_keeps_its_state_in_the_job(rules_dir, tmp_path):
-    from orion.transforms.sinks import WriteProfiles
-
-    day = 86_400 * SECOND
-    store = f"sqlite:///{tmp_path / 'store.db'}"
-    stream = (
-        TestStream()
-        .advance_watermark_to(T0 / 1000)
-        .add_elements([arriving(visit("e1", T0), T0)])
-        .advance_watermark_to((T0 + day) / 1000)
-        .add_elements([arriving(visit("e2", T0 + day), T0 + day)])
-        .advance_watermark_to((T0 + day + 3_600 * SECOND) / 1000)
-        .advance_watermark_to_infinity()
-    )
-    options = PipelineOptions()
-    options.view_as(StandardOptions).streaming = True
-    pipeline = beam.Pipeline(options=options)
-    activities, dead = pipeline | stream | ParseActivities(rules_dir)
-    build_activity_graph(
-        activities, dead, GraphSettings(rules_dir, allowed_lateness_ms=10 * SECOND, bounded=False,
-                                        one_watermark_per_stage=True, seed_store_uri=store, lead_ttl_days=2),
-        profile_sink=WriteProfiles(store))
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+    counters = run_with_profiles(rules_dir, f"sqlite:///{tmp_path / 'store.db'}", 86_400 * SECOND, lead_ttl_days=2)
     assert not counters.get("profiles_loaded"), "the lead's state was still in the job"
 
 

@@ -38,25 +38,35 @@ def pubsub():
     emulator.stop()
 
 
-def test_activities_published_to_pubsub_are_stored_and_fire_triggers(pubsub, tmp_path, monkeypatch):
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub.host)
+def topic_and_subscription(name: str, ordered: bool = True):
+    """A publisher and a new topic and subscription on the emulator (PUBSUB_EMULATOR_HOST);
+    ordered: messages with one ordering key are delivered in order."""
     from google.cloud import pubsub_v1
 
-    topic = f"projects/{PROJECT}/topics/activities"
-    subscription = f"projects/{PROJECT}/subscriptions/orion"
+    topic, subscription = f"projects/{PROJECT}/topics/{name}", f"projects/{PROJECT}/subscriptions/{name}"
+    publisher = pubsub_v1.PublisherClient(
+        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=ordered))
+    publisher.create_topic(name=topic)
+    pubsub_v1.SubscriberClient().create_subscription(
+        request={"name": subscription, "topic": topic, "enable_message_ordering": ordered})
+    return publisher, topic, subscription
+
+
+def rules_folder(tmp_path: Path) -> Path:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "shop.yaml").write_text(RULES)
+    return rules
+
+
+def test_activities_published_to_pubsub_are_stored_and_fire_triggers(pubsub, tmp_path, monkeypatch):
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub.host)
     # Ordered delivery: the events are ten minutes old, behind the watermark (wall-clock
     # time), so a message Pub/Sub delivered after a later one of the same lead would be
     # dead-lettered as late. More messages than one pull takes (10), so the run's counters
     # must add up over several bundles.
-    publisher = pubsub_v1.PublisherClient(
-        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True))
-    subscriber = pubsub_v1.SubscriberClient()
-    publisher.create_topic(name=topic)
-    subscriber.create_subscription(request={"name": subscription, "topic": topic, "enable_message_ordering": True})
-
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "shop.yaml").write_text(RULES)
+    publisher, topic, subscription = topic_and_subscription("activities")
+    rules = rules_folder(tmp_path)
     now_ms = int(time.time() * 1000) - 600_000  # ten minutes ago: the watermark is wall-clock time
 
     def event(n: int, url: str) -> dict:
@@ -100,18 +110,8 @@ def test_a_poison_message_is_a_dead_letter_and_the_messages_pulled_with_it_are_s
     """A message of JSON nested 1,500 levels deep (3 KB) among good ones: it becomes a
     malformed_json dead letter, and every good message of the same pulls is stored."""
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub.host)
-    from google.cloud import pubsub_v1
-
-    topic = f"projects/{PROJECT}/topics/poison"
-    subscription = f"projects/{PROJECT}/subscriptions/poison"
-    publisher = pubsub_v1.PublisherClient(
-        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True))
-    subscriber = pubsub_v1.SubscriberClient()
-    publisher.create_topic(name=topic)
-    subscriber.create_subscription(request={"name": subscription, "topic": topic, "enable_message_ordering": True})
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "shop.yaml").write_text(RULES)
+    publisher, topic, subscription = topic_and_subscription("poison")
+    rules = rules_folder(tmp_path)
     base = int(time.time() * 1000) - 600_000
     good = [{"event_id": f"g{n}", "tenant": "shop", "lead_id": f"L{n}", "type": "visit_web_page",
              "occurred_at": base + n * 1000, "attributes": {"url": "https://shop.example/pricing"}} for n in range(6)]
@@ -139,17 +139,8 @@ def test_a_run_stopped_by_duration_releases_what_it_pulled_before_it_stops(pubsu
     lateness has passed them: the local runner has acknowledged them, so the stop drains
     (no more pulls, the watermark passes them) and both are stored, not lost."""
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub.host)
-    from google.cloud import pubsub_v1
-
-    topic = f"projects/{PROJECT}/topics/stop"
-    subscription = f"projects/{PROJECT}/subscriptions/stop"
-    publisher = pubsub_v1.PublisherClient()
-    subscriber = pubsub_v1.SubscriberClient()
-    publisher.create_topic(name=topic)
-    subscriber.create_subscription(request={"name": subscription, "topic": topic})
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "shop.yaml").write_text(RULES)
+    publisher, topic, subscription = topic_and_subscription("stop", ordered=False)
+    rules = rules_folder(tmp_path)
     now = int(time.time() * 1000)
     events = [{"event_id": f"now{n}", "tenant": "shop", "lead_id": f"L{n}", "type": "visit_web_page",
                "occurred_at": now + n, "attributes": {"url": "https://shop.example/"}} for n in range(2)]
