@@ -284,6 +284,11 @@ WHERE_THE_TIME_GOES = """Where the time goes.
   set-up (in cProfile about 1.2 s of a 50,000-event run builds bundle processors, most of
   it Beam inspecting DoFn signatures), and Orion's own work went from 42.9 to 45.7 µs per
   event (evaluation through the step's tagged emissions, the profiles written).
+  Streaming went from 0.14 to 0.09 of its ceiling with this change: each release now
+  writes the lead's whole record (with its recent event ids) to state, the profiles go
+  to a second sink, and the outcome and dead-letter files are cut into 10-second
+  windows, each a GroupByKey. Encoding the record with orjson instead of json measured
+  no faster, so its encoding is not what costs; the rest was not profiled yet.
 - Files, in-process (py-spy over an in-process run of 50,000 events; `--profile` gives
   cProfile's view): Beam's bundle processing, coders and the GroupByKey about two fifths; the
   SQLite store a quarter (inserts a half of it, the index recount the other); loading

@@ -27,6 +27,8 @@ import json
 import re
 from typing import NamedTuple
 
+import orjson
+
 from orion.campaigns.flows import LeadFlows, RunningFlow
 from orion.rules.model import LeadState
 from orion.sequencing import EMPTY_PROGRESS, LeadProgress
@@ -77,6 +79,12 @@ def encode_profile(record: LeadRecord, *, history: bool = False) -> str:
     if history and lead.history:
         data["lead"]["history"] = {key: {str(day): n for day, n in days.items()}
                                    for key, days in lead.history.items()}
+    try:
+        # orjson: several times faster, and a streaming job writes a lead's record on
+        # every release. Same compact, key-sorted JSON.
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode("utf-8")
+    except (TypeError, orjson.JSONEncodeError):
+        pass  # what orjson refuses: a lone surrogate, an integer past 64 bits
     text = _ENCODER.encode(data)
     if text.isascii():
         return text
@@ -91,9 +99,12 @@ def decode_profile(text: str | bytes) -> LeadRecord:
     has no history: the caller seeds it from the store). ProfileError for text that is
     not a profile."""
     try:
-        data = json.loads(text)
-    except ValueError as err:
-        raise ProfileError(f"a lead profile is not JSON: {err}") from None
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:  # what orjson refuses: a lone surrogate's escape, an integer past 64 bits
+            data = json.loads(text)
+        except ValueError as err:
+            raise ProfileError(f"a lead profile is not JSON: {err}") from None
     if not isinstance(data, dict):
         raise ProfileError(f"a lead profile must be a JSON object, not {type(data).__name__}")
     version = data.get("version", 1)
