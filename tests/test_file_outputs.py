@@ -47,7 +47,9 @@ FAILED_ATTEMPTS: list[str] = []
 
 def test_a_retried_bundle_writes_each_line_once_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     # The first attempt at the bundle fails after writing its lines into a temporary
-    # file (in flush, before the file is closed); the runner retries the bundle.
+    # file (in flush, before the file is closed); the runner retries the bundle. The
+    # failure is injected (a patch of the real sink's flush): a local disk cannot be
+    # made to fail once on demand; the runner, the retry and the files are real.
     flush = fileio.TextSink.flush
 
     def fail_first_flush(sink):
@@ -75,6 +77,8 @@ def test_a_retried_bundle_writes_each_line_once_and_leaves_no_temporary_file(tmp
 
 
 def test_files_that_could_not_be_moved_into_place_fail_the_run_and_keep_their_lines(tmp_path, monkeypatch):
+    # The failed move is injected (a patch of the local file system's rename): nothing
+    # else makes a local rename fail on demand; the run and the files are real.
     from apache_beam.io.filesystem import BeamIOError
     from apache_beam.io.localfilesystem import LocalFileSystem
 
