@@ -91,14 +91,20 @@ def _add_run(commands) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from orion.rules import RuleErrors, load_rules
+    from orion.rules import RuleErrors, load_serving_rules
     from orion.runners.direct import run
     from orion.settings import RunConfig
 
     try:
-        rules = load_rules(args.rules, args.templates)
+        rules, refused = load_serving_rules(args.rules, args.templates)
     except RuleErrors as errors:
         return _report_rule_errors(args.rules, errors)
+    for tenant, errors in refused.items():
+        # One tenant's broken rules do not stop the others: its campaigns do not run.
+        print(f"orion: tenant {tenant!r}: its rules have {len(errors)} error(s), so its campaigns do not run "
+              "until they are fixed (its activities are still stored):", file=sys.stderr)
+        for error in errors:
+            print(f"  {error}", file=sys.stderr)
     if args.mode is not None and args.legacy_store is None:
         print("orion: --mode needs --legacy-store mysql://USER:PASSWORD@HOST:PORT/DB", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,44 @@ def test_evaluate_reads_standard_input(tmp_path):
     assert result.returncode == 0, result.stderr
     outcomes = read_jsonl(tmp_path / "o.jsonl")
     assert [(o["campaign"], o["qualified"]) for o in outcomes] == [("Welcome new signups", True)]
+
+
+def test_one_tenants_broken_rules_do_not_stop_the_other_tenants_run(tmp_path):
+    """orion run with a tenant whose rules do not load: the run goes on for the others
+    (exit 0, their campaigns fire), the broken tenant's errors are reported with
+    file:line, its campaigns do not run, and its activities are still stored."""
+    rules = tmp_path / "rules"
+    shutil.copytree(SAMPLES / "rules", rules)
+    (rules / "evil.yaml").write_text(
+        "tenant: evil\n"
+        "campaigns:\n"
+        "  - name: Broken\n"
+        "    triggers: [{activity: visit_web_page, where: {url: {containz: x}}}]\n")
+    events = tmp_path / "events.jsonl"
+    lines = [{"event_id": "a1", "tenant": "acme", "lead_id": "L1", "type": "fill_out_form",
+              "occurred_at": "2026-11-22T10:00:00Z", "attributes": {"form": "signup"}},
+             {"event_id": "v1", "tenant": "evil", "lead_id": "E1", "type": "visit_web_page",
+              "occurred_at": "2026-11-22T10:00:01Z", "attributes": {"url": "https://evil.example/x"}}]
+    events.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    db = tmp_path / "store.db"
+    result = run_orion("run", "--events", str(events), "--rules", str(rules), "--store", f"sqlite:///{db}",
+                       "--out-dir", str(tmp_path / "out"), "--outbox", "none", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tenant 'evil': its rules have 1 error(s)" in result.stderr
+    assert f"{rules / 'evil.yaml'}:4: unknown operator 'containz'" in result.stderr
+    outcomes = [json.loads(line) for f in (tmp_path / "out").glob("outcomes-*.jsonl")
+                for line in f.read_text().splitlines()]
+    assert {(o["tenant"], o["campaign"]) for o in outcomes if o["qualified"]} == {("acme", "Welcome new signups")}
+    with sqlite3.connect(db) as connection:
+        stored = sorted(row[0] for row in connection.execute("SELECT event_id FROM activities"))
+    assert stored == ["a1", "v1"], "the refused tenant's activities are stored all the same"
+
+
+def test_rules_that_belong_to_no_tenant_still_stop_the_run(tmp_path):
+    rules = tmp_path / "rules"
+    shutil.copytree(SAMPLES / "rules", rules)
+    (rules / "nobody.yaml").write_text("campaigns: []\n")  # no tenant: whose campaigns would be missing?
+    result = run_orion("run", "--rules", str(rules), "--store", f"sqlite:///{tmp_path / 's.db'}",
+                       "--out-dir", str(tmp_path / "out"), "--outbox", "none", cwd=tmp_path)
+    assert result.returncode == 2
+    assert str(rules / "nobody.yaml") in result.stderr

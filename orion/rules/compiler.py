@@ -89,6 +89,40 @@ def load_rules(directory: str | Path, template_dirs: Iterable[str | Path] = ()) 
     return rules
 
 
+def load_serving_rules(directory: str | Path, template_dirs: Iterable[str | Path] = ()
+                       ) -> tuple[RuleSet, dict[str, list[RuleError]]]:
+    """The rules a job serves: every tenant whose rules load, and, by tenant, the errors
+    of those that do not. One tenant's broken rules must not stop every tenant's job:
+    its campaigns do not run (its activities are still parsed, stored and kept in its
+    leads' profiles, with its built-in types) until its rules are fixed. RuleErrors
+    still, with every error, when an error belongs to no tenant (a file that names none,
+    a missing directory): nobody can tell whose campaigns would be missing."""
+    directory = Path(directory)
+    file_tenants: dict[str, str] = {}
+    rules, errors = _compile_directory(directory, [Path(d) for d in template_dirs], file_tenants)
+    if not errors:
+        return rules, {}
+    refused: dict[str, list[RuleError]] = {}
+    for error in errors:
+        tenant = file_tenants.get(error.file) or _tenant_of_template(directory, error.file, rules)
+        if tenant is None:
+            raise RuleErrors(errors)
+        refused.setdefault(tenant, []).append(error)
+    kept = {tenant: found for tenant, found in rules.tenants.items() if tenant not in refused}
+    types = ActivityTypes({tenant: rules.activity_types._custom.get(tenant, {}) for tenant in kept})
+    return RuleSet(kept, types), {tenant: RuleErrors(found).errors for tenant, found in sorted(refused.items())}
+
+
+def _tenant_of_template(directory: Path, file: str, rules: RuleSet) -> str | None:
+    """The tenant of an error in a template file of a tenant's own folder
+    (RULES/templates/TENANT/...), else None."""
+    try:
+        parts = Path(file).resolve().relative_to((directory / "templates").resolve()).parts
+    except (ValueError, OSError):
+        return None
+    return parts[0] if len(parts) > 1 and parts[0] in rules.tenants else None
+
+
 def check_rules(directory: str | Path, template_dirs: Iterable[str | Path] = ()) -> list[RuleError]:
     """Every error in the rules under `directory`, sorted by file and line."""
     _, errors = _compile_directory(Path(directory), [Path(d) for d in template_dirs])
@@ -735,7 +769,8 @@ def _plain(value: Any) -> Any:
 # --- the directory ------------------------------------------------------------------
 
 
-def _compile_directory(directory: Path, template_dirs: list[Path]) -> tuple[RuleSet, list[RuleError]]:
+def _compile_directory(directory: Path, template_dirs: list[Path],
+                       file_tenants: dict | None = None) -> tuple[RuleSet, list[RuleError]]:
     # Loading builds hundreds of thousands of objects (YAML nodes, line-tracking dicts,
     # compiled conditions) that all stay alive until it ends, so every cyclic-garbage
     # collection meanwhile scans them all for nothing: with collection paused, 10,000
@@ -743,13 +778,16 @@ def _compile_directory(directory: Path, template_dirs: list[Path]) -> tuple[Rule
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _compile_directory_now(directory, template_dirs)
+        return _compile_directory_now(directory, template_dirs, {} if file_tenants is None else file_tenants)
     finally:
         if collecting:
             gc.enable()
 
 
-def _compile_directory_now(directory: Path, template_dirs: list[Path]) -> tuple[RuleSet, list[RuleError]]:
+def _compile_directory_now(directory: Path, template_dirs: list[Path],
+                           file_tenants: dict) -> tuple[RuleSet, list[RuleError]]:
+    """Compile every rule file; `file_tenants` is filled with the tenant each file that
+    names one names, by the path its errors cite."""
     errors: list[RuleError] = []
     if not directory.is_dir():
         return RuleSet({}, ActivityTypes()), [RuleError(str(directory), 1, "no such rules directory")]
@@ -764,6 +802,7 @@ def _compile_directory_now(directory: Path, template_dirs: list[Path]) -> tuple[
         if rule_file is None or rule_file.is_broken("tenant") or not isinstance(rule_file.doc.get("tenant"), str):
             continue
         by_tenant.setdefault(rule_file.doc["tenant"], []).append(rule_file)
+        file_tenants[display] = rule_file.doc["tenant"]
 
     compilers = {t: _TenantCompiler(t, files, directory, template_dirs) for t, files in sorted(by_tenant.items())}
     for compiler in compilers.values():

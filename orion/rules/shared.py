@@ -30,14 +30,15 @@ def _signature(directories) -> tuple:
 
 
 def shared_rules(rules_dir: str, template_dirs: tuple[str, ...]):
-    """`load_rules(rules_dir, template_dirs)`, compiled once per process while the files stay the same."""
-    from orion.rules import load_rules
+    """The rules a job serves (`load_serving_rules`: every tenant whose rules load),
+    compiled once per process while the files stay the same."""
+    from orion.rules import load_serving_rules
 
     key = (rules_dir, tuple(template_dirs), _signature((rules_dir, *template_dirs)))
     with _lock:
         rules = _compiled.get(key)
         if rules is None:
-            rules = load_rules(rules_dir, template_dirs)
+            rules, _ = load_serving_rules(rules_dir, template_dirs)
             _compiled.clear()  # only the current version of the files is worth keeping
             _compiled[key] = rules
         return rules
