@@ -54,3 +54,20 @@ def test_a_refused_row_of_global_window_input_lands_at_its_event_time(tmp_path):
 
 def test_a_refused_row_of_windowed_input_lands_in_its_own_window(tmp_path):
     run_sink(tmp_path, 2)
+
+
+def test_a_profile_the_store_cannot_hold_is_a_dead_letter_and_the_others_are_written(tmp_path):
+    """WriteProfiles with a real SQLite store: a profile whose next_wake no store can hold
+    is refused alone, as a dead letter, and the job goes on; the other is written."""
+    from orion.store import StoredProfile
+    from orion.transforms.sinks import WriteProfiles
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    good = StoredProfile("acme", "L1", '{"version": 2}', None)
+    bad = StoredProfile("acme", "L2", '{"version": 2}', 10 ** 20)
+    with beam.Pipeline() as pipeline:
+        refused = pipeline | beam.Create([good, bad]) | WriteProfiles(uri)
+        assert_that(refused | beam.Map(lambda d: (d.reason, d.source, d.element["lead_id"])),
+                    equal_to([("unstorable", "store", "L2")]))
+    with open_store(uri) as store:
+        assert store.read_profiles([("acme", "L1"), ("acme", "L2")]) == ['{"version": 2}', None]

@@ -47,7 +47,7 @@ from orion.deadletters import DeadLetter
 from orion.intake import parse_payload, read_lines
 from orion.profiles import EMPTY_RECORD, LeadRecord, decode_profile, encode_profile
 from orion.seeding import open_initialised_store
-from orion.store.base import STORE_SOURCE, UNSTORABLE, write_batch
+from orion.store.base import write_batch, write_profile_batch
 
 # Elements between Python functions are pickled Python objects (activities, outcomes,
 # dead letters); they live in no state but the sinks' short batch buffers. Keys and
@@ -702,20 +702,10 @@ class ProfileWriter:
         self.stores = OpenedPerThread(lambda: open_initialised_store(self.store_uri))
 
     def write(self, batch: list):
-        latest = {(profile.tenant, profile.lead_id): profile for profile in batch}
-        store = self.stores.get()
-        try:
-            self.counts.inc("profiles_written", store.write_profiles(list(latest.values())))
-            return
-        except ValueError:
-            pass  # one of them cannot be stored: write them one by one, to find which
-        for profile in latest.values():
-            try:
-                self.counts.inc("profiles_written", store.write_profiles([profile]))
-            except ValueError as refused:
-                self.counts.inc("dead_letters")
-                self.counts.inc(f"dead_letters:{UNSTORABLE}")
-                yield DeadLetter(profile._asdict(), UNSTORABLE, str(refused), STORE_SOURCE)
+        letters, counts = write_profile_batch(self.stores.get(), batch)
+        for name, n in counts.items():
+            self.counts.inc(name, n)
+        yield from letters
 
     def close(self) -> None:
         if hasattr(self, "stores"):

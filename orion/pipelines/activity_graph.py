@@ -110,7 +110,10 @@ def build_activity_graph(
         if isinstance(refused, beam.PCollection):
             dead_letter_parts.append(refused)
     if profile_sink is not None:
-        profiles | "WriteProfiles" >> profile_sink
+        # The profile sink returns the dead letters of the profiles the store refused.
+        refused_profiles = profiles | "WriteProfiles" >> profile_sink
+        if isinstance(refused_profiles, beam.PCollection):
+            dead_letter_parts.append(refused_profiles)
     dead_letters = tuple(dead_letter_parts) | "AllDeadLetters" >> beam.Flatten()
     if outcome_sink is not None:
         outcomes | "WriteOutcomes" >> outcome_sink

@@ -377,3 +377,25 @@ def write_batch(store: "ActivityStore", batch: Sequence[Activity]) -> BatchWritt
         counts["store_failed"] = counts["dead_letters"] = len(refused)
     written = [activity for activity in batch if id(activity) not in refused] if refused else list(batch)
     return BatchWritten(written, refused, counts)
+
+
+def write_profile_batch(store: "ActivityStore", profiles: Sequence[StoredProfile]) -> tuple[list, dict]:
+    """Write lead profiles as every engine's profile sink does: the last one of each lead
+    given wins; a profile the store cannot hold (ValueError) becomes a DeadLetter (reason
+    unstorable, source "store") and the others are written. Returns (the dead letters,
+    the counter increments: `profiles_written`, `dead_letters`, `dead_letters:unstorable`)."""
+    latest = list({(profile.tenant, profile.lead_id): profile for profile in profiles}.values())
+    try:
+        return [], {"profiles_written": store.write_profiles(latest)}
+    except ValueError:
+        pass  # one of them cannot be stored: write them one by one, to find which
+    letters, written = [], 0
+    for profile in latest:
+        try:
+            written += store.write_profiles([profile])
+        except ValueError as refused:
+            letters.append(DeadLetter(profile._asdict(), UNSTORABLE, str(refused), STORE_SOURCE))
+    counts = {"profiles_written": written}
+    if letters:
+        counts["dead_letters"] = counts[f"dead_letters:{UNSTORABLE}"] = len(letters)
+    return letters, counts

@@ -27,7 +27,7 @@ from apache_beam.transforms.window import FixedWindows, GlobalWindow, GlobalWind
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from orion.store.base import write_batch
+from orion.store.base import write_batch, write_profile_batch
 from orion.transforms.intake import METRICS_NAMESPACE
 
 DEFAULT_BATCH_SIZE = 500
@@ -327,12 +327,12 @@ class _WriteProfilesFn(beam.DoFn):
     """Buffers a bundle's lead profiles (the last one of each lead wins) and writes them
     to the store every `batch_size` leads and at the end of the bundle. Writing a
     profile is an upsert of the whole profile, so a retried bundle writes the same rows.
-    Counter: `profiles_written`."""
+    A profile the store cannot hold is a dead letter (the output), the others are
+    written (orion.store.base.write_profile_batch). Counter: `profiles_written`."""
 
     def __init__(self, store_uri: str, batch_size: int):
         self.store_uri = store_uri
         self.batch_size = batch_size
-        self.written = Metrics.counter(METRICS_NAMESPACE, "profiles_written")
 
     def setup(self) -> None:
         from orion.seeding import open_initialised_store
@@ -345,16 +345,22 @@ class _WriteProfilesFn(beam.DoFn):
     def process(self, profile):
         self.batch[(profile.tenant, profile.lead_id)] = profile
         if len(self.batch) >= self.batch_size:
-            self._flush()
-        return ()
+            yield from self._flush()
 
-    def finish_bundle(self) -> None:
-        self._flush()
+    def finish_bundle(self):
+        # A profile has no event time of its own: the dead letter of one refused at the
+        # end of a bundle is stamped now (WriteJsonLines writes it by its own clock).
+        for letter in self._flush():
+            yield WindowedValue(letter, Timestamp.now(), (_GLOBAL_WINDOW,))
 
-    def _flush(self) -> None:
-        if self.batch:
-            profiles, self.batch = list(self.batch.values()), {}
-            self.written.inc(self.store.write_profiles(profiles))
+    def _flush(self):
+        if not self.batch:
+            return
+        profiles, self.batch = list(self.batch.values()), {}
+        letters, counts = write_profile_batch(self.store, profiles)
+        for name, n in counts.items():
+            Metrics.counter(METRICS_NAMESPACE, name).inc(n)
+        yield from letters
 
     def teardown(self) -> None:
         store = getattr(self, "store", None)
