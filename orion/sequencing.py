@@ -24,6 +24,11 @@ from orion.activities import Activity, activity_sort_key, format_timestamp
 
 DEFAULT_ALLOWED_LATENESS_MS = 60_000
 DEFAULT_DEDUP_SPAN_MS = 24 * 3_600_000
+# At most this many event ids are remembered per lead, the newest kept: a hot lead
+# sending a million activities a day must not carry a million ids in its state and
+# profile. A redelivery older than all of them sorts before what the lead has released,
+# so it is still refused, as `late` (a dead letter) instead of as a duplicate.
+MAX_SEEN_IDS = 20_000
 
 DUPLICATE = "duplicate"
 LATE = "late"
@@ -34,7 +39,8 @@ class LeadProgress(NamedTuple):
 
     released: (occurred_at, event_id) of the last activity evaluated, or None.
     seen: event id -> occurred_at of the lead's recently evaluated activities, for dedup;
-    entries older than the newest minus the dedup span are dropped, so it stays bounded.
+    entries older than the newest minus the dedup span are dropped, and past MAX_SEEN_IDS
+    the oldest, so it stays bounded.
     Arrival only needs `released`; `seen` is read when activities are released, or on
     the rare arrival that sorts before `released` (a late event or a redelivery).
     """
@@ -95,6 +101,9 @@ def release(
         horizon = ready[-1].occurred_at - dedup_span_ms
         if len(seen) > 64:
             seen = {event_id: at for event_id, at in seen.items() if at >= horizon}
+        if len(seen) > MAX_SEEN_IDS:
+            newest = sorted(seen.items(), key=lambda item: (item[1], item[0]))[-MAX_SEEN_IDS:]
+            seen = dict(newest)
         progress = LeadProgress(activity_sort_key(ready[-1]), seen)
     else:
         progress = progress._replace(seen=seen)

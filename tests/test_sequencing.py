@@ -6,6 +6,7 @@ from orion.sequencing import (
     DUPLICATE,
     EMPTY_PROGRESS,
     LATE,
+    MAX_SEEN_IDS,
     ReplayLateness,
     classify_behind,
     release,
@@ -42,6 +43,19 @@ def test_dedup_memory_is_bounded_by_the_event_time_span():
     # Ten events per hour of event time; the memory keeps about one span's worth.
     assert len(progress.seen) <= 64 + 11
     assert "e999" in progress.seen and "e0" not in progress.seen
+
+
+def test_a_hot_lead_remembers_only_the_newest_event_ids_and_refuses_older_redeliveries_as_late():
+    # Far more activities within one dedup span than ids are remembered.
+    burst = [act(f"e{n:06d}", n) for n in range(MAX_SEEN_IDS + 500)]
+    ready, _, _, progress = release(EMPTY_PROGRESS, burst, None, dedup_span_ms=24 * HOUR)
+    assert len(ready) == len(burst)
+    assert len(progress.seen) == MAX_SEEN_IDS
+    assert f"e{len(burst) - 1:06d}" in progress.seen and "e000000" not in progress.seen
+    # An old redelivery is still refused, visibly: late, not stored again.
+    assert sorts_before_released(progress.released, burst[0])
+    assert classify_behind(progress, burst[0]) == LATE
+    assert classify_behind(progress, burst[-1]) == DUPLICATE
 
 
 def test_an_event_sorting_before_what_was_evaluated_is_late_unless_it_is_a_redelivery():
