@@ -56,7 +56,9 @@ TOO_LARGE = "too_large"
 
 # Input limits, the same for every way in (files, Pub/Sub messages, the HTTP collector),
 # so what one source accepts no other refuses. An activity's JSON text may be at most
-# MAX_ACTIVITY_BYTES (UTF-8; inside a JSON array, its compact JSON): larger is `too_large`.
+# MAX_ACTIVITY_BYTES (UTF-8; inside a JSON array, its compact JSON; on a line of a file,
+# the line without its line end): larger is `too_large`, and its dead letter keeps only
+# the start of it (orion.intake: a file's overlong line is never held whole either).
 # It may nest at most MAX_NESTING_DEPTH levels, the activity object being the first:
 # deeper is `malformed_json`. The depth is what every later stage can take: Beam pickles
 # elements and the stores encode attributes recursively, and both give up (RecursionError,

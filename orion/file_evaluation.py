@@ -17,7 +17,7 @@ from typing import IO, Callable, Iterable, NamedTuple
 
 from orion.activities import Activity
 from orion.deadletters import DeadLetter
-from orion.intake import read_lines
+from orion.intake import bounded_lines, read_lines
 from orion.rules import RuleSet, evaluate_lead
 
 PROGRESS_EVERY_SECONDS = 2.0
@@ -62,7 +62,8 @@ def read_activities(
     by_lead: dict[tuple[str, str], list[Activity]] = {}
     seen: set[tuple[str, str]] = set()
     duplicates = 0
-    counted = _Counted(lines, progress)
+    # A file object is read through bounded_lines: an overlong line is never held whole.
+    counted = _Counted(bounded_lines(lines) if hasattr(lines, "read") else lines, progress)
     for found in read_lines(counted, rules.activity_types, source, allowed_lateness_ms=None):
         if isinstance(found, DeadLetter):
             dead_letter(found)

@@ -8,6 +8,7 @@ attacks runs to the end with its good lines stored.
 """
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 
@@ -36,7 +37,7 @@ from orion.activities import (
     split_json_array,
 )
 from orion.deadletters import DeadLetter
-from orion.intake import parse_payload, read_lines
+from orion.intake import TOO_LARGE_KEPT_BYTES, parse_payload, read_lines
 
 from conftest import SAMPLE_RULES, T0
 
@@ -398,6 +399,14 @@ def test_size_is_counted_in_utf8_bytes_not_characters():
     assert refused(text.encode()).reason == TOO_LARGE
 
 
+def kept_only_its_start(letter: DeadLetter, big: str, size: int) -> bool:
+    """A too_large dead letter keeps the first TOO_LARGE_KEPT_BYTES of its element and
+    says how large it was, so a letter never copies a megabyte."""
+    return (letter.reason == TOO_LARGE and letter.element == big[:TOO_LARGE_KEPT_BYTES]
+            and f"{size:,} bytes" in letter.detail and "keeps its first 1,000 bytes" in letter.detail
+            and len(letter.to_json()) < 2 * TOO_LARGE_KEPT_BYTES)
+
+
 @pytest.mark.parametrize("size", [1_100_000, 10_000_000])
 def test_an_oversized_line_or_message_is_too_large_and_the_rest_go_through(size):
     big = padded(size, event_id="big")
@@ -405,10 +414,35 @@ def test_an_oversized_line_or_message_is_too_large_and_the_rest_go_through(size)
     found = list(read_lines([good[0] + "\n", big + "\n", good[1] + "\n", good[2]], BUILTINS, "f.jsonl", None))
     assert [type(f).__name__ for f in found] == ["Activity", "DeadLetter", "Activity", "Activity"]
     assert (found[1].reason, found[1].source) == (TOO_LARGE, "f.jsonl:2")
+    assert kept_only_its_start(found[1], big, size)
     (message,) = parse_payload(big.encode(), BUILTINS, "sub")
-    assert message.reason == TOO_LARGE
+    assert kept_only_its_start(message, big, size)
     jsonl = list(parse_payload("\n".join([good[0], big, good[1]]).encode(), BUILTINS, "sub"))
     assert [getattr(f, "reason", None) for f in jsonl] == [None, TOO_LARGE, None]
+    assert kept_only_its_start(jsonl[1], big, size)
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", ""])
+def test_a_line_of_exactly_the_limit_is_read_whatever_ends_it_and_one_byte_more_is_too_large(line_end):
+    largest, over = padded(MAX_ACTIVITY_BYTES, event_id="largest"), padded(MAX_ACTIVITY_BYTES + 1, event_id="over")
+    text = (largest + line_end + over + line_end + json.dumps(raw(event_id="after")) + line_end)
+    if not line_end:  # no line ends: one line, over the limit
+        text = largest + over
+    for lines in (io.BytesIO(text.encode()), io.StringIO(text), text.encode().splitlines(keepends=True)):
+        found = list(read_lines(lines, BUILTINS, "f.jsonl", 60_000))
+        if not line_end:
+            assert [(f.reason, f.source) for f in found] == [(TOO_LARGE, "f.jsonl:1")]
+            assert f"{2 * MAX_ACTIVITY_BYTES + 1:,} bytes" in found[0].detail
+            continue
+        assert [getattr(f, "event_id", None) or f.reason for f in found] == ["largest", TOO_LARGE, "after"]
+        assert found[1].source == "f.jsonl:2" and kept_only_its_start(found[1], over, MAX_ACTIVITY_BYTES + 1)
+
+
+def test_a_multibyte_character_is_never_cut_in_two_where_a_dead_letter_is_cut():
+    big = json.dumps(raw(type="visit_web_page", attributes={"url": "x" + "é" * 600_000}), ensure_ascii=False)
+    (letter,) = read_lines([big.encode()], BUILTINS, "f.jsonl", None)
+    assert letter.reason == TOO_LARGE and "\ufffd" not in letter.element
+    assert big.startswith(letter.element) and len(big[:len(letter.element) + 1].encode()) > TOO_LARGE_KEPT_BYTES
 
 
 def test_a_json_array_may_exceed_the_limit_but_each_of_its_items_may_not():
@@ -421,7 +455,8 @@ def test_a_json_array_may_exceed_the_limit_but_each_of_its_items_may_not():
     big = json.loads(padded(1_100_000, event_id="big"))
     found = list(parse_payload(json.dumps([small[0], big, small[1]]).encode(), BUILTINS, "sub"))
     assert [getattr(f, "reason", None) for f in found] == [None, TOO_LARGE, None]
-    assert found[1].source == "sub[1]" and json.loads(found[1].element)["event_id"] == "big"
+    assert found[1].source == "sub[1]" and found[1].element.startswith('{"event_id":"big"')
+    assert len(found[1].element) == TOO_LARGE_KEPT_BYTES and "keeps its first 1,000 bytes" in found[1].detail
 
 
 def nested(depth: int) -> str:

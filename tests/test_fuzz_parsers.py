@@ -5,7 +5,9 @@ surrogates, nesting far past any parser, huge numbers, NaN, decoded objects hold
 these), activity parsing only ever returns an Activity or refuses it with a dead-letter
 reason; a message or a file only ever yields activities and dead letters that can be
 written; and the collector only ever answers with a verdict, never a 5xx, never with the
-API key in it. What the collector accepts, the graph reads without a dead letter.
+API key in it. What the collector accepts, the graph reads without a dead letter. A file
+is read in bounded chunks whatever its bytes: every line as if split at its line feeds,
+each line over the size limit one `too_large` dead letter, never held whole.
 
     .venv/bin/python -m pytest tests/test_fuzz_parsers.py -q
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import http.client
+import io
 import json
 import pickle
 import socket
@@ -29,7 +32,7 @@ from orion.activities import (BAD_ATTRIBUTE, BAD_FIELD, BAD_TIMESTAMP, MALFORMED
                               nests_deeper_than, parse_activity, split_json_array)
 from orion.collector.checking import BodyRefused, check_body
 from orion.deadletters import DeadLetter
-from orion.intake import parse_one, parse_payload, read_lines
+from orion.intake import TOO_LARGE_KEPT_BYTES, OverlongLine, bounded_lines, parse_one, parse_payload, read_lines
 
 FUZZ = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -205,6 +208,68 @@ def test_a_file_yields_only_activities_and_writable_dead_letters(lines, lateness
             continue
         is_verdict(each)
     assert len(found) == sum(1 for line in lines if line.strip())
+
+
+# --- files read in bounded chunks ---------------------------------------------------------------
+
+# Lines of any bytes (carriage returns, blank lines, long runs) joined by line feeds, with
+# or without a last one.
+file_lines = st.lists(st.one_of(raw_bytes, st.binary(max_size=80),
+                                st.sampled_from([b"", b" \t", b"\r", b"\r\r", b"x" * 70, b" " * 50, b"\n\n"])),
+                      max_size=8)
+file_bytes = st.builds(lambda lines, end, last: end.join(lines) + (end if last else b""),
+                       file_lines, st.sampled_from([b"\n", b"\r\n"]), st.booleans())
+
+
+def split_by_hand(data: bytes, limit: int) -> list:
+    """What bounded_lines must give: the lines between line feeds, each over `limit` plus
+    one as an OverlongLine (its carriage return no part of its size)."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # a line feed ends the last line; it does not start another
+    return [OverlongLine(line[:TOO_LARGE_KEPT_BYTES], len(line) - line.endswith(b"\r"), not line.strip())
+            if len(line) > limit + 1 else line for line in lines]
+
+
+@FUZZ
+@given(file_bytes, st.integers(0, 40), st.integers(1, 17))
+@example(b"x" * 30 + b"\r\n" + b" " * 30 + b"\nab", 3, 4)
+@example(b"\n", 0, 1)
+def test_bounded_lines_splits_any_bytes_as_line_feeds_do_whatever_the_chunks(data, limit, chunk_bytes):
+    expected = split_by_hand(data, limit)
+    assert list(bounded_lines(io.BytesIO(data), limit, chunk_bytes)) == expected
+    if data.isascii():  # a text file: the same lines, as text
+        text = io.StringIO(data.decode("ascii"), newline="")
+        assert list(bounded_lines(text, limit, chunk_bytes)) == [
+            found._replace(head=found.head.decode()) if isinstance(found, OverlongLine) else found.decode()
+            for found in expected]
+
+
+@FUZZ
+@given(file_bytes, st.integers(0, 40), st.integers(1, 17), st.sampled_from([None, 0, 60_000]))
+def test_a_file_of_any_bytes_with_overlong_lines_yields_one_verdict_per_line(data, limit, chunk_bytes, lateness):
+    """A small limit in place of MAX_ACTIVITY_BYTES, so overlong lines are cheap to make."""
+    lines = split_by_hand(data, limit)
+    found = list(read_lines(bounded_lines(io.BytesIO(data), limit, chunk_bytes), TYPES, "fuzz.jsonl", lateness))
+    judged = [(n, line) for n, line in enumerate(lines, 1)
+              if (not line.blank if isinstance(line, OverlongLine) else line.strip())]
+    assert len(found) == len(judged)
+    for each, (n, line) in zip(found, judged):
+        if isinstance(each, DeadLetter):
+            assert each.source == f"fuzz.jsonl:{n}"
+        if isinstance(line, OverlongLine):
+            assert each.reason == TOO_LARGE and f"{line.size:,} bytes" in each.detail
+            assert len(each.element) <= TOO_LARGE_KEPT_BYTES  # characters: a byte that is not UTF-8 is one
+        if not (isinstance(each, DeadLetter) and each.reason == "late"):
+            is_verdict(each)
+
+
+@FUZZ
+@given(file_bytes, st.sampled_from([None, 0, 60_000]))
+def test_a_file_read_from_its_file_object_is_judged_as_its_lines_are(data, lateness):
+    from_file = list(read_lines(io.BytesIO(data), TYPES, "fuzz.jsonl", lateness))
+    from_lines = list(read_lines([line + b"\n" for line in data.split(b"\n")], TYPES, "fuzz.jsonl", lateness))
+    assert from_file == from_lines
 
 
 # --- the collector ------------------------------------------------------------------------------

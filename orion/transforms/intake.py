@@ -16,7 +16,7 @@ from apache_beam.metrics import Metrics
 
 from orion.activities import Activity
 from orion.deadletters import DeadLetter
-from orion.intake import parse_payload, read_lines
+from orion.intake import decompressing, parse_payload, read_lines
 
 METRICS_NAMESPACE = "orion"
 
@@ -99,8 +99,11 @@ class _ReadFileFn(_ParseFn):
 
     def process(self, readable: fileio.ReadableFile):
         path = readable.metadata.path
-        with readable.open(compression_type=fileio.CompressionTypes.AUTO) as lines:
-            yield from self.emit(read_lines(lines, self.types, path, self.allowed_lateness_ms))
+        # Decompressed here, not by Beam: Beam's compressed files inflate large blocks
+        # with no bound on what one block gives.
+        with readable.open(compression_type=fileio.CompressionTypes.UNCOMPRESSED) as raw:
+            with decompressing(raw, path) as lines:
+                yield from self.emit(read_lines(lines, self.types, path, self.allowed_lateness_ms))
 
 
 class _ParsePayloadFn(_ParseFn):
