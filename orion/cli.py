@@ -16,6 +16,7 @@
     orion flink cluster start                           # a local Flink cluster: --flink-master (docs/flink.md)
     orion run --runner dataflow --project P --region R --temp_location gs://B/tmp --out-dir gs://B/out --dry-run
     orion run --mode passive --legacy-store mysql://... --store bigtable://...   # migration
+    orion jars path flink-kafka                         # Java jars from Maven Central, fetched once
 """
 from __future__ import annotations
 
@@ -254,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     from orion.runners.flink_options import add_flink_commands
 
     add_flink_commands(commands)
+    from orion.jars import add_jars_command
+
+    add_jars_command(commands)
     return parser
 
 

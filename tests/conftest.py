@@ -160,6 +160,7 @@ def single_error(errors, file: str, line: int, *fragments: str):
 
 
 # Session fixtures: the Bigtable emulator, a MariaDB server and a database on it (store tests), the Flink
-# runner once it has shown it can start a mini-cluster (Flink tests).
+# runner once it has shown it can start a mini-cluster (Flink tests), a Kafka broker (Kafka tests).
 from store_services import bigtable_emulator, mysql_database, mysql_server  # noqa: E402,F401
 from flink_services import flink  # noqa: E402,F401
+from kafka_services import kafka_broker  # noqa: E402,F401
