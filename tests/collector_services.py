@@ -1,6 +1,7 @@
 """What the collector tests share: the Pub/Sub emulator (one per test module), API keys
-made at test time, a collector served from a thread, a TCP proxy between the collector
-and the emulator that can refuse or swallow connections, and small HTTP helpers."""
+made at test time, a collector served from a thread (publishing to Pub/Sub or Kafka), a
+TCP proxy between the collector and the emulator that can refuse or swallow
+connections, and small HTTP helpers."""
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from orion.activities import ActivityTypes
 from orion.collector.app import CollectorSettings, load_types
@@ -101,9 +103,11 @@ def pulled_events(subscription: str, quiet_seconds: float = 1.0, types: Activity
 
 
 class CollectorThread:
-    """`run_collector` on its own event loop in a thread, on a free port."""
+    """`run_collector` on its own event loop in a thread, on a free port. `destination`: a
+    Pub/Sub topic name or a KafkaDestination."""
 
-    def __init__(self, topic: str, keys_path: Path, types: ActivityTypes, settings: CollectorSettings):
+    def __init__(self, destination, keys_path: Path, types: ActivityTypes, settings: CollectorSettings,
+                 create_topic: bool = False):
         from orion.collector.commands import run_collector
 
         self._ready = threading.Event()
@@ -115,8 +119,8 @@ class CollectorThread:
         async def main():
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            await run_collector(topic, KeyStore(keys_path), types, settings, "127.0.0.1", 0,
-                                ready=self._on_ready, stop=self._stop)
+            await run_collector(destination, KeyStore(keys_path), types, settings, "127.0.0.1", 0,
+                                create_topic, ready=self._on_ready, stop=self._stop)
 
         def target():
             try:
@@ -181,6 +185,19 @@ def request(method: str, port: int, path: str, body=None, key: str | None = None
         return response.status, response.headers, json.loads(raw) if "json" in kind else raw.decode()
     finally:
         connection.close()
+
+
+def metric_samples(collector) -> dict:
+    """/metrics as {(sample name, sorted label pairs): value}."""
+    text = collector.get("/metrics")[2]
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def answers_by_code(collector) -> dict[tuple[str, str], float]:
+    """orion_collector_requests_total as {(route, code): count}."""
+    return {(dict(labels)["route"], dict(labels)["code"]): value
+            for (name, labels), value in metric_samples(collector).items() if name == "orion_collector_requests_total"}
 
 
 def event(n: int, tenant: str | None = "shop", url: str = "https://shop.example/", **fields) -> dict:

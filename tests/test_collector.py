@@ -20,8 +20,8 @@ import zlib
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector_services import (FlakyProxy, event, new_topic, pulled_events, request,  # noqa: F401
-                                emulator_env, keys, pubsub, rules_dir, start_collector)
+from collector_services import (FlakyProxy, answers_by_code, event, metric_samples, new_topic,  # noqa: F401
+                                pulled_events, request, emulator_env, keys, pubsub, rules_dir, start_collector)
 from orion.collector.app import load_types
 from orion.collector.keys import read_keys
 
@@ -291,17 +291,6 @@ def test_keys_command_prints_a_key_once_and_stores_only_its_hash(tmp_path):
 # --- bad input: a 4xx with its reason, never a 500; the batch's other events go on --------
 
 
-def metric_samples(collector) -> dict:
-    text = collector.get("/metrics")[2]
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def answers_by_code(collector) -> dict[tuple[str, str], float]:
-    return {(dict(labels)["route"], dict(labels)["code"]): value
-            for (name, labels), value in metric_samples(collector).items() if name == "orion_collector_requests_total"}
-
-
 def deep_event(n: int, depth: int) -> str:
     """An event (JSON text) whose attributes nest so that the whole is `depth` levels."""
     text = json.dumps(event(n, type="fill_out_form", attributes={"form": "f", "fields": {"x": "deep"}}))
@@ -451,6 +440,88 @@ def test_a_client_that_stalls_before_its_request_is_complete_is_disconnected(sta
         assert answer.startswith(b"HTTP/1.1 200 ")
     assert collector.get("/healthz")[0] == 200  # and the server serves on
     assert answers_by_code(collector)[("/v1/events", "408")] == 1
+
+
+# --- the connection cap: idle connections make room, busy ones are kept, the rest get 503 ----------
+
+
+def slow_body(port: int, key: str, n: int) -> tuple[socket.socket, bytes]:
+    """A connection whose request is under way: headers and a few bytes of its body sent;
+    returns it and the rest of the body."""
+    body = json.dumps([event(n)]).encode()
+    connection = socket.create_connection(("127.0.0.1", port))
+    connection.sendall(f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n"
+                       f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+    return connection, body[10:]
+
+
+def closed_by_server(connection: socket.socket, wait: float) -> bool:
+    connection.settimeout(wait)
+    try:
+        return connection.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_idle_connections_past_the_cap_are_closed_to_make_room_and_busy_ones_are_kept(start_collector, keys):
+    """Slowloris: a hundred connections that send half their headers and wait. Past the
+    cap the oldest of them is closed for each new one, so the server holds at most its cap
+    and new clients are served at once; a connection with a request under way is kept."""
+    topic, subscription = new_topic()
+    collector = start_collector(topic, max_connections=10, idle_timeout=60, body_timeout=60)
+    busy, rest = slow_body(collector.port, keys.shop, 1)
+    time.sleep(0.3)
+    idle = []
+    try:
+        for _ in range(100):
+            connection = socket.create_connection(("127.0.0.1", collector.port))
+            connection.sendall(f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys.shop}\r\n".encode())
+            idle.append(connection)
+            time.sleep(0.01)
+        assert collector.post([event(2)], key=keys.shop)[0] == 200  # a new client, served at once
+        assert collector.get("/healthz")[0] == 200
+        closed = [closed_by_server(connection, 5.0 if n < 85 else 0.5) for n, connection in enumerate(idle)]
+        assert all(closed[:85]) and closed.count(True) >= 90 and not all(closed)  # the newest stay open
+        busy.sendall(rest)
+        answer, _ = read_until_closed(busy)
+        assert answer.startswith(b"HTTP/1.1 200 ")  # the request under way was never cut off
+        samples = metric_samples(collector)
+        assert samples[("orion_collector_connections_open", ())] <= 10
+        assert samples[("orion_collector_connections_shed_total", (("action", "idle_closed"),))] >= 90
+        assert ("orion_collector_connections_shed_total", (("action", "refused"),)) not in samples
+    finally:
+        busy.close()
+        for connection in idle:
+            connection.close()
+    assert sorted(e["event_id"] for e in pulled_events(subscription)) == ["e1", "e2"]
+
+
+def test_past_the_cap_with_every_connection_busy_a_new_one_gets_a_quick_503(start_collector, keys):
+    topic, subscription = new_topic()
+    collector = start_collector(topic, max_connections=3, body_timeout=60, retry_after=4)
+    busy = [slow_body(collector.port, keys.shop, n) for n in range(3)]
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        status, headers, answer = collector.post([event(9)], key=keys.shop)  # a real HTTP client reads it
+        assert (status, answer["error"], headers["Retry-After"]) == (503, "over_capacity", "4")
+        assert "at most 3 connections" in answer["detail"] and time.monotonic() - started < 5
+        with socket.create_connection(("127.0.0.1", collector.port)) as raw:  # and a client that sends nothing
+            answer, took = read_until_closed(raw, 10)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"Connection: close" in answer and took < 5
+        for connection, rest in busy:  # the requests under way are served on
+            connection.sendall(rest)
+            assert read_until_closed(connection)[0].startswith(b"HTTP/1.1 200 ")
+    finally:
+        for connection, _ in busy:
+            connection.close()
+    assert collector.get("/healthz")[0] == 200  # room again
+    samples = metric_samples(collector)
+    assert samples[("orion_collector_connections_shed_total", (("action", "refused"),))] == 2
+    assert answers_by_code(collector)[("connection_cap", "503")] == 2
+    assert sorted(e["event_id"] for e in pulled_events(subscription)) == ["e0", "e1", "e2"]
 
 
 # --- secrets: never in an answer, never in a log line -------------------------------------------

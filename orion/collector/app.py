@@ -7,18 +7,26 @@ whole with 401 (no key / unknown key), 429 (the key's rate limit; Retry-After), 
 Content-Encoding other than gzip or deflate), 413 (body over max_body_bytes, before or
 after decompression, inflating more than max_compression_ratio, or more than max_batch
 events), 408 (the body did not arrive within body_timeout), 400 (not UTF-8, not JSON,
-empty, broken compression) or 503 (Pub/Sub did not take the events; Retry-After; nothing
-of it was accepted). Otherwise the answer lists every event in order, accepted or
-refused with a reason (`orion.collector.checking`): 200 when at least one was accepted,
-422 when none was.
+empty, broken compression) or 503 (Pub/Sub or Kafka did not take the events;
+Retry-After; nothing of it was accepted). Otherwise the answer lists every event in
+order, accepted or refused with a reason (`orion.collector.checking`): 200 when at least
+one was accepted, 422 when none was.
 
 Bad input is never a 500, and nothing about one request slows the others: the key is
 checked before the body is read, aiohttp does not inflate bodies (the handler does, off
 the event loop, capped), and every connection has an idle timeout that also bounds how
-long its request line and headers may take (`CollectorRunner`). Every answer is counted
-in /metrics by route and status, including those aiohttp gives to requests it cannot
-parse (route `unparsed`), and no answer or log line carries an API key
+long its request line and headers may take (`CollectorRunner`). Connections are capped
+at max_connections: past it, the oldest connection that is waiting for a request (idle,
+or still sending its request line and headers) is closed to make room, and when every
+connection has a request under way the new one gets a canned 503 and is closed, so many
+idle or slow connections cannot use up the process or lock out other clients. Every
+answer is counted in /metrics by route and status, including those aiohttp gives to
+requests it cannot parse (route `unparsed`) and the 503s of the cap (route
+`connection_cap`), and no answer or log line carries an API key
 (`orion.collector.redaction`).
+
+More routes: register them in `build_app` beside the others; the middleware counts and
+guards them too.
 
     python -m orion.collector --topic projects/P/topics/T --keys K.yaml --port 8080
 """
@@ -47,6 +55,7 @@ log = logging.getLogger(__name__)
 
 EVENTS_ROUTE = "/v1/events"
 UNPARSED_ROUTE = "unparsed"  # the route label of requests aiohttp could not parse (4xx)
+CONNECTION_CAP_ROUTE = "connection_cap"  # the route label of the 503s given to connections past the cap
 # After an answer given before its body was read (401, 413, ...), how long aiohttp goes on
 # reading and dropping the body so the client sees the answer, not a reset connection.
 LINGER_SECONDS = 2.0
@@ -61,14 +70,15 @@ class CollectorSettings:
     flush_events: int = 1000           # a message is sent when it holds this many events,
     flush_bytes: int = 1_000_000       # or this many bytes,
     flush_seconds: float = 0.05        # or this long after its first event
-    max_pending_bytes: int = 64_000_000  # waiting for Pub/Sub; past it: 503
-    publish_timeout: float = 10.0      # seconds for Pub/Sub to acknowledge a message
+    max_pending_bytes: int = 64_000_000  # waiting for Pub/Sub or Kafka; past it: 503
+    publish_timeout: float = 10.0      # seconds for Pub/Sub or Kafka to acknowledge a message or record
     retry_after: float = 2.0           # seconds, in Retry-After of a 503
     cors_origin: str = "*"             # Access-Control-Allow-Origin for web pages
     max_compression_ratio: float = MAX_RATIO  # a compressed body inflates at most this many times
     idle_timeout: float = 15.0         # seconds a connection may wait for (the rest of) a request line
                                        # and headers: before its first request and between requests
     body_timeout: float = 30.0         # seconds for a request's body to arrive; longer: 408
+    max_connections: int = 1000        # open connections; past it, the oldest idle one is closed, or 503
 
 
 STATE = web.AppKey("collector", object)
@@ -156,7 +166,7 @@ async def post_events(request: web.Request) -> web.Response:
         metrics.refused.labels(key.tenant, reason).inc()
     if checked.accepted:
         try:
-            await collector.publisher.publish(checked.accepted)
+            await collector.publisher.publish(checked.accepted, checked.accepted_leads)
         except PublishUnavailable as unavailable:
             metrics.refused.labels(key.tenant, UNAVAILABLE).inc(len(checked.accepted))
             return _json(503, {"error": "unavailable", "detail": unavailable.detail, "accepted": 0,
@@ -177,11 +187,13 @@ async def preflight(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness: 200 while the process serves; says whether the last publish failed."""
+    """Liveness: 200 while the process serves; says whether the last publish failed
+    (field `pubsub` or `kafka`, after the sink)."""
     collector: Collector = request.app[STATE]
-    failure = collector.publisher.last_failure
-    return _json(200, {"status": "ok", "pubsub": "ok" if failure is None else f"failing: {failure}",
-                       "pending_events": collector.publisher.pending_events, "keys": len(collector.keys)})
+    publisher = collector.publisher
+    failure = publisher.last_failure
+    return _json(200, {"status": "ok", publisher.health_key: "ok" if failure is None else f"failing: {failure}",
+                       "pending_events": publisher.pending_events, "keys": len(collector.keys)})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -261,19 +273,110 @@ class _CollectorRequestHandler(web.RequestHandler):
         return response
 
 
-class _CollectorServer(web.Server):
-    """aiohttp's Server, with the collector's connections."""
+def _waiting_for_request(connection: web.RequestHandler) -> bool:
+    """Whether a connection has no complete request: idle, or still sending its request
+    line and headers. aiohttp's own keep-alive timeout judges idleness by this waiter;
+    without it (another aiohttp) no connection counts as idle and the cap only refuses."""
+    waiter = getattr(connection, "_waiter", None)
+    return waiter is not None and not waiter.done()
 
-    def __init__(self, handler, *, collector: Collector, loop: asyncio.AbstractEventLoop, **options):
+
+# How long a connection refused at the cap is read and dropped after its 503 (so the
+# client reads the answer instead of a reset), and how many may linger at once; past
+# that they are closed at once.
+REFUSAL_LINGER_SECONDS = 1.0
+MAX_LINGERING_REFUSALS = 64
+
+
+class _RefusedConnection(asyncio.Protocol):
+    """A connection past the cap: a canned 503, then closed."""
+
+    def __init__(self, server: "_CollectorServer"):
+        self.server = server
+        self.lingering = False
+        self._close_later: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        server = self.server
+        server.collector.metrics.requests.labels(CONNECTION_CAP_ROUTE, "503").inc()
+        server.collector.metrics.connections_shed.labels("refused").inc()
+        transport.write(server.refusal)
+        if server.lingering_refusals >= MAX_LINGERING_REFUSALS or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()  # the answer, then the end of it; what the client sends is dropped
+        self.lingering = True
+        server.lingering_refusals += 1
+        self._close_later = asyncio.get_running_loop().call_later(REFUSAL_LINGER_SECONDS, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._close_later is not None:
+            self._close_later.cancel()
+        if self.lingering:
+            self.lingering = False
+            self.server.lingering_refusals -= 1
+
+
+class _CollectorServer(web.Server):
+    """aiohttp's Server, with the collector's connections and the connection cap."""
+
+    def __init__(self, handler, *, collector: Collector, loop: asyncio.AbstractEventLoop, max_connections: int,
+                 **options):
         super().__init__(handler, loop=loop, **options)
         self.collector = collector
         self.connection_options = {k: v for k, v in options.items()
                                    if k not in ("request_factory", "handler_cancellation")}
         self.connection_loop = loop
+        self.max_connections = max_connections
+        # Connections made but not yet told to the server (asyncio calls connection_made
+        # on the next turn of the loop; a burst of accepts creates many before that), and
+        # connections closed to make room that the server still lists until they are gone.
+        self._arriving: set[web.RequestHandler] = set()
+        self._evicted: set[web.RequestHandler] = set()
+        self.lingering_refusals = 0
+        self.refusal = self._refusal(collector.settings)
+        collector.metrics.connections_open.set_function(self.open_connections)
 
-    def __call__(self) -> web.RequestHandler:
+    @staticmethod
+    def _refusal(settings) -> bytes:
+        body = json.dumps({"error": "over_capacity", "detail": f"the collector serves at most "
+                           f"{settings.max_connections:,} connections at once; try again shortly"}).encode()
+        return (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: {retry_after_header(settings.retry_after)}\r\n"
+                f"Access-Control-Allow-Origin: {settings.cors_origin}\r\nConnection: close\r\n\r\n"
+                ).encode("latin-1", "replace") + body
+
+    def open_connections(self) -> int:
+        return len(self._connections) + len(self._arriving) - len(self._evicted)
+
+    def connection_lost(self, handler: web.RequestHandler, exc: BaseException | None = None) -> None:
+        self._evicted.discard(handler)
+        super().connection_lost(handler, exc)
+
+    def _make_room(self) -> bool:
+        """Close the oldest connection waiting for a request; False if there is none."""
+        for connection in self._connections:  # oldest first
+            if connection not in self._evicted and _waiting_for_request(connection):
+                self._evicted.add(connection)
+                connection.force_close()
+                self.collector.metrics.connections_shed.labels("idle_closed").inc()
+                return True
+        return False
+
+    def __call__(self) -> asyncio.Protocol:
+        if self.open_connections() >= self.max_connections and not self._make_room():
+            return _RefusedConnection(self)
         connection = _CollectorRequestHandler(self, loop=self.connection_loop, **self.connection_options)
         connection.collector = self.collector
+        self._arriving.add(connection)
+        # runs just before the connection_made asyncio scheduled when it made the transport
+        self.connection_loop.call_soon(self._arriving.discard, connection)
         return connection
 
 
@@ -287,6 +390,9 @@ class CollectorRunner(web.AppRunner):
       defaults: lines and header fields of at most 8,190 bytes, at most 128 headers.
     - body_timeout: bounds the body, in the handler (408).
     - no automatic decompression: the handler inflates bodies after the key check, capped.
+    - max_connections: open connections; past it, the oldest connection waiting for a
+      request is closed, or, when every one has a request under way, the new one gets a
+      canned 503 (Retry-After) and is closed. Both are counted.
     """
 
     def __init__(self, app: web.Application, settings: CollectorSettings):
@@ -298,9 +404,11 @@ class CollectorRunner(web.AppRunner):
         # AppRunner's server starts the app; its request handler and factory are kept, and
         # its connections are the collector's.
         made = await super()._make_server()
+        collector = self.app[STATE]
         return _CollectorServer(made.request_handler, request_factory=made.request_factory,
-                                handler_cancellation=made.handler_cancellation, collector=self.app[STATE],
-                                loop=asyncio.get_running_loop(), **self._connection_options)
+                                handler_cancellation=made.handler_cancellation, collector=collector,
+                                loop=asyncio.get_running_loop(), max_connections=collector.settings.max_connections,
+                                **self._connection_options)
 
 
 def load_types(rules_dir: Path) -> ActivityTypes:

@@ -28,7 +28,7 @@ missing_field, bad_field, unknown_type, bad_attribute, bad_timestamp).
 from __future__ import annotations
 
 import zlib
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import orjson
 
@@ -55,6 +55,7 @@ class CheckedBody(NamedTuple):
     results: list[dict]   # one per event, in body order: event_id, status, reason, detail
     accepted: list[bytes]  # the accepted activities, each one encoded JSON object
     refused_reasons: list[str]
+    accepted_leads: Sequence[str] = ()  # "tenant/lead_id" of each accepted activity (Kafka places leads by it)
 
 
 def content_coding(header: str | None) -> str | None:
@@ -171,37 +172,46 @@ def _encodes(text: str) -> bool:
 
 def check_event(event: Any, tenant: str, types: ActivityTypes) -> tuple[bytes | None, str | None, str | None]:
     """One event -> (encoded activity, None, None) or (None, reason, detail)."""
+    encoded, reason, detail, _ = _check_event(event, tenant, types)
+    return encoded, reason, detail
+
+
+def _check_event(event: Any, tenant: str, types: ActivityTypes) -> tuple[bytes | None, str | None, str | None,
+                                                                           str | None]:
+    """check_event, and the accepted activity's lead key "tenant/lead_id"."""
     if isinstance(event, dict):
         named = event.get("tenant")
         if named is None:
             event = {**event, "tenant": tenant}
         elif not isinstance(named, bool) and isinstance(named, (str, int)) and str(named) != tenant:
-            return None, WRONG_TENANT, f"this key writes events of tenant {tenant!r}, not {str(named)!r}"
+            return None, WRONG_TENANT, f"this key writes events of tenant {tenant!r}, not {str(named)!r}", None
     try:
         activity = parse_activity(event, types)
     except BadActivity as bad:
-        return None, bad.reason, bad.detail
+        return None, bad.reason, bad.detail, None
     if activity.tenant != tenant:  # a tenant of another JSON type that still names another
-        return None, WRONG_TENANT, f"this key writes events of tenant {tenant!r}, not {activity.tenant!r}"
+        return None, WRONG_TENANT, f"this key writes events of tenant {tenant!r}, not {activity.tenant!r}", None
     try:
         encoded = orjson.dumps(activity.to_json_dict())
     except TypeError as err:  # a value no JSON can carry; orjson-decoded input has none
-        return None, MALFORMED_JSON, f"the event cannot be written as JSON: {err}"
+        return None, MALFORMED_JSON, f"the event cannot be written as JSON: {err}", None
     if len(encoded) > MAX_ACTIVITY_BYTES:  # as published: what the graph measures
-        return None, TOO_LARGE, too_large(len(encoded)).detail
-    return encoded, None, None
+        return None, TOO_LARGE, too_large(len(encoded)).detail, None
+    return encoded, None, None, f"{activity.tenant}/{activity.lead_id}"
 
 
 def check_body(body: bytes, tenant: str, types: ActivityTypes, max_events: int) -> CheckedBody:
     results: list[dict] = []
     accepted: list[bytes] = []
     refused: list[str] = []
+    leads: list[str] = []
     for event in split_body(body, max_events):
-        encoded, reason, detail = check_event(event, tenant, types)
+        encoded, reason, detail, lead = _check_event(event, tenant, types)
         if encoded is not None:
             accepted.append(encoded)
+            leads.append(lead)
             results.append({"event_id": _event_id(event), "status": "accepted"})
         else:
             refused.append(reason)
             results.append({"event_id": _event_id(event), "status": "refused", "reason": reason, "detail": detail})
-    return CheckedBody(results, accepted, refused)
+    return CheckedBody(results, accepted, refused, leads)

@@ -1,6 +1,7 @@
 """`orion collect`: run the HTTP intake collector, and manage its API keys.
 
     orion collect --topic projects/P/topics/activities --keys orion-data/collector-keys.yaml --port 8080
+    orion collect --kafka-servers 127.0.0.1:9092 --kafka-topic activities --keys orion-data/collector-keys.yaml
     orion collect keys add --tenant acme --keys orion-data/collector-keys.yaml --label website
     orion collect keys list --keys orion-data/collector-keys.yaml
     orion collect keys revoke KEY_ID --keys orion-data/collector-keys.yaml
@@ -14,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 SAMPLE_RULES = Path(__file__).resolve().parent.parent / "samples" / "rules"
@@ -49,6 +52,34 @@ def _topic(text: str) -> str:
     return text
 
 
+_KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_KAFKA_SERVER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})")
+
+
+def _kafka_topic(text: str) -> str:
+    if not _KAFKA_TOPIC.fullmatch(text) or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Kafka topic name (letters, digits, '.', '_', '-'; "
+                                         "at most 249)")
+    return text
+
+
+def _kafka_servers(text: str) -> str:
+    servers = [server.strip() for server in text.split(",")]
+    for server in servers:
+        found = _KAFKA_SERVER.fullmatch(server)
+        if not found or not 0 < int(found.group(2)) < 65536:
+            raise argparse.ArgumentTypeError(f"{server!r} is not HOST:PORT (give HOST:PORT[,HOST:PORT...])")
+    return ",".join(servers)
+
+
+@dataclass(frozen=True)
+class KafkaDestination:
+    """Where the collector publishes in Kafka mode (else: a Pub/Sub topic name)."""
+    servers: str                    # bootstrap servers, HOST:PORT[,HOST:PORT...]
+    topic: str
+    partitions: int | None = None   # of a topic --create-topic creates; None: the broker's default
+
+
 def add_collect_command(subparsers) -> None:
     """Register `collect` (serve) with its `keys add|list|revoke` helpers."""
     from orion.collector.app import CollectorSettings
@@ -56,17 +87,24 @@ def add_collect_command(subparsers) -> None:
     defaults = CollectorSettings()
     collect = subparsers.add_parser(
         "collect",
-        help="run the HTTP intake collector: events in, Pub/Sub out",
+        help="run the HTTP intake collector: events in, Pub/Sub or Kafka out",
         description="Serve POST /v1/events (one event, a JSON array or JSONL; API key per "
-        "tenant), GET /healthz and GET /metrics. Accepted events are published to the topic, "
-        "many per message; a request is answered only after Pub/Sub took its events, or 503 "
-        "with Retry-After when it did not. The emulator is used when PUBSUB_EMULATOR_HOST is "
-        "set. See docs/collector.md.",
+        "tenant), GET /healthz and GET /metrics. Accepted events are published to a Pub/Sub "
+        "topic (--topic) or a Kafka topic (--kafka-servers, --kafka-topic), many per message "
+        "or record; a request is answered only after its events were acknowledged, or 503 "
+        "with Retry-After when they were not. The Pub/Sub emulator is used when "
+        "PUBSUB_EMULATOR_HOST is set. See docs/collector.md.",
     )
     collect.add_argument("--topic", type=_topic, metavar="projects/P/topics/T",
-                         help="the Pub/Sub topic the graph's subscription reads (required to serve)")
+                         help="the Pub/Sub topic the graph's subscription reads (this or Kafka's two options)")
+    collect.add_argument("--kafka-servers", type=_kafka_servers, metavar="HOST:PORT[,...]",
+                         help="Kafka's bootstrap servers: publish to Kafka instead of Pub/Sub")
+    collect.add_argument("--kafka-topic", type=_kafka_topic, metavar="TOPIC",
+                         help="the Kafka topic (with --kafka-servers); a lead's events stay in one partition")
     collect.add_argument("--create-topic", action="store_true",
-                         help="create the topic if it does not exist (handy with the emulator)")
+                         help="create the topic if it does not exist (handy with the emulator or a test broker)")
+    collect.add_argument("--kafka-partitions", type=_positive_int, default=None, metavar="N",
+                         help="partitions of the Kafka topic --create-topic creates (default: the broker's)")
     collect.add_argument("--keys", type=Path, default=DEFAULT_KEYS, metavar="FILE",
                          help="the API keys file, hashes only (default: %(default)s)")
     collect.add_argument("--rules", type=Path, default=SAMPLE_RULES,
@@ -85,6 +123,9 @@ def add_collect_command(subparsers) -> None:
                          "long: from when it opens and after each answer (default: %(default)s)")
     collect.add_argument("--body-timeout", type=_positive_float, default=defaults.body_timeout, metavar="SECONDS",
                          help="how long a request's body may take to arrive; longer: 408 (default: %(default)s)")
+    collect.add_argument("--max-connections", type=_positive_int, default=defaults.max_connections, metavar="N",
+                         help="open connections at most; past it the oldest one waiting for a request is "
+                         "closed, or, when all are busy, the new one gets 503 (default: %(default)s)")
     collect.add_argument("--rate-limit", type=_non_negative, default=defaults.rate_limit, metavar="PER_SECOND",
                          help="requests a second per key, token bucket; over: 429; 0: no limit "
                          "(default: %(default)s)")
@@ -97,9 +138,10 @@ def add_collect_command(subparsers) -> None:
     collect.add_argument("--flush-ms", type=_non_negative, default=defaults.flush_seconds * 1000, metavar="MS",
                          help="... or this long after its first event (default: %(default)s)")
     collect.add_argument("--max-pending-bytes", type=_positive_int, default=defaults.max_pending_bytes,
-                         metavar="BYTES", help="bytes that may wait for Pub/Sub; beyond: 503 (default: %(default)s)")
+                         metavar="BYTES", help="bytes that may wait for Pub/Sub or Kafka; beyond: 503 "
+                         "(default: %(default)s)")
     collect.add_argument("--publish-timeout", type=_non_negative, default=defaults.publish_timeout, metavar="SECONDS",
-                         help="how long Pub/Sub may take to acknowledge; longer: 503 (default: %(default)s)")
+                         help="how long Pub/Sub or Kafka may take to acknowledge; longer: 503 (default: %(default)s)")
     collect.add_argument("--retry-after", type=_non_negative, default=defaults.retry_after, metavar="SECONDS",
                          help="Retry-After of a 503 (default: %(default)s)")
     collect.add_argument("--cors-origin", default=defaults.cors_origin,
@@ -170,13 +212,35 @@ def keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _destination(args: argparse.Namespace) -> str | KafkaDestination:
+    """The Pub/Sub topic name or the KafkaDestination the options name; ValueError when
+    they name neither or both."""
+    kafka = args.kafka_servers is not None or args.kafka_topic is not None
+    if args.topic is not None and kafka:
+        raise ValueError("collect publishes to one place: give --topic (Pub/Sub) or --kafka-servers and "
+                         "--kafka-topic (Kafka), not both")
+    if kafka:
+        if args.kafka_servers is None or args.kafka_topic is None:
+            raise ValueError("--kafka-servers and --kafka-topic go together")
+        return KafkaDestination(args.kafka_servers, args.kafka_topic, args.kafka_partitions)
+    if args.topic is None:
+        raise ValueError("collect needs --topic projects/P/topics/T (Pub/Sub) or --kafka-servers HOST:PORT "
+                         "--kafka-topic TOPIC (Kafka)")
+    if args.kafka_partitions is not None:
+        raise ValueError("--kafka-partitions is for Kafka topics (--kafka-servers, --kafka-topic)")
+    return args.topic
+
+
 def serve(args: argparse.Namespace) -> int:
     from orion.collector.app import CollectorSettings, load_types
+    from orion.collector.kafka import KafkaUnavailable  # confluent-kafka itself is imported only for Kafka
     from orion.collector.keys import KeysFileError, KeyStore
     from orion.rules import RuleErrors
 
-    if args.topic is None:
-        print("orion: collect needs --topic projects/P/topics/T", file=sys.stderr)
+    try:
+        destination = _destination(args)
+    except ValueError as err:
+        print(f"orion: {err}", file=sys.stderr)
         return 2
     try:
         keys = KeyStore(args.keys)
@@ -200,15 +264,16 @@ def serve(args: argparse.Namespace) -> int:
         flush_seconds=args.flush_ms / 1000, max_pending_bytes=args.max_pending_bytes,
         publish_timeout=args.publish_timeout, retry_after=args.retry_after, cors_origin=args.cors_origin,
         max_compression_ratio=args.max_compression_ratio, idle_timeout=args.idle_timeout,
-        body_timeout=args.body_timeout)
-    if settings.max_body_bytes * 2 + settings.flush_bytes > 9_000_000:
+        body_timeout=args.body_timeout, max_connections=args.max_connections)
+    pubsub = not isinstance(destination, KafkaDestination)
+    if pubsub and settings.max_body_bytes * 2 + settings.flush_bytes > 9_000_000:
         print("orion: --max-body-bytes x 2 + --flush-bytes must stay under 9,000,000 "
               "(a Pub/Sub message holds at most 10 MB)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(run_collector(args.topic, keys, types, settings, args.host, args.port, args.create_topic))
-    except LookupError as err:
+        asyncio.run(run_collector(destination, keys, types, settings, args.host, args.port, args.create_topic))
+    except (LookupError, KafkaUnavailable) as err:
         print(f"orion: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -216,10 +281,11 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def run_collector(topic_name: str, keys, types, settings, host: str, port: int,
+async def run_collector(destination: str | KafkaDestination, keys, types, settings, host: str, port: int,
                         create_topic: bool = False, ready=None, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or `stop` is set); then stop taking requests, publish
-    what is waiting and close. `ready(port)` is called once listening."""
+    what is waiting, flush the producer and close. `destination` is a Pub/Sub topic name
+    or a KafkaDestination. `ready(port)` is called once listening."""
     import signal
 
     from aiohttp import web
@@ -230,21 +296,32 @@ async def run_collector(topic_name: str, keys, types, settings, host: str, port:
     from orion.collector.redaction import install_log_redaction
 
     install_log_redaction()
-    topic = PubSubTopic(topic_name, settings.publish_timeout)
-    status = await topic.ensure(create_topic)
+    _raise_open_files_limit(settings.max_connections)
     metrics = CollectorMetrics()
-    publisher = BatchPublisher(topic.send, flush_events=settings.flush_events, flush_bytes=settings.flush_bytes,
-                               flush_seconds=settings.flush_seconds, max_pending_bytes=settings.max_pending_bytes,
-                               publish_timeout=settings.publish_timeout, retry_after_s=settings.retry_after,
-                               metrics=metrics)
+    publishing = dict(flush_events=settings.flush_events, flush_bytes=settings.flush_bytes,
+                      flush_seconds=settings.flush_seconds, max_pending_bytes=settings.max_pending_bytes,
+                      publish_timeout=settings.publish_timeout, retry_after_s=settings.retry_after, metrics=metrics)
+    if isinstance(destination, KafkaDestination):
+        from orion.collector.kafka import KafkaTopic
+
+        topic = KafkaTopic(destination.servers, destination.topic, publish_timeout=settings.publish_timeout,
+                           max_pending_bytes=settings.max_pending_bytes)
+        status = await topic.ensure(create_topic, destination.partitions)
+        publisher = BatchPublisher(sink=topic, **publishing)
+        where = f"Kafka topic {destination.topic} on {topic.where} ({status})"
+    else:
+        topic = PubSubTopic(destination, settings.publish_timeout)
+        status = await topic.ensure(create_topic)
+        publisher = BatchPublisher(topic.send, **publishing)
+        where = f"topic {destination} on {topic.where} ({status})"
     app = build_app(keys, types, publisher, settings, metrics)
     runner = CollectorRunner(app, settings)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
-    print(f"orion collect: listening on http://{host}:{bound}/v1/events; topic {topic_name} on "
-          f"{topic.where} ({status}); {len(keys)} key(s) for {len(keys.tenants())} tenant(s)", flush=True)
+    print(f"orion collect: listening on http://{host}:{bound}/v1/events; {where}; "
+          f"{len(keys)} key(s) for {len(keys.tenants())} tenant(s)", flush=True)
     if ready is not None:
         ready(bound)
     stop = stop or asyncio.Event()
@@ -258,10 +335,33 @@ async def run_collector(topic_name: str, keys, types, settings, host: str, port:
         await stop.wait()
     finally:
         await site.stop()  # no new connections; requests under way finish below
+        publisher.flush()  # their events go now, not when the flush would be due
         await runner.cleanup()
-        await publisher.close()
-        await topic.close()
+        await publisher.close()  # every request answered: its events acknowledged, or 503
+        await topic.close()  # Kafka: the producer flushed
         print("orion collect: stopped", flush=True)
+
+
+def _raise_open_files_limit(max_connections: int) -> None:
+    """Each connection is a file descriptor: raise the soft limit towards the hard one
+    when the cap would not fit under it, else say the cap cannot be reached."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    wanted = max_connections + 256  # the listening socket, Kafka's or gRPC's, logs, the keys file
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    except (ValueError, OSError):
+        raised = soft
+    if raised < wanted:
+        logging.getLogger(__name__).warning(
+            "open files are limited to %d: fewer than --max-connections %d can be served (ulimit -n)",
+            raised, max_connections)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,20 +23,28 @@ class CollectorMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter("orion_collector_requests", "HTTP requests answered, by route and status code",
                                 ("route", "code"), registry=self.registry)
-        self.accepted = Counter("orion_collector_events_accepted", "Events accepted (published to Pub/Sub)",
+        self.accepted = Counter("orion_collector_events_accepted", "Events accepted (published to Pub/Sub or Kafka)",
                                 ("tenant",), registry=self.registry)
         self.refused = Counter("orion_collector_events_refused",
                                "Events refused, by reason (dead-letter reasons, wrong_tenant, unavailable)",
                                ("tenant", "reason"), registry=self.registry)
         self.publish_seconds = Histogram("orion_collector_publish_seconds",
-                                         "Time from sending a message to Pub/Sub's answer",
+                                         "Time from a flush to the answer of Pub/Sub (a message) or Kafka (a record)",
                                          ("result",), buckets=PUBLISH_BUCKETS, registry=self.registry)
         self.published_messages = Counter("orion_collector_published_messages",
-                                          "Messages published, by result", ("result",), registry=self.registry)
+                                          "Pub/Sub messages or Kafka records published, by result", ("result",),
+                                          registry=self.registry)
         self.published_events = Counter("orion_collector_published_events",
-                                        "Events in messages Pub/Sub acknowledged", registry=self.registry)
-        self.pending_events = Gauge("orion_collector_pending_events", "Events waiting for Pub/Sub",
+                                        "Events in messages or records Pub/Sub or Kafka acknowledged",
+                                        registry=self.registry)
+        self.pending_events = Gauge("orion_collector_pending_events", "Events waiting for Pub/Sub or Kafka",
                                     registry=self.registry)
+        self.connections_open = Gauge("orion_collector_connections_open", "HTTP connections open",
+                                      registry=self.registry)
+        self.connections_shed = Counter("orion_collector_connections_shed",
+                                        "Connections dropped at the connection cap: idle_closed (waiting for a "
+                                        "request, closed to make room) or refused (503, every one busy)",
+                                        ("action",), registry=self.registry)
 
     def published(self, events: int, seconds: float, ok: bool) -> None:
         result = "ok" if ok else "failed"
