@@ -36,6 +36,7 @@ MODES = ("legacy", "passive", "active")  # migration: which store serves a run
 __all__ = [
     "DEFAULT_ALLOWED_LATENESS_MS", "DEFAULT_DATA_DIR", "DEFAULT_DEDUP_SPAN_MS", "DEFAULT_LEAD_TTL_DAYS",
     "DEFAULT_MAX_CASCADE_DEPTH", "DEFAULT_OUTBOX", "DEFAULT_STORE", "FlinkOptions", "MODES", "RunConfig",
+    "DEAD_LETTERS_NAME", "OUTCOMES_NAME",
     "SAMPLE_EVENTS", "SAMPLE_RULES", "clear_previous_outputs", "effective_store_uri", "is_remote", "output_dir",
     "output_prefixes",
 ]
@@ -57,21 +58,41 @@ class RunConfig(NamedTuple):
     outbox_uri: str | None = None  # campaign flows on: emails, held emails and webhooks go here
     mode: str | None = None  # migration: legacy | passive | active (None: store_uri alone)
     legacy_store_uri: str | None = None  # migration: the legacy MySQL store (mysql://...)
+    # Beam: read this Kafka topic (streaming) instead of files or a subscription.
+    kafka_servers: str | None = None
+    kafka_topic: str | None = None
+    kafka_group: str = "orion"
 
 
 # Flink job defaults.
 DEFAULT_BATCH_SIZE = 500  # records a Flink sink hands its writer at once
 DEFAULT_FLUSH_AFTER_MS = 500  # and the longest a record waits for its batch
+# An unbounded job checkpoints this often unless told otherwise: its outcome and
+# dead-letter files are committed at checkpoints, and a restart resumes from the last.
+DEFAULT_STREAMING_CHECKPOINT_INTERVAL_S = 10.0
+# A failed job restarts (from its last checkpoint, if it has one) this many times, this
+# long apart, before it fails for good.
+DEFAULT_RESTART_ATTEMPTS = 3
+DEFAULT_RESTART_DELAY_S = 5.0
 
 
 class FlinkOptions(NamedTuple):
     """How the Flink job runs; the graph's own settings are RunConfig's."""
 
     parallelism: int = 1
-    checkpoint_interval_s: float | None = None  # None: no periodic checkpoints
+    # None: every DEFAULT_STREAMING_CHECKPOINT_INTERVAL_S for unbounded input (or with a
+    # checkpoint_dir), no periodic checkpoints for bounded input (`checkpoint_interval`)
+    checkpoint_interval_s: float | None = None
+    # where checkpoints go and are kept when the job is cancelled or fails for good
+    # (None: OUT_DIR/.flink-checkpoints, removed when the job ends)
+    checkpoint_dir: str | None = None
+    restart_attempts: int = DEFAULT_RESTART_ATTEMPTS  # 0: a failure fails the job
+    restart_delay_s: float = DEFAULT_RESTART_DELAY_S
     flink_master: str | None = None  # HOST:PORT of a remote JobManager's REST endpoint
     savepoint_dir: str | None = None  # an unbounded job stops with a savepoint here
-    from_savepoint: str | None = None  # restore the job's state from this savepoint
+    # restore the job's state from this savepoint, retained checkpoint (chk-N), or the
+    # newest retained checkpoint in this checkpoint directory
+    from_savepoint: str | None = None
     jars: tuple[str, ...] = ()  # connector jars (Kafka), local paths or file:// URLs
     watch: bool = False  # `events` is a directory, monitored for new files (unbounded)
     monitor_interval_s: float = 1.0
@@ -100,6 +121,17 @@ class FlinkOptions(NamedTuple):
     def bounded(self) -> bool:
         return not self.watch and self.kafka_topic is None
 
+    @property
+    def checkpoint_interval(self) -> float | None:
+        """Seconds between checkpoints; None: no periodic checkpoints. A bounded job needs
+        none to commit its files (its sinks commit at the end of input when checkpointing
+        is off); an unbounded one commits them only at checkpoints."""
+        if self.checkpoint_interval_s is not None:
+            return self.checkpoint_interval_s or None
+        if not self.bounded or self.checkpoint_dir is not None:
+            return DEFAULT_STREAMING_CHECKPOINT_INTERVAL_S
+        return None
+
 
 def is_remote(path: str | Path) -> bool:
     """A URL (gs://BUCKET/PATH) rather than a path on this machine."""
@@ -112,25 +144,33 @@ def output_dir(text: str) -> Path | str:
     return text.rstrip("/") if is_remote(text) else Path(text)
 
 
+OUTCOMES_NAME = "outcomes"  # the outcome files are OUT_DIR/outcomes-*.jsonl
+DEAD_LETTERS_NAME = "dead-letters"  # and the dead letters OUT_DIR/dead-letters-*.jsonl
+
+
 def output_prefixes(out_dir: Path | str) -> tuple[str, str]:
     """Where a run's outcome and dead-letter files go: PREFIX-*.jsonl."""
     if is_remote(out_dir):
-        return f"{str(out_dir).rstrip('/')}/outcomes", f"{str(out_dir).rstrip('/')}/dead-letters"
-    return str(Path(out_dir) / "outcomes"), str(Path(out_dir) / "dead-letters")
+        base = str(out_dir).rstrip("/")
+        return f"{base}/{OUTCOMES_NAME}", f"{base}/{DEAD_LETTERS_NAME}"
+    return str(Path(out_dir) / OUTCOMES_NAME), str(Path(out_dir) / DEAD_LETTERS_NAME)
 
 
 def clear_previous_outputs(out_dir: Path | str) -> None:
     """A rerun replaces the outcome and dead-letter files of the previous run (the store
-    is idempotent on its own), and the temporary files a stopped streaming run left
-    (`.temp-*`: the lines of the windows it had not closed). Local directories only: a
-    job writing to gs:// is given a directory of its own."""
+    is idempotent on its own), and the unfinished files a stopped streaming run left:
+    Beam's `.temp-*` directories (the lines of the windows it had not closed) and Flink's
+    hidden in-progress part files (`.outcomes-*.inprogress.*`: the lines after its last
+    checkpoint). Local directories only: a job writing to gs:// is given a directory of
+    its own."""
     if is_remote(out_dir):
         return
     out_dir = Path(out_dir)
-    for pattern in ("outcomes-*.jsonl", "dead-letters-*.jsonl", "differences-*.jsonl"):
+    for pattern in (f"{OUTCOMES_NAME}-*.jsonl", f"{DEAD_LETTERS_NAME}-*.jsonl", "differences-*.jsonl",
+                    f".{OUTCOMES_NAME}-*.inprogress.*", f".{DEAD_LETTERS_NAME}-*.inprogress.*"):
         for old in out_dir.glob(pattern):
             old.unlink()
-    for pattern in (".temp-outcomes-*", ".temp-dead-letters-*"):
+    for pattern in (f".temp-{OUTCOMES_NAME}-*", f".temp-{DEAD_LETTERS_NAME}-*"):
         for old in out_dir.glob(pattern):
             shutil.rmtree(old, ignore_errors=True)
 

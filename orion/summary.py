@@ -29,9 +29,11 @@ def campaigns_fired(out_dir: Path | str) -> dict[str, int]:
 
 
 def _outcome_files(prefix: str):
-    """The outcome files PREFIX-*.jsonl, each opened for reading bytes."""
+    """The committed outcome files PREFIX-*.jsonl, each opened for reading bytes. The
+    files a run has not finished are hidden, and skipped: Beam's under `.temp-*`,
+    Flink's FileSink's `.outcomes-*.inprogress.*`."""
     if is_remote(prefix):
-        # Only a Beam runner writes there (gs://...), so Beam's file systems can read it.
+        # A URL (gs://...): Beam's file systems read it, whichever engine wrote it.
         from apache_beam.io.filesystems import FileSystems
 
         for found in FileSystems.match([prefix + "-*.jsonl"])[0].metadata_list:

@@ -5,7 +5,8 @@ the apache-flink package's own scripts on free ports, its state in a temporary
 directory, stopped at the end of the session. Without Java 17 or PyFlink the tests fail
 and say what to install. Nothing is skipped.
 
-    .venv/bin/python -m pytest -q tests/test_flink_parity.py tests/test_flink_cli.py tests/test_flink_cluster.py
+    .venv/bin/python -m pytest -q tests/test_flink_parity.py tests/test_flink_cli.py tests/test_flink_cluster.py \
+        tests/test_flink_recovery.py
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def flink():
 @pytest.fixture(scope="session")
 def flink_cluster(tmp_path_factory):
     """A running orion.flink.cluster.LocalCluster with two TaskManagers of two slots;
-    `flink_cluster.rest_address` is what --flink-master takes."""
+    `flink_cluster.rest_address` is what --flink-master takes. A test that kills a
+    TaskManager starts another before it ends (`start_taskmanager`)."""
     from orion.flink.cluster import ClusterError, LocalCluster
 
     cluster = LocalCluster(tmp_path_factory.mktemp("flink-cluster"))

@@ -60,3 +60,64 @@ def test_parallelism_goes_to_beam_when_the_runner_is_a_beam_runner():
     assert flink_options_from(args).parallelism == 4
     args, _ = parser.parse_known_args(["run", "--runner", "flink"])
     assert beam_runner_args(args) == () and flink_options_from(args).parallelism == 1
+
+
+def test_restart_strategy_checkpoints_and_the_kafka_connector_reach_the_flink_configuration(flink, tmp_path):
+    from orion.runners.flink_options import flink_options_from
+
+    parser = cli.build_parser()
+    args, _ = parser.parse_known_args(["run", "--runner", "flink", "--watch", "--checkpoint-dir", str(tmp_path / "chk"),
+                                       "--restart-attempts", "5", "--restart-delay", "2.5"])
+    options = flink_options_from(args)
+    conf = flink.flink_configuration(options, tmp_path / "out")
+    assert conf.get_string("restart-strategy.type", "") == "fixed-delay"
+    assert conf.get_string("restart-strategy.fixed-delay.attempts", "") == "5"
+    assert conf.get_string("restart-strategy.fixed-delay.delay", "") == "2500 ms"
+    assert conf.get_string("execution.checkpointing.interval", "") == "10000 ms", "unbounded: checkpoints by default"
+    assert conf.get_string("execution.checkpointing.dir", "") == (tmp_path / "chk").as_uri()
+    assert conf.get_string("execution.checkpointing.externalized-checkpoint-retention", "") == \
+        "RETAIN_ON_CANCELLATION"
+
+    defaults = flink.flink_configuration(flink.FlinkOptions(), tmp_path / "out")
+    assert defaults.get_string("restart-strategy.fixed-delay.attempts", "") == "3"
+    assert defaults.get_string("execution.checkpointing.interval", "none") == "none", \
+        "bounded input commits its files at its end, without checkpoints"
+    streaming = flink.flink_configuration(flink.FlinkOptions(watch=True), tmp_path / "out")
+    assert streaming.get_string("execution.checkpointing.dir", "") == (tmp_path / "out" / ".flink-checkpoints").as_uri()
+    assert flink.flink_configuration(flink.FlinkOptions(restart_attempts=0)).get_string(
+        "restart-strategy.type", "") == "none"
+
+    kafka = flink.FlinkOptions(kafka_servers="127.0.0.1:9092", kafka_topic="activities")
+    jars = flink.flink_configuration(kafka).get_string("pipeline.jars", "")
+    assert "flink-sql-connector-kafka" in jars, "the connector comes from orion.jars without --jars"
+    given = tmp_path / "flink-sql-connector-kafka-9.9.9.jar"
+    assert flink.flink_configuration(kafka._replace(jars=(str(given),))).get_string("pipeline.jars", "") == \
+        given.as_uri(), "a connector named with --jars is the only one"
+
+
+def test_from_savepoint_takes_the_newest_complete_checkpoint_of_a_checkpoint_directory(flink, tmp_path, capsys):
+    import os
+
+    checkpoints = tmp_path / "checkpoints"
+    for job, number, complete, age in (("job-a", 9, True, 300), ("job-b", 4, True, 100), ("job-b", 5, False, 0)):
+        checkpoint = checkpoints / job / f"chk-{number}"
+        checkpoint.mkdir(parents=True)
+        if complete:
+            (checkpoint / "_metadata").write_bytes(b"\0")
+            os.utime(checkpoint / "_metadata", (1_800_000_000 - age,) * 2)
+    newest = checkpoints / "job-b" / "chk-4"  # chk-5 has no _metadata: still being written
+    assert cli.main(["flink", "newest-checkpoint", str(checkpoints)]) == 0
+    assert capsys.readouterr().out.strip() == str(newest)
+    conf = flink.flink_configuration(flink.FlinkOptions(from_savepoint=str(checkpoints)))
+    assert conf.get_string("execution.state-recovery.path", "") == str(newest)
+    savepoint = newest  # a savepoint or checkpoint named directly is taken as it is, as Flink names it too
+    for named in (str(savepoint), f"file:{savepoint}", savepoint.as_uri()):
+        assert flink.flink_configuration(flink.FlinkOptions(from_savepoint=named)).get_string(
+            "execution.state-recovery.path", "") == str(savepoint), named
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["flink", "newest-checkpoint", str(empty)]) == 1
+    status = cli.main(["run", "--runner", "flink", "--events", str(empty), "--watch", "--out-dir", str(tmp_path / "out"),
+                       "--from-savepoint", str(empty)])
+    assert status == 2 and "holds no complete checkpoint" in capsys.readouterr().err

@@ -3,8 +3,9 @@ cluster.
 
 `LocalCluster` starts one JobManager and N TaskManagers with the apache-flink package's
 own scripts (bin/jobmanager.sh, bin/taskmanager.sh), the way a standalone cluster is
-started from a Flink distribution. Everything it writes lives in its state directory,
-never inside site-packages:
+started from a Flink distribution; it can kill one TaskManager the way a failing machine
+loses it and start another (`kill_taskmanager`, `start_taskmanager`: failover tests).
+Everything it writes lives in its state directory, never inside site-packages:
 
     STATE_DIR/conf/       a copy of the package's conf/, config.yaml set for this machine:
                           every address 127.0.0.1, free ports, small memory, and
@@ -15,8 +16,11 @@ never inside site-packages:
     STATE_DIR/savepoints/ the default savepoint directory
     STATE_DIR/cluster.json  the REST address and the cluster's shape, while it runs
 
-The REST functions (`overview`, `jobs`, `stop_job`, `cancel_job`) speak Flink's REST API
-to any cluster, this one or a remote one, and need neither Java nor PyFlink.
+The REST functions (`overview`, `jobs`, `stop_job`, `cancel_job`, `trigger_checkpoint`)
+speak Flink's REST API to any cluster, this one or a remote one, and need neither Java nor
+PyFlink. `newest_checkpoint` finds the checkpoint to resume from in a directory of
+retained checkpoints (--checkpoint-dir); `restore_path` is what --from-savepoint
+restores.
 
     .venv/bin/orion flink cluster start --taskmanagers 2
     .venv/bin/orion flink cluster status
@@ -24,9 +28,11 @@ to any cluster, this one or a remote one, and need neither Java nor PyFlink.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,6 +43,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from orion.settings import DEFAULT_DATA_DIR
 
@@ -155,6 +162,80 @@ def cancel_job(address: str, job_id: str) -> str:
     return wait_for_job(address, job_id)
 
 
+def trigger_checkpoint(address: str, job_id: str, timeout_s: float = 120.0) -> int:
+    """Take a checkpoint of a running job now (beside its periodic ones) and wait for it
+    to complete; its id. It is retained as the periodic ones are."""
+    trigger = rest_call(address, f"/jobs/{job_id}/checkpoints", {"checkpointType": "FULL"})["request-id"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = rest_call(address, f"/jobs/{job_id}/checkpoints/{trigger}")
+        if answer.get("status", {}).get("id") == "COMPLETED":
+            operation = answer.get("operation", {})
+            if "failure-cause" in operation:
+                cause = operation["failure-cause"].get("stack-trace", "").splitlines()
+                raise ClusterError(f"job {job_id}: the checkpoint failed: {cause[0] if cause else operation}")
+            return int(operation["checkpointId"])
+        if time.monotonic() > deadline:
+            raise ClusterError(f"job {job_id}: no checkpoint after {timeout_s:.0f} s")
+        time.sleep(0.3)
+
+
+def job_restarts(address: str, job_id: str) -> int:
+    """How often the job has restarted since it was submitted (its numRestarts metric)."""
+    for metric in rest_call(address, f"/jobs/{job_id}/metrics?get=numRestarts") or []:
+        if metric.get("id") == "numRestarts":
+            return int(metric.get("value", 0))
+    return 0
+
+
+def completed_checkpoints(address: str, job_id: str) -> int:
+    """How many checkpoints of the job have completed."""
+    return rest_call(address, f"/jobs/{job_id}/checkpoints").get("counts", {}).get("completed", 0)
+
+
+# --- retained checkpoints --------------------------------------------------------------
+
+CHECKPOINT_METADATA = "_metadata"  # a complete checkpoint or savepoint has this file
+
+
+def newest_checkpoint(directory: str | Path) -> Path | None:
+    """The newest complete checkpoint retained in a checkpoint directory: a `chk-N`
+    holding a `_metadata`, directly in `directory` or in a job's sub-directory of it
+    (DIR/JOB_ID/chk-N, Flink's layout); the one whose `_metadata` was written last (a
+    checkpoint still being written has none). None when there is none."""
+    base = Path(directory)
+    found = [metadata.parent for pattern in (f"chk-*/{CHECKPOINT_METADATA}", f"*/chk-*/{CHECKPOINT_METADATA}")
+             for metadata in base.glob(pattern)]
+    if not found:
+        return None
+
+    def age(checkpoint: Path) -> tuple[float, int]:
+        number = checkpoint.name.removeprefix("chk-")
+        return (checkpoint.joinpath(CHECKPOINT_METADATA).stat().st_mtime, int(number) if number.isdigit() else -1)
+
+    return max(found, key=age)
+
+
+def restore_path(path: str) -> str:
+    """What a job restores from, given --from-savepoint PATH: a savepoint or retained
+    checkpoint (a directory with a `_metadata`, or that file) as it is; a local
+    checkpoint directory (--checkpoint-dir of an earlier run), its newest retained
+    checkpoint. A URL (gs://, s3://) is taken as it is. ClusterError for a local
+    directory with neither."""
+    scheme = urlsplit(path).scheme
+    if scheme and scheme != "file":
+        return path
+    # Flink names a local savepoint `file:/PATH` (one slash), a URI `file:///PATH`.
+    local = Path(urlsplit(path).path if scheme else path).resolve()
+    if local.is_file() or (local / CHECKPOINT_METADATA).is_file() or not local.is_dir():
+        return str(local)
+    newest = newest_checkpoint(local)
+    if newest is None:
+        raise ClusterError(f"{path} is neither a savepoint nor a checkpoint, and holds no complete checkpoint "
+                           f"(chk-N/{CHECKPOINT_METADATA})")
+    return str(newest)
+
+
 # --- the local cluster -----------------------------------------------------------------
 
 
@@ -212,6 +293,26 @@ def _set_option(tree: dict, key: str, value) -> None:
             child = node[part] = {}
         node = child
     node[parts[-1]] = value
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes started by `pid`, their children and so on (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # the parent is the 4th field; the 2nd, the command, may hold spaces
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, waiting = [], list(children.get(pid, ()))
+    while waiting:
+        child = waiting.pop()
+        found.append(child)
+        waiting.extend(children.get(child, ()))
+    return found
 
 
 class LocalCluster:
@@ -294,6 +395,11 @@ class LocalCluster:
             "python.client.executable": python,
             "io.tmp.dirs": str(self.state_dir / "tmp"),
             "execution.checkpointing.savepoint-dir": self.savepoint_dir.as_uri(),
+            # A TaskManager that dies is known dead after two heartbeats its process does
+            # not answer (heartbeat.rpc-failure-threshold: 2), within seconds rather than
+            # Flink's 10 s interval: the job's restart then asks for slots elsewhere
+            # instead of spending its attempts on a TaskManager that is gone.
+            "heartbeat.interval": "2 s",
         }
         path = self.conf_dir / CONFIG_FILE
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -334,6 +440,68 @@ class LocalCluster:
             {"rest_address": address, "taskmanagers": taskmanagers, "slots": slots,
              "flink_home": str(home), "python": sys.executable}, indent=2) + "\n", encoding="utf-8")
         return self.status()
+
+    def taskmanager_processes(self) -> list[tuple[int, int]]:
+        """(pid, RPC port) of each live TaskManager, in the order they were started."""
+        found = []
+        for pid in self.daemon_pids()["taskexecutor"]:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace")
+            port = re.search(r"taskmanager\.rpc\.port=(\d+)", command)
+            found.append((pid, int(port.group(1)) if port else -1))
+        return found
+
+    def taskmanager_id(self, port: int) -> str | None:
+        """The REST id of the registered TaskManager on RPC port `port` (HOST:PORT-SUFFIX)."""
+        for manager in taskmanagers(self.rest_address):
+            if manager["id"].startswith(f"{HOST}:{port}-"):
+                return manager["id"]
+        return None
+
+    def kill_taskmanager(self, index: int = 0, timeout_s: float = 30.0) -> str:
+        """Kill the `index`th live TaskManager with SIGKILL, as a machine that fails
+        would lose it: no shutdown, its tasks and their Python workers (its child
+        processes, which SIGKILL would leave orphaned) gone with it. Returns the REST id
+        it had. The JobManager learns of it by its missed heartbeats."""
+        processes = self.taskmanager_processes()
+        if not 0 <= index < len(processes):
+            raise ClusterError(f"no TaskManager {index}: {len(processes)} running from {self.state_dir}")
+        pid, port = processes[index]
+        manager = self.taskmanager_id(port) or f"{HOST}:{port}"
+        workers = _descendants(pid)
+        os.kill(pid, signal.SIGKILL)
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + timeout_s
+        while self._is_ours(pid):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"TaskManager {pid} outlived SIGKILL for {timeout_s:.0f} s")
+            time.sleep(0.1)
+        return manager
+
+    def start_taskmanager(self, timeout_s: float = 120.0) -> str:
+        """Start one more TaskManager (taskmanager.sh start, on a free RPC port) and wait
+        until it has registered; its REST id."""
+        port = free_port()
+        self._script(flink_home(), "taskmanager.sh", "start", "-D", f"taskmanager.rpc.port={port}")
+        deadline = time.monotonic() + timeout_s
+        while (manager := self.taskmanager_id(port)) is None:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"a TaskManager started on port {port} did not register within "
+                                   f"{timeout_s:.0f} s\n{self._log_tail()}")
+            time.sleep(0.5)
+        return manager
+
+    def wait_for_taskmanagers(self, count: int, timeout_s: float = 120.0) -> list[dict]:
+        """Until the JobManager lists exactly `count` TaskManagers (one that died is
+        listed until it has missed its heartbeats); their /taskmanagers entries."""
+        deadline = time.monotonic() + timeout_s
+        while len(listed := taskmanagers(self.rest_address)) != count:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the cluster lists {len(listed)} TaskManagers after {timeout_s:.0f} s, "
+                                   f"not {count}")
+            time.sleep(0.5)
+        return listed
 
     def status(self) -> ClusterStatus:
         address = self.rest_address

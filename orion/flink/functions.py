@@ -11,9 +11,10 @@ Beam DoFns in `orion.transforms` are:
                         once, runs the campaign flows inline (waits are event-time
                         timers) and emits the lead's durable profile
   AssembleEmails        email request -> MIME message (`orion.campaigns.email.EmailAssembler`)
-  WriteInBatches        keyed by a shard number: buffers records in keyed state and hands
-                        them to a writer (the activity store, the lead profiles, the
-                        outbox, a JSONL file) in batches
+  WriteInBatches        keyed by a shard number: buffers records in keyed state, as
+                        JSON text, and hands them to a writer (the activity store, the
+                        lead profiles, the outbox) in batches
+  output_line           an outcome or dead letter -> its JSONL line, for Flink's FileSink
 
 Every function loads its rules or opens its client in `open()`, so only configuration is
 pickled. Counts go to Flink's metric system (the web UI, REST) and, when the job ends, to
@@ -23,11 +24,13 @@ a small JSON file per function instance that `orion.runners.flink` sums for its 
 """
 from __future__ import annotations
 
+import base64
 import bz2
 import collections
 import gzip
 import json
 import os
+import re
 import threading
 import uuid
 import zlib
@@ -50,8 +53,9 @@ from orion.seeding import open_initialised_store
 from orion.store.base import write_batch, write_profile_batch
 
 # Elements between Python functions are pickled Python objects (activities, outcomes,
-# dead letters); they live in no state but the sinks' short batch buffers. Keys and
-# the LeadStep's long-lived state have real Flink types and schema'd, versioned text.
+# dead letters); they live in no state. Keys and every state (LeadStep's, the sinks'
+# batch buffers) have real Flink types and schema'd, versioned text: a checkpoint or
+# savepoint holds no pickle, so a new release of Orion restores it.
 PICKLED = Types.PICKLED_BYTE_ARRAY()
 LEAD_KEY = Types.TUPLE([Types.STRING(), Types.STRING()])
 SHARD_KEY = Types.INT()
@@ -597,18 +601,24 @@ class AssembleEmails(ProcessFunction):
 
 
 class WriteInBatches(KeyedProcessFunction):
-    """Hands records to a writer (`StoreWriter`, `JsonLinesWriter`) in batches.
+    """Hands records to a writer (`StoreWriter`, `ProfileWriter`, `OutboxWriter`) in
+    batches.
 
     A batch is buffered in keyed state (keyed by a shard number, a few per parallel
     instance), not in the function's memory: Python functions get no call before a
     checkpoint barrier, so a buffer in memory would be lost on a failover, and would be
     written twice after a restart from a savepoint. State in a checkpoint or savepoint is
-    written exactly once after the restore.
+    written exactly once after the restore. The buffer holds each record as the JSON
+    text its writer makes of it (`writer.encode`, read back with `writer.decode`), never
+    a pickle: a pickled record names its Python class, so a savepoint taken before a
+    class moved or changed would no longer restore.
 
     Flushed when `batch_size` records are buffered, `flush_after_ms` of processing time
-    after the first one, and at the end of a bounded input (an event-time timer at the
-    end of event time). The writer's output (dead letters of records it refused) is this
-    function's output. State: buffer (list), buffered (count), flush_due (processing time).
+    after the first one, and at the end of event time (an event-time timer there: the
+    end of a bounded input, or a drained job's); a record that comes after it is written
+    at once. The writer's output (dead letters of records it refused) is this function's
+    output. State: batch (list of text), buffered (count), flush_due
+    (processing time).
     """
 
     def __init__(self, writer, batch_size: int, flush_after_ms: int, counters_dir: str | None = None):
@@ -618,7 +628,9 @@ class WriteInBatches(KeyedProcessFunction):
         self.counters_dir = counters_dir
 
     def open(self, runtime_context):
-        self.buffer = runtime_context.get_list_state(ListStateDescriptor("buffer", PICKLED))
+        # ("batch", not the "buffer" of the releases that pickled it: a savepoint of
+        # theirs restores without a type clash, once drained: `orion flink stop --drain`.)
+        self.batch = runtime_context.get_list_state(ListStateDescriptor("batch", Types.STRING()))
         self.buffered = runtime_context.get_state(ValueStateDescriptor("buffered", Types.INT()))
         self.flush_due = runtime_context.get_state(ValueStateDescriptor("flush_due", Types.LONG()))
         self.counts = Counts(runtime_context, self.counters_dir, type(self.writer).__name__)
@@ -629,9 +641,12 @@ class WriteInBatches(KeyedProcessFunction):
         self.counts.write()
 
     def process_element(self, record, ctx):
-        self.buffer.add(record)
+        self.batch.add(self.writer.encode(record))
         buffered = (self.buffered.value() or 0) + 1
-        if buffered >= self.batch_size:
+        # Past the end of event time no timer fires any more, and records still come:
+        # PyFlink forwards the final watermark (a drained or bounded job's) across the
+        # network before what the step upstream emits for it.
+        if buffered >= self.batch_size or ctx.timer_service().current_watermark() >= END_OF_INPUT:
             yield from self._flush()
             return
         self.buffered.update(buffered)
@@ -649,11 +664,22 @@ class WriteInBatches(KeyedProcessFunction):
         yield from self._flush()
 
     def _flush(self):
-        batch = list(self.buffer.get() or ())
-        self.buffer.clear()
+        batch = [self.writer.decode(text) for text in self.batch.get() or ()]
+        self.batch.clear()
         self.buffered.clear()
         if batch:
             yield from self.writer.write(batch)
+
+
+# How the writers keep a record in WriteInBatches' state: JSON text, escaped to ASCII (a
+# lone surrogate from a `\ud800` in the input is not UTF-8, which Flink's STRING needs).
+# The envelopes of profiles and outbox records carry a version, so a later release can
+# read what an earlier one buffered.
+STATE_FORMAT_VERSION = 1
+
+
+def _state_text(data: dict) -> str:
+    return json.dumps(data, separators=(",", ":"))
 
 
 class StoreWriter:
@@ -662,10 +688,19 @@ class StoreWriter:
     yields a DeadLetter (source "store") per activity the store refused. A store that
     cannot be reached raises StoreError: the job fails and restarts from its last
     checkpoint, and the batch is written again. The store is opened once per thread
-    that writes (OpenedPerThread)."""
+    that writes (OpenedPerThread). Buffered as an activity's JSON text (its six fields,
+    the shape the intake reads)."""
 
     def __init__(self, store_uri: str):
         self.store_uri = store_uri
+
+    @staticmethod
+    def encode(activity: Activity) -> str:
+        return _activity_text(activity)
+
+    @staticmethod
+    def decode(text: str) -> Activity:
+        return _activity_of(text)
 
     def open(self, counts: Counts) -> None:
         self.counts = counts
@@ -692,10 +727,24 @@ class ProfileWriter:
     a profile replaces the lead's row, so a batch written again after a restart changes
     nothing. A profile the store cannot hold (ids that are not UTF-8 text, say) is a
     DeadLetter (source "store"), not a failed job; a store that cannot be reached raises
-    StoreError, as StoreWriter's. Counter: `profiles_written`."""
+    StoreError, as StoreWriter's. Counter: `profiles_written`. Buffered as
+    {"version", "tenant", "lead_id", "data", "next_wake"}, `data` the profile's own
+    versioned text (orion.profiles)."""
 
     def __init__(self, store_uri: str):
         self.store_uri = store_uri
+
+    @staticmethod
+    def encode(profile) -> str:
+        return _state_text({"version": STATE_FORMAT_VERSION, "tenant": profile.tenant,
+                            "lead_id": profile.lead_id, "data": profile.data, "next_wake": profile.next_wake})
+
+    @staticmethod
+    def decode(text: str):
+        from orion.store.base import StoredProfile
+
+        data = json.loads(text)
+        return StoredProfile(data["tenant"], data["lead_id"], data["data"], data.get("next_wake"))
 
     def open(self, counts: Counts) -> None:
         self.counts = counts
@@ -719,20 +768,45 @@ class OutboxWriter:
     twice. Counters: `outbox_queued` (new records), `outbox_duplicates` (already there)
     and the new ones by kind (`queued_emails`, `queued_held`, `queued_webhooks`). An outbox that
     cannot be written raises: the job fails and restarts from its last checkpoint. The
-    outbox is opened once per thread that writes (OpenedPerThread)."""
+    outbox is opened once per thread that writes (OpenedPerThread).
+
+    Buffered as the outbox record it becomes (`orion.campaigns.outbox.outbox_record`:
+    the row the outbox keeps, its payload in base64) with its kind, in a versioned
+    envelope: {"version", "kind", "record"}."""
 
     def __init__(self, outbox_uri: str):
         self.outbox_uri = outbox_uri
+
+    @staticmethod
+    def encode(item) -> str:
+        from orion.campaigns.outbox import outbox_record
+
+        kind, record = outbox_record(item)
+        fields = record._asdict()
+        fields["payload"] = base64.b64encode(record.payload).decode("ascii")
+        return _state_text({"version": STATE_FORMAT_VERSION, "kind": kind, "record": fields})
+
+    @staticmethod
+    def decode(text: str):
+        from orion.campaigns.outbox import OutboxRecord
+
+        data = json.loads(text)
+        fields = dict(data["record"])
+        fields["payload"] = base64.b64decode(fields["payload"])
+        return data["kind"], OutboxRecord(**fields)
 
     def open(self, counts: Counts) -> None:
         self.counts = counts
         self.outboxes = OpenedPerThread(lambda: _opened_outbox(self.outbox_uri))
 
     def write(self, batch: list):
-        from orion.campaigns.outbox import records_by_kind
+        from orion.campaigns.outbox import RECORD_KINDS
 
         outbox = self.outboxes.get()
-        for kind, records in records_by_kind(batch).items():
+        by_kind: dict[str, list] = {kind: [] for kind in RECORD_KINDS}
+        for kind, record in batch:
+            by_kind[kind].append(record)
+        for kind, records in by_kind.items():
             if records:
                 new = outbox.queue(records)
                 self.counts.inc(kind, new)
@@ -745,34 +819,6 @@ class OutboxWriter:
             self.outboxes.close()
 
 
-class JsonLinesWriter:
-    """Appends records as JSON lines to `<prefix>-<pid>-<id>.jsonl`, one file per function
-    instance, in the very format of Beam's WriteJsonLines; flushed after every batch."""
-
-    def __init__(self, prefix: str, counter: str):
-        self.prefix = prefix
-        self.counter = counter
-
-    def open(self, counts: Counts) -> None:
-        self.counts = counts
-        self.path = Path(f"{self.prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = None
-
-    def write(self, batch: list):
-        if self.file is None:
-            self.file = open(self.path, "a", encoding="utf-8")
-        self.file.write("".join(record_json(record) + "\n" for record in batch))
-        self.file.flush()
-        self.counts.inc(self.counter, len(batch))
-        return ()
-
-    def close(self) -> None:
-        if getattr(self, "file", None) is not None:
-            self.file.close()
-            self.file = None
-
-
 def record_json(record) -> str:
     """One JSONL line of an outcome or dead letter, as Beam's WriteJsonLines writes it."""
     to_json = getattr(record, "to_json", None)
@@ -780,6 +826,23 @@ def record_json(record) -> str:
         return to_json()
     to_dict = getattr(record, "to_json_dict", None)
     return json.dumps(to_dict() if to_dict else record, ensure_ascii=False, default=str)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def output_line(record) -> str:
+    """The line the outcome and dead-letter files get (`record_json`), as the Flink STRING
+    the FileSink takes: a lone surrogate (from a `\\ud800` in the input), which is not
+    UTF-8, is written as its JSON escape, valid where it stands (only inside a string)."""
+    line = record_json(record)
+    if line.isascii():
+        return line
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", line)
+    return line
 
 
 # Shard keys of the sinks: small picklable callables (a lambda would capture its
@@ -794,14 +857,6 @@ class ByLead:
 
     def __call__(self, record) -> int:
         return shard_of(f"{record.tenant}\x00{record.lead_id}", self.shards)
-
-
-class ByDeadLetter:
-    def __init__(self, shards: int):
-        self.shards = shards
-
-    def __call__(self, dead_letter) -> int:
-        return shard_of(f"{dead_letter.source}\x00{dead_letter.reason}", self.shards)
 
 
 class ByOutboxKey:

@@ -18,9 +18,17 @@ profile in the store; every change is written back (WriteProfiles).
 Sources: JSONL files (bounded: each lead is replayed once, fully ordered, at the end of
 input, then the flow waits due by the horizon, the input's newest activity, resume; a
 lead not in the input whose stored profile has such a wait is woken too), a directory
-monitored for new files (unbounded, `watch=True`), or a Kafka topic (unbounded; needs
-the Kafka connector jar in `jars`). Unbounded sources get a bounded-out-of-orderness
-watermark equal to the allowed lateness.
+monitored for new files (unbounded, `watch=True`), or a Kafka topic (unbounded; the
+connector jar comes from orion.jars unless `jars` names one). Unbounded sources get a
+bounded-out-of-orderness watermark equal to the allowed lateness.
+
+Failover: the store, profile and outbox writes are idempotent, their batches kept in
+keyed state as JSON text; the outcome and dead-letter files go through Flink's FileSink,
+committed at checkpoints (a bounded job's at the end of its input), so a restart from a
+checkpoint writes no line twice. Unbounded jobs checkpoint every 10 s by default, into
+`checkpoint_dir` (kept when the job is cancelled or fails; `from_savepoint` takes that
+directory and restores its newest checkpoint) or OUT_DIR/.flink-checkpoints; a failed
+job restarts from its last checkpoint (fixed delay, `restart_attempts` times).
 
 Runs on a local mini-cluster by default; with `flink_master` (HOST:PORT of a JobManager's
 REST endpoint) it is submitted to that cluster, with orion's code and the flink-python jar
@@ -35,6 +43,9 @@ in docs/flink.md.
     .venv/bin/python -m orion.runners.flink --events in/ --watch --checkpoint-interval 10 \\
         --savepoint-dir /tmp/savepoints --duration 60     # stops with a savepoint
     .venv/bin/python -m orion.runners.flink --events in/ --watch --from-savepoint /tmp/savepoints/savepoint-...
+    .venv/bin/python -m orion.runners.flink --events in/ --watch --checkpoint-dir /tmp/checkpoints \
+        --from-savepoint /tmp/checkpoints                  # the newest checkpoint a cancelled job kept
+    .venv/bin/python -m orion.runners.flink --kafka-servers 127.0.0.1:9092 --kafka-topic activities --parallelism 2
     .venv/bin/python -m orion.runners.flink --flink-master 127.0.0.1:8081 --detach   # on a cluster
 """
 from __future__ import annotations
@@ -45,6 +56,7 @@ import collections
 import contextlib
 import functools
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -57,11 +69,17 @@ from urllib.parse import urlsplit
 
 # The run's settings and the summary are engine-neutral, shared with the Beam runners:
 # nothing here imports Beam. (FlinkOptions is importable from here too.)
+from orion.flink.cluster import ClusterError, newest_checkpoint, restore_path
 from orion.leadstep import END_OF_TIME_MS
-from orion.settings import FlinkOptions, RunConfig, clear_previous_outputs, effective_store_uri, output_prefixes
+from orion.settings import (
+    DEAD_LETTERS_NAME, OUTCOMES_NAME, FlinkOptions, RunConfig, clear_previous_outputs, effective_store_uri, is_remote,
+)
 from orion.summary import campaigns_fired, render_summary
 
 COUNTERS_DIR = ".flink-counters"  # under the output directory: each function's counts
+CHECKPOINTS_DIR = ".flink-checkpoints"  # and the checkpoints, without a --checkpoint-dir
+JSONL_SUFFIX = ".jsonl"
+KAFKA_CONNECTOR = "flink-sql-connector-kafka"  # the jar's name starts with this
 PYTHON_WORKER_MODE = "_python_worker_execution_mode"  # PyFlink's switch: loopback or process
 SHARDS_PER_INSTANCE = 2  # sink shards per parallel instance: spreads key groups evenly
 MISSING_FLINK = (
@@ -106,7 +124,8 @@ def job_store_uri(config: RunConfig) -> str:
     """The store the job writes and seeds leads from, as the Beam graph's
     (`effective_store_uri`: --store, or with --mode the legacy or migrating store), with
     local paths made absolute."""
-    local = config._replace(store_uri=absolute_store_uri(config.store_uri), out_dir=config.out_dir.resolve())
+    out_dir = config.out_dir if is_remote(config.out_dir) else Path(config.out_dir).resolve()
+    local = config._replace(store_uri=absolute_store_uri(config.store_uri), out_dir=out_dir)
     return effective_store_uri(local)
 
 
@@ -123,7 +142,9 @@ def _jar_url(jar: str) -> str:
     return jar if urlsplit(jar).scheme in ("file", "http", "https") else Path(jar).resolve().as_uri()
 
 
-def flink_configuration(options: FlinkOptions):
+def flink_configuration(options: FlinkOptions, out_dir: Path | str | None = None):
+    """The job's Flink configuration; `out_dir`, the run's output directory, is where
+    its checkpoints go when no checkpoint_dir is given (`checkpointing`)."""
     from pyflink.common import Configuration
 
     conf = Configuration()
@@ -152,17 +173,77 @@ def flink_configuration(options: FlinkOptions):
         conf.set_string("rest.address", host)
         conf.set_string("rest.port", port)
     if options.from_savepoint is not None:
-        conf.set_string("execution.state-recovery.path", options.from_savepoint)
+        conf.set_string("execution.state-recovery.path", restore_path(options.from_savepoint))
     if options.savepoint_dir is not None:
-        conf.set_string("execution.checkpointing.savepoint-dir", Path(options.savepoint_dir).resolve().as_uri())
-    jars = [_jar_url(jar) for jar in options.jars]
+        conf.set_string("execution.checkpointing.savepoint-dir", _directory_uri(options.savepoint_dir))
+    jars = [_jar_url(jar) for jar in job_jars(options)]
     if options.flink_master is not None:
         # A cluster started from Flink's own scripts has no flink-python on its class path
         # (the distribution keeps it in opt/): the job brings it, as `flink run -py` does.
         jars.append(flink_python_jar().as_uri())
     if jars:
         conf.set_string("pipeline.jars", ";".join(jars))
+    _restart_strategy(conf, options)
+    checkpointing(conf, options, out_dir)
     return conf
+
+
+def job_jars(options: FlinkOptions) -> tuple[str, ...]:
+    """The connector jars the job needs: --jars, and for a Kafka topic Flink's Kafka
+    connector (flink-sql-connector-kafka, from orion.jars: fetched from Maven Central
+    once, then cached) unless --jars names one. FlinkUnavailable when it can be
+    neither found nor fetched."""
+    jars = tuple(options.jars)
+    if options.kafka_topic is None or any(KAFKA_CONNECTOR in Path(urlsplit(jar).path).name for jar in jars):
+        return jars
+    from orion.jars import JarFetchError, bundle_jar
+
+    try:
+        return (*jars, str(bundle_jar("flink-kafka", KAFKA_CONNECTOR)))
+    except JarFetchError as error:
+        raise FlinkUnavailable(f"reading Kafka needs Flink's Kafka connector: {error}; or pass its jar with "
+                               f"--jars {KAFKA_CONNECTOR}-VERSION.jar") from error
+
+
+def _directory_uri(directory: str | Path) -> str:
+    """A directory as the URI Flink's file systems take: a local path made absolute,
+    a URL (gs://, s3://) as it is."""
+    return str(directory) if is_remote(directory) else Path(directory).resolve().as_uri()
+
+
+def _restart_strategy(conf, options: FlinkOptions) -> None:
+    """A fixed-delay restart strategy, whether or not the job checkpoints (Flink's own
+    default is none without checkpoints and endless restarts with them): a failed task
+    restarts the job from its last checkpoint `restart_attempts` times, `restart_delay_s`
+    apart, then the job fails."""
+    if options.restart_attempts <= 0:
+        conf.set_string("restart-strategy.type", "none")
+        return
+    conf.set_string("restart-strategy.type", "fixed-delay")
+    conf.set_string("restart-strategy.fixed-delay.attempts", str(options.restart_attempts))
+    conf.set_string("restart-strategy.fixed-delay.delay", f"{int(options.restart_delay_s * 1000)} ms")
+
+
+def checkpointing(conf, options: FlinkOptions, out_dir: Path | str | None) -> None:
+    """Periodic checkpoints, when the job takes them (FlinkOptions.checkpoint_interval),
+    to files: into `checkpoint_dir`, kept when the job is cancelled or fails for good
+    (resume with --from-savepoint DIR: its newest), else into OUT_DIR/.flink-checkpoints,
+    removed when the job ends. Not in the JobManager's memory, Flink's default, which
+    refuses a checkpoint whose state passes 5 MB (that only without an out_dir)."""
+    interval = options.checkpoint_interval
+    if interval is None:
+        return
+    conf.set_string("execution.checkpointing.interval", f"{int(interval * 1000)} ms")
+    if options.checkpoint_dir is not None:
+        directory, retention = options.checkpoint_dir, "RETAIN_ON_CANCELLATION"
+    elif out_dir is not None:
+        base = str(out_dir).rstrip("/") if is_remote(out_dir) else str(Path(out_dir).resolve())
+        directory, retention = f"{base}/{CHECKPOINTS_DIR}", "NO_EXTERNALIZED_CHECKPOINTS"
+    else:
+        return
+    conf.set_string("execution.checkpointing.storage", "filesystem")
+    conf.set_string("execution.checkpointing.dir", _directory_uri(directory))
+    conf.set_string("execution.checkpointing.externalized-checkpoint-retention", retention)
 
 
 def execution_mode(options: FlinkOptions) -> str:
@@ -208,18 +289,25 @@ def staged_package() -> str:
     return staging
 
 
-def create_environment(options: FlinkOptions):
-    """A StreamExecutionEnvironment; raises FlinkUnavailable when Java or PyFlink is
-    missing, with what to install."""
+def create_environment(options: FlinkOptions, out_dir: Path | str | None = None):
+    """A StreamExecutionEnvironment (`out_dir`: see flink_configuration); raises
+    FlinkUnavailable when Java or PyFlink is missing, with what to install."""
     try:
         from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
 
         with _workers_in_their_own_processes():
-            conf = flink_configuration(options)
+            conf = flink_configuration(options, out_dir)
             if options.flink_master is None:
                 env = StreamExecutionEnvironment.get_execution_environment(conf)
             else:
                 env = _remote_environment(conf)
+            connectors = [_jar_url(jar) for jar in job_jars(options)]
+            if connectors:
+                # pipeline.jars ships them with the job; building the job here (a
+                # KafkaSource) needs their classes in this JVM too.
+                from pyflink.util.java_utils import add_jars_to_context_class_loader
+
+                add_jars_to_context_class_loader(connectors)
     except ImportError as error:
         raise FlinkUnavailable(MISSING_FLINK.format(error=error)) from error
     except Exception as error:  # the gateway reports a missing java as a bare Exception
@@ -230,8 +318,6 @@ def create_environment(options: FlinkOptions):
     # time release bounded input) and savepoints for every job.
     env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
     env.set_parallelism(options.parallelism)
-    if options.checkpoint_interval_s:
-        env.enable_checkpointing(int(options.checkpoint_interval_s * 1000))
     if options.flink_master is not None:
         # A cluster's workers import orion from the job's files, not from this checkout.
         env.add_python_file(staged_package())
@@ -283,8 +369,7 @@ def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
     from orion.flink import functions as fn
     rules_dir = os.path.abspath(config.rules_dir)
     template_dirs = tuple(os.path.abspath(t) for t in config.template_dirs)
-    out_dir = config.out_dir.resolve()
-    counters_dir = str(out_dir / COUNTERS_DIR)
+    counters_dir = str(counters_location(config.out_dir))
     store_uri = job_store_uri(config)
     run_flows = bool(config.outbox_uri)
     horizon = None
@@ -346,6 +431,11 @@ def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
     shards = max(1, options.parallelism * SHARDS_PER_INSTANCE)
     discard = Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink())
 
+    def write_lines(stream, name: str, label: str, uid: str) -> None:
+        (stream
+         .map(fn.output_line, output_type=Types.STRING()).name(f"{label}Lines").uid(f"{uid}-lines")
+         .sink_to(jsonl_file_sink(config.out_dir, name)).name(label).uid(uid))
+
     def write_in_batches(stream, shard_of, writer, name: str, uid: str):
         return (stream
                 .key_by(shard_of, key_type=fn.SHARD_KEY)
@@ -369,13 +459,42 @@ def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
                                               "WriteActivities", "write-activities"))
     dead_letter_parts.append(write_in_batches(profiles, fn.ByLead(shards), fn.ProfileWriter(store_uri),
                                               "WriteProfiles", "write-profiles"))
-    outcomes_prefix, dead_prefix = output_prefixes(out_dir)
-    write_in_batches(steps, fn.ByLead(shards), fn.JsonLinesWriter(outcomes_prefix, "outcomes_written"),
-                     "WriteOutcomes", "write-outcomes").sink_to(discard).name("OutcomesWritten")
+    write_lines(steps, OUTCOMES_NAME, "WriteOutcomes", "outcome-files")
     dead_letters = dead_letter_parts[0].union(*dead_letter_parts[1:])
-    write_in_batches(dead_letters, fn.ByDeadLetter(shards), fn.JsonLinesWriter(dead_prefix, "dead_letters_written"),
-                     "WriteDeadLetters", "write-dead-letters").sink_to(discard).name("DeadLettersWritten")
+    write_lines(dead_letters, DEAD_LETTERS_NAME, "WriteDeadLetters", "dead-letter-files")
     return JobStreams(steps, stored, dead_letters, emails, profiles)
+
+
+def jsonl_file_sink(out_dir: Path | str, name: str):
+    """Flink's FileSink writing lines into `out_dir` (a local directory, or a URL such as
+    gs://BUCKET/PATH that a Flink file system plugin serves) as `NAME-*.jsonl`.
+
+    Exactly once: a part file is written hidden (`.NAME-....inprogress.*`) and only
+    renamed into place, as `NAME-<uuid>-<n>.jsonl`, when a checkpoint that
+    covers its lines completes (the rolling policy rolls every part file at each
+    checkpoint). After a failure the job restores its last checkpoint and the lines
+    since are written again into new part files; the old ones stay hidden, unfinished.
+    A bounded job without checkpoints commits every file at the end of its input; with
+    checkpoints, at the final checkpoint after its input ends."""
+    from pyflink.common.serialization import Encoder
+    from pyflink.datastream.connectors.file_system import BucketAssigner, FileSink, OutputFileConfig, RollingPolicy
+
+    base = str(out_dir).rstrip("/") if is_remote(out_dir) else Path(out_dir).resolve().as_uri()
+    names = OutputFileConfig.builder().with_part_prefix(name).with_part_suffix(JSONL_SUFFIX).build()
+    return (FileSink.for_row_format(base, Encoder.simple_string_encoder("UTF-8"))
+            .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())  # no sub-directories
+            .with_output_file_config(names)
+            .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
+            .build())
+
+
+def counters_location(out_dir: Path | str) -> Path:
+    """Where the functions write their counts: beside the outputs; for an output URL
+    (gs://...), in this machine's temporary directory, a directory per URL."""
+    if is_remote(out_dir):
+        digest = hashlib.sha1(str(out_dir).encode("utf-8")).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"orion-flink-counters-{digest}"
+    return Path(out_dir).resolve() / COUNTERS_DIR
 
 
 def input_horizon(named_files: list[tuple[str, str]], rules_dir: str, template_dirs: tuple[str, ...],
@@ -422,12 +541,20 @@ def _unbounded_source(env, config: RunConfig, options: FlinkOptions):
         from pyflink.common.serialization import SimpleStringSchema
         from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
 
+        # The offsets read are part of every checkpoint: a restart (a failover, or
+        # --from-savepoint) reads on from the offsets of the state it restores, so each
+        # record is evaluated once. They are committed to the consumer group too, when a
+        # checkpoint completes, for monitoring the group's lag; a job started afresh
+        # reads the topic from its start (the leads' profiles make what they have been
+        # through duplicates).
         source = (KafkaSource.builder()
                   .set_bootstrap_servers(options.kafka_servers)
                   .set_topics(options.kafka_topic)
                   .set_group_id(options.kafka_group)
                   .set_starting_offsets(KafkaOffsetsInitializer.earliest())
                   .set_value_only_deserializer(SimpleStringSchema())
+                  .set_property("commit.offsets.on.checkpoint", "true")
+                  .set_property("client.id.prefix", f"{options.kafka_group}-{options.kafka_topic}")
                   .build())
         stream = env.from_source(source, WatermarkStrategy.no_watermarks(), "Kafka", type_info=Types.STRING())
         return stream.uid("kafka-source"), f"kafka:{options.kafka_topic}"
@@ -452,18 +579,19 @@ def _idle_release_ms(config: RunConfig, options: FlinkOptions) -> int:
 # --- running ---------------------------------------------------------------------------
 
 
-def read_counters(out_dir: Path) -> dict[str, int]:
+def read_counters(out_dir: Path | str) -> dict[str, int]:
     """The counts every function instance wrote when it closed, summed."""
     totals: collections.Counter = collections.Counter()
-    for path in (out_dir / COUNTERS_DIR).glob("*.json"):
+    for path in counters_location(out_dir).glob("*.json"):
         totals.update(json.loads(path.read_text(encoding="utf-8")))
     return dict(totals)
 
 
 def prepare_outputs(config: RunConfig) -> None:
-    config.out_dir.mkdir(parents=True, exist_ok=True)
+    if not is_remote(config.out_dir):
+        Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     clear_previous_outputs(config.out_dir)
-    shutil.rmtree(config.out_dir / COUNTERS_DIR, ignore_errors=True)
+    shutil.rmtree(counters_location(config.out_dir), ignore_errors=True)
 
 
 class FlinkJob:
@@ -530,9 +658,9 @@ def start_flink(config: RunConfig, options: FlinkOptions, job_name: str = "orion
     unless the job restores a savepoint, whose run they belong to)."""
     if options.from_savepoint is None:
         prepare_outputs(config)
-    else:
-        config.out_dir.mkdir(parents=True, exist_ok=True)
-    env = create_environment(options)
+    elif not is_remote(config.out_dir):
+        Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    env = create_environment(options, config.out_dir)
     build_job(env, config, options)
     return FlinkJob(env.execute_async(job_name), config)
 
@@ -587,6 +715,10 @@ def run_flink(config: RunConfig, parallelism: int = 1, checkpoint_interval: floa
             print(f"savepoint:    {savepoint}", file=out)
         else:
             job.cancel()
+            local = options.checkpoint_dir is not None and not is_remote(options.checkpoint_dir)
+            retained = newest_checkpoint(options.checkpoint_dir) if local else None
+            if retained is not None:
+                print(f"checkpoint:   {retained} (resume with --from-savepoint {options.checkpoint_dir})", file=out)
     totals = read_counters(config.out_dir)
     print(render_summary(totals, clock() - started, campaigns_fired(config.out_dir)), file=out)
     if config.outbox_uri:
@@ -607,7 +739,7 @@ def run_from_args(config: RunConfig, args: argparse.Namespace) -> int:
                   f"`orion flink stop {job.job_id} --savepoint DIR --flink-master {options.flink_master}`)")
         else:
             run_flink(config, options=options)
-    except FlinkUnavailable as error:
+    except (FlinkUnavailable, ClusterError) as error:
         print(f"orion: {error}", file=sys.stderr)
         return 2
     return 0

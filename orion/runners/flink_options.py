@@ -7,6 +7,10 @@ PyFlink nor Beam.
     orion run --runner flink --flink-master 127.0.0.1:PORT --events in/ --watch --detach
     orion flink stop JOB_ID --savepoint /tmp/savepoints
     orion run --runner flink --flink-master 127.0.0.1:PORT --events in/ --watch --detach --from-savepoint PATH
+    orion run --runner flink --events in/ --watch --checkpoint-dir /var/orion/checkpoints   # cancelled, or failed
+    orion flink newest-checkpoint /var/orion/checkpoints
+    orion run --runner flink --events in/ --watch --checkpoint-dir /var/orion/checkpoints \\
+        --from-savepoint /var/orion/checkpoints      # resumes from the newest retained checkpoint
     orion flink cluster status
     orion flink cluster stop
 """
@@ -19,6 +23,8 @@ from pathlib import Path
 
 def add_flink_arguments(parser: argparse.ArgumentParser) -> None:
     """The options `orion run --runner flink` takes."""
+    from orion.settings import DEFAULT_RESTART_ATTEMPTS, DEFAULT_RESTART_DELAY_S, DEFAULT_STREAMING_CHECKPOINT_INTERVAL_S
+
     group = parser.add_argument_group("Flink (--runner flink)")
     group.add_argument("--flink-master", metavar="HOST:PORT",
                        help="submit to the cluster whose JobManager REST endpoint this is (`orion flink "
@@ -30,10 +36,22 @@ def add_flink_arguments(parser: argparse.ArgumentParser) -> None:
                        help="parallel instances of each step (default: 1); with a Beam runner "
                        "(--runner FlinkRunner) it goes to Beam's --parallelism")
     group.add_argument("--checkpoint-interval", type=float, metavar="SECONDS",
-                       help="checkpoint every SECONDS (default: no periodic checkpoints)")
+                       help="checkpoint every SECONDS; 0: never (default: every "
+                       f"{DEFAULT_STREAMING_CHECKPOINT_INTERVAL_S:g} s for --watch and Kafka, whose outcome and "
+                       "dead-letter files are committed at checkpoints; none for files, committed at the end)")
+    group.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="keep checkpoints here, also when the job is cancelled or fails for good (resume with "
+                       "--from-savepoint DIR); default: OUT_DIR/.flink-checkpoints, removed when the job ends")
+    group.add_argument("--restart-attempts", type=int, default=DEFAULT_RESTART_ATTEMPTS, metavar="N",
+                       help="a failed job restarts from its last checkpoint up to N times, then fails; 0: never "
+                       "(default: %(default)s)")
+    group.add_argument("--restart-delay", type=float, default=DEFAULT_RESTART_DELAY_S, metavar="SECONDS",
+                       help="between two restarts (default: %(default)g)")
     group.add_argument("--savepoint-dir", metavar="DIR",
                        help="unbounded input: when the run ends, stop with a savepoint here")
-    group.add_argument("--from-savepoint", metavar="PATH", help="restore the job's state from a savepoint")
+    group.add_argument("--from-savepoint", metavar="PATH",
+                       help="restore the job's state from a savepoint, a retained checkpoint (chk-N), or the newest "
+                       "retained checkpoint in a --checkpoint-dir")
     group.add_argument("--jars", action="append", default=[], metavar="JAR",
                        help="connector jar for the job, e.g. flink-sql-connector-kafka (repeatable)")
     group.add_argument("--watch", action="store_true",
@@ -62,6 +80,8 @@ def flink_options_from(args: argparse.Namespace):
         raise SystemExit("orion: --kafka-servers and --kafka-topic go together")
     if args.detach and args.flink_master is None:
         raise SystemExit("orion: --detach needs --flink-master (a mini-cluster ends with this process)")
+    if args.restart_attempts < 0 or args.restart_delay < 0:
+        raise SystemExit("orion: --restart-attempts and --restart-delay are 0 or more")
     if args.python_execution_mode == "thread" and (args.flink_master or args.python_archive):
         raise SystemExit("orion: --python-execution-mode thread runs on the local mini-cluster only: a "
                          "TaskManager keeps one embedded interpreter and the first job's modules for its "
@@ -69,6 +89,9 @@ def flink_options_from(args: argparse.Namespace):
     return FlinkOptions(
         parallelism=args.parallelism or 1,
         checkpoint_interval_s=args.checkpoint_interval,
+        checkpoint_dir=args.checkpoint_dir,
+        restart_attempts=args.restart_attempts,
+        restart_delay_s=args.restart_delay,
         flink_master=args.flink_master,
         savepoint_dir=args.savepoint_dir,
         from_savepoint=args.from_savepoint,
@@ -93,7 +116,8 @@ def beam_runner_args(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def add_flink_commands(commands) -> None:
-    """`orion flink cluster start|stop|status`, `orion flink stop JOB`, `orion flink cancel JOB`."""
+    """`orion flink cluster start|stop|status`, `orion flink stop JOB`, `orion flink cancel JOB`,
+    `orion flink newest-checkpoint DIR`."""
     from orion.settings import DEFAULT_DATA_DIR
 
     default_state = DEFAULT_DATA_DIR / "flink-cluster"
@@ -136,6 +160,14 @@ def add_flink_commands(commands) -> None:
                                  help="first advance event time to the end: every buffered activity is "
                                  "released (do this before changing the job's state layout)")
         command.set_defaults(handler=_job_stop if name == "stop" else _job_cancel)
+
+    newest = flink_commands.add_parser(
+        "newest-checkpoint", help="the newest retained checkpoint in a --checkpoint-dir",
+        description="Print the newest complete checkpoint (chk-N with a _metadata) retained in DIR, the "
+        "--checkpoint-dir of a job that was cancelled or failed; --from-savepoint takes it, or DIR itself. "
+        "Exit 1 if there is none.")
+    newest.add_argument("directory", metavar="DIR")
+    newest.set_defaults(handler=_newest_checkpoint)
 
 
 def _fails_with_cluster_error(handler):
@@ -202,4 +234,15 @@ def _job_cancel(args: argparse.Namespace) -> int:
     from orion.flink.cluster import cancel_job
 
     print(f"job {args.job}: {cancel_job(_master(args), args.job)}")
+    return 0
+
+
+def _newest_checkpoint(args: argparse.Namespace) -> int:
+    from orion.flink.cluster import newest_checkpoint
+
+    found = newest_checkpoint(args.directory)
+    if found is None:
+        print(f"orion: no complete checkpoint in {args.directory}", file=sys.stderr)
+        return 1
+    print(found)
     return 0

@@ -1,0 +1,89 @@
+"""What the Flink job keeps in its checkpoints and savepoints holds no pickle: every state
+descriptor of orion/flink/functions.py has a real Flink type, and the sinks' batch
+buffers hold each record as the JSON text its writer makes of it, which reads back as
+the same record (activities, lead profiles, outbox records), lone surrogates and bytes
+included. A pickle names its Python class: a savepoint holding one would not restore
+once that class moved or changed.
+
+    .venv/bin/python -m pytest -q tests/test_flink_state.py
+"""
+from __future__ import annotations
+
+import ast
+import json
+
+import pytest
+
+from orion.activities import Activity
+from orion.campaigns.email import AssembledEmail
+from orion.campaigns.flows import EmailRequest, HeldEmail, WebhookCall
+from orion.campaigns.outbox import outbox_record
+from orion.deadletters import DeadLetter
+from orion.flink import functions as fn
+from orion.rules.model import Outcome
+from orion.store.base import StoredProfile
+
+STATE_DESCRIPTORS = {"ValueStateDescriptor", "ListStateDescriptor", "MapStateDescriptor", "ReducingStateDescriptor",
+                     "AggregatingStateDescriptor"}
+
+
+def _descriptor_types() -> list[tuple[str, str]]:
+    """(state name, type expression) of every state descriptor made in functions.py."""
+    tree = ast.parse(open(fn.__file__, encoding="utf-8").read())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in STATE_DESCRIPTORS:
+            name = ast.literal_eval(node.args[0])
+            found.append((name, " ".join(ast.unparse(arg) for arg in node.args[1:])))
+    return found
+
+
+def test_no_state_of_the_flink_job_is_pickled():
+    found = _descriptor_types()
+    assert {name for name, _ in found} >= {"pending", "record", "released", "batch"}, found
+    pickled = [(name, kind) for name, kind in found if "PICKLED" in kind]
+    assert not pickled, f"pickled state (a code change would break savepoints): {pickled}"
+
+
+ACTIVITY = Activity("e-\ud800", "acme", "L1", "visit_web_page", 1_795_341_600_000,
+                    {"url": "https://acme.example/\u00e9", "n": 3, "tags": ["a", None]})
+REQUEST = EmailRequest("acme", "L1", "Welcome", "e-1#0", "welcome", False, 1_795_341_600_000,
+                       {"id": "L1", "email": "l1@acme.example", "score": 5}, {"my.offer": "10%"})
+
+
+@pytest.mark.parametrize("writer, record", [
+    (fn.StoreWriter("sqlite:///unused.db"), ACTIVITY),
+    (fn.ProfileWriter("sqlite:///unused.db"), StoredProfile("acme", "L\u00e9", '{"version": 2, "lead": {}}', None)),
+    (fn.ProfileWriter("sqlite:///unused.db"), StoredProfile("acme", "L2", "{}", 1_795_341_600_000)),
+], ids=["activity", "profile", "profile-waiting"])
+def test_the_store_writers_buffer_json_text_that_reads_back_as_the_record(writer, record):
+    text = writer.encode(record)
+    assert isinstance(text, str) and text.isascii(), "Flink's STRING takes it, surrogates escaped"
+    json.loads(text)
+    assert writer.decode(text) == record
+
+
+@pytest.mark.parametrize("item", [
+    AssembledEmail("acme", "Welcome", "L1", "e-1#0", "welcome", "l1@acme.example",
+                   b"Subject: Hi\r\n\r\n\xff\x00 body", 1_795_341_600_000),
+    HeldEmail(REQUEST, "unsubscribed", "unsubscribed at 2026-11-22T10:00:00Z"),
+    WebhookCall("acme", "L1", "Warm lead", "e-1#0", "crm_sync", 1_795_341_600_000, {"id": "L1", "score": 10}),
+], ids=["email", "held", "webhook"])
+def test_the_outbox_writer_buffers_the_outbox_record_as_versioned_json(item):
+    writer = fn.OutboxWriter("sqlite:///unused.db")
+    text = writer.encode(item)
+    assert text.isascii() and json.loads(text)["version"] == fn.STATE_FORMAT_VERSION
+    assert writer.decode(text) == outbox_record(item), "the kind and the record the outbox queues, bytes and all"
+
+
+def test_output_lines_are_beams_json_lines_and_always_utf8():
+    outcome = Outcome("acme", "L1", "e-1", 1_795_341_600_000, "Welcome \u00e9", 0, True)
+    assert fn.output_line(outcome) == json.dumps(outcome._asdict(), ensure_ascii=False)
+    letter = DeadLetter('{"event_id": "e-1"', "malformed_json", "bad", "in.jsonl:3")
+    assert fn.output_line(letter) == letter.to_json()
+    # A lone surrogate (from a `\ud800` escape in the input) is not UTF-8, which Flink's
+    # STRING and the files need: it is written as its JSON escape, and reads back.
+    odd = outcome._replace(event_id="e-\ud800")
+    line = fn.output_line(odd)
+    line.encode("utf-8")
+    assert json.loads(line) == odd._asdict()
