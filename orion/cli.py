@@ -14,6 +14,8 @@
     orion campaign run --tenant T --campaign NAME       # a batch campaign, in --streams N
     orion run --runner flink                            # the same job as a PyFlink job
     orion flink cluster start                           # a local Flink cluster: --flink-master (docs/flink.md)
+    orion decide serve --topic projects/P/topics/T --keys FILE   # POST /v1/decide (docs/decisions.md)
+    orion analytics experiments --tenant T              # impressions, conversions, lift over control
     orion run --runner dataflow --project P --region R --temp_location gs://B/tmp --out-dir gs://B/out --dry-run
     orion run --mode passive --legacy-store mysql://... --store bigtable://...   # migration
     orion jars path flink-kafka                         # Java jars from Maven Central, fetched once
@@ -258,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     from orion.jars import add_jars_command
 
     add_jars_command(commands)
+    from orion.decisions.commands import add_analytics_commands, add_decide_command
+
+    add_decide_command(commands)
+    add_analytics_commands(commands)
     return parser
 
 

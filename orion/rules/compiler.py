@@ -6,6 +6,11 @@ cycles; template names that are not allowed, templates the tenant does not have 
 do not compile, and includes of templates it cannot use) and compiled once into a
 `RuleSet`. Every value an error message shows is cut short (`short_repr`).
 
+Experiences (what `POST /v1/decide` answers, orion/decisions) are checked in the same
+pass, with the same filter language, and compiled into `TenantExperiences`
+(`load_experiences`): a tenant with a broken experience has broken rules, as with a
+broken campaign.
+
 All errors are collected, each with file:line and how to fix it; `load_rules` raises
 `RuleErrors` holding every one of them, `check_rules` returns them.
 
@@ -35,17 +40,23 @@ from orion.rules.index import TenantRules, RuleSet
 from orion.rules.logic import LogicError, parse_logic
 from orion.rules.model import (
     CONTAINS,
+    CONTROL,
     EXACT,
+    EXPERIENCE_IMPRESSION,
     PREFIX,
     Campaign,
+    Experience,
+    ExperienceGoal,
     Filter,
     HistoryCounter,
     LeadState,
+    TenantExperiences,
     Trigger,
+    Variant,
     attribute_getter,
 )
 from orion.rules.operators import OperandError, compile_conditions, required_literal
-from orion.rules.schema import STEP_KINDS
+from orion.rules.schema import STEP_KINDS, TIME_OF_DAY_OPERATORS
 from orion.rules.source import (
     LineDict,
     RuleError,
@@ -70,10 +81,20 @@ from orion.rules.template_lookup import (
 )
 from orion.templates.sandbox import TemplateLimitError, TemplateSandbox
 
-__all__ = ["BUILTIN_TEMPLATE_DIR", "DEFAULT_PRIORITY", "TEMPLATE_SUFFIX", "check_rules", "load_rules",
-           "template_search_path"]
+__all__ = ["BUILTIN_TEMPLATE_DIR", "DEFAULT_PRIORITY", "IMPRESSION_TYPE", "TEMPLATE_SUFFIX", "check_rules",
+           "load_experiences", "load_rules", "template_search_path"]
 
 DEFAULT_PRIORITY = 100
+# The activity type of experience impressions, which every tenant with experiences has.
+IMPRESSION_TYPE = ActivityType(
+    EXPERIENCE_IMPRESSION,
+    {"experience": AttributeSpec("string", True), "variant": AttributeSpec("string", True),
+     "placement": AttributeSpec("string", True), "control": AttributeSpec("boolean"),
+     "url": AttributeSpec("string")},
+    "experience",
+)
+# The longest content snippet (Jinja2 source) an experience variant may hold.
+MAX_SNIPPET_CHARS = 20_000
 # Templates one template may pull in through include, import and extends, all levels.
 MAX_REFERENCED_TEMPLATES = 100
 
@@ -89,17 +110,18 @@ def load_rules(directory: str | Path, template_dirs: Iterable[str | Path] = ()) 
     return rules
 
 
-def load_serving_rules(directory: str | Path, template_dirs: Iterable[str | Path] = ()
-                       ) -> tuple[RuleSet, dict[str, list[RuleError]]]:
+def load_serving_rules(directory: str | Path, template_dirs: Iterable[str | Path] = (), *,
+                       experiences: dict | None = None) -> tuple[RuleSet, dict[str, list[RuleError]]]:
     """The rules a job serves: every tenant whose rules load, and, by tenant, the errors
     of those that do not. One tenant's broken rules must not stop every tenant's job:
     its campaigns do not run (its activities are still parsed, stored and kept in its
     leads' profiles, with its built-in types) until its rules are fixed. RuleErrors
     still, with every error, when an error belongs to no tenant (a file that names none,
-    a missing directory): nobody can tell whose campaigns would be missing."""
+    a missing directory): nobody can tell whose campaigns would be missing.
+    `experiences`, if given, is filled with each tenant's TenantExperiences."""
     directory = Path(directory)
     file_tenants: dict[str, str] = {}
-    rules, errors = _compile_directory(directory, [Path(d) for d in template_dirs], file_tenants)
+    rules, errors = _compile_directory(directory, [Path(d) for d in template_dirs], file_tenants, experiences)
     if not errors:
         return rules, {}
     refused: dict[str, list[RuleError]] = {}
@@ -110,7 +132,20 @@ def load_serving_rules(directory: str | Path, template_dirs: Iterable[str | Path
         refused.setdefault(tenant, []).append(error)
     kept = {tenant: found for tenant, found in rules.tenants.items() if tenant not in refused}
     types = ActivityTypes({tenant: rules.activity_types._custom.get(tenant, {}) for tenant in kept})
+    if experiences is not None:
+        for tenant in refused:
+            experiences.pop(tenant, None)
     return RuleSet(kept, types), {tenant: RuleErrors(found).errors for tenant, found in sorted(refused.items())}
+
+
+def load_experiences(directory: str | Path, template_dirs: Iterable[str | Path] = ()
+                     ) -> tuple[RuleSet, dict[str, TenantExperiences], dict[str, list[RuleError]]]:
+    """What the decision service serves: the rules of every tenant whose rules load (as
+    `load_serving_rules`), each such tenant's experiences, and the errors of the tenants
+    whose rules do not."""
+    found: dict[str, TenantExperiences] = {}
+    rules, refused = load_serving_rules(directory, template_dirs, experiences=found)
+    return rules, {tenant: found[tenant] for tenant in rules.tenants if tenant in found}, refused
 
 
 def _tenant_of_template(directory: Path, file: str, rules: RuleSet) -> str | None:
@@ -211,11 +246,17 @@ class _TenantCompiler:
                 if file.is_broken(*base, "activity_types", name) or (*base, "activity_types") in file.broken:
                     continue
                 self.read_activity_type(file, base + ("activity_types", name), name, decl)
+        if any(isinstance(file.doc.get("experiences"), list) and file.doc["experiences"] for file in self.files):
+            s.activity_types[EXPERIENCE_IMPRESSION] = IMPRESSION_TYPE
 
     def read_activity_type(self, file: RuleFile, path: tuple, name: str, decl: dict) -> None:
         s = self.settings
         if name in BUILTIN_TYPES:
             self.error(file, path, f"{short_repr(name)} is a built-in activity type; give the custom type another name")
+            return
+        if name == EXPERIENCE_IMPRESSION:
+            self.error(file, path, f"{short_repr(name)} is the activity type of experience impressions, which "
+                       "a tenant with experiences has; give the custom type another name")
             return
         if ("type", name) in s.seen:
             self.error(file, path, f"activity type {short_repr(name)} is already declared at {s.seen[('type', name)]}")
@@ -709,6 +750,277 @@ class _TenantCompiler:
             if state.get(name) is None:
                 visit(name, [name])
 
+    # experiences ----------------------------------------------------------------
+
+    def compile_experiences(self) -> TenantExperiences:
+        """Every experience of the tenant, checked and compiled. Their audiences' history
+        counters are kept apart from the campaigns' (the graph does not count them: a
+        decision counts them from the store)."""
+        experiences: dict[str, Experience] = {}
+        where_defined: dict[str, str] = {}
+        placements: dict[str, None] = {}
+        campaign_counters, self.counters = self.counters, {}
+        try:
+            for file in self.files:
+                specs = file.doc.get("experiences")
+                if not isinstance(specs, list) or ("experiences",) in file.broken:
+                    continue
+                for i, spec in enumerate(specs):
+                    path = ("experiences", i)
+                    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+                        continue
+                    name = spec["name"]
+                    if name in where_defined:
+                        self.error(file, path + ("name",),
+                                   f"experience {short_repr(name)} is already defined at {where_defined[name]}; "
+                                   "experience names must be unique within a tenant")
+                        continue
+                    where_defined[name] = f"{file.path}:{line_of(file.doc, path)}"
+                    if isinstance(spec.get("placement"), str) and not file.is_broken(*path, "placement"):
+                        placements[spec["placement"]] = None
+                    made = self.compile_experience(file, path, spec)
+                    if made is not None:
+                        experiences[name] = made
+            counters = tuple(self.counters.values())
+        finally:
+            self.counters = campaign_counters
+        by_placement: dict[str, tuple] = {placement: () for placement in placements}
+        for experience in sorted(experiences.values(), key=lambda e: (e.priority, e.name)):
+            if experience.active:
+                by_placement[experience.placement] += (experience,)
+        return TenantExperiences(self.tenant, by_placement, experiences, counters)
+
+    def compile_experience(self, file: RuleFile, path: tuple, spec: dict) -> Experience | None:
+        errors_before = len(self.errors)
+        broken = file.is_broken(*path)
+        audience = spec.get("audience") if isinstance(spec.get("audience"), dict) else {}
+        here = path + ("audience",)
+        filters, logic, logic_text = (), None, "all"
+        filters_spec = audience.get("filters", [])
+        if (*here, "filters") not in file.broken and isinstance(filters_spec, list):
+            filters = self.compile_filters(file, here + ("filters",), filters_spec)
+            raw_logic = audience.get("logic", "all")
+            if isinstance(raw_logic, str) and not file.is_broken(*here, "logic"):
+                try:
+                    logic = parse_logic(raw_logic, len(filters_spec))
+                except LogicError as err:
+                    self.error(file, here + ("logic",), f"{err}")
+                word = raw_logic.strip().lower()
+                logic_text = word if word in ("all", "any") else raw_logic
+        context = self.compile_context(file, here + ("context",), audience.get("context"))
+        starting = ending = None
+        schedule = spec.get("schedule")
+        if isinstance(schedule, dict) and not file.is_broken(*path, "schedule"):
+            moments = {}
+            for key in ("starting", "ending"):
+                if key in schedule:
+                    try:
+                        moments[key] = parse_timestamp(schedule[key])
+                    except ValueError as err:
+                        self.error(file, path + ("schedule", key), f"schedule.{key}: {err}")
+            starting, ending = moments.get("starting"), moments.get("ending")
+            if starting is not None and ending is not None and starting >= ending:
+                self.error(file, path + ("schedule",), "schedule.ending must come after schedule.starting")
+        arms = self.compile_arms(file, path, spec)
+        goal = None
+        if isinstance(spec.get("goal"), dict) and not file.is_broken(*path, "goal"):
+            goal = self.compile_goal(file, path + ("goal",), spec["goal"])
+        if broken or len(self.errors) > errors_before or filters is None or logic is None or arms is None \
+                or context is None:
+            return None
+        cumulative, total = [], 0.0
+        for arm in arms:
+            total += arm.weight
+            cumulative.append(total)
+        return Experience(
+            tenant=self.tenant,
+            name=spec["name"],
+            placement=spec["placement"],
+            active=spec.get("status", "active") == "active",
+            priority=spec.get("priority", DEFAULT_PRIORITY),
+            starting=starting,
+            ending=ending,
+            filters=filters,
+            logic=logic,
+            logic_text=logic_text,
+            context=context,
+            arms=arms,
+            cumulative=tuple(cumulative),
+            goal=goal,
+            file=file.path,
+            line=line_of(file.doc, list(path)),
+        )
+
+    def compile_context(self, file: RuleFile, path: tuple, spec: Any) -> tuple | None:
+        """The audience's conditions on the request's context, or None on an error."""
+        if spec is None:
+            return ()
+        if not isinstance(spec, dict) or path in file.broken:
+            return None
+        conditions, ok = [], True
+        for field, ops in spec.items():
+            if file.is_broken(*path, field):
+                ok = False
+                continue
+            try:
+                test = _time_of_day_test(ops) if field == "local_time" else compile_conditions(ops, "string")
+            except OperandError as err:
+                self.error(file, path + (field,), f"context.{field}: {err}")
+                ok = False
+                continue
+            conditions.append((field, test))
+        return tuple(conditions) if ok else None
+
+    def compile_arms(self, file: RuleFile, path: tuple, spec: dict) -> tuple[Variant, ...] | None:
+        """The variants, then the control group if there is one; None on an error."""
+        variants = spec.get("variants")
+        if not isinstance(variants, list) or (*path, "variants") in file.broken:
+            return None
+        arms, names, ok = [], {}, True
+        for j, variant in enumerate(variants):
+            here = path + ("variants", j)
+            if file.is_broken(*here):
+                ok = False
+                continue
+            name = variant["name"]
+            if name == CONTROL:
+                self.error(file, here + ("name",), f"{short_repr(CONTROL)} names the control group; give the "
+                           "variant another name, or set the control group's share under control:")
+                ok = False
+            elif name in names:
+                self.error(file, here + ("name",), f"variant {short_repr(name)} is already defined at line "
+                           f"{names[name]}; variant names must be unique within an experience")
+                ok = False
+            names[name] = line_of(file.doc, list(here))
+            kind, content = self.compile_content(file, here, variant, required=True)
+            if kind is None:
+                ok = False
+                continue
+            arms.append(Variant(name, float(variant["weight"]), kind, content))
+        control = spec.get("control")
+        if isinstance(control, dict):
+            here = path + ("control",)
+            if file.is_broken(*here):
+                ok = False
+            else:
+                kind, content = self.compile_content(file, here, control, required=False)
+                if kind is None:
+                    ok = False
+                else:
+                    arms.append(Variant(CONTROL, float(control["weight"]), kind, content, control=True))
+        if ok and not sum(arm.weight for arm in arms) > 0:
+            self.error(file, path + ("variants",), "every weight of the experience is 0; give at least one "
+                       "variant (or the control group) a weight above 0")
+            ok = False
+        return tuple(arms) if ok else None
+
+    def compile_content(self, file: RuleFile, path: tuple, spec: dict, required: bool) -> tuple[str | None, Any]:
+        """(kind, content) of a variant or control group; (None, None) on an error."""
+        given = [key for key in ("json", "template") if key in spec]
+        if len(given) > 1:
+            self.error(file, path, "give the content as json: or as template:, not both")
+            return None, None
+        if not given:
+            if required:
+                self.error(file, path, "a variant needs its content: json: (any JSON value) or template: "
+                           "(a Jinja2 snippet)")
+                return None, None
+            return "none", None
+        if given[0] == "json":
+            content = _plain(spec["json"])
+            try:
+                json.dumps(content, allow_nan=False)
+            except ValueError as err:
+                self.error(file, path + ("json",), f"the content is not JSON: {err} (.nan and .inf are not JSON)")
+                return None, None
+            return "json", content
+        source = spec["template"]
+        problem = _snippet_problem(source)
+        if problem is not None:
+            self.error(file, path + ("template",), problem)
+            return None, None
+        return "template", source
+
+    def compile_goal(self, file: RuleFile, path: tuple, spec: dict) -> ExperienceGoal | None:
+        type_ = self.activity_type(spec["activity"])
+        if type_ is None:
+            self.unknown_activity_type(file, path + ("activity",), spec["activity"])
+            return None
+        where = spec.get("where", {})
+        conditions = self.compile_where(file, path + ("where",), type_, where)
+        if conditions is None:
+            return None
+        within = spec["within"]
+        where_text = " where " + " and ".join(_describe_ops(a, o) for a, o in where.items()) if where else ""
+        return ExperienceGoal(type_.name, conditions, within["n"] * MS_PER_UNIT[within["unit"]],
+                              f"{type_.name}{where_text} within {within['n']} {within['unit']}")
+
+
+_SNIPPET_SANDBOX = TemplateSandbox(autoescape=True)
+
+
+def _snippet_problem(source: str) -> str | None:
+    """Why a content snippet cannot be used (it does not compile in the sandbox it renders
+    in, refers to other templates, or is too long), or None."""
+    if len(source) > MAX_SNIPPET_CHARS:
+        return (f"the template is {len(source):,} characters, more than the {MAX_SNIPPET_CHARS:,} a content "
+                "snippet may hold; shorten it")
+    try:
+        tree = _SNIPPET_SANDBOX.parse(source)
+        _SNIPPET_SANDBOX.compile(tree)
+    except jinja2.TemplateSyntaxError as err:
+        return f"the template does not compile: its line {err.lineno}: {short_text(err.message or '', 200)}"
+    except TemplateLimitError as err:
+        return f"the template is refused: {short_text(str(err), 200)}"
+    except RecursionError:
+        return "the template nests too deep to compile; simplify it"
+    if any(True for _ in jinja2.meta.find_referenced_templates(tree)):
+        return "a content snippet stands alone: it cannot include, import or extend templates"
+    return None
+
+
+def _time_of_day(text: Any) -> float:
+    """'HH:MM' or 'HH:MM:SS' (00:00 to 24:00) -> minutes since midnight."""
+    parts = text.split(":") if isinstance(text, str) else []
+    if len(parts) not in (2, 3) or not all(p.isdigit() and len(p) == 2 for p in parts):
+        raise OperandError(f"{short_repr(text)} is not a time of day; write it as HH:MM, like 09:30")
+    hours, minutes, seconds = int(parts[0]), int(parts[1]), int(parts[2]) if len(parts) == 3 else 0
+    if minutes > 59 or seconds > 59 or hours > 24 or (hours == 24 and (minutes or seconds)):
+        raise OperandError(f"{short_repr(text)} is not a time of day between 00:00 and 24:00")
+    return hours * 60 + minutes + seconds / 60
+
+
+def _time_of_day_test(ops: dict):
+    """The local-time conditions (minutes since local midnight; None: unknown) as one
+    predicate. `between: [from, to]` holds from `from` up to, not including, `to`, and
+    runs past midnight when `to` comes first (`[22:00, 06:00]`)."""
+    tests = []
+    for op, operand in ops.items():
+        if op not in TIME_OF_DAY_OPERATORS:
+            raise OperandError(f"operator {short_repr(op)} does not apply to local_time; use one of "
+                               f"{', '.join(TIME_OF_DAY_OPERATORS)}")
+        if op in ("is_empty", "is_not_empty"):
+            if operand is not True:
+                raise OperandError(f"write `{op}: true`")
+            tests.append((lambda v: v is None) if op == "is_empty" else (lambda v: v is not None))
+        elif op == "between":
+            if len(operand) != 2:
+                raise OperandError("between takes two times of day, [from, to]")
+            low, high = _time_of_day(operand[0]), _time_of_day(operand[1])
+            if low == high:
+                raise OperandError("between takes two different times of day")
+            if low < high:
+                tests.append(lambda v, low=low, high=high: v is not None and low <= v < high)
+            else:
+                tests.append(lambda v, low=low, high=high: v is not None and (v >= low or v < high))
+        else:
+            moment = _time_of_day(operand)
+            if op == "before":
+                tests.append(lambda v, moment=moment: v is not None and v < moment)
+            else:
+                tests.append(lambda v, moment=moment: v is not None and v >= moment)
+    return lambda value, now: all(test(value) for test in tests)
+
 
 def _index_plan(type_: ActivityType, where: dict, conditions: tuple) -> tuple:
     """How the trigger index files conditions `where` (compiled as `conditions`, in the
@@ -769,8 +1081,8 @@ def _plain(value: Any) -> Any:
 # --- the directory ------------------------------------------------------------------
 
 
-def _compile_directory(directory: Path, template_dirs: list[Path],
-                       file_tenants: dict | None = None) -> tuple[RuleSet, list[RuleError]]:
+def _compile_directory(directory: Path, template_dirs: list[Path], file_tenants: dict | None = None,
+                       experiences: dict | None = None) -> tuple[RuleSet, list[RuleError]]:
     # Loading builds hundreds of thousands of objects (YAML nodes, line-tracking dicts,
     # compiled conditions) that all stay alive until it ends, so every cyclic-garbage
     # collection meanwhile scans them all for nothing: with collection paused, 10,000
@@ -778,16 +1090,18 @@ def _compile_directory(directory: Path, template_dirs: list[Path],
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _compile_directory_now(directory, template_dirs, {} if file_tenants is None else file_tenants)
+        return _compile_directory_now(directory, template_dirs, {} if file_tenants is None else file_tenants,
+                                      experiences)
     finally:
         if collecting:
             gc.enable()
 
 
-def _compile_directory_now(directory: Path, template_dirs: list[Path],
-                           file_tenants: dict) -> tuple[RuleSet, list[RuleError]]:
+def _compile_directory_now(directory: Path, template_dirs: list[Path], file_tenants: dict,
+                           experiences: dict | None = None) -> tuple[RuleSet, list[RuleError]]:
     """Compile every rule file; `file_tenants` is filled with the tenant each file that
-    names one names, by the path its errors cite."""
+    names one names, by the path its errors cite, and `experiences` (if given) with each
+    tenant's TenantExperiences."""
     errors: list[RuleError] = []
     if not directory.is_dir():
         return RuleSet({}, ActivityTypes()), [RuleError(str(directory), 1, "no such rules directory")]
@@ -810,7 +1124,10 @@ def _compile_directory_now(directory: Path, template_dirs: list[Path],
     tenants = {}
     for tenant, compiler in compilers.items():
         campaigns = compiler.compile_campaigns()
+        found_experiences = compiler.compile_experiences()
         errors.extend(compiler.errors)
+        if experiences is not None:
+            experiences[tenant] = found_experiences
         tenants[tenant] = TenantRules.build(
             tenant,
             campaigns,

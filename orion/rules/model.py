@@ -227,3 +227,109 @@ def attribute_getter(path: str) -> AttributeGetter:
                 return value
     get.path = path
     return get
+
+
+# --- experiences (POST /v1/decide, orion/decisions) ----------------------------------
+
+# The activity each decision is recorded as, through the normal intake: a tenant with
+# experiences has this type, so triggers, history filters and analytics can read it.
+EXPERIENCE_IMPRESSION = "experience_impression"
+# The variant name of a control group's impressions.
+CONTROL = "control"
+
+
+class Variant(NamedTuple):
+    """One arm of an experience: its share (`weight`, against the other arms') and its
+    content. `kind` is "json" (content: the JSON value as written), "template" (content:
+    Jinja2 source, rendered in the sandbox for each decision) or "none" (a control group
+    without content)."""
+
+    name: str
+    weight: float
+    kind: str
+    content: Any
+    control: bool = False
+
+
+class ExperienceGoal(NamedTuple):
+    """What counts as a conversion: an activity of `activity_type` meeting `conditions`
+    within `within_ms` of the lead's first impression."""
+
+    activity_type: str
+    conditions: tuple[Condition, ...]
+    within_ms: int
+    description: str
+
+    def met_by(self, activity_type: str, attributes: dict, now: int) -> bool:
+        if activity_type != self.activity_type:
+            return False
+        for get, test in self.conditions:
+            if not test(get(attributes), now):
+                return False
+        return True
+
+
+class Experience(NamedTuple):
+    """One experience of a placement, compiled. `context` are the conditions on the
+    request's context: (field, predicate(value, now)); a `local_time` value is the
+    minutes since local midnight. `arms` are the variants then the control group (if
+    any), with `cumulative` the running total of their weights, for assignment."""
+
+    tenant: str
+    name: str
+    placement: str
+    active: bool
+    priority: int
+    starting: int | None
+    ending: int | None
+    filters: tuple[Filter, ...]
+    logic: Callable[[Callable[[int], bool]], bool]
+    logic_text: str
+    context: tuple[tuple[str, Callable[[Any, int], bool]], ...]
+    arms: tuple[Variant, ...]
+    cumulative: tuple[float, ...]
+    goal: ExperienceGoal | None
+    file: str
+    line: int
+
+    @property
+    def total_weight(self) -> float:
+        return self.cumulative[-1]
+
+    @property
+    def control(self) -> Variant | None:
+        last = self.arms[-1]
+        return last if last.control else None
+
+    def scheduled(self, now: int) -> bool:
+        return (self.starting is None or now >= self.starting) and (self.ending is None or now < self.ending)
+
+    def context_met(self, context: dict, now: int) -> bool:
+        for field, test in self.context:
+            if not test(context.get(field), now):
+                return False
+        return True
+
+    def filters_met(self, state: LeadState, now: int) -> bool:
+        filters = self.filters
+        if not filters:
+            return True
+        if self.logic_text == "all":
+            for f in filters:
+                if not f.test(state, now):
+                    return False
+            return True
+        by_number = {f.number: f for f in filters}
+        return self.logic(lambda number: by_number[number].test(state, now))
+
+
+class TenantExperiences(NamedTuple):
+    """One tenant's experiences: by placement, the active ones in (priority, name) order
+    (a placement every experience of which is inactive is known and has none); by name,
+    all of them; and the history counters their audiences read, which a decision counts
+    from the store (a profile keeps no history)."""
+
+    tenant: str
+    by_placement: dict
+    by_name: dict
+    counters: tuple[HistoryCounter, ...]

@@ -268,9 +268,78 @@ _CAMPAIGN = {
     },
 }
 
+# Experiences: what `POST /v1/decide` answers for a placement (docs/decisions.md).
+# The request's context is the page and the visitor's device, not the lead: these are its
+# fields, each with the string operators, and the local time of day with its own.
+CONTEXT_FIELDS = ("url", "referrer", "device", "country")
+TIME_OF_DAY_OPERATORS = ("between", "before", "after", "is_empty", "is_not_empty")
+_TIME_OF_DAY = {
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "properties": {
+        "between": {"type": "array", "minItems": 2, "items": {"type": "string"}},
+        "before": {"type": "string"},
+        "after": {"type": "string"},
+        "is_empty": {},
+        "is_not_empty": {},
+    },
+}
+_CONTENT = {"json": {}, "template": {"type": "string"}}
+_VARIANT = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "weight"],
+    "properties": {"name": _NAME, "weight": {"type": "number", "minimum": 0}, **_CONTENT},
+}
+_EXPERIENCE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "placement", "variants"],
+    "properties": {
+        "name": _NAME,
+        "description": {"type": "string"},
+        "placement": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
+        "status": {"enum": ["active", "inactive"]},
+        "priority": {"type": "integer"},
+        "schedule": {
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "properties": {"starting": {"type": ["string", "integer"]}, "ending": {"type": ["string", "integer"]}},
+        },
+        "audience": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "filters": _FILTERS,
+                "logic": _LOGIC,
+                "context": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {**{field: _OPERATORS for field in CONTEXT_FIELDS}, "local_time": _TIME_OF_DAY},
+                },
+            },
+        },
+        "variants": {"type": "array", "minItems": 1, "items": _VARIANT},
+        "control": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["weight"],
+            "properties": {"weight": {"type": "number", "minimum": 0}, **_CONTENT},
+        },
+        "goal": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["activity", "within"],
+            "properties": {"activity": _NAME, "where": _WHERE, "within": _DURATION},
+        },
+    },
+}
+
 RULE_FILE_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "Orion rule file: one tenant's settings and campaigns",
+    "title": "Orion rule file: one tenant's settings, campaigns and experiences",
     "type": "object",
     "additionalProperties": False,
     "required": ["tenant"],
@@ -278,6 +347,7 @@ RULE_FILE_SCHEMA = {
         "tenant": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
         "settings": _SETTINGS,
         "campaigns": {"type": "array", "items": _CAMPAIGN},
+        "experiences": {"type": "array", "items": _EXPERIENCE},
     },
 }
 

@@ -413,7 +413,7 @@ def read_rule_file(path: Path, display: str) -> tuple[RuleFile | None, list[Rule
     ]
     if not isinstance(doc, LineDict):
         errors.append(
-            RuleError(display, 1, "a rule file is a mapping with tenant:, settings: and campaigns:")
+            RuleError(display, 1, "a rule file is a mapping with tenant:, settings:, campaigns: and experiences:")
         )
         return None, errors
     broken = set()

@@ -1,0 +1,599 @@
+"""Decisions benchmark: `orion decide serve` on loopback, with 100 experiences per tenant,
+reading lead profiles from a SQLite store and publishing every impression to the Pub/Sub
+emulator; then how soon a change an activity makes is seen by /v1/decide in a streaming
+run.
+
+- Fixed load: an open-loop aiohttp generator sends `--rate` requests a second (1,000 by
+  default) for `--seconds`, each at its scheduled moment whatever the answers before it
+  did; latency runs from that moment to the whole answer, so a server that falls behind
+  shows it (no coordinated omission). Reported: requests/s answered, p50 and p99.
+  Target: p99 under 10 ms at 1,000 requests/s.
+- Most requests/s: `--connections` keep-alive connections posting back to back for
+  `--max-seconds`. Ratio to the ceiling: a bare aiohttp handler that reads the body's
+  lead id and reads that lead's profile row from the same store (`read_profiles`), no
+  key, no rules, no Pub/Sub, measured the same two ways in the same run. Target: at
+  least 0.5 of the ceiling.
+- Visibility: the streaming graph (`orion run --subscription`, DirectRunner,
+  `--allowed-lateness 0`) and the decision service share the store; for each of
+  `--probes` leads, an activity that changes the lead (data_value_changes: industry) is
+  published to the graph's topic, and /v1/decide is asked every 5 ms until its answer
+  changes (that service's impressions go to a topic of their own, or its polling would
+  bury the changes being timed). Reported: from publishing to the profile written (the
+  graph), from the profile written to the decision changed (the service: its cache's
+  TTL bounds it), and both together. Target: the change is seen by /v1/decide within
+  1 s of being written.
+
+The ceiling and the service run side by side and are measured in turn,
+`--repetitions` times (3 by default), and the best of each is kept: on a shared machine
+a neighbour's burst would otherwise decide which one looks better.
+
+Data: 2 tenants, 100 experiences each over 10 placements (audiences: lead attributes,
+score, lists, impressions in the past 7 days as a frequency cap, visits in the past
+30 days, device, country, local time; 2 variants, half JSON, half Jinja2 snippets, and
+a control group), 20,000 leads a tenant with profiles and some history; 5% of requests
+name a lead that has none. Each request asks for 2 placements. The generator, the
+service, the emulator (Java) and, for the visibility, the graph share this machine's
+cores. Writes section "decisions" of BENCHMARKS.md.
+
+    make bench-decide
+    .venv/bin/python -m benchmarks.bench_decide --seconds 10 --max-seconds 5 --probes 3 --no-write
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.report import measured_line, write_section
+
+PROJECT = "orion-bench"
+TOPIC = f"projects/{PROJECT}/topics/decide"
+GRAPH_SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/graph"
+# The impressions of the visibility probes' own requests (one every 5 ms) go to a topic of
+# their own: on the graph's topic they would bury the changes being timed.
+PROBE_IMPRESSIONS = f"projects/{PROJECT}/topics/probe-impressions"
+TENANTS = ("acme", "globex")
+PLACEMENTS = 10
+EXPERIENCES = 100
+INDUSTRIES = ("Retail", "Banking", "Health", "Energy", "Media", "Travel")
+COUNTRIES = ("US", "CA", "DE", "FR", "GB", "JP")
+DEVICES = ("mobile", "desktop", "tablet")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def experience_yaml(tenant: str, n: int) -> str:
+    """Experience n of a tenant: placement slot_{n % 10}, priority n // 10; the tenth of
+    each placement (priority 9) admits everyone."""
+    placement, rank = f"slot_{n % PLACEMENTS}", n // PLACEMENTS
+    name = f"{tenant} experience {n}"
+    filters, context = [], []
+    if rank < 9:
+        filters.append(f"{{lead: {{industry: {{in: [{INDUSTRIES[n % 6]}, {INDUSTRIES[(n + 1) % 6]}]}}}}}}")
+        if rank % 3 == 0:
+            filters.append(f"{{score: {{ge: {rank * 5}}}}}")
+        if rank % 4 == 1:
+            filters.append("{not_member_of_list: customers}")
+        if rank == 0:
+            filters.append("{activity_history: {activity: experience_impression, where: {experience: {is: "
+                           f"\"{name}\"}}}}, at_most: 5, in_past: {{n: 7, unit: days}}}}}}")
+        if rank == 1:
+            filters.append("{activity_history: {activity: visit_web_page, at_least: 1, in_past: {n: 30, unit: days}}}")
+        if rank % 2 == 0:
+            context.append(f"device: {{in: [{DEVICES[n % 3]}, {DEVICES[(n + 1) % 3]}]}}")
+        if rank % 3 == 2:
+            context.append(f"country: {{in: [{COUNTRIES[n % 6]}, {COUNTRIES[(n + 2) % 6]}, {COUNTRIES[(n + 4) % 6]}]}}")
+        if rank == 5:
+            context.append('local_time: {between: ["08:00", "20:00"]}')
+    audience = ""
+    if filters or context:
+        audience = "    audience:\n"
+        if filters:
+            audience += "      filters:\n" + "".join(f"        - {f}\n" for f in filters)
+        if context:
+            audience += "      context:\n" + "".join(f"        {c}\n" for c in context)
+    content = (f'template: "<h2>{{{{ lead.first_name | default(\'Hello\') }}}}, offer {n}</h2>'
+               f'<p>{{{{ context.device }}}} {{{{ lead.score }}}}</p>"') if n % 2 else \
+        f'json: {{headline: "Offer {n}", cta: "/offers/{n}", image: "/img/{n}.png"}}'
+    return (f"  - name: \"{name}\"\n    placement: {placement}\n    priority: {rank}\n{audience}"
+            f"    variants:\n      - {{name: a, weight: 45, {content}}}\n"
+            f"      - {{name: b, weight: 45, json: {{headline: \"Offer {n} b\"}}}}\n"
+            f"    control: {{weight: 10}}\n"
+            f"    goal: {{activity: fill_out_form, within: {{n: 7, unit: days}}}}\n")
+
+
+def write_rules(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for tenant in TENANTS:
+        body = [f"tenant: {tenant}\nsettings:\n  lists: [customers, newsletter]\n"
+                "  lead_attributes: {industry: string}\nexperiences:\n"]
+        body += [experience_yaml(tenant, n) for n in range(EXPERIENCES)]
+        # the visibility probe: seen once the graph has stored the lead's new industry
+        body.append("  - name: Probe seen\n    placement: probe\n    priority: 0\n"
+                    "    audience: {filters: [{lead: {industry: {is: Probe}}}]}\n"
+                    "    variants: [{name: seen, weight: 1, json: seen}]\n"
+                    "  - name: Probe waiting\n    placement: probe\n    priority: 1\n"
+                    "    variants: [{name: waiting, weight: 1, json: waiting}]\n")
+        (directory / f"{tenant}.yaml").write_text("".join(body))
+
+
+def fill_store(store_uri: str, leads: int, rng: random.Random) -> None:
+    """Profiles for `leads` leads a tenant, and a history for a tenth of them."""
+    from orion.activities import Activity
+    from orion.profiles import LeadRecord, encode_profile
+    from orion.rules.model import LeadState
+    from orion.store import open_store
+    from orion.store.base import StoredProfile
+
+    now = int(time.time() * 1000)
+    with open_store(store_uri) as store:
+        store.init()
+        for tenant in TENANTS:
+            profiles, activities = [], []
+            for n in range(leads):
+                lead_id = f"L{n}"
+                state = LeadState(
+                    attributes={"industry": rng.choice(INDUSTRIES), "country": rng.choice(COUNTRIES),
+                                "first_name": rng.choice(("Ada", "Grace", "Alan", "Edsger", "Barbara")),
+                                "email": f"{lead_id}@{tenant}.example"},
+                    score=rng.randrange(0, 60), lists=frozenset(rng.sample(("customers", "newsletter"), rng.randrange(3))))
+                record = LeadRecord()
+                record = record._replace(flows=record.flows._replace(lead=state))
+                profiles.append(StoredProfile(tenant, lead_id, encode_profile(record)))
+                if n % 10 == 0:
+                    for k in range(3):
+                        activities.append(Activity(f"v{n}-{k}", tenant, lead_id, "visit_web_page",
+                                                   now - rng.randrange(40) * 86_400_000, {"url": "https://x.example/"}))
+                        activities.append(Activity(
+                            f"i{n}-{k}", tenant, lead_id, "experience_impression", now - rng.randrange(10) * 86_400_000,
+                            {"experience": f"{tenant} experience {rng.randrange(PLACEMENTS)}", "variant": "a",
+                             "placement": "slot_0", "control": False}))
+                if len(profiles) >= 5000:
+                    store.write_profiles(profiles)
+                    profiles = []
+            store.write_profiles(profiles)
+            store.write(activities)
+            store.index_activities(activities)
+
+
+def serve_ceiling(store_uri: str) -> None:
+    """The ceiling server: read the body's lead id, read that lead's profile row, answer
+    it. Prints its port."""
+    import orjson
+    from aiohttp import web
+
+    from orion.store import open_store
+
+    store = open_store(store_uri)
+
+    async def take(request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        data = store.read_profiles([("acme", str(body["lead_id"]))])[0]
+        return web.Response(body=orjson.dumps({"profile": data}), content_type="application/json")
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/v1/decide", take)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        print(f"listening on http://127.0.0.1:{runner.addresses[0][1]}/v1/decide", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+class Requests:
+    """The request bodies, drawn once (the generator then only picks them)."""
+
+    def __init__(self, keys: dict[str, str], leads: int, rng: random.Random, count: int = 20_000):
+        self.items = []
+        for n in range(count):
+            tenant = TENANTS[n % len(TENANTS)]
+            lead = f"L{rng.randrange(leads)}" if rng.random() >= 0.05 else f"anon-{rng.randrange(10**9)}"
+            first = rng.randrange(PLACEMENTS)
+            body = {"lead_id": lead, "placements": [f"slot_{first}", f"slot_{(first + 3) % PLACEMENTS}"],
+                    "context": {"device": rng.choice(DEVICES), "country": rng.choice(COUNTRIES),
+                                "url": f"https://{tenant}.example/p/{rng.randrange(100)}",
+                                "local_time": f"{rng.randrange(24):02d}:{rng.randrange(60):02d}"}}
+            self.items.append((json.dumps(body).encode(), {"Authorization": f"Bearer {keys[tenant]}",
+                                                           "Content-Type": "application/json"}))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, run) -> dict:
+    """`run()`'s figures, with the server's CPU time per answered request (what it costs
+    the machine, whatever else is running on it)."""
+    before = cpu_seconds(pid)
+    found = run()
+    answered = sum(found["statuses"].values())
+    found["cpu_per_request"] = (cpu_seconds(pid) - before) / answered if answered else float("nan")
+    return found
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+async def fixed_load(url: str, requests: Requests, rate: float, seconds: float) -> dict:
+    """Open loop: request i is sent at start + i / rate; latency from that moment."""
+    import aiohttp
+
+    latencies, statuses = [], {}
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def one(body, headers, due):
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+            latencies.append(time.perf_counter() - due)
+            statuses[response.status] = statuses.get(response.status, 0) + 1
+
+        total = int(rate * seconds)
+        tasks = []
+        start = time.perf_counter() + 0.2
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            body, headers = requests.items[i % len(requests.items)]
+            tasks.append(asyncio.ensure_future(one(body, headers, due)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    return {"rps": sum(statuses.values()) / elapsed, "p50": percentile(latencies, 0.5),
+            "p99": percentile(latencies, 0.99), "statuses": statuses, "requests": len(latencies)}
+
+
+async def most_load(url: str, requests: Requests, connections: int, seconds: float) -> dict:
+    """Closed loop: `connections` connections posting back to back."""
+    import aiohttp
+
+    latencies, statuses = [], {}
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker(number: int):
+            i = number * 997
+            while time.perf_counter() < deadline:
+                body, headers = requests.items[i % len(requests.items)]
+                i += 1
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                latencies.append(time.perf_counter() - started)
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(n) for n in range(connections)))
+        elapsed = time.perf_counter() - start
+    return {"rps": sum(statuses.values()) / elapsed, "p50": percentile(latencies, 0.5),
+            "p99": percentile(latencies, 0.99), "statuses": statuses}
+
+
+def _listening_port(process: subprocess.Popen, log: Path, timeout: float = 120.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        found = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+        if found:
+            return int(found.group(1))
+    process.kill()
+    raise RuntimeError(f"the server did not start:\n{log.read_text()[-3000:] if log.exists() else ''}")
+
+
+def stop(process: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 60) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def _metrics(url: str) -> str:
+    import http.client
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    return text
+
+
+def handler_buckets(url: str) -> dict[float, float]:
+    """The service's own histogram of the time it took to decide (from the body read to
+    the answer): upper bound in seconds -> requests so far."""
+    found = {}
+    for line in _metrics(url).splitlines():
+        hit = re.match(r'orion_decide_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)', line)
+        if hit:
+            found[float(hit.group(1))] = float(hit.group(2))
+    return found
+
+
+def handler_share(before: dict, after: dict, bound: float) -> float:
+    """The share of the requests between two histogram readings that took <= bound."""
+    total = after[float("inf")] - before.get(float("inf"), 0.0)
+    return (after[bound] - before.get(bound, 0.0)) / total if total else float("nan")
+
+
+def service_impressions(url: str) -> dict[str, int]:
+    """The impressions the service published and failed to, from its /metrics, once what
+    it holds is sent (it hands impressions over every 10 ms and flushes within 50 ms)."""
+    time.sleep(1.0)
+    found = {"published": 0, "failed": 0}
+    for line in _metrics(url).splitlines():
+        hit = re.match(r'orion_decide_impressions_total\{result="(\w+)"\} ([0-9.e+]+)', line)
+        if hit:
+            found[hit.group(1)] = int(float(hit.group(2)))
+    return found
+
+
+def visibility(port: int, key: str, store_uri: str, probes: int, tenant: str = "acme") -> list[dict]:
+    """For each probe lead: publish the change, then ask /v1/decide every 5 ms (and
+    look at the stored profile as often) until the answer changes."""
+    import http.client
+
+    from google.cloud import pubsub_v1
+
+    from orion.profiles import decode_profile
+    from orion.store import open_store
+
+    publisher = pubsub_v1.PublisherClient()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    found = []
+    with open_store(store_uri) as store:
+        for probe in range(probes + 1):  # the first one also waits for the graph to start
+            lead = f"probe-{probe}-{random.randrange(10**9)}"
+            body = json.dumps({"lead_id": lead, "placements": ["probe"]})
+            event = {"event_id": f"{lead}-change", "tenant": tenant, "lead_id": lead, "type": "data_value_changes",
+                     "occurred_at": int(time.time() * 1000),
+                     "attributes": {"attribute": "industry", "new_value": "Probe"}}
+            published = time.perf_counter()
+            publisher.publish(TOPIC, json.dumps(event).encode()).result(30)
+            written = seen = None
+            deadline = published + (300 if probe == 0 else 60)
+            while seen is None and time.perf_counter() < deadline:
+                connection.request("POST", "/v1/decide", body=body, headers=headers)
+                answer = json.loads(connection.getresponse().read())
+                now = time.perf_counter()
+                if written is None:
+                    # the lead's profile exists as soon as the graph stores its impression: the
+                    # change is written when the profile holds the new value
+                    data = store.read_profiles([(tenant, lead)])[0]
+                    if data is not None and decode_profile(data).flows.lead.attributes.get("industry") == "Probe":
+                        written = now
+                if answer["decisions"][0]["experience"] == "Probe seen":
+                    seen = now
+                    written = written or now
+                else:
+                    time.sleep(0.005)
+            if probe == 0:
+                print(f"visibility: the graph is running (first change seen after "
+                      f"{(seen or time.perf_counter()) - published:.1f} s)", flush=True)
+                continue
+            found.append({"written": None if written is None else written - published,
+                          "seen": None if seen is None else seen - published,
+                          "lag": None if seen is None or written is None else seen - written})
+            print(f"visibility probe {probe}: {found[-1]}", flush=True)
+            time.sleep(0.3)
+    connection.close()
+    publisher.transport.close()
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=1000.0, help="requests/s of the fixed load (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="fixed load duration (default: %(default)s)")
+    parser.add_argument("--max-seconds", type=float, default=10.0,
+                        help="closed-loop duration, service and ceiling each (default: %(default)s)")
+    parser.add_argument("--connections", type=int, default=16, help="closed-loop connections (default: %(default)s)")
+    parser.add_argument("--leads", type=int, default=20_000, help="leads with a profile per tenant (default: %(default)s)")
+    parser.add_argument("--probes", type=int, default=10, help="visibility probes (default: %(default)s)")
+    parser.add_argument("--cache-ttl", type=float, default=0.25, help="the service's --cache-ttl (default: %(default)s)")
+    parser.add_argument("--repetitions", type=int, default=3,
+                        help="interleaved repetitions of each measurement; the best is kept (default: %(default)s)")
+    parser.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md alone")
+    args = parser.parse_args(argv)
+
+    from orion.collector.keys import add_key
+    from orion.testing.emulators import PubSubEmulator, emulator_environment
+    from google.cloud import pubsub_v1
+
+    rng = random.Random(7)
+    workdir = Path(tempfile.mkdtemp(prefix="orion-bench-decide-"))
+    rules = workdir / "rules"
+    store_uri = f"sqlite:///{workdir / 'store.db'}"
+    write_rules(rules)
+    fill_store(store_uri, args.leads, rng)
+    keys = {tenant: add_key(workdir / "keys.yaml", tenant, "bench")[0] for tenant in TENANTS}
+    requests = Requests(keys, args.leads, rng)
+    processes: list[subprocess.Popen] = []
+    emulator = PubSubEmulator.start()
+    try:
+        os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
+        # The topic has no subscription while the load runs: the emulator then keeps none of
+        # the impressions (a real Pub/Sub keeps them elsewhere, not on this machine's cores).
+        # Pub/Sub's acknowledgements, counted by the service, say they were published.
+        publisher_client = pubsub_v1.PublisherClient()
+        publisher_client.create_topic(name=TOPIC)
+        publisher_client.transport.close()
+        env = emulator_environment(emulator)
+        env["PYTHONWARNINGS"] = "ignore::FutureWarning"
+
+        log = workdir / "ceiling.log"
+        ceiling = subprocess.Popen([sys.executable, "-c", "import sys; from benchmarks.bench_decide import "
+                                    "serve_ceiling; serve_ceiling(sys.argv[1])", store_uri],
+                                   stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, env=env, cwd=REPO)
+        processes.append(ceiling)
+        ceiling_url = f"http://127.0.0.1:{_listening_port(ceiling, log)}/v1/decide"
+        log = workdir / "decide.log"
+        service = subprocess.Popen(
+            [sys.executable, "-m", "orion.cli", "decide", "serve", "--topic", TOPIC, "--keys",
+             str(workdir / "keys.yaml"), "--store", store_uri, "--rules", str(rules), "--port", "0",
+             "--cache-ttl", str(args.cache_ttl)],
+            stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, env=env, cwd=REPO)
+        processes.append(service)
+        url = f"http://127.0.0.1:{_listening_port(service, log)}/v1/decide"
+        for warm in (ceiling_url, url):  # snippets compiled, SQLite pages cached
+            asyncio.run(most_load(warm, requests, 4, 2.0))
+        # Interleaved repetitions, the best of each kept: the machine is shared, and a
+        # neighbour's burst should not decide which of the two looks better.
+        runs: dict[str, list[dict]] = {"ceiling_fixed": [], "fixed": [], "ceiling_most": [], "most": []}
+        for repetition in range(args.repetitions):
+            runs["ceiling_fixed"].append(measured(ceiling.pid, lambda: asyncio.run(
+                fixed_load(ceiling_url, requests, args.rate, args.seconds))))
+            before = handler_buckets(url)
+            runs["fixed"].append(measured(service.pid, lambda: asyncio.run(
+                fixed_load(url, requests, args.rate, args.seconds))))
+            after = handler_buckets(url)
+            runs["fixed"][-1]["within_1ms"] = handler_share(before, after, 0.001)
+            runs["fixed"][-1]["within_10ms"] = handler_share(before, after, 0.01)
+            runs["ceiling_most"].append(measured(ceiling.pid, lambda: asyncio.run(
+                most_load(ceiling_url, requests, args.connections, args.max_seconds))))
+            runs["most"].append(measured(service.pid, lambda: asyncio.run(
+                most_load(url, requests, args.connections, args.max_seconds))))
+            print(f"repetition {repetition + 1}: " + "; ".join(
+                f"{name} {found[-1]['rps']:,.0f}/s p99 {found[-1]['p99'] * 1000:,.1f} ms"
+                for name, found in runs.items()), flush=True)
+        stop(ceiling)
+        ceiling_fixed = min(runs["ceiling_fixed"], key=lambda r: r["p99"])
+        fixed = min(runs["fixed"], key=lambda r: r["p99"])
+        ceiling_most = max(runs["ceiling_most"], key=lambda r: r["rps"])
+        most = max(runs["most"], key=lambda r: r["rps"])
+        load_average = os.getloadavg()
+        impressions = service_impressions(url)
+
+        # visibility: the streaming graph on a subscription of the same topic, into the same store
+        subscriber = pubsub_v1.SubscriberClient()
+        subscriber.create_subscription(name=GRAPH_SUBSCRIPTION, topic=TOPIC, ack_deadline_seconds=60)
+        subscriber.close()
+        graph_log = workdir / "graph.log"
+        graph = subprocess.Popen(
+            [sys.executable, "-m", "orion.cli", "run", "--subscription", GRAPH_SUBSCRIPTION, "--rules", str(rules),
+             "--store", store_uri, "--outbox", "none", "--out-dir", str(workdir / "out"), "--allowed-lateness", "0",
+             "--duration", "1800"],
+            stdout=open(graph_log, "w"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        processes.append(graph)
+        stop(service)
+        log = workdir / "decide-probes.log"
+        prober = subprocess.Popen(
+            [sys.executable, "-m", "orion.cli", "decide", "serve", "--topic", PROBE_IMPRESSIONS, "--create-topic",
+             "--keys", str(workdir / "keys.yaml"), "--store", store_uri, "--rules", str(rules), "--port", "0",
+             "--cache-ttl", str(args.cache_ttl)],
+            stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, env=env, cwd=REPO)
+        processes.append(prober)
+        probes = visibility(_listening_port(prober, log), keys["acme"], store_uri, args.probes)
+        stop(graph, signal.SIGINT, 120)
+        stop(prober)
+        service_log = (workdir / "decide.log").read_text() + log.read_text()
+    finally:
+        for process in processes:
+            stop(process, signal.SIGKILL, 10)
+        emulator.stop()
+    answered = sum(sum(r["statuses"].values()) for name in ("fixed", "most") for r in runs[name])
+    shutil.rmtree(workdir, ignore_errors=True)
+
+    ratio = most["rps"] / ceiling_most["rps"]
+    p99_met = fixed["p99"] < 0.010 and fixed["rps"] >= 0.95 * args.rate
+    seen = [p["seen"] for p in probes if p["seen"] is not None]
+    lags = [p["lag"] for p in probes if p["lag"] is not None]
+    writes = [p["written"] for p in probes if p["written"] is not None]
+
+    def ms(value: float) -> str:
+        return f"{value * 1000:,.1f}"
+
+    def spread(values: list[float]) -> str:
+        return f"{ms(percentile(values, 0.5))} / {ms(max(values))}" if values else "none"
+
+    statuses = {}
+    for found in (r["statuses"] for name in ("fixed", "most") for r in runs[name]):
+        for status, count in found.items():
+            statuses[status] = statuses.get(status, 0) + count
+    section = "\n".join([
+        "## Decisions: POST /v1/decide",
+        "",
+        measured_line("make bench-decide"),
+        "",
+        f"`orion decide serve` (one process, SQLite store, lead cache TTL {args.cache_ttl:g} s) with 2 tenants of "
+        f"{EXPERIENCES} experiences each over {PLACEMENTS} placements (audiences on lead attributes, score, lists, "
+        "impressions and visits in the store's history, device, country, local time; half the variants Jinja2 "
+        f"snippets), {args.leads:,} lead profiles a tenant, 5% of requests for leads without one, 2 placements a "
+        "request; every decision published as an impression to the Pub/Sub emulator. An aiohttp generator on "
+        "loopback: fixed load open loop (latency from each request's scheduled moment to its whole answer), and "
+        f"most requests/s with {args.connections} connections back to back. Ceiling: a bare aiohttp handler that "
+        "reads the body's lead id and that lead's profile row from the same store, measured the same two ways. "
+        f"{args.repetitions} interleaved repetitions of each (ceiling and service up side by side, one loaded at a "
+        "time); the best of each is shown (fixed load: lowest p99; most: highest requests/s). The generator, the "
+        "service and the emulator (Java) share the machine's cores with whatever else runs on it: load average "
+        f"{load_average[0]:.1f} at the end of the runs.",
+        "",
+        "| what | load | requests/s | p50 ms | p99 ms | server CPU µs / request | ratio to ceiling |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| ceiling: bare handler, one profile row | {args.rate:,.0f}/s for {args.seconds:g} s | "
+        f"{ceiling_fixed['rps']:,.0f} | {ms(ceiling_fixed['p50'])} | {ms(ceiling_fixed['p99'])} | "
+        f"{ceiling_fixed['cpu_per_request'] * 1e6:,.0f} | |",
+        f"| decide | {args.rate:,.0f}/s for {args.seconds:g} s | {fixed['rps']:,.0f} | {ms(fixed['p50'])} | "
+        f"{ms(fixed['p99'])} | {fixed['cpu_per_request'] * 1e6:,.0f} | |",
+        f"| ceiling: bare handler, one profile row | most, {args.max_seconds:g} s | {ceiling_most['rps']:,.0f} | "
+        f"{ms(ceiling_most['p50'])} | {ms(ceiling_most['p99'])} | {ceiling_most['cpu_per_request'] * 1e6:,.0f} "
+        "| 1.00 |",
+        f"| decide | most, {args.max_seconds:g} s | {most['rps']:,.0f} | {ms(most['p50'])} | {ms(most['p99'])} | "
+        f"{most['cpu_per_request'] * 1e6:,.0f} | {ratio:.2f} |",
+        "",
+        f"- Target, p99 under 10 ms at {args.rate:,.0f} requests/s: **{'met' if p99_met else 'not met'}** "
+        f"(p99 {ms(fixed['p99'])} ms, {fixed['rps']:,.0f} requests/s answered).",
+        f"- Inside the service (its own histogram of the time from reading a body to answering, over the same "
+        f"fixed-load run): {fixed['within_1ms'] * 100:.1f}% of the decisions took at most 1 ms, "
+        f"{fixed['within_10ms'] * 100:.1f}% at most 10 ms. What the generator sees beyond that is waiting: for "
+        "the service's turn on the event loop, and for a core on this machine (the ceiling's own p99 above says "
+        "how much of it the machine alone costs).",
+        f"- Target, at least 0.5 of the ceiling: **{'met' if ratio >= 0.5 else 'not met'}** ({ratio:.2f}). "
+        "Where the service's CPU goes beyond the ceiling's (found by stubbing parts of it out, one at a time, "
+        "on this machine): the HTTP handling, the key and the body parse cost about what the whole ceiling "
+        "does; reading the lead (the profile row, decoded, and the cache) roughly as much again; the decision "
+        "itself (100 experiences' audiences, a history read for the frequency caps that get that far, the "
+        "snippets rendered in the sandbox) and queueing two impressions the rest.",
+        f"- Answers: {', '.join(f'{status}: {count:,}' for status, count in sorted(statuses.items()))} of "
+        f"{answered:,}; impressions Pub/Sub acknowledged: {impressions['published']:,} (refused or unanswered: "
+        f"{impressions['failed']:,}).",
+        f"- Visibility in a streaming run ({len(probes)} probes; median / worst, ms): from publishing the activity "
+        f"to the profile written by the graph {spread(writes)}; from the profile written to /v1/decide answering "
+        f"with the change {spread(lags)} (the cache's TTL, {args.cache_ttl:g} s, bounds it; asked every 5 ms); "
+        f"end to end {spread(seen)}. Target, seen within 1 s of being written: "
+        f"**{'met' if lags and max(lags) < 1.0 else 'not met'}**.",
+    ])
+    print(section)
+    if not args.no_write:
+        write_section("decisions", section)
+    if "Traceback" in service_log:
+        print(f"the service logged a failure:\n{service_log[-3000:]}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

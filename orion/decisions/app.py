@@ -1,0 +1,422 @@
+"""The decision service's HTTP app (aiohttp): POST /v1/decide, GET /healthz, GET /metrics.
+
+POST /v1/decide takes `{"lead_id": ..., "placements": [...], "context": {...}}` with
+an API key of the collector's keys file (`Authorization: Bearer KEY`, `X-Orion-Key`
+or `?key=`; the key's tenant is the tenant decided for) and answers, per placement, the
+experience, the variant and the content (orion.decisions.core). In order, a request can
+be refused whole with 401 (no key, unknown key), 429 (the key's rate limit;
+Retry-After), 413 (body over max_body_bytes), 408 (the body took longer than
+body_timeout), 400 (not JSON, a missing or malformed field, a malformed context: the
+answer names the field) or 503 (the store did not answer; Retry-After). Otherwise it is
+200 with a decision for every placement, or 422 when no placement asked for is one of
+the tenant's (each then says `unknown_placement`). A lead without a profile is decided
+for as an anonymous visitor (`"lead": "unknown"`). Bad input is never a 500.
+
+Each decision with an experience (the control group's too) is recorded as an
+`experience_impression` activity through the normal intake: published to the
+collector's topic by the collector's BatchPublisher, many per message, for the graph's
+ParseActivities. Its shape is fixed, so it is checked once, when the service starts, the
+way the collector checks an event (orion.collector.checking), for every tenant. The
+answer does not wait for Pub/Sub: impressions are handed to the publisher together
+every `impression_flush_seconds`; one Pub/Sub does not take is counted
+(`orion_decide_impressions{result="failed"}`) and logged, and /healthz says publishing
+fails; past max_pending_bytes waiting, impressions are refused and counted the same way,
+so a Pub/Sub outage costs memory up to that bound and no latency.
+
+    orion decide serve --port 8081 --keys orion-data/collector-keys.yaml \\
+        --store sqlite:///orion-data/activities.db --topic projects/P/topics/activities
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from orion.activities import ActivityTypes
+from orion.collector.checking import check_event
+from orion.collector.keys import KeyStore
+from orion.collector.limits import RateLimiter, retry_after_header
+from orion.collector.publisher import BatchPublisher, PublishUnavailable
+from orion.collector.redaction import redact
+from orion.decisions.core import ContextError, SnippetRenderer, decide, parse_context
+from orion.decisions.leads import LeadReader
+from orion.rules.model import EXPERIENCE_IMPRESSION
+from orion.store.base import StoreError
+
+log = logging.getLogger(__name__)
+
+DECIDE_ROUTE = "/v1/decide"
+BODY_FIELDS = ("lead_id", "placements", "context")
+MAX_LEAD_ID_CHARS = 255  # what every store's lead id column holds
+MAX_PLACEMENT_CHARS = 200
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+@dataclass(frozen=True)
+class DecideSettings:
+    max_body_bytes: int = 64_000       # bytes per request body
+    max_placements: int = 20           # placements per request
+    rate_limit: float = 0.0            # requests per second per key; 0: none
+    rate_burst: float | None = None    # default: max(1, rate_limit)
+    cache_ttl: float = 0.25            # seconds a lead's profile is reused (the staleness bound)
+    cache_entries: int = 20_000        # leads kept in the cache at most
+    flush_events: int = 1000           # an impressions message is sent at this many events,
+    flush_bytes: int = 1_000_000       # or this many bytes,
+    flush_seconds: float = 0.05        # or this long after its first event
+    impression_flush_seconds: float = 0.01  # impressions of many requests are handed over together
+    max_pending_bytes: int = 16_000_000  # impressions waiting for Pub/Sub; past it they are refused
+    publish_timeout: float = 10.0      # seconds for Pub/Sub to acknowledge a message
+    retry_after: float = 1.0           # seconds, in Retry-After of a 503
+    cors_origin: str = "*"             # Access-Control-Allow-Origin for web pages
+    idle_timeout: float = 15.0         # seconds a keep-alive connection may sit idle
+    body_timeout: float = 5.0          # seconds for a request's body to arrive; longer: 408
+
+
+class DecideMetrics:
+    """The service's Prometheus metrics, in a registry of its own."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("orion_decide_requests", "Requests answered, by route and status",
+                                ("route", "status"), registry=self.registry)
+        self.decisions = Counter("orion_decide_decisions", "Placements answered, by tenant and outcome "
+                                 "(variant, control, no_match, unknown_placement, content_failed)",
+                                 ("tenant", "outcome"), registry=self.registry)
+        self.impressions = Counter("orion_decide_impressions", "Impression activities, by result "
+                                   "(published, failed)", ("result",), registry=self.registry)
+        self._children: dict = {}
+        self.lead_reads = Counter("orion_decide_lead_reads", "Lead look-ups, by where answered (cache, store)",
+                                  ("source",), registry=self.registry)
+        self.seconds = Histogram("orion_decide_seconds", "Time to decide, from the body read to the answer",
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def child(self, metric, *labels):
+        """`metric.labels(*labels)`, looked up once (the client's look-up locks and hashes)."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+STATE = web.AppKey("decider", object)
+
+
+class Decider:
+    """What the handlers share: keys, experiences, the lead reader, the snippet renderer,
+    the impression publisher, settings, metrics and the clock (epoch ms)."""
+
+    def __init__(self, keys: KeyStore, experiences: dict, types: ActivityTypes, reader: LeadReader,
+                 publisher: BatchPublisher, settings: DecideSettings, metrics: DecideMetrics | None = None,
+                 clock=lambda: int(time.time() * 1000)):
+        self.keys, self.experiences, self.types, self.reader = keys, experiences, types, reader
+        self.publisher, self.settings = publisher, settings
+        self.metrics = metrics or DecideMetrics()
+        self.clock = clock
+        self.renderer = SnippetRenderer()
+        self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+        # SQLite answers from a local file in microseconds, on the event loop; a networked
+        # store's client blocks for a round trip, so it gets a thread of its own (one: its
+        # connection is not shared between threads).
+        self.inline_reads = type(reader.store).__name__ == "SqliteStore"
+        self.executor = None if self.inline_reads else ThreadPoolExecutor(1, thread_name_prefix="orion-decide-store")
+        self._publishing: set[asyncio.Task] = set()
+        self._waiting: list[bytes] = []  # impressions not yet handed to the publisher
+        self._handover: asyncio.TimerHandle | None = None
+        self.impression_failure: str | None = None
+        for tenant in experiences:
+            check_impression(tenant, types)
+
+    async def lead(self, tenant: str, lead_id: str, counters, now: int):
+        found = self.reader.cached(tenant, lead_id)
+        metrics = self.metrics
+        if found is not None:
+            metrics.child(metrics.lead_reads, "cache").inc()
+            return found
+        metrics.child(metrics.lead_reads, "store").inc()
+        if self.inline_reads:
+            return self.reader.read(tenant, lead_id, counters, now, lazy_history=True)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.reader.read, tenant, lead_id, counters, now)
+
+    def record(self, tenant: str, lead_id: str, decisions, raw_context: dict, now: int) -> None:
+        """Queue the impressions of `decisions` for the publisher, without waiting for Pub/Sub."""
+        url = raw_context.get("url")
+        waiting = self._waiting
+        for decision in decisions:
+            if decision.experience is not None and decision.error is None:
+                waiting.append(orjson.dumps(impression(tenant, lead_id, decision, url, now)))
+        if not waiting:
+            return
+        if len(waiting) >= self.settings.flush_events:
+            self._hand_over()
+        elif self._handover is None:
+            self._handover = asyncio.get_running_loop().call_later(self.settings.impression_flush_seconds,
+                                                                   self._hand_over)
+
+    def _hand_over(self) -> None:
+        if self._handover is not None:
+            self._handover.cancel()
+            self._handover = None
+        encoded, self._waiting = self._waiting, []
+        if encoded:
+            task = asyncio.get_running_loop().create_task(self._publish(encoded))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+
+    async def _publish(self, encoded: list[bytes]) -> None:
+        try:
+            await self.publisher.publish(encoded)
+        except PublishUnavailable as unavailable:
+            self.metrics.child(self.metrics.impressions, "failed").inc(len(encoded))
+            if self.impression_failure != unavailable.detail:
+                log.warning("impressions not published: %s", unavailable.detail)
+            self.impression_failure = unavailable.detail
+            return
+        self.impression_failure = None
+        self.metrics.child(self.metrics.impressions, "published").inc(len(encoded))
+
+    async def drain(self) -> None:
+        """Hand over the impressions that wait, wait for every one handed to the
+        publisher, then send what the publisher holds."""
+        self._hand_over()
+        while self._publishing:
+            await asyncio.gather(*list(self._publishing), return_exceptions=True)
+        await self.publisher.close()
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+        self.reader.close()
+
+
+# Impression ids: a random prefix per process and a count, unique without a uuid each.
+_IMPRESSION_PREFIX = f"imp-{uuid.uuid4().hex[:16]}-"
+_impression_numbers = itertools.count(1)
+
+
+def impression(tenant: str, lead_id: str, decision, url, now: int) -> dict:
+    """The experience_impression activity of one decision."""
+    attributes = {"experience": decision.experience, "variant": decision.variant,
+                  "placement": decision.placement, "control": decision.control}
+    if isinstance(url, str):
+        attributes["url"] = url
+    return {"event_id": f"{_IMPRESSION_PREFIX}{next(_impression_numbers)}", "tenant": tenant, "lead_id": lead_id,
+            "type": EXPERIENCE_IMPRESSION, "occurred_at": now, "attributes": attributes}
+
+
+def check_impression(tenant: str, types: ActivityTypes) -> None:
+    """ValueError unless an impression of `tenant` passes the collector's check of an
+    event against the tenant's activity types (the rules give every tenant with
+    experiences the type), so the graph's intake takes every impression published."""
+    from orion.decisions.core import Decision
+
+    sample = impression(tenant, "lead", Decision("placement", "experience", "variant"), "https://x.example/", 0)
+    encoded, reason, detail = check_event(sample, tenant, types)
+    if encoded is None:
+        raise ValueError(f"impressions of tenant {tenant!r} would not pass the intake ({reason}: {detail}); "
+                         "are its rules loaded?")
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, error: str, detail: str):
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def _json(status: int, body: dict, headers: dict | None = None) -> web.Response:
+    try:
+        encoded = orjson.dumps(body)
+    except TypeError:  # text that is not valid Unicode: sent as \\uXXXX escapes
+        encoded = json.dumps(body).encode("ascii")
+    return web.Response(status=status, headers=headers, body=encoded, content_type="application/json",
+                        charset="utf-8")
+
+
+def _presented_key(request: web.Request) -> str | None:
+    authorization = request.headers.get("Authorization", "")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    return request.headers.get("X-Orion-Key") or request.query.get("key") or None
+
+
+async def _read_body(request: web.Request, settings: DecideSettings) -> bytes:
+    too_large = BadRequest(413, "too_large", f"the body may be at most {settings.max_body_bytes:,} bytes")
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise too_large
+    try:
+        # asyncio.timeout, not wait_for: no task of its own for every request's body
+        async with asyncio.timeout(settings.body_timeout):
+            body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    except asyncio.TimeoutError:
+        raise BadRequest(408, "body_timeout", f"the body did not arrive within {settings.body_timeout:g} s") from None
+    except (ConnectionError, web.RequestPayloadError) as err:
+        raise BadRequest(400, "bad_body", f"the body could not be read: {type(err).__name__}") from None
+    if len(body) > settings.max_body_bytes:
+        raise too_large
+    return body
+
+
+def parse_request(body: bytes, max_placements: int) -> tuple[str, list[str], dict]:
+    """A request body -> (lead id, placements, raw context); BadRequest(400) naming the
+    field for anything else."""
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise BadRequest(400, "malformed_json", f"the body is not JSON: {str(err)[:200]}") from None
+    if not isinstance(request, dict):
+        raise BadRequest(400, "malformed_json", 'the body must be a JSON object: {"lead_id": ..., '
+                         '"placements": [...], "context": {...}}')
+    unknown = [key for key in request if key not in BODY_FIELDS]
+    if unknown:
+        raise BadRequest(400, "bad_field", f"unknown field {str(unknown[0])[:80]!r}; the body holds "
+                         f"{', '.join(BODY_FIELDS)}")
+    lead_id = request.get("lead_id")
+    if lead_id is None:
+        raise BadRequest(400, "missing_field", "lead_id is required: the lead's id, or the anonymous "
+                         "visitor's (a cookie id)")
+    if isinstance(lead_id, bool) or not isinstance(lead_id, (str, int)):
+        raise BadRequest(400, "bad_field", "lead_id must be text or a whole number")
+    lead_id = str(lead_id)
+    if not lead_id or len(lead_id) > MAX_LEAD_ID_CHARS:
+        raise BadRequest(400, "bad_field", f"lead_id must have 1 to {MAX_LEAD_ID_CHARS} characters")
+    placements = request.get("placements")
+    if placements is None:
+        raise BadRequest(400, "missing_field", "placements is required: a list of placement names, "
+                         'like ["home_hero"]')
+    if not isinstance(placements, list) or not placements:
+        raise BadRequest(400, "bad_field", "placements must be a non-empty list of placement names")
+    if len(placements) > max_placements:
+        raise BadRequest(400, "bad_field", f"{len(placements)} placements in one request; at most {max_placements}")
+    for placement in placements:
+        if not isinstance(placement, str) or not placement or len(placement) > MAX_PLACEMENT_CHARS:
+            raise BadRequest(400, "bad_field", f"each placement must be a name of 1 to {MAX_PLACEMENT_CHARS} "
+                             "characters")
+    context = request.get("context")
+    return lead_id, placements, context if context is not None else {}
+
+
+async def post_decide(request: web.Request) -> web.Response:
+    decider: Decider = request.app[STATE]
+    settings = decider.settings
+    presented = _presented_key(request)
+    if presented is None:
+        return _json(401, {"error": "missing_key", "detail": "send the API key as Authorization: Bearer KEY, "
+                           "X-Orion-Key: KEY or ?key=KEY"}, {"WWW-Authenticate": 'Bearer realm="orion"'})
+    key = decider.keys.verify(presented)
+    if key is None:
+        return _json(401, {"error": "invalid_key", "detail": "this API key is unknown or revoked"},
+                     {"WWW-Authenticate": 'Bearer realm="orion", error="invalid_token"'})
+    wait = decider.limiter.take(key.id)
+    if wait:
+        return _json(429, {"error": "rate_limited", "detail": f"this key may make {settings.rate_limit:g} "
+                           "requests a second"}, {"Retry-After": retry_after_header(wait)})
+    started = time.perf_counter()
+    now = decider.clock()
+    try:
+        body = await _read_body(request, settings)
+        lead_id, placements, raw_context = parse_request(body, settings.max_placements)
+        try:
+            context = parse_context(raw_context, now)
+        except ContextError as bad:
+            raise BadRequest(400, "bad_context", str(bad)) from None
+    except BadRequest as refused:
+        response = _json(refused.status, {"error": refused.error, "detail": refused.detail})
+        if refused.status == 408:
+            response.force_close()
+        return response
+    tenant = key.tenant
+    experiences = decider.experiences.get(tenant)
+    counters = experiences.counters if experiences is not None else ()
+    try:
+        view = await decider.lead(tenant, lead_id, counters, now)
+        # (a history filter may read the store here: see LeadReader's lazy_history)
+        decisions = decide(experiences, decider.renderer, lead_id, view.state, placements, context, raw_context,
+                           now)
+    except StoreError as err:
+        log.warning("the store did not answer for tenant %s: %s", tenant, redact(str(err)))
+        return _json(503, {"error": "store_unavailable", "detail": "the lead store did not answer; try again"},
+                     {"Retry-After": retry_after_header(settings.retry_after)})
+    decider.record(tenant, lead_id, decisions, raw_context, now)
+    known = 0
+    metrics = decider.metrics
+    for decision in decisions:
+        if decision.error is None:
+            outcome = "control" if decision.control else "variant"
+        else:
+            outcome = decision.error
+        if outcome != "unknown_placement":
+            known += 1
+        metrics.child(metrics.decisions, tenant, outcome).inc()
+    metrics.seconds.observe(time.perf_counter() - started)
+    return _json(200 if known else 422, {"lead_id": lead_id, "lead": view.status,
+                                         "decisions": [d.to_json_dict() for d in decisions]})
+
+
+async def preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Methods": "POST, OPTIONS",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Orion-Key",
+        "Access-Control-Max-Age": "86400",
+    })
+
+
+async def healthz(request: web.Request) -> web.Response:
+    decider: Decider = request.app[STATE]
+    failure = decider.impression_failure or decider.publisher.last_failure
+    return _json(200, {"status": "ok", "impressions": "ok" if failure is None else f"failing: {failure}",
+                       "pending_impressions": decider.publisher.pending_events, "keys": len(decider.keys),
+                       "tenants": sorted(decider.experiences)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    decider: Decider = request.app[STATE]
+    return web.Response(body=decider.metrics.render(), headers={"Content-Type": decider.metrics.content_type})
+
+
+@web.middleware
+async def count_and_cors(request: web.Request, handler):
+    decider: Decider = request.app[STATE]
+    try:
+        response = await handler(request)
+    except web.HTTPException as http_error:  # 404, 405 and the like, raised by aiohttp itself
+        response = http_error
+    except Exception as err:  # noqa: BLE001 - a fault of ours: answered, counted and logged, keys cut out
+        log.error("%s %s failed: %s", request.method, redact(request.path_qs), redact(f"{type(err).__name__}: {err}"),
+                  exc_info=err)
+        response = _json(500, {"error": "internal", "detail": "the decision failed on this request; it is logged"})
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
+    decider.metrics.child(decider.metrics.requests, route, str(response.status)).inc()
+    if route == DECIDE_ROUTE:
+        response.headers["Access-Control-Allow-Origin"] = decider.settings.cors_origin
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response
+
+
+def build_app(decider: Decider) -> web.Application:
+    """The aiohttp application; the caller owns the decider (drains and closes it)."""
+    app = web.Application(client_max_size=decider.settings.max_body_bytes, middlewares=[count_and_cors])
+    app[STATE] = decider
+    app.router.add_post(DECIDE_ROUTE, post_decide)
+    app.router.add_route("OPTIONS", DECIDE_ROUTE, preflight)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,251 @@
+"""Deciding what a lead sees in a placement: a pure function of the tenant's compiled
+experiences, the lead's state (its durable profile, with the history counters the
+audiences read), the request's context and the time. No HTTP, no store, no engine.
+
+For each placement asked for, the answer is the first active experience of that
+placement, in (priority, name) order, whose schedule is open and whose audience admits
+the visitor: its context conditions (page url, referrer, device, country, local time of
+day) and its filters (the campaign filter language). The variant is sticky and needs no
+storage: a hash of (tenant, experience, lead id) picks a point in the experience's
+weights, so the same lead gets the same arm on every request, on every server, until the
+weights change. The control group is an arm like the others; it gets its own content,
+or none.
+
+A content snippet (Jinja2) renders in the template sandbox, with budgets of its own
+(orion/templates/sandbox.py): a snippet that fails or goes past them fails that
+placement, with the reason, never the request. Tokens: `lead.*` (attributes, `lead.id`,
+`lead.score`; a missing one is undefined: `{{ lead.first_name | default("there") }}`),
+`context.*` (the request's context as sent) and `experience.*` (name, variant, placement).
+The HTML it renders is autoescaped.
+
+    python -c "from orion.decisions.core import parse_context; print(parse_context({'local_time': '09:30'}, 0))"
+"""
+from __future__ import annotations
+
+import bisect
+import functools
+import hashlib
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jinja2
+from jinja2.exceptions import SecurityError
+
+from orion.campaigns.flows import lead_tokens
+from orion.rules.model import Experience, LeadState, TenantExperiences, Variant
+from orion.templates.sandbox import TemplateLimitError, TemplateLimits, TemplateSandbox, rendering
+
+# What a request's context may hold. url, referrer, device and country are text; the
+# local time of day comes as `local_time` (HH:MM or HH:MM:SS, the visitor's clock) or is
+# worked out from `timezone` (an IANA name such as Europe/Paris) at the request's time.
+TEXT_CONTEXT_FIELDS = ("url", "referrer", "device", "country")
+CONTEXT_FIELDS = TEXT_CONTEXT_FIELDS + ("local_time", "timezone")
+MAX_CONTEXT_TEXT = 4096  # characters of one context value
+
+# A snippet's budgets: a decision answers in milliseconds, an email may take longer.
+SNIPPET_LIMITS = TemplateLimits(max_chars=100_000, max_steps=100_000, max_seconds=0.05, max_range=1_000)
+
+# Why a placement has no content.
+NO_MATCH = "no_match"  # no experience of the placement admits the visitor now
+UNKNOWN_PLACEMENT = "unknown_placement"
+CONTENT_FAILED = "content_failed"
+
+
+class ContextError(ValueError):
+    """A request context that cannot be used; the message says which field and why."""
+
+
+class Decision(NamedTuple):
+    """The answer for one placement. With an experience: its name, the arm (`variant`,
+    `control` when it is the control group) and the content (`content_type` json, html
+    or none). Without: `error` says why (NO_MATCH, UNKNOWN_PLACEMENT or CONTENT_FAILED)
+    and `detail` says more."""
+
+    placement: str
+    experience: str | None = None
+    variant: str | None = None
+    control: bool = False
+    content_type: str | None = None
+    content: Any = None
+    error: str | None = None
+    detail: str | None = None
+
+    def to_json_dict(self) -> dict:
+        if self.error is not None:
+            found = {"placement": self.placement, "experience": None, "content": None, "error": self.error,
+                     "detail": self.detail}
+            if self.experience is not None:
+                found["experience"], found["variant"] = self.experience, self.variant
+            return found
+        return {"placement": self.placement, "experience": self.experience, "variant": self.variant,
+                "control": self.control, "content_type": self.content_type, "content": self.content}
+
+
+def parse_context(raw: Any, now_ms: int) -> dict:
+    """A request's context -> the values the audiences test: the text fields as sent and
+    `local_time` as minutes since the visitor's midnight (None when unknown). Raises
+    ContextError for anything else: not an object, an unknown field, a value that is not
+    text or is too long, a time or a time zone that is not one."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ContextError(f"context must be a JSON object with some of {', '.join(CONTEXT_FIELDS)}")
+    unknown = [key for key in raw if key not in CONTEXT_FIELDS]
+    if unknown:
+        shown = str(unknown[0])[:80]
+        raise ContextError(f"context has an unknown field {shown!r}; it may hold {', '.join(CONTEXT_FIELDS)}")
+    values: dict[str, Any] = {}
+    for field, value in raw.items():
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ContextError(f"context.{field} must be text, not {_json_kind(value)}")
+        if len(value) > MAX_CONTEXT_TEXT:
+            raise ContextError(f"context.{field} is {len(value):,} characters; at most {MAX_CONTEXT_TEXT:,}")
+        if field in TEXT_CONTEXT_FIELDS:
+            values[field] = value
+    if raw.get("local_time") is not None:
+        values["local_time"] = _minutes_of(raw["local_time"])
+    elif raw.get("timezone") is not None:
+        zone = _zone(raw["timezone"])
+        local = datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc).astimezone(zone)
+        values["local_time"] = local.hour * 60 + local.minute + local.second / 60
+    return values
+
+
+def _minutes_of(text: str) -> float:
+    parts = text.split(":")
+    if len(parts) in (2, 3) and all(len(p) == 2 and p.isdigit() for p in parts):
+        hours, minutes, seconds = int(parts[0]), int(parts[1]), int(parts[2]) if len(parts) == 3 else 0
+        if hours < 24 and minutes < 60 and seconds < 60:
+            return hours * 60 + minutes + seconds / 60
+    raise ContextError(f"context.local_time {text[:40]!r} is not a time of day; send HH:MM or HH:MM:SS, "
+                       "24-hour, like 14:05")
+
+
+@functools.lru_cache(maxsize=512)
+def _zone(name: str) -> ZoneInfo:
+    try:
+        if not name or len(name) > 64 or name.startswith(("/", ".")) or ".." in name:
+            raise ValueError(name)
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ContextError(f"context.timezone {name[:64]!r} is not a time zone; send an IANA name such as "
+                           "Europe/Paris, or local_time HH:MM") from None
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def assign(tenant: str, experience: Experience, lead_id: str) -> Variant:
+    """The lead's arm of the experience: a hash of (tenant, experience, lead) as a point
+    in [0, total weight), falling in one arm's share. Sticky, with no storage; a lead's
+    arm changes only when the weights or the arms change."""
+    key = f"{tenant}\x1f{experience.name}\x1f{lead_id}".encode("utf-8", "surrogatepass")
+    point = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 18446744073709551616.0
+    position = bisect.bisect_right(experience.cumulative, point * experience.total_weight)
+    arms = experience.arms
+    if position >= len(arms):  # a point on the very top edge, which float rounding allows
+        position = len(arms) - 1
+    while arms[position].weight <= 0 and position > 0:  # never an arm switched off (weight 0)
+        position -= 1
+    return arms[position]
+
+
+def choose(experiences: tuple[Experience, ...], state: LeadState, context: dict, now: int) -> Experience | None:
+    """The first experience, in the order given, open now whose audience admits the
+    visitor: the context conditions first (cheap, often decisive), then the filters."""
+    for experience in experiences:
+        if experience.scheduled(now) and experience.context_met(context, now) and experience.filters_met(state, now):
+            return experience
+    return None
+
+
+class SnippetRenderer:
+    """Renders content snippets in the sandbox, each compiled once (per experience and
+    arm) on first use. `render` raises ContentFailed with a dead-letter reason."""
+
+    def __init__(self, limits: TemplateLimits = SNIPPET_LIMITS):
+        self.limits = limits
+        self.environment = TemplateSandbox(autoescape=True)
+        self._compiled: dict[tuple, jinja2.Template] = {}
+
+    def render(self, experience: Experience, arm: Variant, lead_id: str, state: LeadState, raw_context: dict) -> str:
+        key = (experience.tenant, experience.name, arm.name, arm.content)
+        template = self._compiled.get(key)
+        try:
+            if template is None:
+                template = self._compiled[key] = self.environment.from_string(arm.content)
+            tokens = {
+                "lead": lead_tokens(lead_id, state),
+                "context": raw_context,
+                "experience": {"name": experience.name, "variant": arm.name, "placement": experience.placement},
+            }
+            with rendering(self.limits) as budget:
+                pieces, size = [], 0
+                for piece in template.root_render_func(template.new_context(tokens)):
+                    size += len(piece)
+                    budget.chars(size, "the content")
+                    budget.tick()
+                    pieces.append(piece)
+            return "".join(pieces)
+        except Exception as err:  # noqa: BLE001 - a snippet is tenant code: whatever it raises fails this placement only
+            raise ContentFailed(_reason(err), f"the content of {experience.name!r} ({arm.name}) failed: "
+                                f"{type(err).__name__}: {str(err)[:300]}") from None
+
+
+class ContentFailed(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, SecurityError):
+        return "template_unsafe"
+    if isinstance(err, TemplateLimitError):
+        return err.reason
+    return "template_failed"
+
+
+def decide(experiences: TenantExperiences | None, renderer: SnippetRenderer, lead_id: str, state: LeadState,
+           placements: list[str], context: dict, raw_context: dict, now: int) -> list[Decision]:
+    """One Decision per placement, in the order asked (each placement once)."""
+    decisions = []
+    by_placement = experiences.by_placement if experiences is not None else {}
+    for placement in dict.fromkeys(placements):
+        candidates = by_placement.get(placement)
+        if candidates is None:
+            known = ", ".join(sorted(by_placement)[:20]) or "none"
+            decisions.append(Decision(placement, error=UNKNOWN_PLACEMENT,
+                                      detail=f"no experience has placement {placement[:80]!r} (this tenant's "
+                                      f"placements: {known})"))
+            continue
+        chosen = choose(candidates, state, context, now)
+        if chosen is None:
+            decisions.append(Decision(placement, error=NO_MATCH,
+                                      detail="no experience of this placement is for this visitor now"))
+            continue
+        arm = assign(chosen.tenant, chosen, lead_id)
+        if arm.kind == "template":
+            try:
+                content = renderer.render(chosen, arm, lead_id, state, raw_context)
+            except ContentFailed as failed:
+                decisions.append(Decision(placement, chosen.name, arm.name, arm.control, error=CONTENT_FAILED,
+                                          detail=f"{failed.reason}: {failed.detail}"))
+                continue
+            decisions.append(Decision(placement, chosen.name, arm.name, arm.control, "html", content))
+        else:
+            decisions.append(Decision(placement, chosen.name, arm.name, arm.control, arm.kind, arm.content))
+    return decisions

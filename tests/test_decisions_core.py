@@ -1,0 +1,250 @@
+"""The decision itself, a pure function: which experience a placement shows (priority,
+schedule, context, filters, history), which arm (sticky, by weight, never a switched-off
+arm), what content (JSON as written, snippets rendered in the sandbox with budgets), and
+what a malformed context is told.
+
+    .venv/bin/python -m pytest -q tests/test_decisions_core.py
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from orion.decisions.core import (CONTENT_FAILED, NO_MATCH, UNKNOWN_PLACEMENT, ContextError, SnippetRenderer, assign,
+                                  decide, parse_context)
+from orion.decisions.leads import count_history
+from orion.rules.compiler import load_experiences
+from orion.rules.model import EMPTY_LEAD_STATE, LeadState
+from orion.store import open_store
+
+from conftest import DAY, T0, make_activity
+
+RULES = """
+tenant: acme
+settings:
+  lists: [customers]
+  lead_attributes: {industry: string}
+experiences:
+  - name: Retail hero
+    placement: home_hero
+    priority: 10
+    audience:
+      filters:
+        - lead: {industry: {is: Retail}}
+        - activity_history:
+            activity: experience_impression
+            where: {experience: {is: Retail hero}}
+            at_most: 2
+            in_past: {n: 7, unit: days}
+      context:
+        device: {in: [mobile, desktop]}
+    variants:
+      - {name: a, weight: 1, json: {headline: A}}
+      - {name: b, weight: 1, template: "<b>{{ lead.first_name | default('there') }}</b> on {{ context.device }}"}
+    control: {weight: 1}
+  - name: Winter sale
+    placement: home_hero
+    priority: 20
+    schedule: {starting: "2026-12-01T00:00:00Z", ending: "2027-01-01T00:00:00Z"}
+    variants: [{name: only, weight: 1, json: {headline: Sale}}]
+  - name: Default hero
+    placement: home_hero
+    variants: [{name: only, weight: 1, json: {headline: Welcome}}]
+  - name: Night owls
+    placement: sidebar
+    audience:
+      context:
+        local_time: {between: ["22:00", "06:00"]}
+        country: {in: [US, CA]}
+    variants:
+      - {name: on, weight: 1, json: night}
+      - {name: off, weight: 0, json: never}
+  - name: Loop
+    placement: footer
+    variants:
+      - {name: spin, weight: 1, template: "{% for i in range(900) %}{% for j in range(900) %}x{% endfor %}{% endfor %}"}
+"""
+
+
+@pytest.fixture
+def acme(rules_dir):
+    rules_dir.write(RULES)
+    _, experiences, refused = load_experiences(rules_dir.path)
+    assert refused == {}
+    return experiences["acme"]
+
+
+RETAIL = LeadState(attributes={"industry": "Retail", "first_name": "<Ada>"})
+
+
+def one(acme, placement, state=EMPTY_LEAD_STATE, context=None, now=T0, lead="L1"):
+    raw = context or {}
+    (decision,) = decide(acme, SnippetRenderer(), lead, state, [placement], parse_context(raw, now), raw, now)
+    return decision
+
+
+def test_the_first_experience_whose_audience_admits_the_visitor_is_shown(acme):
+    assert one(acme, "home_hero", RETAIL, {"device": "mobile"}).experience == "Retail hero"
+    # the same lead on a device the audience leaves out, and another lead: the next ones
+    assert one(acme, "home_hero", RETAIL, {"device": "tv"}).experience == "Default hero"
+    assert one(acme, "home_hero", LeadState(attributes={"industry": "Banking"}),
+               {"device": "mobile"}).experience == "Default hero"
+
+
+def test_a_schedule_opens_and_closes_an_experience(acme):
+    december = T0 + 10 * DAY  # T0 is 2026-11-22
+    assert one(acme, "home_hero", now=december).experience == "Winter sale"
+    assert one(acme, "home_hero", now=T0).experience == "Default hero"
+    assert one(acme, "home_hero", now=T0 + 60 * DAY).experience == "Default hero"
+
+
+def test_a_frequency_cap_counts_the_leads_impressions_from_the_store(acme, tmp_path):
+    store = open_store(f"sqlite:///{tmp_path}/a.db")
+    store.init()
+    seen = [make_activity("experience_impression", lead="L1", at=T0 - n * DAY, types=impression_types(acme),
+                          experience="Retail hero", variant="a", placement="home_hero") for n in range(3)]
+    store.write(seen)
+    store.index_activities(seen)
+    history = count_history(store, "acme", "L1", acme.counters, T0)
+    assert sum(sum(days.values()) for days in history.values()) == 3
+    capped = RETAIL._replace(history=history)
+    assert one(acme, "home_hero", capped, {"device": "mobile"}).experience == "Default hero"
+    # two of them fall out of the 7-day window a week later: under the cap again
+    later = count_history(store, "acme", "L1", acme.counters, T0 + 6 * DAY)
+    assert one(acme, "home_hero", RETAIL._replace(history=later), {"device": "mobile"},
+               now=T0 + 6 * DAY).experience == "Retail hero"
+    store.close()
+
+
+def impression_types(acme):
+    from orion.activities import ActivityTypes
+    from orion.rules.compiler import IMPRESSION_TYPE
+
+    return ActivityTypes({acme.tenant: {"experience_impression": IMPRESSION_TYPE}})
+
+
+def test_assignment_is_sticky_and_follows_the_weights(acme):
+    hero = acme.by_name["Retail hero"]
+    arms = [assign("acme", hero, f"L{n}").name for n in range(9000)]
+    assert arms == [assign("acme", hero, f"L{n}").name for n in range(9000)]  # the same every time
+    counts = Counter(arms)
+    assert set(counts) == {"a", "b", "control"}
+    assert all(2700 < n < 3300 for n in counts.values()), counts  # three equal weights
+    # another tenant's lead of the same id is assigned on its own
+    other = [assign("globex", hero, f"L{n}").name for n in range(9000)]
+    assert sum(x != y for x, y in zip(arms, other)) > 4000
+
+
+def test_an_arm_of_weight_zero_is_never_assigned(acme):
+    night = acme.by_name["Night owls"]
+    assert {assign("acme", night, f"L{n}").name for n in range(2000)} == {"on"}
+
+
+def test_local_time_windows_run_past_midnight_and_follow_the_time_zone(acme):
+    assert one(acme, "sidebar", context={"local_time": "23:30", "country": "us"}).experience == "Night owls"
+    assert one(acme, "sidebar", context={"local_time": "05:59:59", "country": "CA"}).experience == "Night owls"
+    assert one(acme, "sidebar", context={"local_time": "06:00", "country": "US"}).error == NO_MATCH
+    assert one(acme, "sidebar", context={"country": "US"}).error == NO_MATCH  # local time unknown
+    # T0 is 10:00 UTC: night in Honolulu (00:00), morning in New York (05:00), not in Paris (11:00)
+    assert one(acme, "sidebar", context={"timezone": "Pacific/Honolulu", "country": "US"}).error is None
+    assert one(acme, "sidebar", context={"timezone": "America/New_York", "country": "US"}).error is None
+    assert one(acme, "sidebar", context={"timezone": "Europe/Paris", "country": "US"}).error == NO_MATCH
+
+
+def test_content_is_json_as_written_or_a_rendered_autoescaped_snippet(acme):
+    hero = acme.by_name["Retail hero"]
+    by_arm = {}
+    for n in range(200):
+        decision = one(acme, "home_hero", RETAIL, {"device": "desktop"}, lead=f"L{n}")
+        by_arm.setdefault(decision.variant, decision)
+        assert decision.variant == assign("acme", hero, f"L{n}").name
+    assert by_arm["a"].content_type == "json" and by_arm["a"].content == {"headline": "A"}
+    assert by_arm["b"].content_type == "html" and by_arm["b"].content == "<b>&lt;Ada&gt;</b> on desktop"
+    assert by_arm["control"].control and by_arm["control"].content_type == "none"
+    assert by_arm["control"].content is None
+
+
+def test_a_snippet_past_its_budget_fails_its_placement_only(acme):
+    decisions = decide(acme, SnippetRenderer(), "L1", EMPTY_LEAD_STATE, ["footer", "home_hero"], {}, {}, T0)
+    assert decisions[0].error == CONTENT_FAILED and "template_budget" in decisions[0].detail
+    assert decisions[0].experience == "Loop"
+    assert decisions[1].experience == "Default hero"
+
+
+def test_unknown_placements_are_named_and_each_placement_is_answered_once(acme):
+    decisions = decide(acme, SnippetRenderer(), "L1", EMPTY_LEAD_STATE, ["nope", "home_hero", "nope"], {}, {}, T0)
+    assert [d.placement for d in decisions] == ["nope", "home_hero"]
+    assert decisions[0].error == UNKNOWN_PLACEMENT and "home_hero, sidebar" in decisions[0].detail
+    assert decide(None, SnippetRenderer(), "L1", EMPTY_LEAD_STATE, ["x"], {}, {}, T0)[0].error == UNKNOWN_PLACEMENT
+
+
+@pytest.mark.parametrize("context, fragment", [
+    ([], "context must be a JSON object"),
+    ({"browser": "x"}, "unknown field 'browser'"),
+    ({"device": 3}, "context.device must be text, not a number"),
+    ({"url": "x" * 5000}, "at most 4,096"),
+    ({"local_time": "25:00"}, "not a time of day"),
+    ({"local_time": "9:30"}, "not a time of day"),
+    ({"timezone": "Mars/Olympus"}, "not a time zone"),
+    ({"timezone": "../../etc/passwd"}, "not a time zone"),
+])
+def test_a_malformed_context_is_told_what_is_wrong(context, fragment):
+    with pytest.raises(ContextError) as raised:
+        parse_context(context, T0)
+    assert fragment in str(raised.value)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_lead_cache_is_bounded_in_time_and_size(acme, tmp_path):
+    from orion.decisions.leads import KNOWN, UNKNOWN, LeadReader
+    from orion.profiles import LeadRecord, encode_profile
+    from orion.store.base import StoredProfile
+
+    def profile(lead: str, industry: str) -> StoredProfile:
+        record = LeadRecord()
+        record = record._replace(flows=record.flows._replace(lead=LeadState(attributes={"industry": industry})))
+        return StoredProfile("acme", lead, encode_profile(record))
+
+    store = open_store(f"sqlite:///{tmp_path}/a.db")
+    store.init()
+    store.write_profiles([profile("L1", "Retail")])
+    clock = Clock()
+    reader = LeadReader(store, ttl_s=0.5, max_entries=10, clock=clock)
+    view = reader.read("acme", "L1", (), T0)
+    assert view.status == KNOWN and view.state.attributes["industry"] == "Retail"
+    store.write_profiles([profile("L1", "Banking")])
+    assert reader.cached("acme", "L1").state.attributes["industry"] == "Retail"  # within the TTL
+    clock.now += 0.5
+    assert reader.cached("acme", "L1") is None  # the TTL is the staleness bound
+    assert reader.read("acme", "L1", (), T0).state.attributes["industry"] == "Banking"
+    for n in range(30):
+        assert reader.read("acme", f"nobody-{n}", (), T0).status == UNKNOWN
+    assert len(reader._cache) <= 10
+    store.close()
+
+
+def test_history_counted_when_first_asked_for_equals_history_counted_at_once(acme, tmp_path):
+    from orion.decisions.leads import LeadReader
+
+    store = open_store(f"sqlite:///{tmp_path}/a.db")
+    store.init()
+    seen = [make_activity("experience_impression", lead="L1", at=T0 - n * DAY, types=impression_types(acme),
+                          experience="Retail hero", variant="a", placement="home_hero") for n in range(4)]
+    store.write(seen)
+    store.index_activities(seen)
+    eager = LeadReader(store, ttl_s=0).read("acme", "L1", acme.counters, T0).state
+    lazy = LeadReader(store, ttl_s=0).read("acme", "L1", acme.counters, T0, lazy_history=True).state
+    (key,) = [c.key for c in acme.counters]
+    assert lazy.history.get(key) == eager.history.get(key) and sum(eager.history[key].values()) == 4
+    for state in (eager, lazy):  # four impressions this week: past the cap of two
+        assert one(acme, "home_hero", state._replace(attributes={"industry": "Retail"}),
+                   {"device": "mobile"}).experience == "Default hero"
+    store.close()

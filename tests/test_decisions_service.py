@@ -1,0 +1,415 @@
+"""`POST /v1/decide` end to end, against real servers the tests start: the decision
+service on a free port, the Pub/Sub emulator its impressions go to, the SQLite store the
+graph (`orion run`, the real Beam graph) writes lead profiles into. Impressions pulled
+from the topic go back through the graph, and `orion analytics experiments` reports
+them. Bad input gets a clear answer and never a 500; a store that does not answer is a
+503; a Pub/Sub that does not take impressions costs no decision.
+
+    .venv/bin/python -m pytest -q tests/test_decisions_service.py
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from orion.collector.keys import KeyStore, add_key
+from orion.intake import parse_payload
+from orion.profiles import LeadRecord, encode_profile
+from orion.rules.compiler import load_experiences
+from orion.rules.model import LeadState
+from orion.store import open_store
+from orion.store.base import StoredProfile
+from orion.testing.pubsub import drain
+
+from collector_services import FlakyProxy, emulator_env, new_topic, pubsub, request  # noqa: F401
+
+RULES = """
+tenant: acme
+settings:
+  lead_attributes: {industry: string}
+experiences:
+  - name: Retail hero
+    placement: home_hero
+    priority: 10
+    audience:
+      filters: [{lead: {industry: {is: Retail}}}]
+    variants:
+      - {name: discount, weight: 1, template: "<h1>{{ lead.first_name | default('Hello') }}: 20% off</h1>"}
+      - {name: story, weight: 1, json: {headline: "Retailers love us"}}
+    control: {weight: 1}
+    goal:
+      activity: fill_out_form
+      where: {form: {is: Demo}}
+      within: {n: 7, unit: days}
+  - name: Default hero
+    placement: home_hero
+    variants: [{name: standard, weight: 1, json: {headline: Welcome}}]
+  - name: Mobile banner
+    placement: banner
+    audience:
+      context:
+        device: {is: mobile}
+    variants: [{name: app, weight: 1, json: {cta: "Get the app"}}]
+"""
+
+
+class DecideThread:
+    """`run_decider` on its own event loop in a thread, on a free port."""
+
+    def __init__(self, rules_dir: Path, keys_path: Path, store_uri_or_store, topic: str, **settings):
+        from orion.decisions.app import DecideSettings
+        from orion.decisions.commands import run_decider
+
+        rules, experiences, refused = load_experiences(rules_dir)
+        assert refused == {}
+        store = open_store(store_uri_or_store) if isinstance(store_uri_or_store, str) else store_uri_or_store
+        if isinstance(store_uri_or_store, str):
+            store.init()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.port = 0
+        self.error: BaseException | None = None
+
+        async def main():
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            await run_decider(topic, KeyStore(keys_path), experiences, rules.activity_types, store,
+                              DecideSettings(**settings), "127.0.0.1", 0, ready=self._on_ready, stop=self._stop)
+
+        def target():
+            try:
+                asyncio.run(main())
+            except BaseException as err:  # noqa: BLE001 - reported to the test
+                self.error = err
+                self._ready.set()
+
+        self._thread = threading.Thread(target=target, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(60), "the decision service did not start within 60 s"
+        if self.error:
+            raise self.error
+
+    def _on_ready(self, port: int) -> None:
+        self.port = port
+        self._ready.set()
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the decision service did not stop"
+
+    def decide(self, body, key: str | None = None, headers: dict | None = None):
+        return request("POST", self.port, "/v1/decide", body, key, headers)
+
+    def metric(self, name: str, **labels) -> float:
+        _, _, text = request("GET", self.port, "/metrics")
+        wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{{wanted}}} ") or (not labels and line.startswith(f"{name} ")):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+@pytest.fixture
+def rules_dir(tmp_path) -> Path:
+    path = tmp_path / "rules"
+    path.mkdir()
+    (path / "acme.yaml").write_text(RULES)
+    return path
+
+
+@pytest.fixture
+def key(tmp_path) -> str:
+    made, _ = add_key(tmp_path / "keys.yaml", "acme", "test")
+    return made
+
+
+@pytest.fixture
+def start(emulator_env, rules_dir, tmp_path):  # noqa: F811 - the emulator fixture
+    """`service = start(store, topic=None, **settings)`; stopped after the test."""
+    started = []
+
+    def start_service(store, topic: str | None = None, **settings) -> DecideThread:
+        service = DecideThread(rules_dir, tmp_path / "keys.yaml", store, topic or new_topic()[0], **settings)
+        started.append(service)
+        return service
+
+    yield start_service
+    for service in started:
+        service.stop()
+
+
+def write_profile(store_uri: str, lead_id: str, **attributes) -> None:
+    record = LeadRecord()
+    record = record._replace(flows=record.flows._replace(lead=LeadState(attributes=attributes)))
+    with open_store(store_uri) as store:
+        store.init()
+        store.write_profiles([StoredProfile("acme", lead_id, encode_profile(record))])
+
+
+def run_graph(rules_dir: Path, events: list[dict], store_uri: str, out: Path) -> None:
+    """The real Beam graph (`orion run`) over `events`, in event-time order, into the store."""
+    from orion.cli import main
+
+    path = out.parent / f"{out.name}.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in sorted(events, key=lambda e: e["occurred_at"])))
+    assert main(["run", "--events", str(path), "--rules", str(rules_dir), "--store", store_uri,
+                 "--outbox", "none", "--out-dir", str(out)]) == 0
+
+
+def test_decisions_read_the_profiles_the_graph_writes(start, key, rules_dir, tmp_path):
+    store_uri = f"sqlite:///{tmp_path / 'store.db'}"
+    now = int(time.time() * 1000) - 60_000
+
+    def change(n: int, lead: str, value: str) -> dict:
+        return {"event_id": f"c{n}", "tenant": "acme", "lead_id": lead, "type": "data_value_changes",
+                "occurred_at": now + n, "attributes": {"attribute": "industry", "new_value": value}}
+
+    run_graph(rules_dir, [change(1, "L1", "Retail"), change(2, "L2", "Banking")], store_uri, tmp_path / "out")
+    service = start(store_uri)
+    answers = {}
+    for lead in ("L1", "L2", "nobody"):
+        status, headers, body = service.decide({"lead_id": lead, "placements": ["home_hero", "banner"],
+                                                "context": {"device": "mobile"}}, key)
+        assert status == 200, body
+        assert headers["Access-Control-Allow-Origin"] == "*"
+        answers[lead] = body
+    first = answers["L1"]["decisions"][0]
+    assert answers["L1"]["lead"] == "known" and first["experience"] == "Retail hero"
+    assert first["variant"] in ("discount", "story", "control")
+    assert answers["L2"]["lead"] == "known" and answers["L2"]["decisions"][0]["experience"] == "Default hero"
+    # a lead without a profile is decided for as an anonymous visitor: from the context
+    assert answers["nobody"]["lead"] == "unknown"
+    assert [d["experience"] for d in answers["nobody"]["decisions"]] == ["Default hero", "Mobile banner"]
+    # sticky: the same answer again
+    _, _, again = service.decide({"lead_id": "L1", "placements": ["home_hero"], "context": {"device": "mobile"}}, key)
+    assert again["decisions"][0] == first
+
+
+def test_a_profile_change_is_seen_once_the_cache_lets_go(start, key, tmp_path):
+    store_uri = f"sqlite:///{tmp_path / 'store.db'}"
+    write_profile(store_uri, "L1", industry="Banking")
+    service = start(store_uri, cache_ttl=0.2)
+    body = {"lead_id": "L1", "placements": ["home_hero"]}
+    assert service.decide(body, key)[2]["decisions"][0]["experience"] == "Default hero"
+    write_profile(store_uri, "L1", industry="Retail", first_name="Ada")
+    deadline = time.monotonic() + 20
+    seen = None
+    while time.monotonic() < deadline:
+        seen = service.decide(body, key)[2]["decisions"][0]
+        if seen["experience"] == "Retail hero":
+            break
+        time.sleep(0.05)
+    assert seen["experience"] == "Retail hero", seen
+    assert service.metric("orion_decide_lead_reads_total", source="cache") > 0  # the cache did serve
+
+
+def test_every_decision_is_an_impression_the_graph_stores_and_the_report_counts(start, key, rules_dir, tmp_path,
+                                                                               capsys):
+    store_uri = f"sqlite:///{tmp_path / 'store.db'}"
+    for n in range(60):
+        write_profile(store_uri, f"L{n}", industry="Retail")
+    topic, subscription = new_topic()
+    service = start(store_uri, topic=topic, flush_seconds=0.01)
+    decided = {}
+    for n in range(60):
+        status, _, body = service.decide({"lead_id": f"L{n}", "placements": ["home_hero", "banner", "nope"],
+                                          "context": {"device": "desktop", "url": "https://acme.example/"}}, key)
+        assert status == 200, body
+        hero, banner, nope = body["decisions"]
+        assert banner["error"] == "no_match" and nope["error"] == "unknown_placement"
+        decided[f"L{n}"] = hero
+    service.stop()  # publishes what waits
+    types = load_experiences(rules_dir)[0].activity_types
+    messages = drain(subscription, quiet_seconds=2.0)
+    impressions = []
+    for message in messages:
+        parsed = list(parse_payload(message.data, types, "test"))
+        assert not any(hasattr(found, "reason") for found in parsed), parsed  # the graph's intake takes them
+        impressions += json.loads(message.data)
+    # one impression per decision with an experience (the control group's too), none for the others
+    assert sorted(i["lead_id"] for i in impressions) == sorted(decided)
+    for impression in impressions:
+        hero = decided[impression["lead_id"]]
+        assert impression["type"] == "experience_impression" and impression["tenant"] == "acme"
+        assert impression["attributes"] == {"experience": "Retail hero", "variant": hero["variant"],
+                                            "placement": "home_hero", "control": hero["control"],
+                                            "url": "https://acme.example/"}
+    arms = {hero["variant"] for hero in decided.values()}
+    assert arms == {"discount", "story", "control"}
+
+    # the impressions through the graph, with demo requests of some leads: the report
+    first_at = min(i["occurred_at"] for i in impressions)
+    converted = [lead for lead, hero in sorted(decided.items()) if int(lead[1:]) % 3 == 0]
+    goals = [{"event_id": f"g{lead}", "tenant": "acme", "lead_id": lead, "type": "fill_out_form",
+              "occurred_at": first_at + 1000, "attributes": {"form": "Demo"}} for lead in converted]
+    too_late = [{"event_id": "late-L1", "tenant": "acme", "lead_id": "L1", "type": "fill_out_form",
+                 "occurred_at": first_at + 8 * 86_400_000, "attributes": {"form": "Demo"}}]
+    run_graph(rules_dir, impressions + goals + too_late, store_uri, tmp_path / "out")
+    from orion.cli import main
+
+    capsys.readouterr()
+    assert main(["analytics", "experiments", "--tenant", "acme", "--store", store_uri, "--rules", str(rules_dir),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (hero_report,) = [e for e in report["experiences"] if e["experience"] == "Retail hero"]
+    rows = {row["arm"]: row for row in hero_report["arms"]}
+    for arm in ("discount", "story", "control"):
+        members = [lead for lead, hero in decided.items() if hero["variant"] == arm]
+        assert rows[arm]["leads"] == rows[arm]["impressions"] == len(members)
+        assert rows[arm]["conversions"] == sum(1 for lead in members if lead in converted)
+    assert hero_report["goal"] == "fill_out_form where form is \"Demo\" within 7 days"
+    assert main(["analytics", "experiments", "--tenant", "acme", "--store", store_uri, "--rules", str(rules_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "Retail hero (placement home_hero)" in text and "control" in text
+
+
+def test_bad_input_gets_a_clear_answer_and_never_a_500(start, key, tmp_path):
+    store_uri = f"sqlite:///{tmp_path / 'store.db'}"
+    service = start(store_uri)
+    cases = [
+        (None, {"lead_id": "L1", "placements": ["home_hero"]}, None, 401, "missing_key"),
+        ("ok_0123456789abcdef_" + "x" * 43, {"lead_id": "L1", "placements": ["home_hero"]}, None, 401, "invalid_key"),
+        (key, b"{not json", None, 400, "malformed_json"),
+        (key, [1, 2], None, 400, "malformed_json"),
+        (key, {"placements": ["home_hero"]}, None, 400, "missing_field"),
+        (key, {"lead_id": True, "placements": ["home_hero"]}, None, 400, "bad_field"),
+        (key, {"lead_id": "L1"}, None, 400, "missing_field"),
+        (key, {"lead_id": "L1", "placements": "home_hero"}, None, 400, "bad_field"),
+        (key, {"lead_id": "L1", "placements": [7]}, None, 400, "bad_field"),
+        (key, {"lead_id": "L1", "placements": ["p"] * 21}, None, 400, "bad_field"),
+        (key, {"lead_id": "L1", "placements": ["home_hero"], "colour": 1}, None, 400, "bad_field"),
+        (key, {"lead_id": "L1", "placements": ["home_hero"], "context": "mobile"}, None, 400, "bad_context"),
+        (key, {"lead_id": "L1", "placements": ["home_hero"], "context": {"device": 1}}, None, 400, "bad_context"),
+        (key, {"lead_id": "L1", "placements": ["home_hero"], "context": {"local_time": "noon"}}, None, 400,
+         "bad_context"),
+        (key, {"lead_id": "L1", "placements": ["home_hero"], "context": {"url": "x" * 70_000}}, None, 413,
+         "too_large"),
+        (key, {"lead_id": "L1", "placements": ["nope", "nada"]}, None, 422, None),
+    ]
+    for presented, body, headers, status, error in cases:
+        got, _, answer = service.decide(body, presented, headers)
+        assert got == status, (body if not isinstance(body, dict) else list(body), answer)
+        if error is not None:
+            assert answer["error"] == error and answer["detail"], answer
+    _, _, answer = service.decide({"lead_id": "L1", "placements": ["home_hero"], "context": {"device": 1}}, key)
+    assert answer["detail"] == "context.device must be text, not a number"
+    status, _, answer = service.decide({"lead_id": "L1", "placements": ["nope", "nada"]}, key)
+    assert [d["error"] for d in answer["decisions"]] == ["unknown_placement"] * 2
+    assert "banner, home_hero" in answer["decisions"][0]["detail"]
+    # an unknown placement beside a known one: the known one is answered
+    status, _, answer = service.decide({"lead_id": 42, "placements": ["nope", "home_hero"]}, key)
+    assert status == 200 and answer["lead_id"] == "42" and answer["lead"] == "unknown"
+    assert [d.get("error") for d in answer["decisions"]] == ["unknown_placement", None]
+    # no answer was a 500
+    _, _, text = request("GET", service.port, "/metrics")
+    assert 'status="500"' not in text and 'route="/v1/decide",status="400"' in text
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_store_that_does_not_answer_is_a_503(start, key):
+    from orion.store.mysql import MysqlStore
+
+    service = start(MysqlStore(f"mysql://root@127.0.0.1:{_closed_port()}/orion"))
+    status, headers, answer = service.decide({"lead_id": "L1", "placements": ["home_hero"]}, key)
+    assert status == 503 and answer["error"] == "store_unavailable" and headers["Retry-After"] == "1"
+
+
+def test_decisions_go_on_when_pubsub_does_not_take_impressions(emulator_env, start, key, tmp_path,  # noqa: F811
+                                                               monkeypatch):
+    topic, _ = new_topic()
+    proxy = FlakyProxy(int(emulator_env.host.rsplit(":", 1)[1]))
+    try:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", proxy.host)
+        proxy.set_mode("refuse")
+        service = start(f"sqlite:///{tmp_path / 'store.db'}", topic=topic, publish_timeout=1.0, flush_seconds=0.01)
+        for n in range(5):
+            status, _, answer = service.decide({"lead_id": f"L{n}", "placements": ["home_hero"]}, key)
+            assert status == 200 and answer["decisions"][0]["experience"] == "Default hero"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and service.metric("orion_decide_impressions_total", result="failed") < 5:
+            time.sleep(0.2)
+        assert service.metric("orion_decide_impressions_total", result="failed") == 5
+        _, _, health = request("GET", service.port, "/healthz")
+        assert health["impressions"].startswith("failing")
+        # Pub/Sub back: impressions flow again once the client has reconnected (it backs off
+        # for up to 2 s), with nothing restarted
+        proxy.set_mode("forward")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and service.metric("orion_decide_impressions_total", result="published") < 1:
+            service.decide({"lead_id": "L9", "placements": ["home_hero"]}, key)
+            time.sleep(0.5)
+        assert service.metric("orion_decide_impressions_total", result="published") >= 1
+        assert request("GET", service.port, "/healthz")[2]["impressions"] == "ok"
+    finally:
+        proxy.close()
+
+
+def test_a_body_that_does_not_arrive_is_a_408(start, key, tmp_path):
+    service = start(f"sqlite:///{tmp_path / 'store.db'}", body_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as connection:
+        connection.sendall(f"POST /v1/decide HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                           "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"lead".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            chunk = connection.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"408" and json.loads(body)["error"] == "body_timeout"
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
+
+
+def test_orion_decide_serve_serves_until_told_to_stop(emulator_env, rules_dir, key, tmp_path):  # noqa: F811
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from orion.testing.emulators import emulator_environment
+
+    orion = Path(sys.executable).with_name("orion")
+    topic, subscription = new_topic()
+    store_uri = f"sqlite:///{tmp_path / 'store.db'}"
+    write_profile(store_uri, "L1", industry="Retail")
+    refused = subprocess.run([str(orion), "decide", "serve", "--topic", topic, "--keys", str(tmp_path / "none.yaml")],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "no API keys" in refused.stderr
+    service = subprocess.Popen(
+        [str(orion), "decide", "serve", "--topic", topic, "--keys", str(tmp_path / "keys.yaml"), "--store", store_uri,
+         "--rules", str(rules_dir), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=emulator_environment(emulator_env))
+    try:
+        line = service.stdout.readline()
+        port = int(re.search(r"listening on http://127\.0\.0\.1:(\d+)/v1/decide", line).group(1))
+        assert "3 experience(s) of 1 tenant(s)" in line
+        status, _, answer = request("POST", port, "/v1/decide", {"lead_id": "L1", "placements": ["home_hero"]}, key)
+        assert status == 200 and answer["decisions"][0]["experience"] == "Retail hero"
+    finally:
+        service.send_signal(signal.SIGTERM)
+        output, errors = service.communicate(timeout=60)
+    assert service.returncode == 0, errors[-3000:]
+    assert "orion decide: stopped" in output
+    (message,) = drain(subscription, quiet_seconds=2.0)  # the impression was published before it stopped
+    assert [event["lead_id"] for event in json.loads(message.data)] == ["L1"]
