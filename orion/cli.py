@@ -18,6 +18,8 @@
     orion analytics experiments --tenant T              # impressions, conversions, lift over control
     orion run --runner dataflow --project P --region R --temp_location gs://B/tmp --out-dir gs://B/out --dry-run
     orion run --mode passive --legacy-store mysql://... --store bigtable://...   # migration
+    orion run --mode tenants --legacy-store mysql://... --store bigtable://...   # each tenant in its stage
+    orion tenants set acme --stage passive --store bigtable://...   # applied live (docs/migration.md)
     orion jars path flink-kafka                         # Java jars from Maven Central, fetched once
 """
 from __future__ import annotations
@@ -76,9 +78,12 @@ def _add_run(commands) -> None:
     migration.add_argument("--mode", choices=MODES,
                            help="legacy: MySQL only; passive: write both, serve reads from MySQL and "
                            "compare with --store; active: write both, serve from --store and compare "
-                           "with MySQL (default: --store alone)")
+                           "with MySQL; tenants: each tenant in the stage the tenant registry in --store "
+                           "gives it (orion tenants set), applied live (default: --store alone)")
     migration.add_argument("--legacy-store", metavar="mysql://USER:PASSWORD@HOST:PORT/DB",
                            help="the legacy store, with --mode")
+    migration.add_argument("--tenant-refresh", type=float, metavar="SECONDS",
+                           help="with --mode tenants: re-read the tenant registry this often (default: 10)")
     runners = parser.add_argument_group("runners")
     runners.add_argument("--runner", default="direct",
                          help="direct (default), flink (a PyFlink job: a local mini-cluster, or "
@@ -126,6 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         outbox_uri=args.outbox,
         mode=args.mode,
         legacy_store_uri=args.legacy_store,
+        tenant_refresh_s=args.tenant_refresh,
     )
     runner = args.runner.lower()
     if runner == "flink":
@@ -264,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_decide_command(commands)
     add_analytics_commands(commands)
+    from orion.tenants.commands import add_tenants_commands
+
+    add_tenants_commands(commands)  # tenants list | set | report: per-tenant rollout stages
     return parser
 
 

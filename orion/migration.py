@@ -6,6 +6,7 @@ its transforms orion/transforms/legacy.py, and the `orion bootstrap` command
 orion/pipelines/bootstrap_command.py.
 
     orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://p/i/activities --splits 32
+    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://p/i/activities --tenant acme
 
 How a legacy row becomes an Activity (anything else is a dead letter with a reason,
 counted, written to the dead-letter files, and never silently dropped):
@@ -37,6 +38,10 @@ source side is computed from the rows this run read; the target side by scanning
 target after every write has finished. Any range that differs, any target row of a tenant
 the source does not have, and any legacy row neither migrated nor dead-lettered makes the
 command exit 1.
+
+One tenant (`--tenant acme`, the per-tenant rollout of docs/migration.md): only that
+tenant's legacy rows are read (its id span, filtered by tenant), and only its key range
+of the target is verified; the other tenants' rows, on either side, are left alone.
 """
 from __future__ import annotations
 
@@ -215,6 +220,7 @@ class BootstrapPlan(NamedTuple):
     legacy_rows: int  # COUNT(*) when planned
     tenants: tuple[str, ...]
     splits: tuple[tuple[int, int], ...]  # inclusive id ranges
+    tenant: str | None = None  # bootstrap this tenant alone (orion bootstrap --tenant)
 
 
 def plan_splits(min_id: int | None, max_id: int | None, splits: int) -> tuple[tuple[int, int], ...]:
@@ -244,9 +250,9 @@ def connect_legacy(uri: str):
                          f"{settings['host']}:{settings['port']} as {settings['user']!r}: {err}") from err
 
 
-def plan_bootstrap(source_uri: str, target_uri: str, splits: int) -> BootstrapPlan:
-    """Ask the legacy database for its id span, row count and tenants; make sure the
-    target's tables exist."""
+def plan_bootstrap(source_uri: str, target_uri: str, splits: int, tenant: str | None = None) -> BootstrapPlan:
+    """Ask the legacy database for its id span, row count and tenants (of `tenant` alone,
+    when given); make sure the target's tables exist."""
     import pymysql
 
     from orion.store import open_store
@@ -258,10 +264,15 @@ def plan_bootstrap(source_uri: str, target_uri: str, splits: int) -> BootstrapPl
     connection = connect_legacy(source_uri)
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT MIN(id), MAX(id), COUNT(*) FROM activities")
-            min_id, max_id, rows = cursor.fetchone()
-            cursor.execute("SELECT DISTINCT tenant FROM activities")
-            tenants = tuple(sorted(_shown(t) for (t,) in cursor.fetchall()))
+            if tenant is None:
+                cursor.execute("SELECT MIN(id), MAX(id), COUNT(*) FROM activities")
+                min_id, max_id, rows = cursor.fetchone()
+                cursor.execute("SELECT DISTINCT tenant FROM activities")
+                tenants = tuple(sorted(_shown(t) for (t,) in cursor.fetchall()))
+            else:
+                cursor.execute("SELECT MIN(id), MAX(id), COUNT(*) FROM activities WHERE tenant = %s", (tenant,))
+                min_id, max_id, rows = cursor.fetchone()
+                tenants = (tenant,)
     except pymysql.err.Error as err:
         raise StoreError(f"cannot read the legacy activities table: {err}") from err
     finally:
@@ -269,22 +280,28 @@ def plan_bootstrap(source_uri: str, target_uri: str, splits: int) -> BootstrapPl
     with open_store(target_uri) as target:
         target.init()
     return BootstrapPlan(source_uri, target_uri, min_id, max_id, int(rows), tenants,
-                         plan_splits(min_id, max_id, splits))
+                         plan_splits(min_id, max_id, splits), tenant)
 
 
-def target_scan_ranges(tenants: Iterable[str], per_tenant: int = 4) -> list[tuple[bytes | None, bytes | None]]:
+def target_scan_ranges(tenants: Iterable[str], per_tenant: int = 4,
+                       whole_table: bool = True) -> list[tuple[bytes | None, bytes | None]]:
     """Row-key ranges that together cover the whole target table: each source tenant's
     rows in `per_tenant` salt slices, and the gaps between tenants (so rows of a tenant
-    the source does not have are found too)."""
+    the source does not have are found too). With whole_table False, the tenants' own
+    slices alone (a bootstrap of one tenant verifies that tenant only)."""
     from orion.store.bigtable import SALT_BUCKETS, SEPARATOR, encode_id
 
     boundaries: list[bytes] = []
+    slice_starts: set[bytes] = set()  # where each of the tenants' own slices starts
     for prefix in sorted(encode_id(t) + SEPARATOR for t in set(tenants)):
         slices = max(1, min(per_tenant, SALT_BUCKETS))
-        boundaries += [(prefix + f"{SALT_BUCKETS * n // slices:02x}").encode("ascii") for n in range(slices)]
+        starts = [(prefix + f"{SALT_BUCKETS * n // slices:02x}").encode("ascii") for n in range(slices)]
+        slice_starts.update(starts)
+        boundaries += starts
         boundaries.append((prefix[:-1] + chr(ord(SEPARATOR) + 1)).encode("ascii"))
     edges: list[bytes | None] = [None, *boundaries, None]
-    return [(edges[n], edges[n + 1]) for n in range(len(edges) - 1)]
+    ranges = [(edges[n], edges[n + 1]) for n in range(len(edges) - 1)]
+    return ranges if whole_table else [r for r in ranges if r[0] in slice_starts]
 
 
 # --- the verification report --------------------------------------------------------

@@ -31,7 +31,8 @@ DEFAULT_OUTBOX = f"sqlite:///{DEFAULT_DATA_DIR / 'outbox.db'}"
 # store outlives it: a lead that comes back is seeded from there.
 DEFAULT_LEAD_TTL_DAYS = 400
 
-MODES = ("legacy", "passive", "active")  # migration: which store serves a run
+# migration: which store serves a run; tenants: each tenant as the tenant registry says
+MODES = ("legacy", "passive", "active", "tenants")
 
 __all__ = [
     "DEFAULT_ALLOWED_LATENESS_MS", "DEFAULT_DATA_DIR", "DEFAULT_DEDUP_SPAN_MS", "DEFAULT_LEAD_TTL_DAYS",
@@ -62,6 +63,8 @@ class RunConfig(NamedTuple):
     kafka_servers: str | None = None
     kafka_topic: str | None = None
     kafka_group: str = "orion"
+    # migration, mode tenants: re-read the tenant registry this often (None: the default, 10 s)
+    tenant_refresh_s: float | None = None
 
 
 # Flink job defaults.
@@ -167,6 +170,7 @@ def clear_previous_outputs(out_dir: Path | str) -> None:
         return
     out_dir = Path(out_dir)
     for pattern in (f"{OUTCOMES_NAME}-*.jsonl", f"{DEAD_LETTERS_NAME}-*.jsonl", "differences-*.jsonl",
+                    "tenant-metrics-*.prom",
                     f".{OUTCOMES_NAME}-*.inprogress.*", f".{DEAD_LETTERS_NAME}-*.inprogress.*"):
         for old in out_dir.glob(pattern):
             old.unlink()
@@ -177,8 +181,8 @@ def clear_previous_outputs(out_dir: Path | str) -> None:
 
 def effective_store_uri(config: RunConfig) -> str:
     """The store the graph writes and reads: --store alone; with --mode legacy the legacy
-    store alone; with --mode passive or active both, side by side, differences reported
-    into the output directory (orion/store/migrating.py)."""
+    store alone; with --mode passive, active or tenants both, side by side, differences
+    reported into the output directory (orion/store/migrating.py)."""
     if config.mode is None:
         return config.store_uri
     if not config.legacy_store_uri:
@@ -187,4 +191,5 @@ def effective_store_uri(config: RunConfig) -> str:
         return config.legacy_store_uri
     from orion.store.migrating import migration_store_uri
 
-    return migration_store_uri(config.mode, config.legacy_store_uri, config.store_uri, config.out_dir)
+    return migration_store_uri(config.mode, config.legacy_store_uri, config.store_uri, config.out_dir,
+                               config.tenant_refresh_s)

@@ -80,7 +80,7 @@ def build_bootstrap(
     verification at all when report_path is None)."""
     splits = pipeline | "IdRanges" >> beam.Create(list(plan.splits))
     activities, bad_rows, source_sums = splits | "ReadLegacyActivities" >> ReadLegacyActivities(
-        plan.source_uri, chunk_rows, progress_dir)
+        plan.source_uri, chunk_rows, progress_dir, plan.tenant)
     dead_letter_parts = [bad_rows]
     writes_done = None
     if copy:
@@ -97,7 +97,7 @@ def build_bootstrap(
         return
     target_sums = (
         pipeline
-        | "RowKeyRanges" >> beam.Create(target_scan_ranges(plan.tenants))
+        | "RowKeyRanges" >> beam.Create(target_scan_ranges(plan.tenants, whole_table=plan.tenant is None))
         | "ChecksumTarget" >> ChecksumTarget(plan.target_uri, after=writes_done)
     )
     (

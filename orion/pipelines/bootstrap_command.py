@@ -3,6 +3,7 @@ the legacy MySQL activities, runs the bootstrap pipeline (orion/pipelines/bootst
 and reports the verification. The plain-Python core is orion/migration.py.
 
     orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://p/i/activities --splits 32
+    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://p/i/activities --tenant acme
     python -m orion.pipelines.bootstrap_command bootstrap --from ... --to ... --verify-only
 """
 from __future__ import annotations
@@ -45,6 +46,9 @@ def add_bootstrap_command(subparsers) -> None:
                         help="local worker processes on the DirectRunner (default: %(default)s)")
     parser.add_argument("--dead-letters", default="orion-data/bootstrap-dead-letters", metavar="PREFIX",
                         help="dead letters go to PREFIX-*.jsonl (default: %(default)s)")
+    parser.add_argument("--tenant", metavar="TENANT",
+                        help="copy and verify this tenant's activities alone (the per-tenant rollout: "
+                        "docs/migration.md); the other tenants' rows are left alone")
     parser.add_argument("--verify-only", action="store_true",
                         help="only compare the legacy table with the target; write nothing")
     parser.add_argument("--progress-every", type=float, default=PROGRESS_EVERY_SECONDS, metavar="SECONDS",
@@ -57,13 +61,14 @@ def bootstrap_command(args: argparse.Namespace) -> int:
     from orion.store.mysql import redact
 
     try:
-        plan = plan_bootstrap(args.source, args.target, args.splits)
+        plan = plan_bootstrap(args.source, args.target, args.splits, args.tenant)
     except StoreError as err:
         print(f"orion: {err}", file=sys.stderr)
         return EXIT_ERROR
     what = "verifying" if args.verify_only else "bootstrapping"
     print(f"{what} {redact(plan.source_uri)} -> {plan.target_uri}: {plan.legacy_rows:,} legacy rows, "
-          f"ids {plan.min_id}..{plan.max_id} in {len(plan.splits)} splits, {len(plan.tenants)} tenants",
+          f"ids {plan.min_id}..{plan.max_id} in {len(plan.splits)} splits, "
+          + (f"tenant {plan.tenant!r} alone" if plan.tenant is not None else f"{len(plan.tenants)} tenants"),
           file=sys.stderr, flush=True)
     settings = BootstrapSettings(
         dead_letter_prefix=args.dead_letters,

@@ -162,6 +162,17 @@ def leads_by_tenant(keys: Iterable[tuple[str, str]], per_group: int) -> list[tup
     return groups
 
 
+class TenantStage(NamedTuple):
+    """One tenant's row in the tenant registry (orion/tenants/registry.py): its rollout
+    stage (legacy, passive, active, deactivated), when it was set (epoch ms, wall clock)
+    and the stage before it (None for a tenant's first)."""
+
+    tenant: str
+    stage: str
+    changed_at: int
+    previous_stage: str | None = None
+
+
 class ActivityStore(abc.ABC):
     """One lead history store. Writing the same activity twice leaves one copy.
 
@@ -273,6 +284,19 @@ class ActivityStore(abc.ABC):
     @abc.abstractmethod
     def count_profiles(self) -> int:
         """How many lead profiles the store holds."""
+
+    # The tenant registry: one row per tenant, its rollout stage. `init` creates it beside
+    # the activity tables; a backend that keeps none says so.
+
+    def read_tenant_stages(self) -> list[TenantStage]:
+        """Every tenant's registry row, sorted by tenant."""
+        raise StoreError(f"{type(self).__name__} keeps no tenant registry; use a sqlite://, mysql:// or "
+                         "bigtable:// store for it")
+
+    def write_tenant_stage(self, entry: TenantStage) -> None:
+        """Set a tenant's registry row (replacing the one it had)."""
+        raise StoreError(f"{type(self).__name__} keeps no tenant registry; use a sqlite://, mysql:// or "
+                         "bigtable:// store for it")
 
     def close(self) -> None:
         """Release connections."""

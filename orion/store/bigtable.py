@@ -47,6 +47,11 @@ the `next_wake` cells due, so it reads every profile row on the server but sends
 only the due ones: a cost proportional to the number of profiles, fine for a periodic
 sweep, not for a per-event call.
 
+The tenant registry lives in TABLE-tenants, one row per tenant (key: the percent-encoded
+tenant), family "t", columns `stage`, `changed_at` (decimal epoch ms) and
+`previous_stage`, each cell at the one timestamp PROFILE_CELL_MICROS, as the profiles'
+(orion/tenants/registry.py).
+
     BIGTABLE_EMULATOR_HOST=127.0.0.1:8086 orion store init bigtable://demo/local/activities
 """
 from __future__ import annotations
@@ -70,6 +75,7 @@ from orion.store.base import (
     IndexEntries,
     StoredProfile,
     StoreError,
+    TenantStage,
     WriteFailure,
     WriteResult,
     activity_day,
@@ -87,6 +93,8 @@ INDEX_TABLE_SUFFIX = "-index"
 PROFILE_FAMILY = "p"
 PROFILE_TABLE_SUFFIX = "-profiles"
 PROFILE_CELL_MICROS = 0  # the cell timestamp of every profile cell (see the module docstring)
+TENANT_FAMILY = "t"
+TENANT_TABLE_SUFFIX = "-tenants"  # the tenant registry (see the module docstring)
 READ_KEYS_PER_REQUEST = 2000  # row keys per ReadRows of read_profiles
 BATCH_SIZE = 500  # rows per MutateRows request
 
@@ -422,6 +430,7 @@ class BigtableStore(ActivityStore):
         self.project, self.instance_id, self.table_id = parse_bigtable_uri(uri)
         self.index_table_id = self.table_id + INDEX_TABLE_SUFFIX
         self.profile_table_id = self.table_id + PROFILE_TABLE_SUFFIX
+        self.tenant_table_id = self.table_id + TENANT_TABLE_SUFFIX
         self._client = None
         self._tables: dict = {}
 
@@ -458,7 +467,8 @@ class BigtableStore(ActivityStore):
         try:
             instance = client.instance(self.instance_id)
             for table_id, family in ((self.table_id, ACTIVITY_FAMILY), (self.index_table_id, INDEX_FAMILY),
-                                     (self.profile_table_id, PROFILE_FAMILY)):
+                                     (self.profile_table_id, PROFILE_FAMILY),
+                                     (self.tenant_table_id, TENANT_FAMILY)):
                 table = instance.table(table_id)
                 one_version = column_family.MaxVersionsGCRule(1)
                 try:
@@ -768,6 +778,33 @@ class BigtableStore(ActivityStore):
 
         keys_only = rf.RowFilterChain([rf.CellsRowLimitFilter(1), rf.StripValueTransformerFilter(True)])
         return sum(1 for _ in self._read(self.profile_table_id, row_filter=keys_only))
+
+    # the tenant registry
+
+    def read_tenant_stages(self) -> list[TenantStage]:
+        from google.cloud.bigtable import row_filters as rf
+
+        found = []
+        latest = rf.RowFilterChain([rf.FamilyNameRegexFilter(TENANT_FAMILY), rf.CellsColumnLimitFilter(1)])
+        for row in self._read(self.tenant_table_id, row_filter=latest):
+            cells = row.cells.get(TENANT_FAMILY, {})
+            if b"stage" not in cells:
+                continue
+            previous = cells.get(b"previous_stage")
+            found.append(TenantStage(decode_id(row.key.decode("ascii")), cells[b"stage"][0].value.decode("utf-8"),
+                                     int(cells[b"changed_at"][0].value),
+                                     previous[0].value.decode("utf-8") if previous else None))
+        return sorted(found)
+
+    def write_tenant_stage(self, entry: TenantStage) -> None:
+        previous = None if entry.previous_stage is None else entry.previous_stage.encode("utf-8")
+        cells = ((b"stage", entry.stage.encode("utf-8"), PROFILE_CELL_MICROS),
+                 (b"changed_at", str(entry.changed_at).encode("ascii"), PROFILE_CELL_MICROS),
+                 (b"previous_stage", previous, PROFILE_CELL_MICROS))
+        _, failed = self._mutate(self.tenant_table_id, TENANT_FAMILY,
+                                 [(entry, encode_id(entry.tenant).encode("ascii"), cells)])
+        if failed:
+            raise StoreError(f"the tenant registry of {self.uri} could not be written: {failed[0].detail}")
 
     def close(self) -> None:
         if self._client is not None:

@@ -29,7 +29,8 @@ def add_store_commands(subparsers) -> None:
         "init",
         help="create a store's tables (safe to run again)",
         description="Create the tables, column families and indexes of the store URI names (the "
-        "activities, the activity index and the lead profiles); running it again changes nothing "
+        "activities, the activity index, the lead profiles and the tenant registry); running it again "
+        "changes nothing "
         "and keeps what is stored. URI forms: " + "; ".join(URI_FORMS) + ".",
     )
     init.add_argument("uri", metavar="URI", help="the store, e.g. sqlite:///orion-data/activities.db")

@@ -22,6 +22,8 @@ through PyMySQL. It keeps the legacy schema the bootstrap migration reads by id 
   was before the profile existed) reads as a profile of those
   (orion/store/profile_columns.py). `init` adds the profile columns to a lead_profiles
   table made by an older `orion campaign init`.
+- `tenant_stages`: the tenant registry, one row per tenant: its rollout stage, when it
+  was set and the one before (orion/tenants/registry.py).
 
 Ids and types are VARBINARY (UTF-8 bytes): comparisons are exact and byte-wise, with no
 case folding, no trailing-space padding and the same order as the other stores. An event
@@ -51,6 +53,7 @@ from orion.store.base import (
     IndexEntries,
     StoredProfile,
     StoreError,
+    TenantStage,
     WriteFailure,
     WriteResult,
     attributes_json,
@@ -116,6 +119,15 @@ _SCHEMA = (
         updated_at BIGINT         NULL COMMENT 'wall-clock epoch ms of the last change by the store',
         PRIMARY KEY (tenant, lead_id),
         KEY lead_profiles_next_wake (next_wake)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS tenant_stages (
+        tenant         VARBINARY(255) NOT NULL,
+        stage          VARCHAR(16)    NOT NULL COMMENT 'legacy, passive, active or deactivated',
+        changed_at     BIGINT         NOT NULL COMMENT 'wall-clock epoch ms the stage was set',
+        previous_stage VARCHAR(16)    NULL COMMENT 'the stage before it',
+        PRIMARY KEY (tenant)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
     """,
 )
@@ -523,6 +535,18 @@ class MysqlStore(ActivityStore):
 
     def count_profiles(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM lead_profiles", ())[0][0])
+
+    # the tenant registry
+
+    def read_tenant_stages(self) -> list[TenantStage]:
+        rows = self._query("SELECT tenant, stage, changed_at, previous_stage FROM tenant_stages", ())
+        return sorted(TenantStage(_text(tenant), _text(stage), int(changed_at), _text(previous))
+                      for tenant, stage, changed_at, previous in rows)
+
+    def write_tenant_stage(self, entry: TenantStage) -> None:
+        self._query("INSERT INTO tenant_stages (tenant, stage, changed_at, previous_stage) VALUES (%s, %s, %s, %s) "
+                    "ON DUPLICATE KEY UPDATE stage = VALUES(stage), changed_at = VALUES(changed_at), "
+                    "previous_stage = VALUES(previous_stage)", tuple(entry))
 
     def close(self) -> None:
         self._drop_connection()

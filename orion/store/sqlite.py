@@ -5,7 +5,8 @@ in `lead_profiles`, one row per (tenant, lead), with an index on next_wake for
 `due_profiles`. As in the MySQL store, a profile row holds the encoded profile (`data`)
 and, derived from it on every write, the lead's attributes, score and lists (JSON as
 TEXT); a row with only those columns (data NULL, written with SQL) reads as a profile of
-them (orion/store/profile_columns.py).
+them (orion/store/profile_columns.py). The tenant registry is `tenant_stages`, one row
+per tenant (orion/tenants/registry.py).
 
 WAL mode and a busy timeout let the workers of a multi-process DirectRunner write to
 the same file; a write and an index update each run in one IMMEDIATE transaction, so a
@@ -32,6 +33,7 @@ from orion.store.base import (
     IndexRead,
     StoredProfile,
     StoreError,
+    TenantStage,
     WriteFailure,
     WriteResult,
     attributes_json,
@@ -82,6 +84,15 @@ _SCHEMA = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS lead_profiles_next_wake ON lead_profiles (next_wake)",
+    # The tenant registry (orion/tenants/registry.py): each tenant's rollout stage.
+    """
+    CREATE TABLE IF NOT EXISTS tenant_stages (
+        tenant         TEXT    NOT NULL PRIMARY KEY,
+        stage          TEXT    NOT NULL,  -- legacy, passive, active or deactivated
+        changed_at     INTEGER NOT NULL,  -- wall-clock epoch ms the stage was set
+        previous_stage TEXT               -- the stage before it; NULL: none
+    )
+    """,
 )
 
 _INSERT = ("INSERT OR REPLACE INTO activities "
@@ -388,6 +399,17 @@ class SqliteStore(ActivityStore):
 
     def count_profiles(self) -> int:
         return self._select("SELECT COUNT(*) FROM lead_profiles", ())[0][0]
+
+    # the tenant registry
+
+    def read_tenant_stages(self) -> list[TenantStage]:
+        rows = self._select("SELECT tenant, stage, changed_at, previous_stage FROM tenant_stages ORDER BY tenant", ())
+        return [TenantStage(*row) for row in rows]
+
+    def write_tenant_stage(self, entry: TenantStage) -> None:
+        self._transaction(lambda connection: connection.execute(
+            "INSERT OR REPLACE INTO tenant_stages (tenant, stage, changed_at, previous_stage) VALUES (?, ?, ?, ?)",
+            tuple(entry)))
 
     def close(self) -> None:
         if self._connection is not None:

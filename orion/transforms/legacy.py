@@ -38,16 +38,20 @@ LEGACY_SOURCE = "legacy"  # DeadLetter.source prefix: "legacy activities id=N"
 
 _READ_CHUNK = (f"SELECT {', '.join(LEGACY_COLUMNS)} FROM activities "
                "WHERE id >= %s AND id <= %s ORDER BY id LIMIT %s")
+# One tenant's rows (orion bootstrap --tenant): the same id ranges, filtered.
+_READ_TENANT_CHUNK = (f"SELECT {', '.join(LEGACY_COLUMNS)} FROM activities "
+                      "WHERE id >= %s AND id <= %s AND tenant = %s ORDER BY id LIMIT %s")
 
 
 class _ReadSplitFn(beam.DoFn):
     """One inclusive id range per element; emits activities (main), dead letters (DEAD)
     and, when the range is done, its checksums by lead range (CHECKSUMS)."""
 
-    def __init__(self, source_uri: str, chunk_rows: int, progress_dir: str | None):
+    def __init__(self, source_uri: str, chunk_rows: int, progress_dir: str | None, tenant: str | None = None):
         self.source_uri = source_uri
         self.chunk_rows = chunk_rows
         self.progress_dir = progress_dir
+        self.tenant = tenant
         self.read = Metrics.counter(METRICS_NAMESPACE, "legacy_rows_read")
         self.converted = Metrics.counter(METRICS_NAMESPACE, "legacy_rows_converted")
         self.refused = Metrics.counter(METRICS_NAMESPACE, "legacy_rows_refused")
@@ -67,7 +71,10 @@ class _ReadSplitFn(beam.DoFn):
                 self.connection = connect_legacy(self.source_uri)
             try:
                 with self.connection.cursor() as cursor:
-                    cursor.execute(_READ_CHUNK, (low, high, self.chunk_rows))
+                    if self.tenant is None:
+                        cursor.execute(_READ_CHUNK, (low, high, self.chunk_rows))
+                    else:
+                        cursor.execute(_READ_TENANT_CHUNK, (low, high, self.tenant, self.chunk_rows))
                     return cursor.fetchall()
             except Exception:
                 self._close()  # a broken connection is reopened by the next attempt
@@ -125,19 +132,22 @@ class _ReadSplitFn(beam.DoFn):
 class ReadLegacyActivities(beam.PTransform):
     """Inclusive id ranges of the legacy activities table -> (activities, dead letters,
     ((tenant, salt), RangeChecksum) per range read). The ranges are redistributed first,
-    so workers read them in parallel."""
+    so workers read them in parallel. With `tenant`, only that tenant's rows."""
 
-    def __init__(self, source_uri: str, chunk_rows: int = DEFAULT_CHUNK_ROWS, progress_dir: str | None = None):
+    def __init__(self, source_uri: str, chunk_rows: int = DEFAULT_CHUNK_ROWS, progress_dir: str | None = None,
+                 tenant: str | None = None):
         super().__init__()
         self.source_uri = source_uri
         self.chunk_rows = chunk_rows
         self.progress_dir = progress_dir
+        self.tenant = tenant
 
     def expand(self, splits):
         results = (
             splits
             | "SpreadSplits" >> beam.Reshuffle()
-            | "ReadSplits" >> beam.ParDo(_ReadSplitFn(self.source_uri, self.chunk_rows, self.progress_dir))
+            | "ReadSplits" >> beam.ParDo(_ReadSplitFn(self.source_uri, self.chunk_rows, self.progress_dir,
+                                                      self.tenant))
             .with_outputs(DEAD, CHECKSUMS, main="activities")
         )
         return results.activities, results[DEAD], results[CHECKSUMS]
