@@ -134,6 +134,12 @@ def _run(args: argparse.Namespace) -> int:
         tenant_refresh_s=args.tenant_refresh,
     )
     runner = args.runner.lower()
+    if args.kafka_topic is not None and runner != "flink":
+        # Beam's ReadFromKafka is a Java transform: no runner that can run it locally is
+        # dependable here yet (README, "The main job").
+        print("orion: Kafka is read by the Flink job: add --runner flink (the Beam graph reads files "
+              "and Pub/Sub)", file=sys.stderr)
+        return 2
     if runner == "flink":
         from orion.runners.flink import run_from_args
 

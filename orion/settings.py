@@ -59,10 +59,6 @@ class RunConfig(NamedTuple):
     outbox_uri: str | None = None  # campaign flows on: emails, held emails and webhooks go here
     mode: str | None = None  # migration: legacy | passive | active (None: store_uri alone)
     legacy_store_uri: str | None = None  # migration: the legacy MySQL store (mysql://...)
-    # Beam: read this Kafka topic (streaming) instead of files or a subscription.
-    kafka_servers: str | None = None
-    kafka_topic: str | None = None
-    kafka_group: str = "orion"
     # migration, mode tenants: re-read the tenant registry this often (None: the default, 10 s)
     tenant_refresh_s: float | None = None
 

@@ -152,3 +152,10 @@ def test_rules_that_belong_to_no_tenant_still_stop_the_run(tmp_path):
                        "--out-dir", str(tmp_path / "out"), "--outbox", "none", cwd=tmp_path)
     assert result.returncode == 2
     assert str(rules / "nobody.yaml") in result.stderr
+
+
+def test_run_refuses_a_kafka_topic_on_the_beam_graph_and_names_the_flink_job(tmp_path):
+    result = run_orion("run", "--kafka-servers", "127.0.0.1:9", "--kafka-topic", "activities", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--runner flink" in result.stderr
+    assert not (tmp_path / "orion-data").exists()  # refused before anything ran
