@@ -63,6 +63,9 @@ def render_summary(totals: dict[str, int], seconds: float, fired: dict[str, int]
     lines += [f"  {n:6d}  {name}" for name, n in top] or ["  none"]
     if "leads_seeded_from_store" in totals:
         lines.append(f"leads seeded:     {totals['leads_seeded_from_store']} (profiles and history read from the store)")
+    if totals.get("hot_lead_releases"):
+        lines.append(f"hot leads:        {totals['hot_lead_releases']} early releases (a lead's buffer reached "
+                     "its bound: released in order before the watermark; what arrives later behind it is late)")
     if "migration_differences" in totals:
         kinds = {name.split(":", 1)[1]: n for name, n in totals.items() if name.startswith("migration_differences:")}
         lines.append(f"store differences: {totals['migration_differences']} (differences-*.jsonl)"

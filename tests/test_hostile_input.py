@@ -317,6 +317,8 @@ def test_orion_run_releases_a_hot_lead_early_in_chunks_and_drops_nothing(tmp_pat
     assert duplicates == (lines - 1) // 997
     assert {(d["reason"], d["source"]) for d in dead} == {("late", "sequencer")}
     assert stored + duplicates + len(dead) == lines
+    # The summary says the lead was released early, in chunks of the bound (10,000).
+    assert summary_value(stdout, "hot leads:") == lines // 10_001
     # Without the early release every shifted line would be in order: each is within the
     # allowed lateness of the line before it.
     assert 0 < len(dead) < (lines - 1) // 1009
