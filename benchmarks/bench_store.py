@@ -1,11 +1,14 @@
-"""Store benchmark: the graph's Bigtable sink and the MySQL -> Bigtable bootstrap, each as a
-ratio to a bare google-cloud-bigtable mutate_rows loop writing the same rows to the same
-emulator in the same run, and history read latency for a lead with 10,000 activities on
-every backend.
+"""Store benchmark: the graph's Bigtable and HBase sinks and the MySQL -> Bigtable and
+MySQL -> HBase bootstraps, each as a ratio to a bare client loop writing the same rows to
+the same server in the same run (google-cloud-bigtable's mutate_rows on the emulator;
+HBase's Thrift 2 putMultiple on a standalone HBase), and history read latency for a lead
+with 10,000 activities on every backend.
 
 - Ceiling: one Python loop that builds the same rows the store writes (row key, three
   cells with explicit timestamps) and sends them with `Table.mutate_rows`, 500 per
-  request, into a fresh table. Nothing else: no Beam, no validation, no index.
+  request, into a fresh table. Nothing else: no Beam, no validation, no index. On HBase:
+  the same loop building thriftpy2 TPuts, sent with THBaseService.putMultiple, 500 per
+  request.
 - Raw reference (shown beside the ceiling, not a target): the same loop building the
   MutateRows requests as raw protobuf, as the store itself does, which
   skips the client's proto-plus wrappers (most of the ceiling's time).
@@ -17,12 +20,13 @@ every backend.
   pipeline (read by id range, convert, write, index); timed without and with the
   verification that ends the real command.
 - History: `store.history(tenant, lead)` for a lead with 10,000 activities (all of them,
-  and the newest 100), on sqlite, MySQL and Bigtable.
+  and the newest 100), on sqlite, MySQL, Bigtable and HBase.
 
 Ratios and times are best of `--repetitions`, ceiling and candidate interleaved. Starts
-the Bigtable emulator and a MariaDB server (mariadbd on a throwaway data dir and a free
-port, orion/testing/mariadb.py; or the one ORION_TEST_MYSQL=HOST:PORT names) and stops
-them at the end. Writes section "store" of BENCHMARKS.md.
+the Bigtable emulator, a standalone HBase with its Thrift 2 server (orion/testing/hbase.py)
+and a MariaDB server (mariadbd on a throwaway data dir and a free port,
+orion/testing/mariadb.py; or the one ORION_TEST_MYSQL=HOST:PORT names) and stops them at
+the end. Writes section "store" of BENCHMARKS.md.
 
     make bench-store
     .venv/bin/python -m benchmarks.bench_store --rows 20000 --no-write
@@ -37,12 +41,13 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import apache_beam as beam
 
 from benchmarks.report import measured_line, write_section
 from orion.activities import Activity
+from orion.testing.hbase import HBaseServer
 from orion.testing.mariadb import MariaDBServer, start_or_reuse
 
 PROJECT, INSTANCE = "orion-bench", "orion-local"
@@ -72,6 +77,10 @@ def _chunk(start: int, rows: int) -> list[Activity]:
 
 def bigtable_uri() -> str:
     return f"bigtable://{PROJECT}/{INSTANCE}/b{uuid.uuid4().hex[:12]}"
+
+
+def hbase_uri(server: HBaseServer) -> str:
+    return server.uri(f"h{uuid.uuid4().hex[:12]}")
 
 
 def fresh_table(uri: str):
@@ -160,6 +169,38 @@ def raw_mutate_rows(uri: str, rows: list[Activity]) -> float:
     return timed(write_all)
 
 
+def bare_put_multiple(uri: str, rows: list[Activity]) -> float:
+    """The HBase ceiling: the same rows, built and sent with a bare Thrift 2 client
+    (thriftpy2, THBaseService.putMultiple); seconds."""
+    import json
+
+    from orion.store.bigtable import activity_row_key
+    from orion.store.hbase import hbase_thrift, parse_hbase_uri, thrift_client
+
+    host, port, table = parse_hbase_uri(uri)
+    fresh_table(uri)
+    thrift = hbase_thrift()
+    client = thrift_client(host, port)
+
+    def write_all():
+        for start in range(0, len(rows), MUTATE_BATCH):
+            puts = []
+            for a in rows[start:start + MUTATE_BATCH]:
+                when = max(a.occurred_at, 0)
+                puts.append(thrift.TPut(activity_row_key(a.tenant, a.lead_id, a.occurred_at, a.event_id), [
+                    thrift.TColumnValue(b"a", b"type", a.type.encode("utf-8"), when),
+                    thrift.TColumnValue(b"a", b"attributes", json.dumps(
+                        a.attributes, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8"), when),
+                    thrift.TColumnValue(b"a", b"occurred_at", str(a.occurred_at).encode("ascii"), when),
+                ]))
+            client.putMultiple(table.encode("ascii"), puts)
+
+    try:
+        return timed(write_all)
+    finally:
+        client.close()
+
+
 def sink_pipeline(uri: str, rows: int, index: bool, store: bool = True) -> float:
     """The graph's sink in a bounded pipeline generating the same rows; seconds."""
     from orion.transforms.sinks import WriteActivities
@@ -211,14 +252,15 @@ def legacy_database(mysql: MariaDBServer, rows: list[Activity]) -> tuple[str, Ca
     return uri, drop
 
 
-def bootstrap_run(source_uri: str, workers: int, verify: bool, workdir: str) -> tuple[float, int]:
-    """One bootstrap into a fresh table; (seconds, rows written). Raises on a failed
-    verification."""
+def bootstrap_run(source_uri: str, workers: int, verify: bool, workdir: str,
+                  target: Callable[[], str] = bigtable_uri) -> tuple[float, int]:
+    """One bootstrap into a fresh table (`target()` names it); (seconds, rows written).
+    Raises on a failed verification."""
     from orion.migration import plan_bootstrap
     from orion.pipelines.bootstrap import BootstrapSettings, run_bootstrap
 
     started = time.perf_counter()
-    plan = plan_bootstrap(source_uri, bigtable_uri(), 16)
+    plan = plan_bootstrap(source_uri, target(), 16)
     settings = BootstrapSettings(dead_letter_prefix=os.path.join(workdir, "dead"), workers=workers,
                                  verify=verify, progress_every=3600)
     with open(os.devnull, "w") as quiet:
@@ -259,7 +301,92 @@ def history_latencies(uri: str, reads: int) -> dict[str, tuple[float, float]]:
 # --- the run ------------------------------------------------------------------------
 
 
-def run(rows: int, repetitions: int, history_reads: int) -> str:
+class BackendFigures(NamedTuple):
+    """Seconds per run of each measurement of one backend (lists: one per repetition)."""
+
+    ceiling: list
+    sink: list
+    with_index: float
+    copy1: list
+    copy2: list
+    full: float
+    init: float  # creating the store's three tables, which every bootstrap run includes
+
+
+def hbase_run(hbase: HBaseServer, data: list[Activity], source_uri: str, repetitions: int,
+              workdir: str) -> BackendFigures:
+    """The sink and bootstrap measurements on HBase, each interleaved with the ceiling."""
+    rows = len(data)
+
+    def fresh() -> str:
+        return hbase_uri(hbase)
+
+    # Warm up: HBase's JVMs compile their write path as it runs, and a ceiling measured
+    # later in the run would otherwise meet a faster server than the first sink did.
+    for _ in range(2):
+        bare_put_multiple(fresh(), data)
+        sink_pipeline(fresh(), rows, index=False)
+    ceiling, sink, copy1, copy2 = [], [], [], []
+    for repetition in range(repetitions):
+        ceiling.append(bare_put_multiple(fresh(), data))
+        sink.append(sink_pipeline(fresh(), rows, index=False))
+        print(f"  HBase round {repetition + 1}: ceiling {rows / ceiling[-1]:,.0f} rows/s, "
+              f"sink {rows / sink[-1]:,.0f} rows/s", file=sys.stderr)
+    with_index = sink_pipeline(fresh(), rows, index=True)
+    for repetition in range(repetitions):
+        ceiling.append(bare_put_multiple(fresh(), data))
+        copy1.append(bootstrap_run(source_uri, 1, False, workdir, fresh)[0])
+        copy2.append(bootstrap_run(source_uri, 2, False, workdir, fresh)[0])
+        print(f"  HBase round {repetition + 1}: ceiling {rows / ceiling[-1]:,.0f} rows/s, bootstrap copy "
+              f"{rows / copy1[-1]:,.0f} (1 worker) / {rows / copy2[-1]:,.0f} (2) rows/s", file=sys.stderr)
+    full = bootstrap_run(source_uri, 1, True, workdir, fresh)[0]
+    init = min(timed(lambda: fresh_table(fresh())) for _ in range(3))
+    return BackendFigures(ceiling, sink, with_index, copy1, copy2, full, init)
+
+
+def hbase_lines(rows: int, figures: BackendFigures, repetitions: int, verdict: Callable[[float, float], str],
+                bigtable_copy: float, bigtable_sink_to_raw: float, beam_alone: float) -> list[str]:
+    best_ceiling = rows / min(figures.ceiling)
+    best_sink, best_copy1, best_copy2 = rows / min(figures.sink), rows / min(figures.copy1), rows / min(figures.copy2)
+    return [
+        "### HBase",
+        "",
+        f"The same {rows:,} activities into fresh tables of a standalone HBase 2.6 (master, region server and "
+        "ZooKeeper in one JVM, root directory on the local disk) through its Thrift 2 server, on this machine "
+        "(orion/testing/hbase.py). Ceiling: a bare Thrift 2 loop (thriftpy2) building the same rows (key, three "
+        f"cells, explicit timestamps) and sending them with `putMultiple`, {MUTATE_BATCH} per request, measured "
+        f"in the same run. Best of {repetitions}, interleaved with the ceiling.",
+        "",
+        "| what | rows/s | ratio to ceiling |",
+        "| --- | ---: | ---: |",
+        f"| ceiling: bare putMultiple loop | {best_ceiling:,.0f} | 1.00 |",
+        f"| graph sink: WriteActivities, no index | {best_sink:,.0f} | {best_sink / best_ceiling:.2f} |",
+        f"| graph sink + IndexActivities | {rows / figures.with_index:,.0f} | "
+        f"{rows / figures.with_index / best_ceiling:.2f} |",
+        f"| bootstrap copy MySQL -> HBase (read, convert, write, index), 1 worker | {best_copy1:,.0f} | "
+        f"{best_copy1 / best_ceiling:.2f} |",
+        f"| bootstrap copy, 2 worker processes | {best_copy2:,.0f} | {best_copy2 / best_ceiling:.2f} |",
+        f"| bootstrap with its verification (scan of source and target), 1 worker | {rows / figures.full:,.0f} | "
+        f"{rows / figures.full / best_ceiling:.2f} |",
+        "",
+        f"- Sink target, at least 0.8 of the ceiling: {verdict(best_sink / best_ceiling, 0.8)}.",
+        f"- Bootstrap target, at least 0.7 of the ceiling (copy, best worker count): "
+        f"{verdict(max(best_copy1, best_copy2) / best_ceiling, 0.7)}.",
+        "- This ceiling is a bare Thrift loop with no client wrappers, the counterpart of Bigtable's raw reference "
+        f"rather than of its ceiling: against that reference the Bigtable sink reaches {bigtable_sink_to_raw:.2f} "
+        f"in this run, the HBase sink {best_sink / best_ceiling:.2f} of this ceiling. Both sink times include "
+        f"Beam's start-up and the pipeline's own work (Beam alone, no store: {beam_alone:,.0f} rows/s).",
+        f"- Every bootstrap time above includes creating the store's three tables, as `orion bootstrap` does "
+        f"(`init`): {figures.init:.1f} s on this HBase (a table is created by the master and opened by the "
+        f"region server), where the emulator takes none; {rows:,} rows at the ceiling's rate take "
+        f"{rows / best_ceiling:.1f} s. The rest is the pipeline's own (Beam's start-up, the MySQL reads, the "
+        f"conversion, the index): the same copy into the Bigtable emulator ran at {bigtable_copy:,.0f} rows/s "
+        "in this run.",
+        "",
+    ]
+
+
+def run(rows: int, repetitions: int, history_reads: int, command: str = "make bench-store") -> str:
     from orion.testing.emulators import BigtableEmulator
 
     data = activities(rows)
@@ -300,6 +427,11 @@ def run(rows: int, repetitions: int, history_reads: int) -> str:
             mysql_history = source_uri  # the legacy schema is the MySQL store's own
             latencies["mysql"] = history_latencies(mysql_history, history_reads)
             latencies["bigtable"] = history_latencies(bigtable_uri(), history_reads)
+
+        with HBaseServer(os.path.join(workdir, "hbase")) as hbase:
+            print(f"HBase Thrift 2 server at {hbase.address}", file=sys.stderr)
+            hbase_figures = hbase_run(hbase, data, source_uri, repetitions, workdir)
+            latencies["hbase"] = history_latencies(hbase_uri(hbase), history_reads)
     finally:
         try:
             if drop is not None:
@@ -317,9 +449,11 @@ def run(rows: int, repetitions: int, history_reads: int) -> str:
         return f"**{'met' if ratio >= target else 'not met'}** ({ratio:.2f})"
 
     lines = [
-        "## Store: Bigtable sink, bootstrap, history reads",
+        "## Store: Bigtable and HBase sinks, bootstraps, history reads",
         "",
-        measured_line("make bench-store"),
+        measured_line(command),
+        "",
+        "### Bigtable",
         "",
         f"{rows:,} activities ({LEADS:,} leads, 2 tenants, 3 types, small JSON attributes) into fresh tables of "
         "the Bigtable emulator (cbtemulator) on this machine; DirectRunner in-process unless a worker count is "
@@ -349,6 +483,8 @@ def run(rows: int, repetitions: int, history_reads: int) -> str:
         f"{max(best_copy1, best_copy2) / best_raw:.2f}. The store sends raw protobuf requests, so the "
         "ceiling, which pays for the client's proto-plus wrappers, no longer bounds it.",
         "",
+        *hbase_lines(rows, hbase_figures, repetitions, verdict, max(best_copy1, best_copy2), best_sink / best_raw,
+                     rows / min(beam_only)),
         f"History of a lead with {HISTORY_ROWS:,} activities, `store.history(tenant, lead)`, {history_reads} reads "
         "each, milliseconds:",
         "",
@@ -359,7 +495,7 @@ def run(rows: int, repetitions: int, history_reads: int) -> str:
         (all50, all99), (new50, new99) = found["all 10,000"], found["newest 100"]
         lines.append(f"| {backend} | {all50:,.1f} | {all99:,.1f} | {new50:,.1f} | {new99:,.1f} |")
     lines.append("")
-    lines.append("(MySQL and Bigtable on this machine, through their real clients; sqlite embedded. p99 of "
+    lines.append("(MySQL, Bigtable and HBase on this machine, through their real clients; sqlite embedded. p99 of "
                  f"{history_reads} samples is close to the maximum.)")
     return "\n".join(lines)
 
@@ -371,7 +507,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--history-reads", type=int, default=HISTORY_READS)
     parser.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
-    section = run(args.rows, args.repetitions, args.history_reads)
+    defaults = (args.rows, args.repetitions, args.history_reads) == (DEFAULT_ROWS, DEFAULT_REPETITIONS, HISTORY_READS)
+    command = "make bench-store" if defaults else (
+        f"make bench-store ARGS='--rows {args.rows} --repetitions {args.repetitions} "
+        f"--history-reads {args.history_reads}'")
+    section = run(args.rows, args.repetitions, args.history_reads, command)
     print(section)
     if not args.no_write:
         write_section("store", section)

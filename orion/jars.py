@@ -1,7 +1,7 @@
 """Java jars Orion runs beside its Python code, fetched from Maven Central once and kept in
 a cache: the Apache Kafka broker the tests start (`kafka`), Flink's Kafka connector for
-PyFlink (`flink-kafka`) and Beam's Java IO expansion service for Beam's Kafka transforms
-(`beam-expansion`).
+PyFlink (`flink-kafka`), and standalone Apache HBase with its Thrift server, which the
+hbase:// store's tests start (`hbase`, orion/testing/hbase.py).
 
 Each bundle is a pinned Maven project, java/BUNDLE/pom.xml in this repository, whose only
 job is to copy its jars into a directory. The cache ($ORION_JAR_CACHE, by default

@@ -259,8 +259,9 @@ def plan_bootstrap(source_uri: str, target_uri: str, splits: int, tenant: str | 
 
     if not source_uri.startswith("mysql://"):
         raise StoreError(f"the bootstrap reads the legacy MySQL store (mysql://USER:PASSWORD@HOST:PORT/DB), not {source_uri!r}")
-    if not target_uri.startswith("bigtable://"):
-        raise StoreError(f"the bootstrap writes to a Bigtable store (bigtable://PROJECT/INSTANCE/TABLE), not {target_uri!r}")
+    if not target_uri.startswith(("bigtable://", "hbase://")):
+        raise StoreError("the bootstrap writes to a Bigtable or HBase store (bigtable://PROJECT/INSTANCE/TABLE, "
+                         f"hbase://HOST:PORT/TABLE), not {target_uri!r}")
     connection = connect_legacy(source_uri)
     try:
         with connection.cursor() as cursor:

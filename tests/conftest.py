@@ -164,3 +164,4 @@ def single_error(errors, file: str, line: int, *fragments: str):
 from store_services import bigtable_emulator, mysql_database, mysql_server  # noqa: E402,F401
 from flink_services import flink  # noqa: E402,F401
 from kafka_services import kafka_broker  # noqa: E402,F401
+from hbase_services import hbase_server  # noqa: E402,F401  (HBase store tests: standalone HBase + Thrift)

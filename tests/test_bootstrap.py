@@ -1,6 +1,7 @@
-"""The bootstrap migration, MySQL (the real MariaDB) -> Bigtable (the real emulator):
-100,000 legacy activities with odd data, a bootstrap killed halfway and rerun, the
-verification catching a row deleted from the target, and the conversion rules.
+"""The bootstrap migration, MySQL (the real MariaDB) -> Bigtable (the real emulator) and
+-> HBase (a real standalone HBase, through its Thrift server): 100,000 legacy activities
+with odd data, a bootstrap killed halfway and rerun, the verification catching a row
+deleted from the target, and the conversion rules.
 
 The legacy data (see orion/migration.py for the rules it is converted by):
 - one lead with 10,000 activities; 3 tenants, one with a non-ASCII name;
@@ -29,6 +30,7 @@ import uuid
 from datetime import date
 
 import pytest
+from hbase_services import hbase_uri
 from store_services import BIGTABLE_INSTANCE, BIGTABLE_PROJECT, _mysql_connect, bigtable_uri
 
 from orion.activities import BAD_FIELD, BAD_TIMESTAMP, Activity, BadActivity
@@ -117,7 +119,7 @@ def legacy_rows() -> tuple[list[tuple], list[Activity]]:
 
 
 @pytest.fixture(scope="module")
-def legacy(bigtable_emulator, mysql_server):
+def legacy(mysql_server):
     """A fresh legacy database of TOTAL activities; yields (URI, expected activities)."""
     name = f"orion_legacy_{uuid.uuid4().hex[:12]}"
     admin = _mysql_connect()
@@ -157,13 +159,18 @@ def bootstrap(source: str, target: str, dead_letters, *extra: str) -> subprocess
 PROGRESS = re.compile(r"bootstrap: ([\d,]+) of ([\d,]+) legacy rows read .*?, ([\d,]+) written")
 
 
-@pytest.fixture(scope="module")
-def migrated(legacy, tmp_path_factory):
-    """A bootstrap killed (SIGKILL) halfway, then rerun to the end. Yields the URIs,
-    the expected activities, the written count at the kill, the rerun and its dead
-    letter prefix."""
+@pytest.fixture(scope="module", params=["bigtable", "hbase"])
+def migrated(request, legacy, tmp_path_factory):
+    """A bootstrap into each target backend killed (SIGKILL) halfway, then rerun to the
+    end. Yields the URIs, the expected activities, the written count at the kill, the
+    rerun and its dead letter prefix."""
     source, expected = legacy
-    target = bigtable_uri()
+    if request.param == "bigtable":
+        request.getfixturevalue("bigtable_emulator")
+        target = bigtable_uri()
+    else:
+        request.getfixturevalue("hbase_server")
+        target = hbase_uri()
     dead_letters = tmp_path_factory.mktemp("bootstrap") / "dead"
     command = bootstrap_command(source, target, dead_letters, "--progress-every", "0.2", "--workers", "1")
     first = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
@@ -246,9 +253,27 @@ def test_bad_legacy_rows_end_in_the_dead_letters_with_their_reason(migrated):
     assert f"dead letters:         {len(BAD_ROWS)}" in rerun.stdout
 
 
-def test_rows_read_back_with_cbt_match(migrated):
-    """A client we did not write (cbt, from the Google Cloud CLI) sees the same rows."""
+def test_rows_read_back_raw_match(migrated):
+    """The rows as the backend itself shows them: on Bigtable through a client we did not
+    write (cbt, from the Google Cloud CLI), on HBase through a bare Thrift call, cells and
+    their timestamps as the row design says."""
     _, target, _, _, _, _ = migrated
+    if target.startswith("hbase://"):
+        from orion.store.hbase import hbase_thrift, parse_hbase_uri, thrift_client
+
+        host, port, table = parse_hbase_uri(target)
+        client = thrift_client(host, port)
+        try:
+            row, = client.getMultiple(table.encode(), [hbase_thrift().TGet(activity_row_key("acme", "odd", T0 + 3,
+                                                                                             "unicode"))])
+        finally:
+            client.close()
+        cells = {(cell.family, cell.qualifier): (cell.value, cell.timestamp) for cell in row.columnValues}
+        assert cells == {(b"a", b"type"): (b"visit_web_page", T0 + 3),
+                         (b"a", b"attributes"): (json.dumps(UNICODE, ensure_ascii=False, sort_keys=True,
+                                                            separators=(",", ":")).encode(), T0 + 3),
+                         (b"a", b"occurred_at"): (str(T0 + 3).encode(), T0 + 3)}
+        return
     cbt = shutil.which("cbt")
     if cbt is None:
         pytest.fail("the cbt test needs the cbt tool: apt-get install google-cloud-cli-cbt", pytrace=False)
@@ -265,10 +290,13 @@ def test_verification_catches_a_row_deleted_from_the_target_and_a_rerun_repairs_
     source, target, expected, _, _, dead_letters = migrated
     victim = next(a for a in expected if (a.tenant, a.lead_id) == BIG_LEAD)
     with open_store(target) as store:
-        row = store._table(store.table_id).direct_row(
-            activity_row_key(victim.tenant, victim.lead_id, victim.occurred_at, victim.event_id))
-        row.delete()
-        row.commit()
+        key = activity_row_key(victim.tenant, victim.lead_id, victim.occurred_at, victim.event_id)
+        if target.startswith("hbase://"):
+            store.delete_rows(store.table_id, [key])
+        else:
+            row = store._table(store.table_id).direct_row(key)
+            row.delete()
+            row.commit()
         assert store.count() == len(expected) - 1
 
     check = bootstrap(source, target, dead_letters, "--verify-only", "--workers", "1")

@@ -1,6 +1,6 @@
 """A lead's state is durable: two runs over consecutive parts of the input, into one store
 and one outbox, give exactly what one run over the whole input gives. On the
-DirectRunner, into SQLite, MariaDB and the Bigtable emulator.
+DirectRunner, into SQLite, MariaDB, the Bigtable emulator and HBase.
 
 Each fact a lead carries across runs has its own lead and its own assertion: a `once`
 campaign does not qualify again, `once_every` waits its interval, an unsubscribed lead is
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DAY, HOUR, T0, make_activity
+from hbase_services import hbase_uri
 from store_services import _mysql_connect, bigtable_uri, mysql_uri
 
 from orion.campaigns.outbox import open_outbox
@@ -103,7 +104,7 @@ def rules_dir(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(params=["sqlite", "mysql", "bigtable"])
+@pytest.fixture(params=["sqlite", "mysql", "bigtable", "hbase"])
 def store_uris(request, tmp_path):
     """A function that gives a fresh, empty store URI of the backend each call."""
     made = []
@@ -114,6 +115,9 @@ def store_uris(request, tmp_path):
         if request.param == "bigtable":
             request.getfixturevalue("bigtable_emulator")
             return bigtable_uri()
+        if request.param == "hbase":
+            request.getfixturevalue("hbase_server")
+            return hbase_uri()
         # `store init` creates the database: one per store, dropped at the end.
         database = f"{request.getfixturevalue('mysql_database')}_{name}"
         made.append(database)

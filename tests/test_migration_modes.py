@@ -5,8 +5,8 @@ index for plain counts, the history for counts with conditions), so a history fi
 what earlier runs or `orion bootstrap` stored. `--mode passive` writes both stores,
 serves those reads from MySQL and reports every difference with the new store; `--mode
 active` serves from the new store and still compares; going back to `--mode legacy`
-finds every activity written meanwhile in MySQL. Real MariaDB, a real Bigtable emulator,
-the real DirectRunner.
+finds every activity written meanwhile in MySQL. Real MariaDB, a real Bigtable emulator and
+a real HBase as the new store, the real DirectRunner.
 
     .venv/bin/python -m pytest -q tests/test_migration_modes.py
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DAY, T0
+from hbase_services import hbase_uri
 from store_services import bigtable_uri, drop_mysql_tables, mysql_uri
 
 from orion import cli
@@ -100,6 +101,11 @@ def run_graph(rules_dir: Path, events: list[dict], tmp_path: Path, name: str, st
                        store_uri=store_uri, out_dir=tmp_path / name, allowed_lateness_ms=60_000,
                        dedup_span_ms=86_400_000, duration_s=None, beam_args=(), **modes)
     return run(config, out=open("/dev/null", "w"))
+
+
+def new_store_name(uri: str) -> str:
+    """How a difference report names the new store: "new" and its URI scheme."""
+    return "new " + uri.split("://", 1)[0]
 
 
 def report(out_dir: Path) -> list[dict]:
@@ -191,11 +197,17 @@ def test_the_campaign_flows_see_the_stored_history_too(rules_dir, tmp_path):
 # --- passive, active, back to legacy ----------------------------------------------------------
 
 
-@pytest.fixture
-def two_stores(mysql_database, bigtable_emulator):
-    """The legacy MySQL store and a Bigtable table holding the same history (as after
-    `orion bootstrap`): L1 with 3 pricing visits and 2 opens, L2 with 2 visits and 2 opens."""
-    legacy, new = mysql_uri(mysql_database), bigtable_uri()
+@pytest.fixture(params=["bigtable", "hbase"])
+def two_stores(request, mysql_database):
+    """The legacy MySQL store and a new store (Bigtable, HBase) holding the same history (as
+    after `orion bootstrap`): L1 with 3 pricing visits and 2 opens, L2 with 2 visits and 2 opens."""
+    if request.param == "bigtable":
+        request.getfixturevalue("bigtable_emulator")
+        new = bigtable_uri()
+    else:
+        request.getfixturevalue("hbase_server")
+        new = hbase_uri()
+    legacy = mysql_uri(mysql_database)
     past = history_of("L1", 3, 2) + history_of("L2", 2, 2)
     store_history(legacy, past)
     store_history(new, past)
@@ -203,12 +215,12 @@ def two_stores(mysql_database, bigtable_emulator):
     drop_mysql_tables(mysql_database)
 
 
-def test_passive_mode_serves_mysql_and_reports_a_difference_injected_into_bigtable(rules_dir, tmp_path, two_stores):
+def test_passive_mode_serves_mysql_and_reports_a_difference_injected_into_the_new_store(rules_dir, tmp_path, two_stores):
     legacy, new = two_stores
-    # The differences: one more pricing visit for L2 in Bigtable only (read through the
+    # The differences: one more pricing visit for L2 in the new store only (read through the
     # history: the counter has a condition), one more email open for L3 two days ago in
     # MySQL only (read through the activity index: the counter has none).
-    store_history(new, [activity("only-in-bigtable", "L2", "visit_web_page", T0 - 2 * DAY - 5,
+    store_history(new, [activity("only-in-new-store", "L2", "visit_web_page", T0 - 2 * DAY - 5,
                                  url="https://acme.example/pricing")])
     store_history(legacy, [activity("only-in-mysql", "L3", "open_email", T0 - 2 * DAY, email="News"),
                            activity("both-L3", "L3", "open_email", T0 - 2 * DAY + 5, email="News")])
@@ -221,7 +233,7 @@ def test_passive_mode_serves_mysql_and_reports_a_difference_injected_into_bigtab
     differences = {(d["tenant"], d["lead_id"], d["kind"]): d for d in report(tmp_path / "passive")}
     assert set(differences) == {("acme", "L2", "history"), ("acme", "L3", "index")}
     history, index = differences["acme", "L2", "history"], differences["acme", "L3", "index"]
-    assert history["only_in_other"] == ["only-in-bigtable"] and history["served_from"] == "legacy mysql"
+    assert history["only_in_other"] == ["only-in-new-store"] and history["served_from"] == "legacy mysql"
     assert [(d["type"], d["serving"][0], d["other"][0]) for d in index["differing"]] == [("open_email", 2, 1)]
     assert totals["migration_differences"] == 2
     # Both stores received the new activities.
@@ -230,17 +242,17 @@ def test_passive_mode_serves_mysql_and_reports_a_difference_injected_into_bigtab
             assert [a.event_id for a in store.history("acme", "L2", since=T0)] == ["c-L2"]
 
 
-def test_active_mode_serves_bigtable_and_going_back_to_legacy_loses_nothing(rules_dir, tmp_path, two_stores):
+def test_active_mode_serves_the_new_store_and_going_back_to_legacy_loses_nothing(rules_dir, tmp_path, two_stores):
     legacy, new = two_stores
-    store_history(new, [activity("only-in-bigtable", "L2", "visit_web_page", T0 - 2 * DAY - 5,
+    store_history(new, [activity("only-in-new-store", "L2", "visit_web_page", T0 - 2 * DAY - 5,
                                  url="https://acme.example/pricing")])
     run_graph(rules_dir, [contact("L1"), contact("L2")], tmp_path, "active", new,
               mode="active", legacy_store_uri=legacy)
-    # Bigtable's answer is used now: L2 has 3 pricing visits there.
+    # The new store's answer is used now: L2 has 3 pricing visits there.
     assert ("L2", "Pricing fan") in fired(tmp_path / "active")
     differences = report(tmp_path / "active")
     assert [(d["lead_id"], d["kind"], d["served_from"], d["only_in_serving"]) for d in differences] == [
-        ("L2", "history", "new bigtable", ["only-in-bigtable"])]
+        ("L2", "history", new_store_name(new), ["only-in-new-store"])]
     # Roll back: legacy mode reads MySQL alone, which has what active mode wrote.
     later = [contact("L1", T0 + DAY, "c2-L1"), contact("L3", T0 + DAY, "c2-L3")]
     run_graph(rules_dir, later, tmp_path, "legacy", new, mode="legacy", legacy_store_uri=legacy)
@@ -269,7 +281,7 @@ def test_profiles_are_written_to_both_stores_and_read_from_the_serving_one(tmp_p
     with open_store(new) as single:
         single.write_profiles([StoredProfile("acme", "L1", "new's", T0 + DAY)])
     for mode, served, wake, served_from in (("passive", "legacy's", T0, "legacy mysql"),
-                                            ("active", "new's", T0 + DAY, "new bigtable")):
+                                            ("active", "new's", T0 + DAY, new_store_name(new))):
         with open_store(migration_store_uri(mode, legacy, new, tmp_path / mode)) as store:
             assert store.read_profiles([("acme", "L1"), ("acme", "L2"), ("acme", "L3")]) == [served, "two", None]
             assert store.due_profiles(T0 + DAY) == [("acme", "L1", wake)]

@@ -1,5 +1,6 @@
 """The activity store contract: one suite, run unchanged against every backend (SQLite,
-Bigtable on its emulator, MySQL on the local MariaDB). A backend is correct when it
+Bigtable on its emulator, HBase standalone through its Thrift server, MySQL on the local
+MariaDB). A backend is correct when it
 passes all of it.
 
     .venv/bin/python -m pytest -q tests/test_store_contract.py
@@ -10,13 +11,14 @@ from datetime import date
 
 import pytest
 from conftest import DAY, HOUR, MINUTE, T0
+from hbase_services import hbase_uri
 from store_services import bigtable_uri, drop_mysql_tables, mysql_uri
 
 from orion.activities import Activity
 from orion.store import open_store
 from orion.store.base import UNSTORABLE, HistoryRead, IndexRead, StoredProfile, StoreWriteError, activity_day
 
-BACKENDS = ("sqlite", "bigtable", "mysql")
+BACKENDS = ("sqlite", "bigtable", "hbase", "mysql")
 
 # Ids that break naive key layouts: separators, escapes, path characters, Unicode.
 ODD_IDS = ["a#b", "a%23b", "a/b", "#", "%", "a b", "tab\there", "new\nline", "ünï©ødé", "😀", "a\\b", "a:b@c+d", "'; DROP TABLE activities; --"]
@@ -30,6 +32,9 @@ def store(request, tmp_path):
     elif request.param == "bigtable":
         request.getfixturevalue("bigtable_emulator")
         uri = bigtable_uri()
+    elif request.param == "hbase":
+        request.getfixturevalue("hbase_server")
+        uri = hbase_uri()
     else:
         database = request.getfixturevalue("mysql_database")
         uri = mysql_uri(database)

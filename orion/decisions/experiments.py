@@ -61,7 +61,7 @@ def tenant_activities(store, tenant: str, types: Iterable[str]) -> Iterator[Acti
             for event_id, lead_id, type_, occurred_at, attributes in cursor.fetchall():
                 yield Activity(_text(event_id), tenant, _text(lead_id), _text(type_), int(occurred_at),
                                json.loads(attributes))
-    elif kind == "BigtableStore":
+    elif kind in ("BigtableStore", "HBaseStore"):  # the same row keys, the same scan
         from orion.store.bigtable import SEPARATOR, encode_id
 
         prefix = encode_id(tenant) + SEPARATOR
@@ -72,7 +72,7 @@ def tenant_activities(store, tenant: str, types: Iterable[str]) -> Iterator[Acti
                 yield activity
     else:
         raise ReportError(f"the experiments report cannot read a whole tenant from a {kind}; use a sqlite://, "
-                          "mysql:// or bigtable:// store")
+                          "mysql://, bigtable:// or hbase:// store")
 
 
 def _text(value) -> str:

@@ -38,8 +38,9 @@ def add_bootstrap_command(subparsers) -> None:
     )
     parser.add_argument("--from", dest="source", required=True, metavar="mysql://USER:PASSWORD@HOST:PORT/DB",
                         help="the legacy store (a password can also come from MYSQL_PWD)")
-    parser.add_argument("--to", dest="target", required=True, metavar="bigtable://PROJECT/INSTANCE/TABLE",
-                        help="the Bigtable store (the emulator through BIGTABLE_EMULATOR_HOST)")
+    parser.add_argument("--to", dest="target", required=True, metavar="URI",
+                        help="the new store: bigtable://PROJECT/INSTANCE/TABLE (the emulator through "
+                        "BIGTABLE_EMULATOR_HOST) or hbase://HOST:PORT/TABLE (HBase's Thrift 2 server)")
     parser.add_argument("--splits", type=positive_int, default=DEFAULT_SPLITS, metavar="N",
                         help="id ranges read in parallel (default: %(default)s)")
     parser.add_argument("--workers", type=positive_int, default=min(os.cpu_count() or 1, 4), metavar="N",

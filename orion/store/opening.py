@@ -12,6 +12,7 @@ from orion.store.base import ActivityStore, StoreError
 URI_FORMS = (
     "sqlite:///relative/path.db or sqlite:////absolute/path.db",
     "bigtable://PROJECT/INSTANCE/TABLE",
+    "hbase://HOST:PORT/TABLE",
     "mysql://USER:PASSWORD@HOST:PORT/DATABASE",
 )
 
@@ -29,6 +30,10 @@ def open_store(uri: str) -> ActivityStore:
         from orion.store.bigtable import BigtableStore
 
         return BigtableStore(uri)
+    if scheme == "hbase":
+        from orion.store.hbase import HBaseStore
+
+        return HBaseStore(uri)
     if scheme == "mysql":
         from orion.store.mysql import MysqlStore
 
