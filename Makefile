@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-evaluator bench-graph bench-store bench-collector bench-campaigns bench-flink bench-decide clean
+.PHONY: run test bench bench-evaluator bench-graph bench-store bench-collector bench-campaigns bench-flink bench-decide bench-analytics clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: bench-evaluator bench-graph bench-store bench-collector bench-campaigns bench-flink bench-decide
+bench: bench-evaluator bench-graph bench-store bench-collector bench-campaigns bench-flink bench-decide bench-analytics
 
 bench-evaluator: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_evaluator $(ARGS)
@@ -42,6 +42,9 @@ bench-flink: $(STAMP)
 
 bench-decide: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_decide $(ARGS)
+
+bench-analytics: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_analytics $(ARGS)
 
 clean:
 	rm -rf $(VENV) orion-data .pytest_cache .hypothesis

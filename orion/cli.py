@@ -16,6 +16,8 @@
     orion flink cluster start                           # a local Flink cluster: --flink-master (docs/flink.md)
     orion decide serve --topic projects/P/topics/T --keys FILE   # POST /v1/decide (docs/decisions.md)
     orion analytics experiments --tenant T              # impressions, conversions, lift over control
+    orion analytics query --tenant T --metric events --by type --from now-1h --to now   # roll-ups
+    orion analytics serve --keys FILE                   # GET /v1/analytics/*, the dashboard (docs/analytics.md)
     orion run --runner dataflow --project P --region R --temp_location gs://B/tmp --out-dir gs://B/out --dry-run
     orion run --mode passive --legacy-store mysql://... --store bigtable://...   # migration
     orion run --mode tenants --legacy-store mysql://... --store bigtable://...   # each tenant in its stage
@@ -276,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_decide_command(commands)
     add_analytics_commands(commands)
+    from orion.analytics.commands import add_analytics_query_commands
+
+    add_analytics_query_commands(commands)  # analytics query, analytics serve: the roll-ups
     from orion.tenants.commands import add_tenants_commands
 
     add_tenants_commands(commands)  # tenants list | set | report: per-tenant rollout stages

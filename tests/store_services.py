@@ -101,7 +101,8 @@ def drop_mysql_tables(database: str) -> None:
     try:
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TABLE IF EXISTS `{database}`.activities, `{database}`.leads, "
-                           f"`{database}`.activity_index, `{database}`.lead_profiles")
+                           f"`{database}`.activity_index, `{database}`.lead_profiles, "
+                           f"`{database}`.rollups, `{database}`.tenant_stages")
     finally:
         connection.close()
 

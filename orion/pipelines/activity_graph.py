@@ -36,6 +36,8 @@ class GraphSettings(NamedTuple):
     one_watermark_per_stage: bool = False
     lead_ttl_days: int = DEFAULT_LEAD_TTL_DAYS  # streaming: a silent lead's state expires
     max_pending: int = DEFAULT_MAX_PENDING  # a hot lead's buffer: released at once past this
+    # Where the roll-ups go (orion.transforms.rollups, orion.store.rollups_base); None: none.
+    rollup_store_uri: str | None = None
 
 
 class GraphOutputs(NamedTuple):
@@ -114,6 +116,14 @@ def build_activity_graph(
         refused_profiles = profiles | "WriteProfiles" >> profile_sink
         if isinstance(refused_profiles, beam.PCollection):
             dead_letter_parts.append(refused_profiles)
+    if settings.rollup_store_uri is not None:
+        # Roll-ups of what the steps did; the sink returns the dead letters of rows the store refused.
+        from orion.transforms.rollups import RollUpAndWrite
+
+        rolled_up = [stored, outcomes] + ([emails, held, webhooks] if flows_on else [])
+        dead_letter_parts.append(tuple(rolled_up) | "RollUps" >> RollUpAndWrite(
+            settings.rollup_store_uri, settings.rules_dir, settings.template_dirs,
+            allowed_lateness_ms=settings.allowed_lateness_ms, bounded=settings.bounded))
     dead_letters = tuple(dead_letter_parts) | "AllDeadLetters" >> beam.Flatten()
     if outcome_sink is not None:
         outcomes | "WriteOutcomes" >> outcome_sink

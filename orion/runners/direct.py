@@ -18,6 +18,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from orion.pipelines.activity_graph import GraphSettings, build_activity_graph
+from orion.store.rollups_opening import rollup_store_uri
 from orion.settings import RunConfig, clear_previous_outputs, effective_store_uri, is_remote, output_prefixes
 from orion.summary import campaigns_fired, render_summary
 from orion.transforms.intake import ParseActivities, ReadActivityFiles, orion_counters
@@ -62,6 +63,7 @@ def build(pipeline: beam.Pipeline, config: RunConfig) -> None:
             bounded=config.subscription is None,
             seed_store_uri=store_uri,
             one_watermark_per_stage=_one_watermark_per_stage(pipeline),
+            rollup_store_uri=rollup_store_uri(store_uri),
         ),
         store_sink=WriteActivities(store_uri),
         profile_sink=WriteProfiles(store_uri),

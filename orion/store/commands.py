@@ -29,8 +29,8 @@ def add_store_commands(subparsers) -> None:
         "init",
         help="create a store's tables (safe to run again)",
         description="Create the tables, column families and indexes of the store URI names (the "
-        "activities, the activity index, the lead profiles and the tenant registry); running it again "
-        "changes nothing "
+        "activities, the activity index, the lead profiles, the tenant registry and the analytics roll-ups); running it "
+        "again changes nothing "
         "and keeps what is stored. URI forms: " + "; ".join(URI_FORMS) + ".",
     )
     init.add_argument("uri", metavar="URI", help="the store, e.g. sqlite:///orion-data/activities.db")
@@ -75,9 +75,15 @@ def positive_int(text: str) -> int:
 
 
 def init_store(args: argparse.Namespace) -> int:
+    from orion.store.rollups_opening import open_rollup_store, rollup_store_uri
+
     try:
         with open_store(args.uri) as store:
             store.init()
+        rollups_uri = rollup_store_uri(args.uri)
+        if rollups_uri is not None:
+            with open_rollup_store(rollups_uri) as rollups:  # the analytics roll-ups, beside them
+                rollups.init()
     except StoreError as err:
         print(f"orion: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,162 @@
+"""The roll-up store contract: one suite, run unchanged against every backend (SQLite,
+MySQL on the session's MariaDB, Bigtable on its emulator), each started by the tests
+(tests/store_services.py). Rows are upserted by version, writers side by side, read back
+by tenant, granularity and time range.
+
+    .venv/bin/python -m pytest -q tests/test_analytics_store.py
+"""
+from __future__ import annotations
+
+import pytest
+from conftest import DAY, HOUR, MINUTE, T0
+from store_services import bigtable_uri, mysql_uri
+
+from orion.analytics.rollup import ACTIVITY, FLOW, Aggregate, RollupKey, RollupRow
+from orion.store.base import StoreError
+from orion.store.rollups_opening import open_rollup_store, rollup_store_uri
+
+BACKENDS = ("sqlite", "mysql", "bigtable")
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path):
+    """An initialized, empty roll-up store of each backend."""
+    if request.param == "sqlite":
+        uri = f"sqlite:///{tmp_path / 'activities.db'}"
+    elif request.param == "bigtable":
+        request.getfixturevalue("bigtable_emulator")
+        uri = bigtable_uri()
+    else:
+        database = request.getfixturevalue("mysql_database")
+        uri = mysql_uri(database)
+    opened = open_rollup_store(uri)
+    opened.init()
+    yield opened
+    if request.param == "mysql":
+        connection = request.getfixturevalue("mysql_server").connect(database)
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS rollups")
+        connection.close()
+    opened.close()
+
+
+def aggregate(*leads: str, **sums) -> Aggregate:
+    found = Aggregate()
+    for lead in leads:
+        found.add(lead, sums or None)
+    return found
+
+
+def key(minute: int = 0, granularity: str = "minute", tenant: str = "acme", **dimensions) -> RollupKey:
+    dimensions = dimensions or {"type": "visit_web_page", "source": "input", "attribute": "acme.example/pricing"}
+    return RollupKey(tenant, granularity, T0 + minute * MINUTE, dimensions.pop("kind", ACTIVITY), **dimensions)
+
+
+def figures(rows):
+    return sorted((row.key.bucket, row.writer, row.version, row.records, round(row.leads), row.sums) for row in rows)
+
+
+def test_a_row_written_is_read_back_with_its_metrics_and_sketch(store):
+    row = RollupRow(key(3), "w1", 1, aggregate("L1", "L2", "L1", amount=2.5))
+    assert store.write([row]).written == 1
+    found, = store.read("acme", "minute", T0, T0 + HOUR)
+    assert (found.key, found.writer, found.version, found.records, found.sums) == (row.key, "w1", 1, 3, {"amount": 7.5})
+    assert round(found.leads) == 2
+    assert Aggregate(found.records, None, found.sums).records == 3
+    assert Aggregate.decode(row.aggregate.encode()).sketch_bytes() == found.sketch
+    assert store.count() == 1
+
+
+def test_a_higher_version_replaces_the_row_and_a_lower_or_equal_one_changes_nothing(store):
+    store.write([RollupRow(key(), "w1", 2, aggregate("L1", "L2"))])
+    store.write([RollupRow(key(), "w1", 1, aggregate("L1"))])  # an older write arriving late
+    store.write([RollupRow(key(), "w1", 2, aggregate("L1", "L2"))])  # a replayed write
+    assert figures(store.read("acme", "minute", T0, T0 + MINUTE)) == [(T0, "w1", 2, 2, 2, {})]
+    store.write([RollupRow(key(), "w1", 3, aggregate("L1", "L2", "L3"))])  # a late activity's new version
+    assert figures(store.read("acme", "minute", T0, T0 + MINUTE)) == [(T0, "w1", 3, 3, 3, {})]
+    assert store.count() == 1
+
+
+def test_the_highest_version_of_a_batch_wins_whatever_its_order(store):
+    rows = [RollupRow(key(), "w1", version, aggregate(*[f"L{i}" for i in range(version)])) for version in (3, 1, 2)]
+    store.write(rows)
+    assert figures(store.read("acme", "minute", T0, T0 + MINUTE)) == [(T0, "w1", 3, 3, 3, {})]
+
+
+def test_rows_of_two_writers_are_kept_side_by_side(store):
+    store.write([RollupRow(key(), "w1", 1, aggregate("L1")), RollupRow(key(), "w2", 4, aggregate("L2"))])
+    assert figures(store.read("acme", "minute", T0, T0 + MINUTE)) == [(T0, "w1", 1, 1, 1, {}), (T0, "w2", 4, 1, 1, {})]
+
+
+def test_reads_take_one_tenant_granularity_and_time_range_in_time_order(store):
+    store.write([
+        RollupRow(key(5), "w", 1, aggregate("L1")),
+        RollupRow(key(0), "w", 1, aggregate("L2")),
+        RollupRow(key(60), "w", 1, aggregate("L3")),  # the next hour: outside
+        RollupRow(key(-1), "w", 1, aggregate("L4")),  # before: outside
+        RollupRow(key(0, tenant="globex"), "w", 1, aggregate("L5")),
+        RollupRow(key(0, granularity="hour"), "w", 1, aggregate("L6")),
+    ])
+    found = store.read("acme", "minute", T0, T0 + HOUR)
+    assert [row.key.bucket for row in found] == [T0, T0 + 5 * MINUTE]
+    assert [row.key.granularity for row in store.read("acme", "hour", T0, T0 + DAY)] == ["hour"]
+    assert [row.key.tenant for row in store.read("globex", "minute", T0, T0 + HOUR)] == ["globex"]
+
+
+def test_reads_filter_by_kind_and_dimension_values_and_may_leave_sketches_out(store):
+    email = key(kind=FLOW, campaign="Welcome", status="email_queued", attribute="welcome")
+    held = key(kind=FLOW, campaign="Welcome", status="email_held", reason="unsubscribed", attribute="welcome")
+    store.write([RollupRow(key(), "w", 1, aggregate("L1")), RollupRow(email, "w", 1, aggregate("L1", "L2")),
+                 RollupRow(held, "w", 1, aggregate("L3"))])
+    assert [row.key for row in store.read("acme", "minute", T0, T0 + MINUTE, kind=FLOW,
+                                          where={"status": "email_held"})] == [held]
+    assert len(store.read("acme", "minute", T0, T0 + MINUTE, kind=ACTIVITY)) == 1
+    bare = store.read("acme", "minute", T0, T0 + MINUTE, kind=FLOW, where={"status": "email_queued"},
+                      sketches=False)
+    assert [(row.sketch, row.records, round(row.leads)) for row in bare] == [(b"", 2, 2)]
+    with pytest.raises(ValueError, match="unknown dimension"):
+        store.read("acme", "minute", T0, T0 + MINUTE, where={"url": "x"})
+
+
+ODD = ["a#b", "a%23b", "a/b", "ünï©ødé", "😀", "a b", "'; DROP TABLE rollups; --", ""]
+
+
+def test_odd_dimension_values_and_tenants_round_trip(store):
+    rows = [RollupRow(key(i, tenant="t#1", type=value, attribute=value, campaign=value), "w", 1, aggregate("L"))
+            for i, value in enumerate(ODD)]
+    assert store.write(rows).written == len(ODD)
+    found = store.read("t#1", "minute", T0, T0 + HOUR)
+    assert [(row.key.type, row.key.attribute, row.key.campaign) for row in found] == [(v, v, v) for v in ODD]
+
+
+def test_a_row_no_store_can_hold_is_refused_and_the_rest_written(store):
+    good = RollupRow(key(), "w", 1, aggregate("L1"))
+    bad = RollupRow(key(tenant="bad\ud800tenant"), "w", 1, aggregate("L2"))
+    done = store.write([good, bad])
+    assert done.written == 1
+    assert [row for row, _ in done.refused] == [bad]
+    assert store.count() == 1
+
+
+def test_init_is_safe_to_rerun_and_keeps_the_rows(store):
+    store.write([RollupRow(key(), "w", 1, aggregate("L1"))])
+    store.init()
+    assert store.count() == 1
+
+
+def test_a_store_without_tables_says_to_run_init(tmp_path):
+    store = open_rollup_store(f"sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(StoreError, match="orion store init"):
+        store.read("acme", "minute", T0, T0 + HOUR)
+    store.close()
+
+
+def test_roll_ups_of_a_migrating_run_go_to_its_new_store():
+    from orion.store.migrating import migration_store_uri
+
+    uri = migration_store_uri("passive", "mysql://root@127.0.0.1:3306/legacy", "sqlite:///new.db", "/tmp/report")
+    assert rollup_store_uri(uri) == "sqlite:///new.db"
+    assert rollup_store_uri("sqlite:///a.db") == "sqlite:///a.db"
+    assert rollup_store_uri("hbase://127.0.0.1:9090/activities") is None  # no roll-up tables there: none kept
+    with pytest.raises(StoreError, match="no roll-up store"):
+        open_rollup_store("postgres://x/y")
