@@ -35,12 +35,19 @@ def flink_cluster(tmp_path_factory):
     TaskManager starts another before it ends (`start_taskmanager`)."""
     from orion.flink.cluster import ClusterError, LocalCluster
 
-    cluster = LocalCluster(tmp_path_factory.mktemp("flink-cluster"))
-    try:
-        cluster.start(taskmanagers=2, slots=2)
-    except ClusterError as error:
-        cluster.stop()
-        pytest.fail(f"cannot start a standalone Flink cluster: {error}", pytrace=False)
+    # A second attempt, in a fresh directory on fresh ports: on a loaded machine a daemon
+    # can lose the race for a free port it was given. Both failures are reported.
+    failures = []
+    for _ in range(2):
+        cluster = LocalCluster(tmp_path_factory.mktemp("flink-cluster"))
+        try:
+            cluster.start(taskmanagers=2, slots=2)
+            break
+        except ClusterError as error:
+            cluster.stop()
+            failures.append(str(error))
+    else:
+        pytest.fail("cannot start a standalone Flink cluster: " + "\n--- then: ".join(failures), pytrace=False)
     try:
         yield cluster
     finally:
