@@ -574,3 +574,39 @@ def test_a_hot_lead_is_released_in_bounded_chunks_on_flink_as_on_beam(flink, tmp
     assert stored == sorted([f"h{n:02d}" for n in range(10)] + ["calm"])
     assert run.counters["hot_lead_releases"] == 2, "chunks of 4 and 4 past the bound of 3, then the last 2"
     assert run.counters["evaluated"] == 11 and not run.counters.get("dead_letters")
+
+
+# --- batches: a lead's activities cross to its step as one element ---------------------------
+
+
+def test_a_leads_activities_reach_its_step_as_one_element_per_file_and_give_what_beam_gives(flink, tmp_path):
+    """The readers group what they read by lead: the step gets one LeadBatch per lead and
+    file, not an element per activity, and the outputs (the lists the step emits, the
+    lines the files get several to a string) are those of the Beam graph."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    visit = "visit_web_page"
+    (inputs / "a.jsonl").write_text("\n".join([
+        _event("b-1", "A", visit, T0 + 3 * SECOND, url="https://acme.example/pricing"),
+        _event("b-2", "B", "fill_out_form", T0, form="Signup"),
+        _event("b-3", "A", visit, T0 + SECOND, url="https://acme.example/"),  # before b-1 in event time
+        _event("b-4", "B", visit, T0 + 2 * SECOND, url="https://acme.example/docs"),
+        _event("b-5", "A", "fill_out_form", T0 + 2 * SECOND, form="Signup"),
+        '{"event_id": "b-x"',
+        _event("b-3", "A", visit, T0 + SECOND, url="https://acme.example/"),  # a redelivery
+    ]) + "\n", encoding="utf-8")
+    (inputs / "b.jsonl").write_text("\n".join([
+        _event("b-6", "C", visit, T0, url="https://acme.example/pricing"),
+        _event("b-7", "A", visit, T0 + 4 * SECOND, url="https://acme.example/pricing"),
+        _event("b-8", "C", "fill_out_form", T0 + SECOND, form="Signup"),
+    ]) + "\n", encoding="utf-8")
+    pattern = str(inputs / "*.jsonl")
+    beam_totals = direct.run(config_for(pattern, SAMPLES / "rules", tmp_path / "beam", tmp_path / "beam.db"))
+    run = flink.run_flink(config_for(pattern, SAMPLES / "rules", tmp_path / "flink", tmp_path / "flink.db"))
+
+    assert run.counters["lead_batches"] == 4, "A and B of a.jsonl, A and C of b.jsonl: one element each"
+    assert run.counters["events_read"] == 10 and run.counters["evaluated"] == 8, run.counters
+    beam, on_flink = outputs(tmp_path / "beam", tmp_path / "beam.db"), outputs(tmp_path / "flink", tmp_path / "flink.db")
+    assert on_flink == beam
+    assert len(on_flink["outcomes"]) == beam_totals["outcomes"] > 1, "one line per outcome, several per lead"
+    assert [json.loads(line)["reason"] for line in on_flink["dead_letters"]] == ["malformed_json"]

@@ -1,9 +1,9 @@
 """What the Flink job keeps in its checkpoints and savepoints holds no pickle: every state
-descriptor of orion/flink/functions.py has a real Flink type, and the sinks' batch
-buffers hold each record as the JSON text its writer makes of it, which reads back as
-the same record (activities, lead profiles, outbox records), lone surrogates and bytes
-included. A pickle names its Python class: a savepoint holding one would not restore
-once that class moved or changed.
+descriptor of orion/flink/functions.py has a real Flink type, the lead step's bookkeeping
+is versioned JSON text, and the sinks' batch buffers hold each record as the JSON text
+its writer makes of it, which reads back as the same record (activities, lead profiles,
+outbox records), lone surrogates and bytes included. A pickle names its Python class: a
+savepoint holding one would not restore once that class moved or changed.
 
     .venv/bin/python -m pytest -q tests/test_flink_state.py
 """
@@ -40,7 +40,7 @@ def _descriptor_types() -> list[tuple[str, str]]:
 
 def test_no_state_of_the_flink_job_is_pickled():
     found = _descriptor_types()
-    assert {name for name, _ in found} >= {"pending", "record", "released", "batch"}, found
+    assert {name for name, _ in found} >= {"pending", "record", "lead", "batch"}, found
     pickled = [(name, kind) for name, kind in found if "PICKLED" in kind]
     assert not pickled, f"pickled state (a code change would break savepoints): {pickled}"
 
@@ -53,9 +53,11 @@ REQUEST = EmailRequest("acme", "L1", "Welcome", "e-1#0", "welcome", False, 1_795
 
 @pytest.mark.parametrize("writer, record", [
     (fn.StoreWriter("sqlite:///unused.db"), ACTIVITY),
+    (fn.StoreWriter("sqlite:///unused.db"), ACTIVITY._replace(event_id="e-1", attributes={"url": "/a", "n": 2 ** 70})),
+    (fn.StoreWriter("sqlite:///unused.db"), ACTIVITY._replace(event_id="e-2", attributes={"url": "/b", "n": 1.5})),
     (fn.ProfileWriter("sqlite:///unused.db"), StoredProfile("acme", "L\u00e9", '{"version": 2, "lead": {}}', None)),
     (fn.ProfileWriter("sqlite:///unused.db"), StoredProfile("acme", "L2", "{}", 1_795_341_600_000)),
-], ids=["activity", "profile", "profile-waiting"])
+], ids=["activity", "activity-large-integer", "activity-ascii", "profile", "profile-waiting"])
 def test_the_store_writers_buffer_json_text_that_reads_back_as_the_record(writer, record):
     text = writer.encode(record)
     assert isinstance(text, str) and text.isascii(), "Flink's STRING takes it, surrogates escaped"
@@ -74,6 +76,18 @@ def test_the_outbox_writer_buffers_the_outbox_record_as_versioned_json(item):
     text = writer.encode(item)
     assert text.isascii() and json.loads(text)["version"] == fn.STATE_FORMAT_VERSION
     assert writer.decode(text) == outbox_record(item), "the kind and the record the outbox queues, bytes and all"
+
+
+def test_the_lead_steps_bookkeeping_is_versioned_json_text_that_reads_back():
+    meta = fn.LeadMeta.of_text(None)
+    assert meta.text() is None and not meta.changed(), "a lead with nothing to keep keeps no state"
+    meta.released, meta.buffered, meta.due, meta.poll_due = (1_795_341_600_000, "e-\ud800"), 3, 1_795_341_660_000, 7
+    text = meta.text()
+    assert meta.changed() and text.isascii() and json.loads(text)["v"] == fn.LeadMeta.VERSION
+    again = fn.LeadMeta.of_text(text)
+    assert (again.released, again.buffered, again.due, again.wake_at, again.poll_due) == \
+        ((1_795_341_600_000, "e-\ud800"), 3, 1_795_341_660_000, None, 7)
+    assert not again.changed(), "read back unchanged: not written again"
 
 
 def test_output_lines_are_beams_json_lines_and_always_utf8():

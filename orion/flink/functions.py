@@ -1,20 +1,31 @@
 """The PyFlink functions of Orion's Flink job, thin over the engine-neutral core, as the
 Beam DoFns in `orion.transforms` are:
 
-  ReadActivityFiles     file path -> activities; dead letters to the DEAD side output
-                        (`orion.intake.read_lines`: per-file replay lateness, line numbers)
+  ReadActivityFiles     file path -> its activities as LeadBatches (a lead's activities
+                        of a chunk of the file, in order); dead letters, in lists, to the
+                        DEAD side output (`orion.intake.read_lines`: per-file replay
+                        lateness, line numbers)
   ParseActivities       payload (a line of a monitored file, a Kafka record) -> the same
                         (`orion.intake.parse_payload`)
-  ActivityTime          the event time of an activity, for the watermark strategy
+  ActivityTime          the event time of a LeadBatch, for the watermark strategy
   LeadStep              keyed by (tenant, lead): the one stateful step per lead
                         (`orion.leadstep`): orders, dedups and evaluates each activity
                         once, runs the campaign flows inline (waits are event-time
                         timers) and emits the lead's durable profile
-  AssembleEmails        email request -> MIME message (`orion.campaigns.email.EmailAssembler`)
+  AssembleEmails        email requests -> MIME messages (`orion.campaigns.email.EmailAssembler`)
   WriteInBatches        keyed by a shard number: buffers records in keyed state, as
                         JSON text, and hands them to a writer (the activity store, the
                         lead profiles, the outbox) in batches
-  output_line           an outcome or dead letter -> its JSONL line, for Flink's FileSink
+  output_lines          outcomes or dead letters -> their JSONL lines, one string, for
+                        Flink's FileSink
+
+Every element that crosses from one Python function to the next is pickled and goes
+through the JVM (and, in process mode, over gRPC to another process): that crossing,
+not the work on either side, is what a per-event job pays most for. So past the readers
+an element is a batch: a LeadBatch holds a lead's activities, and every stream after
+LeadStep carries lists of records (a step call's records of one kind; a sink's refused
+records), one crossing for many. The lines for a FileSink go as one string holding
+several lines.
 
 Every function loads its rules or opens its client in `open()`, so only configuration is
 pickled. Counts go to Flink's metric system (the web UI, REST) and, when the job ends, to
@@ -35,8 +46,9 @@ import threading
 import uuid
 import zlib
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
+import orjson
 from pyflink.common import Types
 from pyflink.common.time import Time
 from pyflink.common.watermark_strategy import TimestampAssigner
@@ -52,14 +64,15 @@ from orion.profiles import EMPTY_RECORD, LeadRecord, decode_profile, encode_prof
 from orion.seeding import open_initialised_store
 from orion.store.base import write_batch, write_profile_batch
 
-# Elements between Python functions are pickled Python objects (activities, outcomes,
-# dead letters); they live in no state. Keys and every state (LeadStep's, the sinks'
-# batch buffers) have real Flink types and schema'd, versioned text: a checkpoint or
-# savepoint holds no pickle, so a new release of Orion restores it.
+# Elements between Python functions are pickled Python objects (LeadBatches, lists of
+# outcomes, dead letters ...); they live in no state. Keys and every state (LeadStep's,
+# the sinks' batch buffers) have real Flink types and schema'd, versioned text: a
+# checkpoint or savepoint holds no pickle, so a new release of Orion restores it.
 PICKLED = Types.PICKLED_BYTE_ARRAY()
 LEAD_KEY = Types.TUPLE([Types.STRING(), Types.STRING()])
 SHARD_KEY = Types.INT()
-# LeadStep's side outputs (its main output is the outcomes), one per kind of record.
+# LeadStep's side outputs (its main output is the outcomes), one per kind of record;
+# each element a list of records.
 DEAD = OutputTag("dead-letters", PICKLED)
 STORE = OutputTag("store", PICKLED)  # activities to store: input and flow-generated
 EMAILS = OutputTag("emails", PICKLED)  # email requests, to assemble
@@ -89,8 +102,36 @@ def wake_up_of(fields) -> WakeUp:
     return WakeUp(*fields)
 
 
-def lead_key(element: Activity | WakeUp) -> tuple[str, str]:
+# At the end of a bounded input LeadStep seeds this many leads new to the job with one
+# set of store reads (SeedReads).
+SEED_GROUP = 200
+# How many leads LeadStep keeps in memory what it knows of (KnownLead) over a bounded
+# input; the ones past it are read from state, as after a restore.
+LEADS_KNOWN = 500_000
+# The readers hand a lead's activities over in one LeadBatch once this many activities
+# of their input are held: the batches are as large as the input allows, and a reader's
+# memory stays bounded whatever a file or payload holds.
+READER_CHUNK = 20_000
+
+
+class LeadBatch(NamedTuple):
+    """Activities of one (tenant, lead), in input order: one element from a reader to
+    LeadStep, keyed as an activity of the lead is."""
+
+    tenant: str
+    lead_id: str
+    activities: tuple  # of Activity
+
+
+def lead_key(element: LeadBatch | WakeUp) -> tuple[str, str]:
     return element.tenant, element.lead_id
+
+
+def as_records(element) -> list:
+    """An element of a stream that carries lists of records (the step's outputs and the
+    sinks'), or a single record (a stream of single records, such as the roll-ups'), as
+    a list."""
+    return element if isinstance(element, list) else [element]
 
 
 def shard_of(text: str, shards: int) -> int:
@@ -160,11 +201,29 @@ def _load_rules(rules_dir: str, template_dirs: tuple[str, ...]):
 
 
 def _ttl_config(days: int) -> StateTtlConfig:
-    """Lead state expires `days` after its last write (processing time)."""
+    """Lead state expires `days` after its last write (processing time). An expired
+    state not cleaned up yet may still be read: the expiry bounds the state's size, it
+    decides nothing (a lead read back simply goes on, as one never expired would). With
+    NeverReturnExpired PyFlink's process mode would cache neither reads nor writes of
+    the state: every access a round trip to the JVM."""
     return StateTtlConfig.new_builder(Time.days(days)) \
         .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite) \
-        .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired) \
+        .set_state_visibility(StateTtlConfig.StateVisibility.ReturnExpiredIfNotCleanedUp) \
         .build()
+
+
+def _attempt_number(runtime_context) -> int | None:
+    """Which attempt of its task a function runs in (0: the first; a restart after a
+    failure restores the last checkpoint); None when it cannot be told."""
+    try:
+        return runtime_context.get_attempt_number()
+    except AttributeError:
+        # PyFlink 2.3's thread mode asks Flink's RuntimeContext for getAttemptNumber,
+        # which Flink 2 moved to its TaskInfo.
+        try:
+            return runtime_context._runtime_context.getTaskInfo().getAttemptNumber()
+        except AttributeError:
+            return None
 
 
 def open_compressed(path: str):
@@ -178,7 +237,7 @@ def open_compressed(path: str):
 
 class _Parse:
     """What the two parsing functions share: rules' activity types loaded in open(),
-    activities out, dead letters to DEAD, everything counted."""
+    activities out in LeadBatches, dead letters in lists to DEAD, everything counted."""
 
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], counters_dir: str | None):
         self.rules_dir = rules_dir
@@ -192,25 +251,54 @@ class _Parse:
     def close(self):
         self.counts.write()
 
-    def split(self, found: Iterable[Activity | DeadLetter], dead_letters_tagged: bool):
-        read = parsed = 0
+    def batches(self, found: Iterable[Activity | DeadLetter]):
+        """The activities grouped by lead (a LeadBatch each, in input order), a chunk of
+        READER_CHUNK activities at a time, and the dead letters in lists (DEAD) of at
+        most as many."""
+        groups: dict[tuple[str, str], list[Activity]] = {}
+        letters: list[DeadLetter] = []
+        read = held = dead = 0
+        reasons: collections.Counter = collections.Counter()
         for item in found:
             read += 1
             if isinstance(item, Activity):
-                parsed += 1
-                yield item
+                key = (item.tenant, item.lead_id)
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [item]
+                else:
+                    group.append(item)
+                held += 1
+                if held % READER_CHUNK == 0:
+                    yield from _lead_batches(groups)
+                    groups = {}
             else:
-                self.counts.inc("dead_letters")
-                self.counts.inc(f"dead_letters:{item.reason}")
-                yield (DEAD, item) if dead_letters_tagged else item
-        self.counts.inc("events_read", read)
-        self.counts.inc("activities_parsed", parsed)
+                letters.append(item)
+                reasons[item.reason] += 1
+                if len(letters) == READER_CHUNK:
+                    yield DEAD, letters
+                    letters = []
+                    dead += READER_CHUNK
+        yield from _lead_batches(groups)
+        if letters:
+            yield DEAD, letters
+        counts = self.counts
+        counts.inc("events_read", read)
+        counts.inc("activities_parsed", held)
+        counts.inc("dead_letters", dead + len(letters))
+        for reason, n in reasons.items():
+            counts.inc(f"dead_letters:{reason}", n)
+
+
+def _lead_batches(groups: dict[tuple[str, str], list[Activity]]):
+    for (tenant, lead_id), activities in groups.items():
+        yield LeadBatch(tenant, lead_id, tuple(activities))
 
 
 class ReadActivityFiles(_Parse, ProcessFunction):
-    """(name, absolute path) of a JSONL file -> its activities (main output) and dead
-    letters (DEAD, citing `name:line`), read in order with the per-file replay lateness,
-    exactly as Beam's ReadActivityFiles."""
+    """(name, absolute path) of a JSONL file -> its activities (main output, a LeadBatch
+    per lead and chunk of the file) and dead letters (DEAD, citing `name:line`), read in
+    order with the per-file replay lateness, exactly as Beam's ReadActivityFiles."""
 
     def __init__(self, rules_dir, template_dirs, allowed_lateness_ms: int, counters_dir=None):
         super().__init__(rules_dir, template_dirs, counters_dir)
@@ -219,26 +307,29 @@ class ReadActivityFiles(_Parse, ProcessFunction):
     def process_element(self, named_file, ctx):
         name, path = named_file
         with open_compressed(path) as lines:
-            yield from self.split(read_lines(lines, self.types, name, self.allowed_lateness_ms), True)
+            yield from self.batches(read_lines(lines, self.types, name, self.allowed_lateness_ms))
 
 
 class ParseActivities(_Parse, ProcessFunction):
     """A payload (a line of a monitored file, a Kafka record: one activity, a JSON array
-    or JSONL) -> activities (main output) and dead letters (DEAD)."""
+    or JSONL) -> its activities (main output, a LeadBatch per lead) and dead letters
+    (DEAD)."""
 
     def __init__(self, rules_dir, template_dirs, source: str, counters_dir=None):
         super().__init__(rules_dir, template_dirs, counters_dir)
         self.source = source
 
     def process_element(self, payload: str, ctx):
-        yield from self.split(parse_payload(payload, self.types, self.source), True)
+        yield from self.batches(parse_payload(payload, self.types, self.source))
 
 
 class ActivityTime(TimestampAssigner):
-    """An activity's event time, epoch milliseconds."""
+    """A LeadBatch's event time, epoch milliseconds: its newest activity's. The
+    bounded-out-of-orderness watermark follows the newest time seen, so it moves as it
+    would over the batch's activities one by one."""
 
     def extract_timestamp(self, value, record_timestamp: int) -> int:
-        return value.occurred_at
+        return max(activity.occurred_at for activity in value.activities)
 
 
 class OpenedPerThread:
@@ -275,15 +366,36 @@ def _opened_outbox(uri: str):
     return outbox
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def _json_text(data) -> str:
+    """Compact JSON text, ASCII only (Flink's STRING is UTF-8, which a lone surrogate from
+    a `\\ud800` in the input is not: escaped, it is). Every activity and state record
+    is written and read back a few times on its way through the job: orjson, about ten
+    times faster than json, writes what it can (ASCII, no lone surrogate, integers of 64
+    bits), json the rest."""
+    try:
+        raw = orjson.dumps(data)
+    except TypeError:  # orjson.JSONEncodeError: a lone surrogate, a very large integer
+        return _COMPACT_JSON.encode(data)
+    return raw.decode("ascii") if raw.isascii() else _COMPACT_JSON.encode(data)
+
+
+def _json_of(text: str):
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # an escaped lone surrogate, which orjson refuses
+        return json.loads(text)
+
+
 def _activity_text(activity: Activity) -> str:
-    """An activity as JSON text of its six fields, the shape the intake reads (escaped to
-    ASCII: a lone surrogate from a `\\ud800` in the input is not UTF-8, which Flink's
-    STRING needs)."""
-    return json.dumps(activity.to_json_dict(), separators=(",", ":"))
+    """An activity as JSON text of its six fields, the shape the intake reads."""
+    return _json_text(activity.to_json_dict())
 
 
 def _activity_of(text: str) -> Activity:
-    return Activity(**json.loads(text))
+    return Activity(**_json_of(text))
 
 
 def _record_text(record: LeadRecord) -> str:
@@ -292,26 +404,165 @@ def _record_text(record: LeadRecord) -> str:
     return encode_profile(record, history=True)
 
 
+class SeedReads:
+    """The store reads that seed leads new to the job (`leadstep.LeadStep.seed`: the
+    profile, the activity index, the history), made for many leads at once and handed
+    out one lead at a time: a KeyedProcessFunction sees one lead per call, and a read per
+    lead costs the store a round trip or three. `prefetch` asks the store for a group of
+    leads together, as Beam's LeadSteps does for a bundle; the seeding of each lead then
+    takes its own answers from here (once) and reads anything not prefetched (a lead
+    whose first activity is not the one prefetched for) from the store itself. So a lead
+    is seeded as a read of its own would seed it, as long as nothing else writes its rows
+    in between: only its own step does, after seeding it. Answers are kept in memory
+    only: after a restore, the store is read again. `store` gives the store to read (the
+    calling thread's)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.profiles: dict = {}
+        self.indexes: dict = {}
+        self.history_reads: dict = {}
+
+    def prefetch(self, rules, leads: list) -> None:
+        """Read the store for `leads` (SeedRequests) in one go."""
+        from orion.seeding import seed_states
+
+        store = self.store()
+        keys = [(lead.tenant, lead.lead_id) for lead in leads]
+        self.profiles.update(zip(keys, store.read_profiles(keys)))
+        seed_states(rules, _RecordingReads(store, self.indexes, self.history_reads),
+                    [(lead.tenant, lead.lead_id, lead.first_ms) for lead in leads])
+
+    def has(self, tenant: str, lead_id: str) -> bool:
+        return (tenant, lead_id) in self.profiles
+
+    def read_profiles(self, keys):
+        return _answered(self.profiles, keys, self.store().read_profiles)
+
+    def read_indexes(self, reads):
+        return _answered(self.indexes, reads, self.store().read_indexes)
+
+    def histories(self, reads):
+        return _answered(self.history_reads, reads, self.store().histories)
+
+
+def _answered(cache: dict, asked, read) -> list:
+    """The answers to `asked`: from `cache` (each taken out once used), the rest read."""
+    missing = [item for item in asked if item not in cache]
+    found = dict(zip(missing, read(missing))) if missing else {}
+    return [cache.pop(item) if item in cache else found[item] for item in asked]
+
+
+class _RecordingReads:
+    """A store whose index and history reads are kept, by read, for SeedReads."""
+
+    def __init__(self, store, indexes: dict, history_reads: dict):
+        self.store = store
+        self.indexes = indexes
+        self.history_reads = history_reads
+
+    def read_indexes(self, reads):
+        found = self.store.read_indexes(reads)
+        self.indexes.update(zip(reads, found))
+        return found
+
+    def histories(self, reads):
+        found = self.store.histories(reads)
+        self.history_reads.update(zip(reads, found))
+        return found
+
+
+class KnownLead:
+    """What LeadStep knows of a lead over a bounded input without reading its state:
+    how many activities it has buffered, the time of the first (to seed it with), and
+    whether it has been replayed yet (a hot lead, early: only then it has a record)."""
+
+    __slots__ = ("buffered", "first_ms", "replayed")
+
+    def __init__(self, first_ms: int | None):
+        self.buffered = 0
+        self.first_ms = first_ms
+        self.replayed = False
+
+
+class LeadMeta:
+    """LeadStep's bookkeeping of a lead, read once and written once (if it changed) per
+    call: `released` ((occurred_at, event_id) of the last activity evaluated, read on
+    every arrival, so it is kept apart from the larger record), `buffered` (how many
+    activities `pending` holds), `due` (the time the release timer is set for),
+    `wake_at` (the wake timer's) and `poll_due` (the idle-release timer's, processing
+    time). Kept as one state, versioned JSON text: {"v": 1, "released": [ms, id],
+    "buffered": n, "due": ms, "wake_at": ms, "poll_due": ms}, the unset left out."""
+
+    VERSION = 1
+    __slots__ = ("released", "buffered", "due", "wake_at", "poll_due", "_read")
+
+    def __init__(self, released: tuple[int, str] | None = None, buffered: int = 0, due: int | None = None,
+                 wake_at: int | None = None, poll_due: int | None = None):
+        self.released = released
+        self.buffered = buffered
+        self.due = due
+        self.wake_at = wake_at
+        self.poll_due = poll_due
+        self._read = self._fields()
+
+    @classmethod
+    def of_text(cls, text: str | None) -> "LeadMeta":
+        if text is None:
+            return cls()
+        data = json.loads(text)
+        released = data.get("released")
+        return cls(None if released is None else (released[0], released[1]), data.get("buffered", 0),
+                   data.get("due"), data.get("wake_at"), data.get("poll_due"))
+
+    def _fields(self) -> tuple:
+        return self.released, self.buffered, self.due, self.wake_at, self.poll_due
+
+    def changed(self) -> bool:
+        return self._fields() != self._read
+
+    def text(self) -> str | None:
+        """The state's text; None when there is nothing to keep."""
+        data: dict = {"v": self.VERSION}
+        if self.released is not None:
+            data["released"] = list(self.released)
+        if self.buffered:
+            data["buffered"] = self.buffered
+        for name in ("due", "wake_at", "poll_due"):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        # (ASCII-escaped: an event id may hold a lone surrogate, which Flink's STRING,
+        # UTF-8, cannot.)
+        return json.dumps(data, separators=(",", ":")) if len(data) > 1 else None
+
+
 class LeadStep(KeyedProcessFunction):
     """The one stateful step per (tenant, lead), over the engine-neutral core
     (`orion.leadstep.LeadStep`), as Beam's LeadSteps (orion/transforms/evaluate.py) is:
     each activity is evaluated once, in event-time order, and the campaign flows it
     qualifies the lead for run inline, their waits as event-time timers.
 
+    Input: LeadBatches, a lead's activities in the order they came, each activity
+    judged on arrival as it would be alone (`LeadStep.arrival`, `over_budget`), with
+    one read and one write of the lead's bookkeeping per batch; and WakeUps.
+
     Keyed state, per (tenant, lead), created in open():
       pending   list of arrived activities not yet evaluated, each as JSON text of its
                 six fields (no TTL: the timer drains it);
-      released  (occurred_at, event_id) of the last activity evaluated: read on every
-                arrival, so it is kept apart from the larger record;
       record    the lead's orion.profiles.LeadRecord (sequencer progress with the recent
                 event ids, lead state with its history counters, running flows, recent
                 sends) as versioned profile JSON, `encode_profile(history=True)`;
-      due       the time the release timer is set for, so it only ever moves earlier;
-      wake_at   the time the wake timer is set for (the earliest flow wait), likewise;
-      poll_due  the processing time of the idle-release timer, if one is set.
-    Nothing is pickled, so a savepoint survives a new release of Orion. released and
-    record expire `lead_ttl_days` after their last write (Flink's TTL is in processing
-    time): a lead silent that long is seeded again from its profile in the store.
+      lead      the step's bookkeeping (LeadMeta: what was released last, how many
+                activities are buffered, the times its timers are set for), versioned
+                JSON text.
+    Nothing is pickled, so a savepoint survives a new release of Orion. record and lead
+    expire `lead_ttl_days` after their last write (Flink's TTL is in processing time):
+    a lead silent that long is seeded again from its profile in the store. (Releases
+    before 2026-12 kept the bookkeeping in five states: released, buffered, due,
+    wake_at, poll_due. Their savepoints restore: a lead with no `lead` state starts its
+    bookkeeping afresh, its arrivals judged against the record when released, and its
+    timers still fire.)
 
     A lead new to the job (no record) is seeded from the store at `seed_store_uri`, its
     profile and its history counters (`LeadStep.seed`), before anything is evaluated;
@@ -322,7 +573,11 @@ class LeadStep(KeyedProcessFunction):
     event-time timer there): its activities in order (`LeadStep.replay`), then the flow
     waits due by `horizon`, the input's newest activity; later waits stay in the
     profile for the next run. A WakeUp (a lead whose stored profile has a wait due by
-    the horizon) only sets that timer.
+    the horizon) only sets that timer. The record is not written back at the end: the
+    job reads it no more, and the next run starts from the profile. In a job started
+    without state the step keeps in memory what it knows of each lead (KnownLead) and
+    reads neither its bookkeeping nor its record, and the leads new to the job are
+    seeded SEED_GROUP at a time (SeedReads).
 
     Unbounded input: a release timer (event time) at the earliest buffered activity's
     time. Flink's watermark already trails the newest event by the allowed lateness
@@ -338,16 +593,19 @@ class LeadStep(KeyedProcessFunction):
 
     run_flows False (no outbox): evaluation only, no flow starts.
 
-    Outputs: outcomes (main); STORE, DEAD, EMAILS, OUTBOX and PROFILES (STEP_OUTPUTS).
-    Counters: the core step's, a bounded set of names (orion.leadstep.COUNTERS), and
-    `leads_woken_from_store` (WakeUps).
+    Outputs: outcomes (main); STORE, DEAD, EMAILS, OUTBOX and PROFILES (STEP_OUTPUTS);
+    each element a list, what one call emitted to that output, in order.
+    Counters: the core step's, a bounded set of names (orion.leadstep.COUNTERS),
+    `lead_batches` (LeadBatches received) and `leads_woken_from_store` (WakeUps).
     """
 
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], *, dedup_span_ms: int, bounded: bool,
                  run_flows: bool, max_cascade_depth: int, lead_ttl_days: int, horizon: int | None = None,
                  seed_store_uri: str | None = None, counters_dir: str | None = None,
-                 idle_release_ms: int = 60_000, max_pending: int = leadstep.DEFAULT_MAX_PENDING):
+                 idle_release_ms: int = 60_000, max_pending: int = leadstep.DEFAULT_MAX_PENDING,
+                 restored: bool = False):
         self.max_pending = max_pending
+        self.restored = restored
         self.rules_dir = rules_dir
         self.template_dirs = tuple(template_dirs)
         self.dedup_span_ms = dedup_span_ms
@@ -367,20 +625,29 @@ class LeadStep(KeyedProcessFunction):
             descriptor.enable_time_to_live(ttl)
             return descriptor
 
+        # Three states, not one per field: in process mode every state a function
+        # registers is looked up, cached and written back per key, each miss a round
+        # trip to the JVM.
         self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", Types.STRING()))
-        self.released = runtime_context.get_state(
-            expiring(ValueStateDescriptor("released", Types.TUPLE([Types.LONG(), Types.STRING()]))))
         self.record = runtime_context.get_state(expiring(ValueStateDescriptor("record", Types.STRING())))
-        self.due = runtime_context.get_state(ValueStateDescriptor("due", Types.LONG()))
-        self.wake_at = runtime_context.get_state(ValueStateDescriptor("wake_at", Types.LONG()))
-        self.poll_due = runtime_context.get_state(ValueStateDescriptor("poll_due", Types.LONG()))
-        self.buffered = runtime_context.get_state(ValueStateDescriptor("buffered", Types.LONG()))
+        self.lead = runtime_context.get_state(expiring(ValueStateDescriptor("lead", Types.STRING())))
         self.step = leadstep.LeadStep(_load_rules(self.rules_dir, self.template_dirs),
                                       dedup_span_ms=self.dedup_span_ms, run_flows=self.run_flows,
                                       max_cascade_depth=self.max_cascade_depth, max_pending=self.max_pending)
         self.counts = Counts(runtime_context, self.counters_dir, "LeadStep")
         self.seed_stores = (None if self.seed_store_uri is None
                             else OpenedPerThread(lambda: open_initialised_store(self.seed_store_uri)))
+        # Bounded input in a job that started without state (no savepoint, first
+        # attempt): a lead this instance has not seen has no state, so what the step
+        # knows of the leads it has seen spares it reading their bookkeeping and
+        # record: in process mode each read of a lead's state is a round trip to the
+        # JVM. After a restore everything is read from state.
+        fresh = self.bounded and not self.restored and _attempt_number(runtime_context) == 0
+        self.known: dict[tuple[str, str], KnownLead] | None = {} if fresh else None
+        # Bounded input: the leads known but not seeded yet; at the end of input they
+        # are seeded SEED_GROUP at a time (SeedReads).
+        self.unseeded: dict[tuple[str, str], KnownLead] = {}
+        self.seed_reads = None if self.seed_stores is None else SeedReads(self.seed_stores.get)
 
     def close(self):
         if getattr(self, "seed_stores", None) is not None:
@@ -389,44 +656,118 @@ class LeadStep(KeyedProcessFunction):
 
     # arrivals -----------------------------------------------------------------------
 
-    def process_element(self, element: Activity | WakeUp, ctx):
+    def process_element(self, element: LeadBatch | WakeUp, ctx):
         timers = ctx.timer_service()
         if isinstance(element, WakeUp):
             self.counts.inc("leads_woken_from_store")
             if self.bounded:
-                self._release_at(END_OF_INPUT, timers)
+                timers.register_event_time_timer(END_OF_INPUT)
+                known = self._known((element.tenant, element.lead_id), self.horizon)
+                if known is not None and self.horizon is not None and known.first_ms > self.horizon:
+                    known.first_ms = self.horizon
                 return
             # Unbounded: a lead waiting in the store when the job starts. Unless the job
             # knows it already, its state comes from its profile and its wake timer is set.
             if self._stored_record() is None:
                 result = leadstep.StepResult()
+                meta = self._meta()
                 record = self._seed(element.tenant, element.lead_id, element.wake_at, result)
-                self._store_record(record)
-                self._schedule_wake(record, timers.current_watermark(), timers)
+                self._store_record(record, meta)
+                self._schedule_wake(record, timers.current_watermark(), timers, meta)
+                self._store_meta(meta)
                 yield from self._emit(result)
             return
         result = leadstep.StepResult()
-        # Bounded input releases nothing before its end: no arrival can sort before it.
-        released = None if self.bounded else self.released.value()
-        if self.step.arrival(None if released is None else tuple(released), self._seen, element, result):
-            self.pending.add(_activity_text(element))
-            self._release_at(END_OF_INPUT if self.bounded else element.occurred_at, timers)
-            if not self.bounded and self.poll_due.value() is None:
-                self._poll_later(timers)
-            count = (self.buffered.value() or 0) + 1
-            if not self.step.over_budget(count, result):
-                self.buffered.update(count)
-                return
-            # A hot lead: what it has buffered is released now, in order (bounded: without
-            # the waits, which resume at the end of input).
-            tenant, lead_id = ctx.get_current_key()
-            if self.bounded:
-                self._replay(tenant, lead_id, result, horizon=None)
-            else:
-                self._release_all(tenant, lead_id, result)
+        result.count("lead_batches")
+        if self.bounded:
+            self._buffer_until_the_end(element, timers, result)
+        else:
+            self._buffer_until_released(element, timers, result)
         yield from self._emit(result)
 
-    def _release_all(self, tenant: str, lead_id: str, result: leadstep.StepResult) -> None:
+    def _buffer_until_the_end(self, batch: LeadBatch, timers, result: leadstep.StepResult) -> None:
+        """Bounded input: buffer the batch's activities for the replay at the end of input
+        (one timer there; a lead's later batches find it set). Bounded input releases
+        nothing before its end, so no arrival can sort before what was released, except
+        after a hot lead's early release, which the replay sorts out."""
+        first = min(activity.occurred_at for activity in batch.activities)
+        known = self._known((batch.tenant, batch.lead_id), first)
+        if known is None:
+            meta = self._meta()
+            if meta.buffered == 0 and meta.released is None:
+                # (No bookkeeping: a new lead, or one an instance that knew it in memory
+                # buffered before a restore.)
+                meta.buffered = sum(1 for _ in self.pending.get() or ())
+            buffered = meta.buffered
+        else:
+            meta = LeadMeta()
+            buffered = known.buffered
+            if known.first_ms is None or first < known.first_ms:
+                known.first_ms = first
+        if not buffered:
+            timers.register_event_time_timer(END_OF_INPUT)
+        texts = []
+        for activity in batch.activities:
+            texts.append(_activity_text(activity))
+            buffered += 1
+            if self.step.over_budget(buffered, result):
+                # A hot lead: what it has buffered is replayed now, in order, without the
+                # waits (they resume at the end of input).
+                self.pending.add_all(texts)
+                texts = []
+                self._replay(batch.tenant, batch.lead_id, result, meta, horizon=None, known=known)
+                buffered = 0
+        if texts:
+            self.pending.add_all(texts)
+        if known is None:
+            meta.buffered = buffered
+            self._store_meta(meta)
+        else:
+            known.buffered = buffered
+
+    def _known(self, key: tuple[str, str], first_ms: int | None) -> KnownLead | None:
+        """What the step knows of a lead in memory (bounded input, a job started without
+        state), a lead seen for the first time made known; None: read its state."""
+        if self.known is None:
+            return None
+        known = self.known.get(key)
+        if known is None and len(self.known) < LEADS_KNOWN:
+            known = self.known[key] = self.unseeded[key] = KnownLead(first_ms)
+            # Its state is empty: saying so spares process mode asking the JVM for it.
+            self.pending.clear()
+        return known
+
+    def _buffer_until_released(self, batch: LeadBatch, timers, result: leadstep.StepResult) -> None:
+        """Unbounded input: each activity of the batch that does not sort before what the
+        lead has released is buffered (`LeadStep.arrival`), the release timer set at the
+        earliest; past the lead's budget, what it has buffered is released at once."""
+        meta = self._meta()
+        released, buffered = meta.released, meta.buffered
+        texts = []
+        earliest = None
+        for activity in batch.activities:
+            if not self.step.arrival(released, self._seen, activity, result):
+                continue
+            texts.append(_activity_text(activity))
+            if earliest is None or activity.occurred_at < earliest:
+                earliest = activity.occurred_at
+            buffered += 1
+            if self.step.over_budget(buffered, result):
+                self.pending.add_all(texts)
+                texts = []
+                earliest = None
+                self._release_all(batch.tenant, batch.lead_id, result, meta)
+                released = meta.released
+                buffered = 0
+        if texts:
+            self.pending.add_all(texts)
+            meta.buffered = buffered
+            self._release_at(earliest, timers, meta)
+            if meta.poll_due is None:
+                self._poll_later(timers, meta)
+        self._store_meta(meta)
+
+    def _release_all(self, tenant: str, lead_id: str, result: leadstep.StepResult, meta: "LeadMeta") -> None:
         """Unbounded: release everything the lead has buffered, whatever the watermark."""
         stored = self._stored_record()
         buffered = self._buffered()
@@ -435,10 +776,10 @@ class LeadStep(KeyedProcessFunction):
             record = self._seed(tenant, lead_id, min(a.occurred_at for a in buffered), result)
         record, _ = self.step.release(record, tenant, lead_id, buffered, None, result)
         if record is not stored:
-            self._store_record(record)
+            self._store_record(record, meta)
         self.pending.clear()
-        self.buffered.clear()
-        self.due.clear()
+        meta.buffered = 0
+        meta.due = None
 
     def _seen(self) -> dict | None:
         """The lead's recent event ids: read only for an arrival that sorts before what
@@ -451,36 +792,58 @@ class LeadStep(KeyedProcessFunction):
     def on_timer(self, timestamp: int, ctx):
         tenant, lead_id = ctx.get_current_key()
         result = leadstep.StepResult()
+        known = None
         if self.bounded:
-            self._replay(tenant, lead_id, result)
+            known = None if self.known is None else self.known.get((tenant, lead_id))
+            meta = self._meta() if known is None else LeadMeta()
+            self._replay(tenant, lead_id, result, meta, known=known)
         else:
+            meta = self._meta()
             timers = ctx.timer_service()
             if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
-                self.poll_due.clear()
+                meta.poll_due = None
                 up_to = timers.current_watermark()
             else:
                 up_to = max(timestamp, timers.current_watermark())
-            self._release_and_wake(tenant, lead_id, up_to, timers, result)
+            self._release_and_wake(tenant, lead_id, up_to, timers, result, meta)
+        if known is None:
+            self._store_meta(meta)
         yield from self._emit(result)
 
     _AT_THE_HORIZON = object()
 
-    def _replay(self, tenant: str, lead_id: str, result: leadstep.StepResult, horizon=_AT_THE_HORIZON) -> None:
+    def _replay(self, tenant: str, lead_id: str, result: leadstep.StepResult, meta: "LeadMeta",
+                horizon=_AT_THE_HORIZON, known: KnownLead | None = None) -> None:
         """Bounded input: the lead's buffered activities in order, then its waits due by
-        the horizon (at the end of input; a hot lead's early release passes None)."""
-        horizon = self.horizon if horizon is self._AT_THE_HORIZON else horizon
-        buffered = sorted(self._buffered(), key=activity_sort_key)
-        self.pending.clear()
-        self.buffered.clear()
-        self.due.clear()
+        the horizon (at the end of input; a hot lead's early release passes None).
+        `known`: what the step knows of the lead in memory, if it does."""
+        at_the_end = horizon is self._AT_THE_HORIZON
+        horizon = self.horizon if at_the_end else horizon
+        if known is not None and not known.buffered:
+            buffered = []
+        else:
+            buffered = sorted(self._buffered(), key=activity_sort_key)
+        if buffered:
+            self.pending.clear()
+        meta.buffered = 0
+        if known is not None:
+            known.buffered = 0
         if not buffered and horizon is None:
             return
-        record = self._stored_record()
+        record = None if known is not None and not known.replayed else self._stored_record()
+        if known is not None:
+            known.replayed = True
         if record is None:
-            record = self._seed(tenant, lead_id, buffered[0].occurred_at if buffered else horizon, result)
-        self._store_record(self.step.replay(record, tenant, lead_id, buffered, horizon, result))
+            record = self._seed(tenant, lead_id, buffered[0].occurred_at if buffered else horizon, result,
+                                with_others=at_the_end)
+        record = self.step.replay(record, tenant, lead_id, buffered, horizon, result)
+        if not at_the_end:
+            self._store_record(record, meta)
+        # (At the end of the input the lead is done with: nothing in this job reads its
+        # record again, and what the next run starts from is its profile, in the store.)
 
-    def _release_and_wake(self, tenant: str, lead_id: str, up_to: int, timers, result: leadstep.StepResult) -> None:
+    def _release_and_wake(self, tenant: str, lead_id: str, up_to: int, timers, result: leadstep.StepResult,
+                          meta: "LeadMeta") -> None:
         """Unbounded input: release the buffered activities the watermark has passed
         (`up_to`), then resume the waits it has passed; set the timers for what is left."""
         buffered = self._buffered()
@@ -496,47 +859,46 @@ class LeadStep(KeyedProcessFunction):
             record, rest = self.step.release(record, tenant, lead_id, buffered, up_to, result)
         record = self.step.wake(record, tenant, lead_id, up_to, result)
         if record is not stored:
-            self._store_record(record)
+            self._store_record(record, meta)
         if len(rest) != len(buffered):
             self.pending.clear()
             if rest:
                 self.pending.add_all([_activity_text(activity) for activity in rest])
-            self.buffered.update(len(rest))
+            meta.buffered = len(rest)
         if rest:
             when = rest[0].occurred_at
-            if when != self.due.value():
+            if when != meta.due:
                 timers.register_event_time_timer(when)
-                self.due.update(when)
-            if self.poll_due.value() is None:
-                self._poll_later(timers)
+                meta.due = when
+            if meta.poll_due is None:
+                self._poll_later(timers, meta)
         else:
-            self.due.clear()
-        self._schedule_wake(record, up_to, timers)
+            meta.due = None
+        self._schedule_wake(record, up_to, timers, meta)
 
-    def _release_at(self, when: int, timers) -> None:
-        current = self.due.value()
+    def _release_at(self, when: int, timers, meta: "LeadMeta") -> None:
+        current = meta.due
         if current is None or when < current:
             if current is not None:
                 timers.delete_event_time_timer(current)
             timers.register_event_time_timer(when)
-            self.due.update(when)
+            meta.due = when
 
-    def _poll_later(self, timers) -> None:
-        due = timers.current_processing_time() + self.idle_release_ms
-        timers.register_processing_time_timer(due)
-        self.poll_due.update(due)
+    def _poll_later(self, timers, meta: "LeadMeta") -> None:
+        meta.poll_due = timers.current_processing_time() + self.idle_release_ms
+        timers.register_processing_time_timer(meta.poll_due)
 
-    def _schedule_wake(self, record: LeadRecord, up_to: int, timers) -> None:
+    def _schedule_wake(self, record: LeadRecord, up_to: int, timers, meta: "LeadMeta") -> None:
         """The wake timer at the record's earliest wait, only ever moved earlier; a timer
         at or before `up_to` has done its work (the waits it was for are resumed)."""
         next_wake = record.next_wake() if self.run_flows else None
-        stored = self.wake_at.value()
+        stored = meta.wake_at
         current = stored if stored is not None and stored > up_to else None
         if next_wake is not None and (current is None or next_wake < current):
             timers.register_event_time_timer(next_wake)
-            self.wake_at.update(next_wake)
+            meta.wake_at = next_wake
         elif current is None and stored is not None:
-            self.wake_at.clear()
+            meta.wake_at = None
 
     # state and outputs ------------------------------------------------------------
 
@@ -547,32 +909,68 @@ class LeadStep(KeyedProcessFunction):
         text = self.record.value()
         return None if text is None else decode_profile(text)
 
-    def _store_record(self, record: LeadRecord) -> None:
+    def _store_record(self, record: LeadRecord, meta: "LeadMeta") -> None:
         self.record.update(_record_text(record))
-        released = record.progress.released
-        if released is None:
-            self.released.clear()
-        else:
-            self.released.update(released)
+        meta.released = record.progress.released
 
-    def _seed(self, tenant: str, lead_id: str, first_ms: int, result: leadstep.StepResult) -> LeadRecord:
-        store = None if self.seed_stores is None else self.seed_stores.get()
+    def _meta(self) -> "LeadMeta":
+        return LeadMeta.of_text(self.lead.value())
+
+    def _store_meta(self, meta: "LeadMeta") -> None:
+        """Written only when it changed; cleared when there is nothing to keep."""
+        if meta.changed():
+            text = meta.text()
+            if text is None:
+                self.lead.clear()
+            else:
+                self.lead.update(text)
+
+    def _seed(self, tenant: str, lead_id: str, first_ms: int, result: leadstep.StepResult,
+              with_others: bool = False) -> LeadRecord:
+        """The lead's record from the store. `with_others` (the end of a bounded input,
+        when every lead's first activity is known): the store is read for SEED_GROUP
+        leads still to seed at once, and the others take their answers when their turn
+        comes."""
+        if self.seed_stores is None:
+            store = None
+        else:
+            store = self.seed_stores.get()
+            unseeded = self.unseeded.pop((tenant, lead_id), None)
+            if with_others and (unseeded is not None or self.seed_reads.has(tenant, lead_id)):
+                if not self.seed_reads.has(tenant, lead_id):
+                    group = [leadstep.SeedRequest(tenant, lead_id, first_ms)]
+                    while self.unseeded and len(group) < SEED_GROUP:
+                        (other_tenant, other_lead), other = self.unseeded.popitem()
+                        if other.first_ms is not None:
+                            group.append(leadstep.SeedRequest(other_tenant, other_lead, other.first_ms))
+                    self.seed_reads.prefetch(self.step.rules, group)
+                store = self.seed_reads
         seeded = self.step.seed(store, [leadstep.SeedRequest(tenant, lead_id, first_ms)], result)[0]
         return seeded or EMPTY_RECORD
 
     def _emit(self, result: leadstep.StepResult):
+        """The call's records, one list per output (in the order the core emitted them),
+        and its counts."""
         counts = self.counts
         for name, n in result.counts.items():
             counts.inc(name, n)
+        by_output: dict = {}
         for tag, value in result.emitted:
             output = STEP_OUTPUTS[tag]
-            yield value if output is None else (output, value)
+            records = by_output.get(output)
+            if records is None:
+                by_output[output] = [value]
+            else:
+                records.append(value)
+        for output, records in by_output.items():
+            yield records if output is None else (output, records)
 
 
 class AssembleEmails(ProcessFunction):
-    """EmailRequest -> AssembledEmail (`orion.campaigns.email.EmailAssembler`); a request
-    whose template fails goes to DEAD with the reason (template_unsafe, template_failed,
-    template_missing, bad_email_address), as Beam's AssembleEmails does."""
+    """EmailRequests -> AssembledEmails (`orion.campaigns.email.EmailAssembler`), a list
+    in, a list out; a request whose template fails goes to DEAD (a list too) with the
+    reason (template_unsafe, template_failed, template_missing, bad_email_address), as
+    Beam's AssembleEmails does."""
 
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...], sender=None,
                  counters_dir: str | None = None):
@@ -591,13 +989,19 @@ class AssembleEmails(ProcessFunction):
     def close(self):
         self.counts.write()
 
-    def process_element(self, request, ctx):
+    def process_element(self, requests, ctx):
         from orion.campaigns.email import assemble_one
 
-        made, counts = assemble_one(self.assembler, request)
-        for name, n in counts.items():
-            self.counts.inc(name, n)
-        yield (DEAD, made) if isinstance(made, DeadLetter) else made
+        assembled, letters = [], []
+        for request in as_records(requests):
+            made, counts = assemble_one(self.assembler, request)
+            for name, n in counts.items():
+                self.counts.inc(name, n)
+            (letters if isinstance(made, DeadLetter) else assembled).append(made)
+        if assembled:
+            yield assembled
+        if letters:
+            yield DEAD, letters
 
 
 class WriteInBatches(KeyedProcessFunction):
@@ -613,11 +1017,13 @@ class WriteInBatches(KeyedProcessFunction):
     a pickle: a pickled record names its Python class, so a savepoint taken before a
     class moved or changed would no longer restore.
 
-    Flushed when `batch_size` records are buffered, `flush_after_ms` of processing time
-    after the first one, and at the end of event time (an event-time timer there: the
-    end of a bounded input, or a drained job's); a record that comes after it is written
-    at once. The writer's output (dead letters of records it refused) is this function's
-    output. State: batch (list of text), buffered (count), flush_due
+    An element is a list of records (what the lead step emitted to one output in one
+    call: one crossing for all of them), or a single record. Flushed when `batch_size`
+    records are buffered, `flush_after_ms` of processing time after the first one, and
+    at the end of event time (an event-time timer there: the end of a bounded input, or
+    a drained job's); records that come after it are written at once. The writer's
+    output (dead letters of records it refused) is this function's output, a list per
+    flush. State: batch (list of text, a record each), buffered (count), flush_due
     (processing time).
     """
 
@@ -640,18 +1046,21 @@ class WriteInBatches(KeyedProcessFunction):
         self.writer.close()
         self.counts.write()
 
-    def process_element(self, record, ctx):
-        self.batch.add(self.writer.encode(record))
-        buffered = (self.buffered.value() or 0) + 1
+    def process_element(self, records, ctx):
+        records = as_records(records)
+        encode = self.writer.encode
+        self.batch.add_all([encode(record) for record in records])
+        before = self.buffered.value() or 0
+        buffered = before + len(records)
         # Past the end of event time no timer fires any more, and records still come:
         # PyFlink forwards the final watermark (a drained or bounded job's) across the
         # network before what the step upstream emits for it.
-        if buffered >= self.batch_size or ctx.timer_service().current_watermark() >= END_OF_INPUT:
+        timers = ctx.timer_service()
+        if buffered >= self.batch_size or timers.current_watermark() >= END_OF_INPUT:
             yield from self._flush()
             return
         self.buffered.update(buffered)
-        if buffered == 1:
-            timers = ctx.timer_service()
+        if not before:
             timers.register_event_time_timer(END_OF_INPUT)
             if self.flush_due.value() is None:
                 due = timers.current_processing_time() + self.flush_after_ms
@@ -664,11 +1073,14 @@ class WriteInBatches(KeyedProcessFunction):
         yield from self._flush()
 
     def _flush(self):
-        batch = [self.writer.decode(text) for text in self.batch.get() or ()]
+        decode = self.writer.decode
+        batch = [decode(text) for text in self.batch.get() or ()]
         self.batch.clear()
         self.buffered.clear()
         if batch:
-            yield from self.writer.write(batch)
+            refused = list(self.writer.write(batch))
+            if refused:
+                yield refused
 
 
 # How the writers keep a record in WriteInBatches' state: JSON text, escaped to ASCII (a
@@ -679,7 +1091,7 @@ STATE_FORMAT_VERSION = 1
 
 
 def _state_text(data: dict) -> str:
-    return json.dumps(data, separators=(",", ":"))
+    return _json_text(data)
 
 
 class StoreWriter:
@@ -743,7 +1155,7 @@ class ProfileWriter:
     def decode(text: str):
         from orion.store.base import StoredProfile
 
-        data = json.loads(text)
+        data = _json_of(text)
         return StoredProfile(data["tenant"], data["lead_id"], data["data"], data.get("next_wake"))
 
     def open(self, counts: Counts) -> None:
@@ -790,7 +1202,7 @@ class OutboxWriter:
     def decode(text: str):
         from orion.campaigns.outbox import OutboxRecord
 
-        data = json.loads(text)
+        data = _json_of(text)
         fields = dict(data["record"])
         fields["payload"] = base64.b64decode(fields["payload"])
         return data["kind"], OutboxRecord(**fields)
@@ -831,6 +1243,12 @@ def record_json(record) -> str:
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def output_lines(records) -> str:
+    """The lines of a list of outcomes or dead letters (`output_line`), as one string:
+    one element for Flink's FileSink, which ends it with a line feed as any line."""
+    return "\n".join([output_line(record) for record in as_records(records)])
+
+
 def output_line(record) -> str:
     """The line the outcome and dead-letter files get (`record_json`), as the Flink STRING
     the FileSink takes: a lone surrogate (from a `\\ud800` in the input), which is not
@@ -850,22 +1268,25 @@ def output_line(record) -> str:
 
 
 class ByLead:
-    """Records of one lead (activities, outcomes, profiles) on one shard, in order."""
+    """Records of one lead (activities, outcomes, profiles) on one shard, in order. A
+    list holds records of one lead (one step call's)."""
 
     def __init__(self, shards: int):
         self.shards = shards
 
-    def __call__(self, record) -> int:
+    def __call__(self, records) -> int:
+        record = as_records(records)[0]
         return shard_of(f"{record.tenant}\x00{record.lead_id}", self.shards)
 
 
 class ByOutboxKey:
-    """Outbox records by their idempotency key's lead."""
+    """Outbox records by their idempotency key's lead (a list: one lead's)."""
 
     def __init__(self, shards: int):
         self.shards = shards
 
-    def __call__(self, record) -> int:
+    def __call__(self, records) -> int:
+        record = as_records(records)[0]
         request = getattr(record, "request", record)  # a HeldEmail holds its request
         return shard_of(f"{request.tenant}\x00{request.lead_id}", self.shards)
 

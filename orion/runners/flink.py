@@ -15,6 +15,11 @@ once, in event-time order, and, with an outbox, the campaign flows it qualifies 
 for run inline (waits are event-time timers). A lead new to the job is seeded from its
 profile in the store; every change is written back (WriteProfiles).
 
+Elements cross between the Python functions (through the JVM) in batches: the readers
+hand LeadStep one LeadBatch per lead (its activities of a file chunk or a payload), and
+each stream after LeadStep carries lists, what one call emitted to that output
+(docs/flink.md, "Speed").
+
 Sources: JSONL files (bounded: each lead is replayed once, fully ordered, at the end of
 input, then the flow waits due by the horizon, the input's newest activity, resume; a
 lead not in the input whose stored profile has such a wait is woken too), a directory
@@ -82,6 +87,7 @@ JSONL_SUFFIX = ".jsonl"
 KAFKA_CONNECTOR = "flink-sql-connector-kafka"  # the jar's name starts with this
 PYTHON_WORKER_MODE = "_python_worker_execution_mode"  # PyFlink's switch: loopback or process
 SHARDS_PER_INSTANCE = 2  # sink shards per parallel instance: spreads key groups evenly
+PYTHON_STATE_CACHE = 20_000  # python.state.cache-size unless FlinkOptions.state_cache_size says
 MISSING_FLINK = (
     "PyFlink cannot start a Flink cluster here: {error}\n"
     "Flink needs Java 17 (apt-get install openjdk-17-jre-headless, or JAVA_HOME pointing at "
@@ -163,8 +169,10 @@ def flink_configuration(options: FlinkOptions, out_dir: Path | str | None = None
         conf.set_string("python.pythonpath", os.pathsep.join(path))
     if options.bundle_size is not None:
         conf.set_string("python.fn-execution.bundle.size", str(options.bundle_size))
-    if options.state_cache_size is not None:
-        conf.set_string("python.state.cache-size", str(options.state_cache_size))
+    # Process mode caches this many keyed states in each Python worker and writes one
+    # back to the JVM, a round trip, whenever it makes room; Flink's default of 1,000
+    # is a few hundred leads of LeadStep's three states.
+    conf.set_string("python.state.cache-size", str(options.state_cache_size or PYTHON_STATE_CACHE))
     if options.flink_master is not None:
         host, _, port = options.flink_master.rpartition(":")
         if not host or not port.isdigit():
@@ -422,7 +430,7 @@ def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
                                   max_cascade_depth=options.max_cascade_depth, lead_ttl_days=options.lead_ttl_days,
                                   horizon=horizon, seed_store_uri=store_uri, counters_dir=counters_dir,
                                   idle_release_ms=_idle_release_ms(config, options),
-                                  max_pending=options.max_pending),
+                                  max_pending=options.max_pending, restored=options.from_savepoint is not None),
                       output_type=fn.PICKLED)
              .name("LeadStep").uid("lead-step"))
     stored = steps.get_side_output(fn.STORE)
@@ -433,7 +441,7 @@ def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
 
     def write_lines(stream, name: str, label: str, uid: str) -> None:
         (stream
-         .map(fn.output_line, output_type=Types.STRING()).name(f"{label}Lines").uid(f"{uid}-lines")
+         .map(fn.output_lines, output_type=Types.STRING()).name(f"{label}Lines").uid(f"{uid}-lines")
          .sink_to(jsonl_file_sink(config.out_dir, name)).name(label).uid(uid))
 
     def write_in_batches(stream, shard_of, writer, name: str, uid: str):
