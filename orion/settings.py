@@ -104,7 +104,7 @@ class FlinkOptions(NamedTuple):
     # A job on a cluster (flink_master) always runs in process mode (docs/flink.md).
     execution_mode: str = "thread"
     bundle_size: int | None = None  # python.fn-execution.bundle.size (Flink's default: 100,000)
-    state_cache_size: int | None = None  # python.state.cache-size: keys' state cached in Python (default 1,000)
+    state_cache_size: int | None = None  # python.state.cache-size: keys' state cached in Python (None: 20,000)
     lead_ttl_days: int = DEFAULT_LEAD_TTL_DAYS
     idle_release_s: float | None = None  # unbounded: poll waiting leads this often (default: the allowed lateness)
     batch_size: int = DEFAULT_BATCH_SIZE

@@ -504,13 +504,14 @@ def test_past_the_cap_with_every_connection_busy_a_new_one_gets_a_quick_503(star
     busy = [slow_body(collector.port, keys.shop, n) for n in range(3)]
     try:
         time.sleep(0.3)
-        started = time.monotonic()
+        # Answered at once: the connections under way hold their slots for up to the
+        # 60 s body timeout, so an answer that waited for one would be a 200.
         status, headers, answer = collector.post([event(9)], key=keys.shop)  # a real HTTP client reads it
         assert (status, answer["error"], headers["Retry-After"]) == (503, "over_capacity", "4")
-        assert "at most 3 connections" in answer["detail"] and time.monotonic() - started < 5
+        assert "at most 3 connections" in answer["detail"]
         with socket.create_connection(("127.0.0.1", collector.port)) as raw:  # and a client that sends nothing
-            answer, took = read_until_closed(raw, 10)
-        assert answer.startswith(b"HTTP/1.1 503 ") and b"Connection: close" in answer and took < 5
+            answer, _ = read_until_closed(raw, 10)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"Connection: close" in answer
         for connection, rest in busy:  # the requests under way are served on
             connection.sendall(rest)
             assert read_until_closed(connection)[0].startswith(b"HTTP/1.1 200 ")

@@ -205,13 +205,12 @@ def test_options_name_one_destination_and_a_closed_kafka_port_fails_the_start(ke
             main(options + common)
         assert exited.value.code == 2 and message in capsys.readouterr().err
     closed = f"127.0.0.1:{free_port()}"
-    started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "orion.collector", "--kafka-servers", closed, "--kafka-topic",
                            "activities", "--publish-timeout", "2", *common], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"no Kafka broker at {closed} answered within 2 s" in done.stderr
-    assert "listening" not in done.stdout and time.monotonic() - started < 60
+    assert "listening" not in done.stdout
 
 
 def test_a_hung_or_stopped_broker_means_503s_and_bounded_pending_never_a_500(start_collector, keys, tmp_path):

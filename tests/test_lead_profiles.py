@@ -22,7 +22,6 @@ from conftest import DAY, HOUR, T0, make_activity
 from hbase_services import hbase_uri
 from store_services import _mysql_connect, bigtable_uri, mysql_uri
 
-from orion.campaigns.outbox import open_outbox
 from orion.profiles import PROFILE_VERSION, decode_profile, encode_profile
 from orion.store import open_store
 

@@ -40,6 +40,7 @@ from orion.analytics.query import (
 from orion.collector.keys import KeyStore
 from orion.collector.limits import RateLimiter, retry_after_header
 from orion.collector.redaction import redact
+from orion.collector.serving import presented_key, wait_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +108,6 @@ def _json(status: int, body: dict, headers: dict | None = None) -> web.Response:
                         content_type="application/json", charset="utf-8")
 
 
-def _presented_key(request: web.Request) -> str | None:
-    authorization = request.headers.get("Authorization", "")
-    if authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip() or None
-    return request.headers.get("X-Orion-Key") or request.query.get("key") or None
-
-
 def query_of(tenant: str, params, granularity: str | None = None, top: int | None = None) -> Query:
     """The Query a request's parameters ask for; QueryError naming what is wrong."""
     for name, value in params.items():
@@ -137,7 +131,7 @@ def query_of(tenant: str, params, granularity: str | None = None, top: int | Non
 
 async def _answer(request: web.Request, granularity: str | None = None, top: int | None = None) -> web.Response:
     analytics: Analytics = request.app[STATE]
-    presented = _presented_key(request)
+    presented = presented_key(request)
     if presented is None:
         return _json(401, {"error": "missing_key", "detail": "send an API key as Authorization: Bearer KEY, "
                                                              "X-Orion-Key: KEY or ?key=KEY"})
@@ -225,7 +219,6 @@ def build_app(analytics: Analytics) -> web.Application:
 
 async def run_server(analytics: Analytics, host: str, port: int, ready=None, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or `stop` is set). `ready(port)` is called once listening."""
-    import signal
 
     runner = web.AppRunner(build_app(analytics), access_log=None)
     await runner.setup()
@@ -236,15 +229,8 @@ async def run_server(analytics: Analytics, host: str, port: int, ready=None, sto
           f"store {redact(analytics.store_uri)}; {len(analytics.keys)} key(s)", flush=True)
     if ready is not None:
         ready(bound)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-    except (RuntimeError, ValueError):  # not the main thread (tests): `stop` ends it
-        pass
-    try:
-        await stop.wait()
+        await wait_until_stopped(stop)
     finally:
         await runner.cleanup()
         analytics.close()

@@ -50,6 +50,7 @@ from orion.collector.limits import RateLimiter, retry_after_header
 from orion.collector.metrics import CollectorMetrics
 from orion.collector.publisher import BatchPublisher, PublishUnavailable
 from orion.collector.redaction import redact
+from orion.collector.serving import authorize
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +107,6 @@ def _json(status: int, body: dict, headers: dict | None = None) -> web.Response:
                         content_type="application/json", charset="utf-8")
 
 
-def _presented_key(request: web.Request) -> str | None:
-    authorization = request.headers.get("Authorization", "")
-    if authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip() or None
-    return request.headers.get("X-Orion-Key") or request.query.get("key") or None
-
-
 async def _read_body(request: web.Request, settings: CollectorSettings) -> bytes:
     """The body as sent, inflated when compressed; BodyRefused for what cannot be taken."""
     coding = content_coding(request.headers.get("Content-Encoding"))
@@ -140,19 +134,9 @@ async def _read_body(request: web.Request, settings: CollectorSettings) -> bytes
 async def post_events(request: web.Request) -> web.Response:
     collector: Collector = request.app[STATE]
     settings = collector.settings
-    presented = _presented_key(request)
-    if presented is None:
-        return _json(401, {"error": "missing_key", "detail": "send the API key as Authorization: Bearer KEY, "
-                           "X-Orion-Key: KEY or ?key=KEY"}, {"WWW-Authenticate": 'Bearer realm="orion"'})
-    key = collector.keys.verify(presented)
-    if key is None:
-        return _json(401, {"error": "invalid_key", "detail": "this API key is unknown or revoked"},
-                     {"WWW-Authenticate": 'Bearer realm="orion", error="invalid_token"'})
-    wait = collector.limiter.take(key.id)
-    if wait:
-        return _json(429, {"error": "rate_limited",
-                           "detail": f"this key may make {settings.rate_limit:g} requests a second"},
-                     {"Retry-After": retry_after_header(wait)})
+    key, refusal = authorize(request, collector.keys, collector.limiter, settings.rate_limit)
+    if refusal is not None:
+        return refusal
     try:
         body = await _read_body(request, settings)
         checked = check_body(body, key.tenant, collector.types, settings.max_batch)

@@ -286,9 +286,9 @@ async def run_collector(destination: str | KafkaDestination, keys, types, settin
     """Serve until SIGINT/SIGTERM (or `stop` is set); then stop taking requests, publish
     what is waiting, flush the producer and close. `destination` is a Pub/Sub topic name
     or a KafkaDestination. `ready(port)` is called once listening."""
-    import signal
-
     from aiohttp import web
+
+    from orion.collector.serving import wait_until_stopped
 
     from orion.collector.app import CollectorRunner, build_app
     from orion.collector.metrics import CollectorMetrics
@@ -324,15 +324,8 @@ async def run_collector(destination: str | KafkaDestination, keys, types, settin
           f"{len(keys)} key(s) for {len(keys.tenants())} tenant(s)", flush=True)
     if ready is not None:
         ready(bound)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-    except (RuntimeError, ValueError):  # not the main thread (tests): `stop` ends it
-        pass
-    try:
-        await stop.wait()
+        await wait_until_stopped(stop)
     finally:
         await site.stop()  # no new connections; requests under way finish below
         publisher.flush()  # their events go now, not when the flush would be due

@@ -48,6 +48,7 @@ from orion.collector.keys import KeyStore
 from orion.collector.limits import RateLimiter, retry_after_header
 from orion.collector.publisher import BatchPublisher, PublishUnavailable
 from orion.collector.redaction import redact
+from orion.collector.serving import authorize
 from orion.decisions.core import ContextError, SnippetRenderer, decide, parse_context
 from orion.decisions.leads import LeadReader
 from orion.rules.model import EXPERIENCE_IMPRESSION
@@ -248,13 +249,6 @@ def _json(status: int, body: dict, headers: dict | None = None) -> web.Response:
                         charset="utf-8")
 
 
-def _presented_key(request: web.Request) -> str | None:
-    authorization = request.headers.get("Authorization", "")
-    if authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip() or None
-    return request.headers.get("X-Orion-Key") or request.query.get("key") or None
-
-
 async def _read_body(request: web.Request, settings: DecideSettings) -> bytes:
     too_large = BadRequest(413, "too_large", f"the body may be at most {settings.max_body_bytes:,} bytes")
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
@@ -316,18 +310,9 @@ def parse_request(body: bytes, max_placements: int) -> tuple[str, list[str], dic
 async def post_decide(request: web.Request) -> web.Response:
     decider: Decider = request.app[STATE]
     settings = decider.settings
-    presented = _presented_key(request)
-    if presented is None:
-        return _json(401, {"error": "missing_key", "detail": "send the API key as Authorization: Bearer KEY, "
-                           "X-Orion-Key: KEY or ?key=KEY"}, {"WWW-Authenticate": 'Bearer realm="orion"'})
-    key = decider.keys.verify(presented)
-    if key is None:
-        return _json(401, {"error": "invalid_key", "detail": "this API key is unknown or revoked"},
-                     {"WWW-Authenticate": 'Bearer realm="orion", error="invalid_token"'})
-    wait = decider.limiter.take(key.id)
-    if wait:
-        return _json(429, {"error": "rate_limited", "detail": f"this key may make {settings.rate_limit:g} "
-                           "requests a second"}, {"Retry-After": retry_after_header(wait)})
+    key, refusal = authorize(request, decider.keys, decider.limiter, settings.rate_limit)
+    if refusal is not None:
+        return refusal
     started = time.perf_counter()
     now = decider.clock()
     try:

@@ -143,11 +143,10 @@ async def run_decider(topic_name: str, keys, experiences: dict, types, store, se
                       create_topic: bool = False, ready=None, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or `stop` is set); then stop taking requests, publish
     the impressions that wait and close. `ready(port)` is called once listening."""
-    import signal
-
     from aiohttp import web
 
     from orion.collector.publisher import BatchPublisher, PubSubTopic
+    from orion.collector.serving import wait_until_stopped
     from orion.collector.redaction import install_log_redaction
     from orion.decisions.app import Decider, build_app
     from orion.decisions.leads import LeadReader
@@ -177,15 +176,8 @@ async def run_decider(topic_name: str, keys, experiences: dict, types, store, se
           f"impressions to {topic_name} on {topic.where} ({status})", flush=True)
     if ready is not None:
         ready(bound)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-    except (RuntimeError, ValueError):  # not the main thread (tests): `stop` ends it
-        pass
-    try:
-        await stop.wait()
+        await wait_until_stopped(stop)
     finally:
         await site.stop()
         await runner.cleanup()

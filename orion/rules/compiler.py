@@ -58,7 +58,6 @@ from orion.rules.model import (
 from orion.rules.operators import OperandError, compile_conditions, required_literal
 from orion.rules.schema import STEP_KINDS, TIME_OF_DAY_OPERATORS
 from orion.rules.source import (
-    LineDict,
     RuleError,
     RuleErrors,
     RuleFile,

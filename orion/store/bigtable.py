@@ -153,6 +153,23 @@ def index_row_key(tenant: str, lead_id: str, type_: str, day: date) -> bytes:
     return (lead_prefix(tenant, lead_id) + encode_id(type_) + SEPARATOR + day.isoformat()).encode("ascii")
 
 
+def prefix_end(prefix: str) -> str:
+    """The smallest key after every key starting with prefix (which ends in '#')."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def index_key_ranges(tenant: str, lead_id: str, types: Iterable[str] | None,
+                     since_day: date | None) -> list[tuple[bytes, bytes]]:
+    """The [start, stop) row-key ranges of a lead's index rows: all of them, or those of
+    `types` from `since_day` on (none for an empty `types`). The HBase store's too."""
+    prefix = lead_prefix(tenant, lead_id)
+    if types is None:
+        return [(prefix.encode("ascii"), prefix_end(prefix).encode("ascii"))]
+    first_day = since_day.isoformat() if since_day is not None else ""
+    return [((type_prefix + first_day).encode("ascii"), prefix_end(type_prefix).encode("ascii"))
+            for type_prefix in sorted({prefix + encode_id(t) + SEPARATOR for t in types})]
+
+
 def parse_index_row_key(key: bytes) -> tuple[str, str, str, date]:
     """(tenant, lead_id, type, day) back from an index row key."""
     tenant, _salt, lead_id, type_, day = key.decode("ascii").split(SEPARATOR)
@@ -695,16 +712,9 @@ class BigtableStore(ActivityStore):
     ) -> IndexEntries:
         from google.cloud.bigtable import row_filters as rf
 
-        prefix = lead_prefix(tenant, lead_id)
-        if types is None:
-            ranges = [(prefix.encode("ascii"), _prefix_end(prefix).encode("ascii"))]
-        else:
-            type_prefixes = sorted({prefix + encode_id(t) + SEPARATOR for t in types})
-            if not type_prefixes:
-                return {}
-            first_day = since_day.isoformat() if since_day is not None else ""
-            ranges = [((type_prefix + first_day).encode("ascii"), _prefix_end(type_prefix).encode("ascii"))
-                      for type_prefix in type_prefixes]  # the type's rows from since_day on
+        ranges = index_key_ranges(tenant, lead_id, types, since_day)
+        if not ranges:
+            return {}
         entries: IndexEntries = {}
         for row in self._read(self.index_table_id, ranges,
                               rf.RowFilterChain([rf.FamilyNameRegexFilter(INDEX_FAMILY), rf.CellsColumnLimitFilter(1)])):
@@ -759,7 +769,7 @@ class BigtableStore(ActivityStore):
             ranges: list[KeyRange] = [(None, None)]
         else:
             prefixes = sorted({encode_id(tenant) + SEPARATOR for tenant in tenants})
-            ranges = [(prefix.encode("ascii"), _prefix_end(prefix).encode("ascii")) for prefix in prefixes]
+            ranges = [(prefix.encode("ascii"), prefix_end(prefix).encode("ascii")) for prefix in prefixes]
             if not ranges:
                 return []
         due_wakes = rf.RowFilterChain([
@@ -811,11 +821,6 @@ class BigtableStore(ActivityStore):
             _close_client(self._client)
             self._client = None
             self._tables = {}
-
-
-def _prefix_end(prefix: str) -> str:
-    """The smallest key after every key starting with prefix (which ends in '#')."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def _activity_from_row(row: Row) -> Activity:

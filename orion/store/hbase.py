@@ -89,12 +89,14 @@ from orion.store.bigtable import (
     SEPARATOR,
     activity_row_key,
     encode_id,
+    index_key_ranges,
     index_row_key,
     lead_prefix,
     parse_activity_row_key,
     parse_index_row_key,
     parse_profile_row_key,
     parse_wake_value,
+    prefix_end,
     profile_row_key,
     reversed_time,
     wake_value,
@@ -229,11 +231,6 @@ def type_filter(types: Iterable[str]) -> bytes:
         for t in sorted(set(types)))
 
 
-def _prefix_end(prefix: str) -> str:
-    """The smallest key after every key starting with prefix (which ends in '#')."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
-
-
 class _ScanBroken(Exception):
     """A scanner call failed; the scan reopens after the last row delivered."""
 
@@ -247,6 +244,7 @@ class HBaseStore(ActivityStore):
     first_delay = 0.1  # seconds; doubles per attempt up to max_delay
     max_delay = 5.0
     timeout_s = 60.0  # socket timeout of one call
+    sleep = staticmethod(time.sleep)  # between attempts (tests record the backoff instead)
 
     def __init__(self, uri: str):
         self.uri = uri
@@ -301,7 +299,7 @@ class HBaseStore(ActivityStore):
             if not retry:
                 raise _ScanBroken(error)
             if attempt > 1:
-                time.sleep(delay)
+                self.sleep(delay)
                 delay = min(delay * 2, self.max_delay)
         raise self._unreachable(error)
 
@@ -335,7 +333,7 @@ class HBaseStore(ActivityStore):
                     raise self._failed(err, table_id, doing) from err
                 if attempt == 1 and not self._call("tableExists", self._table_name(table_id)):
                     raise self._missing_table(table_id) from err
-            time.sleep(delay)
+            self.sleep(delay)
             delay = min(delay * 2, self.max_delay)
         raise AssertionError("unreachable")
 
@@ -432,7 +430,7 @@ class HBaseStore(ActivityStore):
                                            f"HBase kept failing after {self.attempts} attempts ({detail})")
                               for item, _ in group)
                 continue
-            time.sleep(min(self.first_delay * 2 ** (attempt - 1), self.max_delay))
+            self.sleep(min(self.first_delay * 2 ** (attempt - 1), self.max_delay))
             queue.append((group, attempt + 1))
         return written, failed
 
@@ -467,7 +465,7 @@ class HBaseStore(ActivityStore):
                     if isinstance(err, _ScanBroken):
                         raise self._unreachable(err) from err
                     raise StoreError(f"a scan of {table_id!r} of {self.uri} kept failing: {err}") from err
-                time.sleep(delay)
+                self.sleep(delay)
                 delay = min(delay * 2, self.max_delay)
             finally:
                 try:
@@ -548,16 +546,9 @@ class HBaseStore(ActivityStore):
         types: Iterable[str] | None = None,
         since_day: date | None = None,
     ) -> IndexEntries:
-        prefix = lead_prefix(tenant, lead_id)
-        if types is None:
-            ranges = [(prefix.encode("ascii"), _prefix_end(prefix).encode("ascii"))]
-        else:
-            type_prefixes = sorted({prefix + encode_id(t) + SEPARATOR for t in types})
-            if not type_prefixes:
-                return {}
-            first_day = since_day.isoformat() if since_day is not None else ""
-            ranges = [((type_prefix + first_day).encode("ascii"), _prefix_end(type_prefix).encode("ascii"))
-                      for type_prefix in type_prefixes]  # the type's rows from since_day on
+        ranges = index_key_ranges(tenant, lead_id, types, since_day)
+        if not ranges:
+            return {}
         entries: IndexEntries = {}
         family = [hbase_thrift().TColumn(_E)]
         for start, stop in ranges:
@@ -613,7 +604,7 @@ class HBaseStore(ActivityStore):
             ranges: list[tuple[bytes | None, bytes | None]] = [(None, None)]
         else:
             prefixes = sorted({encode_id(tenant) + SEPARATOR for tenant in tenants})
-            ranges = [(prefix.encode("ascii"), _prefix_end(prefix).encode("ascii")) for prefix in prefixes]
+            ranges = [(prefix.encode("ascii"), prefix_end(prefix).encode("ascii")) for prefix in prefixes]
             if not ranges:
                 return []
         # Waiting leads only (an empty value sorts before every wake), due by due_by.

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
-import re
 import shutil
 import signal
 import socket
@@ -32,6 +31,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from orion.jars import JarFetchError, classpath
+from orion.testing import jvm
 from orion.testing.emulators import free_port
 
 JAVA_MISSING = "HBase needs Java 17 or newer: apt-get install openjdk-17-jre-headless"
@@ -71,29 +71,7 @@ class _PortTaken(RuntimeError):
 
 def find_java() -> str:
     """The java of JAVA_HOME, or the one on PATH, once it has shown it is 17 or newer."""
-    home = os.environ.get("JAVA_HOME")
-    java = str(Path(home) / "bin" / "java") if home and (Path(home) / "bin" / "java").exists() else \
-        shutil.which("java")
-    if java is None:
-        raise HBaseUnavailable(f"no `java` on PATH or in JAVA_HOME. {JAVA_MISSING}")
-    try:
-        shown = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60).stderr
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise HBaseUnavailable(f"`{java} -version` failed ({error}). {JAVA_MISSING}") from error
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', shown)
-    major = int(match.group(1)) if match else 0
-    if major == 1 and match and match.group(2):  # "1.8.0_..." is Java 8
-        major = int(match.group(2))
-    if major < 17:
-        raise HBaseUnavailable(f"{java} is Java {major or '(unknown)'}: {shown.strip()[:200]}. {JAVA_MISSING}")
-    return java
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return "(no log was written)"
+    return jvm.find_java(HBaseUnavailable, JAVA_MISSING)
 
 
 class HBaseServer:
@@ -275,7 +253,7 @@ class HBaseServer:
                                            stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _logs(self, chars: int = 3000) -> str:
-        return "\n".join(f"--- {path.name} ---\n{_tail(path, chars)}"
+        return "\n".join(f"--- {path.name} ---\n{jvm.tail(path, chars)}"
                          for path in (self.master_log, self.logs_dir / "master.out", self.thrift_log,
                                       self.logs_dir / "thrift.out"))
 
@@ -317,25 +295,11 @@ class HBaseServer:
     def _terminate(self, grace_s: float = 3) -> None:
         # The Thrift server first: it is only a client of the cluster. SIGTERM runs each
         # JVM's shutdown hooks, which would flush every table to disk and wait up to a
-        # minute for open client connections; the data is thrown away, so what has not
-        # stopped after a few seconds is killed rather than waited for.
+        # minute for open client connections; the data is thrown away, so a few seconds.
         for attribute in ("thrift", "master"):
             process = getattr(self, attribute)
             setattr(self, attribute, None)
-            if process is None:
-                continue
-            for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10)):
-                if process.poll() is not None:
-                    break
-                try:
-                    process.send_signal(sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    process.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            jvm.terminate(process, grace_s)
 
     def stop(self) -> None:
         """Stop both JVMs and delete the data (the logs stay in workdir). Calling it twice

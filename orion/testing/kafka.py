@@ -18,7 +18,6 @@ import argparse
 import atexit
 import base64
 import os
-import re
 import shutil
 import signal
 import socket
@@ -30,6 +29,7 @@ import uuid
 from pathlib import Path
 
 from orion.jars import JarFetchError, classpath
+from orion.testing import jvm
 from orion.testing.emulators import free_port
 
 NODE_ID = 1
@@ -62,29 +62,7 @@ def random_cluster_id() -> str:
 
 def find_java() -> str:
     """The java of JAVA_HOME, or the one on PATH, once it has shown it is 17 or newer."""
-    home = os.environ.get("JAVA_HOME")
-    java = str(Path(home) / "bin" / "java") if home and (Path(home) / "bin" / "java").exists() else \
-        shutil.which("java")
-    if java is None:
-        raise KafkaUnavailable(f"no `java` on PATH or in JAVA_HOME. {JAVA_MISSING}")
-    try:
-        shown = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60).stderr
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise KafkaUnavailable(f"`{java} -version` failed ({error}). {JAVA_MISSING}") from error
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', shown)
-    major = int(match.group(1)) if match else 0
-    if major == 1 and match and match.group(2):  # "1.8.0_..." is Java 8
-        major = int(match.group(2))
-    if major < 17:
-        raise KafkaUnavailable(f"{java} is Java {major or '(unknown)'}: {shown.strip()[:200]}. {JAVA_MISSING}")
-    return java
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return "(no log was written)"
+    return jvm.find_java(KafkaUnavailable, JAVA_MISSING)
 
 
 class KafkaBroker:
@@ -153,7 +131,7 @@ class KafkaBroker:
             except BaseException:
                 self._terminate()
                 raise
-        raise KafkaUnavailable(f"the broker found its port taken three times in a row:\n{_tail(self.log_file)}")
+        raise KafkaUnavailable(f"the broker found its port taken three times in a row:\n{jvm.tail(self.log_file)}")
 
     def _prepare(self) -> None:
         self.port, self.controller_port = free_port(), free_port()
@@ -235,7 +213,7 @@ class KafkaBroker:
                 from error
         if done.returncode != 0:
             raise KafkaUnavailable(f"formatting the broker's storage failed with {done.returncode}:\n"
-                                   f"{done.stdout[-3000:]}\n{_tail(self.log_file, 2000)}")
+                                   f"{done.stdout[-3000:]}\n{jvm.tail(self.log_file, 2000)}")
 
     def _launch(self, java: str, jars: str) -> None:
         command = [*self._jvm(java, jars), "kafka.Kafka", str(self.workdir / "server.properties")]
@@ -258,7 +236,7 @@ class KafkaBroker:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                text = _tail(self.log_file) + "\n" + _tail(self.workdir / "kafka.out", 2000)
+                text = jvm.tail(self.log_file) + "\n" + jvm.tail(self.workdir / "kafka.out", 2000)
                 if any(marker in text for marker in _PORT_TAKEN):
                     raise _PortTaken(text)
                 raise KafkaUnavailable(f"the Kafka broker exited with {self.process.returncode}:\n{text}")
@@ -281,7 +259,7 @@ class KafkaBroker:
                 last_error = error
             time.sleep(0.2)
         raise KafkaUnavailable(f"the Kafka broker did not answer on {self.bootstrap_servers} in time "
-                               f"({last_error}):\n{_tail(self.log_file)}")
+                               f"({last_error}):\n{jvm.tail(self.log_file)}")
 
     def admin(self):
         """A confluent_kafka AdminClient of this broker."""
@@ -312,23 +290,9 @@ class KafkaBroker:
             time.sleep(0.1)
 
     def _terminate(self, grace_s: float = 15) -> None:
+        # SIGTERM is the broker's controlled shutdown; its data is thrown away anyway.
         process, self.process = self.process, None
-        if process is None:
-            return
-        # SIGTERM is the broker's controlled shutdown; its data is thrown away anyway, so
-        # a broker that hangs in it is killed rather than waited for.
-        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10)):
-            if process.poll() is not None:
-                break
-            try:
-                process.send_signal(sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        jvm.terminate(process, grace_s)
 
     def stop(self) -> None:
         """Stop the broker and delete its data (its logs stay in workdir). Calling it twice
@@ -373,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while broker.process is not None and broker.process.poll() is None:
             time.sleep(0.5)
-        print(f"orion: the broker exited:\n{_tail(broker.log_file)}", file=sys.stderr)
+        print(f"orion: the broker exited:\n{jvm.tail(broker.log_file)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

@@ -168,28 +168,10 @@ class _RollUpBucketsFn(beam.DoFn):
         bucket.clear()
 
 
-class _DayPartsFn(beam.DoFn):
+class _DayPartsFn(_PartialRollupsFn):
     """Bounded input: records -> ((tenant, day), {minute RollupKey: Aggregate}), the
     bundle's minute rows merged, one element per tenant-day and bundle, emitted at the
     end of the bundle. Counter: `rolled_up` (records)."""
-
-    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...]):
-        self.rules_dir = rules_dir
-        self.template_dirs = template_dirs
-
-    def setup(self) -> None:
-        from orion.rules.shared import shared_rules
-
-        self.facts = RollupFacts.from_rules(shared_rules(self.rules_dir, tuple(self.template_dirs)))
-        self.rolled_up = Metrics.counter(METRICS_NAMESPACE, "rolled_up")
-
-    def start_bundle(self) -> None:
-        self.partial = PartialRollups(self.facts)
-        self.records = 0
-
-    def process(self, record):
-        self.records += self.partial.add(record)
-        return ()
 
     def finish_bundle(self):
         self.rolled_up.inc(self.records)
