@@ -352,7 +352,8 @@ def render(figures: list[Figure], beam_seconds: float, start_up_seconds: float, 
         f"Standalone cluster: `orion.flink.cluster.LocalCluster` with {CLUSTER_TASKMANAGERS} TaskManagers of "
         f"{CLUSTER_SLOTS} slot, the job submitted with --flink-master (orion's code and the flink-python jar "
         "shipped with it), its Python in process mode, as every job on a cluster; its ceiling the same "
-        "bare job submitted to the same cluster with the same parallelism.",
+        "bare job submitted to the same cluster with the same parallelism. The store is one SQLite file: "
+        "with two TaskManagers their sinks write it in turn.",
         "",
         "| setting | Orion events/s | vs defaults | ceiling events/s | ratio to ceiling | note |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
