@@ -188,6 +188,14 @@ BUILTIN_TYPES: dict[str, ActivityType] = {
             "email",
         ),
         ActivityType("unsubscribe_email", {"email": _STR}, "email"),
+        # An email a batch send queued (`orion campaign run --activities-out`): fed to
+        # the graph, it counts toward the lead's communication limits as the graph's own
+        # sends do (orion/campaigns/flows.py), and it is part of the lead's history.
+        ActivityType(
+            "email_sent",
+            {"email": _REQ_STR, "campaign": _REQ_STR, "run": _STR, "operational": _spec("boolean")},
+            "email",
+        ),
         ActivityType(
             "data_value_changes",
             {"attribute": _REQ_STR, "old_value": _spec("any"), "new_value": _spec("any")},

@@ -460,7 +460,8 @@ def test_the_batch_reads_the_profiles_the_activity_graph_writes(mysql_server, tm
     held `unsubscribed`; one the graph sent an email that day is held by the per-day
     limit; a row written with SQL (no encoded profile) is a member and is mailed at the
     address in its columns; the graph seeds a lead from such a row; a lead only in the
-    legacy `leads` table is a member with no address."""
+    legacy `leads` table is a member with no address. The other way: the batch's sends,
+    fed to the graph as email_sent activities, hold a trigger email later that day."""
     from orion.cli import main
 
     name = f"orion_test_batch_graph_{uuid.uuid4().hex[:10]}"
@@ -508,7 +509,7 @@ def test_the_batch_reads_the_profiles_the_activity_graph_writes(mysql_server, tm
         letters = tmp_path / "dead.jsonl"
         assert main(["campaign", "run", "--rules", str(rules_dir), "--tenant", "umbrella", "--campaign", "Newsletter",
                      "--leads", uri, "--outbox", f"sqlite:///{batch_outbox}", "--at", "2026-11-20T15:00:00Z",
-                     "--dead-letters", str(letters)]) == 0
+                     "--dead-letters", str(letters), "--activities-out", str(tmp_path / "sent.jsonl")]) == 0
         out = capsys.readouterr().out
         assert "leads read:   6" in out and "members:      6" in out and "held:         4" in out
         assert not letters.exists() or letters.read_text() == ""
@@ -520,6 +521,33 @@ def test_the_batch_reads_the_profiles_the_activity_graph_writes(mysql_server, tm
             "legacy": ("queued", "", "legacy@example.com"),  # a row written with SQL
             "bare": ("held", "no_email_address", ""),  # in `leads` only
         }
+
+        # The batch's sends, fed back to the graph, count toward its communication limits:
+        # an email_sent activity for each email queued (not for those held), and a trigger
+        # email later that day to a lead the newsletter reached is held; a lead it did not
+        # reach is mailed.
+        sent = [json.loads(line) for line in (tmp_path / "sent.jsonl").read_text().splitlines()]
+        assert sorted((a["lead_id"], a["type"], a["attributes"]["campaign"], a["occurred_at"]) for a in sent) == [
+            ("fresh", "email_sent", "Newsletter", DAY_START + 15 * 3_600_000),
+            ("legacy", "email_sent", "Newsletter", DAY_START + 15 * 3_600_000)]
+        later = [graph_event("n1", "newcomer", 15, "data_value_changes", attribute="email",
+                             new_value="newcomer@example.com"),
+                 graph_event("f2", "fresh", 16, "fill_out_form", form="Promo"),
+                 graph_event("n2", "newcomer", 16, "fill_out_form", form="Promo")]
+        (tmp_path / "later.jsonl").write_text("".join(json.dumps(e) + "\n" for e in sent + sent + later))
+        later_outbox = tmp_path / "later-outbox.db"
+        assert main(["run", "--events", str(tmp_path / "later.jsonl"), "--rules", str(rules_dir), "--store", uri,
+                     "--outbox", f"sqlite:///{later_outbox}", "--out-dir", str(tmp_path / "out-later")]) == 0
+        assert outbox_rows(later_outbox) == {
+            ("Promo", "fresh"): ("held", "communication_limit_per_day", "fresh@example.com"),
+            ("Promo", "newcomer"): ("queued", "", "newcomer@example.com"),
+        }
+        connection = _mysql_connect(name)
+        with connection.cursor() as cursor:  # stored once each, though fed in twice
+            cursor.execute("SELECT lead_id, COUNT(*) FROM activities WHERE type = 'email_sent' GROUP BY lead_id")
+            assert sorted((lead.decode() if isinstance(lead, bytes) else lead, n) for lead, n in cursor) == [
+                ("fresh", 1), ("legacy", 1)]
+        connection.close()
     finally:
         connection = _mysql_connect()
         with connection.cursor() as cursor:

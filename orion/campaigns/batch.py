@@ -34,6 +34,7 @@ docs/campaigns.md has the whole story.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import sys
@@ -47,7 +48,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import pymysql
 import pymysql.cursors
 
-from orion.activities import MS_PER_DAY, format_timestamp, parse_timestamp
+from orion.activities import MS_PER_DAY, Activity, format_timestamp, parse_timestamp
 from orion.deadletters import DeadLetter
 from orion.profiles import decode_profile
 from orion.rules.model import LeadState
@@ -399,6 +400,19 @@ def write_membership(members: Iterable[Member], path: str | Path, header: dict |
     return n
 
 
+def sent_activity(request) -> Activity:
+    """The `email_sent` activity of an email a batch send queued (an EmailRequest). Fed
+    to the activity graph, it counts toward the lead's communication limits there as
+    the graph's own sends do, so a lead the newsletter reached this morning is not sent
+    a second marketing email by a trigger this afternoon. Its event id is the email's
+    outbox key (event ids are unique per tenant, as in the legacy store), so the same
+    send run again gives the same activity, counted once."""
+    digest = hashlib.sha1(f"{request.campaign}\x1f{request.run}\x1f{request.lead_id}".encode()).hexdigest()
+    return Activity(f"sent-{digest[:24]}", request.tenant, request.lead_id, "email_sent",
+                    request.requested_at, {"email": request.template, "campaign": request.campaign,
+                                           "run": request.run, "operational": request.operational})
+
+
 def default_run_id(now: int) -> str:
     return f"batch:{format_timestamp(now)}"
 
@@ -470,6 +484,8 @@ def send_batch(members: Iterable[Member], rules, rules_dir: str, template_dirs, 
                         dead_letters(made)
                 else:
                     records.append(outbox_record(made, queued_at=now)[1])
+                    if activities_out is not None:
+                        activities_out(sent_activity(request))
             held += len(result.held)
             records.extend(outbox_record(item)[1] for item in (*result.held, *result.webhooks))
             for letter in result.dead_letters:
@@ -663,7 +679,10 @@ def add_campaign_commands(commands) -> None:
     run.add_argument("--token", type=_token, action="append", default=[], metavar="NAME=VALUE",
                      help="a my.* program token for this send (repeatable)")
     run.add_argument("--dead-letters", help="append dead letters (JSONL) here")
-    run.add_argument("--activities-out", help="append the activities flow steps generate (JSONL) here, for intake")
+    run.add_argument("--activities-out", help="append the activities flow steps generate, and an email_sent "
+                     "activity per email queued, here (JSONL): fed to the activity graph (`orion run --events`, "
+                     "or published to its topic), they update the leads' profiles, so the graph's communication "
+                     "limits count the batch's sends")
     run.set_defaults(handler=_run)
     pre = sub.add_parser("precompute", help="compute a batch send's members ahead of its scheduled time",
                          description="Write the members of one stream (or all) to a JSONL file that "

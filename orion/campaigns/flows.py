@@ -143,6 +143,17 @@ class LeadFlows(NamedTuple):
         )
 
 
+def _record_sent(run: "_Run", activity: Activity) -> None:
+    """An `email_sent` activity (an email a batch send queued) counts toward the lead's
+    communication limits like an email its own flows sent: its time joins the lead's
+    recent sends, unless it was operational. The lead step drops a redelivered activity
+    by its event id, so a send fed in twice counts once."""
+    if activity.type != "email_sent" or activity.attributes.get("operational") is True:
+        return
+    at = activity.occurred_at
+    run.sent = sorted([t for t in run.sent if t > at - WEEK_MS] + [at])
+
+
 class FlowResult(NamedTuple):
     emails: list
     held: list
@@ -245,6 +256,7 @@ class FlowEngine:
         the flows it qualifies the lead for."""
         run = self._new_run(flows or LeadFlows(), activity.tenant, activity.lead_id)
         self._resume_due(run, activity.occurred_at)
+        _record_sent(run, activity)
         self._evaluate(run, activity, 0)
         return self._finish(run)
 
@@ -258,6 +270,7 @@ class FlowEngine:
                             start_flows=start_flows)
         if start_flows:
             self._resume_due(run, activity.occurred_at)
+        _record_sent(run, activity)
         self._evaluate(run, activity, 0)
         return self._finish(run)
 
