@@ -95,6 +95,39 @@ def test_store_init_creates_the_registry_and_each_tenant_keeps_its_stage_when_an
             set_stage(store, "acme", "activ")
 
 
+def test_changes_at_the_same_moment_each_record_the_stage_the_other_left(registry_store):
+    """Three changes of one tenant at once, each on its own connection: the store applies
+    them one after the other, so their previous stages chain from legacy to the last
+    (with a read, then a write, two could both record legacy and lose a step)."""
+    import threading
+
+    assert cli.main(["store", "init", registry_store]) == 0
+    stages = ("passive", "active", "deactivated")
+    for round_ in range(8):
+        tenant = f"racing-{round_}"
+        stores = [open_store(registry_store) for _ in stages]
+        start = threading.Barrier(len(stages))
+        results: dict[str, tuple] = {}
+
+        def change(store, stage):
+            start.wait()
+            results[stage] = set_stage(store, tenant, stage, now_ms=T0 + round_)
+
+        threads = [threading.Thread(target=change, args=pair) for pair in zip(stores, stages)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        for store in stores:
+            store.close()
+        assert all(changed for _, changed in results.values()) and len(results) == len(stages)
+        previous = sorted(row.previous_stage for row, _ in results.values())
+        with open_store(registry_store) as store:
+            final = {row.tenant: row for row in store.read_tenant_stages()}[tenant]
+        assert previous == sorted(["legacy", *(s for s in stages if s != final.stage)]), \
+            f"round {round_}: the changes recorded previous stages {previous}, ending at {final.stage}"
+
+
 def test_tenants_list_set_and_report_on_the_command_line(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     assert cli.main(["tenants", "list", "--store", uri]) == 2

@@ -173,6 +173,10 @@ class TenantStage(NamedTuple):
     previous_stage: str | None = None
 
 
+# The stage of a tenant the registry has no row for (orion.tenants.registry.DEFAULT_STAGE).
+DEFAULT_TENANT_STAGE = "legacy"
+
+
 class ActivityStore(abc.ABC):
     """One lead history store. Writing the same activity twice leaves one copy.
 
@@ -293,8 +297,11 @@ class ActivityStore(abc.ABC):
         raise StoreError(f"{type(self).__name__} keeps no tenant registry; use a sqlite://, mysql:// or "
                          "bigtable:// store for it")
 
-    def write_tenant_stage(self, entry: TenantStage) -> None:
-        """Set a tenant's registry row (replacing the one it had)."""
+    def change_tenant_stage(self, tenant: str, stage: str, changed_at: int) -> tuple[TenantStage, bool]:
+        """Move `tenant` to `stage` in one atomic step: (its row, True) with the stage it
+        had as previous_stage (DEFAULT_STAGE when it had no row), or (its row as it was,
+        False) when it already has that stage. Two changes at the same moment each see
+        the other's stage, never the same one twice."""
         raise StoreError(f"{type(self).__name__} keeps no tenant registry; use a sqlite://, mysql:// or "
                          "bigtable:// store for it")
 

@@ -67,6 +67,7 @@ from urllib.parse import quote, unquote
 
 from orion.activities import Activity
 from orion.store.base import (
+    DEFAULT_TENANT_STAGE,
     MAX_MS,
     MIN_MS,
     STORE_WRITE_FAILED,
@@ -93,6 +94,9 @@ INDEX_TABLE_SUFFIX = "-index"
 PROFILE_FAMILY = "p"
 PROFILE_TABLE_SUFFIX = "-profiles"
 PROFILE_CELL_MICROS = 0  # the cell timestamp of every profile cell (see the module docstring)
+_PROFILE_CELL_TIME = datetime.fromtimestamp(PROFILE_CELL_MICROS / 1e6, tz=timezone.utc)
+# Tries of a tenant registry change that another change keeps overtaking.
+CHANGE_ATTEMPTS = 10
 TENANT_FAMILY = "t"
 TENANT_TABLE_SUFFIX = "-tenants"  # the tenant registry (see the module docstring)
 READ_KEYS_PER_REQUEST = 2000  # row keys per ReadRows of read_profiles
@@ -806,15 +810,51 @@ class BigtableStore(ActivityStore):
                                      previous[0].value.decode("utf-8") if previous else None))
         return sorted(found)
 
-    def write_tenant_stage(self, entry: TenantStage) -> None:
-        previous = None if entry.previous_stage is None else entry.previous_stage.encode("utf-8")
-        cells = ((b"stage", entry.stage.encode("utf-8"), PROFILE_CELL_MICROS),
-                 (b"changed_at", str(entry.changed_at).encode("ascii"), PROFILE_CELL_MICROS),
-                 (b"previous_stage", previous, PROFILE_CELL_MICROS))
-        _, failed = self._mutate(self.tenant_table_id, TENANT_FAMILY,
-                                 [(entry, encode_id(entry.tenant).encode("ascii"), cells)])
-        if failed:
-            raise StoreError(f"the tenant registry of {self.uri} could not be written: {failed[0].detail}")
+    def change_tenant_stage(self, tenant: str, stage: str, changed_at: int) -> tuple[TenantStage, bool]:
+        # Read the row, then write it with CheckAndMutateRow on the stage just read: when
+        # another change came in between, the predicate fails, nothing is written, and the
+        # change starts over from the new stage.
+        from google.api_core import exceptions as gexc
+        from google.cloud.bigtable import row_filters as rf
+
+        key = encode_id(tenant).encode("ascii")
+        table = self._table(self.tenant_table_id)
+        stage_cell = [rf.FamilyNameRegexFilter(TENANT_FAMILY), rf.ColumnQualifierRegexFilter(b"stage"),
+                      rf.CellsColumnLimitFilter(1)]
+        for _ in range(CHANGE_ATTEMPTS):
+            try:
+                found = table.read_row(key, filter_=rf.RowFilterChain(
+                    [rf.FamilyNameRegexFilter(TENANT_FAMILY), rf.CellsColumnLimitFilter(1)]))
+                cells = {} if found is None else found.cells.get(TENANT_FAMILY, {})
+                current = None
+                if b"stage" in cells:
+                    previous = cells.get(b"previous_stage")
+                    current = TenantStage(tenant, cells[b"stage"][0].value.decode("utf-8"),
+                                          int(cells[b"changed_at"][0].value),
+                                          previous[0].value.decode("utf-8") if previous else None)
+                if current is not None and current.stage == stage:
+                    return current, False
+                row = TenantStage(tenant, stage, changed_at,
+                                  DEFAULT_TENANT_STAGE if current is None else current.stage)
+                # With a stage read, write when that stage is still there (the predicate
+                # matches); with none, write when there still is none (it does not).
+                state = current is not None
+                predicate = stage_cell + ([rf.ValueRegexFilter(re.escape(current.stage).encode("utf-8"))]
+                                          if state else [])
+                conditional = table.conditional_row(key, filter_=rf.RowFilterChain(predicate))
+                for column, value in ((b"stage", row.stage), (b"changed_at", str(row.changed_at)),
+                                      (b"previous_stage", row.previous_stage)):
+                    if value is None:
+                        conditional.delete_cell(TENANT_FAMILY, column, state=state)
+                    else:
+                        conditional.set_cell(TENANT_FAMILY, column, value.encode("utf-8"),
+                                             timestamp=_PROFILE_CELL_TIME, state=state)
+                if conditional.commit() == state:
+                    return row, True
+            except gexc.GoogleAPICallError as err:
+                raise StoreError(f"the tenant registry of {self.uri} could not be written: {err}") from err
+        raise StoreError(f"the tenant registry of {self.uri}: tenant {tenant!r} kept changing under "
+                         f"{CHANGE_ATTEMPTS} attempts to set it to {stage!r}; try again")
 
     def close(self) -> None:
         if self._client is not None:

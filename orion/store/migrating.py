@@ -465,8 +465,8 @@ class MigratingStore(ActivityStore):
     def read_tenant_stages(self):
         return self.new.read_tenant_stages()
 
-    def write_tenant_stage(self, entry) -> None:
-        self.new.write_tenant_stage(entry)
+    def change_tenant_stage(self, tenant: str, stage: str, changed_at: int):
+        return self.new.change_tenant_stage(tenant, stage, changed_at)
 
     def close(self) -> None:
         self.report.close()

@@ -48,6 +48,7 @@ from urllib.parse import unquote, urlsplit
 
 from orion.activities import Activity
 from orion.store.base import (
+    DEFAULT_TENANT_STAGE,
     UNSTORABLE,
     ActivityStore,
     IndexEntries,
@@ -543,10 +544,24 @@ class MysqlStore(ActivityStore):
         return sorted(TenantStage(_text(tenant), _text(stage), int(changed_at), _text(previous))
                       for tenant, stage, changed_at, previous in rows)
 
-    def write_tenant_stage(self, entry: TenantStage) -> None:
-        self._query("INSERT INTO tenant_stages (tenant, stage, changed_at, previous_stage) VALUES (%s, %s, %s, %s) "
-                    "ON DUPLICATE KEY UPDATE stage = VALUES(stage), changed_at = VALUES(changed_at), "
-                    "previous_stage = VALUES(previous_stage)", tuple(entry))
+    def change_tenant_stage(self, tenant: str, stage: str, changed_at: int) -> tuple[TenantStage, bool]:
+        def change(cursor):
+            # FOR UPDATE locks the row (or, with none yet, the gap where it goes): a second
+            # change waits for this one, or deadlocks with it and is retried, re-reading.
+            cursor.execute("SELECT tenant, stage, changed_at, previous_stage FROM tenant_stages WHERE tenant = %s "
+                           "FOR UPDATE", (tenant,))
+            found = cursor.fetchone()
+            current = None if found is None else TenantStage(_text(found[0]), _text(found[1]), int(found[2]),
+                                                              _text(found[3]))
+            if current is not None and current.stage == stage:
+                return current, False
+            row = TenantStage(tenant, stage, changed_at, DEFAULT_TENANT_STAGE if current is None else current.stage)
+            cursor.execute("INSERT INTO tenant_stages (tenant, stage, changed_at, previous_stage) "
+                           "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE stage = VALUES(stage), "
+                           "changed_at = VALUES(changed_at), previous_stage = VALUES(previous_stage)", tuple(row))
+            return row, True
+
+        return self._transaction(change)
 
     def close(self) -> None:
         self._drop_connection()

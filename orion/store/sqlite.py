@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from orion.activities import Activity
 from orion.store.base import (
+    DEFAULT_TENANT_STAGE,
     UNSTORABLE,
     ActivityStore,
     HistoryRead,
@@ -406,10 +407,19 @@ class SqliteStore(ActivityStore):
         rows = self._select("SELECT tenant, stage, changed_at, previous_stage FROM tenant_stages ORDER BY tenant", ())
         return [TenantStage(*row) for row in rows]
 
-    def write_tenant_stage(self, entry: TenantStage) -> None:
-        self._transaction(lambda connection: connection.execute(
-            "INSERT OR REPLACE INTO tenant_stages (tenant, stage, changed_at, previous_stage) VALUES (?, ?, ?, ?)",
-            tuple(entry)))
+    def change_tenant_stage(self, tenant: str, stage: str, changed_at: int) -> tuple[TenantStage, bool]:
+        def change(connection):  # an IMMEDIATE transaction: no other writer in between
+            found = connection.execute("SELECT tenant, stage, changed_at, previous_stage FROM tenant_stages "
+                                       "WHERE tenant = ?", (tenant,)).fetchone()
+            current = None if found is None else TenantStage(*found)
+            if current is not None and current.stage == stage:
+                return current, False
+            row = TenantStage(tenant, stage, changed_at, DEFAULT_TENANT_STAGE if current is None else current.stage)
+            connection.execute("INSERT OR REPLACE INTO tenant_stages (tenant, stage, changed_at, previous_stage) "
+                               "VALUES (?, ?, ?, ?)", tuple(row))
+            return row, True
+
+        return self._transaction(change)
 
     def close(self) -> None:
         if self._connection is not None:

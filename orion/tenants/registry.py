@@ -29,11 +29,11 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-from orion.store.base import StoreError, TenantStage
+from orion.store.base import DEFAULT_TENANT_STAGE, StoreError, TenantStage
 
 LEGACY, PASSIVE, ACTIVE, DEACTIVATED = "legacy", "passive", "active", "deactivated"
 STAGES = (LEGACY, PASSIVE, ACTIVE, DEACTIVATED)
-DEFAULT_STAGE = LEGACY  # of a tenant the registry does not name
+DEFAULT_STAGE = DEFAULT_TENANT_STAGE  # of a tenant the registry does not name: legacy
 WRITES_BOTH = (PASSIVE, ACTIVE)  # the stages that write the new store (and compare reads)
 # How often a running job re-reads the registry: well within the minute a change must
 # take, and one small read per worker process per period.
@@ -65,13 +65,9 @@ def set_stage(store, tenant: str, stage: str, now_ms: int | None = None) -> tupl
     check_stage(stage)
     if not isinstance(tenant, str) or not tenant.strip():
         raise ValueError("a tenant name must not be empty")
-    current = {row.tenant: row for row in store.read_tenant_stages()}.get(tenant)
-    if current is not None and current.stage == stage:
-        return current, False
-    row = TenantStage(tenant, stage, int(time.time() * 1000) if now_ms is None else now_ms,
-                      DEFAULT_STAGE if current is None else current.stage)
-    store.write_tenant_stage(row)
-    return row, True
+    # One atomic step in the store: two changes at the same moment do not both record
+    # the same previous stage.
+    return store.change_tenant_stage(tenant, stage, int(time.time() * 1000) if now_ms is None else now_ms)
 
 
 class TenantStages:
