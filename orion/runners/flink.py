@@ -7,13 +7,19 @@ core as the Beam graph (`orion.flink.functions` are the adapters):
               │   WakeUps ───────────┘                                ├─► EMAILS ─► AssembleEmails ─┐  with an outbox:
               │   (bounded, with an outbox: stored leads              ├─► OUTBOX: held emails,      ├─► QueueEmails
               │    whose flow wait is due by the horizon)             │   webhook calls ────────────┘
+              │                                                       ├─► outcomes, STORE, emails, OUTBOX ─► RollUp
+              │                                                       │   (minutes ─► hours ─► days) ─► WriteRollups
               │ DEAD                                                  │
               └───────────────────────────────────────────────────────┴─► DEAD, every stage's ─► WriteDeadLetters
 
 LeadStep is the one stateful step per lead (orion.leadstep): each activity is evaluated
 once, in event-time order, and, with an outbox, the campaign flows it qualifies the lead
 for run inline (waits are event-time timers). A lead new to the job is seeded from its
-profile in the store; every change is written back (WriteProfiles).
+profile in the store; every change is written back (WriteProfiles). What the steps do
+(stored activities, outcomes, queued and held emails, webhook calls) is rolled up per
+tenant and minute, hour and day into the roll-up store beside the activities, as the
+Beam graph does (`orion.flink.rollups`; a store with no roll-up tables, hbase://, gets
+none).
 
 Elements cross between the Python functions (through the JVM) in batches: the readers
 hand LeadStep one LeadBatch per lead (its activities of a file chunk or a payload), and
@@ -79,6 +85,7 @@ from orion.leadstep import END_OF_TIME_MS
 from orion.settings import (
     DEAD_LETTERS_NAME, OUTCOMES_NAME, FlinkOptions, RunConfig, clear_previous_outputs, effective_store_uri, is_remote,
 )
+from orion.store.rollups_opening import rollup_store_uri
 from orion.summary import campaigns_fired, render_summary
 
 COUNTERS_DIR = ".flink-counters"  # under the output directory: each function's counts
@@ -369,7 +376,11 @@ def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
     generate are stored with the others, their outcomes join the outcomes, and flow and
     assembly failures join the dead letters. A bounded input then has a horizon (its
     newest activity, `input_horizon`): the waits due by it resume, those of leads not in
-    the input too (`due_wake_ups`, read from the store before the job starts)."""
+    the input too (`due_wake_ups`, read from the store before the job starts).
+
+    Whenever the store keeps roll-ups (`rollup_store_uri`), the stored activities,
+    outcomes and (with flows) outbox records are rolled up into it (orion.flink.rollups),
+    with the Beam graph's dimensions and figures; refused rows join the dead letters."""
     from pyflink.common import Duration, Types, WatermarkStrategy
     from pyflink.datastream.connectors.base import Sink
     from pyflink.java_gateway import get_gateway
@@ -467,6 +478,17 @@ def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
                                               "WriteActivities", "write-activities"))
     dead_letter_parts.append(write_in_batches(profiles, fn.ByLead(shards), fn.ProfileWriter(store_uri),
                                               "WriteProfiles", "write-profiles"))
+    rollups_uri = rollup_store_uri(store_uri)
+    if rollups_uri is not None:
+        # Roll-ups of what the steps did, as the Beam graph's (orion.flink.rollups); the
+        # writer returns the dead letters of the rows the store refused.
+        from orion.flink.rollups import attach_rollups
+
+        rolled_up = [stored, steps] + ([emails, steps.get_side_output(fn.OUTBOX)] if run_flows else [])
+        dead_letter_parts.append(attach_rollups(
+            rolled_up, rollups_uri, rules_dir, template_dirs, config.allowed_lateness_ms, bounded=options.bounded,
+            batch_size=options.batch_size, flush_after_ms=options.flush_after_ms, shards=shards,
+            counters_dir=counters_dir))
     write_lines(steps, OUTCOMES_NAME, "WriteOutcomes", "outcome-files")
     dead_letters = dead_letter_parts[0].union(*dead_letter_parts[1:])
     write_lines(dead_letters, DEAD_LETTERS_NAME, "WriteDeadLetters", "dead-letter-files")
