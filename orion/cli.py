@@ -76,6 +76,9 @@ def _add_run(commands) -> None:
                         "emails and webhook calls here, once each however often the job reruns: "
                         "mysql://..., sqlite:///PATH or eml:///DIR; `none`: no flows, outcomes only "
                         "(default: %(default)s)")
+    parser.add_argument("--no-rollups", dest="rollups", action="store_false",
+                        help="keep no analytics roll-ups (by default the graph rolls up what it does per "
+                        "tenant and minute into the store, for `orion analytics`)")
     migration = parser.add_argument_group("migration from the legacy MySQL store (docs/migration.md)")
     migration.add_argument("--mode", choices=MODES,
                            help="legacy: MySQL only; passive: write both, serve reads from MySQL and "
@@ -134,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         mode=args.mode,
         legacy_store_uri=args.legacy_store,
         tenant_refresh_s=args.tenant_refresh,
+        rollups=args.rollups,
     )
     runner = args.runner.lower()
     if args.kafka_topic is not None and runner != "flink":

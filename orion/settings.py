@@ -61,6 +61,9 @@ class RunConfig(NamedTuple):
     legacy_store_uri: str | None = None  # migration: the legacy MySQL store (mysql://...)
     # migration, mode tenants: re-read the tenant registry this often (None: the default, 10 s)
     tenant_refresh_s: float | None = None
+    # Roll up what the graph does into the store's roll-up tables (orion.store.rollups_opening:
+    # none for hbase://); False (--no-rollups): no roll-ups, for a job that needs no analytics.
+    rollups: bool = True
 
 
 # Flink job defaults.

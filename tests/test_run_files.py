@@ -9,6 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 ORION = Path(sys.executable).with_name("orion")
 SAMPLES = Path(__file__).resolve().parent.parent / "orion" / "samples"
 
@@ -52,6 +54,23 @@ def test_main_job_runs_the_samples_and_accounts_for_every_event(tmp_path):
                   for line in f.read_text().splitlines()]
     assert len(dead_lines) == dead and all(d["reason"] and d["detail"] for d in dead_lines)
     assert "campaigns fired (top 10):" in result.stdout and "events/s" in result.stdout
+
+
+@pytest.mark.parametrize("runner", ["direct", "flink"])
+def test_no_rollups_keeps_none_and_the_default_rolls_up(tmp_path, runner):
+    """Roll-ups are on by default on both engines; `--no-rollups` keeps none and leaves
+    the rest of the run as it was."""
+    counts = {}
+    for name, extra in (("default", ()), ("none", ("--no-rollups",))):
+        db = tmp_path / f"{name}.db"
+        result = orion_run("--runner", runner, "--store", f"sqlite:///{db}", "--out-dir", str(tmp_path / name),
+                           *extra, cwd=tmp_path)
+        with sqlite3.connect(db) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            rollups = connection.execute("SELECT COUNT(*) FROM rollups").fetchone()[0] if "rollups" in tables else 0
+        counts[name] = (rollups, summary_value(result.stdout, "stored:"), store_digest(db))
+    assert counts["default"][0] > 0 and counts["none"][0] == 0
+    assert counts["default"][1:] == counts["none"][1:]
 
 
 def test_rerunning_the_same_file_leaves_the_store_unchanged(tmp_path):

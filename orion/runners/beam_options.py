@@ -71,6 +71,8 @@ class OrionOptions(PipelineOptions):
         group.add_argument("--dedup_span", type=float, default=DEFAULT_DEDUP_SPAN_MS / MS_PER_HOUR,
                            help="hours of event time a lead remembers event ids, to drop duplicates "
                            "(default: %(default)s)")
+        group.add_argument("--no_rollups", dest="rollups", action="store_false",
+                           help="keep no analytics roll-ups (default: roll up into the store)")
         group.add_argument("--mode", choices=MODES, default=None,
                            help="migration from the legacy store: legacy, passive or active "
                            "(default: --store alone)")
@@ -107,6 +109,7 @@ def run_config(options: PipelineOptions) -> RunConfig:
         outbox_uri=None if orion.outbox.lower() == "none" else orion.outbox,
         mode=orion.mode,
         legacy_store_uri=orion.legacy_store,
+        rollups=orion.rollups,
     )
 
 

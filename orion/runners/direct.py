@@ -63,7 +63,7 @@ def build(pipeline: beam.Pipeline, config: RunConfig) -> None:
             bounded=config.subscription is None,
             seed_store_uri=store_uri,
             one_watermark_per_stage=_one_watermark_per_stage(pipeline),
-            rollup_store_uri=rollup_store_uri(store_uri),
+            rollup_store_uri=rollup_store_uri(store_uri) if config.rollups else None,
         ),
         store_sink=WriteActivities(store_uri),
         profile_sink=WriteProfiles(store_uri),

@@ -171,8 +171,14 @@ def flink_configuration(options: FlinkOptions, out_dir: Path | str | None = None
         conf.set_string("python.archives", _archive_spec(options.python_archive))
     if mode == "thread":
         # Thread mode embeds CPython in the Flink JVM, which starts it from the base
-        # installation, not this virtual environment: give it this interpreter's path.
+        # installation, not this virtual environment: give it this interpreter's path,
+        # and the directory orion itself is imported from. An editable install finds
+        # orion through an import hook that the embedded interpreter does not load, so
+        # without it the job would import orion only when started from the checkout.
         path = [os.path.abspath(entry) for entry in sys.path if os.path.isdir(entry or os.curdir)]
+        package_root = str(Path(__file__).resolve().parent.parent.parent)
+        if package_root not in path:
+            path.insert(0, package_root)
         conf.set_string("python.pythonpath", os.pathsep.join(path))
     if options.bundle_size is not None:
         conf.set_string("python.fn-execution.bundle.size", str(options.bundle_size))
@@ -478,7 +484,7 @@ def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
                                               "WriteActivities", "write-activities"))
     dead_letter_parts.append(write_in_batches(profiles, fn.ByLead(shards), fn.ProfileWriter(store_uri),
                                               "WriteProfiles", "write-profiles"))
-    rollups_uri = rollup_store_uri(store_uri)
+    rollups_uri = rollup_store_uri(store_uri) if config.rollups else None
     if rollups_uri is not None:
         # Roll-ups of what the steps did, as the Beam graph's (orion.flink.rollups); the
         # writer returns the dead letters of the rows the store refused.
@@ -789,13 +795,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dedup-span", type=float, default=24.0, metavar="HOURS")
     parser.add_argument("--duration", type=float, metavar="SECONDS")
     parser.add_argument("--outbox", metavar="URI", help="run the campaign flows; queue their emails here")
+    parser.add_argument("--no-rollups", dest="rollups", action="store_false", help="keep no analytics roll-ups")
     add_flink_arguments(parser)
     args = parser.parse_args(argv)
     config = RunConfig(
         rules_dir=args.rules, template_dirs=tuple(args.templates), events=args.events, subscription=None,
         store_uri=args.store, out_dir=args.out_dir, allowed_lateness_ms=int(args.allowed_lateness * 1000),
         dedup_span_ms=int(args.dedup_span * 3_600_000), duration_s=args.duration, beam_args=(),
-        outbox_uri=args.outbox)
+        outbox_uri=args.outbox, rollups=args.rollups)
     return run_from_args(config, args)
 
 
