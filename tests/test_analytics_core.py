@@ -16,7 +16,7 @@ from orion.activities import ActivityType, ActivityTypes, AttributeSpec
 from orion.analytics.query import Query, QueryError, parse_time, parse_where, run_query
 from orion.analytics.rollup import (
     ACTIVITY, DAY, FLOW, MAX_DIMENSION_BYTES, OUTCOME, RELATIVE_ERROR, Aggregate, PartialRollups, RollupFacts,
-    RollupKey, add_to_bucket, bucket_start, decode_state, dimension_value, encode_state, flush_bucket,
+    RollupKey, RowParts, add_to_bucket, bucket_start, decode_state, dimension_value, encode_state, flush_bucket,
     url_host_and_path,
 )
 from orion.campaigns.email import AssembledEmail
@@ -24,6 +24,7 @@ from orion.campaigns.flows import EmailRequest, HeldEmail, WebhookCall
 from orion.rules.model import Outcome
 from orion.store.rollups_base import RollupStore, StoredRollup
 
+DAY_MS = 86_400_000
 PURCHASE = ActivityType("purchase", {"amount": AttributeSpec("number"), "items": AttributeSpec("number"),
                                      "sku": AttributeSpec("string")}, "sku")
 TYPES = ActivityTypes({"acme": {"purchase": PURCHASE}})
@@ -164,6 +165,32 @@ def test_hours_and_days_built_from_minutes_equal_the_direct_aggregate():
     assert day_state.total == direct
 
 
+def test_hours_and_days_of_activities_leave_the_attribute_to_the_minutes():
+    page = RollupKey("acme", "minute", T0 + 5 * MINUTE, ACTIVITY, type="visit_web_page", source="input",
+                     attribute="acme.example/pricing")
+    hour = page.coarser()
+    assert hour == RollupKey("acme", "hour", T0, ACTIVITY, type="visit_web_page", source="input")
+    assert hour.coarser() == hour._replace(granularity="day", bucket=T0 - T0 % DAY_MS)
+    email = RollupKey("acme", "minute", T0, FLOW, attribute="welcome", campaign="Welcome", status="email_queued")
+    assert email.coarser().attribute == "welcome"  # a flow's template is no activity's attribute: kept
+
+
+def test_an_aggregate_passed_on_unchanged_keeps_its_sketch_bytes_and_estimate():
+    aggregate = Aggregate()
+    for lead in ("L1", "L2", "L3"):
+        aggregate.add(lead)
+    decoded = Aggregate.decode(aggregate.encode())
+    assert decoded._sketch is None  # not built: the bytes and the count are all a write needs
+    copied = decoded.copy()
+    assert copied.sketch_bytes() == aggregate.sketch_bytes() and round(copied.estimate()) == 3
+    copied.add("L4")  # built from its bytes when it changes
+    assert round(copied.estimate()) == 4 and round(decoded.estimate()) == 3
+    assert copied.sketch_bytes() != aggregate.sketch_bytes()
+    parts = RowParts({RollupKey("acme", "minute", T0, ACTIVITY, type="open_email"): aggregate})
+    (key, restored), = pickle.loads(pickle.dumps(parts)).items()
+    assert (key.type, restored.records, restored.sketch_bytes()) == ("open_email", 3, aggregate.sketch_bytes())
+
+
 # --- the query engine over rows in memory ---------------------------------------------
 
 
@@ -243,6 +270,66 @@ def test_sums_and_metrics_that_imply_a_status():
         {"reason": "filters", "not_qualified": 2}]
     assert run_query(rows, Query("acme", "qualified", (), "all", T0, T0 + MINUTE,
                                  {"status": "not_qualified"})) == []
+
+
+def test_a_query_by_attribute_at_hour_or_all_folds_the_minutes_it_reads():
+    rows = RowsInMemory([
+        stored(visit_key(0, "a"), ["L1"]),
+        stored(visit_key(1, "a"), ["L1", "L2"]),
+        stored(visit_key(61, "a"), ["L3"]),
+        stored(visit_key(2, "b"), ["L4"], writer="other"),
+        # The hour rows a run writes carry no attribute; a query by attribute cannot use them.
+        stored(visit_key(0, "", granularity="hour"), ["L1", "L2", "L4"]),
+    ])
+    by_hour = run_query(rows, Query("acme", "events", ("attribute",), "hour", T0, T0 + 2 * HOUR))
+    assert by_hour == [
+        {"time": "2026-11-22T10:00:00.000Z", "attribute": "a", "events": 3},
+        {"time": "2026-11-22T10:00:00.000Z", "attribute": "b", "events": 1},
+        {"time": "2026-11-22T11:00:00.000Z", "attribute": "a", "events": 1},
+    ]
+    leads = run_query(rows, Query("acme", "unique_leads", ("attribute",), "all", T0, T0 + 2 * HOUR))
+    assert [(row["attribute"], row["unique_leads"]) for row in leads] == [("a", 3), ("b", 1)]
+    assert run_query(rows, Query("acme", "events", (), "hour", T0, T0 + HOUR, {"attribute": "b"})) == [
+        {"time": "2026-11-22T10:00:00.000Z", "events": 1}]
+    # Without the attribute, an hour is read from the hour rows.
+    assert run_query(rows, Query("acme", "events", (), "hour", T0, T0 + HOUR)) == [
+        {"time": "2026-11-22T10:00:00.000Z", "events": 3}]
+
+
+def test_hour_rows_an_earlier_release_wrote_by_attribute_still_add_up_by_type():
+    rows = RowsInMemory([
+        stored(visit_key(0, "a", granularity="hour"), ["L1", "L2"]),  # as written before hours lost the attribute
+        stored(visit_key(0, "b", granularity="hour"), ["L2"]),
+        stored(visit_key(0, "", granularity="hour"), ["L3"], writer="later"),
+    ])
+    assert run_query(rows, Query("acme", "unique_leads", ("type",), "hour", T0, T0 + HOUR)) == [
+        {"time": "2026-11-22T10:00:00.000Z", "type": "visit_web_page", "unique_leads": 3, "unique_leads_low": 3,
+         "unique_leads_high": 3}]
+    assert run_query(rows, Query("acme", "events", (), "hour", T0, T0 + HOUR))[0]["events"] == 4
+
+
+def test_groups_of_a_bucket_are_ordered_by_their_figure_then_their_values():
+    rows = RowsInMemory([stored(visit_key(0, page), [f"L{i}" for i in range(n)], writer=writer)
+                         for page, n, writer in (("c", 2, "w"), ("a", 2, "w"), ("b", 1, "w"), ("b", 2, "x"))])
+    found = run_query(rows, Query("acme", "unique_leads", ("attribute",), "minute", T0, T0 + MINUTE))
+    # b's two writers merge to 2 distinct leads (L0, L1): a tie with a and c, broken by the value.
+    assert [(row["attribute"], row["unique_leads"]) for row in found] == [("a", 2), ("b", 2), ("c", 2)]
+    events = run_query(rows, Query("acme", "events", ("attribute",), "minute", T0, T0 + MINUTE, top=2))
+    assert [(row["attribute"], row["events"]) for row in events] == [("b", 3), ("a", 2)]
+
+
+def test_the_answer_does_not_depend_on_the_order_a_store_hands_rows_back_in():
+    class Shuffled(RowsInMemory):
+        def scan(self, *args, **kwargs):
+            return list(reversed(RollupStore.scan(self, *args, **kwargs)))
+
+    rows = [stored(visit_key(minute, page), leads, writer=writer)
+            for minute, page, leads, writer in ((0, "a", ["L1"], "w"), (0, "b", ["L2", "L3"], "w"),
+                                                (0, "a", ["L4"], "x"), (1, "a", ["L1"], "w"))]
+    for metric in ("events", "unique_leads"):
+        query = Query("acme", metric, ("attribute",), "minute", T0, T0 + HOUR)
+        assert run_query(Shuffled(rows), query) == run_query(RowsInMemory(rows), query)
+    assert [row["events"] for row in run_query(Shuffled(rows), query._replace(metric="events"))] == [2, 2, 1]
 
 
 @pytest.mark.parametrize("query, message", [

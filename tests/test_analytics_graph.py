@@ -84,10 +84,17 @@ def test_the_roll_ups_of_a_run_agree_with_what_it_stored_evaluated_and_queued(tm
         fired = answers(store, tenant, "fired", ["campaign", "status"])
         assert fired == {(campaign, "qualified" if qualified else "not_qualified"): n
                          for (t, campaign, qualified), n in outcomes.items() if t == tenant}
-        # Hours and days are built from the minutes: the same totals at every granularity.
+        # Hours and days are built from the minutes: the same totals at every granularity,
+        # by the attribute too (which only the minutes keep: a query by it reads them).
+        by_page = answers(store, tenant, "events", ["type", "attribute"], granularity="minute")
         for granularity in ("minute", "hour", "day"):
             rows = answers(store, tenant, "events", ["type"], granularity=granularity)
             assert sum(rows.values()) == sum(by_type.values())
+            assert answers(store, tenant, "events", ["type", "attribute"], granularity=granularity) == by_page
+    with sqlite3.connect(tmp_path / "activities.db") as connection:
+        kept = dict(connection.execute("SELECT granularity, COUNT(DISTINCT attribute) FROM rollups "
+                                       "WHERE kind = 'activity' GROUP BY granularity"))
+    assert kept["minute"] > 1 and kept["hour"] == kept["day"] == 1  # the hours' and days' attribute: ""
     assert sum(answers(store, tenant, "events", ["source"]).get(("flow",), 0) for tenant in tenants) == \
         totals["flow_activities"]
     assert sum(sum(answers(store, tenant, "emails_queued").values()) for tenant in tenants) == totals["queued_emails"]

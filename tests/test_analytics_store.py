@@ -118,6 +118,25 @@ def test_reads_filter_by_kind_and_dimension_values_and_may_leave_sketches_out(st
         store.read("acme", "minute", T0, T0 + MINUTE, where={"url": "x"})
 
 
+def test_scans_pick_columns_and_order_each_bucket_by_the_dimensions_asked(store):
+    rows = [RollupRow(key(minute, type=type_, source="input", attribute=page, campaign=campaign), "w", 1,
+                      aggregate(*leads))
+            for minute, type_, page, campaign, leads in (
+                (1, "open_email", "x", "b", ["L1"]), (0, "visit_web_page", "b", "a", ["L1", "L2"]),
+                (0, "visit_web_page", "a", "c", ["L3"]), (0, "open_email", "z", "b", ["L4"]))]
+    store.write(rows)
+    assert store.scan("acme", "minute", T0, T0 + HOUR, ("bucket", "type", "attribute", "records"), kind=ACTIVITY,
+                      order=("type", "attribute")) == [
+        (T0, "open_email", "z", 1), (T0, "visit_web_page", "a", 1), (T0, "visit_web_page", "b", 2),
+        (T0 + MINUTE, "open_email", "x", 1)]
+    by_campaign = store.scan("acme", "minute", T0, T0 + HOUR, ("bucket", "campaign", "leads"), kind=ACTIVITY,
+                             order=("campaign",))
+    assert [(bucket, campaign, round(leads)) for bucket, campaign, leads in by_campaign] == [
+        (T0, "a", 2), (T0, "b", 1), (T0, "c", 1), (T0 + MINUTE, "b", 1)]
+    with pytest.raises(ValueError, match="cannot order by"):
+        store.scan("acme", "minute", T0, T0 + HOUR, ("bucket",), order=("records",))
+
+
 ODD = ["a#b", "a%23b", "a/b", "ünï©ødé", "😀", "a b", "'; DROP TABLE rollups; --", ""]
 
 

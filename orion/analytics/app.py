@@ -25,13 +25,13 @@ event loop never waits on the store.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 from aiohttp import web
 
 from orion.analytics.query import (
@@ -104,8 +104,10 @@ class Analytics:
 
 
 def _json(status: int, body: dict, headers: dict | None = None) -> web.Response:
-    return web.Response(status=status, headers=headers, text=json.dumps(body, ensure_ascii=False),
-                        content_type="application/json", charset="utf-8")
+    # orjson: a day of minutes by ten values is 14,400 rows, encoded several times faster
+    # than by json, and straight to UTF-8 bytes.
+    return web.Response(status=status, headers=headers, body=orjson.dumps(body), content_type="application/json",
+                        charset="utf-8")
 
 
 def query_of(tenant: str, params, granularity: str | None = None, top: int | None = None) -> Query:

@@ -19,7 +19,9 @@ Metrics:
 Dimensions: type, source, attribute, campaign, status, reason (orion.analytics.rollup).
 A bucket is in the range when its start is: from <= start < to. Granularity `all`
 merges the whole range into one bucket (read from the coarsest stored granularity the
-range is aligned to). With `top`, each bucket keeps its N largest groups.
+range is aligned to). Activities by attribute, which only minutes keep
+(orion.analytics.rollup.MINUTE_ONLY), are read from the minutes at any granularity and
+folded into its buckets. With `top`, each bucket keeps its N largest groups.
 
     orion analytics query --tenant acme --metric events --by type --granularity minute \\
         --from 2026-11-22T10:00:00Z --to 2026-11-22T11:00:00Z --format json
@@ -28,12 +30,14 @@ from __future__ import annotations
 
 import re
 import time
+from itertools import islice
+from operator import itemgetter, lt
 from typing import NamedTuple, Sequence
 
-from orion.activities import format_timestamp, parse_timestamp
+from orion.activities import parse_timestamp
 from orion.analytics.rollup import (
-    ACTIVITY, DAY, DIMENSIONS, EMAIL_HELD, EMAIL_QUEUED, FLOW, GRANULARITY_MS, HOUR, MINUTE, NOT_QUALIFIED, OUTCOME,
-    QUALIFIED, RELATIVE_ERROR, WEBHOOK_QUEUED, merged_estimate,
+    ACTIVITY, DAY, DIMENSIONS, EMAIL_HELD, EMAIL_QUEUED, FLOW, GRANULARITY_MS, HOUR, MINUTE, MINUTE_ONLY,
+    NOT_QUALIFIED, OUTCOME, QUALIFIED, RELATIVE_ERROR, WEBHOOK_QUEUED, merged_estimate,
 )
 
 ALL = "all"
@@ -116,7 +120,11 @@ def check_query(query: Query) -> Query:
 
 def stored_granularity(query: Query) -> str:
     """The stored granularity a query reads: its own, or for `all` the coarsest the range
-    is aligned to (so no bucket straddles an end of the range)."""
+    is aligned to (so no bucket straddles an end of the range); minutes when it groups
+    or filters by a dimension only minutes keep (an activity's attribute)."""
+    minute_only = MINUTE_ONLY.get(metric_of(query.metric).kind, ())
+    if any(name in minute_only for name in query.by) or any(name in minute_only for name in query.where):
+        return MINUTE
     if query.granularity != ALL:
         return query.granularity
     for granularity in (DAY, HOUR):
@@ -130,11 +138,15 @@ def run_query(store, query: Query) -> list[dict]:
     """Rows of the answer, each a dict: `time` (RFC 3339, the bucket's start; not for
     granularity all), the --by dimensions' values and the metric (for an estimated
     metric also METRIC_low and METRIC_high, its 95% bounds). Ordered by time, then by
-    the metric, largest first.
+    the metric, largest first, then by the dimensions' values.
 
-    The store hands back plain tuples of the columns the metric needs (`scan`), and the
-    groups are summed here in one pass: a day of minutes over ten dimension values is
-    14,400 rows, and no object is built per row."""
+    The store hands back plain tuples of just the columns the metric needs, ordered by
+    bucket and the --by dimensions (`scan`), and the groups are summed here in one pass:
+    a day of minutes over ten dimension values is 14,400 tuples, and no object is built
+    per row but the answer's own dict. Unique leads read no sketch for a group of one
+    row (its estimate is kept beside its sketch); the groups of several rows (two
+    writers, the minutes of an hour or of `all`) read their rows' sketches and merge
+    them."""
     query = check_query(query)
     metric = metric_of(query.metric)
     where = dict(query.where)
@@ -142,78 +154,188 @@ def run_query(store, query: Query) -> list[dict]:
         if where.setdefault(name, value) != value:
             return []  # e.g. --metric qualified --where status=not_qualified: nothing is both
     timed = query.granularity != ALL
-    group_columns = (("bucket",) if timed else ()) + tuple(query.by)
-    value_columns = {"records": ("records",), "sum": ("sums",), "leads": ("leads",)}[metric.value]
     read = stored_granularity(query)
-    rows = store.scan(query.tenant, read, query.start, query.end, group_columns + value_columns,
-                      kind=metric.kind, where=where)
-    width = len(group_columns)
-    if metric.value == "records":
-        totals: dict = {}
-        for row in rows:
-            group = row[:width]
-            totals[group] = totals.get(group, 0) + row[width]
-    elif metric.value == "sum":
-        totals = {}
+    # Buckets are folded when the rows read are finer than the answer's: 0 for `all`.
+    fold = (None if read == query.granularity else GRANULARITY_MS[query.granularity]) if timed else 0
+    by = tuple(query.by)
+    width = 1 + len(by)
+    value_column = {"records": "records", "sum": "sums", "leads": "leads"}[metric.value]
+    rows = store.scan(query.tenant, read, query.start, query.end, ("bucket", *by, value_column), kind=metric.kind,
+                      where=where, order=by)
+    if metric.value == "sum":
         attribute = metric.attribute
-        for row in rows:
-            sums = row[width]
-            if attribute in sums:  # rows of activities without the attribute make no group
-                group = row[:width]
-                totals[group] = totals.get(group, 0) + sums[attribute]
+        rows = [row[:width] + (row[width][attribute],) for row in rows if attribute in row[width]]
+    repeated: set = set()  # the groups of more than one row
+    found = _grouped(rows, width, repeated) if fold is None else None
+    in_group_order = found is not None
+    if found is None:
+        found = _folded(rows, width, fold, repeated)
+    if metric.value == "leads":
+        return _estimates(store, query, read, where, fold, found, repeated, timed, in_group_order)
+    _order(found, width, sorted_within_buckets=in_group_order)
+    return _answer_rows(query, found, timed, estimated=False)
+
+
+def _grouped(rows: list[tuple], width: int, repeated: set) -> list[tuple] | None:
+    """(bucket, group..., value) rows ordered by bucket and group -> one per group, the
+    values summed: a group's rows are next to each other, and most groups have one.
+    None if the rows are not in that order after all."""
+    groups = list(map(itemgetter(*range(width)), rows))
+    if all(map(lt, groups, islice(groups, 1, None))):
+        return rows  # every group one row, in order (checked in C: most answers are so)
+    found: list = []
+    last = None
+    for row in rows:
+        group = row[:width]
+        if group == last:
+            found[-1] = group + (found[-1][width] + row[width],)
+            repeated.add(group)
+        elif last is None or group > last:
+            found.append(row)
+            last = group
+        else:
+            repeated.clear()
+            return None
+    return found
+
+
+def _folded(rows: list[tuple], width: int, fold: int | None, repeated: set) -> list[tuple]:
+    """The same, in any order, each bucket floored to a multiple of `fold` (0: one
+    bucket, 0; None: as it is)."""
+    totals: dict = {}
+    get = totals.get
+    for row in rows:
+        group = (_bucket_of(row[0], fold), *row[1:width])
+        value = get(group)
+        if value is None:
+            totals[group] = row[width]
+        else:
+            totals[group] = value + row[width]
+            repeated.add(group)
+    return [group + (value,) for group, value in totals.items()]
+
+
+def _bucket_of(bucket: int, fold: int | None) -> int:
+    return bucket if fold is None else bucket - bucket % fold if fold else 0
+
+
+def _order(found: list[tuple], width: int, sorted_within_buckets: bool) -> None:
+    """Order (bucket, group..., value, ...) tuples by bucket, then value (largest first),
+    then group, in place. Tuples already in bucket and group order only need two stable
+    sorts with C keys; others are sorted whole."""
+    if sorted_within_buckets:
+        found.sort(key=itemgetter(width), reverse=True)  # stable: ties keep the group order
+        found.sort(key=itemgetter(0))
     else:
-        # One row: its stored estimate. Several (two writers, the minutes of `all`): the
-        # union of their sketches, read only for those groups.
-        counted: dict = {}
-        for row in rows:
-            group = row[:width]
-            found = counted.get(group)
-            counted[group] = (row[width], 1) if found is None else (found[0], found[1] + 1)
-        spread = 2 * RELATIVE_ERROR
-        totals = {group: (estimate, estimate * (1 - spread), estimate * (1 + spread))
-                  for group, (estimate, members) in counted.items() if members == 1}
-        if len(totals) < len(counted):
-            sketches: dict = {}
-            for row in store.scan(query.tenant, read, query.start, query.end, group_columns + ("sketch",),
-                                  kind=metric.kind, where=where):
-                group = row[:width]
-                if group not in totals:
-                    sketches.setdefault(group, []).append(row[width])
-            totals.update((group, merged_estimate(found)) for group, found in sketches.items())
-    return _answer_rows(query, totals, timed)
+        found.sort(key=lambda row: (row[0], -row[width], row[1:width]))
 
 
-def _answer_rows(query: Query, totals: dict, timed: bool) -> list[dict]:
+def _estimates(store, query: Query, read: str, where: dict, fold: int | None, found: list[tuple], repeated: set,
+               timed: bool, in_group_order: bool) -> list[dict]:
+    """Unique leads: a group of one row is that row's estimate, within 2 standard errors
+    (computed as the answer's dict is built: no tuple per row in between); the groups of
+    several rows merge their rows' sketches (read for those groups only) and take the
+    union's bounds."""
+    width = 1 + len(query.by)
+    if repeated:
+        sketches: dict = {}
+        for row in store.scan(query.tenant, read, query.start, query.end, ("bucket", *query.by, "sketch"),
+                              kind=metric_of(query.metric).kind, where=where):
+            group = (_bucket_of(row[0], fold), *row[1:width])
+            if group in repeated:
+                sketches.setdefault(group, []).append(row[width])
+        found = [group + merged_estimate(sketches[group]) if group in repeated else row
+                 for row in found for group in (row[:width],)]
+    # A merged estimate is no sum of its rows' estimates: sorted whole then.
+    _order(found, width, sorted_within_buckets=in_group_order and not repeated)
+    return _answer_rows(query, found, timed, estimated=True, merged=bool(repeated))
+
+
+def _answer_rows(query: Query, found: list[tuple], timed: bool, estimated: bool, merged: bool = False) -> list[dict]:
+    """Ordered (bucket, group..., value) tuples (estimated: (..., estimate) of one row, or,
+    when some are `merged`, (..., estimate, low, high) of merged rows) -> the answer's
+    dicts, each bucket's first `top` only."""
     name = query.metric
-    estimated = metric_of(name).estimated
     columns = (("time",) if timed else ()) + tuple(query.by) + (
         (name, f"{name}_low", f"{name}_high") if estimated else (name,))
-    skip = 1 if timed else 0
-    if estimated:
-        rank = lambda item: (-item[1][0], item[0][skip:])  # noqa: E731 - the largest first, then the dimensions
-    else:
-        rank = lambda item: (-item[1], item[0][skip:])  # noqa: E731
-    buckets: dict = {}
-    for item in totals.items():
-        bucket = item[0][0] if timed else 0
-        found = buckets.get(bucket)
-        if found is None:
-            buckets[bucket] = [item]
-        else:
-            found.append(item)
+    width = 1 + len(query.by)
+    whole = metric_of(name).value == "sum"
+    make = _row_maker(columns, timed, width, "one" if estimated else "whole" if whole else "value")
+    make_merged = _row_maker(columns, timed, width, "merged") if merged else None
+    top = query.top
+    if top is None and make_merged is None:
+        if not timed:
+            return [make("", row) for row in found]
+        texts = bucket_texts(dict.fromkeys(map(itemgetter(0), found)))
+        return [make(texts[row[0]], row) for row in found]
     answer = []
-    for bucket in sorted(buckets):
-        items = sorted(buckets[bucket], key=rank)
-        if query.top is not None:
-            items = items[:query.top]
-        head = (format_timestamp(bucket),) if timed else ()
-        for group, value in items:
-            if estimated:
-                values = (round(value[0]), round(value[1]), round(value[2]))
-            else:
-                values = (int(value) if isinstance(value, float) and value.is_integer() else value,)
-            answer.append(dict(zip(columns, head + group[skip:] + values)))
+    append = answer.append
+    last, kept, text = None, 0, ""
+    for row in found:
+        bucket = row[0]
+        if bucket != last:
+            last, kept = bucket, 0
+            if timed:
+                text = bucket_text(bucket)
+        if top is not None:
+            if kept >= top:
+                continue
+            kept += 1
+        append(make(text, row) if make_merged is None or len(row) == width + 1 else make_merged(text, row))
     return answer
+
+
+_SPREAD = 2 * RELATIVE_ERROR  # a single row's 95% bounds: its estimate ± 2 standard errors
+
+
+def _row_maker(columns: tuple[str, ...], timed: bool, width: int, values: str):
+    """A function (time text, (bucket, group..., value...)) -> the answer's dict, written
+    as one dict display for the query's columns (built once per query, as
+    collections.namedtuple builds its methods): a third of the time dict(zip(...)) takes
+    for each of a day's 14,400 rows. The columns are passed in as names, never as code.
+    `values`: "value" (as it is), "whole" (a sum: 3, not 3.0), "one" (a row's estimate,
+    and its bounds from it), "merged" (an estimate and its bounds)."""
+    names = {f"c{i}": column for i, column in enumerate(columns)}
+    names.update(whole=_whole, low=1 - _SPREAD, high=1 + _SPREAD)
+    entries = [f"row[{i}]" for i in range(1, width)]
+    entries += {
+        "value": [f"row[{width}]"],
+        "whole": [f"whole(row[{width}])"],
+        "one": [f"round(row[{width}])", f"round(row[{width}] * low)", f"round(row[{width}] * high)"],
+        "merged": [f"round(row[{width}])", f"round(row[{width + 1}])", f"round(row[{width + 2}])"],
+    }[values]
+    if timed:
+        entries.insert(0, "text")
+    body = ", ".join(f"c{i}: {entry}" for i, entry in enumerate(entries))
+    return eval(f"lambda text, row: {{{body}}}", names)  # noqa: S307 - code built here from fixed parts
+
+
+def _whole(value):
+    """A sum as the answer shows it: 3, not 3.0."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+def bucket_text(ms: int) -> str:
+    """A bucket's start as RFC 3339 (orion.activities.format_timestamp, in a third of its time)."""
+    seconds, millis = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def bucket_texts(buckets) -> dict[int, str]:
+    """{bucket: bucket_text(bucket)} of many buckets: each day's date formatted once, the
+    time of day by arithmetic (a day of minutes is 1,440 buckets)."""
+    dates: dict = {}
+    texts = {}
+    for ms in buckets:
+        seconds, millis = divmod(ms, 1000)
+        day, rest = divmod(seconds, 86_400)
+        date = dates.get(day)
+        if date is None:
+            date = dates[day] = time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
+        hours, rest = divmod(rest, 3600)
+        minutes, rest = divmod(rest, 60)
+        texts[ms] = f"{date}T{hours:02d}:{minutes:02d}:{rest:02d}.{millis:03d}Z"
+    return texts
 
 
 # --- times ---------------------------------------------------------------------------

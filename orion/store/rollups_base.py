@@ -109,12 +109,17 @@ class RollupStore(abc.ABC):
         and single-row estimates are needed."""
 
     def scan(self, tenant: str, granularity: str, start: int, end: int, columns: Sequence[str], *,
-             kind: str | None = None, where: dict[str, str] | None = None) -> list[tuple]:
+             kind: str | None = None, where: dict[str, str] | None = None, order: Sequence[str] = ()
+             ) -> list[tuple]:
         """What `read` reads, as plain tuples of `columns` (SCAN_COLUMNS), ordered by
-        bucket: the query engine's fast path, which builds no object per row. A SQL store
-        selects only those columns; this one reads whole rows and picks them."""
+        bucket, then by the dimensions named in `order`: the query engine's fast path,
+        which builds no object per row. A SQL store selects only those columns; this one
+        reads whole rows and picks them."""
         check_columns(columns)
+        check_order(order)
         rows = self.read(tenant, granularity, start, end, kind=kind, where=where, sketches="sketch" in columns)
+        if order:
+            rows.sort(key=lambda row: (row.key.bucket, *(getattr(row.key, name) for name in order)))
         pickers = [_PICKERS[name] for name in columns]
         return [tuple(pick(row) for pick in pickers) for row in rows]
 
@@ -148,6 +153,12 @@ def check_columns(columns: Sequence[str]) -> None:
     unknown = [name for name in columns if name not in SCAN_COLUMNS]
     if unknown:
         raise ValueError(f"unknown roll-up column(s) {', '.join(unknown)}; the columns are {', '.join(SCAN_COLUMNS)}")
+
+
+def check_order(order: Sequence[str]) -> None:
+    unknown = [name for name in order if name not in DIMENSIONS]
+    if unknown:
+        raise ValueError(f"cannot order by {', '.join(unknown)}; the dimensions are {', '.join(DIMENSIONS)}")
 
 
 def check_where(where: dict[str, str] | None) -> dict[str, str]:

@@ -21,8 +21,8 @@ from orion.analytics.rollup import DIMENSIONS, MAX_DIMENSION_BYTES, RollupKey, R
 from orion.store.base import StoreError
 from orion.store.mysql import MysqlStore, _row_refused, redact
 from orion.store.rollups_base import (
-    KEY_COLUMNS, RollupStore, RollupWrite, StoredRollup, check_columns, check_where, latest_rows, parse_sums,
-    sums_json,
+    KEY_COLUMNS, RollupStore, RollupWrite, StoredRollup, check_columns, check_order, check_where, latest_rows,
+    parse_sums, sums_json,
 )
 
 _SCHEMA = f"""
@@ -130,11 +130,13 @@ class MysqlRollupStore(RollupStore):
         return rows
 
     def scan(self, tenant: str, granularity: str, start: int, end: int, columns: Sequence[str], *,
-             kind: str | None = None, where: dict[str, str] | None = None) -> list[tuple]:
+             kind: str | None = None, where: dict[str, str] | None = None, order: Sequence[str] = ()
+             ) -> list[tuple]:
         check_columns(columns)
+        check_order(order)
         conditions, params = self._conditions(tenant, granularity, start, end, kind, where)
-        found = self._mysql._query(f"SELECT {', '.join(columns)} FROM rollups WHERE {conditions} ORDER BY bucket",
-                                   params)
+        found = self._mysql._query(f"SELECT {', '.join(columns)} FROM rollups WHERE {conditions} "
+                                   f"ORDER BY {', '.join(('bucket', *order))}", params)
         convert = [_COLUMN_TYPES.get(name, _text) for name in columns]
         return [tuple(to(value) for to, value in zip(convert, row)) for row in found]
 

@@ -17,8 +17,8 @@ from typing import Sequence
 from orion.analytics.rollup import DIMENSIONS, RollupKey, RollupRow
 from orion.store.base import StoreError, with_backoff
 from orion.store.rollups_base import (
-    KEY_COLUMNS, RollupStore, RollupWrite, StoredRollup, check_columns, check_where, latest_rows, parse_sums,
-    sums_json,
+    KEY_COLUMNS, RollupStore, RollupWrite, StoredRollup, check_columns, check_order, check_where, latest_rows,
+    parse_sums, sums_json,
 )
 from orion.store.sqlite import sqlite_path
 
@@ -61,9 +61,9 @@ def _is_busy(err: Exception) -> bool:
 
 
 def row_values(row: RollupRow, now: int) -> tuple:
-    aggregate = row.aggregate
-    return (*row.key, row.writer, row.version, aggregate.records, aggregate.estimate(), aggregate.sketch_bytes(),
-            sums_json(row), now)
+    key, writer, version, aggregate = row
+    return (*key, writer, version, aggregate.records, aggregate.estimate(), aggregate.sketch_bytes(),
+            sums_json(row) if aggregate.sums else "", now)
 
 
 class SqliteRollupStore(RollupStore):
@@ -153,13 +153,20 @@ class SqliteRollupStore(RollupStore):
                 for row in found]
 
     def scan(self, tenant: str, granularity: str, start: int, end: int, columns: Sequence[str], *,
-             kind: str | None = None, where: dict[str, str] | None = None) -> list[tuple]:
+             kind: str | None = None, where: dict[str, str] | None = None, order: Sequence[str] = ()
+             ) -> list[tuple]:
         check_columns(columns)
+        check_order(order)
         conditions, params = self._conditions(tenant, granularity, start, end, kind, where)
         selected = ", ".join(columns)
+        if kind is not None and tuple(order) == DIMENSIONS[:len(order)]:
+            # The primary key's order (bucket, kind, then the dimensions in this order)
+            # is already the order asked for: SQLite need not sort each bucket's rows.
+            order = ()
         try:
             rows = self.connection.execute(
-                f"SELECT {selected} FROM rollups WHERE {conditions} ORDER BY bucket", params).fetchall()
+                f"SELECT {selected} FROM rollups WHERE {conditions} ORDER BY {', '.join(('bucket', *order))}",
+                params).fetchall()
         except sqlite3.OperationalError as err:
             if "no such table" in str(err):
                 raise self._no_tables(err) from err

@@ -22,18 +22,23 @@ still lands in its minute and rewrites it.
 
 Bounded (files): a row is complete only when the input is, so no state is kept per row:
 
-    records ─► DayParts (per bundle, per tenant-day) ─► GroupDays ─► DayRows ─► WriteRollups
+    records ─► DayParts (per bundle, per tenant-day) ─► GroupDays ─► WriteRollups (day_rows, then upserts)
 
 Each kind of record (stored activities, outcomes, ...) gets its own PartialRollups or
 DayParts step, fused with the lead step that emits it, and only their partials meet.
 
-DayRows writes each tenant-day's minute rows, its hours built from them and the day
-built from the hours, once, under one writer id for the run.
+The step that writes them builds each tenant-day's minute rows, its hours from them and
+the day from the hours (day_rows), and upserts each once, under one writer id for the
+run: the rows never cross to another step one by one. What crosses to GroupDays is one
+RowParts per bundle and tenant-day, columns of plain values (RowPartsCoder). RollUp
+alone (bounded) yields the same rows as elements (DayRows).
 
     orion run                # the graph writes its roll-ups beside the activities
 """
 from __future__ import annotations
 
+import functools
+import pickle
 from typing import Any, Tuple
 
 import apache_beam as beam
@@ -58,6 +63,7 @@ ROLLUP_SOURCE = "rollups"  # DeadLetter.source of the rows the store refused
 DEFAULT_GRACE_MS = 5 * 60_000  # a row's state lives this long past its bucket and the allowed lateness
 DEFAULT_BATCH_SIZE = 2000  # rows per upsert: a bounded run writes each row once, in bulk
 _GLOBAL = (GlobalWindow(),)
+_new_row = functools.partial(tuple.__new__, RollupRow)  # a row from its fields, without RollupRow(...)'s checks
 
 
 class BucketStateCoder(Coder):
@@ -74,6 +80,34 @@ class BucketStateCoder(Coder):
 
     def to_type_hint(self):
         return BucketState
+
+
+class RowPartsCoder(Coder):
+    """RowParts <-> bytes, for what crosses from DayParts to GroupDays within a run
+    (pickled as columns, see orion.analytics.rollup.RowParts; never kept as state). Its
+    size estimate encodes nothing: the runner samples the size of what crosses between
+    steps, and a tenant-day's parts are few and large, so sampling would encode most of
+    them a second time."""
+
+    ROW_BYTES = 100  # about what one minute row of a few leads takes, pickled
+
+    def encode(self, parts: RowParts) -> bytes:
+        return pickle.dumps(parts, pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, encoded: bytes) -> RowParts:
+        return pickle.loads(encoded)
+
+    def estimate_size(self, parts: RowParts) -> int:
+        return self.ROW_BYTES * len(parts)
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def to_type_hint(self):
+        return RowParts
+
+
+beam.coders.registry.register_coder(RowParts, RowPartsCoder)
 
 
 def _at(ms: int) -> Timestamp:
@@ -186,27 +220,28 @@ class _DayPartsFn(_PartialRollupsFn):
             yield WindowedValue((day, parts), _at(day[1]), _GLOBAL)
 
 
-def _day_rows(writer: str):
-    """((tenant, day), its bundles' minute rows) -> RollupRows of its minutes (merged),
+def day_rows(element, writer: str) -> list[RollupRow]:
+    """((tenant, day), its bundles' minute rows) -> its RollupRows: its minutes (merged),
     hours (built from the minutes) and the day (built from the hours), each written once
-    (version 1)."""
-
-    def rows(element):
-        _, bundles = element  # the tenant-day's minute rows, one RowParts per bundle that had some
-        level: dict = {}
-        for parts in bundles:
-            for key, aggregate in parts.items():
-                level.setdefault(key, []).append(aggregate)
-        while level:
-            coarser: dict = {}
-            for key, members in level.items():
-                aggregate = merge_all(members)
-                yield RollupRow(key, writer, 1, aggregate)
-                up = key.coarser()
-                if up is not None:
-                    coarser.setdefault(up, []).append(aggregate)
-            level = coarser
-
+    (version 1) under `writer`. An hour of one minute (a day of one hour) shares that
+    row's aggregate: nothing is merged or serialized twice."""
+    _, bundles = element  # the tenant-day's minute rows, one RowParts per bundle that had some
+    level = None
+    for parts in bundles:
+        level = parts if level is None else level.merge(parts)
+    rows = []
+    while level:
+        coarser: dict = {}
+        for key, aggregate in level.items():
+            rows.append(_new_row((key, writer, 1, aggregate)))
+            up = key.coarser()
+            if up is not None:
+                found = coarser.get(up)
+                if found is None:
+                    coarser[up] = [aggregate]
+                else:
+                    found.append(aggregate)
+        level = {key: merge_all(members) for key, members in coarser.items()}
     return rows
 
 
@@ -259,6 +294,42 @@ class _WriteRollupsFn(beam.DoFn):
             store.close()
 
 
+class _WriteDayRowsFn(_WriteRollupsFn):
+    """Bounded input: ((tenant, day), its bundles' minute rows) -> the tenant-day's rows
+    (day_rows, under the run's writer id), upserted as _WriteRollupsFn does. Building
+    the rows where they are written keeps them from crossing to another step one by one
+    (each crossing, and the runner's sampling of what crosses, costs as much as the
+    row's own arithmetic)."""
+
+    def __init__(self, store_uri: str, batch_size: int, writer: str):
+        super().__init__(store_uri, batch_size)
+        self.writer = writer
+
+    def process(self, element):
+        self.batch += day_rows(element, self.writer)
+        if len(self.batch) >= self.batch_size:
+            yield from self._flush()
+
+
+class GroupDayParts(beam.PTransform):
+    """Bounded input: a tuple of PCollections of what the lead steps emit -> ((tenant,
+    day), its bundles' minute rows): each bundle's records merged per tenant-day
+    (DayParts, fused with the step that emits them), then grouped by tenant-day
+    (GroupDays: no keyed state per row; each bundle's parts are merged already, so they
+    are grouped, not combined again)."""
+
+    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...] = ()):
+        super().__init__()
+        self.rules_dir = rules_dir
+        self.template_dirs = tuple(template_dirs)
+
+    def expand(self, inputs):
+        day_parts = [records | f"DayParts{i}" >> beam.ParDo(_DayPartsFn(self.rules_dir, self.template_dirs)
+                                                            ).with_output_types(Tuple[Tuple[str, int], RowParts])
+                     for i, records in enumerate(inputs)]
+        return tuple(day_parts) | "AllDayParts" >> beam.Flatten() | "GroupDays" >> beam.GroupByKey()
+
+
 class RollUp(beam.PTransform):
     """A tuple of PCollections of what the lead steps emit -> roll-up rows
     (orion.analytics.rollup.RollupRow) of every granularity.
@@ -288,13 +359,8 @@ class RollUp(beam.PTransform):
             # Each row is complete once the input is: one combine per tenant-day, no
             # per-row state. The run's rows share one writer id, fixed here, so a retried
             # bundle rewrites the same rows.
-            day_parts = [records | f"DayParts{i}" >> beam.ParDo(_DayPartsFn(self.rules_dir, self.template_dirs)
-                                                                ).with_output_types(Tuple[Tuple[str, int], Any])
-                         for i, records in enumerate(inputs)]
-            return (tuple(day_parts) | "AllDayParts" >> beam.Flatten()
-                    # Each bundle's parts are merged already: grouped, not combined again.
-                    | "GroupDays" >> beam.GroupByKey()
-                    | "DayRows" >> beam.FlatMap(_day_rows(new_writer())))
+            return (inputs | "GroupDayParts" >> GroupDayParts(self.rules_dir, self.template_dirs)
+                    | "DayRows" >> beam.FlatMap(day_rows, new_writer()).with_output_types(RollupRow))
         minute_parts = [records | f"PartialRollups{i}" >> beam.ParDo(
             _PartialRollupsFn(self.rules_dir, self.template_dirs)).with_output_types(Tuple[str, Any])
             for i, records in enumerate(inputs)]
@@ -327,15 +393,24 @@ class WriteRollups(beam.PTransform):
 
 class RollUpAndWrite(beam.PTransform):
     """RollUp, then WriteRollups: what the graph attaches to the lead steps' outputs.
-    Returns the dead letters of the rows the store refused."""
+    Returns the dead letters of the rows the store refused. Bounded, each tenant-day's
+    rows are built by the step that writes them (GroupDayParts, then WriteDayRows), all
+    under one writer id for the run, fixed here, so a retried bundle rewrites the same
+    rows."""
 
     def __init__(self, store_uri: str, rules_dir: str, template_dirs: tuple[str, ...] = (), *,
                  allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS, grace_ms: int = DEFAULT_GRACE_MS,
-                 bounded: bool = True):
+                 bounded: bool = True, batch_size: int = DEFAULT_BATCH_SIZE):
         super().__init__()
         self.store_uri = store_uri
+        self.bounded = bounded
+        self.batch_size = batch_size
         self.rollup = RollUp(rules_dir, template_dirs, allowed_lateness_ms=allowed_lateness_ms, grace_ms=grace_ms,
                              bounded=bounded)
 
     def expand(self, inputs):
-        return inputs | "RollUp" >> self.rollup | "WriteRollups" >> WriteRollups(self.store_uri)
+        if self.bounded:
+            days = inputs | "RollUp" >> GroupDayParts(self.rollup.rules_dir, self.rollup.template_dirs)
+            return days | "WriteRollups" >> beam.ParDo(
+                _WriteDayRowsFn(self.store_uri, self.batch_size, new_writer()))
+        return inputs | "RollUp" >> self.rollup | "WriteRollups" >> WriteRollups(self.store_uri, self.batch_size)
