@@ -1,8 +1,10 @@
-"""The analytics HTTP API and its dashboard, against roll-ups the Beam graph wrote: the
-real server (aiohttp, on a free port) started by the test, the API's answers and
-refusals, and the dashboard page loaded in headless Chromium (Debian's `chromium`,
-driven over the DevTools protocol), whose charts must show the numbers the input
-makes. A machine without Chromium fails the browser test with what to install.
+"""The analytics HTTP API and its dashboard, against roll-ups the Beam graph wrote and
+experiment impressions and conversions stored beside them: the real server (aiohttp, on
+a free port) started by the test, the API's answers and refusals, the experiments
+report's answers (the report command's own, for the key's tenant only, kept for a
+while), and the dashboard page loaded in headless Chromium (Debian's `chromium`, driven
+over the DevTools protocol), whose charts and experiments tables must show the numbers
+the input makes. A machine without Chromium fails the browser test with what to install.
 
     .venv/bin/python -m pytest -q tests/test_analytics_dashboard.py
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import shutil
 import subprocess
 import tempfile
@@ -22,8 +25,11 @@ from pathlib import Path
 import apache_beam as beam
 import pytest
 
-from orion.analytics.app import Analytics, AnalyticsSettings, run_server
+from orion.activities import MS_PER_DAY, Activity
+from orion.analytics.app import Analytics, AnalyticsSettings, ExperimentRules, load_experiment_rules, run_server
 from orion.collector.keys import KeyStore, add_key
+from orion.decisions.experiments import Z_95, experiment_report
+from orion.store import open_store
 from orion.pipelines.activity_graph import GraphSettings, build_activity_graph
 from orion.transforms.flows import QueueEmails
 from orion.transforms.intake import ParseActivities
@@ -44,12 +50,32 @@ campaigns:
   - name: Every visit
     triggers: [{activity: visit_web_page}]
     qualification: every_time
+experiences:
+  - name: Hero
+    placement: home_hero
+    variants:
+      - {name: a, weight: 1, json: A}
+      - {name: b, weight: 1, json: B}
+    control: {weight: 1}
+    goal:
+      activity: fill_out_form
+      where: {form: {is: Demo}}
+      within: {n: 7, unit: days}
+  - name: Banner
+    placement: banner
+    variants: [{name: only, weight: 1, json: x}]
 """
 OTHER = """
 tenant: bank
 campaigns:
   - name: Bank visit
     triggers: [{activity: visit_web_page}]
+experiences:
+  - name: Hero
+    placement: home_hero
+    variants: [{name: a, weight: 1, json: A}]
+    control: {weight: 1}
+    goal: {activity: fill_out_form, within: {n: 7, unit: days}}
 """
 
 
@@ -89,14 +115,56 @@ EXPECTED = {
 }
 
 
+# The experiments: shop's Hero, arm -> (leads, of which convert inside the goal's window).
+# Each arm's first lead is shown the experience twice; one lead of `a` also fills the
+# form after the window, which does not count.
+HERO = {"a": (4, 2), "b": (3, 0), "control": (4, 1)}
+
+
+def experiment_activities() -> list[Activity]:
+    """Impressions and goal activities, stored as the decision service's impressions are
+    (the graph keeps them like any other activity). Written straight into the store: the
+    report reads the activities, not the roll-ups, so the charts' numbers stay EVENTS'."""
+    found = []
+
+    def add(tenant: str, lead: str, type_: str, at: int, **attributes):
+        found.append(Activity(f"x{len(found)}", tenant, lead, type_, at, attributes))
+
+    for arm, (leads, converted) in HERO.items():
+        for k in range(leads):
+            lead, first = f"hero-{arm}-{k}", T0 + k * MINUTE
+            for seen in (first, first + MS_PER_DAY)[:2 if k == 0 else 1]:
+                add("shop", lead, "experience_impression", seen, experience="Hero", variant=arm,
+                    placement="home_hero", control=arm == "control")
+            if k < converted:
+                add("shop", lead, "fill_out_form", first + 6 * MS_PER_DAY, form="Demo")
+            elif arm == "a" and k == converted:
+                add("shop", lead, "fill_out_form", first + 8 * MS_PER_DAY, form="Demo")
+    for k in range(2):
+        add("shop", f"banner-{k}", "experience_impression", T0 + k * SECOND, experience="Banner", variant="only",
+            placement="banner", control=False)
+    # bank's Hero: its own leads, none of shop's business
+    for k in range(5):
+        add("bank", f"bank-{k}", "experience_impression", T0, experience="Hero", variant="a",
+            placement="home_hero", control=False)
+        add("bank", f"bank-{k}", "fill_out_form", T0 + MS_PER_DAY, form="Demo")
+    return found
+
+
 @pytest.fixture(scope="module")
-def graph_store(tmp_path_factory) -> str:
-    """The Beam graph (bounded, with flows) run over EVENTS, its roll-ups in a SQLite store."""
-    folder = tmp_path_factory.mktemp("analytics")
-    rules = folder / "rules"
-    rules.mkdir()
+def rules_dir(tmp_path_factory) -> Path:
+    rules = tmp_path_factory.mktemp("rules")
     (rules / "shop.yaml").write_text(RULES)
     (rules / "bank.yaml").write_text(OTHER)
+    return rules
+
+
+@pytest.fixture(scope="module")
+def graph_store(tmp_path_factory, rules_dir) -> str:
+    """The Beam graph (bounded, with flows) run over EVENTS, its roll-ups in a SQLite
+    store; the experiments' activities stored beside them."""
+    folder = tmp_path_factory.mktemp("analytics")
+    rules = rules_dir
     store = f"sqlite:///{folder / 'activities.db'}"
     with beam.Pipeline() as pipeline:
         activities, dead = pipeline | beam.Create(EVENTS) | ParseActivities(str(rules))
@@ -104,14 +172,26 @@ def graph_store(tmp_path_factory) -> str:
                                                              rollup_store_uri=store),
                              store_sink=WriteActivities(store), profile_sink=WriteProfiles(store),
                              outbox_sink=QueueEmails(f"sqlite:///{folder / 'outbox.db'}"))
+    write_activities(store, experiment_activities())
     return store
+
+
+def write_activities(uri: str, activities: list[Activity]) -> None:
+    opened = open_store(uri)
+    try:
+        opened.init()
+        opened.write(activities)
+        opened.index_activities(activities)
+    finally:
+        opened.close()
 
 
 class Server:
     """`orion analytics serve` in a thread of this process, on a free port."""
 
-    def __init__(self, store: str, keys: Path, settings: AnalyticsSettings = AnalyticsSettings()):
-        self.analytics = Analytics(KeyStore(keys), store, settings)
+    def __init__(self, store: str, keys: Path, settings: AnalyticsSettings = AnalyticsSettings(),
+                 experiments: ExperimentRules = ExperimentRules(), clock=time.monotonic):
+        self.analytics = Analytics(KeyStore(keys), store, settings, experiments, clock)
         self.started = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -142,11 +222,11 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def served(graph_store, tmp_path_factory):
+def served(graph_store, rules_dir, tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys") / "keys.yaml"
     shop_key, _ = add_key(keys, "shop")
     bank_key, _ = add_key(keys, "bank")
-    server = Server(graph_store, keys)
+    server = Server(graph_store, keys, experiments=load_experiment_rules(rules_dir))
     yield server, shop_key, bank_key
     server.stop()
 
@@ -220,6 +300,104 @@ def test_the_dashboard_and_its_scripts_are_served_by_orion_itself(served):
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(server.base + "/static/..%2Fapp.py", timeout=30)
     assert missing.value.code == 404
+
+
+# --- the experiments report -----------------------------------------------------------
+
+
+def reported(store: str, rules: Path, tenant: str, **options) -> dict:
+    """What `orion analytics experiments --json` prints for the same store and rules."""
+    opened = open_store(store)
+    try:
+        return experiment_report(opened, load_experiment_rules(rules).experiences[tenant], **options)
+    finally:
+        opened.close()
+
+
+def test_the_experiments_api_answers_the_report_command_s_report(served, graph_store, rules_dir):
+    server, shop_key, _ = served
+    status, body, headers = server.get("/v1/analytics/experiments?tenant=shop", shop_key)
+    assert status == 200
+    assert body == reported(graph_store, rules_dir, "shop")
+    hero = next(found for found in body["experiences"] if found["experience"] == "Hero")
+    assert {row["arm"]: (row["leads"], row["impressions"], row["conversions"]) for row in hero["arms"]} == \
+        {arm: (leads, leads + 1, converted) for arm, (leads, converted) in HERO.items()}
+    assert int(headers["Age"]) >= 0
+    # the tenant is the key's when not named; the command's --experience, --goal and --days
+    assert server.get("/v1/analytics/experiments", shop_key)[1] == body
+    status, body, _ = server.get("/v1/analytics/experiments?experience=Hero&goal=fill_out_form&days=9", shop_key)
+    assert status == 200
+    assert body == reported(graph_store, rules_dir, "shop", only=["Hero"], goal_type="fill_out_form", days=9)
+    assert [found["experience"] for found in body["experiences"]] == ["Hero"]
+    assert {row["arm"]: row["conversions"] for row in body["experiences"][0]["arms"]}["a"] == 3  # day 8 counts
+
+
+def test_a_key_reads_the_experiments_of_its_own_tenant_only(served, graph_store, rules_dir):
+    server, shop_key, bank_key = served
+    status, body, _ = server.get("/v1/analytics/experiments?tenant=shop", bank_key)
+    assert (status, body["error"]) == (403, "forbidden") and "experiences" not in body
+    assert "hero-" not in json.dumps(body)
+    status, body, _ = server.get("/v1/analytics/experiments", bank_key)
+    assert status == 200 and body == reported(graph_store, rules_dir, "bank")
+    (hero,) = body["experiences"]
+    assert {row["arm"]: (row["leads"], row["conversions"]) for row in hero["arms"]} == {"a": (5, 5), "control": (0, 0)}
+    assert server.get("/v1/analytics/experiments?tenant=shop")[0] == 401
+
+
+@pytest.mark.parametrize("query, fragment", [
+    ("days=0", "days must be from 1 to 3650, not 0"),
+    ("days=seven", "days must be a whole number of days, not 'seven'"),
+    ("days=99999", "days must be from 1 to 3650"),
+    ("experience=Hreo", "no experience 'Hreo' (it has: Banner, Hero)"),
+    ("goal=buy_now", "goal 'buy_now' is not an activity type of tenant 'shop'"),
+    ("goal=" + "x" * 1001, "longer than 1000 characters"),
+])
+def test_the_experiments_api_refuses_what_it_cannot_answer(served, query, fragment):
+    server, shop_key, _ = served
+    status, body, _ = server.get(f"/v1/analytics/experiments?{query}", shop_key)
+    assert (status, body["error"]) == (400, "bad_query") and fragment in body["detail"]
+
+
+def test_an_experiments_report_is_kept_for_a_while_then_made_again(tmp_path, rules_dir):
+    """A report is made once per cache period: impressions stored after it show only once
+    the period has passed (the server's clock is the test's). A tenant whose rules do not
+    load is told so, and a tenant without experiences gets an empty report."""
+    store = f"sqlite:///{tmp_path / 'activities.db'}"
+    lead = "hero-a-0"
+    impression = Activity("i1", "shop", lead, "experience_impression", T0, {
+        "experience": "Hero", "variant": "a", "placement": "home_hero", "control": False})
+    write_activities(store, [impression])
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "shop.yaml").write_text((rules_dir / "shop.yaml").read_text())
+    (rules / "broken.yaml").write_text("tenant: broken\nexperiences:\n  - name: X\n    placment: p\n")
+    (rules / "plain.yaml").write_text("tenant: plain\ncampaigns: []\n")
+    keys = tmp_path / "keys.yaml"
+    key, _ = add_key(keys, "shop")
+    broken_key, _ = add_key(keys, "broken")
+    plain_key, _ = add_key(keys, "plain")
+    now = [1000.0]
+    server = Server(store, keys, AnalyticsSettings(experiments_cache_seconds=30), load_experiment_rules(rules),
+                    clock=lambda: now[0])
+
+    def hero_leads() -> dict:
+        status, body, headers = server.get("/v1/analytics/experiments?experience=Hero", key)
+        assert status == 200
+        return {row["arm"]: row["leads"] for row in body["experiences"][0]["arms"]}, int(headers["Age"])
+
+    try:
+        assert hero_leads() == ({"a": 1, "b": 0, "control": 0}, 0)
+        write_activities(store, [impression._replace(event_id="i2", lead_id="hero-b-0",
+                                                     attributes={**impression.attributes, "variant": "b"})])
+        now[0] += 29
+        assert hero_leads() == ({"a": 1, "b": 0, "control": 0}, 29)  # the report made 29 s ago
+        now[0] += 2
+        assert hero_leads() == ({"a": 1, "b": 1, "control": 0}, 0)  # 31 s: made again
+        status, body, _ = server.get("/v1/analytics/experiments", broken_key)
+        assert (status, body["error"]) == (503, "rules_refused") and "orion rules validate" in body["detail"]
+        assert server.get("/v1/analytics/experiments", plain_key)[:2] == (200, {"tenant": "plain", "experiences": []})
+    finally:
+        server.stop()
 
 
 # --- the browser --------------------------------------------------------------------
@@ -310,5 +488,22 @@ def test_the_dashboard_charts_show_what_the_graph_rolled_up(served):
         assert dict(totals)["fired"] == [["Every visit", "4"], ["Welcome", "2"]]
         assert dict(totals)["emails"] == [["queued", "1"], ["held", "1"]]
         assert dict(totals)["leads"] == [["unique leads", "2"]]
+        # The experiments panel: a table per experience, a row per arm, as the report says.
+        assert dashboard["experiments"]["error"] is None
+        tables = dict(json.loads(browser.evaluate(
+            "JSON.stringify([...document.querySelectorAll('#experiments table.experiment')].map(table => "
+            "[table.dataset.experience, [...table.tBodies[0].rows].map(row => "
+            "[...row.cells].map(cell => cell.textContent))]))")))
+        assert set(tables) == {"Hero", "Banner"}
+        # a: 2 of 4 leads against control's 1 of 4, lift +100%, Katz's interval
+        # exp(ln 2 +- 1.96 * sqrt(1/2 - 1/4 + 1/1 - 1/4)) - 1; b: no conversion, no lift.
+        low, high = 2 * math.exp(-Z_95) - 1, 2 * math.exp(Z_95) - 1
+        assert tables["Hero"] == [
+            ["a", "4", "5", "2", "50.0%", "+100.0%", f"{low * 100:+.1f}% .. {high * 100:+.1f}%"],
+            ["b", "3", "4", "0", "0.0%", "n/a", "n/a"],
+            ["control", "4", "5", "1", "25.0%", "control", ""],
+        ]
+        assert tables["Banner"] == [["only", "2", "2", "0", "n/a", "n/a", "n/a"]]
+        assert dashboard["experiments"]["tables"] == tables
     finally:
         browser.close()

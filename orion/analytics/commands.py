@@ -3,7 +3,8 @@
 
     orion analytics query --tenant acme --metric events --by type --granularity minute \\
         --from 2026-11-22T10:00:00Z --to 2026-11-22T11:00:00Z [--where source=input] [--top 5] [--format json]
-    orion analytics serve --store sqlite:///orion-data/activities.db --keys orion-data/collector-keys.yaml
+    orion analytics serve --store sqlite:///orion-data/activities.db --keys orion-data/collector-keys.yaml \\
+        [--rules DIR]
 
 `add_analytics_query_commands(commands)` registers both in the `analytics` command group
 (`orion.decisions.commands.analytics_commands`, which other reports join too); each sets
@@ -23,7 +24,7 @@ from orion.analytics.query import (
     METRICS, QUERY_GRANULARITIES, Query, QueryError, error_note, metric_of, parse_time, parse_where, run_query,
 )
 from orion.analytics.rollup import DIMENSIONS
-from orion.settings import DEFAULT_STORE
+from orion.settings import DEFAULT_STORE, SAMPLE_RULES
 
 DEFAULT_KEYS = Path("orion-data") / "collector-keys.yaml"  # the collector's keys file
 
@@ -59,9 +60,15 @@ def add_analytics_query_commands(commands) -> None:
     serve = group.add_parser(
         "serve", help="the analytics HTTP API and dashboard",
         description="Serve GET /v1/analytics/timeseries, GET /v1/analytics/topn and the dashboard at "
-        "/dashboard, over the roll-up store. Each request needs an API key of the collector's keys file "
+        "/dashboard, over the roll-up store, and GET /v1/analytics/experiments (the experiments report: "
+        "impressions, conversions and lift over control per experience and variant) over the activity store "
+        "and the experiences of --rules. Each request needs an API key of the collector's keys file "
         "(Authorization: Bearer KEY, X-Orion-Key or ?key=); it reads its key's tenant only.")
-    serve.add_argument("--store", default=DEFAULT_STORE, metavar="URI", help="(default: %(default)s)")
+    serve.add_argument("--store", default=DEFAULT_STORE, metavar="URI",
+                       help="the activity store, whose roll-ups the graph wrote beside it (default: %(default)s)")
+    serve.add_argument("--rules", type=Path, default=SAMPLE_RULES, metavar="DIR",
+                       help="rules directory with the experiences and their goals, read at start "
+                       "(default: the shipped samples)")
     serve.add_argument("--keys", type=Path, default=DEFAULT_KEYS, metavar="FILE",
                        help="the API keys file, hashes only (default: %(default)s)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
@@ -131,7 +138,7 @@ def _cell(value) -> str:
 def serve_command(args: argparse.Namespace) -> int:
     from orion.analytics.app import serve
 
-    return serve(args.store, args.keys, args.host, args.port)
+    return serve(args.store, args.keys, args.host, args.port, rules_dir=args.rules)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,10 @@
 // The Orion analytics dashboard: four charts from GET /v1/analytics/timeseries (events by
 // type, campaigns fired, emails queued and held, unique leads), drawn with uPlot, each
-// with a table of its series' totals. What it shows is also left in
-// window.orionDashboard ({ready, error, tenant, charts: {NAME: {series, x, y, totals}}}),
-// which the browser test reads.
+// with a table of its series' totals, and the experiments report (GET
+// /v1/analytics/experiments) as a table per experience, a row per arm. What it shows is
+// also left in window.orionDashboard ({ready, error, tenant, charts: {NAME: {series, x,
+// y, totals}}, experiments: {error, tables: {EXPERIENCE: [[cell, ...], ...]}}}), which
+// the browser test reads.
 "use strict";
 
 (function () {
@@ -10,7 +12,9 @@
   const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                   "#bcbd22", "#17becf"];
   const MOST_SERIES = 8; // more groups than this are summed into "other"
-  const state = window.orionDashboard = { ready: false, error: null, tenant: null, charts: {} };
+  const state = window.orionDashboard = { ready: false, error: null, tenant: null, charts: {},
+                                          experiments: { error: null, tables: {} } };
+  const EXPERIMENT_COLUMNS = ["arm", "leads", "impressions", "conversions", "rate", "lift", "95% interval"];
   const plots = {};
 
   const params = new URLSearchParams(window.location.search);
@@ -100,6 +104,90 @@
     if (!ranked.length) table.insertRow().insertCell().textContent = "nothing in this range";
   }
 
+  // A share as the report command prints it: 12.5%, or +12.5% for a change; null: n/a.
+  function percent(value, signed) {
+    if (value === null || value === undefined) return "n/a";
+    const text = (value * 100).toFixed(1) + "%";
+    return signed && value >= 0 ? "+" + text : text;
+  }
+
+  function armCells(row) {
+    const count = (n) => n.toLocaleString("en-US");
+    let lift, interval;
+    if (row.control) {
+      lift = "control";
+      interval = "";
+    } else {
+      lift = percent(row.lift, true);
+      interval = row.lift_low === null || row.lift_low === undefined ? "n/a"
+        : percent(row.lift_low, true) + " .. " + percent(row.lift_high, true);
+    }
+    return [row.arm, count(row.leads), count(row.impressions), count(row.conversions), percent(row.rate, false),
+            lift, interval];
+  }
+
+  function drawExperiments(report) {
+    const holder = field("experiments").querySelector(".reports");
+    holder.textContent = "";
+    state.experiments.tables = {};
+    for (const found of report.experiences) {
+      const table = document.createElement("table");
+      table.className = "experiment";
+      table.dataset.experience = found.experience;
+      const caption = table.createCaption();
+      caption.textContent = found.experience + " ";
+      const goal = document.createElement("span");
+      goal.className = "goal";
+      goal.textContent = "(placement " + found.placement + "; goal: " + (found.goal || "none, impressions only") +
+        "; first impression: " + (found.first_impression || "none yet") + ")";
+      caption.appendChild(goal);
+      const head = table.createTHead().insertRow();
+      for (const name of EXPERIMENT_COLUMNS) {
+        const cell = document.createElement("th");
+        cell.textContent = name;
+        head.appendChild(cell);
+      }
+      const body = table.createTBody();
+      const rows = found.arms.map(armCells);
+      found.arms.forEach((arm, i) => {
+        const line = body.insertRow();
+        line.dataset.arm = arm.arm;
+        if (arm.control) line.className = "control";
+        for (const text of rows[i]) line.insertCell().textContent = text;
+      });
+      state.experiments.tables[found.experience] = rows;
+      holder.appendChild(table);
+    }
+    if (!report.experiences.length) {
+      const none = document.createElement("p");
+      none.textContent = "No experiences in this tenant's rules.";
+      holder.appendChild(none);
+    }
+  }
+
+  // Its own errors stay in its panel: the charts do not depend on it.
+  async function showExperiments() {
+    const holder = field("experiments").querySelector(".reports");
+    state.experiments.error = null;
+    try {
+      const query = new URLSearchParams();
+      for (const name of ["goal", "days"]) if (params.get(name)) query.set(name, params.get(name));
+      const response = await fetch("/v1/analytics/experiments?" + query.toString(),
+                                   { headers: { "Authorization": "Bearer " + field("key").value } });
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.detail || body.error || ("HTTP " + response.status));
+      drawExperiments(body);
+    } catch (err) {
+      state.experiments.error = String(err.message || err);
+      state.experiments.tables = {};
+      holder.textContent = "";
+      const line = document.createElement("p");
+      line.className = "error";
+      line.textContent = state.experiments.error;
+      holder.appendChild(line);
+    }
+  }
+
   async function refresh() {
     state.ready = false;
     state.error = null;
@@ -110,6 +198,7 @@
     }
     sessionStorage.setItem("orionAnalyticsKey", field("key").value);
     status("loading ...");
+    const experiments = showExperiments();
     try {
       const [events, fired, queued, held, leads] = await Promise.all([
         timeseries("events", "type"), timeseries("qualified", "campaign"),
@@ -131,6 +220,7 @@
       field("leads").querySelector(".note").textContent =
         "Table: the most in one " + leads.granularity + ". " + (leads.note || "");
       status(events.from + " to " + events.to + ", by " + events.granularity);
+      await experiments;
       state.ready = true;
     } catch (err) {
       state.error = String(err.message || err);
