@@ -248,3 +248,167 @@ def test_history_counted_when_first_asked_for_equals_history_counted_at_once(acm
         assert one(acme, "home_hero", state._replace(attributes={"industry": "Retail"}),
                    {"device": "mobile"}).experience == "Default hero"
     store.close()
+
+
+def test_filters_joined_by_any_or_an_expression_admit_as_written(rules_dir):
+    rules_dir.write("""
+tenant: acme
+settings:
+  lists: [customers]
+  lead_attributes: {industry: string}
+experiences:
+  - name: Either
+    placement: one
+    audience:
+      filters:
+        - lead: {industry: {is: Retail}}
+        - member_of_list: customers
+      logic: any
+    variants: [{name: only, weight: 1, json: either}]
+  - name: Expression
+    placement: two
+    audience:
+      filters:
+        - lead: {industry: {is: Retail}}
+        - member_of_list: customers
+        - score: {ge: 10}
+      logic: 1 and (2 or 3)
+    variants: [{name: only, weight: 1, json: expression}]
+""")
+    _, experiences, refused = load_experiences(rules_dir.path)
+    assert refused == {}
+    acme = experiences["acme"]
+    retail, customer = LeadState(attributes={"industry": "Retail"}), LeadState(lists=frozenset({"customers"}))
+    assert one(acme, "one", retail).experience == "Either"
+    assert one(acme, "one", customer).experience == "Either"
+    assert one(acme, "one", EMPTY_LEAD_STATE).error == NO_MATCH
+    assert one(acme, "two", retail).error == NO_MATCH  # 1, but neither 2 nor 3
+    assert one(acme, "two", retail._replace(score=12)).experience == "Expression"
+    assert one(acme, "two", retail._replace(lists=frozenset({"customers"}))).experience == "Expression"
+    assert one(acme, "two", customer._replace(score=12)).error == NO_MATCH  # not 1
+
+
+SNIPPETS = """
+tenant: acme
+settings:
+  lead_attributes: {industry: string}
+experiences:
+  - name: Greeting
+    placement: greeting
+    variants:
+      - {name: only, weight: 1, template: "<b>{{ lead.first_name | default('there') }}</b> on {{ context['device'] }}"}
+  - name: Everything
+    placement: everything
+    variants: [{name: only, weight: 1, template: "{{ lead | tojson }}"}]
+"""
+
+
+@pytest.fixture
+def snippets(rules_dir):
+    rules_dir.write(SNIPPETS)
+    _, experiences, refused = load_experiences(rules_dir.path)
+    assert refused == {}
+    return experiences["acme"]
+
+
+def rendered(acme, renderer, placement, attributes, context, lead="L1"):
+    (decision,) = decide(acme, renderer, lead, LeadState(attributes=attributes), [placement],
+                         parse_context(context, T0), context, T0)
+    assert decision.error is None, decision
+    return decision.content
+
+
+def test_a_snippet_renders_once_for_the_same_values_of_what_it_reads(snippets):
+    renderer = SnippetRenderer()
+    ada = rendered(snippets, renderer, "greeting", {"first_name": "Ada", "industry": "Retail"}, {"device": "mobile"})
+    assert ada == "<b>Ada</b> on mobile" and renderer.renders == 1
+    # another lead, another attribute the snippet does not read, another context field: kept
+    assert rendered(snippets, renderer, "greeting", {"first_name": "Ada", "industry": "Banking"},
+                    {"device": "mobile", "country": "FR"}, lead="L2") == ada
+    assert renderer.renders == 1
+    # a value it reads changes: rendered again, with that value
+    assert rendered(snippets, renderer, "greeting", {"first_name": "Bob"}, {"device": "mobile"}) == \
+        "<b>Bob</b> on mobile"
+    assert rendered(snippets, renderer, "greeting", {"first_name": "Ada"}, {"device": "tablet"}) == \
+        "<b>Ada</b> on tablet"
+    assert rendered(snippets, renderer, "greeting", {}, {}) == "<b>there</b> on "
+    assert renderer.renders == 4
+    # values that are equal in Python but render differently are kept apart
+    assert rendered(snippets, renderer, "greeting", {"first_name": True}, {}) == "<b>True</b> on "
+    assert rendered(snippets, renderer, "greeting", {"first_name": 1}, {}) == "<b>1</b> on "
+    assert rendered(snippets, renderer, "greeting", {"first_name": 0.0}, {}) == "<b>0.0</b> on "
+    assert rendered(snippets, renderer, "greeting", {"first_name": -0.0}, {}) == "<b>-0.0</b> on "
+    # a value that is not plain (a list) is rendered every time
+    for _ in range(2):
+        assert rendered(snippets, renderer, "greeting", {"first_name": ["A", "B"]}, {}) == \
+            "<b>[&#39;A&#39;, &#39;B&#39;]</b> on "
+    assert renderer.renders == 10
+
+
+def test_a_snippet_that_reads_a_whole_token_renders_every_time(snippets):
+    renderer = SnippetRenderer()
+    for industry in ("Retail", "Retail", "Banking"):
+        assert rendered(snippets, renderer, "everything", {"industry": industry}, {}) == \
+            f'{{"id": "L1", "industry": "{industry}", "score": 0}}'
+    assert renderer.renders == 3
+
+
+def test_kept_renders_are_bounded_and_a_failed_render_is_not_kept(snippets, acme):
+    renderer = SnippetRenderer(entries=10)
+    for n in range(30):
+        assert rendered(snippets, renderer, "greeting", {"first_name": f"N{n}"}, {}) == f"<b>N{n}</b> on "
+    assert len(renderer._rendered) <= 10
+    assert rendered(snippets, renderer, "greeting", {"first_name": "N29"}, {}) == "<b>N29</b> on "
+    assert renderer.renders == 30  # the newest were kept
+    failing = SnippetRenderer()
+    for _ in range(2):
+        (decision,) = decide(acme, failing, "L1", EMPTY_LEAD_STATE, ["footer"], {}, {}, T0)
+        assert decision.error == CONTENT_FAILED
+    assert failing.renders == 2
+
+
+@pytest.mark.parametrize("source, inputs", [
+    ("{{ lead.first_name }} {{ context['device'] }} {{ experience.name }}",
+     (("context", "device"), ("lead", "first_name"))),
+    ("{{ lead.score + 1 }}{% if context.url %}{{ lead.first_name.upper() }}{% endif %}",
+     (("context", "url"), ("lead", "first_name"), ("lead", "score"))),
+    ("{{ experience }} {% for i in range(3) %}{{ i }}{% endfor %}", ()),
+    ("{{ lead }}", None),
+    ("{{ lead | tojson }}", None),
+    ("{% for k, v in lead.items() %}{{ k }}{% endfor %}", None),
+    ("{{ lead.get('first_name') }}", None),
+    ("{% set name = 'device' %}{{ context[name] }}", None),
+    ("{% set lead = {} %}{{ lead.first_name }}", None),
+    ("{% for context in [1] %}{{ context }}{% endfor %}", None),
+    ("{{ [1, 2] | random }}", None),
+    ("{{ ['a'] | map('random') | list }}", None),
+    ("{{ lipsum(1) }}", None),
+])
+def test_what_a_snippet_reads_is_known_or_it_is_rendered_every_time(source, inputs):
+    from orion.decisions.core import snippet_inputs
+    from orion.templates.sandbox import TemplateSandbox
+
+    assert snippet_inputs(TemplateSandbox(autoescape=True), source) == inputs
+
+
+def test_expired_leads_leave_the_cache(acme, tmp_path):
+    from orion.decisions.leads import LeadReader
+
+    store = open_store(f"sqlite:///{tmp_path}/a.db")
+    store.init()
+    clock = Clock()
+    reader = LeadReader(store, ttl_s=0.5, max_entries=100, clock=clock)
+    for n in range(20):
+        reader.read("acme", f"L{n}", (), T0)
+    assert len(reader._cache) == 20
+    clock.now += 0.5
+    reader.read("acme", "L20", (), T0)
+    assert list(reader._cache) == [("acme", "L20")]  # kept no longer than they may be used
+    # a lead read again is kept for the TTL from its last read
+    clock.now += 0.3
+    reader.read("acme", "L1", (), T0)
+    clock.now += 0.3
+    reader.read("acme", "L2", (), T0)
+    assert reader.cached("acme", "L1") is not None and reader.cached("acme", "L20") is None
+    assert set(reader._cache) == {("acme", "L1"), ("acme", "L2")}
+    store.close()

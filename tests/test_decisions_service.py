@@ -60,11 +60,12 @@ experiences:
 
 
 class DecideThread:
-    """`run_decider` on its own event loop in a thread, on a free port."""
+    """`run_decider` on its own event loop in a thread, on a free port: the loop `orion
+    decide serve` runs on (uvloop's)."""
 
     def __init__(self, rules_dir: Path, keys_path: Path, store_uri_or_store, topic: str, **settings):
         from orion.decisions.app import DecideSettings
-        from orion.decisions.commands import run_decider
+        from orion.decisions.commands import new_event_loop, run_decider
 
         rules, experiences, refused = load_experiences(rules_dir)
         assert refused == {}
@@ -85,7 +86,8 @@ class DecideThread:
 
         def target():
             try:
-                asyncio.run(main())
+                with asyncio.Runner(loop_factory=new_event_loop) as runner:
+                    runner.run(main())
             except BaseException as err:  # noqa: BLE001 - reported to the test
                 self.error = err
                 self._ready.set()
@@ -413,3 +415,80 @@ def test_orion_decide_serve_serves_until_told_to_stop(emulator_env, rules_dir, k
     assert "orion decide: stopped" in output
     (message,) = drain(subscription, quiet_seconds=2.0)  # the impression was published before it stopped
     assert [event["lead_id"] for event in json.loads(message.data)] == ["L1"]
+
+
+def test_a_body_that_comes_in_pieces_is_waited_for(start, key, tmp_path):
+    service = start(f"sqlite:///{tmp_path / 'store.db'}", body_timeout=5.0)
+    body = json.dumps({"lead_id": "L1", "placements": ["home_hero"]}).encode()
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as connection:
+        connection.sendall(f"POST /v1/decide HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                           + body[:10])
+        time.sleep(0.3)
+        connection.sendall(body[10:])
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            chunk = connection.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"200", answer
+    assert json.loads(body)["decisions"][0]["experience"] == "Default hero"
+
+
+def test_metrics_are_served_as_prometheus_counters_and_a_histogram():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from orion.decisions.app import DecideMetrics
+
+    metrics = DecideMetrics()
+    metrics.requests.inc(("/v1/decide", "200"))
+    metrics.requests.inc(("/v1/decide", "200"))
+    metrics.requests.inc(("/healthz", "200"))
+    metrics.impressions.inc(("published",), 5)
+    for seconds in (0.0004, 0.001, 0.003, 2.0):
+        metrics.seconds.observe(seconds)
+    samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(metrics.render().decode()) for sample in family.samples}
+    assert samples[("orion_decide_requests_total", (("route", "/v1/decide"), ("status", "200")))] == 2
+    assert samples[("orion_decide_requests_total", (("route", "/healthz"), ("status", "200")))] == 1
+    assert samples[("orion_decide_impressions_total", (("result", "published"),))] == 5
+    buckets = {dict(labels)["le"]: value for (name, labels), value in samples.items()
+               if name == "orion_decide_seconds_bucket"}
+    # cumulative, and a value on a bucket's bound is in that bucket (le: at most)
+    assert buckets["0.0005"] == 1 and buckets["0.001"] == 2 and buckets["0.005"] == 3 and buckets["1.0"] == 3
+    assert buckets["+Inf"] == 4 and samples[("orion_decide_seconds_count", ())] == 4
+    assert samples[("orion_decide_seconds_sum", ())] == pytest.approx(2.0044)
+
+
+def test_a_revoked_key_is_refused_though_it_was_verified_before(start, key, tmp_path):
+    from orion.collector.keys import revoke_key
+
+    service = start(f"sqlite:///{tmp_path / 'store.db'}")
+    body = {"lead_id": "L1", "placements": ["home_hero"]}
+    for _ in range(3):  # verified once, then remembered
+        assert service.decide(body, key)[0] == 200
+    (record,) = KeyStore(tmp_path / "keys.yaml")._keys.values()
+    revoke_key(tmp_path / "keys.yaml", record.id)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and service.decide(body, key)[0] == 200:
+        time.sleep(0.1)
+    status, _, answer = service.decide(body, key)
+    assert status == 401 and answer["error"] == "invalid_key"
+
+
+def test_remembered_keys_are_verified_again_when_the_keys_file_changes(tmp_path):
+    from orion.collector.keys import revoke_key
+
+    clock = [0.0]
+    path = tmp_path / "keys.yaml"
+    first, first_record = add_key(path, "acme", "one")
+    second, _ = add_key(path, "globex", "two")
+    remembered = KeyStore(path, clock=lambda: clock[0])
+    assert remembered.verify(first).tenant == "acme" and remembered.verify(second).tenant == "globex"
+    assert remembered.verify(first[:-1] + "x") is None and len(remembered._verified) == 2  # misses: not kept
+    revoke_key(path, first_record.id)
+    assert remembered.verify(first).tenant == "acme"  # the store has not looked at the file yet
+    clock[0] += 1.0
+    assert remembered.verify(first) is None  # it has: refused at once
+    assert remembered.verify(second).tenant == "globex"

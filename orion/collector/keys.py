@@ -128,9 +128,17 @@ def revoke_key(path: Path, key_id: str) -> ApiKey | None:
 
 
 class KeyStore:
-    """The keys of a running collector: `verify(key)` -> the ApiKey (so its tenant) or
+    """The keys of a running service: `verify(key)` -> the ApiKey (so its tenant) or
     None. Rereads the file when its modification time changes (checked at most once a
-    second); a file that turns unreadable keeps the keys last read."""
+    second); a file that turns unreadable keeps the keys last read.
+
+    A service sees the same few keys on every request, so the keys that verified are
+    remembered (at most MAX_REMEMBERED) and a request presenting one again skips the
+    pattern match and the hash; the file reread (a key added or revoked), they are
+    forgotten and verified again, so a revoked key is refused as soon as it would be
+    without them. A key that does not verify is not remembered."""
+
+    MAX_REMEMBERED = 10_000
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic):
         self.path = Path(path)
@@ -138,6 +146,7 @@ class KeyStore:
         self._keys = read_keys(self.path)
         self._stamp = self._file_stamp()
         self._checked = clock()
+        self._verified: dict[str, ApiKey] = {}
         self.reload_errors = 0
 
     def _file_stamp(self):
@@ -160,6 +169,7 @@ class KeyStore:
                 self.reload_errors += 1
                 return
             self._stamp = stamp
+            self._verified = {}
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -169,9 +179,14 @@ class KeyStore:
 
     def verify(self, presented: str) -> ApiKey | None:
         self._maybe_reload()
+        remembered = self._verified.get(presented)
+        if remembered is not None:
+            return remembered
         match = _KEY_PATTERN.match(presented)
         record = self._keys.get(match.group(1)) if match else None
         expected = record.sha256 if record is not None else _DUMMY_DIGEST
         if hmac.compare_digest(digest(presented), expected) and record is not None:
+            if len(self._verified) < self.MAX_REMEMBERED:
+                self._verified[presented] = record
             return record
         return None

@@ -16,7 +16,9 @@ A content snippet (Jinja2) renders in the template sandbox, with budgets of its 
 placement, with the reason, never the request. Tokens: `lead.*` (attributes, `lead.id`,
 `lead.score`; a missing one is undefined: `{{ lead.first_name | default("there") }}`),
 `context.*` (the request's context as sent) and `experience.*` (name, variant, placement).
-The HTML it renders is autoescaped.
+The HTML it renders is autoescaped. A snippet reads only the tokens it names, so what it
+rendered is kept (a bounded number of renders) under the values of those tokens, and
+the same values give the kept HTML without rendering again.
 
     python -c "from orion.decisions.core import parse_context; print(parse_context({'local_time': '09:30'}, 0))"
 """
@@ -164,33 +166,128 @@ def assign(tenant: str, experience: Experience, lead_id: str) -> Variant:
 
 def choose(experiences: tuple[Experience, ...], state: LeadState, context: dict, now: int) -> Experience | None:
     """The first experience, in the order given, open now whose audience admits the
-    visitor: the context conditions first (cheap, often decisive), then the filters."""
+    visitor: the context conditions first (cheap, often decisive), then the filters.
+    (Experience.scheduled, context_met and filters_met, written out: a placement may try
+    dozens of experiences on every request, and the calls cost more than the tests.)"""
     for experience in experiences:
-        if experience.scheduled(now) and experience.context_met(context, now) and experience.filters_met(state, now):
-            return experience
+        starting, ending = experience.starting, experience.ending
+        if (starting is not None and now < starting) or (ending is not None and now >= ending):
+            continue
+        for field, test in experience.context:
+            if not test(context.get(field), now):
+                break
+        else:
+            if experience.logic_text != "all":
+                if experience.filters_met(state, now):
+                    return experience
+                continue
+            for found in experience.filters:
+                if not found.test(state, now):
+                    break
+            else:
+                return experience
+    return None
+
+
+# Renders kept by a SnippetRenderer at most; past it the oldest tenth is dropped.
+RENDERED_ENTRIES = 10_000
+_MISSING = object()  # a token a snippet names that the lead or the context does not have
+_TOKEN_NAMES = ("lead", "context", "experience")
+
+
+class Snippet(NamedTuple):
+    """A compiled snippet and what it reads: `inputs`, the (token, name) pairs it looks up
+    (`lead.first_name`, `context["device"]`), or None when its HTML may depend on more
+    than those (then it is rendered every time)."""
+
+    template: jinja2.Template
+    inputs: tuple[tuple[str, str], ...] | None
+    number: int  # the snippet's place among the renderer's, in the keys of its renders
+
+
+def snippet_inputs(environment: jinja2.Environment, source: str) -> tuple[tuple[str, str], ...] | None:
+    """The (token, name) pairs a snippet reads, when `lead` and `context` appear only as
+    `token.name` or `token["name"]` with a constant name that is not a dict method (so a
+    look-up gives that one value), the snippet assigns none of the token names and uses
+    nothing random (the `random` filter, `lipsum`); None otherwise. `experience` may be
+    used in any way: it is the same for every render of a snippet."""
+    from jinja2 import nodes
+
+    found: set[tuple[str, str]] = set()
+
+    def visit(node, parent) -> bool:
+        if isinstance(node, nodes.Name):
+            if node.name == "lipsum" or (node.name in _TOKEN_NAMES and node.ctx != "load"):
+                return False
+            if node.name in ("lead", "context"):
+                if isinstance(parent, nodes.Getattr) and parent.node is node and not hasattr(dict, parent.attr):
+                    found.add((node.name, parent.attr))
+                elif isinstance(parent, nodes.Getitem) and parent.node is node and \
+                        isinstance(parent.arg, nodes.Const) and isinstance(parent.arg.value, str):
+                    found.add((node.name, parent.arg.value))
+                else:
+                    return False
+        elif isinstance(node, nodes.Filter) and node.name == "random":
+            return False
+        elif isinstance(node, nodes.Const) and node.value == "random":  # map("random") and the like
+            return False
+        return all(visit(child, node) for child in node.iter_child_nodes())
+
+    return tuple(sorted(found)) if visit(environment.parse(source), None) else None
+
+
+def _input_value(value) -> tuple | None:
+    """A token's value as part of a key: with its type (True and 1 render differently),
+    floats by their repr (-0.0 and 0.0 too); None for what is not plain text, number,
+    boolean or null (a list, an object), which is not kept."""
+    kind = value.__class__
+    if kind is str or kind is int or kind is bool or value is None or value is _MISSING:
+        return kind, value
+    if kind is float:
+        return kind, repr(value)
     return None
 
 
 class SnippetRenderer:
     """Renders content snippets in the sandbox, each compiled once (per experience and
-    arm) on first use. `render` raises ContentFailed with a dead-letter reason."""
+    arm) on first use, and keeps what they render under the values of the tokens they
+    read (see snippet_inputs), for at most `entries` renders. `render` raises
+    ContentFailed with a dead-letter reason; a failed render is not kept."""
 
-    def __init__(self, limits: TemplateLimits = SNIPPET_LIMITS):
+    def __init__(self, limits: TemplateLimits = SNIPPET_LIMITS, entries: int = RENDERED_ENTRIES):
         self.limits = limits
+        self.entries = entries
         self.environment = TemplateSandbox(autoescape=True)
-        self._compiled: dict[tuple, jinja2.Template] = {}
+        self._compiled: dict[tuple, Snippet] = {}
+        self._rendered: dict[tuple, str] = {}
+        self.renders = 0  # renders run (not answered from what was kept)
+
+    def _snippet(self, experience: Experience, arm: Variant) -> Snippet:
+        key = (experience.tenant, experience.name, experience.placement, arm.name, arm.content)
+        snippet = self._compiled.get(key)
+        if snippet is None:
+            template = self.environment.from_string(arm.content)
+            snippet = self._compiled[key] = Snippet(template, snippet_inputs(self.environment, arm.content),
+                                                    len(self._compiled))
+        return snippet
 
     def render(self, experience: Experience, arm: Variant, lead_id: str, state: LeadState, raw_context: dict) -> str:
-        key = (experience.tenant, experience.name, arm.name, arm.content)
-        template = self._compiled.get(key)
         try:
-            if template is None:
-                template = self._compiled[key] = self.environment.from_string(arm.content)
+            snippet = self._snippet(experience, arm)
+            kept = None
+            if snippet.inputs is not None:
+                kept = self._key(snippet, lead_id, state, raw_context)
+                if kept is not None:
+                    found = self._rendered.get(kept)
+                    if found is not None:
+                        return found
+            template = snippet.template
             tokens = {
                 "lead": lead_tokens(lead_id, state),
                 "context": raw_context,
                 "experience": {"name": experience.name, "variant": arm.name, "placement": experience.placement},
             }
+            self.renders += 1
             with rendering(self.limits) as budget:
                 pieces, size = [], 0
                 for piece in template.root_render_func(template.new_context(tokens)):
@@ -198,10 +295,36 @@ class SnippetRenderer:
                     budget.chars(size, "the content")
                     budget.tick()
                     pieces.append(piece)
-            return "".join(pieces)
+            html = "".join(pieces)
         except Exception as err:  # noqa: BLE001 - a snippet is tenant code: whatever it raises fails this placement only
             raise ContentFailed(_reason(err), f"the content of {experience.name!r} ({arm.name}) failed: "
                                 f"{type(err).__name__}: {str(err)[:300]}") from None
+        if kept is not None:
+            rendered = self._rendered
+            if len(rendered) >= self.entries:
+                # The oldest tenth at once (insertion order): a full map costs a deletion
+                # now and then, not one on every render.
+                for key in list(rendered)[: max(1, self.entries // 10)]:
+                    del rendered[key]
+            rendered[kept] = html
+        return html
+
+    @staticmethod
+    def _key(snippet: Snippet, lead_id: str, state: LeadState, raw_context: dict) -> tuple | None:
+        """The key of a render: the snippet and the values of the tokens it reads (as
+        lead_tokens gives them: `id` and `score` over attributes of those names)."""
+        values = [snippet.number]
+        attributes = state.attributes
+        for token, name in snippet.inputs:
+            if token == "lead":
+                value = lead_id if name == "id" else state.score if name == "score" else attributes.get(name, _MISSING)
+            else:
+                value = raw_context.get(name, _MISSING)
+            found = _input_value(value)
+            if found is None:
+                return None
+            values.append(found)
+        return tuple(values)
 
 
 class ContentFailed(Exception):

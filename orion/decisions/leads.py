@@ -4,7 +4,9 @@ counted from the store's activity index and history (a profile keeps no history)
 
 Reads are cached for a short time (`ttl_s`, 0.25 s by default) in a bounded map
 (`max_entries`, the oldest entry dropped first): a change the graph writes to a profile
-is seen by decisions at most `ttl_s` after it is written. A lead with no profile is
+is seen by decisions at most `ttl_s` after it is written. An entry is dropped once it
+expires, so the map holds the leads of the last `ttl_s` only (what the garbage
+collector walks stays small, and its pauses short). A lead with no profile is
 unknown: it is decided for as an anonymous visitor, from the request's context and an
 empty profile. A profile that cannot be read is treated the same, and said so.
 
@@ -13,6 +15,7 @@ empty profile. A profile that cannot be read is treated the same, and said so.
 from __future__ import annotations
 
 import time
+from collections import deque
 from datetime import date, timedelta
 from typing import Callable, NamedTuple, Sequence
 
@@ -71,17 +74,26 @@ class StoredHistory(dict):
     asks for it (`get`): most decisions are settled by the context and the profile before
     a history filter is tried, and then the store is not asked, or asked for one counter."""
 
-    __slots__ = ("_count", "_pending")
+    # What count_history needs, held here rather than in a closure: a lead's cached view
+    # should be few objects, for the garbage collector walks them while they are cached.
+    __slots__ = ("_store", "_tenant", "_lead_id", "_now_ms", "_counters", "_asked")
 
-    def __init__(self, count: Callable[[Sequence[HistoryCounter]], dict], counters: Sequence[HistoryCounter]):
+    def __init__(self, store, tenant: str, lead_id: str, counters: Sequence[HistoryCounter], now_ms: int):
         super().__init__()
-        self._count = count
-        self._pending = {counter.key: counter for counter in counters}
+        self._store, self._tenant, self._lead_id, self._now_ms = store, tenant, lead_id, now_ms
+        self._counters = counters
+        self._asked: set | None = None  # made on the first `get`: most leads never need one
 
     def get(self, key, default=None):
-        counter = self._pending.pop(key, None)
-        if counter is not None:
-            self.update(self._count([counter]))
+        asked = self._asked
+        if asked is None:
+            asked = self._asked = set()
+        if key not in asked:
+            asked.add(key)
+            for counter in self._counters:
+                if counter.key == key:
+                    self.update(count_history(self._store, self._tenant, self._lead_id, [counter], self._now_ms))
+                    break
         return dict.get(self, key, default)
 
 
@@ -96,6 +108,10 @@ class LeadReader:
         self.max_entries = max_entries
         self._clock = clock
         self._cache: dict[tuple[str, str], tuple[float, LeadView]] = {}
+        # (expiry, key) in the order of insertion, which is the order of expiry (one TTL
+        # for all): the oldest are dropped from the front. A key read again has an older
+        # entry here too, which is passed over.
+        self._expiries: deque[tuple[float, tuple[str, str]]] = deque()
         self.hits = 0
         self.misses = 0
 
@@ -123,23 +139,29 @@ class LeadReader:
                 state, status = EMPTY_LEAD_STATE, UNREADABLE
         if counters:
             if lazy_history:
-                state = state._replace(history=StoredHistory(
-                    lambda wanted: count_history(self.store, tenant, lead_id, wanted, now_ms), counters))
+                history = StoredHistory(self.store, tenant, lead_id, counters, now_ms)
             else:
                 history = count_history(self.store, tenant, lead_id, counters, now_ms)
-                if history:
-                    state = state._replace(history=history)
+            if history or lazy_history:
+                state = state._replace(history=history)
         view = LeadView(state, status)
         if self.ttl_s > 0:
-            cache = self._cache
-            if len(cache) >= self.max_entries:
-                # Drop the oldest tenth at once (insertion order), so a full cache costs a
-                # dict deletion now and then rather than one on every miss.
-                for key in list(cache)[: max(1, self.max_entries // 10)]:
-                    del cache[key]
-            cache.pop((tenant, lead_id), None)
-            cache[(tenant, lead_id)] = (self._clock() + self.ttl_s, view)
+            now = self._clock()
+            self._drop_expired(now)
+            key = (tenant, lead_id)
+            expiry = now + self.ttl_s
+            self._cache[key] = (expiry, view)
+            self._expiries.append((expiry, key))
         return view
+
+    def _drop_expired(self, now: float) -> None:
+        """Drop the entries that have expired, and the oldest past `max_entries - 1`."""
+        cache, expiries = self._cache, self._expiries
+        while expiries and (expiries[0][0] <= now or len(cache) >= self.max_entries):
+            expiry, key = expiries.popleft()
+            found = cache.get(key)
+            if found is not None and found[0] == expiry:
+                del cache[key]
 
     def close(self) -> None:
         self.store.close()
