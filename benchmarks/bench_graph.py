@@ -29,6 +29,7 @@ Writes its section of BENCHMARKS.md (`<!-- bench:graph:... -->`).
     make bench-graph
     make bench-graph ARGS="--events 20000 --skip-pubsub"
     .venv/bin/python -m benchmarks.bench_graph --profile     # cProfile of the in-process file run
+    .venv/bin/python -m benchmarks.bench_graph --no-rollups  # Orion without roll-ups; prints only
 """
 from __future__ import annotations
 
@@ -111,12 +112,17 @@ def prepare(workdir: Path, events: int, campaigns: int, seed: int) -> tuple[Path
 # --- timing -------------------------------------------------------------------------
 
 
+# Orion's runs roll up into the store as `orion run` does by default; --no-rollups turns
+# them off (`orion run --no-rollups`), to see what they cost in the same run's terms.
+ROLLUPS = True
+
+
 def orion_config(rules: Path, workdir: Path, *, events: str | None = None, subscription: str | None = None,
                  beam_args: tuple[str, ...] = ()) -> RunConfig:
     out = workdir / "out"
     store = workdir / "store" / f"activities-{time.monotonic_ns()}.db"
     return RunConfig(str(rules), (), events, subscription, f"sqlite:///{store}", out,
-                     DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS, None, beam_args)
+                     DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS, None, beam_args, rollups=ROLLUPS)
 
 
 def time_orion_files(rules: Path, workdir: Path, beam_args: tuple[str, ...]) -> tuple[float, dict]:
@@ -414,7 +420,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only-pubsub", action="store_true", help="the Pub/Sub configuration only")
     parser.add_argument("--profile", action="store_true", help="profile the in-process file run and stop")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md")
+    parser.add_argument("--no-rollups", action="store_true",
+                        help="Orion's runs without analytics roll-ups (implies --no-write)")
     args = parser.parse_args(argv)
+    if args.no_rollups:
+        global ROLLUPS
+        ROLLUPS, args.no_write = False, True
 
     rules, lines = prepare(DATA_DIR, args.events, args.campaigns, args.seed)
     if args.profile:
