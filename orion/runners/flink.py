@@ -8,7 +8,7 @@ core as the Beam graph (`orion.flink.functions` are the adapters):
               │   (bounded, with an outbox: stored leads              ├─► OUTBOX: held emails,      ├─► QueueEmails
               │    whose flow wait is due by the horizon)             │   webhook calls ────────────┘
               │                                                       ├─► outcomes, STORE, emails, OUTBOX ─► RollUp
-              │                                                       │   (minutes ─► hours ─► days) ─► WriteRollups
+              │                                                       │   (minutes ─► hours and days, each writing its rows)
               │ DEAD                                                  │
               └───────────────────────────────────────────────────────┴─► DEAD, every stage's ─► WriteDeadLetters
 
@@ -493,8 +493,7 @@ def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
         rolled_up = [stored, steps] + ([emails, steps.get_side_output(fn.OUTBOX)] if run_flows else [])
         dead_letter_parts.append(attach_rollups(
             rolled_up, rollups_uri, rules_dir, template_dirs, config.allowed_lateness_ms, bounded=options.bounded,
-            batch_size=options.batch_size, flush_after_ms=options.flush_after_ms, shards=shards,
-            counters_dir=counters_dir))
+            batch_size=options.batch_size, flush_after_ms=options.flush_after_ms, counters_dir=counters_dir))
     write_lines(steps, OUTCOMES_NAME, "WriteOutcomes", "outcome-files")
     dead_letters = dead_letter_parts[0].union(*dead_letter_parts[1:])
     write_lines(dead_letters, DEAD_LETTERS_NAME, "WriteDeadLetters", "dead-letter-files")
