@@ -179,3 +179,21 @@ def test_roll_ups_of_a_migrating_run_go_to_its_new_store():
     assert rollup_store_uri("hbase://127.0.0.1:9090/activities") is None  # no roll-up tables there: none kept
     with pytest.raises(StoreError, match="no roll-up store"):
         open_rollup_store("postgres://x/y")
+
+
+def test_the_roll_ups_of_a_migrating_store_are_read_through_its_uri(tmp_path):
+    """`orion analytics query|serve --store migrating://...` (the run's own URI) reads the
+    roll-ups the run wrote to its new store."""
+    from orion.store.migrating import migration_store_uri
+
+    new = f"sqlite:///{tmp_path / 'new.db'}"
+    with open_rollup_store(new) as store:
+        store.init()
+        store.write([RollupRow(key(0), "w1", 1, aggregate("L1"))])
+    uri = migration_store_uri("active", "mysql://root@127.0.0.1:3306/legacy", new, str(tmp_path / "report"))
+    with open_rollup_store(uri) as store:
+        assert [stored.records for stored in store.read("acme", "minute", T0, T0 + HOUR)] == [1]
+    hbase_new = migration_store_uri("passive", "mysql://root@127.0.0.1:3306/legacy",
+                                    "hbase://127.0.0.1:9090/activities", str(tmp_path / "report"))
+    with pytest.raises(StoreError, match="keeps no roll-ups"):
+        open_rollup_store(hbase_new)

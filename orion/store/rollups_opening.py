@@ -14,10 +14,18 @@ from orion.store.rollups_base import ROLLUP_URI_FORMS, RollupStore
 
 
 def open_rollup_store(uri: str) -> RollupStore:
-    """The roll-up store of the activity store a URI names; StoreError for anything else."""
+    """The roll-up store of the activity store a URI names; StoreError for anything else.
+    A migrating store's (`migrating://...`) is its new store's, where a run over it writes
+    its roll-ups (rollup_store_uri), so a query names the same URI as the run."""
     if not isinstance(uri, str) or "://" not in uri:
         raise StoreError(f"bad store URI {uri!r}; use one of: {'; '.join(ROLLUP_URI_FORMS)}")
     scheme = urlsplit(uri).scheme
+    if scheme == "migrating":
+        new = rollup_store_uri(uri)
+        if new is None:
+            raise StoreError(f"the new store of {uri!r} keeps no roll-ups; use one of: "
+                             f"{'; '.join(ROLLUP_URI_FORMS)}")
+        return open_rollup_store(new)
     if scheme == "sqlite":
         from orion.store.rollups_sqlite import SqliteRollupStore
 
