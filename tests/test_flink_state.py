@@ -101,3 +101,50 @@ def test_output_lines_are_beams_json_lines_and_always_utf8():
     line = fn.output_line(odd)
     line.encode("utf-8")
     assert json.loads(line) == odd._asdict()
+
+
+class _MetricGroup:
+    """What Counts asks of Flink's runtime context: a metric group that makes counters."""
+
+    class _Counter:
+        def inc(self, n: int = 1) -> None:
+            pass
+
+    def get_metrics_group(self):
+        return self
+
+    def add_group(self, name: str):
+        return self
+
+    def counter(self, name: str):
+        return self._Counter()
+
+
+def test_a_counts_file_ends_with_the_final_tally_even_when_the_writer_thread_was_mid_write(tmp_path, monkeypatch):
+    """The background writer took a snapshot and is writing it when the function closes:
+    the final tally must land after it, never under it."""
+    import threading
+
+    monkeypatch.setattr(fn.Counts, "WRITE_EVERY_S", 3600.0)  # the test drives the writes itself
+    counts = fn.Counts(_MetricGroup(), str(tmp_path), "step")
+    snapshot_taken, release = threading.Event(), threading.Event()
+    dump = fn.Counts._dump
+
+    def slow_dump(self, snapshot):
+        if threading.current_thread().name == "old-writer":
+            snapshot_taken.set()
+            release.wait(10)
+        dump(self, snapshot)
+
+    monkeypatch.setattr(fn.Counts, "_dump", slow_dump)
+    counts.inc("stored")
+    old_writer = threading.Thread(target=counts._write_changed, name="old-writer")
+    old_writer.start()
+    assert snapshot_taken.wait(10)
+    counts.inc("stored")
+    closing = threading.Thread(target=counts.write)
+    closing.start()
+    release.set()
+    old_writer.join(10)
+    closing.join(10)
+    assert json.loads(counts.path.read_text(encoding="utf-8")) == {"stored": 2}

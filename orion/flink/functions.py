@@ -152,7 +152,8 @@ class Counts:
         self.group = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
         self.metrics: dict = {}
         self.tally: collections.Counter = collections.Counter()
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the tally
+        self.write_lock = threading.Lock()  # the file
         self.changed = False
         self.path = (None if counters_dir is None
                      else Path(counters_dir) / f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json")
@@ -176,11 +177,17 @@ class Counts:
             self._write_changed()
 
     def _write_changed(self) -> None:
-        with self.lock:
-            if not self.changed:
-                return
-            snapshot = dict(self.tally)
-            self.changed = False
+        # One write at a time, each of a snapshot taken under the same lock: the thread's
+        # write of an older tally can never land after the final one (`write`).
+        with self.write_lock:
+            with self.lock:
+                if not self.changed:
+                    return
+                snapshot = dict(self.tally)
+                self.changed = False
+            self._dump(snapshot)
+
+    def _dump(self, snapshot: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".tmp")
         partial.write_text(json.dumps(snapshot), encoding="utf-8")
