@@ -217,6 +217,81 @@ def test_an_activity_late_within_the_allowed_lateness_rewrites_its_minute_and_a_
     assert (minute.records, day.records) == (3, 3)
 
 
+@pytest.mark.parametrize("clock", ["watermark", "data"])
+def test_a_streamed_row_expires_with_its_bucket_and_what_comes_later_is_stored_beside_it(tmp_path, rules_dir,
+                                                                                         clock):
+    """Streaming roll-ups keep a shard's rows until their bucket ends plus the allowed
+    lateness and the grace period, by the watermark or by the shard's own newer data; a
+    record for a row dropped by then starts a new state with a new writer id: stored
+    beside the first row, never over it, and a query adds the two."""
+    from orion.activities import Activity
+    from orion.transforms.rollups import RollUpAndWrite
+
+    store = f"sqlite:///{tmp_path / 'a.db'}"
+    lateness, grace = 10 * SECOND, 0
+
+    def stored(event_id: str, at: int, lead: str) -> TimestampedValue:
+        return TimestampedValue(Activity(event_id, "shop", lead, "visit_web_page", at,
+                                         {"url": "https://shop.example/a"}), at / 1000)
+
+    stream = TestStream().advance_watermark_to(T0 / 1000).add_elements(
+        [stored("e1", T0 + 5 * SECOND, "L1"), stored("e2", T0 + 6 * SECOND, "L2")])
+    if clock == "watermark":
+        # Past the minute's end plus the allowed lateness: its state is dropped (its
+        # hour's, whose bucket is open, stays).
+        stream = stream.advance_watermark_to((T0 + MINUTE + lateness + SECOND) / 1000)
+    else:
+        # The watermark stays; the shard's own data passes the minute's expiry.
+        stream = stream.add_elements([stored("e4", T0 + 10 * MINUTE, "L1")])
+    stream = stream.add_elements([stored("e3", T0 + 7 * SECOND, "L3")]).advance_watermark_to_infinity()
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as pipeline:
+        records = pipeline | stream
+        dead = (records,) | RollUpAndWrite(store, rules_dir, allowed_lateness_ms=lateness, grace_ms=grace,
+                                           bounded=False)
+        assert_that(dead, equal_to([]))
+    with open_rollup_store(store) as rollups:
+        minutes = rollups.read("shop", "minute", T0, T0 + MINUTE, kind="activity")
+        hours = rollups.read("shop", "hour", T0, T0 + HOUR, kind="activity")
+    assert sorted(row.records for row in minutes) == [1, 2], "a new row beside the expired one"
+    assert len({row.writer for row in minutes}) == 2
+    everything = 3 if clock == "watermark" else 4
+    assert sum(row.records for row in hours) == everything, "the hour was still open"
+    assert answers(store, "shop", "events", granularity="minute", during=AROUND_T0) == {(): everything}
+    assert answers(store, "shop", "unique_leads", granularity="day", during=AROUND_T0) == {(): 3}
+
+
+def test_a_shards_rows_read_back_from_their_state_bytes_and_a_minute_shares_its_days_shard():
+    from orion.analytics.rollup import ACTIVITY, FLOW, MINUTE as MINUTE_GRANULARITY
+    from orion.transforms.rollups import ShardRows, ShardRowsCoder, lineage_shard
+
+    minute = RollupKey("sh\ud800op", MINUTE_GRANULARITY, T0 + 3 * MINUTE, ACTIVITY, type="visit_web_page",
+                       source="input", attribute="shop.example/a")
+    flow = RollupKey("shop", MINUTE_GRANULARITY, T0, FLOW, attribute="welcome", campaign="Welcome",
+                     status="email_queued")
+    parts = {minute: Aggregate(), flow: Aggregate()}
+    for lead in ("L1", "L2"):
+        parts[minute].add(lead)
+    parts[flow].add("L1")
+    rows = ShardRows()
+    written = rows.merge(parts)
+    assert sorted((row.key.granularity, row.aggregate.records) for row in written) == \
+        [("day", 1), ("day", 2), ("hour", 1), ("hour", 2), ("minute", 1), ("minute", 2)]
+    for row in written:
+        assert lineage_shard(row.key) == lineage_shard(minute if row.key.kind == ACTIVITY else flow)
+    coder = ShardRowsCoder()
+    back = coder.decode(coder.encode(rows))
+    assert {key: (state.writer, state.version, state.total.records) for key, state in back.items()} == \
+        {key: (state.writer, state.version, state.total.records) for key, state in rows.items()}
+    assert round(back[minute].total.estimate()) == 2
+    again = back.merge({minute: parts[minute]})  # the same writer, the next version
+    assert [(row.key.granularity, row.version, row.aggregate.records) for row in again] == \
+        [("minute", 2, 4), ("hour", 2, 4), ("day", 2, 4)]
+    with pytest.raises(ValueError, match="newer than this Orion reads"):
+        coder.decode(b"\x09" + coder.encode(rows)[1:])
+
+
 def test_the_query_command_prints_rows_as_json_csv_and_a_table(tmp_path, capsys):
     from orion.cli import main
 

@@ -1,30 +1,35 @@
-"""Roll-ups in Beam: `RollUp` turns what the lead steps emit (stored activities,
-outcomes, assembled emails, held emails, webhook calls) into roll-up rows per tenant and
-minute, hour and day (orion.analytics.rollup), and `WriteRollups` upserts them into the
+"""Roll-ups in Beam: `RollUpAndWrite` turns what the lead steps emit (stored
+activities, outcomes, assembled emails, held emails, webhook calls) into roll-up rows per
+tenant and minute, hour and day (orion.analytics.rollup) and upserts them into the
 roll-up store.
 
 Streaming (a subscription, a topic):
 
-    records ─► PartialRollups ─► RollUpMinutes ─► MergeHourParts ─► RollUpHours ─► MergeDayParts ─► RollUpDays
-               (per bundle)      (keyed state) │                    (keyed state) │                 (keyed state)
-                                               └──── rows ──────────────────────┴──── rows ─────────────┴─► WriteRollups
+    records ─► ShardParts ─► RollUpShards ─► roll-up store (rows upserted whole; dead letters of rows refused)
+               (per bundle)   (keyed by shard)
 
-PartialRollups merges a bundle's records into one aggregate per minute row (most
-records of a bundle fall into a few rows), so keyed state sees one element per row and
-bundle, not one per record. Each RollUp stage keeps, per row key, the row's running
-total (`BucketState`, a versioned coder, no pickle); every partial it merges makes it
-write the row whole, with the next version, and pass what the row gained on to the row
-of the coarser bucket: hours are built from minutes and days from hours. A row's
-state expires an allowed lateness and a grace period after its bucket ends, in event
-time; the bucket comes from the records' own times, never from Beam's windows, so a
+ShardParts merges a bundle's records into one aggregate per minute row (most records of
+a bundle fall into a few rows) and hands each shard its rows as one element: a shard is a
+stable hash of a row's lineage (tenant, kind and the dimensions its hour and day keep), so
+a minute, its hour and its day share one. RollUpShards keeps, per shard, every open row's
+running total (`BucketState`, in a versioned coder, no pickle): every element merges its
+minutes, writes each row that changed whole, with the next version, and passes what the
+row gained on to its coarser row in place (hours are built from minutes, days from hours),
+then upserts the rows straight into the roll-up store, in one batch. One keyed element
+and one state access per shard and bundle, instead of one per row and stage: on the
+bundle-based DirectRunner, which copies a key's state on every access, a keyed stage per
+row cost more than the lead step itself. A row's state expires an allowed lateness and a
+grace period after its bucket ends, in event time (one timer per shard, at its earliest
+such time); the bucket comes from the records' own times, never from Beam's windows, so a
 record that is late but within the allowed lateness (released later by the lead step)
-still lands in its minute and rewrites it.
+still lands in its minute and rewrites it. What arrives for an expired row starts a new
+state with a new writer id, so it is stored beside the row it cannot see, never over it.
 
 Bounded (files): a row is complete only when the input is, so no state is kept per row:
 
-    records ─► DayParts (per bundle, per tenant-day) ─► GroupDays ─► WriteRollups (day_rows, then upserts)
+    records ─► DayParts (per bundle, per tenant-day) ─► GroupDays ─► WriteDayRows (day_rows, then upserts)
 
-Each kind of record (stored activities, outcomes, ...) gets its own PartialRollups or
+Each kind of record (stored activities, outcomes, ...) gets its own ShardParts or
 DayParts step, fused with the lead step that emits it, and only their partials meet.
 
 The step that writes them builds each tenant-day's minute rows, its hours from them and
@@ -39,7 +44,9 @@ from __future__ import annotations
 
 import functools
 import pickle
-from typing import Any, Tuple
+import struct
+import zlib
+from typing import Tuple
 
 import apache_beam as beam
 from apache_beam.coders import Coder
@@ -51,35 +58,18 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from orion.analytics.rollup import (
-    DAY, Aggregate, BucketState, PartialRollups, RollupFacts, RollupKey, RollupRow, RowParts, add_to_bucket,
+    ACTIVITY, DAY, PartialRollups, RollupFacts, RollupKey, RollupRow, RowParts, add_to_bucket,
     bucket_start, decode_state, encode_state, expires_at, flush_bucket, merge_all, new_writer,
 )
 from orion.deadletters import DeadLetter
 from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS
 from orion.transforms.intake import METRICS_NAMESPACE
 
-COARSER = "coarser"  # the output tag of what a stage passes on to the next
 ROLLUP_SOURCE = "rollups"  # DeadLetter.source of the rows the store refused
 DEFAULT_GRACE_MS = 5 * 60_000  # a row's state lives this long past its bucket and the allowed lateness
 DEFAULT_BATCH_SIZE = 2000  # rows per upsert: a bounded run writes each row once, in bulk
 _GLOBAL = (GlobalWindow(),)
 _new_row = functools.partial(tuple.__new__, RollupRow)  # a row from its fields, without RollupRow(...)'s checks
-
-
-class BucketStateCoder(Coder):
-    """BucketState <-> versioned bytes (orion.analytics.rollup.encode_state)."""
-
-    def encode(self, state: BucketState) -> bytes:
-        return encode_state(state)
-
-    def decode(self, encoded: bytes) -> BucketState:
-        return decode_state(encoded)
-
-    def is_deterministic(self) -> bool:
-        return True
-
-    def to_type_hint(self):
-        return BucketState
 
 
 class RowPartsCoder(Coder):
@@ -115,8 +105,8 @@ def _at(ms: int) -> Timestamp:
 
 
 class _PartialRollupsFn(beam.DoFn):
-    """Records -> (row key text, Aggregate) per minute row, merged per bundle; emitted at
-    the end of the bundle, at the bucket's time. Counter: `rolled_up` (records)."""
+    """Records -> their minute rows, merged per bundle (what subclasses emit at the end of
+    the bundle). Counter: `rolled_up` (records)."""
 
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...]):
         self.rules_dir = rules_dir
@@ -137,69 +127,192 @@ class _PartialRollupsFn(beam.DoFn):
         self.records += self.partial.add(record)
         return ()
 
+
+SHARDS = 64  # RollUpShards' keys. Fixed: a row's shard must not move between jobs (`--update`).
+
+
+def lineage_shard(key: RollupKey, shards: int = SHARDS) -> int:
+    """The shard of a row and of every row it adds to (its hour, its day): a stable hash
+    of what they share, the tenant, the kind and the dimensions but an activity's
+    `attribute` (only minutes keep it), never of the granularity or the bucket."""
+    fields = key[3:6] + (("",) if key.kind == ACTIVITY else key[6:7]) + key[7:]
+    text = "\x1f".join((key.tenant,) + fields)
+    return zlib.crc32(text.encode("utf-8", "surrogatepass")) % shards
+
+
+class _ShardPartsFn(_PartialRollupsFn):
+    """Streaming: records -> (shard, RowParts: the bundle's minute rows of that shard,
+    merged), one element per shard and bundle, emitted at the end of the bundle at the
+    time of its earliest minute."""
+
     def finish_bundle(self):
         self.rolled_up.inc(self.records)
+        shards: dict[int, RowParts] = {}
         for key, aggregate in self.partial.drain():
-            yield WindowedValue((key.text(), aggregate), _at(key.bucket), _GLOBAL)
+            shard = lineage_shard(key)
+            found = shards.get(shard)
+            if found is None:
+                found = shards[shard] = RowParts()
+            found[key] = aggregate
+        for shard, parts in shards.items():
+            yield WindowedValue((shard, parts), _at(min(key.bucket for key in parts)), _GLOBAL)
 
 
-class _MergePartsFn(beam.DoFn):
-    """(row key text, Aggregate) -> the same, merged per bundle: what one stage passes on
-    to the next, one element per row and bundle."""
+class ShardRows(dict):
+    """{RollupKey: BucketState}: the open rows of one shard (minutes, hours and days)."""
 
-    def start_bundle(self) -> None:
-        self.parts: dict[str, tuple[int, Aggregate]] = {}
+    def merge(self, parts: dict) -> list[RollupRow]:
+        """Merge minute rows' partial aggregates ({RollupKey: Aggregate}) into their rows
+        and, level by level, what those gained into their hours and days; returns every
+        row that changed, whole, with its next version."""
+        written = []
+        level = parts
+        while level:
+            gains: dict = {}
+            for key, partial in level.items():
+                state, row, passed_on = flush_bucket(key, add_to_bucket(self.get(key), partial))
+                self[key] = state
+                if row is not None:
+                    written.append(row)
+                if passed_on is not None:
+                    coarser, gained = passed_on
+                    found = gains.get(coarser)
+                    if found is None:
+                        gains[coarser] = [gained]
+                    else:
+                        found.append(gained)
+            level = {key: merge_all(members) for key, members in gains.items()}
+        return written
 
-    def process(self, element):
-        key, aggregate = element
-        found = self.parts.get(key)
-        if found is None:
-            self.parts[key] = (RollupKey.of_text(key).bucket, aggregate)
-        else:
-            found[1].merge(aggregate)
-        return ()
+    def next_expiry(self, allowed_lateness_ms: int, grace_ms: int) -> int | None:
+        return min((expires_at(key, allowed_lateness_ms, grace_ms) for key in self), default=None)
 
-    def finish_bundle(self):
-        parts, self.parts = self.parts, {}
-        for key, (bucket, aggregate) in parts.items():
-            yield WindowedValue((key, aggregate), _at(bucket), _GLOBAL)
+    def expire(self, up_to_ms: int, allowed_lateness_ms: int, grace_ms: int) -> int:
+        """Drop the rows whose state expires by event time `up_to_ms`; returns how many."""
+        expired = [key for key in self if expires_at(key, allowed_lateness_ms, grace_ms) <= up_to_ms]
+        for key in expired:
+            del self[key]
+        return len(expired)
 
 
-class _RollUpBucketsFn(beam.DoFn):
-    """Keyed by a row key (text): merges each partial into the row's state, emits the row
-    whole with its next version (main output) and what it gained, keyed by the coarser
-    row (tag COARSER; a day has none).
+_SHARD_FORMAT = 1
+_SHARD_HEADER = struct.Struct(">BI")  # format, rows
+_SHARD_ENTRY = struct.Struct(">II")  # length of the key's text, of the state
 
-    State: BUCKET, the row's BucketState. Timer (streaming): EXPIRE, in event time, the
-    row's bucket end plus the allowed lateness and the grace period: the state is
-    dropped; what arrives for the row later starts a new state with a new writer id, so
-    it is stored beside the row it cannot see, never over it."""
 
-    BUCKET = ReadModifyWriteStateSpec("bucket", BucketStateCoder())
+class ShardRowsCoder(Coder):
+    """ShardRows <-> versioned bytes: each row's key as text (RollupKey.text) and its
+    state as the core's versioned bytes (encode_state). No pickle: a job updated to a
+    new release of Orion reads it back."""
+
+    def encode(self, rows: ShardRows) -> bytes:
+        out = [_SHARD_HEADER.pack(_SHARD_FORMAT, len(rows))]
+        for key, state in rows.items():
+            text = key.text().encode("utf-8", "surrogatepass")
+            data = encode_state(state)
+            out += (_SHARD_ENTRY.pack(len(text), len(data)), text, data)
+        return b"".join(out)
+
+    def decode(self, encoded: bytes) -> ShardRows:
+        fmt, count = _SHARD_HEADER.unpack_from(encoded)
+        if fmt != _SHARD_FORMAT:
+            raise ValueError(f"roll-up shard state format {fmt} is newer than this Orion reads ({_SHARD_FORMAT})")
+        rows = ShardRows()
+        at = _SHARD_HEADER.size
+        view = memoryview(encoded)
+        for _ in range(count):
+            text_length, data_length = _SHARD_ENTRY.unpack_from(encoded, at)
+            at += _SHARD_ENTRY.size
+            text = bytes(view[at:at + text_length]).decode("utf-8", "surrogatepass")
+            at += text_length
+            rows[RollupKey.of_text(text)] = decode_state(view[at:at + data_length])
+            at += data_length
+        return rows
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def to_type_hint(self):
+        return ShardRows
+
+
+class _RollUpShardsFn(beam.DoFn):
+    """Keyed by shard: (shard, RowParts) -> merged into the shard's rows (ShardRows.merge),
+    every row that changed upserted into the roll-up store of `store_uri` in one batch;
+    outputs a DeadLetter (reason unstorable, source "rollups") per row the store refused.
+
+    State: ROWS, the shard's open rows. A row expires at its bucket's end plus the
+    allowed lateness and the grace period, in event time: its state is dropped when the
+    shard's data reaches that time (an element's newest minute), or when the watermark
+    does (timer EXPIRE, at the earliest such time of the shard's rows), whichever comes
+    first. (Dropping a row early is safe, only less compact: what comes for it later
+    starts a row beside it, under a new writer id, and queries add the two.) Counters: `rollup_rows_written`,
+    `dead_letters`, `dead_letters:unstorable`."""
+
+    ROWS = ReadModifyWriteStateSpec("rows", ShardRowsCoder())
     EXPIRE = TimerSpec("expire", TimeDomain.WATERMARK)
 
-    def __init__(self, allowed_lateness_ms: int, grace_ms: int, expires: bool):
+    def __init__(self, store_uri: str, allowed_lateness_ms: int, grace_ms: int):
+        self.store_uri = store_uri
         self.allowed_lateness_ms = allowed_lateness_ms
         self.grace_ms = grace_ms
-        self.expires = expires
 
-    def process(self, element, bucket=beam.DoFn.StateParam(BUCKET), expire=beam.DoFn.TimerParam(EXPIRE)):
-        text, partial = element
-        key = RollupKey.of_text(text)
-        current = bucket.read()
-        if current is None and self.expires:
-            expire.set(_at(expires_at(key, self.allowed_lateness_ms, self.grace_ms)))
-        state, row, passed_on = flush_bucket(key, add_to_bucket(current, partial))
-        bucket.write(state)
-        if row is not None:
-            yield row
-        if passed_on is not None:
-            coarser, gained = passed_on
-            yield beam.pvalue.TaggedOutput(COARSER, (coarser.text(), gained))
+    def setup(self) -> None:
+        from orion.store.rollups_opening import open_rollup_store
+
+        self.store = open_rollup_store(self.store_uri)
+        self.store.init()
+
+    def teardown(self) -> None:
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+
+    def process(self, element, rows_state=beam.DoFn.StateParam(ROWS), expire=beam.DoFn.TimerParam(EXPIRE)):
+        _, parts = element
+        rows = rows_state.read() or ShardRows()
+        before = rows.next_expiry(self.allowed_lateness_ms, self.grace_ms)
+        written = rows.merge(parts)
+        # The shard's own data is a clock too: rows that expire by its newest minute go
+        # now (written already), not one timer round each: the runner fires a key's
+        # timer once a round, and a watermark that leaps hours would take a round per
+        # expiry time passed.
+        rows.expire(max(key.bucket for key in parts), self.allowed_lateness_ms, self.grace_ms)
+        if not rows:
+            rows_state.clear()
+            return self._write(written)
+        rows_state.write(rows)
+        after = rows.next_expiry(self.allowed_lateness_ms, self.grace_ms)
+        if after is not None and after != before:
+            expire.set(_at(after))
+        return self._write(written)
 
     @on_timer(EXPIRE)
-    def on_expire(self, bucket=beam.DoFn.StateParam(BUCKET)):
-        bucket.clear()
+    def on_expire(self, fired=beam.DoFn.TimestampParam, rows_state=beam.DoFn.StateParam(ROWS),
+                  expire=beam.DoFn.TimerParam(EXPIRE)):
+        rows = rows_state.read()
+        if rows is None:
+            return
+        rows.expire(fired.micros // 1000, self.allowed_lateness_ms, self.grace_ms)
+        if not rows:
+            rows_state.clear()
+            return
+        rows_state.write(rows)
+        expire.set(_at(rows.next_expiry(self.allowed_lateness_ms, self.grace_ms)))
+
+    def _write(self, rows: list[RollupRow]) -> list[DeadLetter]:
+        if not rows:
+            return []
+        from orion.store.base import UNSTORABLE
+        from orion.store.rollups_base import row_element
+
+        done = self.store.write(rows)
+        Metrics.counter(METRICS_NAMESPACE, "rollup_rows_written").inc(done.written)
+        if not done.refused:
+            return []
+        Metrics.counter(METRICS_NAMESPACE, "dead_letters").inc(len(done.refused))
+        Metrics.counter(METRICS_NAMESPACE, f"dead_letters:{UNSTORABLE}").inc(len(done.refused))
+        return [DeadLetter(row_element(row), UNSTORABLE, detail, ROLLUP_SOURCE) for row, detail in done.refused]
 
 
 class _DayPartsFn(_PartialRollupsFn):
@@ -331,86 +444,59 @@ class GroupDayParts(beam.PTransform):
 
 
 class RollUp(beam.PTransform):
-    """A tuple of PCollections of what the lead steps emit -> roll-up rows
-    (orion.analytics.rollup.RollupRow) of every granularity.
+    """Bounded input: a tuple of PCollections of what the lead steps emit -> roll-up rows
+    (orion.analytics.rollup.RollupRow) of every granularity. Every row is complete only
+    once the input is: a bundle's records are merged per tenant-day (DayParts), grouped
+    by tenant-day (GroupDays: no keyed state per row) and merged into its minute rows, and
+    its hours and day built from its minutes (DayRows), every row once under the run's
+    writer id. (Streaming, RollUpAndWrite writes the rows as the shards make them.)"""
 
-    `bounded`: the input ends, so every row is complete only then: a bundle's records
-    are merged per tenant-day (DayParts), grouped by tenant-day (GroupDays: no keyed
-    state per row) and merged into its minute rows, and its hours and day built from its
-    minutes (DayRows), every row written once under the run's writer id.
-    Streaming: the keyed stages of the module doc; a row's state expires
-    `allowed_lateness_ms` + `grace_ms` after its bucket ends (event time)."""
-
-    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...] = (), *,
-                 allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS, grace_ms: int = DEFAULT_GRACE_MS,
-                 bounded: bool = True):
+    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...] = ()):
         super().__init__()
         self.rules_dir = rules_dir
         self.template_dirs = tuple(template_dirs)
-        self.allowed_lateness_ms = allowed_lateness_ms
-        self.grace_ms = grace_ms
-        self.bounded = bounded
 
     def expand(self, inputs):
-        # One partial-merging step per input, each fused with the step that emits it:
-        # a Flatten of the records would make the runner encode every record again to
-        # hand it over; the partials are few.
-        if self.bounded:
-            # Each row is complete once the input is: one combine per tenant-day, no
-            # per-row state. The run's rows share one writer id, fixed here, so a retried
-            # bundle rewrites the same rows.
-            return (inputs | "GroupDayParts" >> GroupDayParts(self.rules_dir, self.template_dirs)
-                    | "DayRows" >> beam.FlatMap(day_rows, new_writer()).with_output_types(RollupRow))
-        minute_parts = [records | f"PartialRollups{i}" >> beam.ParDo(
-            _PartialRollupsFn(self.rules_dir, self.template_dirs)).with_output_types(Tuple[str, Any])
-            for i, records in enumerate(inputs)]
-        parts = tuple(minute_parts) | "AllPartialRollups" >> beam.Flatten()
-        rows = []
-        for granularity in ("Minutes", "Hours", "Days"):
-            if granularity != "Minutes":
-                parts = parts | f"Merge{granularity[:-1]}Parts" >> beam.ParDo(
-                    _MergePartsFn()).with_output_types(Tuple[str, Any])
-            stage = parts | f"RollUp{granularity}" >> beam.ParDo(
-                _RollUpBucketsFn(self.allowed_lateness_ms, self.grace_ms, not self.bounded)
-            ).with_outputs(COARSER, main="rows")
-            rows.append(stage.rows)
-            parts = stage[COARSER]
-        return tuple(rows) | "AllRows" >> beam.Flatten()
-
-
-class WriteRollups(beam.PTransform):
-    """Roll-up rows -> the roll-up store of `store_uri` (orion.store.rollups_base), in
-    batches; returns the dead letters of the rows it refused."""
-
-    def __init__(self, store_uri: str, batch_size: int = DEFAULT_BATCH_SIZE):
-        super().__init__()
-        self.store_uri = store_uri
-        self.batch_size = batch_size
-
-    def expand(self, rows):
-        return rows | "Upsert" >> beam.ParDo(_WriteRollupsFn(self.store_uri, self.batch_size))
+        # The run's rows share one writer id, fixed here, so a retried bundle rewrites
+        # the same rows.
+        return (inputs | "GroupDayParts" >> GroupDayParts(self.rules_dir, self.template_dirs)
+                | "DayRows" >> beam.FlatMap(day_rows, new_writer()).with_output_types(RollupRow))
 
 
 class RollUpAndWrite(beam.PTransform):
-    """RollUp, then WriteRollups: what the graph attaches to the lead steps' outputs.
-    Returns the dead letters of the rows the store refused. Bounded, each tenant-day's
-    rows are built by the step that writes them (GroupDayParts, then WriteDayRows), all
-    under one writer id for the run, fixed here, so a retried bundle rewrites the same
-    rows."""
+    """What the graph attaches to the lead steps' outputs: their roll-up rows, written to
+    the roll-up store of `store_uri`. Returns the dead letters of the rows the store
+    refused.
+
+    `bounded`: each tenant-day's rows are built by the step that writes them
+    (GroupDayParts, then WriteDayRows), all under one writer id for the run, fixed here,
+    so a retried bundle rewrites the same rows. Streaming: ShardParts, then RollUpShards
+    (the module doc); a row's state expires `allowed_lateness_ms` + `grace_ms` after its
+    bucket ends (event time)."""
 
     def __init__(self, store_uri: str, rules_dir: str, template_dirs: tuple[str, ...] = (), *,
                  allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS, grace_ms: int = DEFAULT_GRACE_MS,
                  bounded: bool = True, batch_size: int = DEFAULT_BATCH_SIZE):
         super().__init__()
         self.store_uri = store_uri
+        self.rules_dir = rules_dir
+        self.template_dirs = tuple(template_dirs)
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.grace_ms = grace_ms
         self.bounded = bounded
         self.batch_size = batch_size
-        self.rollup = RollUp(rules_dir, template_dirs, allowed_lateness_ms=allowed_lateness_ms, grace_ms=grace_ms,
-                             bounded=bounded)
 
     def expand(self, inputs):
         if self.bounded:
-            days = inputs | "RollUp" >> GroupDayParts(self.rollup.rules_dir, self.rollup.template_dirs)
+            days = inputs | "RollUp" >> GroupDayParts(self.rules_dir, self.template_dirs)
             return days | "WriteRollups" >> beam.ParDo(
                 _WriteDayRowsFn(self.store_uri, self.batch_size, new_writer()))
-        return inputs | "RollUp" >> self.rollup | "WriteRollups" >> WriteRollups(self.store_uri, self.batch_size)
+        # One shard-merging step per input, each fused with the step that emits it: a
+        # Flatten of the records would make the runner encode every record again to hand
+        # it over; the shards' parts are few.
+        shard_parts = [records | f"ShardParts{i}" >> beam.ParDo(
+            _ShardPartsFn(self.rules_dir, self.template_dirs)).with_output_types(Tuple[int, RowParts])
+            for i, records in enumerate(inputs)]
+        return (tuple(shard_parts) | "AllShardParts" >> beam.Flatten()
+                | "RollUpShards" >> beam.ParDo(_RollUpShardsFn(self.store_uri, self.allowed_lateness_ms,
+                                                                self.grace_ms)))
