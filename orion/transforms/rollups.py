@@ -158,6 +158,15 @@ class _ShardPartsFn(_PartialRollupsFn):
             yield WindowedValue((shard, parts), _at(min(key.bucket for key in parts)), _GLOBAL)
 
 
+def _gather(groups: dict, key, value) -> None:
+    """Add `value` to the list of `key` in `groups`: what a coarser row gains, by row."""
+    found = groups.get(key)
+    if found is None:
+        groups[key] = [value]
+    else:
+        found.append(value)
+
+
 class ShardRows(dict):
     """{RollupKey: BucketState}: the open rows of one shard (minutes, hours and days)."""
 
@@ -175,12 +184,7 @@ class ShardRows(dict):
                 if row is not None:
                     written.append(row)
                 if passed_on is not None:
-                    coarser, gained = passed_on
-                    found = gains.get(coarser)
-                    if found is None:
-                        gains[coarser] = [gained]
-                    else:
-                        found.append(gained)
+                    _gather(gains, *passed_on)
             level = {key: merge_all(members) for key, members in gains.items()}
         return written
 
@@ -349,11 +353,7 @@ def day_rows(element, writer: str) -> list[RollupRow]:
             rows.append(_new_row((key, writer, 1, aggregate)))
             up = key.coarser()
             if up is not None:
-                found = coarser.get(up)
-                if found is None:
-                    coarser[up] = [aggregate]
-                else:
-                    found.append(aggregate)
+                _gather(coarser, up, aggregate)
         level = {key: merge_all(members) for key, members in coarser.items()}
     return rows
 
