@@ -69,7 +69,8 @@ def _add_run(commands) -> None:
                         help="how long, in event time, a lead remembers event ids to drop "
                         "duplicate deliveries (default: %(default)s)")
     parser.add_argument("--duration", type=float, metavar="SECONDS",
-                        help="with --subscription: stop after this long (default: until Ctrl-C)")
+                        help="with --subscription: stop after this long (default: until Ctrl-C); with "
+                        "--kafka-topic on the Beam graph: read for this long, then finish")
     parser.add_argument("--outbox", metavar="URI", default=DEFAULT_OUTBOX,
                         type=lambda uri: None if uri.lower() == "none" else uri,
                         help="run the campaign flows of what qualifies and queue their emails, held "
@@ -140,12 +141,28 @@ def _run(args: argparse.Namespace) -> int:
         rollups=args.rollups,
     )
     runner = args.runner.lower()
-    if args.kafka_topic is not None and runner != "flink":
-        # Beam's ReadFromKafka is a Java transform: no runner that can run it locally is
-        # dependable here yet (README, "The main job").
-        print("orion: Kafka is read by the Flink job: add --runner flink (the Beam graph reads files "
-              "and Pub/Sub)", file=sys.stderr)
-        return 2
+    kafka = None
+    if (args.kafka_topic is not None or args.kafka_servers is not None) and runner != "flink":
+        # The Beam graph reads Kafka through Beam's ReadFromKafka, a Java transform, on
+        # Prism (orion/runners/beam_kafka.py), for a bounded time: it then finishes as over
+        # files. An open-ended Kafka job is the Flink job's.
+        if args.kafka_servers is None or args.kafka_topic is None:
+            print("orion: --kafka-servers and --kafka-topic go together", file=sys.stderr)
+            return 2
+        if args.duration is None or args.duration <= 0:
+            print("orion: the Beam graph reads Kafka for a bounded time: add --duration SECONDS (it reads "
+                  "that long, then finishes); for a job that reads on until stopped, add --runner flink",
+                  file=sys.stderr)
+            return 2
+        if runner not in ("direct", "prism", "prismrunner"):
+            print(f"orion: the Beam graph reads Kafka on Beam's Prism runner, not {args.runner}; for Kafka on "
+                  "Flink, add --runner flink", file=sys.stderr)
+            return 2
+        from orion.transforms.kafka import KafkaIntake
+
+        kafka = KafkaIntake(args.kafka_servers, args.kafka_topic, max_read_s=args.duration)
+        config = config._replace(events=None, duration_s=None)
+        runner = "direct"
     if runner == "flink":
         from orion.runners.flink import run_from_args
 
@@ -162,7 +179,13 @@ def _run(args: argparse.Namespace) -> int:
 
             config = config._replace(beam_args=(f"--runner={args.runner}", *beam_runner_args(args),
                                                 *config.beam_args))
-        run(config)
+        from orion.runners.beam_kafka import BeamKafkaUnavailable
+
+        try:
+            run(config, kafka=kafka)
+        except BeamKafkaUnavailable as error:
+            print(f"orion: {error}", file=sys.stderr)
+            return 1
     print(f"store:        {args.store}\noutcomes:     {args.out_dir}/outcomes-*.jsonl\n"
           f"dead letters: {args.out_dir}/dead-letters-*.jsonl")
     return 0

@@ -1,7 +1,10 @@
 """Java jars Orion runs beside its Python code, fetched from Maven Central once and kept in
 a cache: the Apache Kafka broker the tests start (`kafka`), Flink's Kafka connector for
 PyFlink (`flink-kafka`), and standalone Apache HBase with its Thrift server, which the
-hbase:// store's tests start (`hbase`, orion/testing/hbase.py).
+hbase:// store's tests start (`hbase`, orion/testing/hbase.py), and Beam's expansion service
+with KafkaIO and Beam's Java SDK harness, for the Beam graph's Kafka intake (`beam-kafka`).
+Beside the jars it keeps Beam's Prism runner, built once from Beam's Go module of the
+pinned release (`prism_binary`, `orion jars prism`; it needs Go), which runs that intake.
 
 Each bundle is a pinned Maven project, java/BUNDLE/pom.xml in this repository, whose only
 job is to copy its jars into a directory. The cache ($ORION_JAR_CACHE, by default
@@ -12,6 +15,7 @@ interrupted fetch leaves no half bundle behind. No engine is imported here.
 
     orion jars fetch                       # every bundle (Maven's first run takes a minute)
     orion jars path flink-kafka            # the connector jar, for --jars
+    orion jars prism                       # Beam's Prism runner, built with Go once
     python -m orion.jars path kafka --classpath
 """
 from __future__ import annotations
@@ -35,6 +39,14 @@ DEFAULT_CACHE = Path.home() / ".cache" / "orion" / "jars"
 # sets up); a wheel does not carry them.
 JAVA_DIR = Path(__file__).resolve().parent.parent / "java"
 
+# Prism, Beam's portable local runner, from the Go module of the Beam release the Python
+# SDK is (apache-beam 2.61.0): the runner and the SDK must speak the same Beam model.
+PRISM_VERSION = "v2.61.0"
+PRISM_PACKAGE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
+# Where Go's own installer puts it, often not on a service's PATH.
+GO_ELSEWHERE = (Path("/usr/local/go/bin/go"),)
+GO_MISSING = ("install Go 1.22 or newer (https://go.dev/dl; Debian 12's golang-go is 1.19, too old), "
+              f"which builds Beam's Prism runner {PRISM_VERSION} from Beam's Go module once")
 MAVEN_MISSING = ("install Maven (apt-get install maven; it needs a JDK, e.g. openjdk-17-jdk-headless), "
                  "which fetches Orion's jars from Maven Central once")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -50,6 +62,10 @@ class MavenMissing(JarFetchError):
 
 
 class UnknownBundle(JarFetchError, ValueError):
+    pass
+
+
+class GoMissing(JarFetchError):
     pass
 
 
@@ -168,6 +184,45 @@ def _run_maven(mvn: str, name: str, pom: Path, output: Path) -> None:
                             f"{process.returncode}):\n" + "\n".join(said[:30]))
 
 
+def prism_binary(cache: Path | None = None) -> Path:
+    """Beam's Prism runner of PRISM_VERSION, built with `go install` into the cache
+    (prism-VERSION/prism) the first time (a minute; progress on stderr). Raises GoMissing
+    or JarFetchError (with Go's own words)."""
+    target = (cache or cache_dir()) / f"prism-{PRISM_VERSION}"
+    binary = target / "prism"
+    if binary.is_file():
+        return binary
+    go = shutil.which("go") or next((str(path) for path in GO_ELSEWHERE if path.is_file()), None)
+    if go is None:
+        raise GoMissing(f"Beam's Prism runner is not in {target.parent} yet and `go` is not on PATH: {GO_MISSING}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.parent / f".{target.name}.lock"):
+        if binary.is_file():
+            return binary
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        try:
+            started = time.monotonic()
+            print(f"orion: building Beam's Prism runner {PRISM_VERSION} with Go into {target} (once) ...",
+                  file=sys.stderr, flush=True)
+            # Outside any module (GOFLAGS=-mod=mod): `go install PKG@VERSION` resolves
+            # Beam's own go.mod through the module proxy.
+            environment = {**os.environ, "GOBIN": str(partial), "GOFLAGS": "-mod=mod"}
+            command = [go, "install", f"{PRISM_PACKAGE}@{PRISM_VERSION}"]
+            done = subprocess.run(command, cwd=partial, env=environment, stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True)
+            if done.returncode != 0 or not (partial / "prism").is_file():
+                said = (done.stderr or done.stdout).strip().splitlines()[-30:]
+                raise JarFetchError(f"Go could not build Beam's Prism runner (`{' '.join(command)}` exited with "
+                                    f"{done.returncode}):\n" + "\n".join(said))
+            partial.chmod(0o755)
+            os.rename(partial, target)
+            print(f"orion: Prism {PRISM_VERSION}: {binary.stat().st_size / 1e6:.1f} MB, in "
+                  f"{time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    return binary
+
+
 @contextlib.contextmanager
 def _locked(path: Path):
     with open(path, "a") as handle:
@@ -199,6 +254,11 @@ def add_jars_command(subparsers) -> None:
     path.add_argument("--classpath", action="store_true",
                       help=f"print them on one line joined by {os.pathsep!r}, for java -cp")
     path.set_defaults(handler=_path_command)
+    prism = commands.add_parser("prism", help="print the path of Beam's Prism runner (built with Go once)",
+                                description=f"Build Beam's Prism runner {PRISM_VERSION} with Go into "
+                                f"${CACHE_ENV} unless it is there, and print its path (the Beam graph's "
+                                "Kafka intake runs on it).")
+    prism.set_defaults(handler=_prism_command)
 
 
 def _fetch_command(args: argparse.Namespace) -> int:
@@ -222,6 +282,15 @@ def _path_command(args: argparse.Namespace) -> int:
         print(f"orion: {error}", file=sys.stderr)
         return 1
     print(os.pathsep.join(map(str, jars)) if args.classpath else "\n".join(map(str, jars)))
+    return 0
+
+
+def _prism_command(args: argparse.Namespace) -> int:
+    try:
+        print(prism_binary())
+    except JarFetchError as error:
+        print(f"orion: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

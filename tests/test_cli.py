@@ -154,8 +154,8 @@ def test_rules_that_belong_to_no_tenant_still_stop_the_run(tmp_path):
     assert str(rules / "nobody.yaml") in result.stderr
 
 
-def test_run_refuses_a_kafka_topic_on_the_beam_graph_and_names_the_flink_job(tmp_path):
+def test_run_refuses_an_open_ended_kafka_read_on_the_beam_graph_and_names_both_ways(tmp_path):
     result = run_orion("run", "--kafka-servers", "127.0.0.1:9", "--kafka-topic", "activities", cwd=tmp_path)
     assert result.returncode == 2
-    assert "--runner flink" in result.stderr
+    assert "--runner flink" in result.stderr and "--duration" in result.stderr
     assert not (tmp_path / "orion-data").exists()  # refused before anything ran

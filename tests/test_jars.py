@@ -122,3 +122,33 @@ def test_the_kafka_bundle_is_one_kafka_release_with_a_log_binding():
     assert len(versions) == 1 and next(iter(versions)).startswith("4."), versions
     assert any(name.startswith("log4j-slf4j-impl-") for name in names), names
     assert any(name.startswith("slf4j-api-1.7") for name in names), names
+
+
+def test_the_beam_kafka_bundle_has_kafkaio_the_expansion_service_and_the_harness_of_one_beam_release():
+    names = [jar.name for jar in bundle_jars("beam-kafka")]
+
+    beam = {name for name in names if name.startswith("beam-sdks-java-")}
+    for part in ("io-kafka", "expansion-service", "harness", "core"):
+        assert f"beam-sdks-java-{part}-2.61.0.jar" in beam, names
+    assert not any(name.startswith(("kafka-avro-serializer", "kafka-schema-registry")) for name in names), \
+        "io.confluent (not on Maven Central) is left out"
+    assert any(name.startswith("kafka-clients-3.") for name in names), names
+    assert any(name.startswith("jamm-") for name in names), "the harness sizes its caches with jamm"
+
+
+def test_prism_is_built_once_and_then_found_without_go(monkeypatch, tmp_path):
+    if shutil.which("go") is None:
+        pytest.fail(f"the Prism test builds it with Go: {jars.GO_MISSING}", pytrace=False)
+    built = jars.prism_binary()  # the shared cache: built there once, a minute the first time
+    assert built.name == "prism" and built.parent.name == f"prism-{jars.PRISM_VERSION}"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no go from here on
+    assert jars.prism_binary() == built
+
+
+def test_without_go_an_unbuilt_prism_says_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(jars, "GO_ELSEWHERE", (tmp_path / "go" / "bin" / "go",))
+
+    with pytest.raises(jars.GoMissing, match=r"install Go"):
+        jars.prism_binary(cache=tmp_path / "empty-cache")
+    assert not (tmp_path / "empty-cache" / f"prism-{jars.PRISM_VERSION}").exists()

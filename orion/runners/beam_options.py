@@ -6,6 +6,7 @@ side by side on one command line: a Dataflow flex template's main, a test, a not
         --temp_location=gs://B/tmp --rules=/template/rules --events='gs://B/in/*.jsonl' \\
         --store=bigtable://P/I/activities --outbox=none --out_dir=gs://B/out
     python -m orion.runners.beam_options --events=in.jsonl --store=sqlite:///data/a.db --out_dir=data
+    python -m orion.runners.beam_options --kafka_servers=127.0.0.1:9092 --kafka_topic=activities --kafka_max_read_s=60
 
 Orion's flags (`python -m orion.runners.beam_options --help` lists them) have the
 defaults of orion/settings.py, as `orion run` does, but in Beam's spelling
@@ -14,7 +15,10 @@ other flag is Beam's and stays Beam's (--runner, --project, --job_name, --stream
 `main` builds the same graph as `orion run` (orion.runners.direct.build) and runs it,
 waiting for the run to end, except on Dataflow, where it returns once the job is
 submitted (a flex template's launcher must not wait for the job). A Pub/Sub
---subscription makes the run streaming. `orion run --runner dataflow`
+--subscription makes the run streaming. A Kafka topic (--kafka_servers, --kafka_topic) is
+read for --kafka_max_read_s seconds or --kafka_max_records records on Beam's Prism runner,
+with Beam's expansion service and Java worker pool started for the run
+(orion/runners/beam_kafka.py). `orion run --runner dataflow`
 (orion/runners/dataflow.py) adds the checks and defaults of a Dataflow submission.
 """
 from __future__ import annotations
@@ -36,8 +40,10 @@ from orion.settings import (
     SAMPLE_RULES,
     RunConfig,
     clear_previous_outputs,
+    is_remote,
     output_dir,
 )
+from orion.transforms.kafka import DEFAULT_GROUP as DEFAULT_KAFKA_GROUP, KafkaIntake
 
 MS_PER_HOUR = 3_600_000
 LOCAL_RUNNERS = (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
@@ -58,6 +64,16 @@ class OrionOptions(PipelineOptions):
                            "unless --subscription)")
         group.add_argument("--subscription", default=None,
                            help="projects/P/subscriptions/S: read Pub/Sub, streaming")
+        group.add_argument("--kafka_servers", default=None,
+                           help="HOST:PORT[,...]: read a Kafka topic (with --kafka_topic) on Beam's Prism runner")
+        group.add_argument("--kafka_topic", default=None, help="the Kafka topic, with --kafka_servers")
+        group.add_argument("--kafka_group", default=DEFAULT_KAFKA_GROUP,
+                           help="the consumer group whose committed offsets the read goes on from and "
+                           "commits (default: %(default)s)")
+        group.add_argument("--kafka_max_read_s", type=float, default=None,
+                           help="read Kafka this many seconds, then finish")
+        group.add_argument("--kafka_max_records", type=int, default=None,
+                           help="read this many Kafka records, then finish")
         group.add_argument("--store", default=DEFAULT_STORE, help="activity store URI (default: %(default)s)")
         group.add_argument("--outbox", default=DEFAULT_OUTBOX,
                            help="where campaign flows queue emails, held emails and webhooks; "
@@ -91,14 +107,17 @@ def run_config(options: PipelineOptions) -> RunConfig:
     """The run OrionOptions describe, with the other (Beam's) options as its beam_args.
     Raises ValueError for settings that contradict each other."""
     orion = options.view_as(OrionOptions)
+    kafka = kafka_intake(options)
     if orion.events is not None and orion.subscription is not None:
         raise ValueError("give --events (files) or --subscription (Pub/Sub), not both")
+    if kafka is not None and (orion.events is not None or orion.subscription is not None):
+        raise ValueError("give --kafka_topic (Kafka) or --events / --subscription, not both")
     if orion.mode is not None and not orion.legacy_store:
         raise ValueError("--mode needs --legacy_store mysql://USER:PASSWORD@HOST:PORT/DB")
     return RunConfig(
         rules_dir=orion.rules,
         template_dirs=tuple(orion.templates),
-        events=None if orion.subscription else (orion.events or str(SAMPLE_EVENTS)),
+        events=None if orion.subscription or kafka else (orion.events or str(SAMPLE_EVENTS)),
         subscription=orion.subscription,
         store_uri=orion.store,
         out_dir=output_dir(orion.out_dir),
@@ -111,6 +130,20 @@ def run_config(options: PipelineOptions) -> RunConfig:
         legacy_store_uri=orion.legacy_store,
         rollups=orion.rollups,
     )
+
+
+def kafka_intake(options: PipelineOptions) -> KafkaIntake | None:
+    """The Kafka topic OrionOptions name, if any. Raises ValueError for an incomplete one."""
+    orion = options.view_as(OrionOptions)
+    if orion.kafka_servers is None and orion.kafka_topic is None:
+        return None
+    if orion.kafka_servers is None or orion.kafka_topic is None:
+        raise ValueError("--kafka_servers and --kafka_topic go together")
+    if orion.kafka_max_read_s is None and orion.kafka_max_records is None:
+        raise ValueError("the Beam graph reads Kafka for a bounded time or number of records: "
+                         "give --kafka_max_read_s SECONDS or --kafka_max_records N")
+    return KafkaIntake(orion.kafka_servers, orion.kafka_topic, orion.kafka_group,
+                       max_records=orion.kafka_max_records, max_read_s=orion.kafka_max_read_s)
 
 
 def beam_flags(options: PipelineOptions) -> tuple[str, ...]:
@@ -142,13 +175,30 @@ def main(argv: list[str] | None = None) -> int:
 
     from orion.runners.direct import build
 
+    flags = list(sys.argv[1:] if argv is None else argv)
     # Parsed as OrionOptions so that --help lists Orion's flags (Beam's: any runner's docs).
-    options = OrionOptions(sys.argv[1:] if argv is None else argv)
+    options = OrionOptions(flags)
     try:
         config = run_config(options)
+        kafka = kafka_intake(options)
     except ValueError as error:
         print(f"orion: {error}", file=sys.stderr)
         return 2
+    if kafka is not None:
+        from orion.runners.beam_kafka import BeamKafkaServices, BeamKafkaUnavailable
+
+        try:
+            with BeamKafkaServices() as services:
+                options = OrionOptions([*services.beam_args(), *flags])
+                if not is_remote(config.out_dir):
+                    clear_previous_outputs(config.out_dir)
+                pipeline = beam.Pipeline(options=options)
+                build(pipeline, config, kafka, services.expansion_service)
+                pipeline.run().wait_until_finish()
+        except BeamKafkaUnavailable as error:
+            print(f"orion: {error}", file=sys.stderr)
+            return 1
+        return 0
     standard = options.view_as(StandardOptions)
     local = standard.runner in LOCAL_RUNNERS
     if config.subscription is not None:

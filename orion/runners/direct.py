@@ -1,10 +1,13 @@
 """Launching the activity graph with Beam: files (bounded, on the DirectRunner's FnApiRunner,
-or any runner named with --runner) or a Pub/Sub subscription (streaming; locally on the
-bundle-based DirectRunner, which reads the emulator through PUBSUB_EMULATOR_HOST).
+or any runner named with --runner), a Pub/Sub subscription (streaming; locally on the
+bundle-based DirectRunner, which reads the emulator through PUBSUB_EMULATOR_HOST), or a
+Kafka topic (bounded by --duration; on Beam's Prism runner, with Beam's expansion service
+and Java worker pool started for the run: orion/runners/beam_kafka.py).
 
     orion run                                            # samples, into ./orion-data/
     orion run --events 'in/*.jsonl' -- --direct_num_workers=2 --direct_running_mode=multi_processing
     orion run --subscription projects/p/subscriptions/s --duration 60
+    orion run --kafka-servers 127.0.0.1:9092 --kafka-topic activities --duration 60
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from orion.store.rollups_opening import rollup_store_uri
 from orion.settings import RunConfig, clear_previous_outputs, effective_store_uri, is_remote, output_prefixes
 from orion.summary import campaigns_fired, render_summary
 from orion.transforms.intake import ParseActivities, ReadActivityFiles, orion_counters
+from orion.transforms.kafka import KafkaIntake
 from orion.transforms.sinks import DEFAULT_WINDOW_SECONDS, WriteActivities, WriteJsonLines, WriteProfiles
 
 STOP_WAIT_SECONDS = 2.0
@@ -42,8 +46,17 @@ def pipeline_options(config: RunConfig) -> PipelineOptions:
     return options
 
 
-def build(pipeline: beam.Pipeline, config: RunConfig) -> None:
-    if config.subscription is not None:
+def build(pipeline: beam.Pipeline, config: RunConfig, kafka: KafkaIntake | None = None,
+          expansion_service: str | None = None) -> None:
+    """The graph of `config` on `pipeline`; with `kafka`, read that topic (bounded)
+    through the expansion service at `expansion_service` instead of files."""
+    if kafka is not None:
+        from orion.transforms.kafka import ReadKafkaPayloads
+
+        payloads = pipeline | "ReadKafka" >> ReadKafkaPayloads(kafka, expansion_service)
+        activities, dead = payloads | "ParseActivities" >> ParseActivities(
+            config.rules_dir, config.template_dirs, source=kafka.source)
+    elif config.subscription is not None:
         payloads = pipeline | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=config.subscription)
         activities, dead = payloads | "ParseActivities" >> ParseActivities(
             config.rules_dir, config.template_dirs, source=config.subscription)
@@ -104,9 +117,23 @@ def _outbox_sink(config: RunConfig):
     return QueueEmails(config.outbox_uri)
 
 
-def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=None) -> dict[str, int]:
+def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=None,
+        kafka: KafkaIntake | None = None) -> dict[str, int]:
     """Run the graph; print progress and the summary (to `out`, default: the standard
-    output at call time); return the counters."""
+    output at call time); return the counters. With `kafka`, read that topic on Prism,
+    with the services it needs started for this run and stopped after it."""
+    if kafka is not None:
+        from orion.runners.beam_kafka import BeamKafkaServices
+
+        with BeamKafkaServices() as services:
+            config = config._replace(events=None, subscription=None,
+                                     beam_args=(*services.beam_args(), *config.beam_args))
+            return _run(config, clock, out, kafka, services.expansion_service)
+    return _run(config, clock, out)
+
+
+def _run(config: RunConfig, clock: Callable[[], float], out, kafka: KafkaIntake | None = None,
+         expansion_service: str | None = None) -> dict[str, int]:
     out = sys.stdout if out is None else out
     if not is_remote(config.out_dir):
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
@@ -114,7 +141,7 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=None
     options = pipeline_options(config)
     started = clock()
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, config)
+    build(pipeline, config, kafka, expansion_service)
     # The local streaming runner acknowledges what it pulls: a stop drains it first.
     drains = (config.subscription is not None
               and options.view_as(StandardOptions).runner == "BundleBasedDirectRunner")

@@ -56,7 +56,8 @@ def add_flink_arguments(parser: argparse.ArgumentParser) -> None:
                        help="connector jar for the job, e.g. flink-sql-connector-kafka (repeatable)")
     group.add_argument("--watch", action="store_true",
                        help="--events names a directory: read new files as they appear (unbounded)")
-    group.add_argument("--kafka-servers", metavar="HOST:PORT[,...]", help="read Kafka with the Flink job (its connector jar comes from `orion jars` unless --jars names one)")
+    group.add_argument("--kafka-servers", metavar="HOST:PORT[,...]", help="read this Kafka topic: with --runner flink until stopped (its connector jar comes "
+                       "from `orion jars` unless --jars names one), on the Beam graph for --duration seconds")
     group.add_argument("--kafka-topic", metavar="TOPIC")
     group.add_argument("--python-execution-mode", choices=("process", "thread"),
                        help="Flink's python.execution-mode on the local mini-cluster (default: thread); "
