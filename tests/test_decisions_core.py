@@ -11,8 +11,8 @@ from collections import Counter
 
 import pytest
 
-from orion.decisions.core import (CONTENT_FAILED, NO_MATCH, UNKNOWN_PLACEMENT, ContextError, SnippetRenderer, assign,
-                                  decide, parse_context)
+from orion.decisions.core import (CONTENT_FAILED, NO_MATCH, UNKNOWN_PLACEMENT, ContextError, PlacementIndexes,
+                                  SnippetRenderer, assign, decide, parse_context)
 from orion.decisions.leads import count_history
 from orion.rules.compiler import load_experiences
 from orion.rules.model import EMPTY_LEAD_STATE, LeadState
@@ -411,4 +411,263 @@ def test_expired_leads_leave_the_cache(acme, tmp_path):
     reader.read("acme", "L2", (), T0)
     assert reader.cached("acme", "L1") is not None and reader.cached("acme", "L20") is None
     assert set(reader._cache) == {("acme", "L1"), ("acme", "L2")}
+    store.close()
+
+
+INDEXED_RULES = """
+tenant: acme
+settings:
+  lists: [customers]
+  lead_attributes: {industry: string, size: number}
+experiences:
+  - name: Capped first
+    placement: home_hero
+    priority: 0
+    audience:
+      filters:
+        - activity_history:
+            activity: experience_impression
+            where: {experience: {is: Capped first}}
+            at_most: 1
+            in_past: {n: 7, unit: days}
+        - lead: {industry: {is: Retail}}
+      context:
+        device: {in: [mobile, tablet]}
+  - name: Desktop from search
+    placement: home_hero
+    priority: 1
+    audience:
+      context:
+        device: {is: desktop}
+        referrer: {starts_with: "https://search."}
+  - name: Pricing page, not US
+    placement: home_hero
+    priority: 2
+    audience:
+      filters: [{score: {ge: 10}}]
+      context:
+        url: {contains: /pricing}
+        country: {not_in: [US]}
+  - name: Evenings
+    placement: home_hero
+    priority: 3
+    audience:
+      context:
+        local_time: {between: ["18:00", "23:00"]}
+        device: {is_not: tv}
+  - name: Either
+    placement: home_hero
+    priority: 4
+    audience:
+      logic: any
+      filters:
+        - member_of_list: customers
+        - lead: {size: {gt: 100}}
+  - name: December only
+    placement: home_hero
+    priority: 5
+    schedule: {starting: "2026-12-01T00:00:00Z", ending: "2027-01-01T00:00:00Z"}
+    variants: [{name: only, weight: 1, json: december}]
+  - name: Unknown device
+    placement: home_hero
+    priority: 6
+    audience:
+      context:
+        device: {is_empty: true}
+    variants: [{name: only, weight: 1, json: anonymous}]
+"""
+
+
+def with_variants(text: str) -> str:
+    """The rules with one JSON variant for each experience written without any."""
+    for name in ("Capped first", "Desktop from search", "Pricing page, not US", "Evenings", "Either"):
+        text = text.replace(f"  - name: {name}\n",
+                            f"  - name: {name}\n    variants: [{{name: only, weight: 1, json: x}}]\n")
+    return text
+
+
+@pytest.fixture
+def indexed(rules_dir):
+    rules_dir.write(with_variants(INDEXED_RULES))
+    _, experiences, refused = load_experiences(rules_dir.path)
+    assert refused == {}
+    return experiences["acme"]
+
+
+class CountedHistory(dict):
+    """A history that counts how often a filter reads it."""
+
+    reads = 0
+
+    def get(self, key, default=None):
+        CountedHistory.reads += 1
+        return dict.get(self, key, default)
+
+
+def test_the_placement_index_chooses_what_testing_every_experience_chooses(indexed):
+    """Every combination of context values, lead and time: the index's answer is the
+    one the plain walk (choose) gives, found or not."""
+    import itertools
+
+    from orion.decisions.core import PlacementIndex, choose
+
+    experiences = indexed.by_placement["home_hero"]
+    index = PlacementIndex(experiences)
+    capped_key = [c.key for c in indexed.counters][0]
+    states = [EMPTY_LEAD_STATE, LeadState(attributes={"industry": "Retail"}),
+              LeadState(attributes={"industry": "retail", "size": 500}, score=20),
+              LeadState(attributes={"industry": "Retail"}, lists=frozenset({"customers"}),
+                        history={capped_key: {T0 // DAY: 2}}),
+              LeadState(score=10, history={capped_key: {T0 // DAY - 30: 5}})]
+    found = set()
+    for device, referrer, url, country, local_time, state, now in itertools.product(
+            (None, "mobile", "desktop", "TV", "Tablet"), (None, "https://search.example/q", "https://elsewhere/"),
+            (None, "https://x.example/pricing?a=1", "https://x.example/"), (None, "US", "de"),
+            (None, "19:30", "09:00"), states, (T0, T0 + 10 * DAY)):
+        raw = {k: v for k, v in (("device", device), ("referrer", referrer), ("url", url), ("country", country),
+                                 ("local_time", local_time)) if v is not None}
+        context = parse_context(raw, now)
+        expected = choose(experiences, state, context, now)
+        got = index.choose(state, context, now)
+        assert (got.experience if got is not None else None) is expected, (raw, state, now)
+        found.add(expected.name if expected is not None else None)
+    # the cases reach every experience, and none
+    assert found == {e.name for e in experiences} | {None}
+
+
+def test_an_experience_the_context_admits_is_found_and_one_it_excludes_is_not(indexed):
+    index_of = PlacementIndexes()
+    experiences = indexed.by_placement["home_hero"]
+    index = index_of.index(experiences)
+    assert index_of.index(experiences) is index  # built once
+    retail = LeadState(attributes={"industry": "Retail"})
+    assert index.choose(retail, {"device": "mobile"}, T0).experience.name == "Capped first"
+    # the same lead on a desktop from search: the first one's device excludes it
+    desktop = {"device": "desktop", "referrer": "https://search.example/"}
+    assert index.choose(retail, desktop, T0).experience.name == "Desktop from search"
+    assert index.choose(retail, {"device": "desktop", "referrer": "https://other/"}, T0) is None
+    assert index.choose(retail, {}, T0).experience.name == "Unknown device"  # no device: is_empty
+    # values past what the index keeps are worked out each time, with the same answers
+    small = PlacementIndexes()
+    from orion.decisions import core
+
+    original = core.INDEXED_VALUES
+    core.INDEXED_VALUES = 2
+    try:
+        kept = small.index(experiences)
+        for n in range(5):
+            assert kept.choose(retail, {"device": f"watch-{n}"}, T0) is None
+        assert kept.choose(retail, {"device": "Tablet"}, T0).experience.name == "Capped first"
+        assert len(kept._admitted["device"]) == 2
+    finally:
+        core.INDEXED_VALUES = original
+
+
+def test_history_filters_are_tested_after_the_cheap_ones(indexed):
+    """`all`: the lead's history (a store read) is not read when a cheaper filter already
+    says no, though the history filter is written first."""
+    from orion.decisions.core import reads_history
+
+    capped = indexed.by_name["Capped first"]
+    assert [reads_history(f.test) for f in capped.filters] == [True, False]
+    CountedHistory.reads = 0
+    banking = LeadState(attributes={"industry": "Banking"}, history=CountedHistory())
+    assert PlacementIndexes().index(indexed.by_placement["home_hero"]).choose(
+        banking, {"device": "mobile"}, T0) is None
+    assert CountedHistory.reads == 0
+    retail = banking._replace(attributes={"industry": "Retail"})
+    assert PlacementIndexes().index(indexed.by_placement["home_hero"]).choose(
+        retail, {"device": "mobile"}, T0).experience is capped
+    assert CountedHistory.reads == 1
+
+
+def test_assignment_is_the_hash_of_tenant_experience_and_lead():
+    """The arm a lead gets is fixed by the documented hash, whatever the code around it:
+    a change would move leads between arms of running experiments."""
+    import bisect
+    import hashlib
+
+    _, experiences, _ = load_experiences_text(RULES)
+    hero = experiences["acme"].by_name["Retail hero"]
+    for lead in [f"L{n}" for n in range(500)] + ["é-lead", "リード", "\udcff-odd"]:
+        key = f"acme\x1fRetail hero\x1f{lead}".encode("utf-8", "surrogatepass")
+        point = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2.0 ** 64
+        expected = hero.arms[min(bisect.bisect_right(hero.cumulative, point * hero.cumulative[-1]),
+                                 len(hero.arms) - 1)]
+        assert assign("acme", hero, lead) == expected
+        (decision,) = decide(experiences["acme"], SnippetRenderer(), lead, RETAIL, ["home_hero"], {"device": "mobile"},
+                             {"device": "mobile"}, T0)
+        assert decision.variant == expected.name
+
+
+def load_experiences_text(text: str):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as directory:
+        (Path(directory) / "acme.yaml").write_text(text)
+        return load_experiences(Path(directory))
+
+
+def test_a_profile_is_read_for_its_lead_alone_as_the_full_decode_reads_it(tmp_path):
+    from pathlib import Path
+
+    from orion.decisions.leads import lead_state_of_profile
+    from orion.profiles import LeadRecord, ProfileError, decode_profile, encode_profile
+
+    state = LeadState(attributes={"industry": "Retail", "first_name": "Ada", "big": 2 ** 70}, score=12.5,
+                      lists=frozenset({"customers", "newsletter"}), campaigns={"Welcome": (1, T0)})
+    texts = [encode_profile(LeadRecord()), encode_profile(LeadRecord()._replace(
+        flows=LeadRecord().flows._replace(lead=state))),
+        (Path(__file__).parent / "data" / "profile-v1.json").read_text(),
+        '{"version": 2, "lead": {"attributes": {"name": "\\udcff"}}}']
+    for text in texts:
+        full = decode_profile(text).flows.lead
+        mine = lead_state_of_profile(text)
+        assert (mine.attributes, mine.score, mine.lists) == (full.attributes, full.score, full.lists)
+    for bad in ("not json", "[1]", '{"version": 99}', '{"version": 2, "lead": {"lists": 7}}',
+                '{"version": 2, "lead": {"attributes": [1]}}', '{"version": 2, "lead": []}'):
+        with pytest.raises(ProfileError):
+            lead_state_of_profile(bad)
+
+
+def test_counters_one_store_read_answers_are_counted_together(tmp_path, rules_dir):
+    """Two frequency caps on impressions: the first asked for counts both from one read
+    of the lead's impressions; the counts are those counted one by one."""
+    from orion.decisions.leads import LeadReader
+
+    text = INDEXED_RULES.replace("  - name: Desktop from search\n", """  - name: Second cap
+    placement: sidebar
+    variants: [{name: only, weight: 1, json: x}]
+    audience:
+      filters:
+        - activity_history:
+            activity: experience_impression
+            where: {experience: {is: Second cap}}
+            at_most: 1
+            in_past: {n: 30, unit: days}
+  - name: Desktop from search
+""")
+    rules_dir.write(with_variants(text))
+    _, experiences, refused = load_experiences(rules_dir.path)
+    assert refused == {}
+    acme = experiences["acme"]
+    assert len(acme.counters) == 2
+    store = open_store(f"sqlite:///{tmp_path}/a.db")
+    store.init()
+    types = impression_types(acme)
+    seen = [make_activity("experience_impression", lead="L1", at=T0 - n * DAY, types=types, experience=name,
+                          variant="only", placement="home_hero")
+            for n, name in enumerate(["Capped first", "Second cap", "Second cap", "Other"] * 3)]
+    store.write(seen)
+    reads = []
+    history = store.history
+    store.history = lambda *args, **kwargs: reads.append(args) or history(*args, **kwargs)
+    lazy = LeadReader(store, ttl_s=0).read("acme", "L1", acme.counters, T0, lazy_history=True).state.history
+    first, second = (c.key for c in acme.counters)
+    assert lazy.get(first) == count_history(store, "acme", "L1", [acme.counters[0]], T0)[first]
+    reads.clear()
+    assert lazy.get(second) == count_history(store, "acme", "L1", [acme.counters[1]], T0)[second]
+    assert len(reads) == 1  # the one count_history just made: the lead's view read nothing more
+    assert sum(lazy.get(first).values()) == 2 and sum(lazy.get(second).values()) == 6
     store.close()

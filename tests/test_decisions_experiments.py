@@ -151,3 +151,34 @@ def test_an_unknown_experience_is_named(store, experiences):
     with pytest.raises(ReportError) as raised:
         experiment_report(store, experiences, only=["Hreo"])
     assert "no experience 'Hreo'" in str(raised.value) and "Banner, Hero" in str(raised.value)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"])
+def test_a_store_the_report_cannot_read_is_named_not_a_traceback(request, tmp_path, experiences, backend, capsys):
+    """A store without its tables (never initialised): the driver's error is a
+    StoreError naming the store and saying what to do, and the command says it in one
+    line with exit code 2."""
+    from orion.cli import main
+    from orion.store.base import StoreError
+
+    if backend == "sqlite":
+        uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    else:
+        database = request.getfixturevalue("mysql_database")
+        drop_mysql_tables(database)
+        uri = mysql_uri(database)
+    store = open_store(uri)  # no init: no activities table
+    try:
+        with pytest.raises(StoreError) as raised:
+            experiment_report(store, experiences)
+    finally:
+        store.close()
+    said = str(raised.value)
+    assert "could not read tenant 'acme'" in said and ("SQLite" if backend == "sqlite" else "MySQL") in said
+    assert "orion store init" in said
+    assert ("empty.db" in said) if backend == "sqlite" else ("mysql://" in said)
+
+    rules = tmp_path / "rules"  # written by the experiences fixture
+    assert main(["analytics", "experiments", "--tenant", "acme", "--store", uri, "--rules", str(rules)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("orion: the experiments report could not read") and "Traceback" not in err

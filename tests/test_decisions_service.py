@@ -318,6 +318,27 @@ def test_bad_input_gets_a_clear_answer_and_never_a_500(start, key, tmp_path):
     assert 'status="500"' not in text and 'route="/v1/decide",status="400"' in text
 
 
+def test_routes_answer_as_routed_and_what_no_route_takes_is_a_counted_404_or_405(start, key, tmp_path):
+    service = start(f"sqlite:///{tmp_path / 'store.db'}")
+    status, headers, _ = request("OPTIONS", service.port, "/v1/decide")
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in headers["Access-Control-Allow-Methods"]
+    assert request("GET", service.port, "/healthz")[0] == 200
+    status, headers, _ = request("GET", service.port, "/v1/decide")
+    assert status == 405 and set(headers["Allow"].split(",")) == {"POST", "OPTIONS"}
+    status, headers, _ = request("POST", service.port, "/healthz", {})
+    assert status == 405 and "GET" in headers["Allow"]
+    assert request("GET", service.port, "/v1/decide/more")[0] == 404
+    assert request("POST", service.port, "/nowhere", {})[0] == 404
+    refused, headers, _ = service.decide({"lead_id": "L1", "placements": ["home_hero"]})  # no key
+    assert refused == 401 and headers["Access-Control-Allow-Origin"] == "*"
+    assert service.metric("orion_decide_requests_total", route="other", status="404") == 2
+    assert service.metric("orion_decide_requests_total", route="other", status="405") == 2
+    assert service.metric("orion_decide_requests_total", route="/v1/decide", status="204") == 1
+    assert service.metric("orion_decide_requests_total", route="/v1/decide", status="401") == 1
+    assert service.metric("orion_decide_requests_total", route="/healthz", status="200") == 1
+
+
 def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

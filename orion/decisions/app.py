@@ -52,7 +52,8 @@ from orion.collector.limits import RateLimiter, retry_after_header
 from orion.collector.publisher import BatchPublisher, PublishUnavailable
 from orion.collector.redaction import redact
 from orion.collector.serving import authorize
-from orion.decisions.core import ContextError, SnippetRenderer, decide, parse_context
+from orion.decisions.core import (UNKNOWN_PLACEMENT, ContextError, PlacementIndexes, SnippetRenderer, decide,
+                                  parse_context)
 from orion.decisions.leads import LeadReader
 from orion.rules.model import EXPERIENCE_IMPRESSION
 from orion.store.base import StoreError
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 
 DECIDE_ROUTE = "/v1/decide"
 BODY_FIELDS = ("lead_id", "placements", "context")
+_BODY_FIELD_SET = frozenset(BODY_FIELDS)
 MAX_LEAD_ID_CHARS = 255  # what every store's lead id column holds
 MAX_PLACEMENT_CHARS = 200
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -163,6 +165,7 @@ class DecideMetrics:
 
 STATE = web.AppKey("decider", object)
 _FROM_CACHE, _FROM_STORE, _PUBLISHED, _FAILED = ("cache",), ("store",), ("published",), ("failed",)
+_CONTROL, _VARIANT = "control", "variant"
 
 
 class Decider:
@@ -177,6 +180,7 @@ class Decider:
         self.metrics = metrics or DecideMetrics()
         self.clock = clock
         self.renderer = SnippetRenderer()
+        self.indexes = PlacementIndexes()
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
         # SQLite answers from a local file in microseconds, on the event loop; a networked
         # store's client blocks for a round trip, so it gets a thread of its own (one: its
@@ -191,9 +195,8 @@ class Decider:
             check_impression(tenant, types)
 
     async def lead(self, tenant: str, lead_id: str, counters, now: int):
-        found = self.reader.cached(tenant, lead_id)
+        found = self.cached_lead(tenant, lead_id)
         if found is not None:
-            self.metrics.lead_reads.inc(_FROM_CACHE)
             return found
         self.metrics.lead_reads.inc(_FROM_STORE)
         if self.inline_reads:
@@ -201,15 +204,26 @@ class Decider:
         return await asyncio.get_running_loop().run_in_executor(
             self.executor, self.reader.read, tenant, lead_id, counters, now)
 
-    def record(self, tenant: str, lead_id: str, decisions, raw_context: dict, now: int) -> None:
-        """Queue the impressions of `decisions` for the publisher, without waiting for Pub/Sub."""
-        url = raw_context.get("url")
+    def cached_lead(self, tenant: str, lead_id: str):
+        """The lead's view from the cache, or None (then `lead` reads it)."""
+        found = self.reader.cached(tenant, lead_id)
+        if found is not None:
+            self.metrics.lead_reads.inc(_FROM_CACHE)
+        return found
+
+    def inline_lead(self, tenant: str, lead_id: str, counters, now: int):
+        """What `lead` answers, read on this thread: for a store read inline (SQLite)."""
+        found = self.cached_lead(tenant, lead_id)
+        if found is not None:
+            return found
+        self.metrics.lead_reads.inc(_FROM_STORE)
+        return self.reader.read(tenant, lead_id, counters, now, lazy_history=True)
+
+    def queue(self, encoded: bytes) -> None:
+        """Queue one encoded impression (see `impression`) for the publisher, without
+        waiting for Pub/Sub."""
         waiting = self._waiting
-        for decision in decisions:
-            if decision.experience is not None and decision.error is None:
-                waiting.append(orjson.dumps(impression(tenant, lead_id, decision, url, now)))
-        if not waiting:
-            return
+        waiting.append(encoded)
         if len(waiting) >= self.settings.flush_events:
             self._hand_over()
         elif self._handover is None:
@@ -336,8 +350,8 @@ def parse_request(body: bytes, max_placements: int) -> tuple[str, list[str], dic
     if not isinstance(request, dict):
         raise BadRequest(400, "malformed_json", 'the body must be a JSON object: {"lead_id": ..., '
                          '"placements": [...], "context": {...}}')
-    unknown = [key for key in request if key not in BODY_FIELDS]
-    if unknown:
+    if not request.keys() <= _BODY_FIELD_SET:
+        unknown = [key for key in request if key not in BODY_FIELDS]
         raise BadRequest(400, "bad_field", f"unknown field {str(unknown[0])[:80]!r}; the body holds "
                          f"{', '.join(BODY_FIELDS)}")
     lead_id = request.get("lead_id")
@@ -389,28 +403,37 @@ async def post_decide(request: web.Request) -> web.Response:
     experiences = decider.experiences.get(tenant)
     counters = experiences.counters if experiences is not None else ()
     try:
-        view = await decider.lead(tenant, lead_id, counters, now)
+        if decider.inline_reads:  # no coroutine to await for a read made here anyway
+            view = decider.inline_lead(tenant, lead_id, counters, now)
+        else:
+            view = await decider.lead(tenant, lead_id, counters, now)
         # (a history filter may read the store here: see LeadReader's lazy_history)
         decisions = decide(experiences, decider.renderer, lead_id, view.state, placements, context, raw_context,
-                           now)
+                           now, decider.indexes)
     except StoreError as err:
         log.warning("the store did not answer for tenant %s: %s", tenant, redact(str(err)))
         return _json(503, {"error": "store_unavailable", "detail": "the lead store did not answer; try again"},
                      {"Retry-After": retry_after_header(settings.retry_after)})
-    decider.record(tenant, lead_id, decisions, raw_context, now)
+    # One pass over the decisions: the answer, the impressions queued and the counts.
+    url = raw_context.get("url")
+    answers = []
     known = 0
-    counted = decider.metrics.decisions
+    counts = decider.metrics.decisions.values
     for decision in decisions:
-        if decision.error is None:
-            outcome = "control" if decision.control else "variant"
-        else:
-            outcome = decision.error
-        if outcome != "unknown_placement":
+        error = decision.error
+        if error is None:
+            outcome = _CONTROL if decision.control else _VARIANT
+            decider.queue(orjson.dumps(impression(tenant, lead_id, decision, url, now)))
             known += 1
-        counted.inc((tenant, outcome))
+        else:
+            outcome = error
+            if error != UNKNOWN_PLACEMENT:
+                known += 1
+        answers.append(decision.to_json_dict())
+        labels = (tenant, outcome)
+        counts[labels] = counts.get(labels, 0) + 1
     decider.metrics.seconds.observe(time.perf_counter() - started)
-    return _json(200 if known else 422, {"lead_id": lead_id, "lead": view.status,
-                                         "decisions": [d.to_json_dict() for d in decisions]})
+    return _json(200 if known else 422, {"lead_id": lead_id, "lead": view.status, "decisions": answers})
 
 
 async def preflight(request: web.Request) -> web.Response:
@@ -434,33 +457,52 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=decider.metrics.render(), headers={"Content-Type": decider.metrics.content_type})
 
 
-@web.middleware
-async def count_and_cors(request: web.Request, handler):
-    decider: Decider = request.app[STATE]
-    try:
-        response = await handler(request)
-    except web.HTTPException as http_error:  # 404, 405 and the like, raised by aiohttp itself
-        response = http_error
-    except Exception as err:  # noqa: BLE001 - a fault of ours: answered, counted and logged, keys cut out
-        log.error("%s %s failed: %s", request.method, redact(request.path_qs), redact(f"{type(err).__name__}: {err}"),
-                  exc_info=err)
-        response = _json(500, {"error": "internal", "detail": "the decision failed on this request; it is logged"})
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "other"
-    decider.metrics.requests.inc((route, str(response.status)))
-    if route == DECIDE_ROUTE:
-        response.headers["Access-Control-Allow-Origin"] = decider.settings.cors_origin
-    if isinstance(response, web.HTTPException):
-        raise response
-    return response
+def answered(route: str, handler):
+    """`handler` with what every answer of the app gets: counted by route and status,
+    the CORS origin on /v1/decide's, and a fault of ours answered as a 500 (counted and
+    logged, keys cut out). (A wrapper of each route rather than a middleware: aiohttp
+    runs a middleware through two more coroutines on every request.)"""
+    cors = route == DECIDE_ROUTE
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        decider: Decider = request.app[STATE]
+        try:
+            response = await handler(request)
+        except web.HTTPException as http_error:  # 404, 405 and the like
+            response = http_error
+        except Exception as err:  # noqa: BLE001 - a fault of ours: answered, counted and logged, keys cut out
+            log.error("%s %s failed: %s", request.method, redact(request.path_qs),
+                      redact(f"{type(err).__name__}: {err}"), exc_info=err)
+            response = _json(500, {"error": "internal", "detail": "the decision failed on this request; it is logged"})
+        decider.metrics.requests.inc((route, str(response.status)))
+        if cors:
+            response.headers["Access-Control-Allow-Origin"] = decider.settings.cors_origin
+        if isinstance(response, web.HTTPException):
+            raise response
+        return response
+
+    return answer
+
+
+# The methods of each path (aiohttp adds HEAD beside GET); any other request is refused
+# by `unrouted` as aiohttp's router would, 405 or 404.
+_ROUTES = {DECIDE_ROUTE: ("POST", "OPTIONS"), "/healthz": ("GET", "HEAD"), "/metrics": ("GET", "HEAD")}
+
+
+async def unrouted(request: web.Request) -> web.StreamResponse:
+    methods = _ROUTES.get(request.path)
+    if methods is not None:
+        raise web.HTTPMethodNotAllowed(request.method, methods)
+    raise web.HTTPNotFound()
 
 
 def build_app(decider: Decider) -> web.Application:
     """The aiohttp application; the caller owns the decider (drains and closes it)."""
-    app = web.Application(client_max_size=decider.settings.max_body_bytes, middlewares=[count_and_cors])
+    app = web.Application(client_max_size=decider.settings.max_body_bytes)
     app[STATE] = decider
-    app.router.add_post(DECIDE_ROUTE, post_decide)
-    app.router.add_route("OPTIONS", DECIDE_ROUTE, preflight)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_post(DECIDE_ROUTE, answered(DECIDE_ROUTE, post_decide))
+    app.router.add_route("OPTIONS", DECIDE_ROUTE, answered(DECIDE_ROUTE, preflight))
+    app.router.add_get("/healthz", answered("/healthz", healthz))
+    app.router.add_get("/metrics", answered("/metrics", metrics))
+    app.router.add_route("*", "/{path:.*}", answered("other", unrouted))  # last: what no route above takes
     return app

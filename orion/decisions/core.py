@@ -20,13 +20,21 @@ The HTML it renders is autoescaped. A snippet reads only the tokens it names, so
 rendered is kept (a bounded number of renders) under the values of those tokens, and
 the same values give the kept HTML without rendering again.
 
+A placement's experiences are walked through an index built on first use
+(PlacementIndex): a condition on a text field of the context (url, referrer, device,
+country) depends on the field's value alone, so for each value seen the index keeps which
+experiences it admits, and a request walks only those its context admits on every text
+field, each then tested on its schedule, its local time and its filters (those that read
+the store's history last: a store read is the dearest test, and `all` is the same in any
+order). What the walk admits is what testing every experience in turn admits.
+
     python -c "from orion.decisions.core import parse_context; print(parse_context({'local_time': '09:30'}, 0))"
 """
 from __future__ import annotations
 
-import bisect
 import functools
-import hashlib
+from bisect import bisect_right as _bisect_right
+from hashlib import blake2b as _blake2b
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -108,7 +116,7 @@ def parse_context(raw: Any, now_ms: int) -> dict:
         if field in TEXT_CONTEXT_FIELDS:
             values[field] = value
     if raw.get("local_time") is not None:
-        values["local_time"] = _minutes_of(raw["local_time"])
+        values["local_time"] = _minutes_of(raw["local_time"])  # a str: checked above
     elif raw.get("timezone") is not None:
         zone = _zone(raw["timezone"])
         local = datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc).astimezone(zone)
@@ -116,6 +124,7 @@ def parse_context(raw: Any, now_ms: int) -> dict:
     return values
 
 
+@functools.lru_cache(maxsize=4096)
 def _minutes_of(text: str) -> float:
     parts = text.split(":")
     if len(parts) in (2, 3) and all(len(p) == 2 and p.isdigit() for p in parts):
@@ -153,9 +162,19 @@ def assign(tenant: str, experience: Experience, lead_id: str) -> Variant:
     """The lead's arm of the experience: a hash of (tenant, experience, lead) as a point
     in [0, total weight), falling in one arm's share. Sticky, with no storage; a lead's
     arm changes only when the weights or the arms change."""
-    key = f"{tenant}\x1f{experience.name}\x1f{lead_id}".encode("utf-8", "surrogatepass")
-    point = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 18446744073709551616.0
-    position = bisect.bisect_right(experience.cumulative, point * experience.total_weight)
+    return _arm_at(experience, _assignment_prefix(tenant, experience), lead_id)
+
+
+def _assignment_prefix(tenant: str, experience: Experience) -> bytes:
+    """What the hash of an assignment starts with: UTF-8 joins, so the key of (tenant,
+    experience, lead) is this prefix then the lead id's bytes."""
+    return f"{tenant}\x1f{experience.name}\x1f".encode("utf-8", "surrogatepass")
+
+
+def _arm_at(experience: Experience, prefix: bytes, lead_id: str) -> Variant:
+    key = prefix + lead_id.encode("utf-8", "surrogatepass")
+    point = int.from_bytes(_blake2b(key, digest_size=8).digest(), "big") / 18446744073709551616.0
+    position = _bisect_right(experience.cumulative, point * experience.cumulative[-1])
     arms = experience.arms
     if position >= len(arms):  # a point on the very top edge, which float rounding allows
         position = len(arms) - 1
@@ -167,8 +186,8 @@ def assign(tenant: str, experience: Experience, lead_id: str) -> Variant:
 def choose(experiences: tuple[Experience, ...], state: LeadState, context: dict, now: int) -> Experience | None:
     """The first experience, in the order given, open now whose audience admits the
     visitor: the context conditions first (cheap, often decisive), then the filters.
-    (Experience.scheduled, context_met and filters_met, written out: a placement may try
-    dozens of experiences on every request, and the calls cost more than the tests.)"""
+    (Experience.scheduled, context_met and filters_met, written out.) decide() asks a
+    PlacementIndex, which answers the same with fewer tests."""
     for experience in experiences:
         starting, ending = experience.starting, experience.ending
         if (starting is not None and now < starting) or (ending is not None and now >= ending):
@@ -187,6 +206,157 @@ def choose(experiences: tuple[Experience, ...], state: LeadState, context: dict,
             else:
                 return experience
     return None
+
+
+# Values of one text field of the context a PlacementIndex keeps the admitted experiences
+# of, at most; a value past them has its experiences worked out on every request.
+INDEXED_VALUES = 1024
+# Placements whose indexes a PlacementIndexes keeps; past it they are built again.
+INDEXED_PLACEMENTS = 4096
+
+
+class Candidate(NamedTuple):
+    """An experience as a PlacementIndex tries it: its schedule, the context conditions
+    the index does not answer (local_time), its filters in the order they are tested
+    (`all`: those that read the store's history last; None: another logic, which
+    Experience.filters_met applies) and the start of its assignments' hash keys."""
+
+    experience: Experience
+    starting: int | None
+    ending: int | None
+    residual: tuple[tuple[str, Any], ...]
+    filters: tuple | None
+    prefix: bytes
+
+
+class _HistoryProbe(dict):
+    """An empty history that notes being read: which filters read the store's history."""
+
+    def get(self, key, default=None):
+        self.read = True
+        return default
+
+    def __getitem__(self, key):
+        self.read = True
+        raise KeyError(key)
+
+    def __contains__(self, key):
+        self.read = True
+        return False
+
+
+def reads_history(test, now: int = 0) -> bool:
+    """Whether a filter's test reads the lead's history (a store read when the lead's
+    history is counted on first use). Only the order of tests follows from it."""
+    probe = _HistoryProbe()
+    try:
+        test(LeadState(history=probe), now)
+    except Exception:  # noqa: BLE001 - a test that fails on an empty lead is tested in its place
+        return False
+    return getattr(probe, "read", False)
+
+
+def _candidate(experience: Experience) -> Candidate:
+    residual = tuple((field, test) for field, test in experience.context if field not in TEXT_CONTEXT_FIELDS)
+    filters = None
+    if experience.logic_text == "all":
+        filters = tuple(sorted(experience.filters, key=lambda found: reads_history(found.test)))
+    return Candidate(experience, experience.starting, experience.ending, residual, filters,
+                     _assignment_prefix(experience.tenant, experience))
+
+
+class PlacementIndex:
+    """A placement's experiences, in order, indexed by the text fields of the context
+    their conditions test. A condition on url, referrer, device or country depends on
+    the value alone (the text operators do not read the time), so for each value of such
+    a field seen, the index keeps the experiences whose condition on it admits the value
+    (an experience without one admits every value), as a bit mask, for at most
+    INDEXED_VALUES values a field. `choose` walks only the experiences every field
+    admits, in order, and tests the rest of their audience."""
+
+    __slots__ = ("candidates", "fields", "everyone", "_admitted")
+
+    def __init__(self, experiences: tuple[Experience, ...]):
+        self.candidates = tuple(_candidate(experience) for experience in experiences)
+        fields: dict[str, None] = {}
+        for experience in experiences:
+            for field, _ in experience.context:
+                if field in TEXT_CONTEXT_FIELDS:
+                    fields[field] = None
+        self.fields = tuple(fields)
+        self.everyone = (1 << len(experiences)) - 1
+        self._admitted: dict[str, dict] = {field: {} for field in self.fields}
+
+    def admitted(self, field: str, value, now: int) -> int:
+        """The mask of the experiences whose conditions on `field` admit `value`."""
+        kept = self._admitted[field]
+        mask = kept.get(value)
+        if mask is None:
+            mask = 0
+            for number, candidate in enumerate(self.candidates):
+                for named, test in candidate.experience.context:
+                    if named == field and not test(value, now):
+                        break
+                else:
+                    mask |= 1 << number
+            if len(kept) < INDEXED_VALUES:
+                kept[value] = mask
+        return mask
+
+    def choose(self, state: LeadState, context: dict, now: int) -> Candidate | None:
+        """What choose() answers for these experiences, as a Candidate."""
+        mask = self.everyone
+        admitted = self._admitted
+        for field in self.fields:
+            value = context.get(field)
+            found = admitted[field].get(value)
+            mask &= found if found is not None else self.admitted(field, value, now)
+        candidates = self.candidates
+        while mask:
+            lowest = mask & -mask
+            mask ^= lowest
+            candidate = candidates[lowest.bit_length() - 1]
+            starting, ending = candidate.starting, candidate.ending
+            if (starting is not None and now < starting) or (ending is not None and now >= ending):
+                continue
+            for field, test in candidate.residual:
+                if not test(context.get(field), now):
+                    break
+            else:
+                filters = candidate.filters
+                if filters is None:
+                    if candidate.experience.filters_met(state, now):
+                        return candidate
+                    continue
+                for found in filters:
+                    if not found.test(state, now):
+                        break
+                else:
+                    return candidate
+        return None
+
+
+class PlacementIndexes:
+    """The PlacementIndex of each placement's experiences, built on first use and kept
+    while those experiences are the ones decided from (for at most INDEXED_PLACEMENTS)."""
+
+    def __init__(self, entries: int = INDEXED_PLACEMENTS):
+        self.entries = entries
+        self._indexes: dict[int, tuple[tuple, PlacementIndex]] = {}
+
+    def index(self, experiences: tuple[Experience, ...]) -> PlacementIndex:
+        found = self._indexes.get(id(experiences))
+        if found is not None and found[0] is experiences:
+            return found[1]
+        if len(self._indexes) >= self.entries:
+            self._indexes.clear()
+        index = PlacementIndex(experiences)
+        # the experiences are kept with their index, so their id names no other tuple
+        self._indexes[id(experiences)] = (experiences, index)
+        return index
+
+
+_DEFAULT_INDEXES = PlacementIndexes()
 
 
 # Renders kept by a SnippetRenderer at most; past it the oldest tenth is dropped.
@@ -343,11 +513,15 @@ def _reason(err: BaseException) -> str:
 
 
 def decide(experiences: TenantExperiences | None, renderer: SnippetRenderer, lead_id: str, state: LeadState,
-           placements: list[str], context: dict, raw_context: dict, now: int) -> list[Decision]:
-    """One Decision per placement, in the order asked (each placement once)."""
+           placements: list[str], context: dict, raw_context: dict, now: int,
+           indexes: PlacementIndexes | None = None) -> list[Decision]:
+    """One Decision per placement, in the order asked (each placement once). `indexes`:
+    the caller's PlacementIndexes (default: one this module keeps)."""
     decisions = []
     by_placement = experiences.by_placement if experiences is not None else {}
-    for placement in dict.fromkeys(placements):
+    if indexes is None:
+        indexes = _DEFAULT_INDEXES
+    for placement in (dict.fromkeys(placements) if len(placements) > 1 else placements):
         candidates = by_placement.get(placement)
         if candidates is None:
             known = ", ".join(sorted(by_placement)[:20]) or "none"
@@ -355,12 +529,13 @@ def decide(experiences: TenantExperiences | None, renderer: SnippetRenderer, lea
                                       detail=f"no experience has placement {placement[:80]!r} (this tenant's "
                                       f"placements: {known})"))
             continue
-        chosen = choose(candidates, state, context, now)
-        if chosen is None:
+        found = indexes.index(candidates).choose(state, context, now)
+        if found is None:
             decisions.append(Decision(placement, error=NO_MATCH,
                                       detail="no experience of this placement is for this visitor now"))
             continue
-        arm = assign(chosen.tenant, chosen, lead_id)
+        chosen = found.experience
+        arm = _arm_at(chosen, found.prefix, lead_id)
         if arm.kind == "template":
             try:
                 content = renderer.render(chosen, arm, lead_id, state, raw_context)

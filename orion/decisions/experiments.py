@@ -39,7 +39,9 @@ def tenant_activities(store, tenant: str, types: Iterable[str]) -> Iterator[Acti
     """Every stored activity of `tenant` with one of `types`, in no particular order. The
     store interface reads one lead at a time; a report reads a whole tenant, so each
     backend is asked in its own terms: SQL on the SQLite and MySQL activity tables, a
-    scan of the tenant's key range on Bigtable, the serving store of a migrating one."""
+    scan of the tenant's key range on Bigtable, the serving store of a migrating one.
+    What the SQL drivers raise (a missing table, a locked or corrupt file, a lost
+    connection) becomes a StoreError that names the store and says what failed."""
     types = sorted(set(types))
     kind = type(store).__name__
     if not types:
@@ -47,20 +49,9 @@ def tenant_activities(store, tenant: str, types: Iterable[str]) -> Iterator[Acti
     if kind == "MigratingStore":
         yield from tenant_activities(store.serving, tenant, types)
     elif kind == "SqliteStore":
-        marks = ", ".join("?" * len(types))
-        cursor = store.connection.execute(
-            f"SELECT event_id, lead_id, type, occurred_at, attributes FROM activities WHERE tenant = ? "
-            f"AND type IN ({marks})", [tenant, *types])
-        for event_id, lead_id, type_, occurred_at, attributes in cursor:
-            yield Activity(event_id, tenant, lead_id, type_, occurred_at, json.loads(attributes))
+        yield from _sql_activities(store, "SQLite", tenant, types, _sqlite_rows)
     elif kind == "MysqlStore":
-        marks = ", ".join(["%s"] * len(types))
-        with store.connection.cursor() as cursor:
-            cursor.execute(f"SELECT event_id, lead_id, type, occurred_at, attributes FROM activities "
-                           f"WHERE tenant = %s AND type IN ({marks})", [tenant, *types])
-            for event_id, lead_id, type_, occurred_at, attributes in cursor.fetchall():
-                yield Activity(_text(event_id), tenant, _text(lead_id), _text(type_), int(occurred_at),
-                               json.loads(attributes))
+        yield from _sql_activities(store, "MySQL", tenant, types, _mysql_rows)
     elif kind in ("BigtableStore", "HBaseStore"):  # the same row keys, the same scan
         from orion.store.bigtable import SEPARATOR, encode_id
 
@@ -73,6 +64,59 @@ def tenant_activities(store, tenant: str, types: Iterable[str]) -> Iterator[Acti
     else:
         raise ReportError(f"the experiments report cannot read a whole tenant from a {kind}; use a sqlite://, "
                           "mysql://, bigtable:// or hbase:// store")
+
+
+def _sql_activities(store, product: str, tenant: str, types: list[str], rows) -> Iterator[Activity]:
+    """The activities `rows(store, tenant, types)` yields, with what the driver raises,
+    on the query or midway through the rows, as a StoreError naming the store."""
+    from orion.collector.redaction import redact
+    from orion.store.base import StoreError
+
+    try:
+        yield from rows(store, tenant, types)
+    except StoreError:
+        raise
+    except _driver_errors() as err:
+        where = redact(str(getattr(store, "uri", type(store).__name__)))
+        said = redact(str(err))
+        hint = f"; create its tables with: orion store init {where}" if "no such table" in said or \
+            "doesn't exist" in said else ""
+        raise StoreError(f"the experiments report could not read tenant {tenant!r}'s activities from the "
+                         f"{product} store {where}: {type(err).__name__}: {said[:300]}{hint}") from err
+
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    """What the SQL drivers raise when the store fails (sqlite3's and pymysql's errors,
+    and the OS's)."""
+    import sqlite3
+
+    found: list[type[BaseException]] = [sqlite3.Error, OSError]
+    try:
+        import pymysql
+
+        found.append(pymysql.err.Error)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def _sqlite_rows(store, tenant: str, types: list[str]) -> Iterator[Activity]:
+    marks = ", ".join("?" * len(types))
+    cursor = store.connection.execute(
+        f"SELECT event_id, lead_id, type, occurred_at, attributes FROM activities WHERE tenant = ? "
+        f"AND type IN ({marks})", [tenant, *types])
+    for event_id, lead_id, type_, occurred_at, attributes in cursor:
+        yield Activity(event_id, tenant, lead_id, type_, occurred_at, json.loads(attributes))
+
+
+def _mysql_rows(store, tenant: str, types: list[str]) -> Iterator[Activity]:
+    marks = ", ".join(["%s"] * len(types))
+    with store.connection.cursor() as cursor:
+        cursor.execute(f"SELECT event_id, lead_id, type, occurred_at, attributes FROM activities "
+                       f"WHERE tenant = %s AND type IN ({marks})", [tenant, *types])
+        rows = cursor.fetchall()
+    for event_id, lead_id, type_, occurred_at, attributes in rows:
+        yield Activity(_text(event_id), tenant, _text(lead_id), _text(type_), int(occurred_at), json.loads(attributes))
 
 
 def _text(value) -> str:

@@ -10,6 +10,11 @@ collector walks stays small, and its pauses short). A lead with no profile is
 unknown: it is decided for as an anonymous visitor, from the request's context and an
 empty profile. A profile that cannot be read is treated the same, and said so.
 
+Of a profile, decisions read the lead's attributes, score and lists (lead_state_of_profile):
+the rest (flows, sends, the sequencer's progress) is the graph's, and is not decoded.
+A history counter is counted from the store when a filter first asks for it, together
+with the other counters the same store read answers (StoredHistory).
+
     python -c "from orion.decisions.leads import LeadReader; help(LeadReader)"
 """
 from __future__ import annotations
@@ -19,8 +24,10 @@ from collections import deque
 from datetime import date, timedelta
 from typing import Callable, NamedTuple, Sequence
 
+import orjson
+
 from orion.activities import MS_PER_DAY
-from orion.profiles import ProfileError, decode_profile
+from orion.profiles import PROFILE_VERSION, ProfileError, decode_profile
 from orion.rules.model import EMPTY_LEAD_STATE, HistoryCounter, LeadState
 
 KNOWN, UNKNOWN, UNREADABLE = "known", "unknown", "unreadable"
@@ -69,32 +76,82 @@ def count_history(store, tenant: str, lead_id: str, counters: Sequence[HistoryCo
     return history
 
 
+def history_reads(counters: Sequence[HistoryCounter]) -> dict[str, tuple[HistoryCounter, ...]]:
+    """For each counter's key, the counters one store read counts together with it: the
+    counters without conditions (one read of the activity index), or those with
+    conditions on the same activity type (one read of that type's activities)."""
+    groups: dict[tuple, list[HistoryCounter]] = {}
+    for counter in counters:
+        group = ("index",) if not counter.conditions else ("history", counter.activity_type)
+        groups.setdefault(group, []).append(counter)
+    return {counter.key: tuple(members) for members in groups.values() for counter in members}
+
+
 class StoredHistory(dict):
     """A lead's history counters, each counted from the store the first time a filter
-    asks for it (`get`): most decisions are settled by the context and the profile before
-    a history filter is tried, and then the store is not asked, or asked for one counter."""
+    asks for it (`get`), with the counters the same read answers (history_reads): most
+    decisions are settled by the context and the profile before a history filter is
+    tried, and then the store is not asked, or asked once for each kind of read."""
 
     # What count_history needs, held here rather than in a closure: a lead's cached view
     # should be few objects, for the garbage collector walks them while they are cached.
-    __slots__ = ("_store", "_tenant", "_lead_id", "_now_ms", "_counters", "_asked")
+    __slots__ = ("_store", "_tenant", "_lead_id", "_now_ms", "_reads", "_asked")
 
-    def __init__(self, store, tenant: str, lead_id: str, counters: Sequence[HistoryCounter], now_ms: int):
+    def __init__(self, store, tenant: str, lead_id: str, reads: dict[str, tuple[HistoryCounter, ...]],
+                 now_ms: int):
         super().__init__()
         self._store, self._tenant, self._lead_id, self._now_ms = store, tenant, lead_id, now_ms
-        self._counters = counters
-        self._asked: set | None = None  # made on the first `get`: most leads never need one
+        self._reads = reads
+        self._asked: set | None = None  # made on the first read: most leads never need one
 
     def get(self, key, default=None):
         asked = self._asked
-        if asked is None:
-            asked = self._asked = set()
-        if key not in asked:
-            asked.add(key)
-            for counter in self._counters:
-                if counter.key == key:
-                    self.update(count_history(self._store, self._tenant, self._lead_id, [counter], self._now_ms))
-                    break
+        if asked is None or key not in asked:
+            counters = self._reads.get(key)
+            if counters is not None:
+                if asked is None:
+                    asked = self._asked = set()
+                self.update(count_history(self._store, self._tenant, self._lead_id, counters, self._now_ms))
+                asked.update(counter.key for counter in counters)
         return dict.get(self, key, default)
+
+
+def lead_state_of_profile(text: str | bytes) -> LeadState:
+    """What decisions read of a profile: the lead's attributes, score and lists, as
+    decode_profile gives them (campaign runs, flows, sends and the sequencer's progress
+    are left undecoded: no audience or snippet reads them). ProfileError for text that
+    is not a profile of a version this Orion reads, or whose attributes, score or lists
+    do not read."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return decode_profile(text).flows.lead  # what orjson refuses, read (or refused) the slow way
+    if data.__class__ is not dict:
+        raise ProfileError(f"a lead profile must be a JSON object, not {type(data).__name__}")
+    version = data.get("version", 1)
+    if version.__class__ is not int or version < 1 or version > PROFILE_VERSION:
+        return decode_profile(text).flows.lead  # its error says which
+    lead = data.get("lead", _NO_LEAD)
+    try:
+        attributes = lead.get("attributes", _NO_LEAD)
+        if attributes.__class__ is not dict or attributes is _NO_LEAD:  # a parsed dict is the lead's own
+            attributes = dict(attributes)
+        lists = lead.get("lists", ())
+        names = _LIST_SETS.get(tuple(lists))
+        return LeadState(attributes, lead.get("score", 0), names if names is not None else _list_set(lists))
+    except (AttributeError, TypeError, ValueError) as err:
+        raise ProfileError(f"a version {version} lead profile has a bad field: {err}") from None
+
+
+_NO_LEAD: dict = {}
+_LIST_SETS: dict[tuple, frozenset] = {}  # the lists leads are in, as sets, for at most 4096 combinations
+
+
+def _list_set(lists) -> frozenset:
+    found = frozenset(lists)
+    if len(_LIST_SETS) < 4096 and lists.__class__ is list:
+        _LIST_SETS[tuple(lists)] = found
+    return found
 
 
 class LeadReader:
@@ -108,6 +165,8 @@ class LeadReader:
         self.max_entries = max_entries
         self._clock = clock
         self._cache: dict[tuple[str, str], tuple[float, LeadView]] = {}
+        # history_reads of each tenant's counters, by the counters' id (kept with them)
+        self._reads: dict[int, tuple[Sequence[HistoryCounter], dict]] = {}
         # (expiry, key) in the order of insertion, which is the order of expiry (one TTL
         # for all): the oldest are dropped from the front. A key read again has an older
         # entry here too, which is passed over.
@@ -134,16 +193,21 @@ class LeadReader:
             state, status = EMPTY_LEAD_STATE, UNKNOWN
         else:
             try:
-                state, status = decode_profile(data).flows.lead, KNOWN
+                state, status = lead_state_of_profile(data), KNOWN
             except ProfileError:
                 state, status = EMPTY_LEAD_STATE, UNREADABLE
         if counters:
             if lazy_history:
-                history = StoredHistory(self.store, tenant, lead_id, counters, now_ms)
+                reads = self._reads.get(id(counters))
+                if reads is None or reads[0] is not counters:
+                    if len(self._reads) >= 1024:
+                        self._reads.clear()
+                    reads = self._reads[id(counters)] = (counters, history_reads(counters))
+                history = StoredHistory(self.store, tenant, lead_id, reads[1], now_ms)
             else:
                 history = count_history(self.store, tenant, lead_id, counters, now_ms)
             if history or lazy_history:
-                state = state._replace(history=history)
+                state = LeadState(state.attributes, state.score, state.lists, state.campaigns, history)
         view = LeadView(state, status)
         if self.ttl_s > 0:
             now = self._clock()
