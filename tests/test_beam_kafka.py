@@ -132,6 +132,19 @@ def test_orion_run_on_a_topic_without_a_duration_says_how_to_bound_it(tmp_path):
     assert not (tmp_path / "orion-data").exists()  # refused before anything ran
 
 
+def test_orion_run_on_a_missing_topic_or_broker_says_so_before_starting_anything(kafka_broker, tmp_path):
+    from test_cli import run_orion
+
+    missing = run_orion("run", "--kafka-servers", kafka_broker.bootstrap_servers, "--kafka-topic",
+                        new_topic_name("missing"), "--duration", "5", "--out-dir", str(tmp_path / "out"),
+                        "--store", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr, missing.stderr[-2000:]
+    assert "Exception" not in missing.stderr  # Orion's words, not a Java stack trace
+    nobody = run_orion("run", "--kafka-servers", "127.0.0.1:9", "--kafka-topic", "activities", "--duration", "5",
+                       "--out-dir", str(tmp_path / "out"), "--store", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path)
+    assert nobody.returncode == 1 and "no Kafka broker at 127.0.0.1:9" in nobody.stderr, nobody.stderr[-2000:]
+
+
 def test_orion_run_reads_a_topic_for_its_duration_into_the_store(kafka_broker, tmp_path):
     topic = new_topic_name("beam-cli")
     kafka_broker.create_topic(topic, 2)

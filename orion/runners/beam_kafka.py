@@ -47,6 +47,31 @@ class BeamKafkaUnavailable(RuntimeError):
     """A service the Beam Kafka intake needs cannot start; the message says why."""
 
 
+TOPIC_CHECK_S = 10.0
+
+
+def check_topic(servers: str, topic: str, timeout_s: float = TOPIC_CHECK_S) -> None:
+    """Raise BeamKafkaUnavailable unless a broker at `servers` answers and has `topic`:
+    said before any Java starts, instead of KafkaIO's stack trace from inside the job.
+    (Without confluent-kafka, the collector's client, nothing is checked.)"""
+    try:
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+    except ImportError:
+        return
+    admin = AdminClient({"bootstrap.servers": servers})
+    try:
+        # Every topic, not this one: asking for one by name may create it on a broker
+        # with auto.create.topics.enable.
+        found = admin.list_topics(timeout=timeout_s).topics.get(topic)
+    except KafkaException as err:
+        raise BeamKafkaUnavailable(f"no Kafka broker at {servers} answered within {timeout_s:g} s ({err}); "
+                                   "start Kafka or correct --kafka-servers") from None
+    if found is None or found.error is not None:
+        raise BeamKafkaUnavailable(f"Kafka topic {topic} does not exist on {servers}: create it (orion collect "
+                                   "--create-topic does), or correct --kafka-topic")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

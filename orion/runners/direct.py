@@ -123,8 +123,9 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=None
     output at call time); return the counters. With `kafka`, read that topic on Prism,
     with the services it needs started for this run and stopped after it."""
     if kafka is not None:
-        from orion.runners.beam_kafka import BeamKafkaServices
+        from orion.runners.beam_kafka import BeamKafkaServices, check_topic
 
+        check_topic(kafka.servers, kafka.topic)
         with BeamKafkaServices() as services:
             config = config._replace(events=None, subscription=None,
                                      beam_args=(*services.beam_args(), *config.beam_args))
