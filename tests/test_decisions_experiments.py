@@ -182,3 +182,49 @@ def test_a_store_the_report_cannot_read_is_named_not_a_traceback(request, tmp_pa
     assert main(["analytics", "experiments", "--tenant", "acme", "--store", uri, "--rules", str(rules)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("orion: the experiments report could not read") and "Traceback" not in err
+
+
+def test_a_period_reports_the_leads_first_exposed_in_it_and_its_impressions(store, experiences):
+    """Leads k of each arm are first exposed at T0 + k minutes, 1 in 4 again a day later:
+    the period [T0 + 10 min, T0 + 1 day + 50 min) holds the first impressions of leads 10
+    to 99, and the second impressions of leads 0, 4, ..., 48, of which those before 10
+    are not in the cohort (their first came before it). Conversions are counted within
+    the goal's window, past the period."""
+    since, until = T0 + 10 * 60_000, T0 + DAY + 50 * 60_000
+    report = experiment_report(store, experiences, only=["Hero"], since=since, until=until)
+    (hero,) = report["experiences"]
+    rows = {row["arm"]: row for row in hero["arms"]}
+    for arm, (leads, converted) in PLAN.items():
+        assert rows[arm]["leads"] == 90, arm
+        assert rows[arm]["impressions"] == 90 + 13, arm
+        assert rows[arm]["conversions"] == converted - 10, arm
+    assert report["since"].startswith("20") and report["until"].startswith("20")
+    assert "leads first exposed from" in render_report(report)
+    assert hero["first_impression"] is not None
+    whole = experiment_report(store, experiences, only=["Hero"])
+    assert {row["arm"]: row["leads"] for row in whole["experiences"][0]["arms"]} == \
+        {arm: leads for arm, (leads, _) in PLAN.items()}
+
+
+def test_the_command_takes_a_period_and_refuses_an_empty_or_unreadable_one(tmp_path, capsys):
+    from orion.cli import main
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "acme.yaml").write_text(RULES)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    opened = open_store(uri)
+    opened.init()
+    activities = stored_activities()
+    opened.write(activities)
+    opened.index_activities(activities)
+    opened.close()
+    base = ["analytics", "experiments", "--tenant", "acme", "--store", uri, "--rules", str(rules), "--json",
+            "--experience", "Hero"]
+    assert main(base + ["--since", str(T0 + 99 * 60_000)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [row["leads"] for row in report["experiences"][0]["arms"]] == [1, 1, 1]
+    assert main(base + ["--since", str(T0 + DAY), "--until", str(T0)]) == 2
+    assert "the period is empty" in capsys.readouterr().err
+    assert main(base + ["--since", "yesterday-ish"]) == 2
+    assert "--since/--until" in capsys.readouterr().err

@@ -239,6 +239,11 @@ def add_analytics_commands(commands) -> None:
     experiments.add_argument("--days", type=_positive_int, metavar="N",
                              help="a conversion counts within N days of the first impression (default: each "
                              "experience's goal window; 7 with --goal)")
+    experiments.add_argument("--since", metavar="TIME",
+                             help="only the leads first exposed at or after TIME (RFC 3339, epoch ms, or "
+                             "now-7d; their conversions count within the goal's window after it), and the "
+                             "impressions from TIME on (default: from the start)")
+    experiments.add_argument("--until", metavar="TIME", help="... and before TIME (default: now)")
     experiments.add_argument("--json", action="store_true", help="print the report as JSON")
     experiments.set_defaults(handler=experiments_command)
 
@@ -266,11 +271,19 @@ def experiments_command(args: argparse.Namespace) -> int:
     if tenant_experiences is None or not tenant_experiences.by_name:
         print(f"orion: tenant {args.tenant!r} has no experiences in {args.rules}", file=sys.stderr)
         return 2
+    from orion.analytics.query import parse_time
+
+    try:
+        since = None if args.since is None else parse_time(args.since)
+        until = None if args.until is None else parse_time(args.until)
+    except ValueError as err:
+        print(f"orion: --since/--until: {err}", file=sys.stderr)
+        return 2
     try:
         store = open_store(args.store)
         try:
             report = experiment_report(store, tenant_experiences, only=args.experience, goal_type=args.goal,
-                                       days=args.days)
+                                       days=args.days, since=since, until=until)
         finally:
             store.close()
     except (StoreError, ReportError) as err:

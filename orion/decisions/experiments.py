@@ -124,9 +124,19 @@ def _text(value) -> str:
 
 
 def experiment_report(store, experiences: TenantExperiences, *, only: Iterable[str] = (),
-                      goal_type: str | None = None, days: int | None = None) -> dict:
-    """The report as a JSON-ready dict: {tenant, experiences: [{name, placement, goal,
-    arms: [{arm, control, leads, impressions, conversions, rate, lift...}]}]}."""
+                      goal_type: str | None = None, days: int | None = None, since: int | None = None,
+                      until: int | None = None) -> dict:
+    """The report as a JSON-ready dict: {tenant, since, until, experiences: [{name,
+    placement, goal, arms: [{arm, control, leads, impressions, conversions, rate,
+    lift...}]}]}.
+
+    `since`, `until` (epoch ms; None: open): the period's cohort, the leads whose first
+    impression of the experience (over the whole history) falls in [since, until), and
+    the impressions made in it. A cohort's conversions count within the goal's window
+    after the first impression, even past `until`."""
+    if since is not None and until is not None and since >= until:
+        raise ReportError(f"the period is empty: --since {format_timestamp(since)} is not before "
+                          f"--until {format_timestamp(until)}")
     wanted = list(only) or sorted(experiences.by_name)
     unknown = [name for name in wanted if name not in experiences.by_name]
     if unknown:
@@ -159,11 +169,14 @@ def experiment_report(store, experiences: TenantExperiences, *, only: Iterable[s
         name, arm = activity.attributes.get("experience"), activity.attributes.get("variant")
         if name not in names or not isinstance(arm, str):
             continue
-        impressions[(name, arm)] = impressions.get((name, arm), 0) + 1
+        if _in_period(activity.occurred_at, since, until):
+            impressions[(name, arm)] = impressions.get((name, arm), 0) + 1
         key = (name, activity.lead_id)
         seen = first.get(key)
         if seen is None or (activity.occurred_at, arm) < seen:
             first[key] = (activity.occurred_at, arm)
+    if since is not None or until is not None:
+        first = {key: found for key, found in first.items() if _in_period(found[0], since, until)}
     report = []
     for name in wanted:
         experience = experiences.by_name[name]
@@ -195,7 +208,12 @@ def experiment_report(store, experiences: TenantExperiences, *, only: Iterable[s
                        "goal": goal[3] if goal is not None else None,
                        "first_impression": format_timestamp(min(starts)) if starts else None,
                        "arms": rows})
-    return {"tenant": experiences.tenant, "experiences": report}
+    return {"tenant": experiences.tenant, "since": None if since is None else format_timestamp(since),
+            "until": None if until is None else format_timestamp(until), "experiences": report}
+
+
+def _in_period(at: int, since: int | None, until: int | None) -> bool:
+    return (since is None or at >= since) and (until is None or at < until)
 
 
 def _converted(activities, goal, first_at: int) -> bool:
@@ -238,6 +256,9 @@ def _percent(value: float | None, signed: bool = False) -> str:
 def render_report(report: dict) -> str:
     """The report as text tables, one per experience."""
     lines = [f"tenant {report['tenant']}"]
+    if report.get("since") or report.get("until"):
+        lines[0] += (f"; leads first exposed from {report.get('since') or 'the start'} "
+                     f"until {report.get('until') or 'now'}")
     for found in report["experiences"]:
         lines += ["", f"{found['experience']} (placement {found['placement']}); goal: "
                       f"{found['goal'] or 'none (impressions only)'}; first impression: "
