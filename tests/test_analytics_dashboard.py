@@ -330,6 +330,15 @@ def test_the_experiments_api_answers_the_report_command_s_report(served, graph_s
     assert body == reported(graph_store, rules_dir, "shop", only=["Hero"], goal_type="fill_out_form", days=9)
     assert [found["experience"] for found in body["experiences"]] == ["Hero"]
     assert {row["arm"]: row["conversions"] for row in body["experiences"][0]["arms"]}["a"] == 3  # day 8 counts
+    # and --since/--until: a period's cohort (none of the leads is first exposed after 2100)
+    later = 4_102_444_800_000  # 2100-01-01
+    status, body, _ = server.get(f"/v1/analytics/experiments?experience=Hero&since={later}", shop_key)
+    assert status == 200 and body == reported(graph_store, rules_dir, "shop", only=["Hero"], since=later)
+    assert body["since"] == "2100-01-01T00:00:00.000Z"
+    assert sum(row["leads"] for row in body["experiences"][0]["arms"]) == 0
+    status, body, _ = server.get("/v1/analytics/experiments?experience=Hero&until=" + str(later), shop_key)
+    assert {row["arm"]: row["leads"] for row in body["experiences"][0]["arms"]} == \
+        {arm: leads for arm, (leads, _) in HERO.items()}
 
 
 def test_a_key_reads_the_experiments_of_its_own_tenant_only(served, graph_store, rules_dir):
@@ -351,6 +360,8 @@ def test_a_key_reads_the_experiments_of_its_own_tenant_only(served, graph_store,
     ("experience=Hreo", "no experience 'Hreo' (it has: Banner, Hero)"),
     ("goal=buy_now", "goal 'buy_now' is not an activity type of tenant 'shop'"),
     ("goal=" + "x" * 1001, "longer than 1000 characters"),
+    ("since=yesterday", "now-30m"),
+    ("since=2000&until=1000", "the period is empty"),
 ])
 def test_the_experiments_api_refuses_what_it_cannot_answer(served, query, fragment):
     server, shop_key, _ = served

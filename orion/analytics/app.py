@@ -3,7 +3,7 @@
     GET /v1/analytics/timeseries?metric=events&by=type&granularity=minute&from=now-1h&to=now
                                 [&where=DIM=VALUE ...][&top=N]
     GET /v1/analytics/topn?metric=fired&by=campaign&from=now-1d&to=now[&top=10][&where=...]
-    GET /v1/analytics/experiments?tenant=T[&experience=NAME ...][&goal=TYPE][&days=N]
+    GET /v1/analytics/experiments?tenant=T[&experience=NAME ...][&goal=TYPE][&days=N][&since=T][&until=T]
     GET /dashboard                 the dashboard page (charts drawn in the browser with uPlot)
     GET /static/NAME               its script, styles and the vendored uPlot (no CDN at run time)
     GET /healthz
@@ -25,7 +25,9 @@ event loop never waits on the store.
 (`tenant`, when given, must be it: 403 otherwise), over the experiences of the rules
 directory loaded at start, as JSON: `{"tenant", "experiences": [{"experience",
 "placement", "goal", "first_impression", "arms": [...]}]}`. `experience` (repeatable),
-`goal` and `days` are the command's --experience, --goal and --days. The report reads
+`goal`, `days`, `since` and `until` are the command's --experience, --goal, --days,
+--since and --until (a period's cohort; `since=now-7d` is kept as asked for the cache,
+so an answer is up to its age late). The report reads
 every impression of the tenant from the activity store (the same URI as the roll-ups),
 so each answer is kept for `experiments_cache_seconds` (30 s) from when it was made
 (its age in the Age header), and requests for a report being made wait for that one.
@@ -83,7 +85,7 @@ class AnalyticsSettings:
     # An experiments report scans all of a tenant's impressions: a dashboard refreshed, or
     # opened by several people, reads the report made in the last 30 s instead.
     experiments_cache_seconds: float = 30.0
-    experiments_cache_entries: int = 256  # reports kept (tenant, experiences, goal, days), oldest dropped
+    experiments_cache_entries: int = 256  # reports kept (tenant, experiences, goal, days, period), oldest dropped
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,8 @@ class Analytics:
             except Exception as err:  # noqa: BLE001 - closing what already failed; the read's error is the one told
                 log.debug("closing the activity store after a failed report: %s", redact(str(err)))
 
-    def experiment_report(self, tenant: str, only: tuple[str, ...], goal: str | None, days: int | None) -> dict:
+    def experiment_report(self, tenant: str, only: tuple[str, ...], goal: str | None, days: int | None,
+                          since: int | None = None, until: int | None = None) -> dict:
         """Runs on a pool thread. The store's own failures (and its driver's, which the
         whole-tenant read of orion.decisions.experiments does not wrap) become StoreError."""
         from orion.decisions.experiments import experiment_report
@@ -172,7 +175,7 @@ class Analytics:
 
         try:
             return experiment_report(self._activity_store(), self.experiments.experiences[tenant], only=only,
-                                     goal_type=goal, days=days)
+                                     goal_type=goal, days=days, since=since, until=until)
         except store_failures() as err:
             self._forget_activity_store()
             if isinstance(err, StoreError):
@@ -354,6 +357,14 @@ def report_request_of(tenant: str, params, rules: ExperimentRules) -> tuple[tupl
     return only, goal, days
 
 
+def report_period_of(params) -> tuple[tuple[str | None, str | None], int | None, int | None]:
+    """((since, until) as asked, since ms, until ms) of a report request; QueryError for
+    a time that does not read (RFC 3339, epoch ms, now-7d)."""
+    asked = (params.get("since") or None, params.get("until") or None)
+    since, until = (None if text is None else parse_time(text) for text in asked)
+    return asked, since, until
+
+
 async def experiments(request: web.Request) -> web.Response:
     analytics: Analytics = request.app[STATE]
     key, refused = _authorized(request)
@@ -374,6 +385,7 @@ async def experiments(request: web.Request) -> web.Response:
         return _json(200, {"tenant": tenant, "experiences": []})
     try:
         only, goal, days = report_request_of(tenant, request.query, rules)
+        period, since, until = report_period_of(request.query)
     except QueryError as err:
         return _json(400, {"error": "bad_query", "detail": str(err)})
     from orion.decisions.experiments import ReportError
@@ -382,8 +394,9 @@ async def experiments(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     try:
         report, age = await analytics.reports.get(
-            (tenant, only, goal, days),
-            lambda: loop.run_in_executor(analytics.pool, analytics.experiment_report, tenant, only, goal, days))
+            (tenant, only, goal, days, period),
+            lambda: loop.run_in_executor(analytics.pool, analytics.experiment_report, tenant, only, goal, days,
+                                         since, until))
     except ReportError as err:
         return _json(400, {"error": "bad_query", "detail": str(err)})
     except StoreError as err:
