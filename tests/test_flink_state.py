@@ -104,7 +104,9 @@ def test_output_lines_are_beams_json_lines_and_always_utf8():
 
 
 class _MetricGroup:
-    """What Counts asks of Flink's runtime context: a metric group that makes counters."""
+    """What Counts asks of Flink's runtime context: a metric group that makes counters.
+    A stand-in: a real one exists only inside a running job, where the writer thread
+    cannot be held mid-write; the file writes under test are Counts' own."""
 
     class _Counter:
         def inc(self, n: int = 1) -> None:
@@ -136,6 +138,7 @@ def test_a_counts_file_ends_with_the_final_tally_even_when_the_writer_thread_was
             release.wait(10)
         dump(self, snapshot)
 
+    # Holds the writer thread between its snapshot and its write: the race, made certain.
     monkeypatch.setattr(fn.Counts, "_dump", slow_dump)
     counts.inc("stored")
     old_writer = threading.Thread(target=counts._write_changed, name="old-writer")

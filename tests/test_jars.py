@@ -147,6 +147,7 @@ def test_prism_is_built_once_and_then_found_without_go(monkeypatch, tmp_path):
 
 def test_without_go_an_unbuilt_prism_says_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
+    # This machine has Go in /usr/local/go: hidden too, as on a machine without it.
     monkeypatch.setattr(jars, "GO_ELSEWHERE", (tmp_path / "go" / "bin" / "go",))
 
     with pytest.raises(jars.GoMissing, match=r"install Go"):

@@ -7,9 +7,11 @@ once (orion/jars.py); no Docker is needed.
 
     orion run --kafka-servers 127.0.0.1:9092 --kafka-topic activities --duration 60
 
-    with BeamKafkaServices() as services:      # a Python API run
-        run(config._replace(beam_args=services.beam_args()), kafka=KafkaIntake(...),
-            expansion_service=services.expansion_service)
+    orion.runners.direct.run(config, kafka=KafkaIntake(...))   # from Python: starts and stops them
+
+    with BeamKafkaServices(intake) as services:      # or by hand, around a pipeline of one's own
+        pipeline = beam.Pipeline(options=PipelineOptions(services.beam_args()))
+        orion.runners.direct.build(pipeline, config, intake, services.expansion_service)
 
 The worker pool serves one job: Beam's Java harness shuts down an executor all its
 workers share when the first one ends, so a second job on the same pool fails to start
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 from orion.jars import JarFetchError, classpath, prism_binary
+from orion.testing.emulators import free_port
 from orion.testing.jvm import find_java, tail, terminate
 
 BUNDLE = "beam-kafka"
@@ -72,18 +75,14 @@ def check_topic(servers: str, topic: str, timeout_s: float = TOPIC_CHECK_S) -> N
                                    "--create-topic does), or correct --kafka-topic")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class BeamKafkaServices:
     """The expansion service and the Java worker pool on free ports, their logs in a
     temporary directory (removed on exit unless `keep_logs`); Prism is started by Beam's
-    PrismRunner from `beam_args()`."""
+    PrismRunner from `beam_args()`. With `intake`, its broker and topic are checked first
+    (check_topic), before any Java starts."""
 
-    def __init__(self, keep_logs: bool = False):
+    def __init__(self, intake=None, keep_logs: bool = False):
+        self.intake = intake
         self.keep_logs = keep_logs
         self.workdir: Path | None = None
         self.processes: list[tuple[str, subprocess.Popen, Path]] = []
@@ -91,6 +90,8 @@ class BeamKafkaServices:
         self.prism: Path | None = None
 
     def __enter__(self) -> "BeamKafkaServices":
+        if self.intake is not None:
+            check_topic(self.intake.servers, self.intake.topic)
         java = find_java(BeamKafkaUnavailable, JAVA_MISSING)
         try:
             jars = classpath(BUNDLE)
@@ -99,7 +100,7 @@ class BeamKafkaServices:
             raise BeamKafkaUnavailable(f"reading Kafka with the Beam graph: {error}") from error
         self.workdir = Path(tempfile.mkdtemp(prefix="orion-beam-kafka-"))
         try:
-            pool_port, expansion_port = _free_port(), _free_port()
+            pool_port, expansion_port = free_port(), free_port()
             # The pool's address travels in PIPELINE_OPTIONS, the way Beam's own launcher gives it.
             pool_options = {"options": {"environmentOptions": [f"external_service_address=localhost:{pool_port}"]}}
             self._start("worker pool", [java, "-cp", jars, WORKER_POOL_MAIN],

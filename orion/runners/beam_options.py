@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         from orion.runners.beam_kafka import BeamKafkaServices, BeamKafkaUnavailable
 
         try:
-            with BeamKafkaServices() as services:
+            with BeamKafkaServices(kafka) as services:
                 options = OrionOptions([*services.beam_args(), *flags])
                 if not is_remote(config.out_dir):
                     clear_previous_outputs(config.out_dir)

@@ -123,10 +123,9 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic, out=None
     output at call time); return the counters. With `kafka`, read that topic on Prism,
     with the services it needs started for this run and stopped after it."""
     if kafka is not None:
-        from orion.runners.beam_kafka import BeamKafkaServices, check_topic
+        from orion.runners.beam_kafka import BeamKafkaServices
 
-        check_topic(kafka.servers, kafka.topic)
-        with BeamKafkaServices() as services:
+        with BeamKafkaServices(kafka) as services:
             config = config._replace(events=None, subscription=None,
                                      beam_args=(*services.beam_args(), *config.beam_args))
             return _run(config, clock, out, kafka, services.expansion_service)
