@@ -16,6 +16,7 @@ from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH
 from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS
 from orion.leadstep import DEFAULT_MAX_PENDING
 from orion.settings import DEFAULT_LEAD_TTL_DAYS
+from orion.transforms import dofn_specs
 from orion.transforms.evaluate import KeyByLead, LeadSteps
 from orion.transforms.flows import AssembleEmails
 
@@ -79,6 +80,7 @@ def build_activity_graph(
     `waiting_leads` (streaming, with flows): ((tenant, lead), WakeUp) of the leads waiting
     in a flow in the store when the job starts (orion.transforms.evaluate.waiting_leads),
     so that their waits resume in this job."""
+    dofn_specs.install()  # Beam inspects each DoFn's methods once per class, not per call
     flows_on = outbox_sink is not None
     keyed = activities | "KeyByLead" >> KeyByLead()
     if waiting_leads is not None:

@@ -38,6 +38,11 @@ SUMMARY_EVERY_SECONDS = 10.0
 def pipeline_options(config: RunConfig) -> PipelineOptions:
     options = PipelineOptions(list(config.beam_args))
     standard = options.view_as(StandardOptions)
+    if standard.runner in (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"):
+        from orion.transforms import dofn_specs
+
+        dofn_specs.install()
+        dofn_specs.shorten_sampling()  # the local runner's bundles end without waiting on Beam's sampler
     if config.subscription is not None:
         standard.streaming = True
         if standard.runner in (None, "DirectRunner"):

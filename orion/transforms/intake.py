@@ -71,8 +71,10 @@ class _ParseFn(beam.DoFn):
 
     def setup(self) -> None:
         from orion.runners import direct_metrics
+        from orion.transforms import dofn_specs
 
         direct_metrics.install()  # the first stage of every graph; see that module
+        dofn_specs.install()  # so do the worker's next bundle processors
         self.types = load_activity_types(self.rules_dir, self.template_dirs)
         self.progress = _Progress(type(self).__name__)
 
