@@ -49,9 +49,11 @@ import uuid
 from typing import Callable, Iterable, NamedTuple
 from urllib.parse import urlsplit
 
-from datasketches import hll_sketch, hll_union, tgt_hll_type
-
 from orion.activities import Activity, ActivityTypes
+from orion.native import import_extension
+
+_datasketches = import_extension("datasketches")  # on a thread Python started: see orion.native
+hll_sketch, hll_union, tgt_hll_type = _datasketches.hll_sketch, _datasketches.hll_union, _datasketches.tgt_hll_type
 
 # --- keys --------------------------------------------------------------------------
 

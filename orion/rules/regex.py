@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import re2
+from orion.native import import_extension
+
+re2 = import_extension("re2")  # on a thread Python started: see orion.native
 
 # Memory one compiled pattern may use (its program and its DFA cache); RE2 refuses a
 # pattern whose program does not fit, and falls back to its (still linear) NFA when the
