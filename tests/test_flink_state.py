@@ -151,3 +151,27 @@ def test_a_counts_file_ends_with_the_final_tally_even_when_the_writer_thread_was
     old_writer.join(10)
     closing.join(10)
     assert json.loads(counts.path.read_text(encoding="utf-8")) == {"stored": 2}
+
+
+def test_the_lead_state_ttl_needs_no_py4j_gateway(monkeypatch):
+    """Turning the lead state's TTL into Flink's (thread mode: to_java_state_ttl_config;
+    process mode: the proto) reads every cleanup strategy; none may build a Java object
+    through a py4j gateway, which a TaskManager's Python has not: PyFlink started a JVM
+    of its own for it."""
+    import pyflink.common.time as pyflink_time
+    import pyflink.java_gateway as java_gateway
+
+    def no_gateway():
+        raise AssertionError("a py4j gateway was asked for")
+
+    monkeypatch.setattr(java_gateway, "get_gateway", no_gateway)
+    monkeypatch.setattr(pyflink_time, "get_gateway", no_gateway)
+    ttl = fn._ttl_config(30)
+    strategies = ttl.get_cleanup_strategies()
+    incremental = strategies.get_incremental_cleanup_strategy()
+    rocksdb = strategies.get_rocksdb_compact_filter_cleanup_strategy()
+    assert (incremental.get_cleanup_size(), incremental.run_cleanup_for_every_record()) == (5, False)
+    assert rocksdb.get_query_time_after_num_entries() == 1000
+    assert ttl.get_ttl().to_milliseconds() == 30 * 86_400_000
+    proto = ttl._to_proto()  # what process mode sends
+    assert proto.ttl == 30 * 86_400_000 and len(proto.cleanup_strategies.strategies) == 2
