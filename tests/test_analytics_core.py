@@ -354,3 +354,24 @@ def test_times_and_filters_from_the_command_line():
     assert parse_where(["type=visit_web_page", "attribute=a=b"]) == {"type": "visit_web_page", "attribute": "a=b"}
     with pytest.raises(QueryError, match="DIMENSION=VALUE"):
         parse_where(["type"])
+
+
+def test_writer_ids_are_16_hex_digits_and_a_forked_child_draws_its_own():
+    import os
+    import re
+
+    from orion.analytics.rollup import new_writer
+
+    ids = {new_writer() for _ in range(10_000)}
+    assert len(ids) == 10_000 and all(re.fullmatch(r"[0-9a-f]{16}", found) for found in ids)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child's next id, beside the parent's: one generator state, unless reseeded
+        os.write(write, new_writer().encode("ascii"))
+        os._exit(0)
+    mine = new_writer()
+    os.waitpid(child, 0)
+    theirs = os.read(read, 16).decode("ascii")
+    os.close(read)
+    os.close(write)
+    assert len(theirs) == 16 and theirs != mine
