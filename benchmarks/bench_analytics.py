@@ -19,10 +19,12 @@ soon a streamed activity is visible, and how exact unique leads are.
                      sketches of a day, merged: the estimate against the exact count, and
                      the 95% bounds the sketch gives
 
-Writes its section of BENCHMARKS.md (`<!-- bench:analytics:... -->`).
+Writes its section of BENCHMARKS.md (`<!-- bench:analytics:... -->`); with --only, just
+the rows of the figures measured (and a line saying when), the others kept.
 
     make bench-analytics
     make bench-analytics ARGS="--events 5000 --skip-streaming"
+    make bench-analytics ARGS="--only query"
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from pathlib import Path
 
 import apache_beam as beam
 
-from benchmarks.report import REPO_ROOT, measured_line, write_section
+from benchmarks.report import BENCHMARKS_FILE, REPO_ROOT, measured_line, section_markers, write_section
 from benchmarks.synthetic import DEFAULT_SEED, event_lines, write_rules
 from orion.analytics.query import Query, run_query
 from orion.analytics.rollup import (
@@ -318,30 +320,54 @@ def sketch_error() -> dict:
 # --- report -------------------------------------------------------------------------------
 
 
-def render(command: str, graphs: list[dict], query: dict, probes: list[float] | None, sketch: dict) -> str:
-    lines = ["## Analytics", "", measured_line(command), "",
-             "| figure | measured | target |", "| --- | --- | --- |"]
+FIGURES = ("graph", "query", "visibility", "sketch")
+# How each figure's rows of the table begin: what --only replaces.
+ROW_PREFIXES = {"graph": "| graph with roll-ups vs without ", "query": "| query: one tenant-day by minute, ",
+                "visibility": "| streamed activity visible in a query ", "sketch": "| unique leads: "}
+
+
+def graph_rows(graphs: list[dict]) -> list[str]:
+    lines = []
     for graph in graphs:
         spread = ("as generated: 21 days, about one a minute" if graph["per_minute"] is None
                   else f"retimed to {graph['per_minute']} a minute")
-        lines.append(f"| graph with roll-ups vs without (files, in-process, {graph['events']:,} events {spread}; "
+        lines.append(f"{ROW_PREFIXES['graph']}(files, in-process, {graph['events']:,} events {spread}; "
                      f"{graph['rows']:,} roll-up rows written; best of {GRAPH_ROUNDS}; load {graph['load']:.1f}) | "
                      f"{graph['ratio']:.2f}x ({graph['with']:,.0f} vs {graph['without']:,.0f} events/s); in CPU "
                      f"time {graph['cpu_ratio']:.2f}x: the roll-ups add {graph['added_cpu']:.2f} s, of which "
                      f"{graph['upsert_cpu']:.2f} s the store's upserts of their rows | >= 0.9x |")
+    return lines
+
+
+def query_rows(query: dict) -> list[str]:
+    lines = []
     for metric in ("events", "unique_leads"):
         p50, p99, cpu99 = query[metric]
-        lines.append(f"| query: one tenant-day by minute, `{metric}` by type (10 values: 14,400 rows of "
-                     f"{query['rows']:,} in SQLite), {QUERY_REPEATS} runs; load {query['load']:.1f} | p50 {p50:.1f} ms, "
-                     f"p99 {p99:.1f} ms (CPU time p99 {cpu99:.1f} ms) | p99 < 50 ms |")
+        lines.append(f"{ROW_PREFIXES['query']}`{metric}` by type (10 values: 14,400 rows of "
+                     f"{query['rows']:,} in SQLite), {QUERY_REPEATS} runs; load {query['load']:.1f} | "
+                     f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (CPU time p99 {cpu99:.1f} ms) | p99 < 50 ms |")
+    return lines
+
+
+def visibility_rows(probes: list[float]) -> list[str]:
+    return [f"{ROW_PREFIXES['visibility']}(Pub/Sub emulator, DirectRunner, allowed lateness "
+            f"1 s, {len(probes)} probes) | median {statistics.median(probes):.2f} s, max {max(probes):.2f} s | < 5 s |"]
+
+
+def sketch_rows(sketch: dict) -> list[str]:
+    return [f"{ROW_PREFIXES['sketch']}{DISTINCT_LEADS:,} distinct over 1,440 minute sketches, merged | "
+            f"{sketch['estimate']:,.0f} ({sketch['error']:+.2%}); 95% bounds {sketch['low']:,.0f} to "
+            f"{sketch['high']:,.0f}; merge {sketch['merge_ms']:.0f} ms | within +-{2 * RELATIVE_ERROR:.1%} "
+            "(2 standard errors) |"]
+
+
+def render(command: str, graphs: list[dict], query: dict, probes: list[float] | None, sketch: dict) -> str:
+    lines = ["## Analytics", "", measured_line(command), "",
+             "| figure | measured | target |", "| --- | --- | --- |"]
+    lines += graph_rows(graphs) + query_rows(query)
     if probes is not None:
-        lines.append(f"| streamed activity visible in a query (Pub/Sub emulator, DirectRunner, allowed lateness "
-                     f"1 s, {len(probes)} probes) | median {statistics.median(probes):.2f} s, max {max(probes):.2f} s "
-                     "| < 5 s |")
-    lines.append(f"| unique leads: {DISTINCT_LEADS:,} distinct over 1,440 minute sketches, merged | "
-                 f"{sketch['estimate']:,.0f} ({sketch['error']:+.2%}); 95% bounds {sketch['low']:,.0f} to "
-                 f"{sketch['high']:,.0f}; merge {sketch['merge_ms']:.0f} ms | within +-{2 * RELATIVE_ERROR:.1%} "
-                 "(2 standard errors) |")
+        lines += visibility_rows(probes)
+    lines += sketch_rows(sketch)
     lines += ["", f"Sketches are HyperLogLog (Apache DataSketches, lg_k {LG_K}, HLL_4): relative standard error "
               f"{RELATIVE_ERROR:.2%}; the day's 1,440 minute sketches of the last figure take "
               f"{sketch['bytes'] / 1_000_000:.1f} MB. `load` is the machine's 1-minute load average when the "
@@ -359,6 +385,37 @@ def render(command: str, graphs: list[dict], query: dict, probes: list[float] | 
     return "\n".join(lines)
 
 
+def replace_rows(section: str, rows: dict[str, list[str]], stamp: str) -> str:
+    """The section's text with the rows of each figure in `rows` in place of its old ones
+    (appended to the table when it had none), and a line under the section's Command
+    line saying when they were measured, `stamp` (replacing that figure's previous one)."""
+    lines = section.splitlines()
+    for figure, new in rows.items():
+        prefix = ROW_PREFIXES[figure]
+        old = [i for i, line in enumerate(lines) if line.startswith(prefix)]
+        at = old[0] if old else 1 + max(i for i, line in enumerate(lines) if line.startswith("| "))
+        lines = [line for line in lines if not line.startswith(prefix)]
+        lines[at:at] = new
+        note = f"- rows `{figure}` measured again: "
+        lines = [line for line in lines if not line.startswith(note)]
+        command_at = next(i for i, line in enumerate(lines) if line.startswith("Command: "))
+        lines.insert(command_at + 1, note + stamp)
+    return "\n".join(lines)
+
+
+def write_rows(command: str, rows: dict[str, list[str]]) -> bool:
+    """Replace only these figures' rows of the Analytics section of BENCHMARKS.md; False
+    (nothing written) when there is no such section yet."""
+    start_marker, end_marker = section_markers("analytics")
+    text = BENCHMARKS_FILE.read_text(encoding="utf-8") if BENCHMARKS_FILE.exists() else ""
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start == -1 or end < start:
+        return False
+    body = text[start + len(start_marker):end].strip("\n")
+    write_section("analytics", replace_rows(body, rows, measured_line(command)))
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS)
@@ -366,8 +423,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--skip-graph", action="store_true", help="no graph runs")
     parser.add_argument("--skip-streaming", action="store_true", help="no Pub/Sub emulator run")
+    parser.add_argument("--only", action="append", choices=FIGURES, metavar="FIGURE",
+                        help=f"measure only this figure ({', '.join(FIGURES)}; repeatable) and replace only its "
+                             "rows of BENCHMARKS.md's Analytics section")
     args = parser.parse_args(argv)
     command = "make bench-analytics" + (f' ARGS="{" ".join(argv)}"' if argv else "")
+    if args.only:
+        measure = {"graph": lambda: graph_rows([graph_cost(args.events, args.campaigns, args.seed),
+                                               graph_cost(args.events, args.campaigns, args.seed, DENSE_PER_MINUTE)]),
+                   "query": lambda: query_rows(query_latency()), "visibility": lambda: visibility_rows(visibility()),
+                   "sketch": lambda: sketch_rows(sketch_error())}
+        rows = {figure: measure[figure]() for figure in dict.fromkeys(args.only)}
+        print("\n".join(line for lines in rows.values() for line in lines))
+        if not write_rows(command, rows):
+            print("BENCHMARKS.md has no Analytics section yet: run the whole bench once to write it", file=sys.stderr)
+        return
     graphs = [] if args.skip_graph else [graph_cost(args.events, args.campaigns, args.seed),
                                          graph_cost(args.events, args.campaigns, args.seed, DENSE_PER_MINUTE)]
     query = query_latency()

@@ -143,7 +143,8 @@ def run_query(store, query: Query) -> list[dict]:
     The store hands back plain tuples of just the columns the metric needs, ordered by
     bucket and the --by dimensions (`scan`), and the groups are summed here in one pass:
     a day of minutes over ten dimension values is 14,400 tuples, and no object is built
-    per row but the answer's own dict. Unique leads read no sketch for a group of one
+    per row but the answer's own dict (one list comprehension; each bucket's time text
+    is made once). Unique leads read no sketch for a group of one
     row (its estimate is kept beside its sketch); the groups of several rows (two
     writers, the minutes of an hour or of `all`) read their rows' sketches and merge
     them."""
@@ -180,9 +181,11 @@ def _grouped(rows: list[tuple], width: int, repeated: set) -> list[tuple] | None
     """(bucket, group..., value) rows ordered by bucket and group -> one per group, the
     values summed: a group's rows are next to each other, and most groups have one.
     None if the rows are not in that order after all."""
-    groups = list(map(itemgetter(*range(width)), rows))
-    if all(map(lt, groups, islice(groups, 1, None))):
-        return rows  # every group one row, in order (checked in C: most answers are so)
+    # (bucket, group...) of each row against the next one's, compared in C through zip's
+    # reused tuples: no tuple kept per row.
+    columns = [list(map(itemgetter(i), rows)) for i in range(width)]
+    if all(map(lt, zip(*columns), zip(*(islice(column, 1, None) for column in columns)))):
+        return rows  # every group one row, in order (most answers are so)
     found: list = []
     last = None
     for row in rows:
@@ -233,9 +236,9 @@ def _order(found: list[tuple], width: int, sorted_within_buckets: bool) -> None:
 def _estimates(store, query: Query, read: str, where: dict, fold: int | None, found: list[tuple], repeated: set,
                timed: bool, in_group_order: bool) -> list[dict]:
     """Unique leads: a group of one row is that row's estimate, within 2 standard errors
-    (computed as the answer's dict is built: no tuple per row in between); the groups of
-    several rows merge their rows' sketches (read for those groups only) and take the
-    union's bounds."""
+    (rounded once per distinct estimate and looked up as the answer's dict is built: no
+    tuple per row in between); the groups of several rows merge their rows' sketches
+    (read for those groups only) and take the union's bounds."""
     width = 1 + len(query.by)
     if repeated:
         sketches: dict = {}
@@ -244,7 +247,8 @@ def _estimates(store, query: Query, read: str, where: dict, fold: int | None, fo
             group = (_bucket_of(row[0], fold), *row[1:width])
             if group in repeated:
                 sketches.setdefault(group, []).append(row[width])
-        found = [group + merged_estimate(sketches[group]) if group in repeated else row
+        found = [group + merged_estimate(sketches[group]) if group in repeated
+                 else row + (row[width] * _SINGLE_LOW, row[width] * _SINGLE_HIGH)
                  for row in found for group in (row[:width],)]
     # A merged estimate is no sum of its rows' estimates: sorted whole then.
     _order(found, width, sorted_within_buckets=in_group_order and not repeated)
@@ -252,62 +256,76 @@ def _estimates(store, query: Query, read: str, where: dict, fold: int | None, fo
 
 
 def _answer_rows(query: Query, found: list[tuple], timed: bool, estimated: bool, merged: bool = False) -> list[dict]:
-    """Ordered (bucket, group..., value) tuples (estimated: (..., estimate) of one row, or,
-    when some are `merged`, (..., estimate, low, high) of merged rows) -> the answer's
+    """Ordered (bucket, group..., value) tuples (estimated: (..., estimate) of one row each,
+    or, when some are `merged`, (..., estimate, low, high) for every row) -> the answer's
     dicts, each bucket's first `top` only."""
     name = query.metric
     columns = (("time",) if timed else ()) + tuple(query.by) + (
         (name, f"{name}_low", f"{name}_high") if estimated else (name,))
     width = 1 + len(query.by)
-    whole = metric_of(name).value == "sum"
-    make = _row_maker(columns, timed, width, "one" if estimated else "whole" if whole else "value")
-    make_merged = _row_maker(columns, timed, width, "merged") if merged else None
-    top = query.top
-    if top is None and make_merged is None:
-        if not timed:
-            return [make("", row) for row in found]
-        texts = bucket_texts(dict.fromkeys(map(itemgetter(0), found)))
-        return [make(texts[row[0]], row) for row in found]
-    answer = []
-    append = answer.append
-    last, kept, text = None, 0, ""
+    values = ("merged" if merged else "one") if estimated else "whole" if metric_of(name).value == "sum" else "value"
+    make = _answer_maker(columns, timed, width, values)
+    if query.top is not None:
+        found = _first_of_each_bucket(found, query.top)
+    texts = _BucketTexts(GRANULARITY_MS.get(query.granularity))
+    return make(found, texts, _Bounds(columns[-3:]) if values == "one" else None)
+
+
+def _first_of_each_bucket(found: list[tuple], top: int) -> list[tuple]:
+    """The first `top` tuples of each bucket, of tuples ordered by bucket."""
+    kept = []
+    last, count = None, 0
     for row in found:
-        bucket = row[0]
-        if bucket != last:
-            last, kept = bucket, 0
-            if timed:
-                text = bucket_text(bucket)
-        if top is not None:
-            if kept >= top:
-                continue
-            kept += 1
-        append(make(text, row) if make_merged is None or len(row) == width + 1 else make_merged(text, row))
-    return answer
+        if row[0] != last:
+            last, count = row[0], 0
+        if count < top:
+            kept.append(row)
+            count += 1
+    return kept
 
 
 _SPREAD = 2 * RELATIVE_ERROR  # a single row's 95% bounds: its estimate ± 2 standard errors
+_SINGLE_LOW, _SINGLE_HIGH = 1 - _SPREAD, 1 + _SPREAD
 
 
-def _row_maker(columns: tuple[str, ...], timed: bool, width: int, values: str):
-    """A function (time text, (bucket, group..., value...)) -> the answer's dict, written
-    as one dict display for the query's columns (built once per query, as
-    collections.namedtuple builds its methods): a third of the time dict(zip(...)) takes
-    for each of a day's 14,400 rows. The columns are passed in as names, never as code.
+def _answer_maker(columns: tuple[str, ...], timed: bool, width: int, values: str):
+    """A function (ordered tuples, bucket texts, estimates' figures) -> the answer's
+    dicts, written as one list comprehension over the tuples with one dict display for
+    the query's columns (built once per query, as collections.namedtuple builds its
+    methods): no function call per row, a third of the time dict(zip(...)) takes for
+    each of a day's 14,400 rows. The columns are passed in as names, never as code.
     `values`: "value" (as it is), "whole" (a sum: 3, not 3.0), "one" (a row's estimate,
-    and its bounds from it), "merged" (an estimate and its bounds)."""
+    and its bounds from it: looked up in the figures, each distinct estimate rounded
+    once), "merged" (an estimate and its bounds)."""
     names = {f"c{i}": column for i, column in enumerate(columns)}
-    names.update(whole=_whole, low=1 - _SPREAD, high=1 + _SPREAD)
-    entries = [f"row[{i}]" for i in range(1, width)]
-    entries += {
-        "value": [f"row[{width}]"],
-        "whole": [f"whole(row[{width}])"],
-        "one": [f"round(row[{width}])", f"round(row[{width}] * low)", f"round(row[{width}] * high)"],
-        "merged": [f"round(row[{width}])", f"round(row[{width + 1}])", f"round(row[{width + 2}])"],
-    }[values]
-    if timed:
-        entries.insert(0, "text")
-    body = ", ".join(f"c{i}: {entry}" for i, entry in enumerate(entries))
-    return eval(f"lambda text, row: {{{body}}}", names)  # noqa: S307 - code built here from fixed parts
+    names["whole"] = _whole
+    group = [f"g{i}" for i in range(1, width)]
+    value_names = ["value", "low", "high"] if values == "merged" else ["value"]
+    head = (["texts[bucket]"] if timed else []) + group
+    tail = {"value": ["value"], "whole": ["whole(value)"], "one": [],
+            "merged": ["round(value)", "round(low)", "round(high)"]}[values]
+    entries = [f"c{i}: {entry}" for i, entry in enumerate(head + tail)]
+    if values == "one":
+        entries.append("**figures[value]")  # the estimate and its bounds, in the columns' order
+    targets = ", ".join(["bucket", *group, *value_names])
+    code = f"lambda found, texts, figures: [{{{', '.join(entries)}}} for {targets} in found]"
+    return eval(code, names)  # noqa: S307 - code built here from fixed parts
+
+
+class _Bounds(dict):
+    """{a single row's estimate: {metric: it rounded, metric_low: ..., metric_high: ...}},
+    each made when first asked for: a day's minutes of a few leads each hold only a few
+    distinct estimates."""
+
+    def __init__(self, names: tuple[str, str, str]):
+        super().__init__()
+        self.names = names
+
+    def __missing__(self, estimate):
+        name, low, high = self.names
+        figures = self[estimate] = {name: round(estimate), low: round(estimate * _SINGLE_LOW),
+                                    high: round(estimate * _SINGLE_HIGH)}
+        return figures
 
 
 def _whole(value):
@@ -315,27 +333,45 @@ def _whole(value):
     return int(value) if type(value) is float and value.is_integer() else value
 
 
-def bucket_text(ms: int) -> str:
-    """A bucket's start as RFC 3339 (orion.activities.format_timestamp, in a third of its time)."""
-    seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+_DAY_MS = GRANULARITY_MS[DAY]
+# The time of day of each minute and each hour of a day, as RFC 3339 ends it.
+_TIMES_OF_DAY = {
+    step: tuple(f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:00.000Z" for ms in range(0, _DAY_MS, step))
+    for step in (GRANULARITY_MS[MINUTE], GRANULARITY_MS[HOUR])
+}
+# The buckets a missing one brings with it: a minute its hour's, an hour its day's.
+_BLOCK_MS = {GRANULARITY_MS[MINUTE]: GRANULARITY_MS[HOUR], GRANULARITY_MS[HOUR]: _DAY_MS}
 
 
-def bucket_texts(buckets) -> dict[int, str]:
-    """{bucket: bucket_text(bucket)} of many buckets: each day's date formatted once, the
-    time of day by arithmetic (a day of minutes is 1,440 buckets)."""
-    dates: dict = {}
-    texts = {}
-    for ms in buckets:
-        seconds, millis = divmod(ms, 1000)
-        day, rest = divmod(seconds, 86_400)
-        date = dates.get(day)
+class _BucketTexts(dict):
+    """{bucket (epoch ms): its start as RFC 3339 (orion.activities.format_timestamp)},
+    made when first asked for, for buckets `step` ms apart: a missing minute brings
+    its hour's 60 minutes with it, a missing hour its day's 24 hours, each a day's date
+    and a time of day looked up (a day of minutes is 1,440 buckets of 14,400 answer
+    rows: 24 calls here, not 1,440)."""
+
+    def __init__(self, step: int | None):
+        super().__init__()
+        self.step = step
+        self.dates: dict = {}
+
+    def __missing__(self, ms: int) -> str:
+        day, rest = divmod(ms, _DAY_MS)
+        date = self.dates.get(day)
         if date is None:
-            date = dates[day] = time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
-        hours, rest = divmod(rest, 3600)
-        minutes, rest = divmod(rest, 60)
-        texts[ms] = f"{date}T{hours:02d}:{minutes:02d}:{rest:02d}.{millis:03d}Z"
-    return texts
+            date = self.dates[day] = time.strftime("%Y-%m-%dT", time.gmtime(day * 86_400))
+        step = self.step
+        block = _BLOCK_MS.get(step)
+        if block is not None and rest % step == 0:
+            first = ms - rest % block  # the start of the bucket's hour (minutes) or day (hours)
+            at = (rest - rest % block) // step
+            times = _TIMES_OF_DAY[step][at:at + block // step]
+            self.update(zip(range(first, first + block, step), [date + end for end in times]))
+            return self[ms]
+        minutes, rest = divmod(rest, 60_000)
+        seconds, millis = divmod(rest, 1000)
+        text = self[ms] = f"{date}{minutes // 60:02d}:{minutes % 60:02d}:{seconds:02d}.{millis:03d}Z"
+        return text
 
 
 # --- times ---------------------------------------------------------------------------
