@@ -671,3 +671,62 @@ def test_counters_one_store_read_answers_are_counted_together(tmp_path, rules_di
     assert len(reads) == 1  # the one count_history just made: the lead's view read nothing more
     assert sum(lazy.get(first).values()) == 2 and sum(lazy.get(second).values()) == 6
     store.close()
+
+
+def test_a_leads_history_is_read_once_within_the_ttl_and_afresh_after_it(acme, tmp_path):
+    """The counts a history filter reads are kept with the lead's profile, for the same
+    TTL: asked again within it, the store is not read again; past it, a new impression
+    stored meanwhile is counted."""
+    from orion.decisions.leads import LeadReader
+
+    store = open_store(f"sqlite:///{tmp_path}/a.db")
+    store.init()
+    types = impression_types(acme)
+
+    def seen(n: int):
+        return make_activity("experience_impression", lead="L1", at=T0 - n * DAY, types=types,
+                             experience="Retail hero", variant="a", placement="home_hero")
+
+    store.write([seen(1), seen(2)])
+    reads = []
+    history = store.history
+    store.history = lambda *args, **kwargs: reads.append(args) or history(*args, **kwargs)
+    clock = Clock()
+    reader = LeadReader(store, ttl_s=0.25, clock=clock)
+    (key,) = [c.key for c in acme.counters]
+    view = reader.read("acme", "L1", acme.counters, T0, lazy_history=True)
+    assert sum(view.state.history.get(key).values()) == 2 and len(reads) == 1
+    store.write([seen(3)])
+    clock.now += 0.2
+    again = reader.cached("acme", "L1")
+    assert again is view and sum(again.state.history.get(key).values()) == 2 and len(reads) == 1
+    clock.now += 0.1  # past the TTL
+    assert reader.cached("acme", "L1") is None
+    fresh = reader.read("acme", "L1", acme.counters, T0, lazy_history=True)
+    assert sum(fresh.state.history.get(key).values()) == 3 and len(reads) == 2
+    assert fresh.state.history.get("no such counter", "none") == "none" and len(reads) == 2
+    store.close()
+
+
+def test_an_arm_without_a_snippet_is_one_decision_for_every_lead_and_a_snippet_each_leads_own(acme):
+    hero = acme.by_name["Retail hero"]
+    arms: dict[str, list[str]] = {}
+    for n in range(200):
+        arms.setdefault(assign("acme", hero, f"L{n}").name, []).append(f"L{n}")
+    renderer, indexes = SnippetRenderer(), PlacementIndexes()
+
+    def decided(lead: str, name: str):
+        state = LeadState(attributes={"industry": "Retail", "first_name": name})
+        context = {"device": "mobile"}
+        (decision,) = decide(acme, renderer, lead, state, ["home_hero"], parse_context(context, T0), context, T0,
+                             indexes)
+        return decision
+
+    first, second = decided(arms["a"][0], "Ada"), decided(arms["a"][1], "Grace")
+    assert first is second  # made once, when the placement's index was built
+    assert first == ("home_hero", "Retail hero", "a", False, "json", {"headline": "A"}, None, None)
+    control = decided(arms["control"][0], "Ada")
+    assert control[:6] == ("home_hero", "Retail hero", "control", True, "none", None)
+    ada, grace = decided(arms["b"][0], "<Ada>"), decided(arms["b"][1], "Grace")
+    assert (ada.content, grace.content) == ("<b>&lt;Ada&gt;</b> on mobile", "<b>Grace</b> on mobile")
+    assert decided(arms["b"][0], "Barbara").content == "<b>Barbara</b> on mobile"

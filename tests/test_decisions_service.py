@@ -513,3 +513,73 @@ def test_remembered_keys_are_verified_again_when_the_keys_file_changes(tmp_path)
     clock[0] += 1.0
     assert remembered.verify(first) is None  # it has: refused at once
     assert remembered.verify(second).tenant == "globex"
+
+
+def test_a_snippets_answer_is_each_leads_own_and_a_json_answer_is_the_same_for_all(start, key, rules_dir, tmp_path):
+    """The parts of an answer that are the same for every lead are encoded once and kept;
+    a snippet that reads the lead's first name still answers each lead with its own."""
+    from orion.decisions.core import assign
+
+    store_uri = f"sqlite:///{tmp_path / 'store.db'}"
+    _, experiences, _ = load_experiences(rules_dir)
+    hero = experiences["acme"].by_name["Retail hero"]
+    arms: dict[str, list[str]] = {}
+    for n in range(300):
+        arms.setdefault(assign("acme", hero, f"L{n}").name, []).append(f"L{n}")
+    names = ("Ada", "Grace", "<Alan>")
+    for lead, name in zip(arms["discount"], names):
+        write_profile(store_uri, lead, industry="Retail", first_name=name)
+    for lead in arms["story"][:2]:
+        write_profile(store_uri, lead, industry="Retail", first_name="Edsger")
+    service = start(store_uri)
+    for _ in range(2):  # the second time from what was kept
+        contents = [service.decide({"lead_id": lead, "placements": ["home_hero"]}, key)[2]["decisions"][0]
+                    for lead in arms["discount"][:3]]
+        assert [c["content"] for c in contents] == ["<h1>Ada: 20% off</h1>", "<h1>Grace: 20% off</h1>",
+                                                    "<h1>&lt;Alan&gt;: 20% off</h1>"]
+        assert {(c["experience"], c["variant"], c["content_type"]) for c in contents} == {
+            ("Retail hero", "discount", "html")}
+        stories = [service.decide({"lead_id": lead, "placements": ["home_hero"]}, key)[2]["decisions"][0]
+                   for lead in arms["story"][:2]]
+        assert stories == [{"placement": "home_hero", "experience": "Retail hero", "variant": "story",
+                            "control": False, "content_type": "json", "content": {"headline": "Retailers love us"}}] * 2
+
+
+def test_answers_and_impressions_are_encoded_as_their_dicts_would_be():
+    import orjson
+
+    from orion.decisions.app import DecisionEncoder, impression
+    from orion.decisions.core import Decision
+
+    now = 1_795_000_000_000
+    encoder = DecisionEncoder()
+    decisions = [Decision("home_hero", 'Retail "hero" é', "story", False, "json", {"headline": "Retailers"}),
+                 Decision("home_hero", "Retail hero", "control", True, "none", None),
+                 Decision("home_hero", "Retail hero", "discount", False, "html", "<h1>Ada: 20% off</h1>")]
+    for decision in decisions:
+        for lead_id, url in (("L1", 'https://x.example/?q="a"'), ('ünï"code', None), ("L2", 7)):
+            for _ in range(2):  # encoded, then from what was kept
+                encoded = encoder.encoded("acme", decision)
+                made = encoder.impression(encoder.impression_lead("acme", lead_id, now), encoded,
+                                          encoder.impression_end(url))
+                expected = impression("acme", lead_id, decision, url, now)
+                expected["event_id"] = orjson.loads(made)["event_id"]
+                assert expected["event_id"].startswith("imp-")
+                assert made == orjson.dumps(expected)
+                assert encoder.answer_part(encoded, decision) == orjson.dumps(decision.to_json_dict())
+    ids = {orjson.loads(encoder.impression(b'","x":1,"a":', encoder.encoded("acme", decisions[0]), b"}}"))["event_id"]
+           for _ in range(3)}
+    assert len(ids) == 3  # each impression its own id
+    # HTML is each lead's own: the kept parts, then this lead's content
+    other = decisions[2]._replace(content="<h1>Grace: 20% off</h1>")
+    assert orjson.loads(encoder.answer_part(encoder.encoded("acme", other), other))["content"] == \
+        "<h1>Grace: 20% off</h1>"
+    # JSON content that is not the one kept (rules loaded again) is encoded again
+    changed = decisions[0]._replace(content={"headline": "New"})
+    assert orjson.loads(encoder.answer_part(encoder.encoded("acme", changed), changed))["content"] == \
+        {"headline": "New"}
+    # another tenant's decision of the same names is that tenant's
+    assert encoder.encoded("globex", decisions[0]).labels == ("globex", "variant")
+    # text that is not valid Unicode is escaped, not refused
+    odd = decisions[2]._replace(content="<b>\ud800</b>")
+    assert json.loads(encoder.answer_part(encoder.encoded("acme", odd), odd))["content"] == "<b>\ud800</b>"

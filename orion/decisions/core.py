@@ -52,6 +52,8 @@ from orion.templates.sandbox import TemplateLimitError, TemplateLimits, Template
 TEXT_CONTEXT_FIELDS = ("url", "referrer", "device", "country")
 CONTEXT_FIELDS = TEXT_CONTEXT_FIELDS + ("local_time", "timezone")
 MAX_CONTEXT_TEXT = 4096  # characters of one context value
+_CONTEXT_FIELD_SET = frozenset(CONTEXT_FIELDS)
+_TEXT_FIELD_SET = frozenset(TEXT_CONTEXT_FIELDS)
 
 # A snippet's budgets: a decision answers in milliseconds, an email may take longer.
 SNIPPET_LIMITS = TemplateLimits(max_chars=100_000, max_steps=100_000, max_seconds=0.05, max_range=1_000)
@@ -101,22 +103,23 @@ def parse_context(raw: Any, now_ms: int) -> dict:
         return {}
     if not isinstance(raw, dict):
         raise ContextError(f"context must be a JSON object with some of {', '.join(CONTEXT_FIELDS)}")
-    unknown = [key for key in raw if key not in CONTEXT_FIELDS]
-    if unknown:
-        shown = str(unknown[0])[:80]
+    if not raw.keys() <= _CONTEXT_FIELD_SET:
+        shown = str(next(key for key in raw if key not in _CONTEXT_FIELD_SET))[:80]
         raise ContextError(f"context has an unknown field {shown!r}; it may hold {', '.join(CONTEXT_FIELDS)}")
     values: dict[str, Any] = {}
     for field, value in raw.items():
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise ContextError(f"context.{field} must be text, not {_json_kind(value)}")
+        if value.__class__ is not str:
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise ContextError(f"context.{field} must be text, not {_json_kind(value)}")
         if len(value) > MAX_CONTEXT_TEXT:
             raise ContextError(f"context.{field} is {len(value):,} characters; at most {MAX_CONTEXT_TEXT:,}")
-        if field in TEXT_CONTEXT_FIELDS:
+        if field in _TEXT_FIELD_SET:
             values[field] = value
-    if raw.get("local_time") is not None:
-        values["local_time"] = _minutes_of(raw["local_time"])  # a str: checked above
+    local_time = raw.get("local_time")
+    if local_time is not None:
+        values["local_time"] = _minutes_of(local_time)  # a str: checked above
     elif raw.get("timezone") is not None:
         zone = _zone(raw["timezone"])
         local = datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc).astimezone(zone)
@@ -162,25 +165,31 @@ def assign(tenant: str, experience: Experience, lead_id: str) -> Variant:
     """The lead's arm of the experience: a hash of (tenant, experience, lead) as a point
     in [0, total weight), falling in one arm's share. Sticky, with no storage; a lead's
     arm changes only when the weights or the arms change."""
-    return _arm_at(experience, _assignment_prefix(tenant, experience), lead_id)
+    return _arm_at(experience, _assignment_hash(tenant, experience), lead_id)
 
 
-def _assignment_prefix(tenant: str, experience: Experience) -> bytes:
-    """What the hash of an assignment starts with: UTF-8 joins, so the key of (tenant,
-    experience, lead) is this prefix then the lead id's bytes."""
-    return f"{tenant}\x1f{experience.name}\x1f".encode("utf-8", "surrogatepass")
+def _assignment_hash(tenant: str, experience: Experience):
+    """The hash of what every assignment's key starts with: UTF-8 joins, so the key of
+    (tenant, experience, lead) is this prefix then the lead id's bytes. A copy of it fed
+    the lead id's bytes hashes the whole key (as blake2b of the key at once does)."""
+    return _blake2b(f"{tenant}\x1f{experience.name}\x1f".encode("utf-8", "surrogatepass"), digest_size=8)
 
 
-def _arm_at(experience: Experience, prefix: bytes, lead_id: str) -> Variant:
-    key = prefix + lead_id.encode("utf-8", "surrogatepass")
-    point = int.from_bytes(_blake2b(key, digest_size=8).digest(), "big") / 18446744073709551616.0
+def _arm_at(experience: Experience, prefix_hash, lead_id: str) -> Variant:
+    return experience.arms[_arm_position(experience, prefix_hash, lead_id)]
+
+
+def _arm_position(experience: Experience, prefix_hash, lead_id: str) -> int:
+    hashed = prefix_hash.copy()
+    hashed.update(lead_id.encode("utf-8", "surrogatepass"))
+    point = int.from_bytes(hashed.digest(), "big") / 18446744073709551616.0
     position = _bisect_right(experience.cumulative, point * experience.cumulative[-1])
     arms = experience.arms
     if position >= len(arms):  # a point on the very top edge, which float rounding allows
         position = len(arms) - 1
     while arms[position].weight <= 0 and position > 0:  # never an arm switched off (weight 0)
         position -= 1
-    return arms[position]
+    return position
 
 
 def choose(experiences: tuple[Experience, ...], state: LeadState, context: dict, now: int) -> Experience | None:
@@ -217,16 +226,19 @@ INDEXED_PLACEMENTS = 4096
 
 class Candidate(NamedTuple):
     """An experience as a PlacementIndex tries it: its schedule, the context conditions
-    the index does not answer (local_time), its filters in the order they are tested
+    the index does not answer (local_time), its filters' tests in the order they are run
     (`all`: those that read the store's history last; None: another logic, which
-    Experience.filters_met applies) and the start of its assignments' hash keys."""
+    Experience.filters_met applies), the hash of its assignments' keys' start and, for
+    each arm, its Decision when that is the same for every lead (None: a snippet, rendered
+    for each)."""
 
     experience: Experience
     starting: int | None
     ending: int | None
     residual: tuple[tuple[str, Any], ...]
     filters: tuple | None
-    prefix: bytes
+    prefix_hash: Any  # hashlib's blake2b, fed the start of the key (_assignment_hash)
+    decisions: tuple
 
 
 class _HistoryProbe(dict):
@@ -260,9 +272,12 @@ def _candidate(experience: Experience) -> Candidate:
     residual = tuple((field, test) for field, test in experience.context if field not in TEXT_CONTEXT_FIELDS)
     filters = None
     if experience.logic_text == "all":
-        filters = tuple(sorted(experience.filters, key=lambda found: reads_history(found.test)))
+        filters = tuple(found.test for found in sorted(experience.filters, key=lambda found: reads_history(found.test)))
     return Candidate(experience, experience.starting, experience.ending, residual, filters,
-                     _assignment_prefix(experience.tenant, experience))
+                     _assignment_hash(experience.tenant, experience),
+                     tuple(None if arm.kind == "template" else
+                           Decision(experience.placement, experience.name, arm.name, arm.control, arm.kind, arm.content)
+                           for arm in experience.arms))
 
 
 class PlacementIndex:
@@ -274,7 +289,7 @@ class PlacementIndex:
     INDEXED_VALUES values a field. `choose` walks only the experiences every field
     admits, in order, and tests the rest of their audience."""
 
-    __slots__ = ("candidates", "fields", "everyone", "_admitted")
+    __slots__ = ("candidates", "fields", "everyone", "_admitted", "_by_field")
 
     def __init__(self, experiences: tuple[Experience, ...]):
         self.candidates = tuple(_candidate(experience) for experience in experiences)
@@ -286,6 +301,7 @@ class PlacementIndex:
         self.fields = tuple(fields)
         self.everyone = (1 << len(experiences)) - 1
         self._admitted: dict[str, dict] = {field: {} for field in self.fields}
+        self._by_field = tuple(self._admitted.items())
 
     def admitted(self, field: str, value, now: int) -> int:
         """The mask of the experiences whose conditions on `field` admit `value`."""
@@ -306,10 +322,9 @@ class PlacementIndex:
     def choose(self, state: LeadState, context: dict, now: int) -> Candidate | None:
         """What choose() answers for these experiences, as a Candidate."""
         mask = self.everyone
-        admitted = self._admitted
-        for field in self.fields:
+        for field, kept in self._by_field:
             value = context.get(field)
-            found = admitted[field].get(value)
+            found = kept.get(value)
             mask &= found if found is not None else self.admitted(field, value, now)
         candidates = self.candidates
         while mask:
@@ -328,8 +343,8 @@ class PlacementIndex:
                     if candidate.experience.filters_met(state, now):
                         return candidate
                     continue
-                for found in filters:
-                    if not found.test(state, now):
+                for test in filters:
+                    if not test(state, now):
                         break
                 else:
                     return candidate
@@ -406,18 +421,6 @@ def snippet_inputs(environment: jinja2.Environment, source: str) -> tuple[tuple[
     return tuple(sorted(found)) if visit(environment.parse(source), None) else None
 
 
-def _input_value(value) -> tuple | None:
-    """A token's value as part of a key: with its type (True and 1 render differently),
-    floats by their repr (-0.0 and 0.0 too); None for what is not plain text, number,
-    boolean or null (a list, an object), which is not kept."""
-    kind = value.__class__
-    if kind is str or kind is int or kind is bool or value is None or value is _MISSING:
-        return kind, value
-    if kind is float:
-        return kind, repr(value)
-    return None
-
-
 class SnippetRenderer:
     """Renders content snippets in the sandbox, each compiled once (per experience and
     arm) on first use, and keeps what they render under the values of the tokens they
@@ -429,16 +432,24 @@ class SnippetRenderer:
         self.entries = entries
         self.environment = TemplateSandbox(autoescape=True)
         self._compiled: dict[tuple, Snippet] = {}
+        self._by_arm: dict[int, tuple[Variant, Experience, Snippet]] = {}  # the same, by the arm's id
         self._rendered: dict[tuple, str] = {}
         self.renders = 0  # renders run (not answered from what was kept)
 
     def _snippet(self, experience: Experience, arm: Variant) -> Snippet:
+        by_arm = self._by_arm.get(id(arm))
+        if by_arm is not None and by_arm[0] is arm and by_arm[1] is experience:
+            return by_arm[2]
         key = (experience.tenant, experience.name, experience.placement, arm.name, arm.content)
         snippet = self._compiled.get(key)
         if snippet is None:
             template = self.environment.from_string(arm.content)
             snippet = self._compiled[key] = Snippet(template, snippet_inputs(self.environment, arm.content),
                                                     len(self._compiled))
+        if len(self._by_arm) >= RENDERED_ENTRIES:
+            self._by_arm.clear()
+        # the arm and the experience are kept with it, so the arm's id names no other arm
+        self._by_arm[id(arm)] = (arm, experience, snippet)
         return snippet
 
     def render(self, experience: Experience, arm: Variant, lead_id: str, state: LeadState, raw_context: dict) -> str:
@@ -482,7 +493,10 @@ class SnippetRenderer:
     @staticmethod
     def _key(snippet: Snippet, lead_id: str, state: LeadState, raw_context: dict) -> tuple | None:
         """The key of a render: the snippet and the values of the tokens it reads (as
-        lead_tokens gives them: `id` and `score` over attributes of those names)."""
+        lead_tokens gives them: `id` and `score` over attributes of those names), each with
+        its type (True and 1 render differently), floats by their repr (-0.0 and 0.0 too);
+        None when a value is not plain text, number, boolean or null (a list, an object):
+        such a render is not kept."""
         values = [snippet.number]
         attributes = state.attributes
         for token, name in snippet.inputs:
@@ -490,10 +504,13 @@ class SnippetRenderer:
                 value = lead_id if name == "id" else state.score if name == "score" else attributes.get(name, _MISSING)
             else:
                 value = raw_context.get(name, _MISSING)
-            found = _input_value(value)
-            if found is None:
+            kind = value.__class__
+            if kind is str or kind is int or kind is bool or value is None or value is _MISSING:
+                values.append((kind, value))
+            elif kind is float:
+                values.append((kind, repr(value)))
+            else:
                 return None
-            values.append(found)
         return tuple(values)
 
 
@@ -535,15 +552,17 @@ def decide(experiences: TenantExperiences | None, renderer: SnippetRenderer, lea
                                       detail="no experience of this placement is for this visitor now"))
             continue
         chosen = found.experience
-        arm = _arm_at(chosen, found.prefix, lead_id)
-        if arm.kind == "template":
-            try:
-                content = renderer.render(chosen, arm, lead_id, state, raw_context)
-            except ContentFailed as failed:
-                decisions.append(Decision(placement, chosen.name, arm.name, arm.control, error=CONTENT_FAILED,
-                                          detail=f"{failed.reason}: {failed.detail}"))
-                continue
-            decisions.append(Decision(placement, chosen.name, arm.name, arm.control, "html", content))
-        else:
-            decisions.append(Decision(placement, chosen.name, arm.name, arm.control, arm.kind, arm.content))
+        position = _arm_position(chosen, found.prefix_hash, lead_id)
+        same = found.decisions[position]
+        if same is not None:
+            decisions.append(same)
+            continue
+        arm = chosen.arms[position]
+        try:
+            content = renderer.render(chosen, arm, lead_id, state, raw_context)
+        except ContentFailed as failed:
+            decisions.append(Decision(placement, chosen.name, arm.name, arm.control, error=CONTENT_FAILED,
+                                      detail=f"{failed.reason}: {failed.detail}"))
+            continue
+        decisions.append(Decision(placement, chosen.name, arm.name, arm.control, "html", content))
     return decisions

@@ -51,32 +51,54 @@ def count_history(store, tenant: str, lead_id: str, counters: Sequence[HistoryCo
     history: dict[str, dict[int, int]] = {}
     if not counters:
         return history
-    today = now_ms // MS_PER_DAY
-    whole = [c for c in counters if not c.conditions]
-    conditional = [c for c in counters if c.conditions]
+    whole = tuple(c for c in counters if not c.conditions)
+    conditional = tuple(c for c in counters if c.conditions)
     if whole:
-        oldest = today - max(c.retention_days for c in whole) + 1
-        entries = store.read_index(tenant, lead_id, types=sorted({c.activity_type for c in whole}),
-                                   since_day=_EPOCH + timedelta(days=max(oldest, 0)))
-        for (type_, day), (count, _last) in entries.items():
-            number = (day - _EPOCH).days
-            for counter in whole:
-                if counter.activity_type == type_ and number > today - counter.retention_days and count > 0:
-                    history.setdefault(counter.key, {})[number] = count
+        CounterGroup(whole, False).count(store, tenant, lead_id, now_ms, history)
     if conditional:
-        oldest = today - max(c.retention_days for c in conditional) + 1
-        for activity in store.history(tenant, lead_id, since=max(oldest, 0) * MS_PER_DAY,
-                                      types=sorted({c.activity_type for c in conditional})):
-            day = activity.occurred_at // MS_PER_DAY
-            for counter in conditional:
-                if counter.activity_type == activity.type and day > today - counter.retention_days \
-                        and counter.counts(activity.attributes, activity.occurred_at):
-                    per_day = history.setdefault(counter.key, {})
-                    per_day[day] = per_day.get(day, 0) + 1
+        CounterGroup(conditional, True).count(store, tenant, lead_id, now_ms, history)
     return history
 
 
-def history_reads(counters: Sequence[HistoryCounter]) -> dict[str, tuple[HistoryCounter, ...]]:
+class CounterGroup:
+    """Counters one store read counts together: without conditions, from the activity
+    index (`conditional` False); with conditions, from the lead's activities of their
+    types. What the read asks for (the types, the days) is worked out once."""
+
+    __slots__ = ("counters", "conditional", "types", "retention_days", "by_type")
+
+    def __init__(self, counters: Sequence[HistoryCounter], conditional: bool):
+        self.counters = tuple(counters)
+        self.conditional = conditional
+        self.types = sorted({c.activity_type for c in counters})
+        self.retention_days = max(c.retention_days for c in counters)
+        by_type: dict[str, list[HistoryCounter]] = {}
+        for counter in counters:
+            by_type.setdefault(counter.activity_type, []).append(counter)
+        self.by_type = {type_: tuple(found) for type_, found in by_type.items()}
+
+    def count(self, store, tenant: str, lead_id: str, now_ms: int, history: dict) -> None:
+        """Add the group's counts for the lead at `now_ms` to `history` (key -> {day: count})."""
+        today = now_ms // MS_PER_DAY
+        oldest = max(today - self.retention_days + 1, 0)
+        by_type = self.by_type
+        if not self.conditional:
+            entries = store.read_index(tenant, lead_id, types=self.types, since_day=_EPOCH + timedelta(days=oldest))
+            for (type_, day), (count, _last) in entries.items():
+                number = (day - _EPOCH).days
+                for counter in by_type.get(type_, ()):
+                    if number > today - counter.retention_days and count > 0:
+                        history.setdefault(counter.key, {})[number] = count
+            return
+        for activity in store.history(tenant, lead_id, since=oldest * MS_PER_DAY, types=self.types):
+            day = activity.occurred_at // MS_PER_DAY
+            for counter in by_type.get(activity.type, ()):
+                if day > today - counter.retention_days and counter.counts(activity.attributes, activity.occurred_at):
+                    per_day = history.setdefault(counter.key, {})
+                    per_day[day] = per_day.get(day, 0) + 1
+
+
+def history_reads(counters: Sequence[HistoryCounter]) -> dict[str, CounterGroup]:
     """For each counter's key, the counters one store read counts together with it: the
     counters without conditions (one read of the activity index), or those with
     conditions on the same activity type (one read of that type's activities)."""
@@ -84,7 +106,12 @@ def history_reads(counters: Sequence[HistoryCounter]) -> dict[str, tuple[History
     for counter in counters:
         group = ("index",) if not counter.conditions else ("history", counter.activity_type)
         groups.setdefault(group, []).append(counter)
-    return {counter.key: tuple(members) for members in groups.values() for counter in members}
+    reads = {}
+    for kind, members in groups.items():
+        group = CounterGroup(members, kind[0] == "history")
+        for counter in members:
+            reads[counter.key] = group
+    return reads
 
 
 class StoredHistory(dict):
@@ -93,44 +120,49 @@ class StoredHistory(dict):
     decisions are settled by the context and the profile before a history filter is
     tried, and then the store is not asked, or asked once for each kind of read."""
 
-    # What count_history needs, held here rather than in a closure: a lead's cached view
+    # What a count needs, held here rather than in a closure: a lead's cached view
     # should be few objects, for the garbage collector walks them while they are cached.
     __slots__ = ("_store", "_tenant", "_lead_id", "_now_ms", "_reads", "_asked")
 
-    def __init__(self, store, tenant: str, lead_id: str, reads: dict[str, tuple[HistoryCounter, ...]],
-                 now_ms: int):
+    def __init__(self, store, tenant: str, lead_id: str, reads: dict[str, CounterGroup], now_ms: int):
         super().__init__()
         self._store, self._tenant, self._lead_id, self._now_ms = store, tenant, lead_id, now_ms
         self._reads = reads
-        self._asked: set | None = None  # made on the first read: most leads never need one
+        self._asked: set | None = None  # the groups read: made on the first read, most leads never need one
 
     def get(self, key, default=None):
-        asked = self._asked
-        if asked is None or key not in asked:
-            counters = self._reads.get(key)
-            if counters is not None:
-                if asked is None:
-                    asked = self._asked = set()
-                self.update(count_history(self._store, self._tenant, self._lead_id, counters, self._now_ms))
-                asked.update(counter.key for counter in counters)
+        found = dict.get(self, key, _UNCOUNTED)
+        if found is not _UNCOUNTED:
+            return found
+        group = self._reads.get(key)
+        if group is not None:
+            asked = self._asked
+            if asked is None:
+                asked = self._asked = set()
+            if group not in asked:
+                asked.add(group)
+                group.count(self._store, self._tenant, self._lead_id, self._now_ms, self)
         return dict.get(self, key, default)
 
 
-def lead_state_of_profile(text: str | bytes) -> LeadState:
+_UNCOUNTED = object()
+
+
+def lead_state_of_profile(text: str | bytes, history: dict | None = None) -> LeadState:
     """What decisions read of a profile: the lead's attributes, score and lists, as
     decode_profile gives them (campaign runs, flows, sends and the sequencer's progress
-    are left undecoded: no audience or snippet reads them). ProfileError for text that
-    is not a profile of a version this Orion reads, or whose attributes, score or lists
-    do not read."""
+    are left undecoded: no audience or snippet reads them), with `history` as its history
+    counters (None: none). ProfileError for text that is not a profile of a version this
+    Orion reads, or whose attributes, score or lists do not read."""
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return decode_profile(text).flows.lead  # what orjson refuses, read (or refused) the slow way
+        return _with_history(decode_profile(text).flows.lead, history)  # what orjson refuses, read the slow way
     if data.__class__ is not dict:
         raise ProfileError(f"a lead profile must be a JSON object, not {type(data).__name__}")
     version = data.get("version", 1)
     if version.__class__ is not int or version < 1 or version > PROFILE_VERSION:
-        return decode_profile(text).flows.lead  # its error says which
+        return _with_history(decode_profile(text).flows.lead, history)  # its error says which
     lead = data.get("lead", _NO_LEAD)
     try:
         attributes = lead.get("attributes", _NO_LEAD)
@@ -138,12 +170,19 @@ def lead_state_of_profile(text: str | bytes) -> LeadState:
             attributes = dict(attributes)
         lists = lead.get("lists", ())
         names = _LIST_SETS.get(tuple(lists))
-        return LeadState(attributes, lead.get("score", 0), names if names is not None else _list_set(lists))
+        return LeadState(attributes, lead.get("score", 0), names if names is not None else _list_set(lists),
+                         _NO_CAMPAIGNS, history if history is not None else _NO_HISTORY)
     except (AttributeError, TypeError, ValueError) as err:
         raise ProfileError(f"a version {version} lead profile has a bad field: {err}") from None
 
 
+def _with_history(state: LeadState, history: dict | None) -> LeadState:
+    return state if history is None else state._replace(history=history)
+
+
 _NO_LEAD: dict = {}
+_NO_CAMPAIGNS = EMPTY_LEAD_STATE.campaigns
+_NO_HISTORY = EMPTY_LEAD_STATE.history
 _LIST_SETS: dict[tuple, frozenset] = {}  # the lists leads are in, as sets, for at most 4096 combinations
 
 
@@ -189,13 +228,7 @@ class LeadReader:
         on the thread that evaluates the filters, which must then be this one."""
         self.misses += 1
         data = self.store.read_profiles([(tenant, lead_id)])[0]
-        if data is None:
-            state, status = EMPTY_LEAD_STATE, UNKNOWN
-        else:
-            try:
-                state, status = lead_state_of_profile(data), KNOWN
-            except ProfileError:
-                state, status = EMPTY_LEAD_STATE, UNREADABLE
+        history = None
         if counters:
             if lazy_history:
                 reads = self._reads.get(id(counters))
@@ -205,17 +238,27 @@ class LeadReader:
                     reads = self._reads[id(counters)] = (counters, history_reads(counters))
                 history = StoredHistory(self.store, tenant, lead_id, reads[1], now_ms)
             else:
-                history = count_history(self.store, tenant, lead_id, counters, now_ms)
-            if history or lazy_history:
-                state = LeadState(state.attributes, state.score, state.lists, state.campaigns, history)
+                history = count_history(self.store, tenant, lead_id, counters, now_ms) or None
+        if data is None:
+            state, status = EMPTY_LEAD_STATE, UNKNOWN
+        else:
+            try:
+                state, status = lead_state_of_profile(data, history), KNOWN
+            except ProfileError:
+                state, status = EMPTY_LEAD_STATE, UNREADABLE
+            history = None if status is KNOWN else history
+        if history is not None:
+            state = state._replace(history=history)
         view = LeadView(state, status)
         if self.ttl_s > 0:
             now = self._clock()
-            self._drop_expired(now)
+            expiries = self._expiries
+            if expiries and (expiries[0][0] <= now or len(self._cache) >= self.max_entries):
+                self._drop_expired(now)
             key = (tenant, lead_id)
             expiry = now + self.ttl_s
             self._cache[key] = (expiry, view)
-            self._expiries.append((expiry, key))
+            expiries.append((expiry, key))
         return view
 
     def _drop_expired(self, now: float) -> None:
