@@ -250,6 +250,10 @@ def test_on_unbounded_input_an_activity_arriving_after_its_minute_was_written_re
     (rewritten,) = minute_rows(store, 0)
     assert (rewritten.writer, rewritten.records) == (written.writer, 3) and rewritten.version > written.version, \
         "the minute's row was written again, whole, by the same state, with a higher version"
+    # s3 waited for the drain, and reached the roll-ups past the end of event time: the
+    # drain is no expiry, so its minute is the job's too (a job restored from a checkpoint
+    # that meets only at its drain a row the failed attempt wrote writes over it).
+    assert {row.writer for minute in (0, 2) for row in minute_rows(store, minute)} == {written.writer}
 
     events = tmp_path / "events.jsonl"
     # In event-time order: in a file, a line more than the allowed lateness behind an
@@ -326,6 +330,9 @@ def test_a_job_restarted_from_a_savepoint_redoes_what_followed_it_and_rolls_up_n
     assert per_minute(on_flink[("events", ("type", "source", "attribute"), "minute")], "events") == {
         0: 2, 1: 1, 2: 1, 3: 2}
     assert len(minute_rows(store, 1)) == len(minute_rows(store, 2)) == 1, "rewritten, not stored twice"
+    # (r5 and r6 reached the roll-ups past the end of event time, and r3 and r4 too if the
+    # restored job released them only at the drain: the same id.)
+    assert len({row.writer for minute in range(4) for row in minute_rows(store, minute)}) == 1
 
 
 def _state_descriptors(module) -> list[tuple[str, str]]:
@@ -383,3 +390,16 @@ def test_a_rows_version_counts_its_records_so_a_state_rebuilt_after_a_restart_ou
     _, last, _ = rollups.flushed(key, rollups.add_to_bucket(state, more))
     assert last.version > second.version and last.aggregate.records == 4
     assert rollups.writer_id("job", 64) == rollups.writer_id("job", 64) != rollups.writer_id("job", 64, T0)
+
+
+def test_the_drain_expires_no_roll_up_row():
+    """A row new to a stage's state expires if the watermark has passed its expiry; at
+    the end of event time, only if a watermark before the end had."""
+    from orion.flink.functions import END_OF_INPUT
+    from orion.flink.rollups import bucket_expired
+
+    assert bucket_expired(10 * MINUTE, 10 * MINUTE, 10 * MINUTE)
+    assert not bucket_expired(10 * MINUTE, 10 * MINUTE - 1, 10 * MINUTE - 1)
+    assert not bucket_expired(10 * MINUTE, END_OF_INPUT, 3 * MINUTE), "a drain is no expiry"
+    assert not bucket_expired(10 * MINUTE, END_OF_INPUT, None), "nor the end of a job that saw no watermark"
+    assert bucket_expired(10 * MINUTE, END_OF_INPUT, 11 * MINUTE), "expired before the end"

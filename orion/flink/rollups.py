@@ -53,6 +53,8 @@ outrank those. Writer ids derive from the job's (`seed`), which every shard keep
 state from the job's start (`seeds`), so a restored job writes each row under the id it
 had. A row that starts after its bucket expired (a backlog) gets an id of its own,
 derived from the watermark then: it is stored beside the expired row, never over it.
+The end of event time (a drained job's) expires nothing: a restored job may meet only
+there a row the failed attempt wrote, and must write it under the same id.
 
 Past RollupFactsOf the elements are typed (a shard number and text), nothing pickled.
 Every state has a Flink type and a versioned encoding, so a savepoint survives a new
@@ -174,6 +176,18 @@ def writer_id(*parts) -> str:
     `parts`: the same parts give the same id in every process and after every restart."""
     text = "\x1f".join(str(part) for part in parts)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def bucket_expired(expiry: int, watermark: int, seen: int | None) -> bool:
+    """Whether a row new to an unbounded stage's state comes after its bucket's state
+    expired (`expiry`, event time): the watermark has passed it. At the end of event time
+    (a drained job's) only the watermarks before the end count (`seen`, the newest): the
+    drain is no expiry. A job restored from a checkpoint may meet there, for the first
+    time, a row the failed attempt met (and wrote) long before its bucket expired; it
+    must write it under the same id, over that write, not beside it."""
+    if watermark >= END_OF_INPUT:
+        return seen is not None and seen >= expiry
+    return watermark >= expiry
 
 
 def flushed(key: RollupKey, state: BucketState):
@@ -439,6 +453,8 @@ class RollUpRows(_ShardLog):
         self.seeds = runtime_context.get_state(ValueStateDescriptor("seed", Types.STRING()))
         self.counts = Counts(runtime_context, self.counters_dir, self.name)
         self.seeded = False  # the next stage's shards (seeds)
+        # The newest watermark short of the end of event time this instance has seen.
+        self.watermark_seen: int | None = None
 
         def opened():
             store = open_rollup_store(self.store_uri)
@@ -525,12 +541,22 @@ class RollUpRows(_ShardLog):
                 found = shard.rows[text] = [RollupKey.of_text(text), _state_of(stored)]
         return found
 
+    def _watermark(self, timers) -> int | None:
+        """The current watermark (None on bounded input), noting the newest one short of
+        the end of event time."""
+        if self.bounded:
+            return None
+        watermark = timers.current_watermark()
+        if watermark < END_OF_INPUT and (self.watermark_seen is None or watermark > self.watermark_seen):
+            self.watermark_seen = watermark
+        return watermark
+
     def _writer(self, shard: Shard, key: RollupKey, text: str, watermark: int | None, timers) -> str:
         """The writer id of a row new to the state (unbounded: its expiry timer set)."""
         if self.bounded:
             return shard.writer
         self._expire_at(shard, key, text, timers)
-        if watermark >= self._expiry(key):
+        if bucket_expired(self._expiry(key), watermark, self.watermark_seen):
             # The row's bucket has expired: a new state, under an id of its own, is
             # stored beside the row written before, never over it.
             return writer_id(shard.writer, watermark)
@@ -539,7 +565,7 @@ class RollUpRows(_ShardLog):
     def _compact(self, shard: Shard, timers, changed: set[str]) -> None:
         """Merge the parts come since the last compaction into the rows' states (each
         row's parts merged first), to be written later."""
-        watermark = None if self.bounded else timers.current_watermark()
+        watermark = self._watermark(timers)
         for text, (_, aggregate, _) in self._logged(shard).items():
             found = self._row(shard, text)
             if found is None:
@@ -580,6 +606,15 @@ class RollUpRows(_ShardLog):
         expired: set[str] = set()
         for at in sorted(at for at in shard.expiring if at <= timestamp):
             expired |= shard.expiring.pop(at)
+        if self.ended:
+            # The end of event time (a drained job): no row has expired, whatever its
+            # timer says. Every row is written and kept, so what still comes past the end
+            # merges into it, under its id; and rows let go of, as on bounded input.
+            yield from self._flush(shard, timers)
+            shard.rows.clear()
+            shard.expiring.clear()
+            shard.complete = False
+            return
         # Expired: written one last time and dropped; whatever comes later for these rows
         # starts a new state (`_writer`).
         yield from self._flush(shard, timers, expired)
@@ -588,7 +623,7 @@ class RollUpRows(_ShardLog):
         """Write every row of the shard merged since its last write, finer granularities
         first, so what an hour passes to its day in place is written with the day; pass
         on what the rows gained, merged per coarser row; drop the `expired` rows."""
-        watermark = None if self.bounded else timers.current_watermark()
+        watermark = self._watermark(timers)
         changed: set[str] = set()
         rows: list[RollupRow] = []
         passed: dict[int, list] = {}
