@@ -2,14 +2,16 @@
 standalone cluster, each as a ratio to the same place running a bare KeyedProcessFunction
 over the same events in the same run, next to the Beam DirectRunner running the same
 graph on the same events; what each Flink setting that might matter (Python execution
-mode, bundle size, parallelism, Python state cache) gives; and what a second TaskManager
-gives.
+mode, bundle size, parallelism, Python state cache) gives, and the job without its
+analytics roll-ups; what a second TaskManager gives; and where Orion's run took its CPU,
+thread by thread of the mini-cluster's JVM.
 
 Data: `benchmarks.synthetic` events (4 files) and 1,000 active trigger campaigns, under
 benchmarks/data/flink/. Orion's figure is the whole job over files: parse and validate,
 key by lead, the one step per lead (order, dedup, evaluate; each lead seeded from and
-written back to its profile in the store), the SQLite store and index, outcome and
-dead-letter files (no outbox: campaign flows off, on both engines). The ceiling reads
+written back to its profile in the store), the SQLite store and index, the analytics
+roll-ups, outcome and dead-letter files (no outbox: campaign flows off, on both
+engines). The ceiling reads
 the same files, parses each line's JSON, keys it by (tenant, lead) and reads and writes
 one value state per element. Times are wall clock from building the job to its end, so both pay
 the same mini-cluster and Python-worker start-up (measured on its own, too). The JVM
@@ -38,6 +40,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -71,6 +74,7 @@ class Setting(NamedTuple):
     bundle_size: int | None = None
     state_cache_size: int | None = None
     flink_master: str | None = None  # a standalone cluster's REST address
+    rollups: bool = True  # False: the job keeps no analytics roll-ups (--no-rollups)
 
     def options(self, **more):
         return FlinkOptions(parallelism=self.parallelism, execution_mode=self.execution_mode,
@@ -84,6 +88,7 @@ VARIANTS = (
     Setting("bundle 1,000 (python.fn-execution.bundle.size)", bundle_size=1_000),
     Setting("parallelism 2", parallelism=2),
     Setting("state cache 100,000 keys (python.state.cache-size)", state_cache_size=100_000),
+    Setting("defaults without the analytics roll-ups (--no-rollups)", rollups=False),
 )
 
 
@@ -172,6 +177,82 @@ class CpuMeter:
         return CpuUse(wall - self.wall, machine - self.machine, used)
 
 
+# What each thread of the mini-cluster's JVM is, by a part of its name (Linux keeps 15
+# characters of it: a task thread is named after its chain of operators, a JIT compiler
+# thread "C2 CompilerThre").
+THREAD_GROUPS = (
+    ("the lead step", ("LeadStep",)),
+    ("the roll-up stages", ("RollupFacts", "GatherRollup", "RollUpMinutes", "RollUpHoursAnd")),
+    ("the store, profile and file writers", ("WriteActivit", "WriteProfile", "WriteDeadLet", "Outcomes", "DeadLetters")),
+    ("reading the files", ("ReadActivityFil", "Source:")),
+    ("Java's JIT compilers", ("CompilerThre",)),
+    ("garbage collection", ("GC Thread", "G1 Conc", "G1 Refine", "G1 Service")),
+)
+THREAD_SAMPLE_S = 0.25
+
+
+def jvm_pid() -> int | None:
+    """The JVM PyFlink started for this process (the gateway, which runs the mini-cluster)."""
+    for pid in _children().get(os.getpid(), ()):
+        try:
+            with open(f"/proc/{pid}/comm", encoding="ascii", errors="replace") as comm:
+                if comm.read().strip() == "java":
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+class ThreadMeter:
+    """CPU seconds of each thread of process `pid` between start() and stop(), by group
+    (THREAD_GROUPS; the rest: Flink's own threads and the gateway serving the client's
+    calls), read from /proc every THREAD_SAMPLE_S: a thread that ends between two reads
+    loses what it used since the last."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.first: dict[str, tuple[str, int]] = {}
+        self.last: dict[str, tuple[str, int]] = {}
+        self.stopping = threading.Event()
+
+    def _read(self) -> dict[str, tuple[str, int]]:
+        found = {}
+        for task in os.scandir(f"/proc/{self.pid}/task"):
+            try:
+                with open(f"{task.path}/comm", encoding="ascii", errors="replace") as comm:
+                    name = comm.read().strip()
+                with open(f"{task.path}/stat", encoding="ascii", errors="replace") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            found[task.name] = (name, int(fields[11]) + int(fields[12]))
+        return found
+
+    def _run(self) -> None:
+        while not self.stopping.wait(THREAD_SAMPLE_S):
+            self.last.update(self._read())
+
+    def start(self) -> "ThreadMeter":
+        self.first = self._read()
+        self.last = dict(self.first)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self.stopping.set()
+        self.thread.join()
+        self.last.update(self._read())
+        groups = {label: 0.0 for label, _ in THREAD_GROUPS}
+        groups["the rest"] = 0.0
+        for task, (name, ticks) in self.last.items():
+            used = (ticks - self.first.get(task, (name, 0))[1]) / CLOCK_TICKS
+            label = next((label for label, parts in THREAD_GROUPS if any(part in name for part in parts)),
+                         "the rest")
+            groups[label] += used
+        return groups
+
+
 class Figure(NamedTuple):
     setting: str
     events: int
@@ -179,6 +260,7 @@ class Figure(NamedTuple):
     ceiling_seconds: float | None
     note: str = ""
     cpu: CpuUse | None = None  # while Orion ran (the standalone cluster's figures)
+    threads: dict[str, float] | None = None  # CPU seconds by JVM thread group while Orion ran (mini-cluster)
 
     def rate(self, seconds: float | None) -> float | None:
         return self.events / seconds if seconds else None
@@ -225,7 +307,8 @@ def time_flink_orion(workdir: Path, rules: Path, setting: Setting) -> tuple[floa
     from orion.runners.flink import run_flink
 
     started = time.perf_counter()
-    flink_run = run_flink(config_for(workdir, rules, "flink"), options=setting.options(), out=io.StringIO())
+    config = config_for(workdir, rules, "flink")._replace(rollups=setting.rollups)
+    flink_run = run_flink(config, options=setting.options(), out=io.StringIO())
     return time.perf_counter() - started, flink_run.counters
 
 
@@ -268,17 +351,20 @@ def measure(workdir: Path, rules: Path, events: int, setting: Setting, repetitio
     each; on the standalone `cluster` (a LocalCluster), with the CPU use while Orion's
     best run ran and the TaskManagers its job took."""
     print(f"... {setting.label}", file=sys.stderr, flush=True)
-    ceiling = orion = cpu = None
+    ceiling = orion = cpu = threads = None
     try:
         for _ in range(repetitions):
             ceiling = min(filter(None, (ceiling, time_flink_ceiling(workdir / "events", setting))))
             roots = [os.getpid()] + ([] if cluster is None else
                                      [pid for pids in cluster.daemon_pids().values() for pid in pids])
             meter = CpuMeter(roots).start()
+            gateway = jvm_pid() if cluster is None else None
+            by_thread = None if gateway is None else ThreadMeter(gateway).start()
             seconds, counters = time_flink_orion(workdir, rules, setting)
             used = meter.stop()
+            groups = None if by_thread is None else by_thread.stop()
             if orion is None or seconds < orion:
-                orion, cpu = seconds, used
+                orion, cpu, threads = seconds, used, groups
     except Exception as error:  # a setting PyFlink cannot run is reported, not fatal
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         return Figure(setting.label, events, None, None, f"failed: {first_line[:160]}")
@@ -286,7 +372,7 @@ def measure(workdir: Path, rules: Path, events: int, setting: Setting, repetitio
     notes = [] if read == events else [f"read {read:,} of {events:,} events"]
     if cluster is not None:
         notes.append(f"ran on {_job_taskmanagers(cluster)} TaskManager(s)")
-    return Figure(setting.label, events, orion, ceiling, "; ".join(notes), None if cluster is None else cpu)
+    return Figure(setting.label, events, orion, ceiling, "; ".join(notes), None if cluster is None else cpu, threads)
 
 
 def _job_taskmanagers(cluster) -> int:
@@ -341,8 +427,8 @@ def render(figures: list[Figure], beam_seconds: float, start_up_seconds: float, 
         "",
         f"{events:,} synthetic events in {FILES} JSONL files, {campaigns:,} active trigger campaigns. "
         "Orion: the whole Flink job (`orion.runners.flink`: parse, key by lead, the one step per lead "
-        "(order, dedup, evaluate, lead profiles read and written), SQLite store and index, outcome and "
-        "dead-letter files; campaign flows off). Ceiling: the same "
+        "(order, dedup, evaluate, lead profiles read and written), SQLite store and index, the analytics "
+        "roll-ups, outcome and dead-letter files; campaign flows off). Ceiling: the same "
         "mini-cluster and settings reading the same files, parsing each line's JSON, keying by (tenant, "
         "lead) and reading and writing one value state per element in a bare KeyedProcessFunction "
         "(`BareKeyedState`). Wall clock from building the job to its end, start-up of the mini-cluster "
@@ -373,6 +459,8 @@ def render(figures: list[Figure], beam_seconds: float, start_up_seconds: float, 
                      f"{_number(default.ratio, 2)} of the bare keyed-state job on the same mini-cluster, "
                      f"{default.orion_rate / beam_rate:.2f}x the Beam DirectRunner ({beam_rate:,.0f} events/s).")
     lines += _targets(figures, cluster_figures, beam_rate)
+    if default.threads:
+        lines.append(f"- {_threads_line(default)}")
     telling = most_telling(figures)
     if telling is not None:
         lines.append(f"- The setting that matters most: **{telling.setting}**, {telling.orion_rate:,.0f} events/s "
@@ -409,6 +497,19 @@ def _targets(figures: list[Figure], cluster_figures: list[Figure], beam_rate: fl
         lines.append(f"- Load average (1 min) when the report was written: {os.getloadavg()[0]:.1f} "
                      f"on {os.cpu_count()} cores.")
     return lines
+
+
+def _threads_line(figure: Figure) -> str:
+    """Where Orion's run took its CPU, by the JVM's threads."""
+    groups = figure.threads
+    total = sum(groups.values())
+    parts = ", ".join(f"{label} {seconds:.1f}" for label, seconds in groups.items())
+    return (f"CPU seconds by thread of the mini-cluster's JVM in Orion's run with the defaults "
+            f"({figure.orion_seconds:.1f} s; read every {THREAD_SAMPLE_S:g} s): {parts} ({total:.1f} in all; "
+            "a task thread's figure holds its Python functions and the Java around them). In thread mode "
+            "every Python function of the job runs in the JVM's one embedded interpreter and holds its lock "
+            "while it runs, so the Python parts of these figures run one at a time: their sum, not the "
+            "largest, bounds the job's pace.")
 
 
 def _cpu_line(figure: Figure) -> str:
