@@ -486,12 +486,7 @@ async def post_decide(request: web.Request) -> web.StreamResponse:
                   exc_info=err)
         response = _with_origin(_json(500, {"error": "internal", "detail": "the decision failed on this request; "
                                             "it is logged"}), decider)
-    status = response.status
-    labels = _DECIDE_STATUSES.get(status)
-    if labels is None:
-        labels = _DECIDE_STATUSES[status] = (DECIDE_ROUTE, str(status))
-    counts = decider.metrics.requests.values
-    counts[labels] = counts.get(labels, 0) + 1
+    _count_request(decider, _DECIDE_STATUSES, DECIDE_ROUTE, response.status)
     if isinstance(response, web.HTTPException):
         _with_origin(response, decider)
         raise response
@@ -499,6 +494,16 @@ async def post_decide(request: web.Request) -> web.StreamResponse:
 
 
 _DECIDE_STATUSES: dict[int, tuple[str, str]] = {}  # each status's labels in orion_decide_requests, made once
+
+
+def _count_request(decider: "Decider", statuses: dict[int, tuple[str, str]], route: str, status: int) -> None:
+    """Count an answer in orion_decide_requests by route and status; `statuses` keeps
+    each status's labels, made once."""
+    labels = statuses.get(status)
+    if labels is None:
+        labels = statuses[status] = (route, str(status))
+    counts = decider.metrics.requests.values
+    counts[labels] = counts.get(labels, 0) + 1
 
 
 class _Asked(NamedTuple):
@@ -683,12 +688,7 @@ def answered(route: str, handler):
             log.error("%s %s failed: %s", request.method, redact(request.path_qs),
                       redact(f"{type(err).__name__}: {err}"), exc_info=err)
             response = _json(500, {"error": "internal", "detail": "the decision failed on this request; it is logged"})
-        status = response.status
-        labels = statuses.get(status)
-        if labels is None:
-            labels = statuses[status] = (route, str(status))
-        counts = decider.metrics.requests.values
-        counts[labels] = counts.get(labels, 0) + 1
+        _count_request(decider, statuses, route, response.status)
         if cors:
             response.headers["Access-Control-Allow-Origin"] = decider.settings.cors_origin
         if isinstance(response, web.HTTPException):
