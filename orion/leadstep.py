@@ -34,12 +34,15 @@ its wake-up time, and the next run (or a streaming job) that reaches that time r
 """
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Sequence
+import time
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 from orion.activities import Activity
 from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH, FlowEngine, FlowResult, LeadFlows
 from orion.deadletters import DeadLetter
-from orion.profiles import EMPTY_RECORD, LeadRecord, ProfileError, decode_profile, encode_profile, with_history
+from orion.profiles import (
+    EMPTY_RECORD, LeadRecord, Origin, ProfileError, decode_profile, encode_profile, with_history,
+)
 from orion.rules import evaluate
 from orion.rules.index import RuleSet
 from orion.seeding import seed_states
@@ -83,7 +86,7 @@ DEFAULT_MAX_PENDING = 10_000
 COUNTERS = (
     "evaluated", "outcomes", "qualified", "duplicates", "dead_letters", "dead_letters:late",
     "emails_requested", "emails_held", "webhooks", "flow_activities", "flow_dead_letters",
-    "leads_seeded_from_store", "profiles_loaded", "profiles_emitted", "hot_lead_releases",
+    "leads_seeded_from_store", "profiles_loaded", "profiles_emitted", "hot_lead_releases", "profiles_rolled_back",
 )
 
 
@@ -131,14 +134,46 @@ class SeedRequest(NamedTuple):
     first_ms: int
 
 
+class Lineage(NamedTuple):
+    """A job that restarts from its checkpoints (a streaming Flink job), as the step knows
+    it: `writer`, the id of its lineage (the same in every attempt of the job, and in a
+    job restored from one of its retained checkpoints); `restored`, whether this attempt
+    began from a checkpoint or savepoint rather than empty; `state_ttl_ms`, how long the
+    job keeps a silent lead's state.
+
+    With a lineage, every profile the step writes carries its origin (orion.profiles
+    Origin): the lineage, and the profile as the lineage first read it. A lead the state
+    does not know, whose profile the same lineage wrote less than `state_ttl_ms` ago,
+    was lost with the state by a restore: the lineage wrote the profile after the
+    checkpoint the attempt restored, and the input from there on is read again. The lead
+    then starts from that earlier profile (`profiles_rolled_back`) and its activities are
+    evaluated again, rather than taken for a replay of what the profile has been
+    through: their outcomes, dropped with the failed attempt's uncommitted files, are
+    written again, and what they queue again the outbox keeps once. A profile older than
+    the state's TTL is the lead's own: its state expired. Outside that window (a job
+    restored from a checkpoint older than the TTL) a lost lead goes on from its profile,
+    as without a lineage: the activities it has been through count as duplicates."""
+
+    writer: str
+    restored: bool
+    state_ttl_ms: int
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class LeadStep:
     """The step, holding only the compiled rules and the settings. See the module doc."""
 
     def __init__(self, rules: RuleSet, *, dedup_span_ms: int = DEFAULT_DEDUP_SPAN_MS, run_flows: bool = True,
-                 max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH, max_pending: int = DEFAULT_MAX_PENDING):
+                 max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH, max_pending: int = DEFAULT_MAX_PENDING,
+                 lineage: Lineage | None = None, clock: Callable[[], int] = wall_clock_ms):
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         self.rules = rules
+        self.lineage = lineage
+        self.clock = clock
         self.dedup_span_ms = dedup_span_ms
         self.run_flows = run_flows
         self.max_pending = max_pending
@@ -187,7 +222,7 @@ class LeadStep:
         result.count("duplicates", duplicates)
         if progress is record.progress:
             return record, rest
-        return LeadRecord(progress, self._evaluate(record.flows, ready, result)), rest
+        return record._replace(progress=progress, flows=self._evaluate(record.flows, ready, result)), rest
 
     def wake(self, record: LeadRecord, tenant: str, lead_id: str, now: int, result: StepResult) -> LeadRecord:
         """Resume every flow of the lead waiting until `now` or earlier, each at its own
@@ -240,14 +275,16 @@ class LeadStep:
     def seed(self, store, leads: Sequence[SeedRequest], result: StepResult) -> list[LeadRecord | None]:
         """The records of leads new to the job, from the store: each lead's profile and
         its history counters before `first_ms`; None for a lead the store knows nothing
-        of. The store is asked for all the leads together."""
+        of (with a lineage, a record with the lead's origin). The store is asked for all
+        the leads together."""
         if store is None or not leads:
-            return [None] * len(leads)
+            return [self._adopted(None, None, lead.first_ms) for lead in leads]
         texts = store.read_profiles([(lead.tenant, lead.lead_id) for lead in leads])
-        histories = seed_states(self.rules, store, [(lead.tenant, lead.lead_id, lead.first_ms) for lead in leads])
         records: list[LeadRecord | None] = []
-        for lead, text, seeded in zip(leads, texts, histories):
-            record = None
+        befores: list[int] = []
+        found: list[bool] = []
+        for lead, text in zip(leads, texts):
+            record, before = None, lead.first_ms
             if text is not None:
                 try:
                     record = decode_profile(text)
@@ -258,21 +295,52 @@ class LeadStep:
                     result.dead(DeadLetter({"tenant": lead.tenant, "lead_id": lead.lead_id, "profile": text},
                                            BAD_PROFILE, f"{err}; the lead started from an empty profile",
                                            PROFILE_SOURCE))
+            found.append(record is not None)
+            if self.lineage is not None:
+                record, before = self._own(record, lead.first_ms, result)
+            records.append(record)
+            befores.append(before)
+        histories = seed_states(self.rules, store, [(lead.tenant, lead.lead_id, before)
+                                                    for lead, before in zip(leads, befores)])
+        seeded_records: list[LeadRecord | None] = []
+        for record, seeded, profiled in zip(records, histories, found):
             if seeded is not None:
                 record = with_history(record or EMPTY_RECORD, seeded)
-            if record is not None:
+            if profiled or seeded is not None:
                 result.count("leads_seeded_from_store")
-            records.append(record)
-        return records
+            seeded_records.append(record)
+        return seeded_records
+
+    def _own(self, record: LeadRecord | None, first_ms: int, result: StepResult) -> tuple[LeadRecord, int]:
+        """(the record the lineage starts the lead from, the time its history counters
+        are seeded up to): see Lineage."""
+        lineage = self.lineage
+        origin = None if record is None else record.origin
+        if (origin is not None and lineage.restored and origin.writer == lineage.writer
+                and self.clock() - origin.written_at < lineage.state_ttl_ms):
+            try:
+                prior = EMPTY_RECORD if origin.prior is None else decode_profile(origin.prior)
+            except ProfileError:
+                prior = None  # (written by this lineage, so never; the lead goes on from its profile)
+            if prior is not None:
+                result.count("profiles_rolled_back")
+                return prior._replace(origin=origin._replace(written_at=0)), origin.before_ms
+        return self._adopted(record, None if record is None else encode_profile(record._replace(origin=None)),
+                             first_ms), first_ms
+
+    def _adopted(self, record: LeadRecord | None, prior: str | None, first_ms: int) -> LeadRecord | None:
+        if self.lineage is None:
+            return record
+        return (record or EMPTY_RECORD)._replace(origin=Origin(self.lineage.writer, prior, first_ms))
 
     def emit_profile(self, tenant: str, lead_id: str, record: LeadRecord, result: StepResult) -> None:
         self._emit_profile(tenant, lead_id, record, result)
 
-    @staticmethod
-    def _emit_profile(tenant, lead_id, record: LeadRecord, result: StepResult) -> None:
+    def _emit_profile(self, tenant, lead_id, record: LeadRecord, result: StepResult) -> None:
         if tenant is None:
             return
-        result.emit(PROFILE, StoredProfile(tenant, lead_id, encode_profile(record), record.flows.next_wake()))
+        text = encode_profile(record, written_at=None if record.origin is None else self.clock())
+        result.emit(PROFILE, StoredProfile(tenant, lead_id, text, record.flows.next_wake()))
         result.count("profiles_emitted")
 
     # evaluation --------------------------------------------------------------------

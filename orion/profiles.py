@@ -14,10 +14,18 @@ A profile holds, per (tenant, lead):
 The history counters are not in it: they are counted from the activity store, which
 holds every activity (orion.seeding), and so they follow rule changes.
 
+A profile written by a streaming Flink job also says which job lineage wrote it, when,
+and what the profile was when that lineage first read it (`Origin`): a job restored from
+a checkpoint meets leads its state does not know although its lineage wrote their
+profiles after that checkpoint, and it starts them from that earlier profile, so it
+redoes what followed the checkpoint rather than taking it for a replay (orion.leadstep).
+
 The encoding is versioned JSON text. Version 1 is the flow state Orion kept before the
 profile existed (`LeadFlows.to_json_dict`: lead, running, sent; no version field); it
 loads as a profile with no sequencer progress. Version 2 adds the version and the
-progress. A newer Orion reads every older version; tests/data/ holds a profile of each.
+progress. Version 3 adds the origin; a profile without one is still written as version
+2, which every Orion since version 2 reads. A newer Orion reads every older version;
+tests/data/ holds a profile of each.
 
     python -c "from orion.profiles import *; print(encode_profile(LeadRecord()))"
 """
@@ -33,7 +41,8 @@ from orion.campaigns.flows import LeadFlows, RunningFlow
 from orion.rules.model import LeadState
 from orion.sequencing import EMPTY_PROGRESS, LeadProgress
 
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3
+_WITHOUT_ORIGIN = 2  # the version of a profile that has no origin
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -43,12 +52,27 @@ class ProfileError(ValueError):
     """A stored profile that cannot be read; the message says what is wrong with it."""
 
 
+class Origin(NamedTuple):
+    """Which job lineage wrote a profile, and from what: `prior` is the stored profile
+    text (without its own origin) the lineage first read for the lead, None when there
+    was none; `before_ms` the time its history counters were seeded up to then;
+    `written_at` the wall-clock time (epoch ms) of the write, stamped as the profile is
+    encoded for the store."""
+
+    writer: str
+    prior: str | None
+    before_ms: int
+    written_at: int = 0
+
+
 class LeadRecord(NamedTuple):
     """Everything a job keeps for one lead, in one keyed state: the sequencer's progress
-    and the lead's flows (its LeadState, running flows and recent sends)."""
+    and the lead's flows (its LeadState, running flows and recent sends), and in a job
+    that keeps one, the lead's origin."""
 
     progress: LeadProgress = EMPTY_PROGRESS
     flows: LeadFlows = LeadFlows()
+    origin: Origin | None = None
 
     def next_wake(self) -> int | None:
         return self.flows.next_wake()
@@ -57,14 +81,16 @@ class LeadRecord(NamedTuple):
 EMPTY_RECORD = LeadRecord()
 
 
-def encode_profile(record: LeadRecord, *, history: bool = False) -> str:
+def encode_profile(record: LeadRecord, *, history: bool = False, written_at: int | None = None) -> str:
     """The record as profile text (the current version), valid UTF-8. The store's profile
     leaves the history counters out (`history` False); an engine's keyed state keeps them
-    (True). The same record always gives the same text, so rewriting it changes nothing."""
+    (True). A record with an origin keeps it, stamped `written_at` when given. The same
+    record (and stamp) always gives the same text, so rewriting it changes nothing."""
     lead = record.flows.lead
     progress = record.progress
+    origin = record.origin
     data = {
-        "version": PROFILE_VERSION,
+        "version": _WITHOUT_ORIGIN if origin is None else PROFILE_VERSION,
         "lead": {
             "attributes": lead.attributes,
             "score": lead.score,
@@ -76,6 +102,9 @@ def encode_profile(record: LeadRecord, *, history: bool = False) -> str:
         "released": list(progress.released) if progress.released is not None else None,
         "seen": progress.seen,
     }
+    if origin is not None:
+        data["origin"] = {"writer": origin.writer, "prior": origin.prior, "before_ms": origin.before_ms,
+                          "written_at": origin.written_at if written_at is None else written_at}
     if history and lead.history:
         data["lead"]["history"] = {key: {str(day): n for day, n in days.items()}
                                    for key, days in lead.history.items()}
@@ -130,9 +159,16 @@ def decode_profile(text: str | bytes) -> LeadRecord:
             released = data.get("released")
             progress = LeadProgress(tuple(released) if released is not None else None,
                                     dict(data.get("seen") or {}))
-    except (AttributeError, TypeError, ValueError) as err:
+        origin = None
+        found = data.get("origin") if version >= 3 else None
+        if found is not None:
+            prior = found.get("prior")
+            if prior is not None and not isinstance(prior, str):
+                raise TypeError(f"origin.prior must be profile text, not {type(prior).__name__}")
+            origin = Origin(str(found["writer"]), prior, int(found["before_ms"]), int(found.get("written_at", 0)))
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise ProfileError(f"a version {version} lead profile has a bad field: {err}") from None
-    return LeadRecord(progress, flows)
+    return LeadRecord(progress, flows, origin)
 
 
 def with_history(record: LeadRecord, seeded: LeadState | None) -> LeadRecord:

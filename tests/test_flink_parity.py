@@ -58,14 +58,25 @@ def output_lines(out_dir: Path, pattern: str) -> list[str]:
     return sorted(line for f in out_dir.glob(pattern) for line in f.read_text(encoding="utf-8").splitlines())
 
 
+def comparable_profile(text: str) -> str:
+    """A profile's text less its origin (which job lineage wrote it, and when: a
+    streaming Flink job's bookkeeping, orion.profiles.Origin), as a profile without one
+    is written."""
+    data = json.loads(text)
+    if data.pop("origin", None) is not None:
+        data["version"] = 2
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def store_rows(db: Path) -> dict[str, list]:
     """The store's rows, order-free: activities, the index, and the lead profiles (less
-    their wall-clock updated_at)."""
+    their wall-clock updated_at and their origin)."""
     with sqlite3.connect(db) as connection:
         activities = connection.execute("SELECT * FROM activities ORDER BY 1, 2, 3, 4").fetchall()
         index = connection.execute("SELECT * FROM activity_index ORDER BY 1, 2, 3, 4").fetchall()
         profiles = connection.execute(
             "SELECT tenant, lead_id, data, next_wake FROM lead_profiles ORDER BY 1, 2").fetchall()
+    profiles = [(tenant, lead, comparable_profile(data), wake) for tenant, lead, data, wake in profiles]
     return {"activities": activities, "index": index, "profiles": profiles}
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from flink_services import flink_cluster  # noqa: F401  (the session's cluster)
 from kafka_services import new_topic_name
 from test_flink_parity import (
-    LATENESS_MS, LEADS, RULES_V1, SECOND, T0, address_lines, config_for, drop_file, output_lines, outbox_rows,
+    LATENESS_MS, LEADS, RULES_V1, SECOND, T0, _event, address_lines, config_for, drop_file, output_lines, outbox_rows,
     outputs, queued_emails, released_before, stored_event_ids, visit_lines, wait_for,
 )
 
@@ -42,6 +43,10 @@ from orion.flink import cluster as rest
 VISITS = 120
 FIRST, SECOND_FILE = range(0, 60), range(60, VISITS)
 REDELIVERED = [3, 58, 59]  # visits of the first file sent again in the second
+# A lead the input first names after the first file (and after the checkpoint a failover
+# restores): in the cancelled or killed run, its profile is written after that checkpoint.
+NEWCOMER = "L9"
+NEWCOMER_VISITS = 6
 # The test triggers the checkpoint it cancels after itself (REST), so that what follows
 # it is known; the periodic ones are far apart.
 RARE_CHECKPOINTS_S = 600.0
@@ -71,24 +76,51 @@ def _follow_ups() -> list[tuple[str, str, int]]:
     return sorted((lead, run.replace("#0", "#3"), at + 600 * SECOND) for lead, run, at in _welcomes())
 
 
+def newcomer_lines() -> list[str]:
+    """The newcomer's visits, amid the second file's (605 s ... 655 s of event time)."""
+    return [_event(f"n-{k}", NEWCOMER, "visit_web_page", T0 + (605 + 10 * k) * SECOND,
+                   url=f"https://acme.example/n{k}") for k in range(NEWCOMER_VISITS)]
+
+
+def _every_visit() -> Counter:
+    """Each visit's "Every visit" outcome, once: the newcomer's included."""
+    return Counter([f"v-{n:04d}" for n in range(VISITS)] + [f"n-{k}" for k in range(NEWCOMER_VISITS)])
+
+
+def _mailed(outbox: Path) -> list[tuple[str, str, int]]:
+    """The queued emails of the leads the first file names (the newcomer has no address:
+    its welcome is held, and compared with the other outbox rows)."""
+    return [email for email in queued_emails(outbox) if email[0] != NEWCOMER]
+
+
 def _first_file(watched: Path) -> None:
     drop_file(watched, "part-1.jsonl", address_lines() + visit_lines(FIRST))
 
 
 def _second_file(watched: Path) -> None:
-    drop_file(watched, "part-2.jsonl", visit_lines(SECOND_FILE) + visit_lines(REDELIVERED))
+    drop_file(watched, "part-2.jsonl", visit_lines(SECOND_FILE) + newcomer_lines() + visit_lines(REDELIVERED))
 
 
 def _first_file_done(db: Path, outbox: Path) -> None:
     released = released_before(FIRST, newest=FIRST[-1])
     wait_for(lambda: released <= set(stored_event_ids(db)), "the first file's released visits")
-    wait_for(lambda: queued_emails(outbox) == _welcomes(), "the welcome emails")
+    wait_for(lambda: _mailed(outbox) == _welcomes(), "the welcome emails")
 
 
 def _second_file_done(db: Path, outbox: Path, newest: int = VISITS - 1) -> None:
-    released = released_before(range(VISITS), newest=newest)
+    released = released_before(range(VISITS), newest=newest) | {f"n-{k}" for k in range(NEWCOMER_VISITS)}
     wait_for(lambda: released <= set(stored_event_ids(db)), "the second file's released visits")
-    wait_for(lambda: queued_emails(outbox) == sorted(_welcomes() + _follow_ups()), "the follow-ups after the wait")
+    wait_for(lambda: _has_profile(db, NEWCOMER), "the newcomer's profile")
+    wait_for(lambda: _mailed(outbox) == sorted(_welcomes() + _follow_ups()), "the follow-ups after the wait")
+
+
+def _has_profile(db: Path, lead: str) -> bool:
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        try:
+            return connection.execute("SELECT 1 FROM lead_profiles WHERE tenant = 'acme' AND lead_id = ?",
+                                      (lead,)).fetchone() is not None
+        except sqlite3.OperationalError:  # the job has not created the table yet
+            return False
 
 
 def test_a_job_cancelled_mid_run_resumes_from_its_newest_retained_checkpoint_and_repeats_nothing(
@@ -155,13 +187,15 @@ def test_a_job_cancelled_mid_run_resumes_from_its_newest_retained_checkpoint_and
     assert outputs(out_dir, db) == outputs(whole_out, whole_db), \
         "store, profiles, outcome and dead-letter lines differ from the uninterrupted run's"
     assert outbox_rows(outbox) == outbox_rows(whole_outbox)
-    assert queued_emails(outbox) == sorted(_welcomes() + _follow_ups()), "one welcome and one follow-up per lead"
+    assert _mailed(outbox) == sorted(_welcomes() + _follow_ups()), "one welcome and one follow-up per lead"
     outcomes = [json.loads(line) for line in output_lines(out_dir, "outcomes-*.jsonl")]
     every = Counter(o["event_id"] for o in outcomes if o["campaign"] == "Every visit")
-    assert every == Counter(f"v-{n:04d}" for n in range(VISITS)), "each visit's outcome line is there once"
+    assert every == _every_visit(), "each visit's outcome line is there once, the newcomer's too (its lead was " \
+        "first met after the checkpoint: the restored job redid its visits from what its profile was before)"
     counts = flink.read_counters(out_dir)
-    assert counts["outbox_duplicates"] - counts_before.get("outbox_duplicates", 0) == LEADS, \
-        "the follow-ups were requested again after the restore and queued once"
+    assert counts["outbox_duplicates"] - counts_before.get("outbox_duplicates", 0) == LEADS + 1, \
+        "the follow-ups, and the newcomer's held welcome (its lead redone from before the checkpoint), were " \
+        "requested again after the restore and queued once"
 
 
 # --- Kafka -------------------------------------------------------------------------------
@@ -172,7 +206,7 @@ MALFORMED = '{"event_id": "bad-1", "tenant": "acme"'
 # Produced in three batches (the failover run waits between them); the redeliveries at
 # the end of the last are duplicates.
 BATCHES = (address_lines() + visit_lines(range(0, 40)), visit_lines(range(40, 80)),
-           visit_lines(range(80, VISITS)) + visit_lines(REDELIVERED))
+           visit_lines(range(80, VISITS)) + newcomer_lines() + visit_lines(REDELIVERED))
 EVENTS = sum(len(batch) for batch in BATCHES) + 1  # and the malformed one
 
 
@@ -295,12 +329,13 @@ def test_the_job_reads_a_kafka_topic_on_the_cluster_into_store_outcomes_and_outb
         "a reader on each TaskManager"
     stored = stored_event_ids(run.db)
     assert sorted(e for e in stored if e.startswith("v-")) == [f"v-{n:04d}" for n in range(VISITS)]
+    assert sorted(e for e in stored if e.startswith("n-")) == [f"n-{k}" for k in range(NEWCOMER_VISITS)]
     assert sorted(e for e in stored if e.startswith("a-")) == [f"a-{n}" for n in range(LEADS)], \
         "the record of one activity and those in arrays alike"
-    assert queued_emails(run.outbox) == sorted(_welcomes() + _follow_ups())
+    assert _mailed(run.outbox) == sorted(_welcomes() + _follow_ups())
     outcomes = [json.loads(line) for line in output_lines(run.out_dir, "outcomes-*.jsonl")]
-    assert Counter(o["event_id"] for o in outcomes if o["campaign"] == "Every visit") == \
-        Counter(f"v-{n:04d}" for n in range(VISITS)), "each visit evaluated once, the redeliveries not again"
+    assert Counter(o["event_id"] for o in outcomes if o["campaign"] == "Every visit") == _every_visit(), \
+        "each visit evaluated once, the redeliveries not again"
     dead = [json.loads(line) for line in output_lines(run.out_dir, "dead-letters-*.jsonl")]
     assert [(d["reason"], d["source"]) for d in dead] == [("malformed_json", f"kafka:{run.topic}")]
     counts = run.counters

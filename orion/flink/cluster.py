@@ -216,6 +216,36 @@ def newest_checkpoint(directory: str | Path) -> Path | None:
     return max(found, key=age)
 
 
+LINEAGE_FILE = "orion-lineage"  # in DIR/JOB_ID/ of a --checkpoint-dir: the job's lineage id
+
+
+def keep_lineage(checkpoint_dir: str | Path, job_id: str, lineage: str) -> Path:
+    """Write the job's lineage id where Flink keeps its checkpoints (DIR/JOB_ID/), so a
+    job restored from one of them continues the lineage (orion.leadstep.Lineage)."""
+    directory = Path(checkpoint_dir) / job_id
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / LINEAGE_FILE
+    marker.write_text(lineage + "\n", encoding="utf-8")
+    return marker
+
+
+def lineage_of(restored: str) -> str | None:
+    """The lineage id kept beside a checkpoint (`restore_path`'s answer: its job's
+    directory holds it) or in a savepoint's directory; None when there is none (a
+    savepoint, a remote checkpoint, or one of a job from before lineages)."""
+    if urlsplit(restored).scheme not in ("", "file"):
+        return None
+    local = Path(urlsplit(restored).path if urlsplit(restored).scheme else restored)
+    checkpoint = local.parent if local.name == CHECKPOINT_METADATA else local
+    for directory in (checkpoint, checkpoint.parent):
+        marker = directory / LINEAGE_FILE
+        if marker.is_file():
+            found = marker.read_text(encoding="utf-8").strip()
+            if re.fullmatch(r"[0-9a-f]{32}", found):
+                return found
+    return None
+
+
 def restore_path(path: str) -> str:
     """What a job restores from, given --from-savepoint PATH: a savepoint or retained
     checkpoint (a directory with a `_metadata`, or that file) as it is; a local

@@ -57,7 +57,7 @@ from pyflink.datastream.state import ListStateDescriptor, StateTtlConfig, ValueS
 
 from orion import leadstep
 from orion.leadstep import WakeUp
-from orion.activities import Activity, activity_sort_key
+from orion.activities import MS_PER_DAY, Activity, activity_sort_key
 from orion.deadletters import DeadLetter
 from orion.intake import parse_payload, read_lines
 from orion.profiles import EMPTY_RECORD, LeadRecord, decode_profile, encode_profile
@@ -615,6 +615,13 @@ class LeadStep(KeyedProcessFunction):
     event-time timer registered just before the watermark passed it fires only at the
     next watermark, which an idle stream never sends.
 
+    `lineage` (unbounded input): the id of the job's lineage (orion.leadstep.Lineage).
+    Every profile the step writes then says the lineage wrote it, and from what earlier
+    profile; in an attempt restored from a checkpoint or savepoint (`restored`, or an
+    attempt number past 0), a lead the state does not know whose profile this lineage
+    wrote within the state's TTL starts from that earlier profile, and the activities
+    read again since the checkpoint are evaluated again.
+
     run_flows False (no outbox): evaluation only, no flow starts.
 
     Outputs: outcomes (main); STORE, DEAD, EMAILS, OUTBOX and PROFILES (STEP_OUTPUTS);
@@ -627,9 +634,10 @@ class LeadStep(KeyedProcessFunction):
                  run_flows: bool, max_cascade_depth: int, lead_ttl_days: int, horizon: int | None = None,
                  seed_store_uri: str | None = None, counters_dir: str | None = None,
                  idle_release_ms: int = 60_000, max_pending: int = leadstep.DEFAULT_MAX_PENDING,
-                 restored: bool = False):
+                 restored: bool = False, lineage: str | None = None):
         self.max_pending = max_pending
         self.restored = restored
+        self.lineage = lineage
         self.rules_dir = rules_dir
         self.template_dirs = tuple(template_dirs)
         self.dedup_span_ms = dedup_span_ms
@@ -655,9 +663,16 @@ class LeadStep(KeyedProcessFunction):
         self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", Types.STRING()))
         self.record = runtime_context.get_state(expiring(ValueStateDescriptor("record", Types.STRING())))
         self.lead = runtime_context.get_state(expiring(ValueStateDescriptor("lead", Types.STRING())))
+        attempt = _attempt_number(runtime_context)
+        lineage = None
+        if self.lineage is not None and not self.bounded:
+            # (An attempt that cannot tell its number is taken for a restart: a lead its
+            # lineage wrote within the TTL that its state does not know is lost state.)
+            lineage = leadstep.Lineage(self.lineage, self.restored or attempt != 0, self.lead_ttl_days * MS_PER_DAY)
         self.step = leadstep.LeadStep(_load_rules(self.rules_dir, self.template_dirs),
                                       dedup_span_ms=self.dedup_span_ms, run_flows=self.run_flows,
-                                      max_cascade_depth=self.max_cascade_depth, max_pending=self.max_pending)
+                                      max_cascade_depth=self.max_cascade_depth, max_pending=self.max_pending,
+                                      lineage=lineage)
         self.counts = Counts(runtime_context, self.counters_dir, "LeadStep")
         self.seed_stores = (None if self.seed_store_uri is None
                             else OpenedPerThread(lambda: open_initialised_store(self.seed_store_uri)))
@@ -666,7 +681,7 @@ class LeadStep(KeyedProcessFunction):
         # knows of the leads it has seen spares it reading their bookkeeping and
         # record: in process mode each read of a lead's state is a round trip to the
         # JVM. After a restore everything is read from state.
-        fresh = self.bounded and not self.restored and _attempt_number(runtime_context) == 0
+        fresh = self.bounded and not self.restored and attempt == 0
         self.known: dict[tuple[str, str], KnownLead] | None = {} if fresh else None
         # Bounded input: the leads known but not seeded yet; at the end of input they
         # are seeded SEED_GROUP at a time (SeedReads).

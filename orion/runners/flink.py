@@ -74,13 +74,14 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, NamedTuple
 from urllib.parse import urlsplit
 
 # The run's settings and the summary are engine-neutral, shared with the Beam runners:
 # nothing here imports Beam. (FlinkOptions is importable from here too.)
-from orion.flink.cluster import ClusterError, newest_checkpoint, restore_path
+from orion.flink.cluster import ClusterError, keep_lineage, lineage_of, newest_checkpoint, restore_path
 from orion.leadstep import END_OF_TIME_MS
 from orion.settings import (
     DEAD_LETTERS_NAME, OUTCOMES_NAME, FlinkOptions, RunConfig, clear_previous_outputs, effective_store_uri, is_remote,
@@ -371,7 +372,7 @@ def match_files(pattern: str) -> list[tuple[str, str]]:
     return [(name, os.path.abspath(name)) for name in found]
 
 
-def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
+def build_job(env, config: RunConfig, options: FlinkOptions, lineage: str | None = None) -> JobStreams:
     """Wire the job on `env`: source, parse, key by lead, the one step per lead, sinks.
     Every stateful step has a uid, so a savepoint maps onto a changed job.
 
@@ -386,7 +387,11 @@ def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
 
     Whenever the store keeps roll-ups (`rollup_store_uri`), the stored activities,
     outcomes and (with flows) outbox records are rolled up into it (orion.flink.rollups),
-    with the Beam graph's dimensions and figures; refused rows join the dead letters."""
+    with the Beam graph's dimensions and figures; refused rows join the dead letters.
+
+    Unbounded input: the lead step writes each profile with the job's `lineage` (a new
+    one when None), so an attempt restored from a checkpoint redoes a lead it lost with
+    its state (orion.leadstep.Lineage)."""
     from pyflink.common import Duration, Types, WatermarkStrategy
     from pyflink.datastream.connectors.base import Sink
     from pyflink.java_gateway import get_gateway
@@ -447,7 +452,8 @@ def build_job(env, config: RunConfig, options: FlinkOptions) -> JobStreams:
                                   max_cascade_depth=options.max_cascade_depth, lead_ttl_days=options.lead_ttl_days,
                                   horizon=horizon, seed_store_uri=store_uri, counters_dir=counters_dir,
                                   idle_release_ms=_idle_release_ms(config, options),
-                                  max_pending=options.max_pending, restored=options.from_savepoint is not None),
+                                  max_pending=options.max_pending, restored=options.from_savepoint is not None,
+                                  lineage=None if options.bounded else (lineage or new_lineage())),
                       output_type=fn.PICKLED)
              .name("LeadStep").uid("lead-step"))
     stored = steps.get_side_output(fn.STORE)
@@ -688,16 +694,36 @@ class FlinkJob:
             time.sleep(0.2)
 
 
+def new_lineage() -> str:
+    return uuid.uuid4().hex
+
+
+def job_lineage(options: FlinkOptions) -> str:
+    """The lineage of the job to start: the one kept beside the checkpoint it restores
+    (`keep_lineage`), else a new one (a savepoint: the job stopped with it wrote nothing
+    after it)."""
+    if options.from_savepoint is not None:
+        found = lineage_of(restore_path(options.from_savepoint))
+        if found is not None:
+            return found
+    return new_lineage()
+
+
 def start_flink(config: RunConfig, options: FlinkOptions, job_name: str = "orion") -> FlinkJob:
     """Submit the job without waiting for it (outputs of a previous run are cleared
-    unless the job restores a savepoint, whose run they belong to)."""
+    unless the job restores a savepoint, whose run they belong to). An unbounded job
+    with a local `checkpoint_dir` keeps its lineage beside its checkpoints."""
     if options.from_savepoint is None:
         prepare_outputs(config)
     elif not is_remote(config.out_dir):
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     env = create_environment(options, config.out_dir)
-    build_job(env, config, options)
-    return FlinkJob(env.execute_async(job_name), config)
+    lineage = None if options.bounded else job_lineage(options)
+    build_job(env, config, options, lineage)
+    job = FlinkJob(env.execute_async(job_name), config)
+    if lineage is not None and options.checkpoint_dir is not None and not is_remote(options.checkpoint_dir):
+        keep_lineage(options.checkpoint_dir, job.job_id, lineage)
+    return job
 
 
 @contextlib.contextmanager
