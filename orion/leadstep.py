@@ -135,11 +135,13 @@ class SeedRequest(NamedTuple):
 
 
 class Lineage(NamedTuple):
-    """A job that restarts from its checkpoints (a streaming Flink job), as the step knows
-    it: `writer`, the id of its lineage (the same in every attempt of the job, and in a
-    job restored from one of its retained checkpoints); `restored`, whether this attempt
-    began from a checkpoint or savepoint rather than empty; `state_ttl_ms`, how long the
-    job keeps a silent lead's state.
+    """A job that can lose state it already acted on, as the step knows it: a streaming
+    Flink job restored from a checkpoint, or a streaming Beam graph whose bundle is
+    retried after its first attempt wrote profiles. `writer`, the id of its lineage (the
+    same in every attempt of the job, in a Flink job restored from one of its retained
+    checkpoints, and in every bundle of a Beam graph); `restored`, whether this attempt
+    may have begun from older state than its lineage wrote (Beam: always);
+    `state_ttl_ms`, how long the job keeps a silent lead's state.
 
     With a lineage, every profile the step writes carries its origin (orion.profiles
     Origin): the lineage, and the profile as the lineage first read it. A lead the state

@@ -14,11 +14,12 @@ A profile holds, per (tenant, lead):
 The history counters are not in it: they are counted from the activity store, which
 holds every activity (orion.seeding), and so they follow rule changes.
 
-A profile written by a streaming Flink job also says which job lineage wrote it, when,
-and what the profile was when that lineage first read it (`Origin`): a job restored from
-a checkpoint meets leads its state does not know although its lineage wrote their
-profiles after that checkpoint, and it starts them from that earlier profile, so it
-redoes what followed the checkpoint rather than taking it for a replay (orion.leadstep).
+A profile written by a streaming job (Flink or Beam) also says which job lineage wrote
+it, when, and what the profile was when that lineage first read it (`Origin`): a Flink
+job restored from a checkpoint, or a Beam bundle retried, meets leads its state does not
+know although its lineage wrote their profiles since; it starts them from that earlier
+profile, so it redoes what it lost rather than taking it for a replay (orion.leadstep
+Lineage).
 
 The encoding is versioned JSON text. Version 1 is the flow state Orion kept before the
 profile existed (`LeadFlows.to_json_dict`: lead, running, sent; no version field); it

@@ -297,11 +297,71 @@ def test_a_lead_silent_past_its_state_ttl_is_cleared_and_comes_back_from_its_pro
     counters = run_with_profiles(rules_dir, f"sqlite:///{tmp_path / 'store.db'}", 3 * 86_400 * SECOND,
                                  lead_ttl_days=2, check=check)
     assert counters.get("profiles_loaded") == 1, "the lead came back from its stored profile"
+    # (Its state expired, so the step wrote the profile back without the lineage's origin
+    # first: otherwise the lead would have come back from the profile as the lineage
+    # first read it, and "First visit" would have qualified again.)
+    assert not counters.get("profiles_rolled_back")
 
 
 def test_a_lead_within_its_state_ttl_keeps_its_state_in_the_job(rules_dir, tmp_path):
     counters = run_with_profiles(rules_dir, f"sqlite:///{tmp_path / 'store.db'}", 86_400 * SECOND, lead_ttl_days=2)
     assert not counters.get("profiles_loaded"), "the lead's state was still in the job"
+
+
+def run_visit_with_lineage(rules_dir: str, store: str, lineage: str, check=None) -> dict:
+    """One visit (e1) in a streaming run with `lineage` that seeds from and writes
+    profiles to `store`; Orion's counters when it ends."""
+    from orion.transforms.sinks import WriteProfiles
+
+    stream = (TestStream().advance_watermark_to(T0 / 1000).add_elements([arriving(visit("e1", T0), T0)])
+              .advance_watermark_to((T0 + 3_600 * SECOND) / 1000).advance_watermark_to_infinity())
+    pipeline = beam.Pipeline(options=PipelineOptions(streaming=True))
+    activities, dead = pipeline | stream | ParseActivities(rules_dir)
+    outputs = build_activity_graph(
+        activities, dead, GraphSettings(rules_dir, allowed_lateness_ms=10 * SECOND, bounded=False,
+                                        one_watermark_per_stage=True, seed_store_uri=store, lineage=lineage),
+        profile_sink=WriteProfiles(store))
+    if check is not None:
+        check(outputs)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+
+
+def test_a_retried_bundle_redoes_a_lead_its_first_attempt_wrote_and_another_lineage_does_not(rules_dir, tmp_path):
+    """A bundle's profile writes are fused with the step, so a retried bundle can find
+    the profile its first attempt wrote for a lead its state never kept. The first run
+    plays that attempt; a second run of the same lineage, the retry: it starts the lead
+    from the profile as the lineage first read it (none) and evaluates the visit again.
+    A run of another lineage takes the profile as the lead's own: the visit is a replay."""
+    from orion.leadstep import wall_clock_ms
+    from orion.profiles import Origin, decode_profile, encode_profile
+    from orion.store import open_store
+    from orion.store.base import StoredProfile
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    first = run_visit_with_lineage(rules_dir, store, "a" * 32)
+    assert first.get("profiles_emitted") and not first.get("profiles_rolled_back")
+    # The run's end (the watermark at infinity) expired the lead's state, which wrote
+    # the profile back without its origin. The failed attempt's write had one.
+    with open_store(store) as opened:
+        text, = opened.read_profiles([("shop", "L1")])
+        record = decode_profile(text)
+        assert record.origin is None and record.progress.released is not None
+        written = record._replace(origin=Origin("a" * 32, None, T0))
+        opened.write_profiles([StoredProfile("shop", "L1", encode_profile(written, written_at=wall_clock_ms()))])
+
+    def again(outputs):
+        assert_that(qualified(outputs.outcomes), equal_to([("First visit", "e1"), ("Every visit", "e1")]))
+
+    retry = run_visit_with_lineage(rules_dir, store, "a" * 32, check=again)
+    assert retry.get("profiles_rolled_back") == 1 and not retry.get("duplicates")
+
+    def replay(outputs):
+        assert_that(qualified(outputs.outcomes), equal_to([]))
+
+    other = run_visit_with_lineage(rules_dir, store, "b" * 32, check=replay)
+    assert other.get("duplicates") == 1 and not other.get("profiles_rolled_back")
 
 
 # --- a hot lead ----------------------------------------------------------------------------

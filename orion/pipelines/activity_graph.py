@@ -39,6 +39,9 @@ class GraphSettings(NamedTuple):
     max_pending: int = DEFAULT_MAX_PENDING  # a hot lead's buffer: released at once past this
     # Where the roll-ups go (orion.transforms.rollups, orion.store.rollups_base); None: none.
     rollup_store_uri: str | None = None
+    # Streaming: the lineage id written into each profile's origin (orion.leadstep
+    # Lineage); None: a new one per graph.
+    lineage: str | None = None
 
 
 class GraphOutputs(NamedTuple):
@@ -99,6 +102,7 @@ def build_activity_graph(
             one_watermark_per_stage=settings.one_watermark_per_stage,
             lead_ttl_days=settings.lead_ttl_days,
             max_pending=settings.max_pending,
+            lineage=settings.lineage,
         )
     )
     dead_letter_parts = [parse_dead_letters, dead]

@@ -34,8 +34,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 from orion.activities import Activity, MS_PER_DAY, activity_sort_key
 from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH
 from orion.leadstep import (
-    DEAD, DEFAULT_MAX_PENDING, EMAIL, END_OF_TIME_MS, HELD, OUTCOME, PROFILE, STORE, WEBHOOK, LeadStep, SeedRequest,
-    StepResult, WakeUp,
+    DEAD, DEFAULT_MAX_PENDING, EMAIL, END_OF_TIME_MS, HELD, OUTCOME, PROFILE, STORE, WEBHOOK, LeadStep, Lineage,
+    SeedRequest, StepResult, WakeUp,
 )
 from orion.profiles import EMPTY_RECORD
 from orion.runtime import tune_gc
@@ -118,6 +118,7 @@ class _StepSettings(NamedTuple):
     seed_store_uri: str | None
     lead_ttl_days: int
     max_pending: int = DEFAULT_MAX_PENDING
+    lineage: str | None = None  # streaming: the graph's lineage (orion.leadstep.Lineage)
 
 
 def _open_step(settings: _StepSettings):
@@ -128,8 +129,15 @@ def _open_step(settings: _StepSettings):
     state_sizing.install()
     tune_gc()
     rules = shared_rules(settings.rules_dir, settings.template_dirs)
+    # Any bundle of a streaming step may be a retry whose first attempt wrote profiles
+    # (the profile writes are fused with the step): every lead new to the state is
+    # checked against its lineage ("restored"). The state the step expires itself hands
+    # its profile back first (_LeadStepFn.on_expire).
+    lineage = (None if settings.lineage is None
+               else Lineage(settings.lineage, True, settings.lead_ttl_days * MS_PER_DAY))
     step = LeadStep(rules, dedup_span_ms=settings.dedup_span_ms, run_flows=settings.run_flows,
-                    max_cascade_depth=settings.max_cascade_depth, max_pending=settings.max_pending)
+                    max_cascade_depth=settings.max_cascade_depth, max_pending=settings.max_pending,
+                    lineage=lineage)
     return step, open_initialised_store(settings.seed_store_uri)
 
 
@@ -153,7 +161,10 @@ class _LeadStepFn(beam.DoFn):
                 (see _WatermarkFloor);
       WAKE      the earliest wake-up time of a waiting flow;
       EXPIRE    `lead_ttl_days` after the lead's last activity: its state is cleared if
-                nothing waits (its profile stays in the store).
+                nothing waits (its profile stays in the store). With a lineage, the
+                profile is first written once more without its origin: the lead is the
+                profile's own again, and when it comes back it starts from it, not from
+                what the profile was when the lineage first read it.
     Outputs: outcomes (main) and SIDE_OUTPUTS.
     """
 
@@ -281,7 +292,8 @@ class _LeadStepFn(beam.DoFn):
         yield from self.emitter.emit(result)
 
     @on_timer(EXPIRE)
-    def on_expire(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
+    def on_expire(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                  pending=beam.DoFn.StateParam(PENDING),
                   released=beam.DoFn.StateParam(RELEASED), record=beam.DoFn.StateParam(RECORD),
                   due=beam.DoFn.StateParam(DUE), wake_at=beam.DoFn.StateParam(WAKE_AT),
                   buffered=beam.DoFn.StateParam(BUFFERED)):
@@ -291,8 +303,13 @@ class _LeadStepFn(beam.DoFn):
             return
         if last[0] + self.ttl_ms > fired.micros // 1000:
             return  # the lead was active since this timer was set
+        current = record.read()
         for state in (pending, released, record, buffered):
             state.clear()
+        if current is not None and current.origin is not None:
+            result = StepResult()
+            self.step.emit_profile(*key, current._replace(origin=None), result)
+            yield from self.emitter.emit(result)
 
     def _seed(self, tenant: str, lead_id: str, buffered: list[Activity], result: StepResult):
         if self.seed_store is None or not buffered:
@@ -474,6 +491,12 @@ class LeadSteps(beam.PTransform):
 
     max_pending: the most activities a lead may have buffered; past it a hot lead is
     released at once (bounded: in chunks), visibly (orion.leadstep.DEFAULT_MAX_PENDING).
+
+    lineage (streaming): the id the step writes into every profile's origin (a new one
+    per graph when None). A bundle retried after its first attempt wrote profiles (on
+    Dataflow, a worker lost or a store write failing mid-bundle) starts a lead that
+    attempt first met from the profile as it was before, and evaluates its activities
+    again (orion.leadstep.Lineage).
     """
 
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...] = (), *,
@@ -481,16 +504,20 @@ class LeadSteps(beam.PTransform):
                  dedup_span_ms: int = DEFAULT_DEDUP_SPAN_MS, bounded: bool = False, run_flows: bool = True,
                  max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH, seed_store_uri: str | None = None,
                  one_watermark_per_stage: bool = False, lead_ttl_days: int = DEFAULT_LEAD_TTL_DAYS,
-                 max_pending: int = DEFAULT_MAX_PENDING):
+                 max_pending: int = DEFAULT_MAX_PENDING, lineage: str | None = None):
         super().__init__()
         self.settings = _StepSettings(rules_dir, tuple(template_dirs), allowed_lateness_ms, dedup_span_ms,
                                       run_flows, max_cascade_depth, seed_store_uri, lead_ttl_days, max_pending)
+        self.lineage = lineage
         self.bounded = bounded
         self.one_watermark_per_stage = one_watermark_per_stage
 
     def expand(self, keyed):
         settings = self.settings
         if not self.bounded:
+            # One lineage for the graph, fixed here, so every worker and retried bundle
+            # shares it.
+            settings = settings._replace(lineage=self.lineage or uuid.uuid4().hex)
             results = keyed | "LeadStep" >> beam.ParDo(
                 _LeadStepFn(settings, self.one_watermark_per_stage)).with_outputs(*SIDE_OUTPUTS, main=OUTCOME)
             return (results[OUTCOME],) + tuple(results[tag] for tag in SIDE_OUTPUTS)
