@@ -48,6 +48,7 @@ from orion.analytics.query import Query, run_query
 from orion.analytics.rollup import (
     ACTIVITY, LG_K, RELATIVE_ERROR, Aggregate, RollupKey, RollupRow,
 )
+from orion.runners.direct import pipeline_options
 from orion.settings import RunConfig
 from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS
 from orion.store.rollups_opening import open_rollup_store
@@ -125,7 +126,7 @@ def time_graph(rules: Path, workdir: Path, rollups: bool, upserts: bool = False)
                        DEFAULT_DEDUP_SPAN_MS, None, ())
     config.out_dir.mkdir(parents=True)
     started, cpu = time.perf_counter(), time.process_time()
-    with beam.Pipeline() as pipeline:
+    with beam.Pipeline(options=pipeline_options(config)) as pipeline:
         build_graph(pipeline, config, rollups)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     rows, upsert_cpu = 0, 0.0
