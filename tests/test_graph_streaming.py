@@ -256,11 +256,29 @@ def _distinct_count(expected: int):
     return match
 
 
+def run_stream_with_profiles(rules_dir: str, store: str, stream: TestStream, check=None, **settings) -> dict:
+    """`stream` through a streaming graph that seeds from and writes profiles to `store`
+    (`settings`: more GraphSettings); Orion's counters when it ends."""
+    from orion.transforms.sinks import WriteProfiles
+
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    pipeline = beam.Pipeline(options=options)
+    activities, dead = pipeline | stream | ParseActivities(rules_dir)
+    outputs = build_activity_graph(
+        activities, dead, GraphSettings(rules_dir, allowed_lateness_ms=10 * SECOND, bounded=False,
+                                        one_watermark_per_stage=True, seed_store_uri=store, **settings),
+        profile_sink=WriteProfiles(store))
+    if check is not None:
+        check(outputs)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+
+
 def run_with_profiles(rules_dir: str, store: str, gap_ms: int, lead_ttl_days: int, check=None) -> dict:
     """Two visits of one lead `gap_ms` apart in a streaming run that seeds from and writes
     profiles to `store`; Orion's counters when it ends."""
-    from orion.transforms.sinks import WriteProfiles
-
     stream = (
         TestStream()
         .advance_watermark_to(T0 / 1000)
@@ -270,20 +288,7 @@ def run_with_profiles(rules_dir: str, store: str, gap_ms: int, lead_ttl_days: in
         .advance_watermark_to((T0 + gap_ms + 3_600 * SECOND) / 1000)
         .advance_watermark_to_infinity()
     )
-    options = PipelineOptions()
-    options.view_as(StandardOptions).streaming = True
-    pipeline = beam.Pipeline(options=options)
-    activities, dead = pipeline | stream | ParseActivities(rules_dir)
-    outputs = build_activity_graph(
-        activities, dead, GraphSettings(rules_dir, allowed_lateness_ms=10 * SECOND, bounded=False,
-                                        one_watermark_per_stage=True, seed_store_uri=store,
-                                        lead_ttl_days=lead_ttl_days),
-        profile_sink=WriteProfiles(store))
-    if check is not None:
-        check(outputs)
-    result = pipeline.run()
-    result.wait_until_finish()
-    return {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+    return run_stream_with_profiles(rules_dir, store, stream, check, lead_ttl_days=lead_ttl_days)
 
 
 def test_a_lead_silent_past_its_state_ttl_is_cleared_and_comes_back_from_its_profile(rules_dir, tmp_path):
@@ -311,21 +316,9 @@ def test_a_lead_within_its_state_ttl_keeps_its_state_in_the_job(rules_dir, tmp_p
 def run_visit_with_lineage(rules_dir: str, store: str, lineage: str, check=None) -> dict:
     """One visit (e1) in a streaming run with `lineage` that seeds from and writes
     profiles to `store`; Orion's counters when it ends."""
-    from orion.transforms.sinks import WriteProfiles
-
     stream = (TestStream().advance_watermark_to(T0 / 1000).add_elements([arriving(visit("e1", T0), T0)])
               .advance_watermark_to((T0 + 3_600 * SECOND) / 1000).advance_watermark_to_infinity())
-    pipeline = beam.Pipeline(options=PipelineOptions(streaming=True))
-    activities, dead = pipeline | stream | ParseActivities(rules_dir)
-    outputs = build_activity_graph(
-        activities, dead, GraphSettings(rules_dir, allowed_lateness_ms=10 * SECOND, bounded=False,
-                                        one_watermark_per_stage=True, seed_store_uri=store, lineage=lineage),
-        profile_sink=WriteProfiles(store))
-    if check is not None:
-        check(outputs)
-    result = pipeline.run()
-    result.wait_until_finish()
-    return {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+    return run_stream_with_profiles(rules_dir, store, stream, check, lineage=lineage)
 
 
 def test_a_retried_bundle_redoes_a_lead_its_first_attempt_wrote_and_another_lineage_does_not(rules_dir, tmp_path):
