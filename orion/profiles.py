@@ -160,16 +160,24 @@ def decode_profile(text: str | bytes) -> LeadRecord:
             released = data.get("released")
             progress = LeadProgress(tuple(released) if released is not None else None,
                                     dict(data.get("seen") or {}))
-        origin = None
-        found = data.get("origin") if version >= 3 else None
-        if found is not None:
-            prior = found.get("prior")
-            if prior is not None and not isinstance(prior, str):
-                raise TypeError(f"origin.prior must be profile text, not {type(prior).__name__}")
-            origin = Origin(str(found["writer"]), prior, int(found["before_ms"]), int(found.get("written_at", 0)))
-    except (AttributeError, KeyError, TypeError, ValueError) as err:
+    except (AttributeError, TypeError, ValueError) as err:
         raise ProfileError(f"a version {version} lead profile has a bad field: {err}") from None
-    return LeadRecord(progress, flows, origin)
+    return LeadRecord(progress, flows, _origin(data.get("origin") if version >= 3 else None))
+
+
+def _origin(found) -> Origin | None:
+    """A profile's origin; None when it has none, or one that does not read: the origin is
+    a job's bookkeeping, and the lead's own facts (an unsubscribe among them) must not be
+    lost with it. Without it the lead goes on from its profile as it is."""
+    if found is None:
+        return None
+    try:
+        prior = found.get("prior")
+        if prior is not None and not isinstance(prior, str):
+            return None
+        return Origin(str(found["writer"]), prior, int(found["before_ms"]), int(found.get("written_at", 0)))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def with_history(record: LeadRecord, seeded: LeadState | None) -> LeadRecord:

@@ -153,3 +153,13 @@ def test_a_version_2_profile_written_by_an_older_orion_loads():
     assert lead.attributes["email"] == "ada@example.com" and lead.score == 5
     assert record.progress.released == (T0 + 2 * 60_000, "L1-2")
     assert record.origin is None
+
+
+def test_an_origin_that_does_not_read_leaves_the_lead_its_profile():
+    """The origin is a job's bookkeeping: one that does not read is dropped, and the lead
+    keeps what its profile says (here its address and score)."""
+    data = json.loads((DATA / "profile-v2.json").read_text())
+    data.update(version=3, origin={"writer": "e" * 32, "prior": 7, "before_ms": "soon"})
+    record = decode_profile(json.dumps(data))
+    assert record.origin is None
+    assert record.flows.lead.attributes["email"] == "ada@example.com" and record.flows.lead.score == 5

@@ -722,7 +722,11 @@ def start_flink(config: RunConfig, options: FlinkOptions, job_name: str = "orion
     build_job(env, config, options, lineage)
     job = FlinkJob(env.execute_async(job_name), config)
     if lineage is not None and options.checkpoint_dir is not None and not is_remote(options.checkpoint_dir):
-        keep_lineage(options.checkpoint_dir, job.job_id, lineage)
+        try:
+            keep_lineage(options.checkpoint_dir, job.job_id, lineage)
+        except OSError as err:  # the job runs: only a restore from its checkpoints starts a new lineage
+            print(f"orion: the job's lineage was not kept beside its checkpoints ({err}); a job restored from "
+                  "them will take the activities its leads went through since for replays", file=sys.stderr)
     return job
 
 
