@@ -20,7 +20,9 @@ The REST functions (`overview`, `jobs`, `stop_job`, `cancel_job`, `trigger_check
 speak Flink's REST API to any cluster, this one or a remote one, and need neither Java nor
 PyFlink. `newest_checkpoint` finds the checkpoint to resume from in a directory of
 retained checkpoints (--checkpoint-dir); `restore_path` is what --from-savepoint
-restores.
+restores; `keep_lineage` and `lineage_of` write and read the job's lineage id beside its
+checkpoints. These four read a local directory directly and a URL (gs://, s3://)
+through Flink's own file systems (orion.flink.files).
 
     .venv/bin/orion flink cluster start --taskmanagers 2
     .venv/bin/orion flink cluster status
@@ -29,6 +31,7 @@ restores.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -43,8 +46,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import urlsplit
 
+from orion.flink.files import FilesError, FlinkFiles, Files, LocalFiles, is_local, local_path
 from orion.settings import DEFAULT_DATA_DIR
 
 DEFAULT_STATE_DIR = DEFAULT_DATA_DIR / "flink-cluster"
@@ -194,76 +197,99 @@ def completed_checkpoints(address: str, job_id: str) -> int:
 
 
 # --- retained checkpoints --------------------------------------------------------------
+#
+# A checkpoint directory may be local or a URL (gs://, s3://, hdfs://): each function
+# below reads it through orion.flink.files (Python's own file functions for a local one,
+# Flink's file systems in the Java gateway for a URL). `files` names the file system to
+# use instead of the one the location's scheme picks.
 
 CHECKPOINT_METADATA = "_metadata"  # a complete checkpoint or savepoint has this file
+LINEAGE_FILE = "orion-lineage"  # in DIR/JOB_ID/ of a --checkpoint-dir: the job's lineage id
 
 
-def newest_checkpoint(directory: str | Path) -> Path | None:
+def _reached(function):
+    """A file system that cannot be reached raises ClusterError, with what it said."""
+    @functools.wraps(function)
+    def reaching(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except FilesError as err:
+            raise ClusterError(str(err)) from err
+
+    return reaching
+
+
+def _opened(location: str | Path, files: Files | None) -> tuple[Files, str]:
+    if files is not None:
+        return files, str(location)
+    location = str(location)
+    return (LocalFiles(), str(local_path(location))) if is_local(location) else (FlinkFiles(), location.rstrip("/"))
+
+
+@_reached
+def newest_checkpoint(directory: str | Path, files: Files | None = None) -> str | None:
     """The newest complete checkpoint retained in a checkpoint directory: a `chk-N`
     holding a `_metadata`, directly in `directory` or in a job's sub-directory of it
     (DIR/JOB_ID/chk-N, Flink's layout); the one whose `_metadata` was written last (a
     checkpoint still being written has none). None when there is none."""
-    base = Path(directory)
-    found = [metadata.parent for pattern in (f"chk-*/{CHECKPOINT_METADATA}", f"*/chk-*/{CHECKPOINT_METADATA}")
-             for metadata in base.glob(pattern)]
-    if not found:
-        return None
+    files, base = _opened(directory, files)
+    found = []
+    for name, is_dir in files.children(base):
+        if not is_dir:
+            continue
+        child = files.join(base, name)
+        checkpoints = ([(name, child)] if name.startswith("chk-") else
+                       [(inner, files.join(child, inner)) for inner, inner_dir in files.children(child)
+                        if inner_dir and inner.startswith("chk-")])
+        for checkpoint_name, checkpoint in checkpoints:
+            metadata = files.join(checkpoint, CHECKPOINT_METADATA)
+            if files.is_file(metadata):
+                number = checkpoint_name.removeprefix("chk-")
+                found.append((files.modified(metadata), int(number) if number.isdigit() else -1, checkpoint))
+    return max(found)[2] if found else None
 
-    def age(checkpoint: Path) -> tuple[float, int]:
-        number = checkpoint.name.removeprefix("chk-")
-        return (checkpoint.joinpath(CHECKPOINT_METADATA).stat().st_mtime, int(number) if number.isdigit() else -1)
 
-    return max(found, key=age)
-
-
-LINEAGE_FILE = "orion-lineage"  # in DIR/JOB_ID/ of a --checkpoint-dir: the job's lineage id
-
-
-def keep_lineage(checkpoint_dir: str | Path, job_id: str, lineage: str) -> Path:
+@_reached
+def keep_lineage(checkpoint_dir: str | Path, job_id: str, lineage: str, files: Files | None = None) -> str:
     """Write the job's lineage id where Flink keeps its checkpoints (DIR/JOB_ID/), so a
     job restored from one of them continues the lineage (orion.leadstep.Lineage)."""
-    directory = Path(checkpoint_dir) / job_id
-    directory.mkdir(parents=True, exist_ok=True)
-    marker = directory / LINEAGE_FILE
-    marker.write_text(lineage + "\n", encoding="utf-8")
+    files, base = _opened(checkpoint_dir, files)
+    marker = files.join(base, job_id, LINEAGE_FILE)
+    files.write_text(marker, lineage + "\n")
     return marker
 
 
-def lineage_of(restored: str) -> str | None:
+@_reached
+def lineage_of(restored: str, files: Files | None = None) -> str | None:
     """The lineage id kept beside a checkpoint (`restore_path`'s answer: its job's
     directory holds it) or in a savepoint's directory; None when there is none (a
-    savepoint, a remote checkpoint, or one of a job from before lineages)."""
-    if urlsplit(restored).scheme not in ("", "file"):
-        return None
-    local = Path(urlsplit(restored).path if urlsplit(restored).scheme else restored)
-    checkpoint = local.parent if local.name == CHECKPOINT_METADATA else local
-    for directory in (checkpoint, checkpoint.parent):
-        marker = directory / LINEAGE_FILE
-        if marker.is_file():
-            found = marker.read_text(encoding="utf-8").strip()
-            if re.fullmatch(r"[0-9a-f]{32}", found):
-                return found
+    savepoint, or a checkpoint of a job from before lineages)."""
+    files, location = _opened(restored, files)
+    checkpoint = files.parent(location) if files.name(location) == CHECKPOINT_METADATA else location
+    for directory in (checkpoint, files.parent(checkpoint)):
+        found = (files.read_text(files.join(directory, LINEAGE_FILE)) or "").strip()
+        if re.fullmatch(r"[0-9a-f]{32}", found):
+            return found
     return None
 
 
-def restore_path(path: str) -> str:
+@_reached
+def restore_path(path: str, files: Files | None = None) -> str:
     """What a job restores from, given --from-savepoint PATH: a savepoint or retained
-    checkpoint (a directory with a `_metadata`, or that file) as it is; a local
-    checkpoint directory (--checkpoint-dir of an earlier run), its newest retained
-    checkpoint. A URL (gs://, s3://) is taken as it is. ClusterError for a local
-    directory with neither."""
-    scheme = urlsplit(path).scheme
-    if scheme and scheme != "file":
-        return path
-    # Flink names a local savepoint `file:/PATH` (one slash), a URI `file:///PATH`.
-    local = Path(urlsplit(path).path if scheme else path).resolve()
-    if local.is_file() or (local / CHECKPOINT_METADATA).is_file() or not local.is_dir():
-        return str(local)
-    newest = newest_checkpoint(local)
+    checkpoint (a directory with a `_metadata`, or that file) as it is; a checkpoint
+    directory (--checkpoint-dir of an earlier run, local or a URL), its newest retained
+    checkpoint. ClusterError for a directory with neither."""
+    files, location = _opened(path, files)
+    if isinstance(files, LocalFiles):
+        location = str(Path(location).resolve())
+    if (files.is_file(location) or files.is_file(files.join(location, CHECKPOINT_METADATA))
+            or not files.is_dir(location)):
+        return location
+    newest = newest_checkpoint(location, files)
     if newest is None:
         raise ClusterError(f"{path} is neither a savepoint nor a checkpoint, and holds no complete checkpoint "
                            f"(chk-N/{CHECKPOINT_METADATA})")
-    return str(newest)
+    return newest
 
 
 # --- the local cluster -----------------------------------------------------------------

@@ -712,7 +712,7 @@ def job_lineage(options: FlinkOptions) -> str:
 def start_flink(config: RunConfig, options: FlinkOptions, job_name: str = "orion") -> FlinkJob:
     """Submit the job without waiting for it (outputs of a previous run are cleared
     unless the job restores a savepoint, whose run they belong to). An unbounded job
-    with a local `checkpoint_dir` keeps its lineage beside its checkpoints."""
+    with a `checkpoint_dir` (local or a URL) keeps its lineage beside its checkpoints."""
     if options.from_savepoint is None:
         prepare_outputs(config)
     elif not is_remote(config.out_dir):
@@ -721,10 +721,10 @@ def start_flink(config: RunConfig, options: FlinkOptions, job_name: str = "orion
     lineage = None if options.bounded else job_lineage(options)
     build_job(env, config, options, lineage)
     job = FlinkJob(env.execute_async(job_name), config)
-    if lineage is not None and options.checkpoint_dir is not None and not is_remote(options.checkpoint_dir):
+    if lineage is not None and options.checkpoint_dir is not None:
         try:
             keep_lineage(options.checkpoint_dir, job.job_id, lineage)
-        except OSError as err:  # the job runs: only a restore from its checkpoints starts a new lineage
+        except (OSError, ClusterError) as err:  # the job runs: only a restore from its checkpoints starts a new lineage
             print(f"orion: the job's lineage was not kept beside its checkpoints ({err}); a job restored from "
                   "them will take the activities its leads went through since for replays", file=sys.stderr)
     return job
@@ -780,8 +780,10 @@ def run_flink(config: RunConfig, parallelism: int = 1, checkpoint_interval: floa
             print(f"savepoint:    {savepoint}", file=out)
         else:
             job.cancel()
-            local = options.checkpoint_dir is not None and not is_remote(options.checkpoint_dir)
-            retained = newest_checkpoint(options.checkpoint_dir) if local else None
+            retained = None
+            if options.checkpoint_dir is not None:
+                with contextlib.suppress(ClusterError):  # a directory it cannot read says nothing here
+                    retained = newest_checkpoint(options.checkpoint_dir)
             if retained is not None:
                 print(f"checkpoint:   {retained} (resume with --from-savepoint {options.checkpoint_dir})", file=out)
     totals = read_counters(config.out_dir)

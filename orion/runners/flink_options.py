@@ -165,7 +165,8 @@ def add_flink_commands(commands) -> None:
     newest = flink_commands.add_parser(
         "newest-checkpoint", help="the newest retained checkpoint in a --checkpoint-dir",
         description="Print the newest complete checkpoint (chk-N with a _metadata) retained in DIR, the "
-        "--checkpoint-dir of a job that was cancelled or failed; --from-savepoint takes it, or DIR itself. "
+        "--checkpoint-dir of a job that was cancelled or failed (a path, or a URL such as gs://BUCKET/PATH, "
+        "read through Flink's file systems); --from-savepoint takes it, or DIR itself. "
         "Exit 1 if there is none.")
     newest.add_argument("directory", metavar="DIR")
     newest.set_defaults(handler=_newest_checkpoint)
@@ -238,6 +239,7 @@ def _job_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+@_fails_with_cluster_error
 def _newest_checkpoint(args: argparse.Namespace) -> int:
     from orion.flink.cluster import newest_checkpoint
 
