@@ -105,12 +105,14 @@ def _add_run(commands) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from orion.rules import RuleErrors, load_serving_rules
+    from orion.rules import RuleErrors
+    from orion.rules.shared import serving_rules
     from orion.runners.direct import run
     from orion.settings import RunConfig
 
     try:
-        rules, refused = load_serving_rules(args.rules, args.templates)
+        # Kept for the graph's steps: on the in-process runner they do not compile them again.
+        rules, refused = serving_rules(str(args.rules), tuple(str(t) for t in args.templates))
     except RuleErrors as errors:
         return _report_rule_errors(args.rules, errors)
     for tenant, errors in refused.items():

@@ -117,3 +117,24 @@ def test_stopping_a_streaming_run_does_not_wait_on_a_runner_stuck_in_a_pull():
     released.set()
     deadline.cancel()
     assert returned_while_stuck
+
+
+def test_orion_run_compiles_the_rules_once_for_its_check_and_its_in_process_graph(tmp_path, monkeypatch):
+    import shutil
+
+    import orion.rules
+    from orion import cli
+
+    rules = tmp_path / "rules"  # a directory of its own: no earlier test compiled it in this process
+    shutil.copytree(SAMPLES / "rules", rules)
+    compiled = []
+    load = orion.rules.load_serving_rules
+    monkeypatch.setattr(orion.rules, "load_serving_rules", lambda *args: compiled.append(args) or load(*args))
+
+    status = cli.main(["run", "--rules", str(rules), "--store", f"sqlite:///{tmp_path / 'store.db'}",
+                       "--out-dir", str(tmp_path / "out"), "--outbox", f"sqlite:///{tmp_path / 'outbox.db'}"])
+
+    assert status == 0
+    assert len(compiled) == 1, f"the rules were compiled {len(compiled)} times"
+    outcomes = [line for f in (tmp_path / "out").glob("outcomes-*.jsonl") for line in f.read_text().splitlines()]
+    assert outcomes, "the graph ran the rules it was given"

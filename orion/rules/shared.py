@@ -32,13 +32,22 @@ def _signature(directories) -> tuple:
 def shared_rules(rules_dir: str, template_dirs: tuple[str, ...]):
     """The rules a job serves (`load_serving_rules`: every tenant whose rules load),
     compiled once per process while the files stay the same."""
+    return serving_rules(rules_dir, template_dirs)[0]
+
+
+def serving_rules(rules_dir: str, template_dirs: tuple[str, ...]):
+    """`load_serving_rules`' answer, (rules, {refused tenant: its errors}), compiled
+    once per process while the files stay the same: `orion run` checks the rules with it
+    before it builds the graph, and a graph on the in-process runner then reuses them
+    instead of compiling them again. RuleErrors, as load_serving_rules raises it, is not
+    kept."""
     from orion.rules import load_serving_rules
 
-    key = (rules_dir, tuple(template_dirs), _signature((rules_dir, *template_dirs)))
+    key = (str(rules_dir), tuple(str(t) for t in template_dirs), _signature((rules_dir, *template_dirs)))
     with _lock:
-        rules = _compiled.get(key)
-        if rules is None:
-            rules, _ = load_serving_rules(rules_dir, template_dirs)
+        found = _compiled.get(key)
+        if found is None:
+            found = load_serving_rules(rules_dir, template_dirs)
             _compiled.clear()  # only the current version of the files is worth keeping
-            _compiled[key] = rules
-        return rules
+            _compiled[key] = found
+        return found
