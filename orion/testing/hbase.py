@@ -18,10 +18,8 @@ master (listNamespaces), so a store's `init` can create tables straight away.
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -74,7 +72,7 @@ def find_java() -> str:
     return jvm.find_java(HBaseUnavailable, JAVA_MISSING)
 
 
-class HBaseServer:
+class HBaseServer(jvm.ThrowawayServer):
     """Standalone HBase plus its Thrift 2 server, their files under `workdir` (created if
     missing): conf/ (hbase-site.xml, log4j.properties), data/ (deleted by stop()) and
     logs/ (master.log, thrift.log, and each JVM's own output in *.out).
@@ -87,14 +85,12 @@ class HBaseServer:
     """
 
     def __init__(self, workdir: Path, settings: dict[str, object] | None = None):
-        self.workdir = Path(workdir)
+        super().__init__(workdir)
         self.settings = dict(settings or {})
         self.thrift_port: int | None = None
         self.zookeeper_port: int | None = None
         self.master: subprocess.Popen | None = None
         self.thrift: subprocess.Popen | None = None
-        self._owner_pid = os.getpid()
-        self._registered = False
 
     @property
     def address(self) -> str:
@@ -138,9 +134,7 @@ class HBaseServer:
             jars = classpath("hbase")
         except JarFetchError as error:
             raise HBaseUnavailable(f"cannot get Apache HBase's jars: {error}") from error
-        if not self._registered:
-            atexit.register(self.stop)
-            self._registered = True
+        self._stop_at_exit()
         deadline = time.monotonic() + timeout_s
         # free_port() cannot hold the ports for the JVMs: another process may take one in
         # between, and then ZooKeeper or the Thrift server gives up. Try a few times.
@@ -301,20 +295,6 @@ class HBaseServer:
             setattr(self, attribute, None)
             jvm.terminate(process, grace_s)
 
-    def stop(self) -> None:
-        """Stop both JVMs and delete the data (the logs stay in workdir). Calling it twice
-        is harmless; it also runs at interpreter exit."""
-        if os.getpid() != self._owner_pid:
-            return  # a forked worker exiting (atexit runs there too): the server is its parent's
-        self._terminate()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> "HBaseServer":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,14 +308,9 @@ def main(argv: list[str] | None = None) -> int:
                         "once HBase is up and print its URI (repeatable)")
     parser.add_argument("--workdir", type=Path, help="where its files go (default: a new temporary directory)")
     args = parser.parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="orion-hbase-"))
-    server = HBaseServer(workdir)
-    try:
-        try:
-            server.start()
-        except HBaseUnavailable as error:
-            print(f"orion: {error}", file=sys.stderr)
-            return 1
+    server = HBaseServer(args.workdir or Path(tempfile.mkdtemp(prefix="orion-hbase-")))
+
+    def announce() -> None:
         if not args.table:
             print(server.address, flush=True)
         for table in args.table:
@@ -345,15 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                 store.init()
             print(server.uri(table), flush=True)
         print(f"HBase logs: {server.logs_dir}; Ctrl-C stops it", file=sys.stderr, flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        while server.running():
-            time.sleep(0.5)
-        print(f"orion: HBase exited:\n{server._logs()}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        server.stop()
+
+    return jvm.serve(server, HBaseUnavailable, announce, alive=server.running,
+                     exited=lambda: f"HBase exited:\n{server._logs()}")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,21 @@
 """What the Java servers the tests start (Kafka, HBase) share: finding a Java 17, the end
-of a log for an error message, and stopping a JVM that may hang in its shutdown hooks.
+of a log for an error message, stopping a JVM that may hang in its shutdown hooks, a
+server's life once started (ThrowawayServer) and its command line (serve).
 
     python -c "from orion.testing.jvm import find_java; print(find_java(RuntimeError, 'install Java 17'))"
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 
 def find_java(unavailable: type[Exception], missing: str) -> str:
@@ -61,3 +66,69 @@ def terminate(process: subprocess.Popen | None, grace_s: float) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
+
+
+class ThrowawayServer:
+    """What a Java server the tests start shares (Kafka's broker, HBase): its files in
+    `workdir`, its data in `data_dir`, thrown away when it stops. It is stopped once, by
+    the process that started it: at the latest at that interpreter's exit, never by a
+    forked worker's (atexit runs there too). Subclasses start it (`start`, calling
+    `_stop_at_exit` first) and end its processes (`_terminate`)."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self._owner_pid = os.getpid()
+        self._registered = False
+
+    @property
+    def data_dir(self) -> Path:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def _terminate(self) -> None:
+        raise NotImplementedError
+
+    def _stop_at_exit(self) -> None:
+        if not self._registered:
+            atexit.register(self.stop)
+            self._registered = True
+
+    def stop(self) -> None:
+        """Stop the server and delete its data (its logs stay in workdir). Calling it
+        twice is harmless."""
+        if os.getpid() != self._owner_pid:
+            return  # a forked worker exiting: the server is its parent's
+        self._terminate()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve(server: ThrowawayServer, unavailable: type[Exception], announce: Callable[[], None],
+          alive: Callable[[], bool], exited: Callable[[], str]) -> int:
+    """A server's command line (`python -m orion.testing.kafka` ...): start it, `announce`
+    what to connect to, run until Ctrl-C or SIGTERM (0) or until the server dies (1, with
+    `exited()` said), and stop it at the end. A server that cannot start: its error, 1."""
+    try:
+        try:
+            server.start()
+        except unavailable as error:
+            print(f"orion: {error}", file=sys.stderr)
+            return 1
+        announce()
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while alive():
+            time.sleep(0.5)
+        print(f"orion: {exited()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()

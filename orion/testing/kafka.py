@@ -15,11 +15,9 @@ without the usual rebalance delay.
 from __future__ import annotations
 
 import argparse
-import atexit
 import base64
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -65,7 +63,7 @@ def find_java() -> str:
     return jvm.find_java(KafkaUnavailable, JAVA_MISSING)
 
 
-class KafkaBroker:
+class KafkaBroker(jvm.ThrowawayServer):
     """One KRaft broker+controller whose files live under `workdir` (created if missing):
     server.properties, log4j2.properties, data/ (deleted by stop()) and logs/server.log.
 
@@ -76,13 +74,11 @@ class KafkaBroker:
     """
 
     def __init__(self, workdir: Path):
-        self.workdir = Path(workdir)
+        super().__init__(workdir)
         self.port: int | None = None
         self.controller_port: int | None = None
         self.cluster_id = random_cluster_id()
         self.process: subprocess.Popen | None = None
-        self._owner_pid = os.getpid()
-        self._registered = False
 
     @property
     def bootstrap_servers(self) -> str:
@@ -113,9 +109,7 @@ class KafkaBroker:
             jars = classpath("kafka")
         except JarFetchError as error:
             raise KafkaUnavailable(f"cannot get Apache Kafka's jars: {error}") from error
-        if not self._registered:
-            atexit.register(self.stop)
-            self._registered = True
+        self._stop_at_exit()
         deadline = time.monotonic() + timeout_s
         # free_port() cannot hold the ports for the JVM: another process may take one in
         # between, and then the broker exits at once. Try a few pairs.
@@ -294,20 +288,6 @@ class KafkaBroker:
         process, self.process = self.process, None
         jvm.terminate(process, grace_s)
 
-    def stop(self) -> None:
-        """Stop the broker and delete its data (its logs stay in workdir). Calling it twice
-        is harmless; it also runs at interpreter exit."""
-        if os.getpid() != self._owner_pid:
-            return  # a forked worker exiting (atexit runs there too): the broker is its parent's
-        self._terminate()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> "KafkaBroker":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,29 +300,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="create this topic once the broker is up (repeatable)")
     parser.add_argument("--workdir", type=Path, help="where its files go (default: a new temporary directory)")
     args = parser.parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="orion-kafka-"))
-    broker = KafkaBroker(workdir)
-    try:
-        try:
-            broker.start()
-        except KafkaUnavailable as error:
-            print(f"orion: {error}", file=sys.stderr)
-            return 1
+    broker = KafkaBroker(args.workdir or Path(tempfile.mkdtemp(prefix="orion-kafka-")))
+
+    def announce() -> None:
         for topic in args.topic:
             name, _, partitions = topic.partition(":")
             broker.create_topic(name, int(partitions or 1))
             print(f"topic {name}: {partitions or 1} partition(s)", file=sys.stderr)
         print(broker.bootstrap_servers, flush=True)
         print(f"broker log: {broker.log_file}; Ctrl-C stops it", file=sys.stderr, flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        while broker.process is not None and broker.process.poll() is None:
-            time.sleep(0.5)
-        print(f"orion: the broker exited:\n{jvm.tail(broker.log_file)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        broker.stop()
+
+    return jvm.serve(broker, KafkaUnavailable, announce,
+                     alive=lambda: broker.process is not None and broker.process.poll() is None,
+                     exited=lambda: f"the broker exited:\n{jvm.tail(broker.log_file)}")
 
 
 if __name__ == "__main__":
