@@ -37,13 +37,12 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
-from orion.activities import MAX_ACTIVITY_BYTES, ActivityTypes
-from orion.collector.checking import (MAX_RATIO, UNAVAILABLE, BodyRefused, check_body, content_coding,
+from orion.activities import ActivityTypes
+from orion.collector.checking import (UNAVAILABLE, BodyRefused, check_body, content_coding,
                                       decompress_body)
 from orion.collector.keys import KeyStore
 from orion.collector.limits import RateLimiter, retry_after_header
@@ -51,6 +50,7 @@ from orion.collector.metrics import CollectorMetrics
 from orion.collector.publisher import BatchPublisher, PublishUnavailable
 from orion.collector.redaction import redact
 from orion.collector.serving import authorize
+from orion.collector.settings import CollectorSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,26 +60,6 @@ CONNECTION_CAP_ROUTE = "connection_cap"  # the route label of the 503s given to 
 # After an answer given before its body was read (401, 413, ...), how long aiohttp goes on
 # reading and dropping the body so the client sees the answer, not a reset connection.
 LINGER_SECONDS = 2.0
-
-
-@dataclass(frozen=True)
-class CollectorSettings:
-    max_batch: int = 1000              # events per request
-    max_body_bytes: int = MAX_ACTIVITY_BYTES  # bytes per request body, also after decompression
-    rate_limit: float = 100.0          # requests per second per key; 0: none
-    rate_burst: float | None = None    # default: max(1, rate_limit)
-    flush_events: int = 1000           # a message is sent when it holds this many events,
-    flush_bytes: int = 1_000_000       # or this many bytes,
-    flush_seconds: float = 0.05        # or this long after its first event
-    max_pending_bytes: int = 64_000_000  # waiting for Pub/Sub or Kafka; past it: 503
-    publish_timeout: float = 10.0      # seconds for Pub/Sub or Kafka to acknowledge a message or record
-    retry_after: float = 2.0           # seconds, in Retry-After of a 503
-    cors_origin: str = "*"             # Access-Control-Allow-Origin for web pages
-    max_compression_ratio: float = MAX_RATIO  # a compressed body inflates at most this many times
-    idle_timeout: float = 15.0         # seconds a connection may wait for (the rest of) a request line
-                                       # and headers: before its first request and between requests
-    body_timeout: float = 30.0         # seconds for a request's body to arrive; longer: 408
-    max_connections: int = 1000        # open connections; past it, the oldest idle one is closed, or 503
 
 
 STATE = web.AppKey("collector", object)

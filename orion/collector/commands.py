@@ -82,7 +82,7 @@ class KafkaDestination:
 
 def add_collect_command(subparsers) -> None:
     """Register `collect` (serve) with its `keys add|list|revoke` helpers."""
-    from orion.collector.app import CollectorSettings
+    from orion.collector.settings import CollectorSettings
 
     defaults = CollectorSettings()
     collect = subparsers.add_parser(

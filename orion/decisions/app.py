@@ -36,7 +36,6 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
@@ -57,6 +56,7 @@ from orion.collector.serving import authorize
 from orion.decisions.core import (UNKNOWN_PLACEMENT, ContextError, PlacementIndexes, SnippetRenderer, decide,
                                   parse_context)
 from orion.decisions.leads import LeadReader
+from orion.decisions.settings import DecideSettings
 from orion.rules.model import EXPERIENCE_IMPRESSION
 from orion.store.base import StoreError
 
@@ -68,28 +68,6 @@ _BODY_FIELD_SET = frozenset(BODY_FIELDS)
 MAX_LEAD_ID_CHARS = 255  # what every store's lead id column holds
 MAX_PLACEMENT_CHARS = 200
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-
-
-@dataclass(frozen=True)
-class DecideSettings:
-    max_body_bytes: int = 64_000       # bytes per request body
-    max_placements: int = 20           # placements per request
-    rate_limit: float = 0.0            # requests per second per key; 0: none
-    rate_burst: float | None = None    # default: max(1, rate_limit)
-    cache_ttl: float = 0.25            # seconds a lead's profile is reused (the staleness bound)
-    cache_entries: int = 20_000        # leads kept in the cache at most
-    flush_events: int = 1000           # an impressions message is sent at this many events,
-    flush_bytes: int = 1_000_000       # or this many bytes,
-    # or this long after its first event: no answer waits for it, and a message costs the
-    # service about 0.65 ms of CPU whatever its size, so few large ones
-    flush_seconds: float = 0.25
-    impression_flush_seconds: float = 0.05  # impressions of many requests are handed over together
-    max_pending_bytes: int = 16_000_000  # impressions waiting for Pub/Sub; past it they are refused
-    publish_timeout: float = 10.0      # seconds for Pub/Sub to acknowledge a message
-    retry_after: float = 1.0           # seconds, in Retry-After of a 503
-    cors_origin: str = "*"             # Access-Control-Allow-Origin for web pages
-    idle_timeout: float = 15.0         # seconds a keep-alive connection may sit idle
-    body_timeout: float = 5.0          # seconds for a request's body to arrive; longer: 408
 
 
 class CountsByLabel:

@@ -48,7 +48,7 @@ def _topic(text: str) -> str:
 
 def add_decide_command(commands) -> None:
     """Register `decide` with its `serve` command."""
-    from orion.decisions.app import DecideSettings
+    from orion.decisions.settings import DecideSettings
 
     defaults = DecideSettings()
     decide = commands.add_parser("decide", help="real-time decisions: personalized content from a lead's profile",
@@ -91,7 +91,7 @@ def add_decide_command(commands) -> None:
 
 def serve_command(args: argparse.Namespace) -> int:
     from orion.collector.keys import KeysFileError, KeyStore
-    from orion.decisions.app import DecideSettings
+    from orion.decisions.settings import DecideSettings
     from orion.rules import RuleErrors
     from orion.rules.compiler import load_experiences
     from orion.store import open_store
