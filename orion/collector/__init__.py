@@ -9,8 +9,9 @@ docs/collector.md.
 Modules: `keys` (hashed API keys), `limits` (per-key rate limit), `checking` (body ->
 per-event verdicts, decompression), `publisher` (aggregation, Pub/Sub, backpressure),
 `kafka` (the Kafka sink: a lead's events in one partition), `metrics` (Prometheus),
-`redaction` (no key in a log line or an answer), `app` (aiohttp routes, timeouts, the
-connection cap), `commands` (the command line).
+`redaction` (no key in a log line or an answer), `settings` (the collector's settings
+and defaults), `app` (aiohttp routes, timeouts, the connection cap), `commands` (the
+command line).
 """
 from orion.collector.commands import add_collect_command
 
