@@ -10,7 +10,8 @@ import pytest
 from benchmarks.bench_analytics import main, query_rows, render, replace_rows, sketch_rows
 
 GRAPH = {"events": 20_000, "per_minute": None, "rows": 39_731, "load": 0.7, "ratio": 0.63, "with": 5_457.0,
-         "without": 8_644.0, "cpu_ratio": 0.63, "added_cpu": 1.25, "upsert_cpu": 0.24}
+         "without": 8_644.0, "cpu_ratio": 0.63, "added_cpu": 1.25, "upsert_cpu": 0.24,
+         "upsert_bound": 0.88}
 SKETCH = {"estimate": 1_004_089.0, "low": 972_177.0, "high": 1_037_098.0, "error": 0.0041, "merge_ms": 6.0,
           "bytes": 3_000_000}
 
