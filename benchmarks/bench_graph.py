@@ -370,11 +370,11 @@ def time_work_alone(rules: Path, workdir: Path, lines: list[str]) -> WorkAlone:
     from orion.analytics.rollup import DAY, PartialRollups, RollupFacts, RowParts, bucket_start, new_writer
     from orion.intake import read_lines
     from orion.leadstep import OUTCOME, PROFILE, STORE, LeadStep, SeedRequest, StepResult
-    from orion.store.rollups_opening import open_rollup_store
-    from orion.transforms.rollups import DEFAULT_BATCH_SIZE as ROLLUP_BATCH_SIZE, day_rows
     from orion.profiles import EMPTY_RECORD
     from orion.rules import load_rules
+    from orion.store.rollups_opening import open_rollup_store
     from orion.transforms.evaluate import SEED_BATCH
+    from orion.transforms.rollups import DEFAULT_BATCH_SIZE as ROLLUP_BATCH_SIZE, day_rows
     from orion.transforms.sinks import DEFAULT_BATCH_SIZE
 
     store = open_store(f"sqlite:///{workdir / 'store' / f'alone-{time.monotonic_ns()}.db'}")

@@ -72,6 +72,8 @@ def test_the_lineage_kept_beside_a_jobs_checkpoints_is_read_back_from_any_of_the
     assert lineage_of(files.join(directory, "job-a", "chk-9"), files) is None, "another job's checkpoints"
     (tmp_path / "checkpoints" / "job-a" / "orion-lineage").write_text("not a lineage\n", encoding="utf-8")
     assert lineage_of(files.join(directory, "job-a", "chk-9"), files) is None, "a marker that does not read"
+    (tmp_path / "checkpoints" / "job-a" / "orion-lineage").write_bytes(b"\xff\xfe\x00")
+    assert lineage_of(files.join(directory, "job-a", "chk-9"), files) is None, "a marker that is not text"
 
 
 def test_a_checkpoint_url_is_read_through_flinks_file_systems_without_naming_them(flink, tmp_path):

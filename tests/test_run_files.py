@@ -127,6 +127,8 @@ def test_orion_run_compiles_the_rules_once_for_its_check_and_its_in_process_grap
 
     rules = tmp_path / "rules"  # a directory of its own: no earlier test compiled it in this process
     shutil.copytree(SAMPLES / "rules", rules)
+    # A spy, not a mock: the real loader runs and compiles the real rules; the wrapper only
+    # counts its calls, which nothing else in a run shows.
     compiled = []
     load = orion.rules.load_serving_rules
     monkeypatch.setattr(orion.rules, "load_serving_rules", lambda *args: compiled.append(args) or load(*args))

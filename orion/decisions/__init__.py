@@ -10,6 +10,6 @@ See docs/decisions.md.
 Modules: `core` (the decision itself: audiences, sticky assignment, content; pure),
 `leads` (the lead's profile and history from the store, cached briefly), `settings`
 (the service's settings and defaults), `app` (the aiohttp routes and impressions),
-`experiments` (the report), `commands` (the command line). Experiences are written and checked with the rules (orion/rules: schema,
-compiler, model).
+`experiments` (the report), `commands` (the command line). Experiences are written and
+checked with the rules (orion/rules: schema, compiler, model).
 """

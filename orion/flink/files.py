@@ -82,7 +82,8 @@ class LocalFiles:
 
     def read_text(self, location: str) -> str | None:
         path = Path(location)
-        return path.read_text(encoding="utf-8") if path.is_file() else None
+        # A marker that is not text reads as no lineage (lineage_of checks its form), not an error.
+        return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
 
     def write_text(self, location: str, text: str) -> None:
         path = Path(location)
@@ -167,7 +168,7 @@ class FlinkFiles:
                 return None
             stream = fs.open(path)
             try:
-                return bytes(stream.readAllBytes()).decode("utf-8")
+                return bytes(stream.readAllBytes()).decode("utf-8", errors="replace")
             finally:
                 stream.close()
 

@@ -296,7 +296,6 @@ class HBaseServer(jvm.ThrowawayServer):
             jvm.terminate(process, grace_s)
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m orion.testing.hbase",

@@ -289,7 +289,6 @@ class KafkaBroker(jvm.ThrowawayServer):
         jvm.terminate(process, grace_s)
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m orion.testing.kafka",
