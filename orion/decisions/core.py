@@ -388,6 +388,9 @@ class Snippet(NamedTuple):
     template: jinja2.Template
     inputs: tuple[tuple[str, str], ...] | None
     number: int  # the snippet's place among the renderer's, in the keys of its renders
+    # The template's globals as one plain dict, made once: Jinja's new_context copies them
+    # out of a ChainMap on every render, twice.
+    globals: dict
 
 
 def snippet_inputs(environment: jinja2.Environment, source: str) -> tuple[tuple[str, str], ...] | None:
@@ -445,7 +448,7 @@ class SnippetRenderer:
         if snippet is None:
             template = self.environment.from_string(arm.content)
             snippet = self._compiled[key] = Snippet(template, snippet_inputs(self.environment, arm.content),
-                                                    len(self._compiled))
+                                                    len(self._compiled), dict(template.globals))
         if len(self._by_arm) >= RENDERED_ENTRIES:
             self._by_arm.clear()
         # the arm and the experience are kept with it, so the arm's id names no other arm
@@ -463,17 +466,21 @@ class SnippetRenderer:
                     if found is not None:
                         return found
             template = snippet.template
-            tokens = {
-                "lead": lead_tokens(lead_id, state),
-                "context": raw_context,
-                "experience": {"name": experience.name, "variant": arm.name, "placement": experience.placement},
-            }
+            # What template.new_context(tokens) makes: the globals, then the tokens.
+            parent = snippet.globals.copy()
+            parent["lead"] = lead_tokens(lead_id, state)
+            parent["context"] = raw_context
+            parent["experience"] = {"name": experience.name, "variant": arm.name, "placement": experience.placement}
+            environment = self.environment
             self.renders += 1
+            max_chars = self.limits.max_chars
             with rendering(self.limits) as budget:
                 pieces, size = [], 0
-                for piece in template.root_render_func(template.new_context(tokens)):
+                for piece in template.root_render_func(environment.context_class(
+                        environment, parent, template.name, template.blocks, globals=snippet.globals)):
                     size += len(piece)
-                    budget.chars(size, "the content")
+                    if size > max_chars:
+                        budget.chars(size, "the content")
                     budget.tick()
                     pieces.append(piece)
             html = "".join(pieces)
