@@ -563,6 +563,44 @@ def test_an_experience_the_context_admits_is_found_and_one_it_excludes_is_not(in
         core.INDEXED_VALUES = original
 
 
+def test_a_filter_on_one_text_attribute_of_the_lead_is_known_as_such(indexed):
+    """Only a filter that tests one string attribute of the lead names it: its test then
+    depends on that value alone, and the index may prune by it."""
+    capped, either = indexed.by_name["Capped first"], indexed.by_name["Either"]
+    named = [found.attribute for found in capped.filters]
+    assert named[0] is None  # the history filter
+    assert named[1][0] == "industry" and named[1][1]("RETAIL", T0) and not named[1][1]("Banking", T0)
+    assert [found.attribute for found in either.filters] == [None, None]  # a list, a number attribute
+
+
+def test_the_index_prunes_by_the_lead_s_text_attributes_and_answers_as_the_walk_does(indexed):
+    """The experiences a lead's value of a text attribute refuses are left out before the
+    walk; every value, kept or past what is kept, and values that are not text, give the
+    answer of the plain walk."""
+    from orion.decisions import core
+    from orion.decisions.core import PlacementIndex, choose
+
+    experiences = indexed.by_placement["home_hero"]
+    capped_bit = 1 << [e.name for e in experiences].index("Capped first")
+    index = PlacementIndex(experiences)
+    assert index._pruned(index.everyone, {"industry": "Banking"}, T0) == index.everyone & ~capped_bit
+    assert index._pruned(index.everyone, {"industry": "retail"}, T0) == index.everyone
+    assert index._pruned(index.everyone, {}, T0) == index.everyone & ~capped_bit  # no industry: refused too
+    original = core.INDEXED_VALUES
+    core.INDEXED_VALUES = 2
+    try:
+        index = PlacementIndex(experiences)
+        for value in ("Retail", "Banking", "RETAIL", "Health", None, ["Retail"], 7, "retail "):
+            state = LeadState(attributes={} if value is None else {"industry": value})
+            for context in ({"device": "mobile"}, {"device": "desktop", "referrer": "https://search.example/"}, {}):
+                expected = choose(experiences, state, context, T0)
+                got = index.choose(state, context, T0)
+                assert (got.experience if got is not None else None) is expected, (value, context)
+        assert len(index._by_attribute[0][1]) == 2  # values past the two kept are worked out each time
+    finally:
+        core.INDEXED_VALUES = original
+
+
 def test_history_filters_are_tested_after_the_cheap_ones(indexed):
     """`all`: the lead's history (a store read) is not read when a cheaper filter already
     says no, though the history filter is written first."""

@@ -382,6 +382,9 @@ class _TenantCompiler:
 
                 def test(state: LeadState, now: int) -> bool:
                     return pred(state.attributes.get(attr), now)
+
+                if self.settings.lead_attributes[attr] == "string":
+                    return Filter(number, described, test, (attr, pred))
             else:
                 def test(state: LeadState, now: int, conditions=tuple(conditions)) -> bool:
                     attributes = state.attributes

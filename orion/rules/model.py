@@ -102,6 +102,10 @@ class Filter(NamedTuple):
     number: int
     description: str
     test: Callable[[LeadState, int], bool]
+    # (name, predicate of the value) when the test is that predicate of one string
+    # attribute of the lead and nothing else: then it depends on that value alone (text
+    # conditions do not read the time), and decisions index experiences by it.
+    attribute: tuple[str, Callable[[Any, int], bool]] | None = None
 
 
 class HistoryCounter(NamedTuple):
