@@ -403,7 +403,11 @@ def test_expired_leads_leave_the_cache(acme, tmp_path):
     assert len(reader._cache) == 20
     clock.now += 0.5
     reader.read("acme", "L20", (), T0)
-    assert list(reader._cache) == [("acme", "L20")]  # kept no longer than they may be used
+    # expired: never answered, and dropped together a quarter of the TTL later
+    assert all(reader.cached("acme", f"L{n}") is None for n in range(20)) and len(reader._cache) == 21
+    clock.now += 0.125
+    reader.read("acme", "L21", (), T0)
+    assert list(reader._cache) == [("acme", "L20"), ("acme", "L21")]  # kept no longer than that
     # a lead read again is kept for the TTL from its last read
     clock.now += 0.3
     reader.read("acme", "L1", (), T0)

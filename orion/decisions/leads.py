@@ -4,9 +4,10 @@ counted from the store's activity index and history (a profile keeps no history)
 
 Reads are cached for a short time (`ttl_s`, 0.25 s by default) in a bounded map
 (`max_entries`, the oldest entry dropped first): a change the graph writes to a profile
-is seen by decisions at most `ttl_s` after it is written. An entry is dropped once it
-expires, so the map holds the leads of the last `ttl_s` only (what the garbage
-collector walks stays small, and its pauses short). A lead with no profile is
+is seen by decisions at most `ttl_s` after it is written. Expired entries are dropped
+together, once the oldest has been expired for a quarter of `ttl_s` (not one at a time on
+every read), so the map holds the leads of the last 1.25 `ttl_s` at most (what the
+garbage collector walks stays small, and its pauses short). A lead with no profile is
 unknown: it is decided for as an anonymous visitor, from the request's context and an
 empty profile. A profile that cannot be read is treated the same, and said so.
 
@@ -201,6 +202,7 @@ class LeadReader:
                  clock: Callable[[], float] = time.monotonic):
         self.store = store
         self.ttl_s = ttl_s
+        self._slack = ttl_s / 4  # how long the oldest entry stays once expired: see the module's docs
         self.max_entries = max_entries
         self._clock = clock
         self._cache: dict[tuple[str, str], tuple[float, LeadView]] = {}
@@ -253,7 +255,7 @@ class LeadReader:
         if self.ttl_s > 0:
             now = self._clock()
             expiries = self._expiries
-            if expiries and (expiries[0][0] <= now or len(self._cache) >= self.max_entries):
+            if expiries and (expiries[0][0] + self._slack <= now or len(self._cache) >= self.max_entries):
                 self._drop_expired(now)
             key = (tenant, lead_id)
             expiry = now + self.ttl_s
