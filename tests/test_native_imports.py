@@ -42,8 +42,9 @@ def test_an_import_error_reaches_the_caller(tmp_path, monkeypatch):
 
 
 def test_orion_loads_re2_and_datasketches_off_the_importing_thread():
-    """In a fresh interpreter, whatever imports the rules and the roll-ups first: the two
-    extensions' packages are executed on their loader threads, never on the caller's."""
+    """In a fresh interpreter, whatever imports the rules and the roll-ups first (and
+    makes the first sketch: the roll-ups load DataSketches then): the two extensions'
+    packages are executed on their loader threads, never on the caller's."""
     probe = textwrap.dedent("""
         import importlib.abc, sys, threading
 
@@ -57,7 +58,11 @@ def test_orion_loads_re2_and_datasketches_off_the_importing_thread():
 
         sys.meta_path.insert(0, Watch())
         import orion.rules.regex, orion.analytics.rollup
+        assert "datasketches" not in seen, seen  # not yet: on first use
         assert orion.rules.regex.compile_search("^a+$")("aaa")
+        aggregate = orion.analytics.rollup.Aggregate()
+        aggregate.add("L1")
+        assert aggregate.estimate() == 1.0
         print(sorted(seen.items()))
         assert seen.get("re2") == "orion-import-re2", seen
         assert seen.get("datasketches") == "orion-import-datasketches", seen

@@ -47,14 +47,31 @@ import math
 import os
 import random
 import struct
-from typing import Callable, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
 from urllib.parse import urlsplit
 
 from orion.activities import Activity, ActivityTypes
 from orion.native import import_extension
 
-_datasketches = import_extension("datasketches")  # on a thread Python started: see orion.native
-hll_sketch, hll_union, tgt_hll_type = _datasketches.hll_sketch, _datasketches.hll_union, _datasketches.tgt_hll_type
+if TYPE_CHECKING:  # the annotations' name; the module is imported on first use (_DataSketches)
+    from datasketches import hll_sketch
+
+
+class _DataSketches:
+    """Apache DataSketches' HLL classes, imported on first use (through import_extension,
+    on a thread Python started: see orion.native). Every `orion` command builds its whole
+    parser, which imports this module for the dimensions' names; DataSketches and numpy
+    would add a seventh of a second to each."""
+
+    def __getattr__(self, name: str):
+        module = import_extension("datasketches")
+        # kept on the instance: later look-ups are plain attribute reads
+        self.hll_sketch, self.hll_union = module.hll_sketch, module.hll_union
+        self.HLL_4 = module.tgt_hll_type.HLL_4
+        return object.__getattribute__(self, name)
+
+
+_ds = _DataSketches()
 
 # --- keys --------------------------------------------------------------------------
 
@@ -162,7 +179,6 @@ def url_host_and_path(url: str) -> str:
 # --- metrics -----------------------------------------------------------------------
 
 LG_K = 12
-_SKETCH_TYPE = tgt_hll_type.HLL_4
 # The relative standard error of an estimate from a merged sketch (1.04 / sqrt(2^LG_K)).
 RELATIVE_ERROR = 1.04 / math.sqrt(1 << LG_K)
 _FORMAT = 1  # the encoding's version: bump it, and keep reading the old ones
@@ -205,7 +221,7 @@ class Aggregate:
         if sketch is None:
             sketch = self.sketch  # decoded from its bytes, if it has some
             if sketch is None:
-                sketch = self._sketch = hll_sketch(LG_K, _SKETCH_TYPE)
+                sketch = self._sketch = _ds.hll_sketch(LG_K, _ds.HLL_4)
         sketch.update(lead_id)
         self._compact = self._estimate = None
         if sums:
@@ -222,10 +238,10 @@ class Aggregate:
             if compact:
                 self._compact, self._estimate = compact, other._estimate
         elif other._sketch is not None or other._compact:
-            union = hll_union(LG_K)
+            union = _ds.hll_union(LG_K)
             union.update(self.sketch)
             union.update(other.sketch)
-            self.sketch = union.get_result(_SKETCH_TYPE)
+            self.sketch = union.get_result(_ds.HLL_4)
         if other.sums:
             mine = self.sums
             for name, value in other.sums.items():
@@ -288,7 +304,7 @@ def merge_all(aggregates: list["Aggregate"]) -> "Aggregate":
     them pairwise). A single one is returned as it is."""
     if len(aggregates) == 1:
         return aggregates[0]
-    union = hll_union(LG_K)
+    union = _ds.hll_union(LG_K)
     records = 0
     sums: dict = {}
     for aggregate in aggregates:
@@ -297,7 +313,7 @@ def merge_all(aggregates: list["Aggregate"]) -> "Aggregate":
             union.update(aggregate.sketch)
         for name, value in aggregate.sums.items():
             sums[name] = sums.get(name, 0) + value
-    return Aggregate(records, None if union.is_empty() else union.get_result(_SKETCH_TYPE), sums)
+    return Aggregate(records, None if union.is_empty() else union.get_result(_ds.HLL_4), sums)
 
 
 def of_sketch_bytes(data: bytes | None) -> hll_sketch | None:
@@ -306,14 +322,14 @@ def of_sketch_bytes(data: bytes | None) -> hll_sketch | None:
     if not data:
         return None
     try:
-        return hll_sketch.deserialize(bytes(data))
+        return _ds.hll_sketch.deserialize(bytes(data))
     except RuntimeError as err:  # what the library raises for bytes that are no sketch
         raise ValueError(f"not a HyperLogLog sketch: {err}") from None
 
 
 def merged_estimate(sketches: Iterable[bytes]) -> tuple[float, float, float]:
     """(estimate, lower, upper at 95%) of the union of serialized sketches."""
-    union = hll_union(LG_K)
+    union = _ds.hll_union(LG_K)
     for data in sketches:
         sketch = of_sketch_bytes(data)
         if sketch is not None:
