@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-evaluator bench-graph bench-store bench-collector bench-campaigns bench-flink bench-decide bench-analytics clean
+.PHONY: run test bench bench-evaluator bench-graph bench-store bench-collector bench-campaigns bench-flink bench-decide bench-decide-instructions bench-analytics clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-flink: $(STAMP)
 
 bench-decide: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_decide $(ARGS)
+
+bench-decide-instructions: $(STAMP)  # needs valgrind
+	$(BIN)/python -m benchmarks.decide_instructions $(ARGS)
 
 bench-analytics: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_analytics $(ARGS)
