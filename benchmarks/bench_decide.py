@@ -557,6 +557,25 @@ def visibility(port: int, key: str, store_uri: str, probes: int, tenant: str = "
     return found
 
 
+def impressions_topic(emulator) -> dict:
+    """Create the impressions' topic on the emulator; the environment of the servers that
+    publish to it. The topic has no subscription while the load runs: the emulator then
+    keeps none of the impressions (a real Pub/Sub keeps them elsewhere, not on this
+    machine's cores). Pub/Sub's acknowledgements, counted by the service, say they were
+    published."""
+    from google.cloud import pubsub_v1
+
+    from orion.testing.emulators import emulator_environment
+
+    os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
+    publisher = pubsub_v1.PublisherClient()
+    publisher.create_topic(name=TOPIC)
+    publisher.transport.close()
+    env = emulator_environment(emulator)
+    env["PYTHONWARNINGS"] = "ignore::FutureWarning"
+    return env
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=1000.0, help="requests/s of the fixed load (default: %(default)s)")
@@ -573,7 +592,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from orion.collector.keys import add_key
-    from orion.testing.emulators import PubSubEmulator, emulator_environment
+    from orion.testing.emulators import PubSubEmulator
     from google.cloud import pubsub_v1
 
     rng = random.Random(7)
@@ -587,15 +606,7 @@ def main(argv: list[str] | None = None) -> None:
     processes: list[subprocess.Popen] = []
     emulator = PubSubEmulator.start()
     try:
-        os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
-        # The topic has no subscription while the load runs: the emulator then keeps none of
-        # the impressions (a real Pub/Sub keeps them elsewhere, not on this machine's cores).
-        # Pub/Sub's acknowledgements, counted by the service, say they were published.
-        publisher_client = pubsub_v1.PublisherClient()
-        publisher_client.create_topic(name=TOPIC)
-        publisher_client.transport.close()
-        env = emulator_environment(emulator)
-        env["PYTHONWARNINGS"] = "ignore::FutureWarning"
+        env = impressions_topic(emulator)
 
         log = workdir / "ceiling.log"
         ceiling = subprocess.Popen([sys.executable, "-c", "import sys; from benchmarks.bench_decide import "

@@ -112,11 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.exit("decide_instructions needs valgrind and callgrind_control: apt-get install valgrind")
 
-    from google.cloud import pubsub_v1
-
-    from benchmarks.bench_decide import TENANTS, TOPIC, Requests, fill_store, write_rules
+    from benchmarks.bench_decide import TENANTS, TOPIC, Requests, fill_store, impressions_topic, write_rules
     from orion.collector.keys import add_key
-    from orion.testing.emulators import PubSubEmulator, emulator_environment
+    from orion.testing.emulators import PubSubEmulator
 
     rng = random.Random(7)
     workdir = Path(tempfile.mkdtemp(prefix="orion-decide-instructions-"))
@@ -129,12 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     emulator = PubSubEmulator.start()
     found = {}
     try:
-        os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
-        publisher = pubsub_v1.PublisherClient()
-        publisher.create_topic(name=TOPIC)
-        publisher.transport.close()
-        env = emulator_environment(emulator)
-        env["PYTHONWARNINGS"] = "ignore::FutureWarning"
+        env = impressions_topic(emulator)
         commands = {
             "ceiling": [sys.executable, "-c", "import sys; from benchmarks.bench_decide import serve_ceiling; "
                         "serve_ceiling(sys.argv[1])", store_uri],
