@@ -38,7 +38,7 @@ import time
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 from orion.activities import Activity
-from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH, FlowEngine, FlowResult, LeadFlows
+from orion.campaigns.flows import FlowEngine, FlowResult, LeadFlows
 from orion.deadletters import DeadLetter
 from orion.profiles import (
     EMPTY_RECORD, LeadRecord, Origin, ProfileError, decode_profile, encode_profile, with_history,
@@ -56,6 +56,7 @@ from orion.sequencing import (
     release as release_ready,
     sorts_before_released,
 )
+from orion.settings import DEFAULT_MAX_CASCADE_DEPTH, DEFAULT_MAX_PENDING
 from orion.store.base import StoredProfile
 
 # What a step emits, by tag. Each engine maps a tag to one output.
@@ -75,12 +76,6 @@ BAD_PROFILE = "bad_profile"  # the reason, when a stored profile cannot be read
 # for the leads waiting until then, that is, every waiting lead.
 END_OF_TIME_MS = 253_402_300_799_999
 
-# The most activities one lead may have waiting for release. One very hot lead (a bot)
-# must not exhaust a worker's memory: past this, the engines release what the lead has
-# buffered at once, in order, without waiting for the allowed lateness, and count it as
-# `hot_lead_releases`; an activity of that lead arriving later than what was released
-# is then `late`, a dead letter, as any late activity is. Nothing is dropped.
-DEFAULT_MAX_PENDING = 10_000
 
 # Every counter name a step uses (bounded: no name per campaign, tenant or lead).
 COUNTERS = (

@@ -15,8 +15,6 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple
 
-from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH
-from orion.leadstep import DEFAULT_MAX_PENDING
 from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
@@ -30,6 +28,17 @@ DEFAULT_OUTBOX = f"sqlite:///{DEFAULT_DATA_DIR / 'outbox.db'}"
 # event time; Flink: Flink's state TTL, in processing time). The lead's profile in the
 # store outlives it: a lead that comes back is seeded from there.
 DEFAULT_LEAD_TTL_DAYS = 400
+
+# How deep campaign flows may trigger campaigns (orion.campaigns.flows).
+DEFAULT_MAX_CASCADE_DEPTH = 5
+
+# The most activities one lead may have waiting for release. One very hot lead (a bot)
+# must not exhaust a worker's memory: past this, the engines release what the lead has
+# buffered at once, in order, without waiting for the allowed lateness, and count it as
+# `hot_lead_releases`; an activity of that lead arriving later than what was released
+# is then `late`, a dead letter, as any late activity is. Nothing is dropped
+# (orion.leadstep).
+DEFAULT_MAX_PENDING = 10_000
 
 # migration: which store serves a run; tenants: each tenant as the tenant registry says
 MODES = ("legacy", "passive", "active", "tenants")

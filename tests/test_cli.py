@@ -161,14 +161,17 @@ def test_run_refuses_an_open_ended_kafka_read_on_the_beam_graph_and_names_both_w
     assert not (tmp_path / "orion-data").exists()  # refused before anything ran
 
 
-def test_building_the_command_line_loads_no_web_server_and_no_sketches():
+def test_building_the_command_line_loads_no_web_server_no_sketches_and_no_rule_compiler():
     """Every `orion` command builds the whole parser first: the collector's and the
-    decision service's defaults come from their settings modules, and the roll-ups load
-    DataSketches when a sketch is first needed, so a command that serves nothing and
-    sketches nothing does not pay for importing aiohttp, DataSketches or numpy."""
+    decision service's defaults come from their settings modules, the roll-ups load
+    DataSketches when a sketch is first needed, and the run settings' defaults, the
+    campaign commands and `orion.rules`' names load the rules' compiler only when it is
+    used, so a command that serves, sketches and compiles nothing does not pay for
+    importing aiohttp, DataSketches, numpy, Jinja2, jsonschema, PyYAML or RE2."""
     probe = ("import sys; from orion import cli; cli.build_parser(); "
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'datasketches', "
-             "'_datasketches', 'numpy') or m in ('orion.collector.app', 'orion.decisions.app')))")
+             "'_datasketches', 'numpy', 'jinja2', 'jsonschema', 'yaml', 're2') "
+             "or m in ('orion.collector.app', 'orion.decisions.app', 'orion.rules.compiler')))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]", result.stdout

@@ -230,7 +230,8 @@ import json, resource, sys
 limit = 2 * 1024 ** 3  # a runaway buffer stops here rather than taking the machine's memory
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from orion.activities import Activity, activity_sort_key
-from orion.leadstep import DEAD, DEFAULT_MAX_PENDING, STORE, LeadStep, StepResult
+from orion.leadstep import DEAD, STORE, LeadStep, StepResult
+from orion.settings import DEFAULT_MAX_PENDING
 from orion.profiles import EMPTY_RECORD
 from orion.rules.shared import shared_rules
 

@@ -50,10 +50,8 @@ import pymysql.cursors
 
 from orion.activities import MS_PER_DAY, Activity, format_timestamp, parse_timestamp
 from orion.deadletters import DeadLetter
-from orion.profiles import decode_profile
 from orion.rules.model import LeadState
 from orion.store.base import StoreError
-from orion.store.profile_columns import lead_state_of_columns
 
 _EPOCH_DAY = date(1970, 1, 1)
 BAD_LEAD_PROFILE = "bad_lead_profile"
@@ -306,6 +304,11 @@ def member_state(data, attributes, score, lists, history: dict) -> tuple[LeadSta
     lead_profiles row: the encoded profile when there is one, else the attributes, score
     and lists columns (all None: a lead with no profile). ValueError (ProfileError is
     one) if the row cannot be read."""
+    # Imported here, not with the module: every command's parser imports this module (for
+    # add_campaign_commands), and the profiles' module loads the rules' compiler.
+    from orion.profiles import decode_profile
+    from orion.store.profile_columns import lead_state_of_columns
+
     if data is None:
         return lead_state_of_columns(attributes, score, lists)._replace(history=history), ()
     flows = decode_profile(data).flows

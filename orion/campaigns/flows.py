@@ -45,8 +45,8 @@ from orion.rules.evaluator import evaluate, qualification_block
 from orion.rules.index import RuleSet
 from orion.rules.limits import tenant_limit
 from orion.rules.model import EMPTY_LEAD_STATE, Campaign, LeadState, Outcome
+from orion.settings import DEFAULT_MAX_CASCADE_DEPTH
 
-DEFAULT_MAX_CASCADE_DEPTH = 5
 WEEK_MS = 7 * MS_PER_DAY
 
 # Dead-letter reasons of this stage, and the source it names.

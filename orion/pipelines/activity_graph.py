@@ -12,10 +12,8 @@ from typing import NamedTuple
 
 import apache_beam as beam
 
-from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH
 from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS
-from orion.leadstep import DEFAULT_MAX_PENDING
-from orion.settings import DEFAULT_LEAD_TTL_DAYS
+from orion.settings import DEFAULT_LEAD_TTL_DAYS, DEFAULT_MAX_CASCADE_DEPTH, DEFAULT_MAX_PENDING
 from orion.transforms import dofn_specs
 from orion.transforms.evaluate import KeyByLead, LeadSteps
 from orion.transforms.flows import AssembleEmails

@@ -32,16 +32,15 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from orion.activities import Activity, MS_PER_DAY, activity_sort_key
-from orion.campaigns.flows import DEFAULT_MAX_CASCADE_DEPTH
 from orion.leadstep import (
-    DEAD, DEFAULT_MAX_PENDING, EMAIL, END_OF_TIME_MS, HELD, OUTCOME, PROFILE, STORE, WEBHOOK, LeadStep, Lineage,
+    DEAD, EMAIL, END_OF_TIME_MS, HELD, OUTCOME, PROFILE, STORE, WEBHOOK, LeadStep, Lineage,
     SeedRequest, StepResult, WakeUp,
 )
 from orion.profiles import EMPTY_RECORD
 from orion.runtime import tune_gc
 from orion.seeding import open_initialised_store
 from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_DEDUP_SPAN_MS
-from orion.settings import DEFAULT_LEAD_TTL_DAYS
+from orion.settings import DEFAULT_LEAD_TTL_DAYS, DEFAULT_MAX_CASCADE_DEPTH, DEFAULT_MAX_PENDING
 from orion.transforms.coders import ActivityCoder, LeadRecordCoder
 from orion.transforms.intake import METRICS_NAMESPACE
 
@@ -154,7 +153,7 @@ class _LeadStepFn(beam.DoFn):
       DUE       when RELEASE is set for, so it only ever moves earlier;
       WAKE_AT   when WAKE is set for, likewise;
       BUFFERED  how many activities PENDING holds: past the step's max_pending (a hot
-                lead) they are released at once (orion.leadstep.DEFAULT_MAX_PENDING).
+                lead) they are released at once (orion.settings.DEFAULT_MAX_PENDING).
     Timers (event time):
       RELEASE   the watermark passed the earliest buffered activity plus the allowed
                 lateness: releases everything the watermark is known to have passed
@@ -490,7 +489,7 @@ class LeadSteps(beam.PTransform):
     the watermark for every lead and a backlog drains in a round or two (_WatermarkFloor).
 
     max_pending: the most activities a lead may have buffered; past it a hot lead is
-    released at once (bounded: in chunks), visibly (orion.leadstep.DEFAULT_MAX_PENDING).
+    released at once (bounded: in chunks), visibly (orion.settings.DEFAULT_MAX_PENDING).
 
     lineage (streaming): the id the step writes into every profile's origin (a new one
     per graph when None). A bundle retried after its first attempt wrote profiles (on
