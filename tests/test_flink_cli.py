@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pytest
+
 from orion import cli
 from orion.activities import format_timestamp, parse_timestamp
 
@@ -121,3 +123,38 @@ def test_from_savepoint_takes_the_newest_complete_checkpoint_of_a_checkpoint_dir
     status = cli.main(["run", "--runner", "flink", "--events", str(empty), "--watch", "--out-dir", str(tmp_path / "out"),
                        "--from-savepoint", str(empty)])
     assert status == 2 and "holds no complete checkpoint" in capsys.readouterr().err
+
+
+def test_a_restore_resolves_its_checkpoint_directory_once(flink, tmp_path, monkeypatch):
+    """The newest checkpoint of a --from-savepoint directory is found once, before the
+    job is built: the state it restores and the lineage it continues come from the same
+    checkpoint, and a remote directory is listed once, not once for each."""
+    import orion.flink.cluster as cluster
+
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "job-b" / "chk-4").mkdir(parents=True)
+    (checkpoints / "job-b" / "chk-4" / "_metadata").write_bytes(b"\0")
+    listed = []
+    listing = cluster.newest_checkpoint
+
+    def counted(directory, files=None):
+        listed.append(directory)
+        return listing(directory, files)
+
+    class Built(Exception):
+        pass
+
+    def built(options, out_dir=None):
+        # what the job's environment is created from: the checkpoint, resolved already
+        raise Built(options.from_savepoint, flink.job_lineage(options))
+
+    monkeypatch.setattr(cluster, "newest_checkpoint", counted)
+    monkeypatch.setattr(flink, "create_environment", built)
+    config = flink.RunConfig(str(tmp_path / "rules"), (), str(tmp_path / "events"), None,
+                             f"sqlite:///{tmp_path / 'store.db'}", tmp_path / "out", 0, 0, None, ())
+    with pytest.raises(Built) as raised:
+        flink.start_flink(config, flink.FlinkOptions(watch=True, from_savepoint=str(checkpoints)))
+    restored, _lineage = raised.value.args
+    assert restored == str(checkpoints / "job-b" / "chk-4")
+    assert len(listed) == 1, listed
+

@@ -715,8 +715,12 @@ def start_flink(config: RunConfig, options: FlinkOptions, job_name: str = "orion
     with a `checkpoint_dir` (local or a URL) keeps its lineage beside its checkpoints."""
     if options.from_savepoint is None:
         prepare_outputs(config)
-    elif not is_remote(config.out_dir):
-        Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    else:
+        # Resolved once: the job restores, and continues the lineage of, the same
+        # checkpoint, and a remote checkpoint directory is listed once.
+        options = options._replace(from_savepoint=restore_path(options.from_savepoint))
+        if not is_remote(config.out_dir):
+            Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     env = create_environment(options, config.out_dir)
     lineage = None if options.bounded else job_lineage(options)
     build_job(env, config, options, lineage)
