@@ -14,7 +14,9 @@ import os
 
 import pytest
 
-from orion.flink.cluster import ClusterError, keep_lineage, lineage_of, newest_checkpoint, restore_path
+from orion.flink.cluster import (
+    ClusterError, keep_lineage, lineage_of, newest_checkpoint, restore_path, savepoint_lineage,
+)
 from orion.flink.files import FlinkFiles, LocalFiles
 
 LINEAGE = "0123456789abcdef0123456789abcdef"
@@ -74,6 +76,32 @@ def test_the_lineage_kept_beside_a_jobs_checkpoints_is_read_back_from_any_of_the
     assert lineage_of(files.join(directory, "job-a", "chk-9"), files) is None, "a marker that does not read"
     (tmp_path / "checkpoints" / "job-a" / "orion-lineage").write_bytes(b"\xff\xfe\x00")
     assert lineage_of(files.join(directory, "job-a", "chk-9"), files) is None, "a marker that is not text"
+
+
+def test_a_savepoint_taken_while_the_job_ran_continues_the_lineage_its_job_kept(files, tmp_path):
+    """`flink savepoint JOB_ID` leaves no lineage in the savepoint, and the job goes on
+    writing profiles after it: a job restored from it continues the lineage that job kept
+    in its --checkpoint-dir, found by the job id's first six hex digits, which Flink puts
+    in the savepoint's name."""
+    files, name = files
+    job, other = "3f9a2c" + "0" * 26, "77aa00" + "1" * 26
+    checkpoints = name(tmp_path / "checkpoints")
+    keep_lineage(checkpoints, job, LINEAGE, files)
+    keep_lineage(checkpoints, other, "f" * 32, files)
+    savepoint = tmp_path / "savepoints" / "savepoint-3f9a2c-0123456789ab"
+    savepoint.mkdir(parents=True)
+    (savepoint / "_metadata").write_bytes(b"\0")
+
+    assert lineage_of(restore_path(name(savepoint), files), files) is None, "the savepoint holds none itself"
+    assert savepoint_lineage(name(savepoint), checkpoints, files) == LINEAGE
+    assert savepoint_lineage(files.join(name(savepoint), "_metadata"), checkpoints, files) == LINEAGE
+
+    renamed = tmp_path / "savepoints" / "before-the-upgrade"
+    renamed.mkdir()
+    assert savepoint_lineage(name(renamed), checkpoints, files) is None, "a name Flink did not give says nothing"
+    assert savepoint_lineage(name(savepoint), name(tmp_path / "nowhere"), files) is None
+    keep_lineage(checkpoints, "3f9a2c" + "2" * 26, "e" * 32, files)
+    assert savepoint_lineage(name(savepoint), checkpoints, files) is None, "two jobs match: no guess"
 
 
 def test_a_checkpoint_url_is_read_through_flinks_file_systems_without_naming_them(flink, tmp_path):

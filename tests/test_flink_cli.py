@@ -158,3 +158,20 @@ def test_a_restore_resolves_its_checkpoint_directory_once(flink, tmp_path, monke
     assert restored == str(checkpoints / "job-b" / "chk-4")
     assert len(listed) == 1, listed
 
+
+def test_a_job_restored_from_a_savepoint_continues_the_lineage_its_job_kept(flink, tmp_path):
+    """A savepoint taken while the job ran (`flink savepoint JOB_ID`) holds no lineage;
+    restored with the job's --checkpoint-dir, the new job continues the lineage kept
+    there, so the profiles the old job wrote after the savepoint are rolled back, not
+    taken for the leads' own."""
+    from orion.flink.cluster import keep_lineage
+
+    lineage, job = "ab" * 16, "3f9a2c" + "0" * 26
+    keep_lineage(tmp_path / "checkpoints", job, lineage)
+    savepoint = tmp_path / "savepoints" / "savepoint-3f9a2c-0123456789ab"
+    savepoint.mkdir(parents=True)
+    (savepoint / "_metadata").write_bytes(b"\0")
+    options = flink.FlinkOptions(watch=True, from_savepoint=str(savepoint),
+                                 checkpoint_dir=str(tmp_path / "checkpoints"))
+    assert flink.job_lineage(options) == lineage
+    assert flink.job_lineage(options._replace(checkpoint_dir=None)) != lineage, "nowhere to look: a new lineage"

@@ -273,6 +273,35 @@ def lineage_of(restored: str, files: Files | None = None) -> str | None:
     return None
 
 
+# Flink names a savepoint's directory after the first six hex digits of its job's id
+# (AbstractFsCheckpointStorageAccess: savepoint-JOBID6-RANDOM).
+_SAVEPOINT_NAME = re.compile(r"savepoint-([0-9a-f]{6})-[0-9a-f]+")
+
+
+@_reached
+def savepoint_lineage(restored: str, checkpoint_dir: str | Path, files: Files | None = None) -> str | None:
+    """The lineage of the job a savepoint was taken of, for a savepoint that holds none:
+    one Flink took while the job ran (`flink savepoint JOB_ID`), after which the job went
+    on writing profiles. The job kept its lineage in DIR/JOB_ID/ of its --checkpoint-dir
+    (`keep_lineage`); the savepoint's directory is named after the first six hex digits
+    of that id. The lineage of the one job directory in `checkpoint_dir` whose id starts
+    so; None when the savepoint is not named so, or no job there, or more than one,
+    matches (a guess would be worse than a new lineage)."""
+    opened, location = _opened(restored, files)
+    savepoint = opened.parent(location) if opened.name(location) == CHECKPOINT_METADATA else location
+    named = _SAVEPOINT_NAME.fullmatch(opened.name(savepoint))
+    if named is None:
+        return None
+    checkpoints, base = _opened(checkpoint_dir, files)  # its own file system, unless one was named
+    if not checkpoints.is_dir(base):
+        return None
+    jobs = [name for name, is_dir in checkpoints.children(base) if is_dir and name.startswith(named.group(1))]
+    if len(jobs) != 1:
+        return None
+    found = (checkpoints.read_text(checkpoints.join(base, jobs[0], LINEAGE_FILE)) or "").strip()
+    return found if re.fullmatch(r"[0-9a-f]{32}", found) else None
+
+
 @_reached
 def restore_path(path: str, files: Files | None = None) -> str:
     """What a job restores from, given --from-savepoint PATH: a savepoint or retained

@@ -81,7 +81,9 @@ from urllib.parse import urlsplit
 
 # The run's settings and the summary are engine-neutral, shared with the Beam runners:
 # nothing here imports Beam. (FlinkOptions is importable from here too.)
-from orion.flink.cluster import ClusterError, keep_lineage, lineage_of, newest_checkpoint, restore_path
+from orion.flink.cluster import (
+    ClusterError, keep_lineage, lineage_of, newest_checkpoint, restore_path, savepoint_lineage,
+)
 from orion.leadstep import END_OF_TIME_MS
 from orion.settings import (
     DEAD_LETTERS_NAME, OUTCOMES_NAME, FlinkOptions, RunConfig, clear_previous_outputs, effective_store_uri, is_remote,
@@ -700,10 +702,14 @@ def new_lineage() -> str:
 
 def job_lineage(options: FlinkOptions) -> str:
     """The lineage of the job to start: the one kept beside the checkpoint it restores
-    (`keep_lineage`), else a new one (a savepoint: the job stopped with it wrote nothing
-    after it)."""
+    (`keep_lineage`); for a savepoint, the lineage its job kept in `checkpoint_dir`
+    (`savepoint_lineage`: a savepoint taken while the job ran, which then went on
+    writing profiles); else a new one."""
     if options.from_savepoint is not None:
-        found = lineage_of(restore_path(options.from_savepoint))
+        restored = restore_path(options.from_savepoint)
+        found = lineage_of(restored)
+        if found is None and options.checkpoint_dir is not None:
+            found = savepoint_lineage(restored, options.checkpoint_dir)
         if found is not None:
             return found
     return new_lineage()
