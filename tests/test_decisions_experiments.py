@@ -18,6 +18,7 @@ from orion.rules.compiler import load_experiences
 from orion.store import open_store
 
 from conftest import DAY, T0
+from hbase_services import hbase_uri
 from store_services import bigtable_uri, drop_mysql_tables, mysql_uri
 
 RULES = """
@@ -85,7 +86,7 @@ def experiences(tmp_path):
     return found["acme"]
 
 
-@pytest.fixture(params=["sqlite", "mysql", "bigtable"])
+@pytest.fixture(params=["sqlite", "mysql", "bigtable", "hbase"])
 def store(request, tmp_path):
     if request.param == "sqlite":
         uri = f"sqlite:///{tmp_path / 'store.db'}"
@@ -93,6 +94,9 @@ def store(request, tmp_path):
         database = request.getfixturevalue("mysql_database")
         drop_mysql_tables(database)
         uri = mysql_uri(database)
+    elif request.param == "hbase":
+        request.getfixturevalue("hbase_server")
+        uri = hbase_uri()
     else:
         request.getfixturevalue("bigtable_emulator")
         uri = bigtable_uri()

@@ -646,8 +646,6 @@ class BigtableStore(ActivityStore):
         types: Iterable[str] | None = None,
         limit: int | None = None,
     ) -> list[Activity]:
-        from google.cloud.bigtable import row_filters as rf
-
         low = MIN_MS if since is None else max(since, MIN_MS)
         high = MAX_MS + 1 if until is None else min(until, MAX_MS + 1)  # exclusive
         type_list = None if types is None else list(types)
@@ -657,11 +655,7 @@ class BigtableStore(ActivityStore):
         # Newest first: the newest time allowed has the smallest reversed time.
         start_key = (prefix + reversed_time(high - 1)).encode("ascii")
         end_key = (prefix + reversed_time(low) + chr(ord(SEPARATOR) + 1)).encode("ascii")
-        row_filter = rf.RowFilterChain([rf.FamilyNameRegexFilter(ACTIVITY_FAMILY), rf.CellsColumnLimitFilter(1)])
-        if type_list is not None:
-            wanted = b"^(?:" + b"|".join(_re2_literal(t) for t in sorted(set(type_list))) + b")$"
-            has_type = rf.RowFilterChain([rf.ColumnQualifierRegexFilter(b"^type$"), rf.ValueRegexFilter(wanted)])
-            row_filter = rf.ConditionalRowFilter(has_type, true_filter=row_filter)
+        row_filter = _activity_filter(type_list)
 
         found: list[Activity] = []
         for row in self._read(self.table_id, [(start_key, end_key)], row_filter):
@@ -674,13 +668,17 @@ class BigtableStore(ActivityStore):
         found.sort(key=lambda a: (a.occurred_at, a.event_id), reverse=True)
         return found if limit is None else found[:limit]
 
-    def scan(self, start_key: bytes | None = None, end_key: bytes | None = None) -> Iterator[Activity]:
+    def scan(self, start_key: bytes | None = None, end_key: bytes | None = None,
+             types: Iterable[str] | None = None) -> Iterator[Activity]:
         """Every activity with start_key <= row key < end_key (None: unbounded), in key
-        order, streamed: what the bootstrap's verification reads, range by range."""
-        from google.cloud.bigtable import row_filters as rf
-
-        latest = rf.RowFilterChain([rf.FamilyNameRegexFilter(ACTIVITY_FAMILY), rf.CellsColumnLimitFilter(1)])
-        for row in self._read(self.table_id, [(start_key, end_key)], latest):
+        order, streamed: what the bootstrap's verification reads, range by range. With
+        `types`, only activities of those types, chosen by Bigtable (a condition on the
+        `type` cell): the rows of other types are not sent (the experiments report reads
+        a tenant's impressions and goals among all its activities)."""
+        type_list = None if types is None else list(types)
+        if type_list == []:
+            return
+        for row in self._read(self.table_id, [(start_key, end_key)], _activity_filter(type_list)):
             yield _activity_from_row(row)
 
     def count(self) -> int:
@@ -861,6 +859,20 @@ class BigtableStore(ActivityStore):
             _close_client(self._client)
             self._client = None
             self._tables = {}
+
+
+def _activity_filter(types: list[str] | None):
+    """The row filter of an activity read: the latest cell of each activity column, and
+    with `types` only the rows whose `type` cell is one of them (a condition Bigtable
+    evaluates, so other rows are not sent)."""
+    from google.cloud.bigtable import row_filters as rf
+
+    latest = rf.RowFilterChain([rf.FamilyNameRegexFilter(ACTIVITY_FAMILY), rf.CellsColumnLimitFilter(1)])
+    if types is None:
+        return latest
+    wanted = b"^(?:" + b"|".join(_re2_literal(t) for t in sorted(set(types))) + b")$"
+    has_type = rf.RowFilterChain([rf.ColumnQualifierRegexFilter(b"^type$"), rf.ValueRegexFilter(wanted)])
+    return rf.ConditionalRowFilter(has_type, true_filter=latest)
 
 
 def _activity_from_row(row: Row) -> Activity:

@@ -510,10 +510,20 @@ class HBaseStore(ActivityStore):
         found.sort(key=lambda a: (a.occurred_at, a.event_id), reverse=True)
         return found if limit is None else found[:limit]
 
-    def scan(self, start_key: bytes | None = None, end_key: bytes | None = None) -> Iterator[Activity]:
+    def scan(self, start_key: bytes | None = None, end_key: bytes | None = None,
+             types: Iterable[str] | None = None) -> Iterator[Activity]:
         """Every activity with start_key <= row key < end_key (None: unbounded), in key
-        order, streamed: what the bootstrap's verification reads, range by range."""
-        for row in self._scan(self.table_id, start_key, end_key, columns=[hbase_thrift().TColumn(_A)]):
+        order, streamed: what the bootstrap's verification reads, range by range. With
+        `types`, only activities of those types, chosen by the region servers (a
+        SingleColumnValueFilter on the `type` cell): the rows of other types are not sent."""
+        filter_string = None
+        if types is not None:
+            wanted = list(types)
+            if not wanted:
+                return
+            filter_string = type_filter(wanted)
+        for row in self._scan(self.table_id, start_key, end_key, columns=[hbase_thrift().TColumn(_A)],
+                              filter_string=filter_string):
             yield _activity_from_row(row)
 
     def count(self) -> int:
