@@ -239,19 +239,3 @@ def test_the_type_filter_survives_quotes_parentheses_and_non_ascii(uri):
             assert store.history("acme", "7", types=[activity.type]) == [activity]
         assert store.history("acme", "7", types=types[:2], limit=1) == [batch[1]]
         assert store.history("acme", "7", types=["it", "a", "b", "binary", "'"]) == []
-
-
-def test_a_scan_for_some_types_gets_only_those_rows(uri):
-    """What the experiments report reads of a tenant: its key range, only the rows of
-    the types asked for, chosen on the region server, however odd a type's name."""
-    types = ("click", "it's", "a) OR (b", "ünï©ødé")
-    both = [Activity(f"e{n:02d}", tenant, f"L{n % 4}", types[n % 4], T0 + n, {"n": n})
-            for n in range(24) for tenant in ("acme", "globex")]
-    with open_store(uri) as store:
-        store.init()
-        store.write(both)
-        start, end = b"acme#", b"acme$"
-        everything = list(store.scan(start, end))
-        assert sorted(a.event_id for a in everything) == sorted(a.event_id for a in both if a.tenant == "acme")
-        for wanted in (["click"], ["it's", "ünï©ødé"], ["it"], ["nothing"], []):
-            assert list(store.scan(start, end, types=wanted)) == [a for a in everything if a.type in wanted], wanted

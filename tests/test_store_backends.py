@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 from conftest import T0
+from hbase_services import hbase_uri
 from store_services import (
     BIGTABLE_INSTANCE,
     BIGTABLE_PROJECT,
@@ -245,20 +246,27 @@ def test_bigtable_history_with_a_type_filter_and_a_limit_reads_only_what_it_need
         assert store.count() == len(lead)
 
 
-def test_bigtable_scans_a_range_for_some_types_only(bigtable_emulator):
-    """What the experiments report reads of a tenant: its range, only the rows of the
-    types asked for, sent by Bigtable (a condition on the type cell), however odd a
-    type's name."""
-    types = ("click", "open_email", "a.b|c", "ünï©ødé")
-    both = [Activity(f"e{n:02d}", tenant, f"L{n % 4}", types[n % 4], T0 + n, {"n": n})
-            for n in range(24) for tenant in ("acme", "globex")]
-    with open_store(bigtable_uri()) as store:
+@pytest.mark.parametrize("backend", ["bigtable", "hbase"])
+def test_a_scan_for_some_types_gets_only_those_rows(backend, request):
+    """What the experiments report reads of a tenant: its key range, only the rows of the
+    types asked for, chosen by the store's servers (Bigtable: a condition on the type
+    cell; HBase: a SingleColumnValueFilter), however odd a type's name."""
+    if backend == "bigtable":
+        request.getfixturevalue("bigtable_emulator")
+        uri = bigtable_uri()
+    else:
+        request.getfixturevalue("hbase_server")
+        uri = hbase_uri()
+    types = ("click", "it's", "a) OR (b", "a.b|c", "ünï©ødé")
+    both = [Activity(f"e{n:02d}", tenant, f"L{n % 4}", types[n % 5], T0 + n, {"n": n})
+            for n in range(30) for tenant in ("acme", "globex")]
+    with open_store(uri) as store:
         store.init()
         store.write(both)
         start, end = b"acme#", b"acme$"
         everything = list(store.scan(start, end))
         assert sorted(a.event_id for a in everything) == sorted(a.event_id for a in both if a.tenant == "acme")
-        for wanted in (["click"], ["a.b|c", "ünï©ødé"], ["a.b"], ["nothing"], []):
+        for wanted in (["click"], ["it's", "ünï©ødé"], ["a.b|c"], ["a.b", "it", "a"], ["nothing"], []):
             assert list(store.scan(start, end, types=wanted)) == [a for a in everything if a.type in wanted], wanted
 
 
