@@ -65,6 +65,9 @@ from urllib.parse import urlsplit
 from benchmarks.report import measured_line, write_section
 
 PROJECT = "orion-bench"
+# Instructions a request, from `make bench-decide-instructions` (deterministic, unlike the
+# requests/s: quoted with every run's figures; measure again when the service changes).
+CEILING_INSTRUCTIONS, SERVICE_INSTRUCTIONS = 261_000, 551_000
 TOPIC = f"projects/{PROJECT}/topics/decide"
 GRAPH_SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/graph"
 # The impressions of the visibility probes' own requests (one every 5 ms) go to a topic of
@@ -682,6 +685,7 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
     ratio = most["rps"] / ceiling_most["rps"]
+    cpu_times = most["cpu_per_request"] / ceiling_most["cpu_per_request"]
     p99_met = fixed["p99"] < 0.010 and fixed["rps"] >= 0.95 * args.rate
     seen = [p["seen"] for p in probes if p["seen"] is not None]
     lags = [p["lag"] for p in probes if p["lag"] is not None]
@@ -749,11 +753,15 @@ def main(argv: list[str] | None = None) -> None:
         "processes hold, or for the generator), and their CPU per request is in the ratio "
         f"{ceiling_most['cpu_per_request'] / most['cpu_per_request']:.2f}. In instructions (`make "
         "bench-decide-instructions`: callgrind on the whole server process, 3,000 requests on 4 connections after "
-        "a warm-up on 3,000 others, on this machine): the ceiling about 260 thousand a request, the service about 545 thousand (595 "
+        "a warm-up on 3,000 others, 2026-12-04 on a machine like this one; the count barely depends on the "
+        f"CPU model): the ceiling about {CEILING_INSTRUCTIONS // 1000} thousand a request, the service about "
+        f"{SERVICE_INSTRUCTIONS // 1000} thousand (595 "
         "thousand, measured the same way, before a snippet rendered without rebuilding Jinja's globals and the "
-        "walk left out the experiences the lead's text attributes refuse), so 2.1 times the ceiling in "
-        f"instructions while {most['cpu_per_request'] / ceiling_most['cpu_per_request']:.1f} times in CPU time "
-        "above: the service's larger working set runs at fewer instructions a cycle on a shared machine. Where "
+        "walk left out the experiences the lead's text attributes refuse), so "
+        f"{SERVICE_INSTRUCTIONS / CEILING_INSTRUCTIONS:.1f} times the ceiling in "
+        f"instructions while {cpu_times:.1f} times in CPU time above: on this machine the service runs at "
+        f"{'fewer' if cpu_times > SERVICE_INSTRUCTIONS / CEILING_INSTRUCTIONS else 'more'} instructions a cycle "
+        "than the ceiling, so its ratio in requests/s moves with the CPU model, not only with the load. Where "
         "the service's instructions go: aiohttp and the event loop about 180 thousand (the ceiling's own "
         "handling 160); the handler about 365 thousand (in process under callgrind, 2,000 requests after a "
         "warm-up on 2,000 others; the ceiling's handler 100), of which the decision 150 (the 0.7 store reads a request for the history "
