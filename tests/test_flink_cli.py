@@ -125,38 +125,31 @@ def test_from_savepoint_takes_the_newest_complete_checkpoint_of_a_checkpoint_dir
     assert status == 2 and "holds no complete checkpoint" in capsys.readouterr().err
 
 
-def test_a_restore_resolves_its_checkpoint_directory_once(flink, tmp_path, monkeypatch):
+def test_a_restore_resolves_its_checkpoint_directory_once(flink, tmp_path):
     """The newest checkpoint of a --from-savepoint directory is found once, before the
-    job is built: the state it restores and the lineage it continues come from the same
-    checkpoint, and a remote directory is listed once, not once for each."""
-    import orion.flink.cluster as cluster
+    job is built (start_flink calls `restoring`): the state it restores and the lineage
+    it continues come from that checkpoint even when a newer one completes meanwhile,
+    so the directory is not listed again."""
+    import os
+
+    from orion.flink.cluster import keep_lineage
 
     checkpoints = tmp_path / "checkpoints"
     (checkpoints / "job-b" / "chk-4").mkdir(parents=True)
     (checkpoints / "job-b" / "chk-4" / "_metadata").write_bytes(b"\0")
-    listed = []
-    listing = cluster.newest_checkpoint
-
-    def counted(directory, files=None):
-        listed.append(directory)
-        return listing(directory, files)
-
-    class Built(Exception):
-        pass
-
-    def built(options, out_dir=None):
-        # what the job's environment is created from: the checkpoint, resolved already
-        raise Built(options.from_savepoint, flink.job_lineage(options))
-
-    monkeypatch.setattr(cluster, "newest_checkpoint", counted)
-    monkeypatch.setattr(flink, "create_environment", built)
-    config = flink.RunConfig(str(tmp_path / "rules"), (), str(tmp_path / "events"), None,
-                             f"sqlite:///{tmp_path / 'store.db'}", tmp_path / "out", 0, 0, None, ())
-    with pytest.raises(Built) as raised:
-        flink.start_flink(config, flink.FlinkOptions(watch=True, from_savepoint=str(checkpoints)))
-    restored, _lineage = raised.value.args
+    os.utime(checkpoints / "job-b" / "chk-4" / "_metadata", (1_700_000_000,) * 2)  # older than what follows
+    keep_lineage(checkpoints, "job-b", "b" * 32)
+    options = flink.restoring(flink.FlinkOptions(watch=True, from_savepoint=str(checkpoints)))
+    restored = options.from_savepoint
     assert restored == str(checkpoints / "job-b" / "chk-4")
-    assert len(listed) == 1, listed
+
+    # Another job's checkpoint completes after the resolution: a second listing would take it.
+    (checkpoints / "job-c" / "chk-9").mkdir(parents=True)
+    (checkpoints / "job-c" / "chk-9" / "_metadata").write_bytes(b"\0")
+    keep_lineage(checkpoints, "job-c", "c" * 32)
+    assert flink.newest_checkpoint(str(checkpoints)) == str(checkpoints / "job-c" / "chk-9")
+    assert flink.flink_configuration(options).get_string("execution.state-recovery.path", "") == restored
+    assert flink.job_lineage(options) == "b" * 32, "the lineage kept beside the checkpoint restored"
 
 
 def test_a_job_restored_from_a_savepoint_continues_the_lineage_its_job_kept(flink, tmp_path):

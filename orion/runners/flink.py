@@ -715,6 +715,15 @@ def job_lineage(options: FlinkOptions) -> str:
     return new_lineage()
 
 
+def restoring(options: FlinkOptions) -> FlinkOptions:
+    """`options` with --from-savepoint resolved (restore_path), once, before the job is
+    built: the state it restores and the lineage it continues then come from the same
+    checkpoint, whatever completes meanwhile, and a remote directory is listed once."""
+    if options.from_savepoint is None:
+        return options
+    return options._replace(from_savepoint=restore_path(options.from_savepoint))
+
+
 def start_flink(config: RunConfig, options: FlinkOptions, job_name: str = "orion") -> FlinkJob:
     """Submit the job without waiting for it (outputs of a previous run are cleared
     unless the job restores a savepoint, whose run they belong to). An unbounded job
@@ -722,9 +731,7 @@ def start_flink(config: RunConfig, options: FlinkOptions, job_name: str = "orion
     if options.from_savepoint is None:
         prepare_outputs(config)
     else:
-        # Resolved once: the job restores, and continues the lineage of, the same
-        # checkpoint, and a remote checkpoint directory is listed once.
-        options = options._replace(from_savepoint=restore_path(options.from_savepoint))
+        options = restoring(options)
         if not is_remote(config.out_dir):
             Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     env = create_environment(options, config.out_dir)
