@@ -10,7 +10,7 @@
     orion bootstrap --from mysql://... --to bigtable://...   # copy the legacy history, then verify
     orion collect --topic projects/P/topics/T --keys FILE   # HTTP intake: events in, Pub/Sub out (docs/collector.md)
     orion run --outbox sqlite:///orion-data/outbox.db   # with campaign flows, emails queued
-    orion send --outbox URI --smtp HOST:PORT            # drain the outbox to SMTP, feed back deliveries
+    orion send --outbox URI --store URI --smtp HOST:PORT  # drain the outbox to SMTP, feed back deliveries
     orion campaign run --tenant T --campaign NAME       # a batch campaign, in --streams N
     orion run --runner flink                            # the same job as a PyFlink job
     orion flink cluster start                           # a local Flink cluster: --flink-master (docs/flink.md)

@@ -116,3 +116,59 @@ def test_a_retried_bundle_of_the_sink_queues_nothing_twice(outbox_uri):
     with open_outbox(outbox_uri) as outbox:
         keys = outbox.keys(QUEUED)
     assert sorted(keys) == sorted(("acme", "Welcome", str(i), "e1#0") for i in range(25))
+
+
+def test_each_email_says_whether_it_is_operational_and_a_sender_can_hold_it(outbox_uri):
+    """The send path's consent check needs to know which emails go even to a lead who
+    unsubscribed; an email it holds ends `held` with the reason, beside those held when
+    queued."""
+    with open_outbox(outbox_uri) as outbox:
+        outbox.init()
+        receipt = assembled("1", "e1#0")._replace(operational=True)
+        outbox.queue([email_record(receipt), email_record(assembled("2", "e2#0"))])
+        claimed = {item.lead_id: item for item in outbox.claim(10, T0)}
+        assert {lead: item.operational for lead, item in claimed.items()} == {"1": True, "2": False}
+        outbox.finish(claimed["2"], HELD, T0, "unsubscribed: the lead unsubscribed (found when sending)")
+        outbox.finish(claimed["1"], SENT, T0)
+        assert outbox.counts() == {"email:held": 1, "email:sent": 1}
+        assert outbox.keys(HELD) == [("acme", "Welcome", "2", "e2#0")]
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "mysql"])
+def test_an_outbox_made_before_emails_said_operational_gains_the_column(dialect, tmp_path, request):
+    """`init` adds the column to an older outbox table; its rows read as not operational,
+    so a lead who unsubscribed since they were queued is not sent them."""
+    old_table = ("CREATE TABLE outbox (id {id}, key_digest {blob} NOT NULL UNIQUE, tenant {text} NOT NULL, "
+                 "campaign {text} NOT NULL, lead_id {text} NOT NULL, run {text} NOT NULL, kind {short} NOT NULL, "
+                 "status {short} NOT NULL, recipient {text} NOT NULL, template {text} NOT NULL, payload {blob2} "
+                 "NOT NULL, detail TEXT, queued_at BIGINT NOT NULL, attempts INT NOT NULL DEFAULT 0, "
+                 "next_attempt_at BIGINT NOT NULL DEFAULT 0, claimed_by {text}, claimed_at BIGINT, "
+                 "finished_at BIGINT)")
+    row = ("INSERT INTO outbox (key_digest, tenant, campaign, lead_id, run, kind, status, recipient, template, "
+           "payload, queued_at) VALUES ({m}, 'acme', 'Welcome', 'old', 'e0#0', 'email', 'queued', "
+           "'old@example.com', 'welcome', {m}, 1)")
+    if dialect == "sqlite":
+        import sqlite3
+
+        uri = f"sqlite:///{tmp_path / 'old.db'}"
+        with sqlite3.connect(tmp_path / "old.db") as connection:
+            connection.execute(old_table.format(id="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", text="TEXT",
+                                                short="TEXT", blob2="BLOB"))
+            connection.execute(row.format(m="?"), (b"0123456789abcdef", b"hello"))
+    else:
+        database = request.getfixturevalue("mysql_database")
+        uri = mysql_uri(database)
+        connection = _mysql_connect(database)
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS outbox")
+            cursor.execute(old_table.format(id="BIGINT AUTO_INCREMENT PRIMARY KEY", blob="BINARY(16)",
+                                            text="VARBINARY(255)", short="VARCHAR(16)", blob2="MEDIUMBLOB"))
+            cursor.execute(row.format(m="%s"), (b"0123456789abcdef", b"hello"))
+        connection.commit()
+        connection.close()
+    with open_outbox(uri) as outbox:
+        outbox.init()
+        outbox.init()  # safe to rerun
+        outbox.queue([email_record(assembled("new")._replace(operational=True))])
+        claimed = {item.lead_id: item.operational for item in outbox.claim(10, T0)}
+    assert claimed == {"old": False, "new": True}

@@ -4,7 +4,7 @@ SMTP send path (`send`) and batch campaigns (`batch`). The Beam adapters are in
 orion/transforms/flows.py.
 
     orion campaign run --tenant acme --campaign "Monthly newsletter" --leads mysql://... --outbox URI
-    orion send --outbox URI --smtp HOST:PORT
+    orion send --outbox URI --store URI --smtp HOST:PORT
 """
 __all__ = [
     "DEFAULT_MAX_CASCADE_DEPTH", "EmailRequest", "FlowEngine", "FlowResult", "HeldEmail", "LeadFlows",

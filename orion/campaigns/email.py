@@ -101,6 +101,7 @@ class AssembledEmail(NamedTuple):
     recipient: str
     message: bytes
     requested_at: int
+    operational: bool = False  # sent to a lead who unsubscribed (see flows.consent_block)
 
     def key(self) -> tuple[str, str, str, str]:
         return (self.tenant, self.campaign, self.lead_id, self.run)
@@ -273,7 +274,7 @@ class EmailAssembler:
                                 f"{_shown(request.template)} is {len(message):,} bytes, more than the "
                                 f"{limit:,} tenant {tenant!r} allows (settings.limits.max_email_bytes)")
         return AssembledEmail(tenant, request.campaign, request.lead_id, request.run, request.template,
-                              recipient, message, request.requested_at)
+                              recipient, message, request.requested_at, request.operational)
 
 
     def _date(self, requested_at: int) -> str:

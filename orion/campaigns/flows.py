@@ -487,16 +487,23 @@ class FlowEngine:
     def hold_reason(self, tenant: str, lead: LeadState, operational: bool, sent, now: int) -> tuple[str, str] | None:
         """Why an email to this lead is held back now, as (reason, detail), or None.
         Operational email ignores the communication limits and unsubscribes."""
-        attributes = lead.attributes
-        if not attributes.get("email"):
-            return HELD_NO_ADDRESS, "the lead has no email address"
-        if attributes.get("email_invalid") is True:
-            return HELD_EMAIL_INVALID, "the lead's email address bounced hard"
-        if operational:
-            return None
-        if attributes.get("unsubscribed") is True:
-            return HELD_UNSUBSCRIBED, "the lead unsubscribed; only operational email may be sent"
+        held = consent_block(lead.attributes, operational)
+        if held is not None or operational:
+            return held
         return communication_limit_block(self.rules, tenant, sent, now)
+
+
+def consent_block(attributes: dict, operational: bool) -> tuple[str, str] | None:
+    """(reason, detail) when the lead's attributes forbid an email now: no address, an
+    address that bounced hard, or (unless the email is operational) an unsubscribe; else
+    None. Checked when a flow queues the email and again when `orion send` sends it."""
+    if not attributes.get("email"):
+        return HELD_NO_ADDRESS, "the lead has no email address"
+    if attributes.get("email_invalid") is True:
+        return HELD_EMAIL_INVALID, "the lead's email address bounced hard"
+    if not operational and attributes.get("unsubscribed") is True:
+        return HELD_UNSUBSCRIBED, "the lead unsubscribed; only operational email may be sent"
+    return None
 
 
 def communication_limit_block(rules: RuleSet, tenant: str, sent, now: int) -> tuple[str, str] | None:

@@ -13,9 +13,12 @@ is already there does nothing, whatever became of the first one (queued, sent, b
 so a retried bundle never queues the same email twice.
 
 Records go through: queued -> sending (claimed by one sender, with a lease) -> sent,
-bounced or failed; a transient failure puts the record back to queued with a later
-next_attempt_at. Held emails stay `held` with their reason; webhook calls are `queued`
-records of kind `webhook` (a webhook sender is not part of this module).
+bounced, failed or held; a transient failure puts the record back to queued with a later
+next_attempt_at. Held emails stay `held` with their reason: held when queued (a flow's
+communication limits, or the lead's consent then) or when sent (the lead unsubscribed or
+bounced since it was queued: orion.campaigns.send). Each email says whether it is
+`operational` (sent even to a lead who unsubscribed). Webhook calls are `queued` records
+of kind `webhook` (a webhook sender is not part of this module).
 
     python -c "from orion.campaigns.outbox import open_outbox; o = open_outbox('sqlite:///orion-data/outbox.db'); o.init(); print(o.counts())"
 """
@@ -57,6 +60,7 @@ class OutboxRecord(NamedTuple):
     payload: bytes  # the MIME message; JSON for held emails and webhooks
     detail: str | None
     queued_at: int
+    operational: bool = False  # an email a lead who unsubscribed is still sent
 
     def key(self) -> tuple[str, str, str, str]:
         return (self.tenant, self.campaign, self.lead_id, self.run)
@@ -74,6 +78,7 @@ class Claimed(NamedTuple):
     template: str
     payload: bytes
     attempts: int
+    operational: bool = False
 
 
 def key_digest(key: tuple[str, str, str, str]) -> bytes:
@@ -84,7 +89,7 @@ def email_record(email, queued_at: int | None = None) -> OutboxRecord:
     """An AssembledEmail as a queued record."""
     return OutboxRecord(email.tenant, email.campaign, email.lead_id, email.run, EMAIL, QUEUED,
                         email.recipient, email.template, email.message, None,
-                        email.requested_at if queued_at is None else queued_at)
+                        email.requested_at if queued_at is None else queued_at, email.operational)
 
 
 def held_record(held) -> OutboxRecord:
@@ -93,7 +98,7 @@ def held_record(held) -> OutboxRecord:
     payload = json.dumps({"request": request._asdict(), "reason": held.reason}, default=str).encode()
     return OutboxRecord(request.tenant, request.campaign, request.lead_id, request.run, EMAIL, HELD,
                         str(request.lead.get("email") or ""), request.template, payload,
-                        f"{held.reason}: {held.detail}", request.requested_at)
+                        f"{held.reason}: {held.detail}", request.requested_at, bool(request.operational))
 
 
 def webhook_record(call) -> OutboxRecord:
@@ -212,6 +217,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     claimed_by      VARBINARY(64)   NULL,
     claimed_at      BIGINT          NULL,
     finished_at     BIGINT          NULL,
+    operational     BOOLEAN         NOT NULL DEFAULT FALSE COMMENT 'sent even to a lead who unsubscribed',
     PRIMARY KEY (id),
     UNIQUE KEY outbox_key (key_digest),
     KEY outbox_due (status, next_attempt_at)
@@ -225,12 +231,18 @@ CREATE TABLE IF NOT EXISTS outbox (
     kind TEXT NOT NULL, status TEXT NOT NULL, recipient TEXT NOT NULL, template TEXT NOT NULL,
     payload BLOB NOT NULL, detail TEXT, queued_at INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER NOT NULL DEFAULT 0,
-    claimed_by TEXT, claimed_at INTEGER, finished_at INTEGER
+    claimed_by TEXT, claimed_at INTEGER, finished_at INTEGER,
+    operational INTEGER NOT NULL DEFAULT 0
 )
 """
 _SQLITE_INDEX = "CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at)"
 _COLUMNS = ("key_digest, tenant, campaign, lead_id, run, kind, status, recipient, template, payload, detail, "
-            "queued_at")
+            "queued_at, operational")
+# What `init` adds to an outbox table made before the column was: its rows read as not
+# operational, so a lead who unsubscribed since they were queued is not sent them.
+_MYSQL_ADD_OPERATIONAL = ("ALTER TABLE outbox ADD COLUMN operational BOOLEAN NOT NULL DEFAULT FALSE "
+                          "COMMENT 'sent even to a lead who unsubscribed'")
+_SQLITE_ADD_OPERATIONAL = "ALTER TABLE outbox ADD COLUMN operational INTEGER NOT NULL DEFAULT 0"
 
 
 class SqlOutbox(Outbox):
@@ -243,7 +255,7 @@ class SqlOutbox(Outbox):
         self.worker = uuid.uuid4().hex
         mark = "%s" if dialect == "mysql" else "?"
         self.mark = mark
-        values = "(" + ", ".join([mark] * 12) + ")"
+        values = "(" + ", ".join([mark] * 13) + ")"
         if dialect == "mysql":
             from orion.store.mysql import parse_mysql_uri, redact
 
@@ -318,15 +330,25 @@ class SqlOutbox(Outbox):
 
     def init(self) -> None:
         if self.dialect == "mysql":
-            self._transaction(lambda cursor: cursor.execute(_MYSQL_TABLE))
+            def create(cursor):
+                cursor.execute(_MYSQL_TABLE)
+                cursor.execute("SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() "
+                               "AND table_name = 'outbox' AND column_name = 'operational'")
+                if not cursor.fetchone()[0]:
+                    cursor.execute(_MYSQL_ADD_OPERATIONAL)
         else:
-            self._transaction(lambda cursor: (cursor.execute(_SQLITE_TABLE), cursor.execute(_SQLITE_INDEX)))
+            def create(cursor):
+                cursor.execute(_SQLITE_TABLE)
+                cursor.execute(_SQLITE_INDEX)
+                if "operational" not in {row[1] for row in cursor.execute("PRAGMA table_info(outbox)")}:
+                    cursor.execute(_SQLITE_ADD_OPERATIONAL)
+        self._transaction(create)
 
     def queue(self, records: Sequence[OutboxRecord]) -> int:
         if not records:
             return 0
         rows = [(key_digest(r.key()), r.tenant, r.campaign, r.lead_id, r.run, r.kind, r.status, r.recipient,
-                 r.template, r.payload, r.detail, r.queued_at) for r in records]
+                 r.template, r.payload, r.detail, r.queued_at, bool(r.operational)) for r in records]
 
         def insert(cursor):
             cursor.executemany(self.insert, rows)
@@ -358,11 +380,12 @@ class SqlOutbox(Outbox):
                     f" OR (status = '{SENDING}' AND claimed_at < ?)) ORDER BY id LIMIT ?)",
                     (token, now_ms, now_ms, now_ms - lease_ms, limit))
             cursor.execute(
-                f"SELECT id, tenant, campaign, lead_id, run, recipient, template, payload, attempts FROM outbox "
+                f"SELECT id, tenant, campaign, lead_id, run, recipient, template, payload, attempts, operational "
+                f"FROM outbox "
                 f"WHERE claimed_by = {m} AND status = '{SENDING}' ORDER BY id", (token,))
             return cursor.fetchall()
 
-        return [Claimed(row[0], *(_text(v) for v in row[1:7]), bytes(row[7]), row[8])
+        return [Claimed(row[0], *(_text(v) for v in row[1:7]), bytes(row[7]), row[8], bool(row[9]))
                 for row in self._transaction(take)]
 
     def finish(self, claimed: Claimed, status: str, now_ms: int, detail: str | None = None) -> None:
@@ -454,7 +477,7 @@ class EmlOutbox(Outbox):
                 if self._place("messages", name + ".eml", header + r.payload):
                     self._write_state(name, {"status": QUEUED, "attempts": 0, "next_attempt_at": 0,
                                              "key": list(r.key()), "recipient": r.recipient,
-                                             "template": r.template})
+                                             "template": r.template, "operational": bool(r.operational)})
                     new += 1
         return new
 
@@ -485,7 +508,7 @@ class EmlOutbox(Outbox):
             payload = path.read_bytes().split(b"\n", 1)[1]
             tenant, campaign, lead_id, run = state["key"]
             found.append(Claimed(name, tenant, campaign, lead_id, run, state["recipient"], state["template"],
-                                 payload, state["attempts"]))
+                                 payload, state["attempts"], bool(state.get("operational", False))))
             if len(found) >= limit:
                 break
         return found
@@ -507,8 +530,8 @@ class EmlOutbox(Outbox):
             totals[f"{EMAIL}:{status}"] = totals.get(f"{EMAIL}:{status}", 0) + 1
         held = sum(1 for _ in (self.root / "held").glob("*.json"))
         hooks = sum(1 for _ in (self.root / "webhooks").glob("*.json"))
-        if held:
-            totals[f"{EMAIL}:{HELD}"] = held
+        if held:  # held when queued; those held when sent are among the states
+            totals[f"{EMAIL}:{HELD}"] = totals.get(f"{EMAIL}:{HELD}", 0) + held
         if hooks:
             totals[f"{WEBHOOK}:{QUEUED}"] = hooks
         return totals

@@ -8,7 +8,19 @@ bounce. A 4xx answer or a lost connection is retried with exponential backoff; a
 `max_attempts` it is a soft bounce. Feedback event ids derive from the outbox key, so a
 record sent twice after a crash feeds back one activity (intake drops the duplicate).
 
-    orion send --outbox sqlite:///orion-data/outbox.db --smtp 127.0.0.1:2525 --feedback orion-data/feedback.jsonl
+An email waits in the outbox between its flow and its send: behind a rate limit, a
+retry, a large batch. Its lead may unsubscribe, or bounce another email, in between. So
+each email is checked again against its lead's profile as it is sent (`ConsentCheck`,
+the profiles of `--store`, read for a few emails at a time just before they go): an
+email to a lead who has no address now, whose address bounced hard, or who unsubscribed
+(unless the email is operational) is not sent; it becomes `held` with the reason, as a
+flow holds one, and is counted. A lead with no profile is sent its email (nothing says
+otherwise); one whose profile does not read is held (`bad_lead_profile`). A store that
+does not answer stops the send, sending nothing more: the emails it had claimed are
+sent by a later run, once their lease ends.
+
+    orion send --outbox sqlite:///orion-data/outbox.db --store sqlite:///orion-data/activities.db \
+        --smtp 127.0.0.1:2525 --feedback orion-data/feedback.jsonl
 """
 from __future__ import annotations
 
@@ -18,13 +30,48 @@ import json
 import smtplib
 import sys
 import time
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 from orion.activities import Activity
-from orion.campaigns.outbox import BOUNCED, FAILED, SENT, Claimed, Outbox, open_outbox
+from orion.campaigns.outbox import BOUNCED, FAILED, HELD, SENT, Claimed, Outbox, open_outbox
 
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_RETRY_DELAY_MS = 30_000
+# Emails checked against their leads' profiles at once, just before they are sent (with
+# a rate limit, each is checked alone, once its turn has come).
+CHECK_AT_ONCE = 50
+BAD_LEAD_PROFILE = "bad_lead_profile"  # as a batch send names it
+
+
+class ConsentCheck:
+    """Whether each claimed email may still go, from its lead's profile as it is now in
+    `store` (an ActivityStore: the one the graph writes the profiles to): `blocks` gives,
+    per email, None or the (reason, detail) it is held for (flows.consent_block)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def blocks(self, claimed: Sequence[Claimed]) -> list[tuple[str, str] | None]:
+        """StoreError when the store does not answer."""
+        from orion.campaigns.flows import consent_block
+        from orion.profiles import ProfileError, decode_profile
+
+        texts = self.store.read_profiles([(item.tenant, item.lead_id) for item in claimed])
+        found: list[tuple[str, str] | None] = []
+        for item, text in zip(claimed, texts):
+            if text is None:
+                found.append(None)
+                continue
+            try:
+                attributes = decode_profile(text).flows.lead.attributes
+            except ProfileError as err:
+                found.append((BAD_LEAD_PROFILE, f"the lead's profile does not read: {err}"))
+                continue
+            found.append(consent_block(attributes, item.operational))
+        return found
+
+    def close(self) -> None:
+        self.store.close()
 
 
 class RateLimiter:
@@ -58,10 +105,12 @@ class SendSummary(NamedTuple):
     bounced: int
     retried: int
     failed: int
+    held: int = 0  # not sent: the lead's profile forbade it when it was to go (ConsentCheck)
 
     def render(self) -> str:
         return (f"delivered: {self.delivered}\nbounced:   {self.bounced}\nretried:   {self.retried}\n"
-                f"failed:    {self.failed}")
+                f"failed:    {self.failed}\nheld:      {self.held} (the lead unsubscribed, bounced or has no "
+                "address now)")
 
 
 def feedback_activity(claimed: Claimed, kind: str, at_ms: int, category: str | None = None) -> Activity:
@@ -129,14 +178,18 @@ def _envelope_sender(template: str, tenant: str) -> str:
 
 class Sender:
     """Drains an outbox to one SMTP server. The SMTP connection is opened lazily and
-    reopened after it drops; time and sleep are parameters so tests control them."""
+    reopened after it drops; time and sleep are parameters so tests control them.
+    `consent`: the ConsentCheck each email passes just before it is sent (None: none,
+    every claimed email is sent)."""
 
-    def __init__(self, outbox: Outbox, smtp_host: str, smtp_port: int, *, feedback=None,
+    def __init__(self, outbox: Outbox, smtp_host: str, smtp_port: int, *, consent: ConsentCheck | None,
+                 feedback=None,
                  rate_per_second: float | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  retry_delay_ms: int = DEFAULT_RETRY_DELAY_MS, envelope_from: str = "bounces@{tenant}.example",
                  batch_size: int = 200, clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
                  sleep: Callable[[float], None] = time.sleep, timeout_s: float = 30.0):
         self.outbox = outbox
+        self.consent = consent
         self.smtp_host = smtp_host
         self.smtp_port = smtp_port
         self.feedback = feedback or _NoFeedback()
@@ -149,10 +202,10 @@ class Sender:
         self.sleep = sleep
         self.timeout_s = timeout_s
         self.smtp: smtplib.SMTP | None = None
-        self.delivered = self.bounced = self.retried = self.failed = 0
+        self.delivered = self.bounced = self.retried = self.failed = self.held = 0
 
     def summary(self) -> SendSummary:
-        return SendSummary(self.delivered, self.bounced, self.retried, self.failed)
+        return SendSummary(self.delivered, self.bounced, self.retried, self.failed, self.held)
 
     def _connection(self) -> smtplib.SMTP:
         if self.smtp is None:
@@ -172,8 +225,8 @@ class Sender:
         try:
             while True:
                 claimed = self.outbox.claim(self.batch_size, self.clock_ms())
-                for item in claimed:
-                    self.send_one(item)
+                for start in range(0, len(claimed), CHECK_AT_ONCE):
+                    self.send_checked(claimed[start:start + CHECK_AT_ONCE])
                 if not claimed:
                     if not follow or (until is not None and until()):
                         break
@@ -183,8 +236,33 @@ class Sender:
             self.feedback.close()
         return self.summary()
 
-    def send_one(self, item: Claimed) -> None:
-        self.limiter.acquire(item.tenant)
+    def send_checked(self, claimed: Sequence[Claimed]) -> None:
+        """Send the emails their leads' profiles still allow, hold the others: checked
+        together just before they go or, with a rate limit, each once its turn has come
+        (the limit may make it wait)."""
+        if self.consent is None:
+            for item in claimed:
+                self.send_one(item)
+        elif self.limiter.per_second:
+            for item in claimed:
+                self.limiter.acquire(item.tenant)
+                self._send_or_hold(item, self.consent.blocks([item])[0], acquired=True)
+        else:
+            for item, block in zip(claimed, self.consent.blocks(claimed)):
+                self._send_or_hold(item, block)
+
+    def _send_or_hold(self, item: Claimed, block: tuple[str, str] | None, acquired: bool = False) -> None:
+        if block is None:
+            self.send_one(item, acquired)
+            return
+        reason, detail = block
+        self.outbox.finish(item, HELD, self.clock_ms(), f"{reason}: {detail} (found when sending)")
+        self.held += 1
+
+    def send_one(self, item: Claimed, acquired: bool = False) -> None:
+        """Send one email (`acquired`: its turn under the rate limit has been taken)."""
+        if not acquired:
+            self.limiter.acquire(item.tenant)
         sender = _envelope_sender(self.envelope_from, item.tenant)
         try:
             refused = self._connection().sendmail(sender, [item.recipient], item.payload)
@@ -247,9 +325,19 @@ def add_send_command(commands) -> None:
         description="Send the queued emails of an outbox through an SMTP server, at most --rate "
         "messages a second per tenant, retrying transient failures; write an email_delivered or "
         "email_bounced activity per email to --feedback (JSONL, readable by orion run --events) or "
-        "publish it to --feedback-topic (Pub/Sub).",
+        "publish it to --feedback-topic (Pub/Sub). Each email is checked against its lead's profile "
+        "in --store just before it goes: one to a lead who unsubscribed (unless operational), bounced "
+        "hard or has no address since it was queued is held, not sent.",
     )
     parser.add_argument("--outbox", required=True, help="outbox URI: mysql://..., sqlite:///PATH, eml:///DIR")
+    consent = parser.add_mutually_exclusive_group(required=True)
+    consent.add_argument("--store", metavar="URI",
+                         help="the store holding the lead profiles the graph writes (orion run --store; for batch "
+                         "sends, their --leads database): each email is checked against its lead's profile as it "
+                         "is sent")
+    consent.add_argument("--no-consent-check", action="store_true",
+                         help="send every queued email without reading the leads' profiles again (a lead who "
+                         "unsubscribed after an email was queued is sent it)")
     parser.add_argument("--smtp", required=True, type=parse_host_port, metavar="HOST:PORT")
     parser.add_argument("--rate", type=float, metavar="N", help="at most N messages a second per tenant")
     feedback = parser.add_mutually_exclusive_group()
@@ -267,23 +355,51 @@ def add_send_command(commands) -> None:
 def _send(args: argparse.Namespace) -> int:
     from orion.campaigns.outbox import OutboxError
 
+    from orion.store.base import StoreError
+
+    consent = None
+    if args.store:
+        from orion.store import open_store
+
+        try:
+            store = open_store(args.store)
+            path = getattr(store, "path", None)
+            if args.store.startswith("sqlite:") and path is not None and not path.exists():
+                # (opening it would make an empty store, with no profile to hold an email for)
+                raise StoreError(f"there is no SQLite store at {path}; give the store the graph writes "
+                                 "(orion run --store)")
+            store.read_profiles([("", "")])  # a store that cannot be read is said now, not at the first email
+        except (StoreError, ValueError) as err:
+            print(f"orion: cannot read the lead profiles in --store: {err}", file=sys.stderr)
+            return 2
+        consent = ConsentCheck(store)
     try:
         outbox = open_outbox(args.outbox)
         outbox.init()
     except OutboxError as err:
         print(f"orion: {err}", file=sys.stderr)
+        if consent is not None:
+            consent.close()
         return 2
     feedback = (JsonLinesFeedback(args.feedback) if args.feedback
                 else PubSubFeedback(args.feedback_topic) if args.feedback_topic else None)
     host, port = args.smtp
-    sender = Sender(outbox, host, port, feedback=feedback, rate_per_second=args.rate,
+    sender = Sender(outbox, host, port, consent=consent, feedback=feedback, rate_per_second=args.rate,
                     max_attempts=args.max_attempts, retry_delay_ms=int(args.retry_delay * 1000),
                     envelope_from=args.envelope_from)
+    status = 0
     try:
         summary = sender.drain(follow=args.follow)
     except KeyboardInterrupt:
         summary = sender.summary()
+    except StoreError as err:
+        summary = sender.summary()
+        print(f"orion: the lead store did not answer ({err}); stopped without sending the emails it could "
+              "not check: a later orion send sends them once their lease ends (5 minutes)", file=sys.stderr)
+        status = 1
     finally:
         outbox.close()
+        if consent is not None:
+            consent.close()
     print(summary.render())
-    return 0
+    return status
