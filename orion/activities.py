@@ -140,7 +140,8 @@ def format_timestamp(ms: int) -> str:
     """Epoch milliseconds -> RFC 3339 text in UTC, millisecond precision."""
     seconds, millis = divmod(ms, 1000)
     dt = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
+    # the year padded by hand: strftime's %Y does not pad years before 1000 to four digits
+    return f"{dt.year:04d}" + dt.strftime("-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
 
 
 # --- attribute schemas --------------------------------------------------------------

@@ -8,6 +8,7 @@ import asyncio
 import http.client
 import itertools
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -285,3 +286,50 @@ class FlakyProxy:
 
         self._loop.call_soon_threadsafe(shutdown)
         self._thread.join(10)
+
+
+def raw_exchange(port: int, head: bytes, limit: float = 30.0) -> tuple[int, bytes, bytes]:
+    """Send `head` (a request as bytes, malformed or not) on a new connection and read
+    until the server closes it: (status, the header block, the body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=limit) as connection:
+        connection.sendall(head)
+        answer = b""
+        while True:
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), headers, body
+
+
+def check_errors_are_json_without_the_key(port: int, key: str, path: str, method: str) -> list[int]:
+    """What every Orion service answers to requests it cannot take: a key that is not
+    UTF-8 is a 401; requests that are not valid HTTP, one of them carrying the key, are a
+    JSON 400 that does not quote the key; an unknown path, a method the path does not
+    take and an Expect the server does not know are JSON too. Returns the statuses."""
+    secret = key.split("_", 2)[2]
+    tail = b"Host: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
+    cases = [
+        (401, f"{method} {path} HTTP/1.1\r\nAuthorization: Bearer ".encode() + b"\xff\xfe\r\n" + tail),
+        (401, f"{method} {path} HTTP/1.1\r\nX-Orion-Key: ".encode() + b"\xe9\r\n" + tail),
+        (400, f"{method} {path} HTTP/1.1\r\nAuthorization: Bearer {key}\x7f\r\n".encode() + tail),
+        (400, f"{method} {path}?key={key} junk HTTP/1.1\r\n".encode() + tail),
+        (400, f"{method} {path} HTTP/1.1\r\nX-Orion-Key: {key}{'A' * 9000}\r\n".encode() + tail),
+        (404, f"{method} /nowhere/at/all HTTP/1.1\r\n".encode() + tail),
+        (405, f"PATCH {path} HTTP/1.1\r\n".encode() + tail),
+        (417, f"{method} {path} HTTP/1.1\r\nExpect: zzz\r\nAuthorization: Bearer {key}\r\n".encode() + tail),
+    ]
+    found = []
+    for expected, head in cases:
+        status, headers, body = raw_exchange(port, head)
+        assert status == expected, (head[:120], status, body[:300])
+        assert b"application/json" in headers.lower(), (head[:120], headers, body[:300])
+        answer = json.loads(body)
+        assert answer["error"] and answer["detail"], answer
+        assert secret.encode() not in headers + body, (head[:120], body[:300])
+        if expected == 405:
+            assert b"allow:" in headers.lower()
+        found.append(status)
+    return found

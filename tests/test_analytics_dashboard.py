@@ -25,6 +25,7 @@ from pathlib import Path
 import apache_beam as beam
 import pytest
 
+from collector_services import check_errors_are_json_without_the_key
 from orion.activities import MS_PER_DAY, Activity
 from orion.analytics.app import Analytics, AnalyticsSettings, ExperimentRules, load_experiment_rules, run_server
 from orion.collector.keys import KeyStore, add_key
@@ -285,6 +286,30 @@ def test_the_api_refuses_what_it_cannot_answer(served, graph_store, tmp_path):
         assert (status, body["error"]) == (429, "rate_limited") and int(headers["Retry-After"]) >= 1
     finally:
         limited.stop()
+
+
+def test_every_refusal_is_json_without_the_key_and_times_out_of_range_are_a_400(graph_store, rules_dir, tmp_path):
+    # a server of its own: the module's keys keep their rate limits for the other tests
+    shop_key, _ = add_key(tmp_path / "keys.yaml", "shop")
+    server = Server(graph_store, tmp_path / "keys.yaml", experiments=load_experiment_rules(rules_dir))
+    try:
+        _check_refusals(server, shop_key)
+    finally:
+        server.stop()
+
+
+def _check_refusals(server, shop_key: str) -> None:
+    check_errors_are_json_without_the_key(server.port, shop_key, "/v1/analytics/timeseries", "GET")
+    for times in ("from=now-1000000d", "to=now%2B100000000000000000d", "to=now%2B" + "9" * 400 + "d",
+                  "from=now+1h"):  # (+ unescaped in a URL is a space: said in the answer)
+        status, body, _ = server.get(f"/v1/analytics/timeseries?metric=events&granularity=all&{times}", shop_key)
+        assert (status, body["error"]) == (400, "bad_query"), (times, body)
+    status, body, _ = server.get("/v1/analytics/experiments?since=now-1000000d", shop_key)
+    assert status == 400, body
+    # the years before 1000 are written with four digits, as the API reads them back
+    status, body, _ = server.get("/v1/analytics/timeseries?metric=events&from=0001-01-01T00:00:00Z"
+                                 "&to=0001-01-01T01:00:00Z", shop_key)
+    assert status == 200 and body["from"] == "0001-01-01T00:00:00.000Z", body
 
 
 def test_the_dashboard_and_its_scripts_are_served_by_orion_itself(served):

@@ -20,8 +20,9 @@ import zlib
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector_services import (FlakyProxy, answers_by_code, event, metric_samples, new_topic,  # noqa: F401
-                                pulled_events, request, emulator_env, keys, pubsub, rules_dir, start_collector)
+from collector_services import (FlakyProxy, answers_by_code, check_errors_are_json_without_the_key,  # noqa: F401
+                                event, metric_samples, new_topic, pulled_events, request, emulator_env, keys, pubsub,
+                                rules_dir, start_collector)
 from orion.collector.app import load_types
 from orion.collector.keys import read_keys
 
@@ -551,6 +552,12 @@ def test_a_malformed_request_holding_the_key_is_answered_and_logged_without_it(s
     logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
     assert "not valid HTTP" in logged and secret not in logged
     assert answers_by_code(collector)[("unparsed", "400")] == len(heads)
+
+
+def test_every_refusal_is_json_without_the_key_and_a_key_that_is_not_utf8_is_a_401(start_collector, keys):
+    collector = start_collector(new_topic()[0])
+    statuses = check_errors_are_json_without_the_key(collector.port, keys.shop, "/v1/events", "POST")
+    assert answers_by_code(collector)[("unparsed", "400")] == statuses.count(400)
 
 
 def test_a_fault_of_the_collector_is_a_counted_json_500_without_the_key(emulator_env, keys, caplog):

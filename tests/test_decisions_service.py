@@ -27,7 +27,8 @@ from orion.store import open_store
 from orion.store.base import StoredProfile
 from orion.testing.pubsub import drain
 
-from collector_services import FlakyProxy, emulator_env, new_topic, pubsub, request  # noqa: F401
+from collector_services import (FlakyProxy, check_errors_are_json_without_the_key, emulator_env,  # noqa: F401
+                                new_topic, pubsub, request)
 
 RULES = """
 tenant: acme
@@ -337,6 +338,13 @@ def test_routes_answer_as_routed_and_what_no_route_takes_is_a_counted_404_or_405
     assert service.metric("orion_decide_requests_total", route="/v1/decide", status="204") == 1
     assert service.metric("orion_decide_requests_total", route="/v1/decide", status="401") == 1
     assert service.metric("orion_decide_requests_total", route="/healthz", status="200") == 1
+
+
+def test_every_refusal_is_json_without_the_key_and_a_key_that_is_not_utf8_is_a_401(start, key, tmp_path):
+    service = start(f"sqlite:///{tmp_path / 'store.db'}")
+    statuses = check_errors_are_json_without_the_key(service.port, key, "/v1/decide", "POST")
+    assert service.metric("orion_decide_requests_total", route="unparsed", status="400") == statuses.count(400)
+    assert service.metric("orion_decide_requests_total", route="/v1/decide", status="401") == 2
 
 
 def _closed_port() -> int:

@@ -452,7 +452,11 @@ def build_app(analytics: Analytics) -> web.Application:
 async def run_server(analytics: Analytics, host: str, port: int, ready=None, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or `stop` is set). `ready(port)` is called once listening."""
 
-    runner = web.AppRunner(build_app(analytics), access_log=None)
+    from orion.collector.redaction import install_log_redaction
+    from orion.collector.serving import JsonErrorsRunner
+
+    install_log_redaction()  # keys in a logged URL or error are cut out
+    runner = JsonErrorsRunner(build_app(analytics), access_log=None)  # every error answered in JSON
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

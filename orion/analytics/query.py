@@ -34,7 +34,7 @@ from itertools import islice
 from operator import itemgetter, lt
 from typing import NamedTuple, Sequence
 
-from orion.activities import parse_timestamp
+from orion.activities import _MAX_MS, _MIN_MS, parse_timestamp
 from orion.analytics.rollup import (
     ACTIVITY, DAY, DIMENSIONS, EMAIL_HELD, EMAIL_QUEUED, FLOW, GRANULARITY_MS, HOUR, MINUTE, MINUTE_ONLY,
     NOT_QUALIFIED, OUTCOME, QUALIFIED, RELATIVE_ERROR, WEBHOOK_QUEUED, merged_estimate,
@@ -359,7 +359,8 @@ class _BucketTexts(dict):
         day, rest = divmod(ms, _DAY_MS)
         date = self.dates.get(day)
         if date is None:
-            date = self.dates[day] = time.strftime("%Y-%m-%dT", time.gmtime(day * 86_400))
+            found = time.gmtime(day * 86_400)  # (the year padded by hand: %Y does not pad years before 1000)
+            date = self.dates[day] = f"{found.tm_year:04d}" + time.strftime("-%m-%dT", found)
         step = self.step
         block = _BLOCK_MS.get(step)
         if block is not None and rest % step == 0:
@@ -376,7 +377,8 @@ class _BucketTexts(dict):
 
 # --- times ---------------------------------------------------------------------------
 
-_RELATIVE = re.compile(r"now(?:([+-])(\d+)([smhd]))?")
+_RELATIVE = re.compile(r"now(?:([+-])(\d{1,15})([smhd]))?")
+_TIME_FORMS = "write now, now-1h, now-30m, now-2d (in a URL, + is %2B)"
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -390,11 +392,16 @@ def parse_time(text: str, now_ms: int | None = None) -> int:
         if amount is None:
             return now
         delta = int(amount) * _UNIT_MS[unit]
-        return now - delta if sign == "-" else now + delta
+        found_ms = now - delta if sign == "-" else now + delta
+        if not _MIN_MS <= found_ms <= _MAX_MS:
+            raise QueryError(f"{text!r} is outside the years 1 to 9999")
+        return found_ms
+    if text.startswith("now"):
+        raise QueryError(f"{text[:80]!r} is not a time: {_TIME_FORMS}")
     try:
         return parse_timestamp(int(text) if text.lstrip("-").isdigit() else text)
     except ValueError as err:
-        raise QueryError(f"{err}; or write now, now-1h, now-30m, now-2d") from None
+        raise QueryError(f"{err}; or {_TIME_FORMS}") from None
 
 
 def parse_where(items: Sequence[str]) -> dict[str, str]:

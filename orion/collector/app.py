@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from orion.collector.limits import RateLimiter, retry_after_header
 from orion.collector.metrics import CollectorMetrics
 from orion.collector.publisher import BatchPublisher, PublishUnavailable
 from orion.collector.redaction import redact
-from orion.collector.serving import authorize
+from orion.collector.serving import JsonErrorsHandler, authorize
 from orion.collector.settings import CollectorSettings
 
 log = logging.getLogger(__name__)
@@ -205,36 +204,14 @@ def build_app(keys: KeyStore, types: ActivityTypes, publisher: BatchPublisher,
     return app
 
 
-_QUOTED = re.compile(r"""\s*(?:bytearray\()?b['"]""")
-
-
-class _CollectorRequestHandler(web.RequestHandler):
-    """One connection. aiohttp answers here the requests it could not parse (a malformed
-    header line, say), which never reach the app and its middleware: its own answer quotes
-    the offending line back, API key and all, and logs it with a traceback. This one
-    answers in JSON with the first line of the complaint only, keys cut out, logs one
-    line, and counts the answer."""
+class _CollectorRequestHandler(JsonErrorsHandler):
+    """One connection of the collector: every error answered in JSON (JsonErrorsHandler),
+    a request that is not valid HTTP counted in the collector's metrics."""
 
     collector: Collector
 
-    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
-        if request.writer.output_size > 0:  # as aiohttp: an answer is under way, none can follow
-            raise ConnectionError("an answer was being sent when the request failed")
-        complaint = (message or (str(exc) if exc is not None else "") or "").strip().splitlines()
-        # the kind of fault only: not the bytes aiohttp quotes after it
-        summary = redact(_QUOTED.split(complaint[0], 1)[0].rstrip(": ")[:200] if complaint else "")
-        if status >= 500:
-            log.error("answering %s with %d: %s", request.remote, status,
-                      redact(f"{type(exc).__name__}: {exc}") if exc is not None else summary,
-                      exc_info=exc if isinstance(exc, BaseException) else None)
-            response = _internal_error() if status == 500 else _json(status, {"error": "internal", "detail": summary})
-        else:
-            log.info("request from %s is not valid HTTP (%d): %s", request.remote, status, summary)
-            response = _json(status, {"error": "bad_request", "detail": f"not a valid HTTP request: {summary}"})
+    def on_unparsed(self, status: int) -> None:
         self.collector.metrics.requests.labels(UNPARSED_ROUTE if status < 500 else "other", str(status)).inc()
-        response.force_close()
-        return response
 
 
 def _waiting_for_request(connection: web.RequestHandler) -> bool:

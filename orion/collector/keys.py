@@ -60,7 +60,9 @@ class ApiKey(NamedTuple):
 
 
 def digest(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    # surrogatepass: a header byte that is not UTF-8 comes as a lone surrogate; such a key
+    # is refused as any other wrong key is, not with an error
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def new_key() -> tuple[str, str]:

@@ -27,7 +27,8 @@ _SECRETS = (
 
 # The loggers a request's text can reach; the root's handlers get the filter as well.
 LOGGERS = ("aiohttp.access", "aiohttp.server", "aiohttp.web", "aiohttp.internal", "asyncio",
-           "orion.collector", "orion.collector.app", "orion.collector.commands", "orion.collector.publisher")
+           "orion.collector", "orion.collector.app", "orion.collector.commands", "orion.collector.publisher",
+           "orion.collector.serving")
 
 
 def redact(text: str) -> str:

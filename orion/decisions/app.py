@@ -472,6 +472,12 @@ async def post_decide(request: web.Request) -> web.StreamResponse:
 
 
 _DECIDE_STATUSES: dict[int, tuple[str, str]] = {}  # each status's labels in orion_decide_requests, made once
+_UNPARSED_STATUSES: dict[int, tuple[str, str]] = {}
+
+
+def count_unparsed(decider: "Decider", status: int) -> None:
+    """Count an answer to a request that is not valid HTTP (route "unparsed")."""
+    _count_request(decider, _UNPARSED_STATUSES, "unparsed", status)
 
 
 def _count_request(decider: "Decider", statuses: dict[int, tuple[str, str]], route: str, status: int) -> None:

@@ -158,7 +158,8 @@ async def run_decider(topic_name: str, keys, experiences: dict, types, store, se
     from orion.collector.publisher import BatchPublisher, PubSubTopic
     from orion.collector.serving import wait_until_stopped
     from orion.collector.redaction import install_log_redaction
-    from orion.decisions.app import Decider, build_app
+    from orion.collector.serving import JsonErrorsRunner
+    from orion.decisions.app import Decider, build_app, count_unparsed
     from orion.decisions.leads import LeadReader
     from orion.runtime import tune_gc
 
@@ -170,7 +171,9 @@ async def run_decider(topic_name: str, keys, experiences: dict, types, store, se
                                publish_timeout=settings.publish_timeout, retry_after_s=settings.retry_after)
     reader = LeadReader(store, settings.cache_ttl, settings.cache_entries)
     decider = Decider(keys, experiences, types, reader, publisher, settings)
-    runner = web.AppRunner(build_app(decider), keepalive_timeout=settings.idle_timeout, access_log=None)
+    # every error answered in JSON, a request that is not valid HTTP counted as route "unparsed"
+    runner = JsonErrorsRunner(build_app(decider), on_unparsed=lambda status: count_unparsed(decider, status),
+                              keepalive_timeout=settings.idle_timeout, access_log=None)
     await runner.setup()
     # What is loaded now (the compiled rules, the clients) lives as long as the process:
     # out of the collector's sight, a full collection no longer walks it while requests wait.
