@@ -358,7 +358,24 @@ def _validate_attributes(type_: ActivityType, attributes: Any) -> dict:
     for name, spec in specs.items():
         if spec.required and attributes.get(name) is None:
             raise BadActivity(BAD_ATTRIBUTE, f"{type_.name} needs attribute {name!r}")
+    if type_.name == "change_score":
+        _check_score_change(attributes)
     return attributes if normalized is None else normalized
+
+
+# The largest score change an activity may make, either way: a lead's score stays a
+# finite number however many changes it adds up (a float past 1.8e308 is infinite, which
+# JSON cannot hold).
+MAX_SCORE_CHANGE = 1_000_000_000
+
+
+def _check_score_change(attributes: dict) -> None:
+    for name in ("delta", "new_score"):
+        value = attributes.get(name)
+        if value is not None and not -MAX_SCORE_CHANGE <= value <= MAX_SCORE_CHANGE:
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+            raise BadActivity(BAD_ATTRIBUTE, f"change_score.{name} must be from {-MAX_SCORE_CHANGE:,} to "
+                              f"{MAX_SCORE_CHANGE:,}, got {shown}")
 
 
 def _identifier(obj: dict, field: str) -> str:

@@ -25,6 +25,7 @@ import bz2
 import codecs
 import gzip
 import json
+import zlib
 from typing import IO, Iterable, Iterator, NamedTuple
 
 import orjson
@@ -254,6 +255,27 @@ def _without_line_end(line: str | bytes) -> str | bytes:
     return line[:-1] if line.endswith(carriage_return) else line
 
 
+# A dead letter for the rest of a file that cannot be read (a compressed file cut short,
+# or one that is not what its suffix says).
+UNREADABLE_FILE = "unreadable_file"
+
+
+def _bad_compressed_data(err: BaseException) -> bool:
+    """Whether reading raised for compressed data that is bad, not for the I/O under it:
+    a gzip or bz2 file cut short (EOFError), a file that is not gzip (BadGzipFile), data
+    zlib cannot inflate, bz2's invalid data (an OSError of its own words)."""
+    return (isinstance(err, (EOFError, gzip.BadGzipFile, zlib.error))
+            or (type(err) is OSError and not err.errno and "Invalid data stream" in str(err)))
+_BOM_TEXT, _BOM_BYTES = "\ufeff", b"\xef\xbb\xbf"
+
+
+def _without_bom(line):
+    """A file's first line without the UTF-8 byte order mark some editors put there."""
+    if type(line) is bytes:
+        return line[3:] if line.startswith(_BOM_BYTES) else line
+    return line[1:] if line.startswith(_BOM_TEXT) else line
+
+
 def read_lines(
     lines: IO | Iterable[str | bytes | OverlongLine], types: ActivityTypes, source: str,
     allowed_lateness_ms: int | None,
@@ -267,17 +289,29 @@ def read_lines(
     if hasattr(lines, "read"):
         lines = bounded_lines(lines)
     lateness = ReplayLateness(allowed_lateness_ms) if allowed_lateness_ms is not None else None
-    for number, line in enumerate(lines, 1):
-        if type(line) is OverlongLine:
-            if not line.blank:
-                yield _too_large_letter(line.head, line.size, f"{source}:{number}")
-            continue
-        line = _without_line_end(line)
-        if not line.strip():
-            continue
-        found = parse_one(line, types, f"{source}:{number}")
-        if lateness is not None and isinstance(found, Activity):
-            late = lateness.check(found)
-            if late is not None:
-                found = DeadLetter(_text(line), LATE, late, f"{source}:{number}")
-        yield found
+    number = 0
+    try:
+        for number, line in enumerate(lines, 1):
+            if type(line) is OverlongLine:
+                if not line.blank:
+                    yield _too_large_letter(line.head, line.size, f"{source}:{number}")
+                continue
+            line = _without_line_end(line)
+            if number == 1:
+                line = _without_bom(line)
+            if not line.strip():
+                continue
+            found = parse_one(line, types, f"{source}:{number}")
+            if lateness is not None and isinstance(found, Activity):
+                late = lateness.check(found)
+                if late is not None:
+                    found = DeadLetter(_text(line), LATE, late, f"{source}:{number}")
+            yield found
+    except (EOFError, OSError, zlib.error) as err:
+        if not _bad_compressed_data(err):
+            raise  # an I/O error: the bundle fails and is retried, as any other
+        # A compressed file cut short, or not compressed at all: what was read went
+        # through, the rest is one dead letter, and the other files go on.
+        where = "the file cannot be read" if not number else f"the file cannot be read past line {number:,}"
+        yield DeadLetter("", UNREADABLE_FILE, f"{where}: {type(err).__name__}: {str(err)[:300]}"
+                         + ("; the lines before it were read" if number else ""), f"{source}:{number + 1}")

@@ -124,6 +124,10 @@ def encode_profile(record: LeadRecord, *, history: bool = False, written_at: int
     return _LONE_SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
+def _score(value):
+    return 0 if value is None else value
+
+
 def decode_profile(text: str | bytes) -> LeadRecord:
     """A LeadRecord from profile text of any version this Orion knows (a stored profile
     has no history: the caller seeds it from the store). ProfileError for text that is
@@ -147,7 +151,9 @@ def decode_profile(text: str | bytes) -> LeadRecord:
         lead = data.get("lead", {})
         state = LeadState(
             attributes=dict(lead.get("attributes", {})),
-            score=lead.get("score", 0),
+            # (null: a score that overflowed to infinity, which JSON cannot hold, written by
+            # an Orion that let a score change be any number; read as 0, not as a crash)
+            score=_score(lead.get("score", 0)),
             lists=frozenset(lead.get("lists", ())),
             campaigns={name: tuple(run) for name, run in lead.get("campaigns", {}).items()},
             history={key: {int(day): n for day, n in days.items()}

@@ -112,21 +112,23 @@ def release(
 
 class ReplayLateness:
     """Lateness of activities read from a file in order, as a live stream would see it:
-    late when more than the allowed lateness older than the newest activity before it."""
+    late when more than the allowed lateness older than the newest activity of the same
+    tenant before it. Each tenant's lines keep their own clock: a line of one tenant far
+    in the future (a bad device clock) cannot make another tenant's lines late."""
 
     def __init__(self, allowed_lateness_ms: int):
         self.allowed_lateness_ms = allowed_lateness_ms
-        self.newest: int | None = None
+        self.newest: dict[str, int] = {}  # by tenant
 
     def check(self, activity: Activity) -> str | None:
         """None when on time (and remember it), else the dead-letter detail."""
-        newest = self.newest
+        newest = self.newest.get(activity.tenant)
         if newest is not None and activity.occurred_at < newest - self.allowed_lateness_ms:
             return (
                 f"occurred at {format_timestamp(activity.occurred_at)}, more than the allowed "
                 f"lateness ({self.allowed_lateness_ms} ms) before {format_timestamp(newest)}, "
-                "the newest activity read before it"
+                "the newest activity of its tenant read before it"
             )
         if newest is None or activity.occurred_at > newest:
-            self.newest = activity.occurred_at
+            self.newest[activity.tenant] = activity.occurred_at
         return None

@@ -347,6 +347,20 @@ def test_every_refusal_is_json_without_the_key_and_a_key_that_is_not_utf8_is_a_4
     assert service.metric("orion_decide_requests_total", route="/v1/decide", status="401") == 2
 
 
+def test_the_service_starts_on_the_shipped_samples_whose_other_tenants_have_no_experiences(
+        emulator_env, tmp_path):  # noqa: F811
+    from orion.settings import SAMPLE_RULES
+
+    key, _ = add_key(tmp_path / "keys.yaml", "globex", "test")
+    service = DecideThread(Path(SAMPLE_RULES), tmp_path / "keys.yaml", f"sqlite:///{tmp_path / 'store.db'}",
+                           new_topic()[0])
+    try:
+        status, _, answer = service.decide({"lead_id": "L1", "placements": ["home_hero"]}, key)
+        assert status == 422 and answer["decisions"][0]["error"] == "unknown_placement", answer
+    finally:
+        service.stop()
+
+
 def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -74,3 +74,13 @@ def test_replay_lateness_measures_against_the_newest_earlier_line():
     assert replay.check(act("c", 1_000_000 - 60_001)) is not None
     assert replay.check(act("d", 2_000_000)) is None
     assert replay.check(act("e", 1_000_000)) is not None  # newest moved on
+
+
+def test_a_tenants_line_far_in_the_future_does_not_make_another_tenants_lines_late():
+    replay = ReplayLateness(allowed_lateness_ms=60_000)
+    poison = Activity("bad-clock", "other", "BOT", "open_email", 253_402_300_799_999, {"email": "x"})
+    assert replay.check(poison) is None
+    assert replay.check(act("a", 1_000_000)) is None  # tenant "t" keeps its own clock
+    assert replay.check(act("b", 1_000_000 - 60_000)) is None
+    assert replay.check(act("c", 1_000_000 - 60_001)) is not None
+    assert replay.check(Activity("next", "other", "L", "open_email", 1_000_000, {"email": "x"})) is not None

@@ -175,8 +175,9 @@ class Decider:
         self._waiting: list[bytes] = []  # impressions not yet handed to the publisher
         self._handover: asyncio.TimerHandle | None = None
         self.impression_failure: str | None = None
-        for tenant in experiences:
-            check_impression(tenant, types)
+        for tenant, found in experiences.items():
+            if found.by_name:  # a tenant without experiences records no impression
+                check_impression(tenant, types)
 
     async def lead(self, tenant: str, lead_id: str, counters, now: int):
         found = self.cached_lead(tenant, lead_id)

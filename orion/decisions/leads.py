@@ -171,7 +171,8 @@ def lead_state_of_profile(text: str | bytes, history: dict | None = None) -> Lea
             attributes = dict(attributes)
         lists = lead.get("lists", ())
         names = _LIST_SETS.get(tuple(lists))
-        return LeadState(attributes, lead.get("score", 0), names if names is not None else _list_set(lists),
+        score = lead.get("score", 0)
+        return LeadState(attributes, 0 if score is None else score, names if names is not None else _list_set(lists),
                          _NO_CAMPAIGNS, history if history is not None else _NO_HISTORY)
     except (AttributeError, TypeError, ValueError) as err:
         raise ProfileError(f"a version {version} lead profile has a bad field: {err}") from None

@@ -98,7 +98,9 @@ _ACTIONS = {
         "additionalProperties": False,
         "minProperties": 1,
         "maxProperties": 1,
-        "properties": {"delta": {"type": "number"}, "set": {"type": "number"}},
+        # as orion.activities.MAX_SCORE_CHANGE bounds a change_score activity's
+        "properties": {"delta": {"type": "number", "minimum": -1_000_000_000, "maximum": 1_000_000_000},
+                       "set": {"type": "number", "minimum": -1_000_000_000, "maximum": 1_000_000_000}},
     },
     "change_data_value": {
         "type": "object",
