@@ -31,6 +31,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from orion.argtypes import new_file, non_negative, pubsub_subscription
 from orion.settings import (
     DEFAULT_DATA_DIR, DEFAULT_OUTBOX, DEFAULT_STORE, MODES, SAMPLE_EVENTS, SAMPLE_RULES, output_dir,
 )
@@ -49,7 +50,7 @@ def _add_run(commands) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--events", default=str(SAMPLE_EVENTS),
                         help="JSONL files, a path or a glob; bounded (default: the shipped samples)")
-    source.add_argument("--subscription", metavar="projects/P/subscriptions/S",
+    source.add_argument("--subscription", metavar="projects/P/subscriptions/S", type=pubsub_subscription,
                         help="read a Pub/Sub subscription, streaming (the emulator through "
                         "PUBSUB_EMULATOR_HOST); messages carry one activity, a JSON array or JSONL")
     parser.add_argument("--rules", type=Path, default=SAMPLE_RULES,
@@ -61,14 +62,14 @@ def _add_run(commands) -> None:
     parser.add_argument("--out-dir", type=output_dir, default=DEFAULT_DATA_DIR,
                         help="where outcomes-*.jsonl and dead-letters-*.jsonl go: a local directory or "
                         "gs://BUCKET/PATH (default: %(default)s)")
-    parser.add_argument("--allowed-lateness", type=float, default=60.0, metavar="SECONDS",
+    parser.add_argument("--allowed-lateness", type=non_negative, default=60.0, metavar="SECONDS",
                         help="how far behind the watermark (or, in a file, behind the newest "
                         "earlier line) an activity may arrive and still be evaluated in order; "
                         "later ones go to the dead letters as late (default: %(default)s)")
-    parser.add_argument("--dedup-span", type=float, default=24.0, metavar="HOURS",
+    parser.add_argument("--dedup-span", type=non_negative, default=24.0, metavar="HOURS",
                         help="how long, in event time, a lead remembers event ids to drop "
                         "duplicate deliveries (default: %(default)s)")
-    parser.add_argument("--duration", type=float, metavar="SECONDS",
+    parser.add_argument("--duration", type=non_negative, metavar="SECONDS",
                         help="with --subscription: stop after this long (default: until Ctrl-C); with "
                         "--kafka-topic on the Beam graph: read for this long, then finish")
     parser.add_argument("--outbox", metavar="URI", default=DEFAULT_OUTBOX,
@@ -165,6 +166,10 @@ def _run(args: argparse.Namespace) -> int:
         kafka = KafkaIntake(args.kafka_servers, args.kafka_topic, max_read_s=args.duration)
         config = config._replace(events=None, duration_s=None)
         runner = "direct"
+    refusal = _check_run_places(args)
+    if refusal is not None:
+        print(f"orion: {refusal}", file=sys.stderr)
+        return 2
     if runner == "flink":
         from orion.runners.flink import run_from_args
 
@@ -193,6 +198,66 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_run_places(args: argparse.Namespace) -> str | None:
+    """What is wrong with where `orion run` reads and writes, said before the graph is
+    built (inside it, the same fault is a worker's traceback): the input files, the output
+    folder, and the store, the legacy store and the outbox URIs; on this machine's runner,
+    the store and the outbox are opened and their tables made (as the graph's steps would)."""
+    import glob
+
+    from orion.settings import is_remote
+
+    if args.subscription is None and args.kafka_topic is None and not is_remote(args.events):
+        events = str(args.events)
+        if Path(events).is_dir() and not getattr(args, "watch", False):  # (--watch: a folder, watched)
+            return f"--events {events} is a folder; give its files: --events '{events.rstrip('/')}/*.jsonl'"
+        if not glob.has_magic(events) and not Path(events).exists():
+            return f"--events {events}: no such file"
+        if glob.has_magic(events) and not glob.glob(events):
+            print(f"orion: note: no file matches --events {events}; nothing to read", file=sys.stderr)
+    if not is_remote(args.out_dir) and Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        return f"--out-dir {args.out_dir} is a file, not a folder"
+    local = args.runner.lower() == "direct"
+    from orion.campaigns.outbox import OutboxError, open_outbox
+    from orion.store import open_store
+    from orion.store.base import StoreError
+
+    # The URIs first, all of them, so a mistyped one is said before anything is made;
+    # then, on this machine, the store and the outbox are opened and their tables made.
+    opened = []
+    try:
+        for option, uri in (("--store", args.store), ("--legacy-store", args.legacy_store)):
+            if uri is not None:
+                try:
+                    opened.append((option, uri, open_store(uri)))
+                except (StoreError, ValueError) as err:
+                    return f"{option}: {err}"
+        if args.outbox is not None:
+            try:
+                opened.append(("--outbox", args.outbox, open_outbox(args.outbox)))
+            except OutboxError as err:
+                return f"--outbox: {err}"
+        for option, uri, place in opened:
+            if not local or option == "--legacy-store":  # (the legacy store is only read)
+                continue
+            try:
+                place.init()  # safe to rerun: the graph's steps do it too
+            except (StoreError, OutboxError) as err:
+                return f"{option}: {err}"
+            except Exception as err:  # noqa: BLE001 - a client's own error (a file that is not SQLite, ...)
+                return f"{option} {_shown_uri(uri)} cannot be opened: {type(err).__name__}: {err}"
+    finally:
+        for _, _, place in opened:
+            place.close()
+    return None
+
+
+def _shown_uri(uri: str) -> str:
+    from orion.store.mysql import redact
+
+    return redact(uri)
+
+
 def _report_rule_errors(rules_dir, errors) -> int:
     print(f"orion: the rules in {rules_dir} have {len(errors.errors)} error(s):", file=sys.stderr)
     for error in errors.errors:
@@ -213,9 +278,9 @@ def _add_evaluate(commands) -> None:
     parser.add_argument("--events", default=str(SAMPLE_EVENTS),
                         help="JSONL activities, one per line; - for standard input "
                         "(default: the shipped sample events)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_DATA_DIR / "outcomes.jsonl",
+    parser.add_argument("--out", type=new_file, default=DEFAULT_DATA_DIR / "outcomes.jsonl",
                         help="where outcomes go (default: %(default)s)")
-    parser.add_argument("--dead-letters", type=Path, default=DEFAULT_DATA_DIR / "dead-letters.jsonl",
+    parser.add_argument("--dead-letters", type=new_file, default=DEFAULT_DATA_DIR / "dead-letters.jsonl",
                         help="where bad events go, with their reason (default: %(default)s)")
     parser.add_argument("--templates", type=Path, action="append", default=[],
                         help="extra template folder (repeatable)")

@@ -175,3 +175,40 @@ def test_building_the_command_line_loads_no_web_server_no_sketches_and_no_rule_c
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_bad_places_and_values_are_refused_with_one_line_before_anything_runs(tmp_path):
+    """What a user mistypes is said in one line, exit 2, no traceback, nothing written:
+    `orion run`'s store, outbox, input and output places (said before the graph is built)
+    and the numbers of run, send and the servers."""
+    (tmp_path / "notdb.db").write_text("not a database")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (("run", "--store", "foo://bar"), "unsupported store URI scheme 'foo'"),
+        (("run", "--store", f"sqlite:///{tmp_path / 'notdb.db'}"), "file is not a database"),
+        (("run", "--outbox", "foo://bar"), "bad outbox URI"),
+        (("run", "--outbox", f"sqlite:///{tmp_path / 'notdb.db'}"), "file is not a database"),
+        (("run", "--events", str(tmp_path / "folder")), "is a folder; give its files"),
+        (("run", "--events", str(tmp_path / "missing.jsonl")), "no such file"),
+        (("run", "--out-dir", str(tmp_path / "file")), "is a file, not a folder"),
+        (("run", "--allowed-lateness", "nan"), "must be a number, 0 or more"),
+        (("run", "--dedup-span", "-1"), "must be a number, 0 or more"),
+        (("run", "--subscription", "mine"), "is not projects/PROJECT/subscriptions/SUBSCRIPTION"),
+        (("send", "--outbox", "sqlite:///o.db", "--no-consent-check", "--smtp", "127.0.0.1:99999"), "1 to 65535"),
+        (("send", "--outbox", "sqlite:///o.db", "--no-consent-check", "--smtp", "127.0.0.1:25", "--rate", "-1"),
+         "more than 0"),
+        (("send", "--outbox", "sqlite:///o.db", "--no-consent-check", "--smtp", "127.0.0.1:25", "--feedback",
+          str(tmp_path / "folder")), "is a folder"),
+        (("collect", "keys", "list", "--keys", str(tmp_path / "folder")), "cannot be read as a keys file"),
+        (("collect", "--topic", "projects/p/topics/t", "--port", "99999"), "a port is 0 to 65535"),
+        (("analytics", "serve", "--port", "-1"), "a port is 0 to 65535"),
+        (("campaign", "schedule", "--rules", str(tmp_path / "no-rules")), "error"),
+        (("evaluate", "--out", str(tmp_path / "folder")), "is a folder"),
+    ]
+    for args, said in cases:
+        result = run_orion(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.returncode, result.stderr[-2000:])
+        assert said in result.stderr and "Traceback" not in result.stderr, (args, result.stderr[-2000:])
+    assert not list(tmp_path.glob("orion-data/*.jsonl")), "no graph ran"
+    assert not (tmp_path / "o.db").exists()

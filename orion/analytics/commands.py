@@ -24,6 +24,7 @@ from orion.analytics.query import (
     METRICS, QUERY_GRANULARITIES, Query, QueryError, error_note, metric_of, parse_time, parse_where, run_query,
 )
 from orion.analytics.rollup import DIMENSIONS
+from orion.argtypes import port
 from orion.settings import DEFAULT_STORE, SAMPLE_RULES
 
 DEFAULT_KEYS = Path("orion-data") / "collector-keys.yaml"  # the collector's keys file
@@ -72,7 +73,7 @@ def add_analytics_query_commands(commands) -> None:
     serve.add_argument("--keys", type=Path, default=DEFAULT_KEYS, metavar="FILE",
                        help="the API keys file, hashes only (default: %(default)s)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=8090, help="port to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=port, default=8090, help="port to listen on (default: %(default)s)")
     serve.set_defaults(handler=serve_command)
 
 

@@ -49,6 +49,7 @@ import pymysql
 import pymysql.cursors
 
 from orion.activities import MS_PER_DAY, Activity, format_timestamp, parse_timestamp
+from orion.argtypes import new_file
 from orion.deadletters import DeadLetter
 from orion.rules.model import LeadState
 from orion.store.base import StoreError
@@ -691,7 +692,7 @@ def add_campaign_commands(commands) -> None:
                          description="Write the members of one stream (or all) to a JSONL file that "
                          "`orion campaign run --membership` sends to at the scheduled time.")
     _common(pre)
-    pre.add_argument("--out", type=Path, required=True)
+    pre.add_argument("--out", type=new_file, required=True)
     pre.add_argument("--dead-letters", help="append dead letters (JSONL) here: leads whose profile is unreadable")
     pre.set_defaults(handler=_precompute)
     init = sub.add_parser("init", help="create the lead tables a batch send reads (safe to rerun)",
@@ -775,6 +776,13 @@ def _run(args: argparse.Namespace) -> int:
                   "or was sent an email since is not seen", file=sys.stderr)
     else:
         when = _scheduled_time(args, campaign)
+    from orion.campaigns.outbox import OutboxError, open_outbox
+
+    try:  # said now, not by a worker after the wait
+        open_outbox(args.outbox).close()
+    except OutboxError as err:
+        print(f"orion: {err}", file=sys.stderr)
+        return 2
     _wait_until(when)
     config = {
         "rules": rules, "rules_dir": str(args.rules), "template_dirs": [str(t) for t in args.templates],
@@ -809,6 +817,7 @@ def _precompute(args: argparse.Namespace) -> int:
         members = (m for k in streams for m in stream_members(
             args.leads, rules, campaign, when, streams=args.streams, stream=k, counts=counts,
             dead_letters=(lambda d: dead_file.write(d.to_json() + "\n")) if dead_file else None))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         n = write_membership(members, args.out, header)
     except StoreError as err:
         print(f"orion: {err}", file=sys.stderr)
@@ -840,7 +849,15 @@ def _schedule(args: argparse.Namespace) -> int:
     from orion.settings import SAMPLE_RULES
     from orion.rules import load_rules
 
-    rules = load_rules(args.rules or SAMPLE_RULES)
+    from orion.rules import RuleErrors
+
+    try:
+        rules = load_rules(args.rules or SAMPLE_RULES)
+    except RuleErrors as errors:
+        print(f"orion: the rules in {args.rules or SAMPLE_RULES} have {len(errors.errors)} error(s):", file=sys.stderr)
+        for error in errors.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 2
     after = int(time.time() * 1000) if args.after in ("now", "next") else args.after
     for tenant, tenant_rules in sorted(rules.tenants.items()):
         for campaign in tenant_rules.campaigns.values():

@@ -33,6 +33,7 @@ import time
 from typing import Callable, NamedTuple, Sequence
 
 from orion.activities import Activity
+from orion.argtypes import new_file, non_negative, positive_float, positive_int
 from orion.campaigns.outbox import BOUNCED, FAILED, HELD, SENT, Claimed, Outbox, open_outbox
 
 DEFAULT_MAX_ATTEMPTS = 5
@@ -313,8 +314,8 @@ def _decode(message) -> str:
 
 def parse_host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (a port from 1 to 65535), got {text!r}")
     return host, int(port)
 
 
@@ -339,12 +340,12 @@ def add_send_command(commands) -> None:
                          help="send every queued email without reading the leads' profiles again (a lead who "
                          "unsubscribed after an email was queued is sent it)")
     parser.add_argument("--smtp", required=True, type=parse_host_port, metavar="HOST:PORT")
-    parser.add_argument("--rate", type=float, metavar="N", help="at most N messages a second per tenant")
+    parser.add_argument("--rate", type=positive_float, metavar="N", help="at most N messages a second per tenant")
     feedback = parser.add_mutually_exclusive_group()
-    feedback.add_argument("--feedback", metavar="FILE.jsonl", help="append feedback activities here")
+    feedback.add_argument("--feedback", metavar="FILE.jsonl", type=new_file, help="append feedback activities here")
     feedback.add_argument("--feedback-topic", metavar="projects/P/topics/T", help="publish feedback here")
-    parser.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS)
-    parser.add_argument("--retry-delay", type=float, default=DEFAULT_RETRY_DELAY_MS / 1000, metavar="SECONDS",
+    parser.add_argument("--max-attempts", type=positive_int, default=DEFAULT_MAX_ATTEMPTS)
+    parser.add_argument("--retry-delay", type=non_negative, default=DEFAULT_RETRY_DELAY_MS / 1000, metavar="SECONDS",
                         help="first retry delay, doubled per attempt (default: %(default)s)")
     parser.add_argument("--envelope-from", default="bounces@{tenant}.example",
                         help="SMTP envelope sender; {tenant} is replaced (default: %(default)s)")
@@ -376,8 +377,9 @@ def _send(args: argparse.Namespace) -> int:
     try:
         outbox = open_outbox(args.outbox)
         outbox.init()
-    except OutboxError as err:
-        print(f"orion: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - OutboxError, or a client's own (a file that is not SQLite)
+        print(f"orion: {err}" if isinstance(err, OutboxError) else
+              f"orion: the outbox cannot be opened: {type(err).__name__}: {err}", file=sys.stderr)
         if consent is not None:
             consent.close()
         return 2

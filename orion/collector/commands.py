@@ -20,36 +20,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from orion.argtypes import non_negative, port, positive_float, positive_int, pubsub_topic
+
 SAMPLE_RULES = Path(__file__).resolve().parent.parent / "samples" / "rules"
 DEFAULT_KEYS = Path("orion-data") / "collector-keys.yaml"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value:g}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {value:g}")
-    return value
-
-
-def _topic(text: str) -> str:
-    parts = text.split("/")
-    if len(parts) != 4 or parts[0] != "projects" or parts[2] != "topics" or not parts[1] or not parts[3]:
-        raise argparse.ArgumentTypeError(f"{text!r} is not projects/PROJECT/topics/TOPIC")
-    return text
 
 
 _KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -95,7 +69,7 @@ def add_collect_command(subparsers) -> None:
         "with Retry-After when they were not. The Pub/Sub emulator is used when "
         "PUBSUB_EMULATOR_HOST is set. See docs/collector.md.",
     )
-    collect.add_argument("--topic", type=_topic, metavar="projects/P/topics/T",
+    collect.add_argument("--topic", type=pubsub_topic, metavar="projects/P/topics/T",
                          help="the Pub/Sub topic the graph's subscription reads (this or Kafka's two options)")
     collect.add_argument("--kafka-servers", type=_kafka_servers, metavar="HOST:PORT[,...]",
                          help="Kafka's bootstrap servers: publish to Kafka instead of Pub/Sub")
@@ -103,46 +77,46 @@ def add_collect_command(subparsers) -> None:
                          help="the Kafka topic (with --kafka-servers); a lead's events stay in one partition")
     collect.add_argument("--create-topic", action="store_true",
                          help="create the topic if it does not exist (handy with the emulator or a test broker)")
-    collect.add_argument("--kafka-partitions", type=_positive_int, default=None, metavar="N",
+    collect.add_argument("--kafka-partitions", type=positive_int, default=None, metavar="N",
                          help="partitions of the Kafka topic --create-topic creates (default: the broker's)")
     collect.add_argument("--keys", type=Path, default=DEFAULT_KEYS, metavar="FILE",
                          help="the API keys file, hashes only (default: %(default)s)")
     collect.add_argument("--rules", type=Path, default=SAMPLE_RULES,
                          help="rules directory: each tenant's activity types (default: the shipped samples)")
     collect.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    collect.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
-    collect.add_argument("--max-batch", type=_positive_int, default=defaults.max_batch, metavar="EVENTS",
+    collect.add_argument("--port", type=port, default=8080, help="port to listen on (default: %(default)s)")
+    collect.add_argument("--max-batch", type=positive_int, default=defaults.max_batch, metavar="EVENTS",
                          help="most events in one request; more: 413 (default: %(default)s)")
-    collect.add_argument("--max-body-bytes", type=_positive_int, default=defaults.max_body_bytes, metavar="BYTES",
+    collect.add_argument("--max-body-bytes", type=positive_int, default=defaults.max_body_bytes, metavar="BYTES",
                          help="largest request body, also once decompressed; larger: 413 (default: %(default)s)")
-    collect.add_argument("--max-compression-ratio", type=_positive_float, default=defaults.max_compression_ratio,
+    collect.add_argument("--max-compression-ratio", type=positive_float, default=defaults.max_compression_ratio,
                          metavar="RATIO", help="how many times its size a gzip or deflate body may inflate; "
                          "more: 413 (default: %(default)s)")
-    collect.add_argument("--idle-timeout", type=_positive_float, default=defaults.idle_timeout, metavar="SECONDS",
+    collect.add_argument("--idle-timeout", type=positive_float, default=defaults.idle_timeout, metavar="SECONDS",
                          help="close a connection without a complete request line and headers after this "
                          "long: from when it opens and after each answer (default: %(default)s)")
-    collect.add_argument("--body-timeout", type=_positive_float, default=defaults.body_timeout, metavar="SECONDS",
+    collect.add_argument("--body-timeout", type=positive_float, default=defaults.body_timeout, metavar="SECONDS",
                          help="how long a request's body may take to arrive; longer: 408 (default: %(default)s)")
-    collect.add_argument("--max-connections", type=_positive_int, default=defaults.max_connections, metavar="N",
+    collect.add_argument("--max-connections", type=positive_int, default=defaults.max_connections, metavar="N",
                          help="open connections at most; past it the oldest one waiting for a request is "
                          "closed, or, when all are busy, the new one gets 503 (default: %(default)s)")
-    collect.add_argument("--rate-limit", type=_non_negative, default=defaults.rate_limit, metavar="PER_SECOND",
+    collect.add_argument("--rate-limit", type=non_negative, default=defaults.rate_limit, metavar="PER_SECOND",
                          help="requests a second per key, token bucket; over: 429; 0: no limit "
                          "(default: %(default)s)")
-    collect.add_argument("--rate-burst", type=_non_negative, default=None, metavar="REQUESTS",
+    collect.add_argument("--rate-burst", type=non_negative, default=None, metavar="REQUESTS",
                          help="requests a key may make at once (default: one second's worth)")
-    collect.add_argument("--flush-events", type=_positive_int, default=defaults.flush_events, metavar="EVENTS",
+    collect.add_argument("--flush-events", type=positive_int, default=defaults.flush_events, metavar="EVENTS",
                          help="send a message once it holds this many events (default: %(default)s)")
-    collect.add_argument("--flush-bytes", type=_positive_int, default=defaults.flush_bytes, metavar="BYTES",
+    collect.add_argument("--flush-bytes", type=positive_int, default=defaults.flush_bytes, metavar="BYTES",
                          help="... or this many bytes (default: %(default)s)")
-    collect.add_argument("--flush-ms", type=_non_negative, default=defaults.flush_seconds * 1000, metavar="MS",
+    collect.add_argument("--flush-ms", type=non_negative, default=defaults.flush_seconds * 1000, metavar="MS",
                          help="... or this long after its first event (default: %(default)s)")
-    collect.add_argument("--max-pending-bytes", type=_positive_int, default=defaults.max_pending_bytes,
+    collect.add_argument("--max-pending-bytes", type=positive_int, default=defaults.max_pending_bytes,
                          metavar="BYTES", help="bytes that may wait for Pub/Sub or Kafka; beyond: 503 "
                          "(default: %(default)s)")
-    collect.add_argument("--publish-timeout", type=_non_negative, default=defaults.publish_timeout, metavar="SECONDS",
+    collect.add_argument("--publish-timeout", type=non_negative, default=defaults.publish_timeout, metavar="SECONDS",
                          help="how long Pub/Sub or Kafka may take to acknowledge; longer: 503 (default: %(default)s)")
-    collect.add_argument("--retry-after", type=_non_negative, default=defaults.retry_after, metavar="SECONDS",
+    collect.add_argument("--retry-after", type=non_negative, default=defaults.retry_after, metavar="SECONDS",
                          help="Retry-After of a 503 (default: %(default)s)")
     collect.add_argument("--cors-origin", default=defaults.cors_origin,
                          help="Access-Control-Allow-Origin for web pages (default: %(default)s)")

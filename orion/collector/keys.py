@@ -79,6 +79,8 @@ def read_keys(path: Path) -> dict[str, ApiKey]:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise KeysFileError(f"{path}: not YAML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:  # a folder, a file not readable, not text
+        raise KeysFileError(f"{path}: cannot be read as a keys file: {err}") from None
     entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise KeysFileError(f"{path}: expected a mapping with a list under 'keys'")

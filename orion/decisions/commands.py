@@ -20,30 +20,10 @@ import logging
 import sys
 from pathlib import Path
 
+from orion.argtypes import non_negative, port, positive_int, pubsub_topic
 from orion.settings import DEFAULT_STORE, SAMPLE_RULES
 
 DEFAULT_KEYS = Path("orion-data") / "collector-keys.yaml"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
-    return value
-
-
-def _topic(text: str) -> str:
-    parts = text.split("/")
-    if len(parts) != 4 or parts[0] != "projects" or parts[2] != "topics" or not parts[1] or not parts[3]:
-        raise argparse.ArgumentTypeError(f"{text!r} is not projects/PROJECT/topics/TOPIC")
-    return text
 
 
 def add_decide_command(commands) -> None:
@@ -60,7 +40,7 @@ def add_decide_command(commands) -> None:
         description="Serve POST /v1/decide with the collector's API keys, deciding from the experiences in "
         "the rules and each lead's profile in the store; every decision is published to the topic as an "
         "experience_impression activity. The emulator is used when PUBSUB_EMULATOR_HOST is set.")
-    serve.add_argument("--topic", type=_topic, required=True, metavar="projects/P/topics/T",
+    serve.add_argument("--topic", type=pubsub_topic, required=True, metavar="projects/P/topics/T",
                        help="the topic the collector publishes to (the graph's subscription reads it)")
     serve.add_argument("--create-topic", action="store_true", help="create the topic if it does not exist")
     serve.add_argument("--keys", type=Path, default=DEFAULT_KEYS, metavar="FILE",
@@ -70,19 +50,19 @@ def add_decide_command(commands) -> None:
     serve.add_argument("--rules", type=Path, default=SAMPLE_RULES,
                        help="rules directory with the experiences (default: the shipped samples)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=8081, help="port to listen on; 0: any free one "
+    serve.add_argument("--port", type=port, default=8081, help="port to listen on; 0: any free one "
                        "(default: %(default)s)")
-    serve.add_argument("--cache-ttl", type=_non_negative, default=defaults.cache_ttl, metavar="SECONDS",
+    serve.add_argument("--cache-ttl", type=non_negative, default=defaults.cache_ttl, metavar="SECONDS",
                        help="how long a lead's profile read is reused: a profile change is seen at most this "
                        "long after the graph writes it; 0: read every time (default: %(default)s)")
-    serve.add_argument("--cache-entries", type=_positive_int, default=defaults.cache_entries, metavar="LEADS",
+    serve.add_argument("--cache-entries", type=positive_int, default=defaults.cache_entries, metavar="LEADS",
                        help="leads kept in that cache at most (default: %(default)s)")
-    serve.add_argument("--max-placements", type=_positive_int, default=defaults.max_placements,
+    serve.add_argument("--max-placements", type=positive_int, default=defaults.max_placements,
                        help="placements one request may ask for (default: %(default)s)")
-    serve.add_argument("--rate-limit", type=_non_negative, default=defaults.rate_limit, metavar="PER_SECOND",
+    serve.add_argument("--rate-limit", type=non_negative, default=defaults.rate_limit, metavar="PER_SECOND",
                        help="requests a second per key, token bucket; over: 429; 0: no limit "
                        "(default: %(default)s)")
-    serve.add_argument("--flush-ms", type=_non_negative, default=defaults.flush_seconds * 1000, metavar="MS",
+    serve.add_argument("--flush-ms", type=non_negative, default=defaults.flush_seconds * 1000, metavar="MS",
                        help="impressions wait at most this long to be sent together (default: %(default)s)")
     serve.add_argument("--cors-origin", default=defaults.cors_origin,
                        help="Access-Control-Allow-Origin for web pages (default: %(default)s)")
@@ -239,7 +219,7 @@ def add_analytics_commands(commands) -> None:
                              help="only this experience (repeatable; default: all of the tenant's)")
     experiments.add_argument("--goal", metavar="ACTIVITY_TYPE",
                              help="count this activity type as the conversion, instead of each experience's goal")
-    experiments.add_argument("--days", type=_positive_int, metavar="N",
+    experiments.add_argument("--days", type=positive_int, metavar="N",
                              help="a conversion counts within N days of the first impression (default: each "
                              "experience's goal window; 7 with --goal)")
     experiments.add_argument("--since", metavar="TIME",
