@@ -112,14 +112,14 @@ def parse_timestamp(value: Any) -> int:
         shape = _RFC_3339.fullmatch(value)
         if shape is None:
             if _RFC_3339_NO_OFFSET.fullmatch(value):
-                raise ValueError(f"{value!r} has no UTC offset; add Z or +HH:MM")
-            raise ValueError(f"{value!r} is not RFC 3339; write it like 2026-11-22T10:00:00Z")
+                raise ValueError(f"{_shown(value)} has no UTC offset; add Z or +HH:MM")
+            raise ValueError(f"{_shown(value)} is not RFC 3339; write it like 2026-11-22T10:00:00Z")
         date_part, time_part, fraction, offset = shape.groups()
         offset = "+00:00" if offset in ("Z", "z") else offset
         try:
             parsed = datetime.fromisoformat(f"{date_part}T{time_part}{(fraction or '')[:7]}{offset}")
         except ValueError as err:
-            raise ValueError(f"{value!r} is not a valid RFC 3339 time: {err}") from None
+            raise ValueError(f"{_shown(value)} is not a valid RFC 3339 time: {err}") from None
         since_epoch = parsed - _EPOCH
         ms = (
             since_epoch.days * MS_PER_DAY
@@ -131,9 +131,15 @@ def parse_timestamp(value: Any) -> int:
             f"a timestamp is RFC 3339 text or epoch milliseconds, not {type(value).__name__}"
         )
     if not _MIN_MS <= ms <= _MAX_MS:
-        raise ValueError(f"{value!r} is outside the years 1 to 9999")
+        raise ValueError(f"{_shown(value)} is outside the years 1 to 9999")
     return ms
 
+
+
+def _shown(value) -> str:
+    """A value as an error message shows it: its repr, at most about 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def format_timestamp(ms: int) -> str:

@@ -646,3 +646,68 @@ def test_the_attacks_complete_within_a_2_gb_address_space(tmp_path):
     assert len([line for line in lines if line.startswith("rules:")]) == 1
     assert "YAML aliases (*name) are not allowed" in lines[0]
     assert lines[1:] == [f"template: {name} {TEMPLATE_BOMBS[name][1]}" for name in names]
+
+
+BIG = "1" + "0" * 400
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("!!int abc", "a value does not read"),
+    ("!!float abc", "a value does not read"),
+    ("!!bool maybe", "a value does not read"),
+    ("!!timestamp foo", "a value does not read"),
+    ("!!map [1]", "a value does not read"),
+    ("!!seq {a: 1}", "a value does not read"),
+    ("1" * 4400, "more digits than a rule can use"),
+    ("0x" + "f" * 4000, "more digits than a rule can use"),
+    (".nan", "not a number a rule can use"),
+    ("-.inf", "not a number a rule can use"),
+    ("1.0", "must be an integer, got number 1.0"),
+])
+def test_a_value_yaml_or_a_rule_cannot_use_is_refused_at_its_line(tmp_path, value, fragment):
+    """Values a tag or a number's size makes unreadable, and numbers no rule can use,
+    are refused with the file and line, not raised out of the reader."""
+    folder = write_rules(tmp_path / "rules", {"evil.yaml": (
+        f"tenant: evil\ncampaigns:\n  - name: X\n    triggers: [{{activity: open_email}}]\n"
+        f"    priority: {value}\n")})
+    single_error(check_rules(folder), str(folder / "evil.yaml"), 5, fragment)
+
+
+@pytest.mark.parametrize("text, line, fragment", [
+    ("tenant: evil\ncampaigns: true\n", 2, "campaigns must be an array"),
+    ("tenant: \"evil\\n\"\n", 1, "may hold only letters"),
+    ("tenant: evil\ncampaigns:\n  - name: X\n    triggers: [{activity: open_email}]\n    flow:\n"
+     "      - wait: {duration: {n: 100000000000000000000, unit: months}}\n", 6, "longer than 100 years"),
+    ("tenant: evil\ncampaigns:\n  - name: X\n    type: batch\n    schedule: {every: {n: 100000, unit: months}}\n"
+     "    flow: [{send_email: {template: welcome}}]\n", 5, "longer than 100 years"),
+    ("tenant: evil\ncampaigns:\n  - name: X\n    triggers: [{activity: open_email}]\n    flow:\n"
+     "      - wait: {duration: {n: 1.0, unit: minutes}}\n", 6, "must be an integer"),
+    ("tenant: evil\ncampaigns:\n  - name: X\n    triggers: [{activity: open_email}]\n    flow:\n"
+     "      - change_score: {delta: 10000000000}\n", 6, "must be at most 1000000000"),
+    (f"tenant: evil\nexperiences:\n  - name: E\n    placement: p\n    variants: [{{name: a, weight: {BIG}, json: 1}}]\n",
+     5, "must be at most 1000000000"),
+    (f"tenant: evil\nexperiences:\n  - name: E\n    placement: p\n    variants: [{{name: a, weight: 1, json: 1}}]\n"
+     f"    control: {{weight: {BIG}}}\n", 6, "must be at most 1000000000"),
+])
+def test_rules_that_would_fail_or_overflow_when_run_are_refused_at_load(tmp_path, text, line, fragment):
+    """Each of these loaded and then raised (a list that is not one, a weight too large
+    for a float) or put times past the year 9999 or times that are not whole
+    milliseconds into the profiles (a duration of 10**20 months, n: 1.0)."""
+    folder = write_rules(tmp_path / "rules", {"evil.yaml": text})
+    single_error(check_rules(folder), str(folder / "evil.yaml"), line, fragment)
+
+
+@pytest.mark.parametrize("broken", [
+    "tenant: evil\ncampaigns:\n  - name: X\n\ttriggers: []\n",                     # a tab
+    "tenant: evil\nsettings: {lists: [&x a, *x]}\n",                               # an alias
+    "tenant: evil\ncampaigns: [unclosed\n",                                         # a syntax error
+    "tenant: 'evil'  # the tenant\nsettings: {lists: [\xff]}\n",                    # not UTF-8 (written as latin-1)
+])
+def test_a_file_that_does_not_read_refuses_the_tenant_it_names_and_no_other(tmp_path, broken):
+    from orion.rules.compiler import load_serving_rules
+
+    folder = write_rules(tmp_path / "rules", {"evil-extra.yaml": "tenant: evil\n", "acme.yaml": "tenant: acme\n"})
+    (folder / "evil.yaml").write_bytes(broken.encode("latin-1"))
+    rules, refused = load_serving_rules(folder)
+    assert list(refused) == ["evil"] and refused["evil"][0].file == str(folder / "evil.yaml")
+    assert "acme" in rules.tenants and "evil" not in rules.tenants

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -58,6 +59,7 @@ from orion.rules.model import (
 from orion.rules.operators import OperandError, compile_conditions, required_literal
 from orion.rules.schema import STEP_KINDS, TIME_OF_DAY_OPERATORS
 from orion.rules.source import (
+    MAX_RULE_FILE_BYTES,
     RuleError,
     RuleErrors,
     RuleFile,
@@ -184,6 +186,10 @@ class _Settings:
         self.seen: dict[tuple, str] = {}  # what was declared where, for clash messages
 
 
+# The longest duration a rule may give (waits, history windows, schedules, goals).
+MAX_DURATION_YEARS = 100
+
+
 class _TenantCompiler:
     def __init__(self, tenant: str, files: list[RuleFile], rules_dir: Path, template_dirs: list[Path]):
         self.tenant = tenant
@@ -197,6 +203,28 @@ class _TenantCompiler:
 
     def error(self, file: RuleFile, path: Iterable[Any], message: str) -> None:
         self.errors.append(RuleError(file.path, line_of(file.doc, list(path)), message))
+
+    def check_durations(self) -> None:
+        """Every duration ({n, unit}: waits, windows, schedules, goals) at most
+        MAX_DURATION_YEARS long: a longer one would put times past the year 9999, which no
+        store, profile or schedule can hold."""
+        limit = MAX_DURATION_YEARS * 365 * MS_PER_DAY
+
+        def walk(file: RuleFile, node, path: tuple) -> None:
+            if isinstance(node, dict):
+                n, unit = node.get("n"), node.get("unit")
+                if (len(node) == 2 and type(n) is int and unit in MS_PER_UNIT and n * MS_PER_UNIT[unit] > limit):
+                    self.error(file, path + ("n",), f"{short_text(n, 40)} {unit} is longer than "
+                               f"{MAX_DURATION_YEARS} years, the longest duration a rule may give")
+                    return
+                for key, value in node.items():
+                    walk(file, value, path + (key,))
+            elif isinstance(node, list):
+                for i, value in enumerate(node):
+                    walk(file, value, path + (i,))
+
+        for file in self.files:
+            walk(file, file.doc, ())
 
     # settings -------------------------------------------------------------------
 
@@ -466,7 +494,9 @@ class _TenantCompiler:
         requests: dict[str, list[tuple[str, RuleFile, tuple]]] = {}
         removals: list[tuple[str, RuleFile, tuple]] = []
         for file in self.files:
-            for i, spec in enumerate(file.doc.get("campaigns") or ()):
+            specs = file.doc.get("campaigns")
+            # (not a list, `campaigns: true`: the schema's error says so; nothing to compile)
+            for i, spec in enumerate(specs if isinstance(specs, list) else ()):
                 path = ("campaigns", i)
                 if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
                     continue
@@ -1099,6 +1129,22 @@ def _compile_directory(directory: Path, template_dirs: list[Path], file_tenants:
             gc.enable()
 
 
+_TENANT_LINE = re.compile(rb"""^tenant:[ \t]*(["']?)([A-Za-z0-9][A-Za-z0-9_.-]*)\1[ \t]*(?:#[^\r\n]*)?\r?$""", re.M)
+
+
+def _tenant_line(path: Path) -> str | None:
+    """The tenant a rule file names on a top-level `tenant: NAME` line, read from its
+    bytes (for a file that is not valid YAML, or not UTF-8); None when it names none, or
+    names two."""
+    try:
+        with path.open("rb") as opened:
+            data = opened.read(MAX_RULE_FILE_BYTES)
+    except OSError:
+        return None
+    found = {match.group(2).decode("ascii") for match in _TENANT_LINE.finditer(data)}
+    return found.pop() if len(found) == 1 else None
+
+
 def _compile_directory_now(directory: Path, template_dirs: list[Path], file_tenants: dict,
                            experiences: dict | None = None) -> tuple[RuleSet, list[RuleError]]:
     """Compile every rule file; `file_tenants` is filled with the tenant each file that
@@ -1115,7 +1161,15 @@ def _compile_directory_now(directory: Path, template_dirs: list[Path], file_tena
         display = str(path)
         rule_file, file_errors = read_rule_file(path, display)
         errors.extend(file_errors)
-        if rule_file is None or rule_file.is_broken("tenant") or not isinstance(rule_file.doc.get("tenant"), str):
+        if rule_file is None:
+            # A file that does not read as YAML (a syntax error, an alias, a tab) still
+            # names its tenant on a line of its own, most often: its errors are that
+            # tenant's, whose rules are refused, not every tenant's.
+            named = _tenant_line(path)
+            if named is not None:
+                file_tenants[display] = named
+            continue
+        if rule_file.is_broken("tenant") or not isinstance(rule_file.doc.get("tenant"), str):
             continue
         by_tenant.setdefault(rule_file.doc["tenant"], []).append(rule_file)
         file_tenants[display] = rule_file.doc["tenant"]
@@ -1125,6 +1179,7 @@ def _compile_directory_now(directory: Path, template_dirs: list[Path], file_tena
         compiler.read_settings()
     tenants = {}
     for tenant, compiler in compilers.items():
+        compiler.check_durations()
         campaigns = compiler.compile_campaigns()
         found_experiences = compiler.compile_experiences()
         errors.extend(compiler.errors)

@@ -292,7 +292,7 @@ _VARIANT = {
     "type": "object",
     "additionalProperties": False,
     "required": ["name", "weight"],
-    "properties": {"name": _NAME, "weight": {"type": "number", "minimum": 0}, **_CONTENT},
+    "properties": {"name": _NAME, "weight": {"type": "number", "minimum": 0, "maximum": 1_000_000_000}, **_CONTENT},
 }
 _EXPERIENCE = {
     "type": "object",
@@ -301,7 +301,7 @@ _EXPERIENCE = {
     "properties": {
         "name": _NAME,
         "description": {"type": "string"},
-        "placement": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
+        "placement": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*\\Z"},
         "status": {"enum": ["active", "inactive"]},
         "priority": {"type": "integer"},
         "schedule": {
@@ -328,7 +328,7 @@ _EXPERIENCE = {
             "type": "object",
             "additionalProperties": False,
             "required": ["weight"],
-            "properties": {"weight": {"type": "number", "minimum": 0}, **_CONTENT},
+            "properties": {"weight": {"type": "number", "minimum": 0, "maximum": 1_000_000_000}, **_CONTENT},
         },
         "goal": {
             "type": "object",
@@ -346,7 +346,7 @@ RULE_FILE_SCHEMA = {
     "additionalProperties": False,
     "required": ["tenant"],
     "properties": {
-        "tenant": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
+        "tenant": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*\\Z"},
         "settings": _SETTINGS,
         "campaigns": {"type": "array", "items": _CAMPAIGN},
         "experiences": {"type": "array", "items": _EXPERIENCE},

@@ -128,6 +128,32 @@ class SafeLineLoader(_SafeBase):
         super().__init__(stream)
         self.duplicate_keys: list[tuple[int, Any]] = []
         self.bad_keys: list[tuple[int, Any]] = []  # keys that are not text
+        self.constructing_line = 1  # the line of the node being made: where a value that does not read is
+
+    def construct_object(self, node, deep=False):
+        self.constructing_line = node.start_mark.line + 1
+        return super().construct_object(node, deep)
+
+    def construct_yaml_int(self, node):
+        value = super().construct_yaml_int(node)
+        if abs(value).bit_length() > _MAX_INT_BITS:  # (0x... and 0b... pass Python's digit limit)
+            raise _UnusableNumber("the number has more digits than a rule can use")
+        return value
+
+    def construct_yaml_float(self, node):
+        value = super().construct_yaml_float(node)
+        if value != value or value in (_INF, -_INF):
+            raise _UnusableNumber(f"{short_text(self.construct_scalar(node), 40)!r} is not a number a rule can use "
+                                  "(.nan and .inf are not); write a finite number")
+        return value
+
+
+class _UnusableNumber(ValueError):
+    """A number that reads but that no rule can use; its message says why."""
+
+
+_MAX_INT_BITS = 14_000  # about 4,200 decimal digits, under Python's limit for reading and printing one
+_INF = float("inf")
 
 
 # Only YAML 1.2 booleans, and no implicit timestamps: copy the resolvers, then prune them.
@@ -139,6 +165,8 @@ SafeLineLoader.yaml_implicit_resolvers = {
     ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+SafeLineLoader.add_constructor("tag:yaml.org,2002:int", SafeLineLoader.construct_yaml_int)
+SafeLineLoader.add_constructor("tag:yaml.org,2002:float", SafeLineLoader.construct_yaml_float)
 SafeLineLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool",
     re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
@@ -350,7 +378,12 @@ def _json_name(value: Any) -> str:
     return f"a YAML {type(value).__name__} value"
 
 
-_VALIDATOR = jsonschema.Draft202012Validator(RULE_FILE_SCHEMA)
+# JSON Schema takes 1.0 as an integer and NaN as a number; a rule may not (a wait of 1.0
+# minutes made times that are not whole milliseconds, which no store takes).
+_STRICT_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool))
+_VALIDATOR = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_STRICT_TYPES)(
+    RULE_FILE_SCHEMA)
 # Says yes to a valid file in a fraction of jsonschema's time; anything else goes to
 # jsonschema, which finds and words every error.
 _QUICKLY_VALID = quick_validator(RULE_FILE_SCHEMA)
@@ -400,6 +433,15 @@ def read_rule_file(path: Path, display: str) -> tuple[RuleFile | None, list[Rule
         return None, [RuleError(display, 1, f"YAML error: {short_text(str(err), 200)}")]
     except RecursionError:
         return None, [RuleError(display, 1, f"the YAML nests too deep; keep it under {MAX_YAML_DEPTH} levels")]
+    except _UnusableNumber as err:
+        return None, [RuleError(display, loader.constructing_line, str(err))]
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as err:
+        # a value whose tag or form does not read (!!int abc, !!map [1], 5,000 digits)
+        if "Exceeds the limit" in str(err):
+            return None, [RuleError(display, loader.constructing_line, "the number has more digits than a rule can use")]
+        return None, [RuleError(display, loader.constructing_line,
+                                f"a value does not read: {short_text(str(err), 200)}; check its tag (!!int, !!float, "
+                                "!!map ...) or write it plainly")]
     finally:
         loader.dispose()
     errors = [
