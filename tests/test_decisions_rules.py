@@ -180,7 +180,7 @@ EXPERIENCE_HEAD = """
           - {name: a, weight: -1, json: 1}
 """, "weight: -1", ["must be at least 0"]),
     ("""        variants: [{name: a, weight: 1, json: .nan}]
-""", "json: .nan", ["the content is not JSON"]),
+""", "json: .nan", ["not a number a rule can use"]),
     ("""        variants: [{name: a, weight: 1, json: 1}]
         schedule: {starting: "2026-02-01T00:00:00Z", ending: "2026-01-01T00:00:00Z"}
 """, "schedule:", ["ending must come after"]),

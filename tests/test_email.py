@@ -156,3 +156,24 @@ def test_a_template_over_its_budget_fails_for_that_lead_only(rules_dir):
         assembler.render(request("nosy", score=10_000))  # 10**8 loop steps
     assert refused.value.reason in (TEMPLATE_BUDGET, TEMPLATE_TOO_LARGE)
     assert assembler.render(request("nosy", lead_id="2", score=3))[2] == "." * 9
+
+
+def test_a_template_that_extends_another_renders_the_blocks_it_inherits(rules_dir):
+    """A designer's layout: base.j2 holds the subject, the text and an html frame;
+    child.j2 extends it and overrides the html, calling super() for the frame's part."""
+    own = rules_dir / "templates" / "acme"
+    (own / "base.j2").write_text(
+        "{% block subject %}News for {{ lead.first_name }}{% endblock %}"
+        "{% block html %}<footer>acme</footer>{% endblock %}"
+        "{% block text %}Plain news for {{ lead.first_name }}{% endblock %}")
+    (own / "child.j2").write_text('{% extends "base" %}{% block html %}<p>child</p>{{ super() }}{% endblock %}')
+    (own / "grandchild.j2").write_text('{% extends "child" %}{% block subject %}Re: {{ super() }}{% endblock %}')
+    (own / "loop.j2").write_text('{% extends "loop" %}{% block html %}x{% endblock %}')
+    assembler = EmailAssembler(rules_dir)
+    assert assembler.render(request("child", first_name="Ada")) == (
+        "News for Ada", "<p>child</p><footer>acme</footer>", "Plain news for Ada")
+    assert assembler.render(request("grandchild", first_name="Ada")) == (
+        "Re: News for Ada", "<p>child</p><footer>acme</footer>", "Plain news for Ada")
+    with pytest.raises(AssemblyError) as looped:
+        assembler.render(request("loop"))
+    assert looped.value.reason == TEMPLATE_FAILED and "extends itself" in looped.value.detail

@@ -141,6 +141,7 @@ class EmailAssembler:
         self._limits: dict[str, TemplateLimits] = {}
         self._environments: dict[tuple[str, bool], TemplateSandbox] = {}
         self._templates: dict[tuple[str, str, bool], jinja2.Template] = {}
+        self._chains: dict[int, dict[str, list]] = {}  # by id of a compiled template: _block_chains
         self._frames: dict[str, str] = {}
         self._dates: dict[int, str] = {}  # requested_at -> Date header (a batch send has one time)
 
@@ -191,6 +192,7 @@ class EmailAssembler:
             except (TemplateLimitError, RecursionError, jinja2.TemplateError) as err:
                 raise AssemblyError(_reason(err), f"template {_shown(name)} does not compile: "
                                     f"{type(err).__name__}: {_shown(str(err), 200)}") from None
+            self._chains[id(template)] = _block_chains(env, template, name)
             self._templates[key] = template
         return template
 
@@ -211,16 +213,18 @@ class EmailAssembler:
             size = 0
             for block in BLOCKS:
                 template = self._template(request.tenant, request.template, block == "html")
-                render_block = template.blocks.get(block)
-                if render_block is None:
+                chains = self._chains[id(template)]
+                if block not in chains:
                     parts.append("")
                     continue
                 try:
                     found = contexts.get(id(template))
                     if found is None:
                         found = contexts[id(template)] = template.new_context(context)
+                        # each block with those it overrides, as {% extends %} would link them
+                        found.blocks.update((name, list(chain)) for name, chain in chains.items())
                     pieces = []
-                    for piece in render_block(found):
+                    for piece in chains[block][0](found):
                         size += len(piece)
                         budget.chars(size, "the email")
                         budget.tick()
@@ -285,6 +289,47 @@ class EmailAssembler:
             found = self._dates[requested_at] = format_datetime(
                 datetime.fromtimestamp(requested_at / 1000, tz=timezone.utc))
         return found
+
+
+# How many templates an {% extends %} chain may hold.
+MAX_EXTENDS = 10
+
+
+def _block_chains(env: jinja2.Environment, template: jinja2.Template, name: str) -> dict[str, list]:
+    """Each block a template renders, with the blocks of the same name it overrides in
+    the templates it extends (nearest first, as `super()` walks them): a block the
+    template does not define itself is its parent's. Found from each template's source,
+    where `{% extends "NAME" %}` names the parent; a parent named by a variable is not
+    followed (the template's own blocks alone)."""
+    from jinja2 import nodes
+
+    chains = {block: [render] for block, render in template.blocks.items()}
+    seen = {template.name}
+    current = template
+    for _ in range(MAX_EXTENDS):
+        try:
+            source = env.loader.get_source(env, current.name)[0]
+            extends = env.parse(source).find(nodes.Extends)
+        except jinja2.TemplateError:
+            break
+        if extends is None or not isinstance(extends.template, nodes.Const) or \
+                not isinstance(extends.template.value, str):
+            return chains
+        try:
+            parent = env.get_template(extends.template.value, current.name)
+        except jinja2.TemplateNotFound:
+            raise AssemblyError(TEMPLATE_MISSING, f"template {_shown(name)} extends {_shown(extends.template.value)}, "
+                                "which is not found") from None
+        if parent.name in seen:
+            raise AssemblyError(TEMPLATE_FAILED, f"template {_shown(name)} extends itself through "
+                                f"{_shown(parent.name)}")
+        seen.add(parent.name)
+        for block, render in parent.blocks.items():
+            chains.setdefault(block, []).append(render)
+        current = parent
+    else:
+        raise AssemblyError(TEMPLATE_FAILED, f"template {_shown(name)} extends more than {MAX_EXTENDS} templates")
+    return chains
 
 
 # A usable recipient: one plain address, nothing a header could be injected through.

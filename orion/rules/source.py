@@ -393,11 +393,12 @@ class RuleFile(NamedTuple):
     path: str
     doc: Any  # a LineDict
     broken: frozenset  # paths (tuples) of the nodes that failed the schema
+    # every prefix of those paths (one look-up a question, however many errors the file has)
+    broken_prefixes: frozenset = frozenset()
 
     def is_broken(self, *prefix) -> bool:
         """Whether anything at or below `prefix` failed the schema (so skip it)."""
-        n = len(prefix)
-        return any(path[:n] == prefix for path in self.broken)
+        return prefix in self.broken_prefixes
 
 
 def read_rule_file(path: Path, display: str) -> tuple[RuleFile | None, list[RuleError]]:
@@ -463,7 +464,8 @@ def read_rule_file(path: Path, display: str) -> tuple[RuleFile | None, list[Rule
         path_, message = _schema_message(error)
         broken.add(tuple(error.absolute_path))
         errors.append(RuleError(display, line_of(doc, path_), message))
-    return RuleFile(display, doc, frozenset(broken)), errors
+    return RuleFile(display, doc, frozenset(broken),
+                    frozenset(path[:n] for path in broken for n in range(len(path) + 1))), errors
 
 
 def rule_files(directory: Path) -> list[Path]:
