@@ -177,3 +177,19 @@ def test_a_template_that_extends_another_renders_the_blocks_it_inherits(rules_di
     with pytest.raises(AssemblyError) as looped:
         assembler.render(request("loop"))
     assert looped.value.reason == TEMPLATE_FAILED and "extends itself" in looped.value.detail
+
+
+@pytest.mark.parametrize("source, blocks", [
+    ("Hello {{ lead.first_name }}", "none"),                            # no block at all
+    ("{% block subjet %}Hi{% endblock %}{% block body %}x{% endblock %}", "body, subjet"),  # misspelt
+])
+def test_a_template_with_none_of_the_email_blocks_is_refused_at_load(rules_dir, source, blocks):
+    (rules_dir / "templates" / "acme" / "hello.j2").write_text(source)
+    with pytest.raises(RuleErrors) as refused:
+        load_rules(rules_dir)
+    message = refused.value.errors[0].message
+    assert "defines none of the blocks an email renders" in message and f"its blocks: {blocks}" in message
+    # a template whose blocks are its layout's is fine
+    (rules_dir / "templates" / "acme" / "layout.j2").write_text("{% block subject %}s{% endblock %}")
+    (rules_dir / "templates" / "acme" / "hello.j2").write_text('{% extends "layout" %}')
+    load_rules(rules_dir)

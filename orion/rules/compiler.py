@@ -186,6 +186,45 @@ class _Settings:
         self.seen: dict[tuple, str] = {}  # what was declared where, for clash messages
 
 
+EMAIL_BLOCKS = ("subject", "html", "text")
+
+
+def _email_blocks_problem(name: str, filename: str, trees: dict) -> str | None:
+    """An email template renders its subject, html and text blocks, its own or those of
+    the layouts it extends: one that has none of them (no block at all, or misspelt)
+    would send empty emails."""
+    from jinja2 import nodes
+
+    found: set[str] = set()
+    current, chain = filename, set()
+    while current in trees and current not in chain:
+        chain.add(current)
+        tree = trees[current]
+        found.update(block.name for block in tree.find_all(nodes.Block))
+        extends = tree.find(nodes.Extends)
+        if extends is None or not isinstance(extends.template, nodes.Const) or \
+                not isinstance(extends.template.value, str):
+            break
+        current = template_filename(extends.template.value)
+    if found & set(EMAIL_BLOCKS):
+        return None
+    if extends_by_variable(trees.get(current)):
+        return None  # a layout chosen when it renders: its blocks are not known now
+    defined = ", ".join(sorted(found)) or "none"
+    return (f"template {short_repr(name)} defines none of the blocks an email renders ({', '.join(EMAIL_BLOCKS)}; "
+            f"its blocks: {short_text(defined, 200)}); wrap its parts in {{% block subject %}}...{{% endblock %}}, "
+            "{% block html %}... and {% block text %}...")
+
+
+def extends_by_variable(tree) -> bool:
+    from jinja2 import nodes
+
+    if tree is None:
+        return False
+    extends = tree.find(nodes.Extends)
+    return extends is not None and not isinstance(extends.template, nodes.Const)
+
+
 # The longest duration a rule may give (waits, history windows, schedules, goals).
 MAX_DURATION_YEARS = 100
 
@@ -713,6 +752,7 @@ class _TenantCompiler:
         fixed name, in the sandbox it renders in, through the tenant's own loader."""
         environment = TemplateSandbox(loader=TenantTemplateLoader(search), autoescape=True)
         pending, seen = [template_filename(name)], set()
+        trees: dict = {}
         while pending:
             filename = pending.pop()
             if filename in seen:
@@ -735,6 +775,7 @@ class _TenantCompiler:
                 return f"template {short_repr(name)} cannot be read: {short_text(str(err), 200)}"
             except RecursionError:
                 return f"template {short_repr(name)} nests too deep to compile ({path}); simplify it"
+            trees[filename] = tree
             for referenced in jinja2.meta.find_referenced_templates(tree):
                 if referenced is None:
                     continue  # a name computed when it renders: looked up (and confined) then
@@ -747,7 +788,7 @@ class _TenantCompiler:
                             f"not a template tenant {short_repr(self.tenant)} has; templates of other tenants "
                             "cannot be used")
                 pending.append(template_filename(referenced))
-        return None
+        return _email_blocks_problem(name, template_filename(name), trees)
 
     def check_campaign_references(self, defined: dict, requests: dict, removals: list) -> None:
         for name, targets in requests.items():
