@@ -402,7 +402,15 @@ def _identifier(obj: dict, field: str) -> str:
             raise BadActivity(
                 BAD_FIELD, f"{field} is not valid Unicode text: {err.reason} at position {err.start}"
             ) from None
+    if len(text) > MAX_ID_BYTES // 4 and len(text.encode("utf-8")) > MAX_ID_BYTES:
+        raise BadActivity(BAD_FIELD, f"{field} is {len(text.encode('utf-8')):,} bytes long (UTF-8); an id holds at "
+                          f"most {MAX_ID_BYTES}, as every store keeps it")
     return text
+
+
+# The longest tenant, lead or event id, in UTF-8 bytes: what every store's id columns and
+# keys hold (MySQL's VARBINARY(255)).
+MAX_ID_BYTES = 255
 
 
 def json_text_size(raw: str | bytes | bytearray) -> int:

@@ -565,3 +565,16 @@ def test_a_file_with_every_input_attack_runs_to_the_end_and_stores_its_good_line
     assert sorted((d["source"].rsplit(":", 1)[1], d["reason"]) for d in dead) == sorted(
         (str(2 * n + 2), reason) for n, (_, reason) in enumerate(attacks))
     assert "dead letters:     5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("field", ["lead_id", "event_id", "tenant"])
+def test_an_id_longer_than_every_store_keeps_is_a_bad_field(field):
+    """Ids are at most 255 bytes of UTF-8 (MySQL's id columns): longer ones were stored
+    by some stores and refused by others."""
+    base = {"event_id": "e1", "tenant": "acme", "lead_id": "L1", "type": "visit_web_page", "occurred_at": T0,
+            "attributes": {"url": "https://acme.example/"}}
+    assert parse_activity({**base, field: "é" * 127}, ActivityTypes())  # 254 bytes
+    for long_id in ("x" * 256, "é" * 128, "x" * 200_000):
+        with pytest.raises(BadActivity) as refused:
+            parse_activity({**base, field: long_id}, ActivityTypes())
+        assert refused.value.reason == BAD_FIELD and "at most 255" in str(refused.value)
