@@ -246,10 +246,25 @@ BUILTIN_LEAD_ATTRIBUTES: dict[str, str] = {
 
 
 class ActivityTypes:
-    """The activity types each tenant may send: the built-ins plus its custom types."""
+    """The activity types each tenant may send: the built-ins plus its custom types; and
+    the types of the lead attributes each tenant declares (settings.lead_attributes),
+    which a data_value_changes activity's new value must fit."""
 
-    def __init__(self, custom: Mapping[str, Mapping[str, ActivityType]] | None = None):
+    def __init__(self, custom: Mapping[str, Mapping[str, ActivityType]] | None = None,
+                 lead_attributes: Mapping[str, Mapping[str, str]] | None = None):
         self._custom = {tenant: dict(types) for tenant, types in (custom or {}).items()}
+        self._lead_attributes = {tenant: dict(found) for tenant, found in (lead_attributes or {}).items()}
+
+    def lead_attribute_type(self, tenant: str, name: str) -> str | None:
+        """The declared type of a lead attribute (built in, or the tenant's), or None."""
+        found = BUILTIN_LEAD_ATTRIBUTES.get(name)
+        if found is not None:
+            return found
+        declared = getattr(self, "_lead_attributes", {}).get(tenant)  # (an ActivityTypes pickled before them)
+        return declared.get(name) if declared else None
+
+    def lead_attributes(self) -> dict[str, dict[str, str]]:
+        return {tenant: dict(found) for tenant, found in getattr(self, "_lead_attributes", {}).items()}
 
     def lookup(self, tenant: str, type_name: str) -> ActivityType | None:
         found = BUILTIN_TYPES.get(type_name)
@@ -524,14 +539,39 @@ def parse_activity(raw: str | bytes | Mapping, types: ActivityTypes) -> Activity
         occurred_at = parse_timestamp(obj["occurred_at"])
     except ValueError as err:
         raise BadActivity(BAD_TIMESTAMP, f"occurred_at: {err}") from None
+    attributes = _validate_attributes(type_, obj.get("attributes"))
+    if type_name == "data_value_changes":
+        _check_new_value(types, tenant, attributes)
     return Activity(
         _identifier(obj, "event_id"),
         tenant,
         _identifier(obj, "lead_id"),
         type_name,
         occurred_at,
-        _validate_attributes(type_, obj.get("attributes")),
+        attributes,
     )
+
+
+def _check_new_value(types: ActivityTypes, tenant: str, attributes: dict) -> None:
+    """A data_value_changes activity sets a lead attribute: its new value must fit the
+    attribute's declared type (null clears it); an attribute nobody declared takes any."""
+    name = attributes["attribute"]
+    if not name:
+        raise BadActivity(BAD_ATTRIBUTE, "data_value_changes.attribute must name a lead attribute, not ''")
+    value = attributes.get("new_value")
+    declared = types.lead_attribute_type(tenant, name)
+    if value is None or declared is None or declared == "any":
+        return
+    if declared == "date":
+        try:
+            parse_timestamp(value)
+        except ValueError as err:
+            raise BadActivity(BAD_ATTRIBUTE, f"data_value_changes.new_value for the date attribute {name!r}: "
+                              f"{err}") from None
+        return
+    if not value_has_type(value, declared):
+        raise BadActivity(BAD_ATTRIBUTE, f"data_value_changes.new_value for lead attribute {name!r} must be "
+                          f"{declared}, got {_json_type_name(value)}")
 
 
 def activity_sort_key(activity: Activity) -> tuple[int, str]:

@@ -578,3 +578,32 @@ def test_an_id_longer_than_every_store_keeps_is_a_bad_field(field):
         with pytest.raises(BadActivity) as refused:
             parse_activity({**base, field: long_id}, ActivityTypes())
         assert refused.value.reason == BAD_FIELD and "at most 255" in str(refused.value)
+
+
+def test_a_new_value_must_fit_the_type_of_the_lead_attribute_it_sets(tmp_path):
+    """data_value_changes wrote any value into a declared lead attribute (employees:
+    "lots", vip: "yes"), which every filter on it then quietly missed."""
+    from orion.rules import load_rules
+
+    (tmp_path / "acme.yaml").write_text(
+        "tenant: acme\nsettings:\n  lead_attributes: {employees: number, vip: boolean, signed_up: date}\n")
+    types = load_rules(tmp_path).activity_types
+
+    def change(attribute, value, tenant="acme"):
+        return parse_activity({"event_id": "e", "tenant": tenant, "lead_id": "L", "type": "data_value_changes",
+                               "occurred_at": T0, "attributes": {"attribute": attribute, "new_value": value}}, types)
+
+    for attribute, value in (("employees", 12), ("employees", 2.5), ("vip", True), ("signed_up", "2026-01-01T00:00:00Z"),
+                             ("signed_up", T0), ("email", "a@b.example"), ("unsubscribed", False), ("employees", None),
+                             ("nickname", {"any": ["thing"]})):
+        assert change(attribute, value).attributes["new_value"] == value
+    for attribute, value, said in (("employees", "lots", "must be number, got string"),
+                                   ("employees", [1, 2], "must be number, got array"),
+                                   ("vip", "yes", "must be boolean"), ("signed_up", "not a date", "not RFC 3339"),
+                                   ("email", 5, "must be string"), ("unsubscribed", "no", "must be boolean"),
+                                   ("", "x", "must name a lead attribute")):
+        with pytest.raises(BadActivity) as refused:
+            change(attribute, value)
+        assert refused.value.reason == BAD_ATTRIBUTE and said in str(refused.value), (attribute, value)
+    # another tenant's declarations are not this one's
+    assert change("employees", "lots", tenant="globex").attributes["new_value"] == "lots"

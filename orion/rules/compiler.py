@@ -132,7 +132,9 @@ def load_serving_rules(directory: str | Path, template_dirs: Iterable[str | Path
             raise RuleErrors(errors)
         refused.setdefault(tenant, []).append(error)
     kept = {tenant: found for tenant, found in rules.tenants.items() if tenant not in refused}
-    types = ActivityTypes({tenant: rules.activity_types._custom.get(tenant, {}) for tenant in kept})
+    lead_attributes = rules.activity_types.lead_attributes()
+    types = ActivityTypes({tenant: rules.activity_types._custom.get(tenant, {}) for tenant in kept},
+                          {tenant: lead_attributes.get(tenant, {}) for tenant in kept})
     if experiences is not None:
         for tenant in refused:
             experiences.pop(tenant, None)
@@ -1235,5 +1237,6 @@ def _compile_directory_now(directory: Path, template_dirs: list[Path], file_tena
             communication_limits=dict(compiler.settings.limits),
             limits=dict(compiler.settings.budgets),
         )
-    activity_types = ActivityTypes({t: c.settings.activity_types for t, c in compilers.items()})
+    activity_types = ActivityTypes({t: c.settings.activity_types for t, c in compilers.items()},
+                                   {t: c.settings.lead_attributes for t, c in compilers.items()})
     return RuleSet(tenants, activity_types), errors
