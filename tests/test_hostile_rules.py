@@ -711,3 +711,23 @@ def test_a_file_that_does_not_read_refuses_the_tenant_it_names_and_no_other(tmp_
     rules, refused = load_serving_rules(folder)
     assert list(refused) == ["evil"] and refused["evil"][0].file == str(folder / "evil.yaml")
     assert "acme" in rules.tenants and "evil" not in rules.tenants
+
+
+def test_a_tenants_patterns_share_one_budget_of_compiled_program_and_another_tenant_has_its_own(tmp_path):
+    """Small patterns that each compile to a large program (\\pN{1000}: 233,000 RE2
+    instructions) stalled a load for minutes by the hundred; past the tenant's budget
+    the rest are refused, uncompiled, each at its line, and other tenants load."""
+    from orion.rules.compiler import load_serving_rules
+    from orion.rules.regex import MAX_TENANT_PROGRAM
+
+    heavy = "".join(f'  - {{name: c{n}, triggers: [{{activity: device_event, where: {{device: {{matches: '
+                    f'"\\\\pN{{1000}}<{n}>"}}}}}}]}}\n' for n in range(300))
+    folder = write_rules(tmp_path / "rules", {"evil.yaml": "tenant: evil\ncampaigns:\n" + heavy})
+    (folder / "acme.yaml").write_text("tenant: acme\ncampaigns:\n" + "".join(
+        f'  - {{name: c{n}, triggers: [{{activity: visit_web_page, where: {{url: {{matches: "^/p{n}"}}}}}}]}}\n'
+        for n in range(300)))
+    rules, refused = load_serving_rules(folder)
+    assert list(refused) == ["evil"] and "acme" in rules.tenants
+    over = [error for error in refused["evil"] if f"more than {MAX_TENANT_PROGRAM:,} RE2 instructions" in error.message]
+    assert len(over) == len(refused["evil"]) and 280 <= len(over) < 300, len(over)
+    assert over[0].line == 3 + 300 - len(over)  # the first pattern past the budget, and each after it

@@ -57,6 +57,7 @@ from orion.rules.model import (
     attribute_getter,
 )
 from orion.rules.operators import OperandError, compile_conditions, required_literal
+from orion.rules.regex import program_budget
 from orion.rules.schema import STEP_KINDS, TIME_OF_DAY_OPERATORS
 from orion.rules.source import (
     MAX_RULE_FILE_BYTES,
@@ -1223,8 +1224,9 @@ def _compile_directory_now(directory: Path, template_dirs: list[Path], file_tena
     tenants = {}
     for tenant, compiler in compilers.items():
         compiler.check_durations()
-        campaigns = compiler.compile_campaigns()
-        found_experiences = compiler.compile_experiences()
+        with program_budget():  # the tenant's patterns share one budget of compiled program
+            campaigns = compiler.compile_campaigns()
+            found_experiences = compiler.compile_experiences()
         errors.extend(compiler.errors)
         if experiences is not None:
             experiences[tenant] = found_experiences

@@ -14,7 +14,9 @@ the trigger index files the condition under.
 """
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import contextvars
+from typing import Callable, Iterator
 
 from orion.native import import_extension
 
@@ -27,8 +29,42 @@ MAX_PATTERN_MEMORY = 8 << 20
 MAX_PATTERN_CHARS = 2_000
 
 
+# RE2 instructions all of one tenant's patterns may compile to (program_budget): compiling
+# takes about a microsecond an instruction, so one tenant's rules cannot stall a load for
+# minutes with a few hundred small patterns that each compile to a large program
+# (`\pN{1000}` is 233,000 instructions); a rule's usual pattern is a few dozen.
+MAX_TENANT_PROGRAM = 2_000_000
+
+
 class RegexError(ValueError):
     """A pattern RE2 does not take; the message says what and how to fix it."""
+
+
+_budget: contextvars.ContextVar[list | None] = contextvars.ContextVar("orion_regex_budget", default=None)
+
+
+@contextlib.contextmanager
+def program_budget(limit: int = MAX_TENANT_PROGRAM) -> Iterator[None]:
+    """The patterns compiled inside share `limit` RE2 instructions: past it,
+    compile_search raises RegexError (the rules compiler gives each tenant one)."""
+    token = _budget.set([limit, limit])
+    try:
+        yield
+    finally:
+        _budget.reset(token)
+
+
+def _spend(size: int) -> None:
+    """Take `size` instructions from the budget (0: only check that some are left, before
+    compiling: once it is spent, no further pattern is compiled at all)."""
+    budget = _budget.get()
+    if budget is None:
+        return
+    budget[1] -= size
+    if budget[1] < 0 or (size == 0 and budget[1] == 0):
+        raise RegexError(f"the tenant's patterns compile to more than {budget[0]:,} RE2 instructions in all; "
+                         "use fewer or simpler patterns (large repeats of character classes such as \\pN{1000} "
+                         "are the costly ones)")
 
 
 def _options():
@@ -80,16 +116,19 @@ def compile_search(pattern: str) -> Callable[[str], bool]:
     if len(pattern) > MAX_PATTERN_CHARS:
         raise RegexError(f"the pattern is {len(pattern):,} characters long, more than {MAX_PATTERN_CHARS:,}; "
                          "shorten it or split the condition")
+    _spend(0)
+    fast, size = _fast_search(pattern)  # compiled once: its program's size, and its search when it has one
+    if size is not None:
+        _spend(size)
+    if fast is not None:
+        return fast
     try:
-        compiled = re2.compile(pattern, _OPTIONS)
+        compiled = re2.compile(pattern, _OPTIONS)  # (what RE2 says of a pattern it refuses)
     except re2.error as err:
         problem = err.args[0] if err.args else ""
         if isinstance(problem, bytes):
             problem = problem.decode("utf-8", "replace")
         raise RegexError(_explain(str(problem))) from None
-    fast = _fast_search(pattern)
-    if fast is not None:
-        return fast
 
     def search(text: str) -> bool:
         try:
@@ -100,29 +139,35 @@ def compile_search(pattern: str) -> Callable[[str], bool]:
     return search
 
 
-def _fast_search(pattern: str) -> Callable[[str], bool] | None:
-    """The search through the binding's RE2 object itself, with no capture groups: a
-    third of the cost of `compiled.search` for the short texts rules see. None when the
-    binding does not have the shape this expects (then the public API serves)."""
+def _fast_search(pattern: str) -> tuple[Callable[[str], bool] | None, int | None]:
+    """(the search through the binding's RE2 object itself, with no capture groups: a
+    third of the cost of `compiled.search` for the short texts rules see; the size of
+    the pattern's program). The search is None when the pattern does not compile, or the
+    binding does not have the shape this expects (then the public API serves); the size
+    is None when it is not known."""
+    size = None
     try:
         from re2 import _re2
 
         options = _options()
         options.never_capture = True
         regexp = _re2.RE2(pattern.encode("utf-8"), options)
+        if not regexp.ok():
+            return None, None
+        size = regexp.ProgramSize()
         match = regexp.Match
         unanchored = _re2.RE2.Anchor.UNANCHORED
         no_match = (-1, -1)
-        if not regexp.ok() or match(unanchored, b"", 0, 0)[0] not in (no_match, (0, 0)):
-            return None
+        if match(unanchored, b"", 0, 0)[0] not in (no_match, (0, 0)):
+            return None, size
     except (ImportError, AttributeError, TypeError, ValueError):
-        return None
+        return None, size
 
     def search(text: str) -> bool:
         data = text.encode("utf-8", "surrogatepass")
         return match(unanchored, data, 0, len(data))[0] != no_match
 
-    return search
+    return search, size
 
 
 # ASCII characters whose case-insensitive matches are exactly the characters that casefold
