@@ -731,3 +731,30 @@ def test_a_tenants_patterns_share_one_budget_of_compiled_program_and_another_ten
     over = [error for error in refused["evil"] if f"more than {MAX_TENANT_PROGRAM:,} RE2 instructions" in error.message]
     assert len(over) == len(refused["evil"]) and 280 <= len(over) < 300, len(over)
     assert over[0].line == 3 + 300 - len(over)  # the first pattern past the budget, and each after it
+
+
+def test_a_tenants_templates_share_one_budget_of_source_compiled_at_load(tmp_path, monkeypatch):
+    """Each template file is compiled once at load, whatever includes it, and a tenant's
+    templates hold at most MAX_TENANT_TEMPLATE_BYTES in all (here made small): past it
+    the template is refused at its line, and the next tenant is not slowed."""
+    from orion.rules import compiler
+
+    monkeypatch.setattr(compiler, "MAX_TENANT_TEMPLATE_BYTES", 40_000)
+    body = "{% block subject %}s{% endblock %}{% block text %}" + "{{ lead.first_name }} " * 500 + "{% endblock %}"
+    templates = {f"evil/t{n}.j2": body for n in range(4)}  # about 11,000 characters each
+    templates["evil/all.j2"] = "".join(f"{{% include 't{n}.j2' %}}" for n in range(3)) + \
+        "{% block subject %}all{% endblock %}"
+    folder = write_rules(tmp_path / "rules", {"evil.yaml": """
+        tenant: evil
+        campaigns:
+          - name: X
+            triggers: [{activity: open_email}]
+            flow:
+              - send_email: {template: all}
+              - send_email: {template: t0}
+              - send_email: {template: t1}
+              - send_email: {template: t3}
+    """}, templates)
+    errors = check_rules(folder)
+    # all, with the three it includes, fits (t0 and t1 are not compiled again); t3 does not
+    assert [(e.line, "past 40,000 characters of source in all" in e.message) for e in errors] == [(9, True)], errors

@@ -99,6 +99,10 @@ IMPRESSION_TYPE = ActivityType(
 MAX_SNIPPET_CHARS = 20_000
 # Templates one template may pull in through include, import and extends, all levels.
 MAX_REFERENCED_TEMPLATES = 100
+# Template source one tenant's rules may have compiled at load, in all (each template once,
+# with what it includes, imports and extends): Jinja compiles about 100 KB a second, so
+# this bounds the time one tenant adds to every job's load to about half a minute.
+MAX_TENANT_TEMPLATE_BYTES = 3_000_000
 
 
 def load_rules(directory: str | Path, template_dirs: Iterable[str | Path] = ()) -> RuleSet:
@@ -242,6 +246,8 @@ class _TenantCompiler:
         self.settings = _Settings()
         self.counters: dict[str, HistoryCounter] = {}
         self.checked_templates: dict[str, str | None] = {}
+        self.template_trees: dict[str, Any] = {}  # template files compiled at load, by path: each once
+        self.template_bytes = 0  # their source, in all
 
     def error(self, file: RuleFile, path: Iterable[Any], message: str) -> None:
         self.errors.append(RuleError(file.path, line_of(file.doc, list(path)), message))
@@ -766,9 +772,17 @@ class _TenantCompiler:
                         "through include, import and extends; use fewer")
             path = search.find(filename)
             try:
-                source = read_template(path)
-                tree = environment.parse(source, filename, str(path))
-                environment.compile(tree, filename, str(path))
+                tree = self.template_trees.get(str(path))
+                if tree is None:
+                    source = read_template(path)
+                    self.template_bytes += len(source)
+                    if self.template_bytes > MAX_TENANT_TEMPLATE_BYTES:
+                        return (f"template {short_repr(name)} ({path}) brings the tenant's templates past "
+                                f"{MAX_TENANT_TEMPLATE_BYTES:,} characters of source in all; use fewer or "
+                                "smaller templates")
+                    tree = environment.parse(source, filename, str(path))
+                    environment.compile(tree, filename, str(path))
+                    self.template_trees[str(path)] = tree
             except jinja2.TemplateSyntaxError as err:
                 return (f"template {short_repr(name)} does not compile: {path}:{err.lineno}: "
                         f"{short_text(err.message or '', 200)}; fix the template")
