@@ -306,6 +306,12 @@ def _check_refusals(server, shop_key: str) -> None:
         assert (status, body["error"]) == (400, "bad_query"), (times, body)
     status, body, _ = server.get("/v1/analytics/experiments?since=now-1000000d", shop_key)
     assert status == 400, body
+    # a parameter given twice is not read as its first value; topn takes no granularity
+    for asked, said in (("timeseries?metric=events&metric=zzz", "metric is given more than once"),
+                        ("timeseries?metric=events&from=now-1h&from=junk", "from is given more than once"),
+                        ("topn?metric=events&granularity=week", "leave granularity out")):
+        status, body, _ = server.get(f"/v1/analytics/{asked}", shop_key)
+        assert (status, body["error"]) == (400, "bad_query") and said in body["detail"], (asked, body)
     # the years before 1000 are written with four digits, as the API reads them back
     status, body, _ = server.get("/v1/analytics/timeseries?metric=events&from=0001-01-01T00:00:00Z"
                                  "&to=0001-01-01T01:00:00Z", shop_key)

@@ -254,11 +254,21 @@ def _json(status: int, body: dict, headers: dict | None = None) -> web.Response:
                         charset="utf-8")
 
 
+_ONCE = ("metric", "by", "from", "to", "top", "granularity")  # (where may be given for several dimensions)
+
+
 def query_of(tenant: str, params, granularity: str | None = None, top: int | None = None) -> Query:
     """The Query a request's parameters ask for; QueryError naming what is wrong."""
     for name, value in params.items():
         if len(value) > MAX_PARAMETER_CHARS:
             raise QueryError(f"parameter {name} is longer than {MAX_PARAMETER_CHARS} characters")
+    for name in _ONCE:
+        if len(params.getall(name, ())) > 1:
+            raise QueryError(f"parameter {name} is given more than once; give it once")
+    asked = params.get("granularity")
+    if granularity is not None and asked is not None and asked != granularity:
+        raise QueryError(f"topn ranks over the whole range (granularity {granularity}); leave granularity out, "
+                         "or ask timeseries for a granularity")
     metric = params.get("metric")
     if not metric:
         raise QueryError("metric is required, e.g. metric=events")
