@@ -17,7 +17,7 @@ from typing import IO, Callable, Iterable, NamedTuple
 
 from orion.activities import Activity
 from orion.deadletters import DeadLetter
-from orion.intake import bounded_lines, read_lines
+from orion.intake import bounded_lines, decompressing, read_lines
 from orion.rules import RuleSet, evaluate_lead
 
 PROGRESS_EVERY_SECONDS = 2.0
@@ -118,12 +118,15 @@ def evaluate_file(
 
     source = "stdin" if str(events) == "-" else str(events)
     # Bytes, so that a line that is not UTF-8 becomes a dead letter, not a crash.
-    stream = sys.stdin.buffer if source == "stdin" else open(events, "rb")
+    # (a .gz or .bz2 file is inflated as it is read, as orion run reads it)
+    raw = sys.stdin.buffer if source == "stdin" else open(events, "rb")
+    stream = raw if source == "stdin" else decompressing(raw, source)
     try:
         by_lead, lines, duplicates = read_activities(stream, rules, source, dead_letter, progress)
     finally:
         if source != "stdin":
             stream.close()
+            raw.close()
     qualified = collections.Counter()
     outcome_count = 0
     for (tenant, lead), activities in sorted(by_lead.items()):

@@ -212,3 +212,15 @@ def test_bad_places_and_values_are_refused_with_one_line_before_anything_runs(tm
         assert said in result.stderr and "Traceback" not in result.stderr, (args, result.stderr[-2000:])
     assert not list(tmp_path.glob("orion-data/*.jsonl")), "no graph ran"
     assert not (tmp_path / "o.db").exists()
+
+
+def test_evaluate_reads_a_compressed_file_as_orion_run_does(tmp_path):
+    import gzip
+
+    (tmp_path / "events.jsonl.gz").write_bytes(gzip.compress((SAMPLES / "events.jsonl").read_bytes()))
+    results = []
+    for name in ("events.jsonl.gz", str(SAMPLES / "events.jsonl")):
+        result = run_orion("evaluate", "--events", name, "--out", f"{Path(name).name}.out", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        results.append(read_jsonl(tmp_path / f"{Path(name).name}.out"))
+    assert results[0] == results[1] and len(results[0]) > 100
