@@ -191,3 +191,17 @@ def test_cbt_reads_the_rows_the_bigtable_store_wrote(bigtable_emulator):
             {f"e:{a.event_id}": (cell_time(a.occurred_at), str(a.occurred_at))}
         for a in batch
     }
+
+
+def test_a_store_whose_client_gives_up_is_one_line_not_a_traceback():
+    """A store client's own error (Google's RetryError past the read deadline, a MySQL
+    connection error) reaching a command is said in one line, as a StoreError is."""
+    from google.api_core.exceptions import RetryError
+    from pymysql.err import OperationalError
+
+    from orion.store.base import StoreError, store_error
+
+    said = store_error(RetryError("Timeout of 60.0s exceeded", None))
+    assert isinstance(said, StoreError) and "did not answer: RetryError: Timeout of 60.0s" in str(said)
+    assert "OperationalError" in str(store_error(OperationalError(2003, "Can't connect")))
+    assert store_error(KeyError("ours")) is None  # a fault of ours is not hidden

@@ -36,6 +36,22 @@ class StoreError(RuntimeError):
     """A store that cannot be opened or written; the message says what to do."""
 
 
+# The packages of the stores' clients: an error of theirs that reaches a command (a server
+# that does not answer within the client's retries) is the store's, said in one line.
+_CLIENT_PACKAGES = frozenset({"google", "grpc", "pymysql", "thriftpy2", "happybase"})
+
+
+def store_error(err: BaseException) -> StoreError | None:
+    """`err` as the StoreError a command reports: itself, or a store client's own error
+    (Google's RetryError past the read deadline, a MySQL connection error ...); None for
+    any other error, which is a fault of ours."""
+    if isinstance(err, StoreError):
+        return err
+    if type(err).__module__.split(".")[0] in _CLIENT_PACKAGES:
+        return StoreError(f"the store did not answer: {type(err).__name__}: {str(err)[:300]}")
+    return None
+
+
 class WriteFailure(NamedTuple):
     """One activity a store could not write: the activity, a short reason code
     (UNSTORABLE or STORE_WRITE_FAILED) and a detail that says what went wrong."""

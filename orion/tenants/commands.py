@@ -18,7 +18,7 @@ import sys
 
 from orion.activities import format_timestamp
 from orion.settings import DEFAULT_DATA_DIR, DEFAULT_STORE
-from orion.store.base import StoreError
+from orion.store.base import store_error
 from orion.store.opening import open_store
 from orion.tenants.registry import STAGES, set_stage
 from orion.tenants.report import DEFAULT_EXAMPLES, render_report, tenant_report
@@ -75,8 +75,11 @@ def list_tenants(args: argparse.Namespace) -> int:
     try:
         with open_store(args.store) as store:
             rows = store.read_tenant_stages()
-    except StoreError as err:
-        print(f"orion: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_error)
+        said = store_error(err)
+        if said is None:
+            raise
+        print(f"orion: {said}", file=sys.stderr)
         return 2
     if not rows:
         print(f"no tenant in the registry of {_shown(args.store)}: every tenant is legacy")
@@ -93,8 +96,14 @@ def set_tenant(args: argparse.Namespace) -> int:
     try:
         with open_store(args.store) as store:
             row, changed = set_stage(store, args.tenant, args.stage)
-    except (StoreError, ValueError) as err:
+    except ValueError as err:
         print(f"orion: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_error)
+        said = store_error(err)
+        if said is None:
+            raise
+        print(f"orion: {said}", file=sys.stderr)
         return 2
     since = format_timestamp(row.changed_at)
     if changed:
@@ -109,8 +118,11 @@ def report_tenant(args: argparse.Namespace) -> int:
     try:
         with open_store(args.store) as store:
             rows = {row.tenant: row for row in store.read_tenant_stages()}
-    except StoreError as err:
-        print(f"orion: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_error)
+        said = store_error(err)
+        if said is None:
+            raise
+        print(f"orion: {said}", file=sys.stderr)
         return 2
     report = tenant_report(args.tenant, rows.get(args.tenant), args.report_dir, max(args.examples, 0))
     print(json.dumps(report, ensure_ascii=False, sort_keys=True) if args.json else render_report(report))
