@@ -186,6 +186,8 @@ def test_unknown_placements_are_named_and_each_placement_is_answered_once(acme):
     ({"url": "x" * 5000}, "at most 4,096"),
     ({"local_time": "25:00"}, "not a time of day"),
     ({"local_time": "9:30"}, "not a time of day"),
+    ({"local_time": "\u0661\u0662:\u0663\u0660"}, "not a time of day"),  # Arabic-Indic digits, which int() reads
+    ({"local_time": "\uff10\uff19:\uff11\uff15"}, "not a time of day"),  # fullwidth digits
     ({"timezone": "Mars/Olympus"}, "not a time zone"),
     ({"timezone": "../../etc/passwd"}, "not a time zone"),
 ])

@@ -133,7 +133,7 @@ def parse_context(raw: Any, now_ms: int) -> dict:
 @functools.lru_cache(maxsize=4096)
 def _minutes_of(text: str) -> float:
     parts = text.split(":")
-    if len(parts) in (2, 3) and all(len(p) == 2 and p.isdigit() for p in parts):
+    if len(parts) in (2, 3) and all(len(p) == 2 and p.isascii() and p.isdigit() for p in parts):
         hours, minutes, seconds = int(parts[0]), int(parts[1]), int(parts[2]) if len(parts) == 3 else 0
         if hours < 24 and minutes < 60 and seconds < 60:
             return hours * 60 + minutes + seconds / 60
