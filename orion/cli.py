@@ -166,7 +166,8 @@ def _run(args: argparse.Namespace) -> int:
         kafka = KafkaIntake(args.kafka_servers, args.kafka_topic, max_read_s=args.duration)
         config = config._replace(events=None, duration_s=None)
         runner = "direct"
-    refusal = _check_run_places(args)
+    # (a Dataflow job's places are checked by its own runner: the ones it takes are remote)
+    refusal = _check_run_places(args) if runner != "dataflow" else None
     if refusal is not None:
         print(f"orion: {refusal}", file=sys.stderr)
         return 2
