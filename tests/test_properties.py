@@ -80,6 +80,11 @@ def _attributes(**specs) -> st.SearchStrategy[dict]:
     return st.fixed_dictionaries(required, optional=optional_)
 
 
+# The lead attributes data_value_changes sets, with values of their types (industry and
+# employees are declared in RULES; city and unsubscribed are built in).
+LEAD_VALUES = {"industry": text_like(WORDS), "employees": NUMBERS, "city": text_like(WORDS),
+               "unsubscribed": st.booleans()}
+
 ATTRIBUTES_BY_TYPE = {
     "visit_web_page": _attributes(
         url=(text_like(URLS), True), referrer=(text_like(["https://google.com/", "direct"]), False)
@@ -104,10 +109,9 @@ ATTRIBUTES_BY_TYPE = {
     "added_to_list": _attributes(list=(text_like(["vip", "newsletter", "Customers"]), True)),
     "removed_from_list": _attributes(list=(text_like(["vip", "newsletter", "Customers"]), True)),
     "unsubscribe_email": _attributes(email=(text_like(WORDS), False)),
-    "data_value_changes": _attributes(
-        attribute=(st.sampled_from(["industry", "employees", "city", "unsubscribed"]), True),
-        new_value=(optional(SCALARS), False),
-    ),
+    # a new value fits its attribute's declared type (intake refuses one that does not)
+    "data_value_changes": st.sampled_from(sorted(LEAD_VALUES)).flatmap(lambda name: _attributes(
+        attribute=(st.just(name), True), new_value=(optional(LEAD_VALUES[name]), False))),
     "store_visit": _attributes(
         store=(text_like(WORDS), True),
         minutes=(NUMBERS, False),
