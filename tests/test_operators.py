@@ -284,7 +284,8 @@ def test_exact_value_and_another_operator_on_the_indexed_attribute_both_apply(lo
 
 
 def test_value_of_the_wrong_type_for_the_operator_does_not_match(load):
-    # Lead attributes come from data_value_changes, which accepts any JSON value.
+    # A lead attribute may hold a value of another type than declared: set before intake
+    # checked data_value_changes against the declaration, or by an attribute declared since.
     assert probe_fires(load, "lead_filter", "amount", {"gt": 1}, "5") is False
     assert probe_fires(load, "lead_filter", "note", {"contains": "5"}, 5) is False
     assert probe_fires(load, "lead_filter", "note", {"is": "5"}, 5) is False
