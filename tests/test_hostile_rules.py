@@ -739,6 +739,8 @@ def test_a_tenants_templates_share_one_budget_of_source_compiled_at_load(tmp_pat
     the template is refused at its line, and the next tenant is not slowed."""
     from orion.rules import compiler
 
+    # The budget made small, not a mock: reaching the real 3,000,000 characters means
+    # compiling megabytes of Jinja (about 30 s); the counting is the same either way.
     monkeypatch.setattr(compiler, "MAX_TENANT_TEMPLATE_BYTES", 40_000)
     body = "{% block subject %}s{% endblock %}{% block text %}" + "{{ lead.first_name }} " * 500 + "{% endblock %}"
     templates = {f"evil/t{n}.j2": body for n in range(4)}  # about 11,000 characters each

@@ -52,6 +52,19 @@ def store_error(err: BaseException) -> StoreError | None:
     return None
 
 
+def store_refusal(err: BaseException) -> int:
+    """What a command does with an error raised while it used a store: a store's (or its
+    client's, store_error) is said in one line and the command exits 2; any other error,
+    a fault of ours, is raised again."""
+    import sys
+
+    said = store_error(err)
+    if said is None:
+        raise err
+    print(f"orion: {said}", file=sys.stderr)
+    return 2
+
+
 class WriteFailure(NamedTuple):
     """One activity a store could not write: the activity, a short reason code
     (UNSTORABLE or STORE_WRITE_FAILED) and a detail that says what went wrong."""

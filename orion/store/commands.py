@@ -15,7 +15,7 @@ import json
 import sys
 
 from orion.activities import format_timestamp, parse_timestamp
-from orion.store.base import store_error
+from orion.store.base import store_refusal
 from orion.store.opening import URI_FORMS, open_store
 
 DEFAULT_STORE = "sqlite:///orion-data/activities.db"  # the same default as `orion run`
@@ -84,12 +84,8 @@ def init_store(args: argparse.Namespace) -> int:
         if rollups_uri is not None:
             with open_rollup_store(rollups_uri) as rollups:  # the analytics roll-ups, beside them
                 rollups.init()
-    except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_error)
-        said = store_error(err)
-        if said is None:
-            raise
-        print(f"orion: {said}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_refusal)
+        return store_refusal(err)
     print(f"initialized {store!r}")
     return 0
 
@@ -104,12 +100,8 @@ def print_history(args: argparse.Namespace) -> int:
         with open_store(args.store) as store:
             activities = store.history(args.tenant, args.lead, since=args.since, until=args.until,
                                        types=args.types, limit=args.limit)
-    except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_error)
-        said = store_error(err)
-        if said is None:
-            raise
-        print(f"orion: {said}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_refusal)
+        return store_refusal(err)
     for activity in activities:
         print(history_line(activity))
     return 0

@@ -18,7 +18,7 @@ import sys
 
 from orion.activities import format_timestamp
 from orion.settings import DEFAULT_DATA_DIR, DEFAULT_STORE
-from orion.store.base import store_error
+from orion.store.base import store_refusal
 from orion.store.opening import open_store
 from orion.tenants.registry import STAGES, set_stage
 from orion.tenants.report import DEFAULT_EXAMPLES, render_report, tenant_report
@@ -75,12 +75,8 @@ def list_tenants(args: argparse.Namespace) -> int:
     try:
         with open_store(args.store) as store:
             rows = store.read_tenant_stages()
-    except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_error)
-        said = store_error(err)
-        if said is None:
-            raise
-        print(f"orion: {said}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_refusal)
+        return store_refusal(err)
     if not rows:
         print(f"no tenant in the registry of {_shown(args.store)}: every tenant is legacy")
         return 0
@@ -99,12 +95,8 @@ def set_tenant(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"orion: {err}", file=sys.stderr)
         return 2
-    except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_error)
-        said = store_error(err)
-        if said is None:
-            raise
-        print(f"orion: {said}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_refusal)
+        return store_refusal(err)
     since = format_timestamp(row.changed_at)
     if changed:
         print(f"{row.tenant}: {row.previous_stage} -> {row.stage} at {since}; jobs running with --mode tenants "
@@ -118,12 +110,8 @@ def report_tenant(args: argparse.Namespace) -> int:
     try:
         with open_store(args.store) as store:
             rows = {row.tenant: row for row in store.read_tenant_stages()}
-    except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_error)
-        said = store_error(err)
-        if said is None:
-            raise
-        print(f"orion: {said}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_refusal)
+        return store_refusal(err)
     report = tenant_report(args.tenant, rows.get(args.tenant), args.report_dir, max(args.examples, 0))
     print(json.dumps(report, ensure_ascii=False, sort_keys=True) if args.json else render_report(report))
     return 0
