@@ -21,7 +21,7 @@ SUBSCRIPTION = "projects/acme-prod/subscriptions/activities"
 
 
 def config(subscription: str | None = None, events: str | None = "gs://acme-orion/in/*.jsonl",
-           store: str = "bigtable://acme-prod/orion/activities", out_dir="gs://acme-orion/out",
+           store: str = "bigtable://acme-prod/orion-prod/activities", out_dir="gs://acme-orion/out",
            beam_args=BEAM_FLAGS) -> RunConfig:
     return RunConfig(rules_dir="rules", template_dirs=(), events=None if subscription else events,
                      subscription=subscription, store_uri=store, out_dir=out_dir,
@@ -71,6 +71,15 @@ def test_local_paths_and_stores_are_refused_with_what_to_use_instead():
     assert "--out-dir out is on this machine" in message and "gs://BUCKET/PATH" in message
 
 
+def test_a_mistyped_store_or_outbox_uri_is_refused_before_submitting():
+    with pytest.raises(DataflowConfigError) as refused:
+        run_dataflow(config(store="bigtable://acme-prod/orion/activities")._replace(
+            outbox_uri="mysql://root@db.internal:3306/out-box"), dry_run=True, out=io.StringIO())
+    message = str(refused.value)
+    assert "--store: bad Bigtable instance id 'orion'" in message and "6 to 33 characters" in message
+    assert "--outbox: bad database name 'out-box'" in message
+
+
 def test_beams_flags_given_by_the_user_are_kept():
     options = dataflow_options(config(beam_args=(
         "--project=acme-prod", "--region=us-central1", "--temp_location=gs://acme-orion/tmp",
@@ -103,7 +112,7 @@ def test_dry_run_prints_the_resolved_options_and_the_drain_command_without_submi
 # --- through the command line ---------------------------------------------------------
 
 DATAFLOW_ARGS = ["run", "--runner", "dataflow", "--project", "p", "--region", "r", "--temp_location", "gs://b/t",
-                 "--events", "gs://b/in/*.jsonl", "--store", "bigtable://p/i/t", "--out-dir", "gs://b/out",
+                 "--events", "gs://b/in/*.jsonl", "--store", "bigtable://p/orion-prod/activities", "--out-dir", "gs://b/out",
                  "--outbox", "mysql://orion@10.0.0.5:3306/outbox", "--dry-run"]
 
 
@@ -190,7 +199,7 @@ def test_orion_options_parse_orions_flags_into_a_run_config_and_leave_beams_flag
         "--runner=DataflowRunner", "--project=acme-prod", "--region=europe-west1", "--job_name=orion-eu",
         "--temp_location=gs://acme-orion/tmp", "--max_num_workers=20", "--experiments=use_runner_v2",
         "--rules=/template/rules", "--templates=t1", "--templates=t2",
-        "--subscription=projects/acme-prod/subscriptions/activities", "--store=bigtable://acme-prod/orion/activities",
+        "--subscription=projects/acme-prod/subscriptions/activities", "--store=bigtable://acme-prod/orion-prod/activities",
         "--outbox=none", "--out_dir=gs://acme-orion/out/", "--allowed_lateness=30", "--dedup_span=2",
         "--mode=passive", "--legacy_store=mysql://orion@10.0.0.5:3306/legacy",
     ])
@@ -199,7 +208,7 @@ def test_orion_options_parse_orions_flags_into_a_run_config_and_leave_beams_flag
 
     assert config._replace(beam_args=()) == RunConfig(
         rules_dir="/template/rules", template_dirs=("t1", "t2"), events=None,
-        subscription="projects/acme-prod/subscriptions/activities", store_uri="bigtable://acme-prod/orion/activities",
+        subscription="projects/acme-prod/subscriptions/activities", store_uri="bigtable://acme-prod/orion-prod/activities",
         out_dir="gs://acme-orion/out", allowed_lateness_ms=30_000, dedup_span_ms=2 * 3_600_000, duration_s=None,
         beam_args=(), outbox_uri=None, mode="passive", legacy_store_uri="mysql://orion@10.0.0.5:3306/legacy")
     assert output_prefixes(config.out_dir) == ("gs://acme-orion/out/outcomes", "gs://acme-orion/out/dead-letters")

@@ -101,9 +101,13 @@ def check(config: RunConfig, options: PipelineOptions) -> None:
     if not config.store_uri.startswith(REMOTE_STORES):
         problems.append(f"--store {config.store_uri} is on this machine; Dataflow workers need "
                         "bigtable://PROJECT/INSTANCE/TABLE or mysql://...")
+    else:
+        problems += _uri_problems("--store", config.store_uri)
     if config.outbox_uri is not None and not config.outbox_uri.startswith("mysql://"):
         problems.append(f"--outbox {config.outbox_uri} is on this machine; Dataflow workers queue emails "
                         "in mysql://USER:PASSWORD@HOST:PORT/DB (or give --outbox none: no campaign flows)")
+    elif config.outbox_uri is not None:
+        problems += _uri_problems("--outbox", config.outbox_uri)
     if config.subscription is None and not str(config.events).startswith("gs://"):
         problems.append(f"--events {config.events} is on this machine; Dataflow workers read gs:// paths")
     if not str(config.out_dir).startswith("gs://"):
@@ -111,6 +115,21 @@ def check(config: RunConfig, options: PipelineOptions) -> None:
                         "outcomes-*.jsonl and dead-letters-*.jsonl to gs://BUCKET/PATH")
     if problems:
         raise DataflowConfigError("cannot submit to Dataflow:\n  " + "\n  ".join(problems))
+
+
+def _uri_problems(option: str, uri: str) -> list[str]:
+    """What is wrong with a remote store's URI as written (no network: the workers are
+    the ones to reach it), so a mistyped one is said before the job is submitted rather
+    than in every worker's log."""
+    from orion.store.base import StoreError
+    from orion.store.bigtable import parse_bigtable_uri
+    from orion.store.mysql import parse_mysql_uri
+
+    try:
+        (parse_bigtable_uri if uri.startswith("bigtable://") else parse_mysql_uri)(uri)
+    except StoreError as err:
+        return [f"{option}: {err}"]
+    return []
 
 
 def render_options(options: PipelineOptions) -> str:

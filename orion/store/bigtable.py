@@ -52,7 +52,7 @@ tenant), family "t", columns `stage`, `changed_at` (decimal epoch ms) and
 `previous_stage`, each cell at the one timestamp PROFILE_CELL_MICROS, as the profiles'
 (orion/tenants/registry.py).
 
-    BIGTABLE_EMULATOR_HOST=127.0.0.1:8086 orion store init bigtable://demo/local/activities
+    BIGTABLE_EMULATOR_HOST=127.0.0.1:8086 orion store init bigtable://demo/local-dev/activities
 """
 from __future__ import annotations
 

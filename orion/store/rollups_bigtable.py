@@ -19,7 +19,7 @@ older cell, which the family's one-version GC rule removes); a rewrite of the sa
 version sets the same cells. No salt: a tenant's roll-ups are aggregates, a few rows a
 minute, and a time-ordered key is what makes a range query one scan.
 
-    BIGTABLE_EMULATOR_HOST=127.0.0.1:8086 orion store init bigtable://demo/local/activities
+    BIGTABLE_EMULATOR_HOST=127.0.0.1:8086 orion store init bigtable://demo/local-dev/activities
 """
 from __future__ import annotations
 
