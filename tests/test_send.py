@@ -299,3 +299,31 @@ def test_orion_send_needs_the_profiles_or_an_explicit_choice_to_send_without_the
     assert "no SQLite store" in capsys.readouterr().err and not missing.exists()
     with open_outbox(queued_outbox) as outbox:
         assert outbox.counts() == {"email:queued": 10}, "nothing was claimed"
+
+
+def test_a_store_that_stops_answering_is_said_in_one_line_and_nothing_unchecked_is_sent(
+        smtp_server, queued_outbox, monkeypatch, capsys):
+    """A Bigtable store whose client gives up (its own RetryError, past its read deadline):
+    `orion send` says so and exits 2 before claiming anything; a send already draining
+    stops with a StoreError (orion send: exit 1) and sends nothing it could not check."""
+    from orion.store import open_store
+    from orion.store.base import StoreError
+    from orion.store.bigtable import BigtableStore
+
+    mailbox, host, port = smtp_server
+    monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setattr(BigtableStore, "read_deadline", 2.0)  # the client's retries end sooner than in production
+    store_uri = "bigtable://demo/local-dev/activities"
+
+    assert send_command(["--outbox", queued_outbox, "--store", store_uri, "--smtp", f"{host}:{port}"]) == 2
+    said = capsys.readouterr().err
+    assert said.startswith("orion: cannot read the lead profiles in --store: the store did not answer: RetryError"), said
+    assert "Traceback" not in said
+
+    with open_outbox(queued_outbox) as outbox:
+        assert outbox.counts() == {"email:queued": 10}, "nothing was claimed"
+        sender = Sender(outbox, host, port, consent=ConsentCheck(open_store(store_uri)))
+        with pytest.raises(StoreError, match="did not answer: RetryError"):
+            sender.drain()
+        sender.consent.close()
+    assert mailbox.messages == [], "no email went unchecked"

@@ -57,7 +57,15 @@ class ConsentCheck:
         from orion.campaigns.flows import consent_block
         from orion.profiles import ProfileError, decode_profile
 
-        texts = self.store.read_profiles([(item.tenant, item.lead_id) for item in claimed])
+        from orion.store.base import store_error
+
+        try:
+            texts = self.store.read_profiles([(item.tenant, item.lead_id) for item in claimed])
+        except Exception as err:  # noqa: BLE001 - a store client's own error (past its deadline) is a StoreError
+            said = store_error(err)
+            if said is None:
+                raise
+            raise said from err
         found: list[tuple[str, str] | None] = []
         for item, text in zip(claimed, texts):
             if text is None:
@@ -356,7 +364,7 @@ def add_send_command(commands) -> None:
 def _send(args: argparse.Namespace) -> int:
     from orion.campaigns.outbox import OutboxError
 
-    from orion.store.base import StoreError
+    from orion.store.base import StoreError, store_error
 
     consent = None
     if args.store:
@@ -370,8 +378,11 @@ def _send(args: argparse.Namespace) -> int:
                 raise StoreError(f"there is no SQLite store at {path}; give the store the graph writes "
                                  "(orion run --store)")
             store.read_profiles([("", "")])  # a store that cannot be read is said now, not at the first email
-        except (StoreError, ValueError) as err:
-            print(f"orion: cannot read the lead profiles in --store: {err}", file=sys.stderr)
+        except Exception as err:  # noqa: BLE001 - a store's, its client's (past its deadline), or a bad URI
+            said = err if isinstance(err, ValueError) else store_error(err)
+            if said is None:
+                raise
+            print(f"orion: cannot read the lead profiles in --store: {said}", file=sys.stderr)
             return 2
         consent = ConsentCheck(store)
     try:
