@@ -375,6 +375,19 @@ def test_a_store_that_does_not_answer_is_a_503(start, key):
     assert status == 503 and answer["error"] == "store_unavailable" and headers["Retry-After"] == "1"
 
 
+def test_a_bigtable_store_that_does_not_answer_within_its_deadline_is_a_503_too(start, key, monkeypatch):
+    """The Bigtable client gives up past its read deadline (its own error, which the store
+    answers as a StoreError): a 503 like any store's, not a 500."""
+    from orion.store.bigtable import BigtableStore
+
+    monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", f"127.0.0.1:{_closed_port()}")  # nothing listens there
+    store = BigtableStore("bigtable://demo/local-dev/activities")
+    store.read_deadline = 1.0  # the client's retries end sooner than in production
+    service = start(store)
+    status, headers, answer = service.decide({"lead_id": "L1", "placements": ["home_hero"]}, key)
+    assert status == 503 and answer["error"] == "store_unavailable" and headers["Retry-After"] == "1", answer
+
+
 def test_decisions_go_on_when_pubsub_does_not_take_impressions(emulator_env, start, key, tmp_path,  # noqa: F811
                                                                monkeypatch):
     topic, _ = new_topic()

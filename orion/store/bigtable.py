@@ -599,8 +599,11 @@ class BigtableStore(ActivityStore):
               rows_limit: int = 0, keys: Sequence[bytes] = ()) -> Iterator[Row]:
         """Stream the rows of table_id in `ranges` and at `keys` through row_filter (at
         most rows_limit, 0: all), merged from raw ReadRows chunks. A stream broken by an error the client
-        would retry is reopened after the last row delivered, with backoff; a missing
-        table becomes a StoreError that says to run init."""
+        would retry is reopened after the last row delivered, with backoff, for at most
+        `read_deadline` s without a new row; past it, and for an error the client would not
+        retry, a StoreError (the store's contract: callers answer it as the store not
+        answering, never as a fault of theirs). A missing table becomes a StoreError that
+        says to run init."""
         from google.api_core import exceptions
         from google.api_core.retry import exponential_sleep_generator
 
@@ -624,13 +627,14 @@ class BigtableStore(ActivityStore):
                 raise self._missing_table(err, table_id) from err
             except exceptions.GoogleAPICallError as err:
                 if not _read_retryable(err):
-                    raise
+                    raise StoreError(f"cannot read {self.uri}: {type(err).__name__}: {str(err)[:300]}") from err
                 if delays is None:
                     delays = exponential_sleep_generator(self.read_first_delay, self.read_max_delay, 2.0)
                     deadline = time.monotonic() + self.read_deadline
                 delay = next(delays)
                 if time.monotonic() + delay > deadline:
-                    raise exceptions.RetryError(f"Timeout of {self.read_deadline:0.1f}s exceeded", err) from err
+                    raise StoreError(f"{self.uri} did not answer within {self.read_deadline:g} s: "
+                                     f"{type(err).__name__}: {str(err)[:300]}") from err
                 time.sleep(delay)
             finally:
                 if stream is not None:
