@@ -56,6 +56,8 @@ from orion.store.base import StoreError
 
 _EPOCH_DAY = date(1970, 1, 1)
 BAD_LEAD_PROFILE = "bad_lead_profile"
+BAD_HISTORY_ROW = "bad_history_row"
+BAD_MEMBERSHIP_LINE = "bad_membership_line"
 BATCH_FLOW_WAITS = "batch_flow_waits"
 BATCH_SOURCE = "batch_members"
 # Rows fetched per round: small at first, so the first member is out at once.
@@ -126,6 +128,14 @@ def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else value
 
 
+def _text_or_hex(value) -> str:
+    """A column's text, or for bytes that are not UTF-8 the bytes in hex (for messages)."""
+    try:
+        return _text(value)
+    except UnicodeDecodeError:
+        return "0x" + bytes(value).hex()
+
+
 class _KeysRead(dict):
     """An empty history that remembers which counter keys a filter asked for."""
 
@@ -138,13 +148,25 @@ class _KeysRead(dict):
         return default
 
 
-def counters_read_by(campaign, counters) -> list:
-    """The history counters the campaign's filters read: each filter is tried on a lead
-    with an empty, recording history (a history filter looks its counter up first)."""
+def counters_read_by(campaign, counters, lead_attributes: dict | None = None) -> list:
+    """The history counters a send of the campaign reads: those of its filters and of its
+    flow steps' choices, each filter tried alone on a lead with an empty, recording
+    history (a history filter looks its counter up first). A flow that requests a
+    campaign may run any campaign of the tenant (the request is evaluated as an activity),
+    so it reads every counter."""
+    from orion.campaigns.choices import compile_filter
+
     history = _KeysRead()
     probe = LeadState({}, 0, frozenset(), {}, history)
     for found in campaign.filters:
         found.test(probe, 0)
+    for step in campaign.flow:
+        choices = step.get("choices", ())
+        if "request_campaign" in step or any("request_campaign" in choice.get("then", {}) for choice in choices):
+            return list(counters)
+        for choice in choices:
+            for spec in choice.get("if", ()):
+                compile_filter(spec, lead_attributes or {})(probe, 0)
     return [c for c in counters if c.key in history.asked]
 
 
@@ -153,15 +175,19 @@ class _Histories:
     has no conditions, else by counting matching rows of the activities table. Only
     the counters the campaign's filters read are loaded."""
 
-    def __init__(self, connection, rules, campaign):
+    def __init__(self, connection, rules, campaign, dead_letters: Callable | None = None):
         tenant_rules = rules.tenants.get(campaign.tenant)
         counters = [c for found in (tenant_rules.counters_by_type.values() if tenant_rules else ())
                     for c in found]
-        self.counters = counters_read_by(campaign, counters)
+        self.counters = counters_read_by(campaign, counters, tenant_rules.lead_attributes if tenant_rules else {})
         self.connection = connection
         self.tenant = campaign.tenant
+        self.dead_letters = dead_letters
+        self.bad_rows = 0  # activities rows left out of the counts: attributes that are not a JSON object
 
     def load(self, lead_ids: list[str], now: int) -> dict[str, dict]:
+        """The leads' history counters as of `now`: what happened after it (a send run
+        again for a past time) is not counted (the index by its UTC day: up to now's)."""
         histories: dict[str, dict] = {}
         if not self.counters or not lead_ids:
             return histories
@@ -173,22 +199,41 @@ class _Histories:
                 if not counter.conditions:
                     cursor.execute(
                         f"SELECT lead_id, day, activity_count FROM activity_index WHERE tenant = %s AND type = %s "
-                        f"AND day >= %s AND lead_id IN ({marks})",
-                        [self.tenant, counter.activity_type, _EPOCH_DAY + timedelta(days=first_day), *lead_ids])
+                        f"AND day >= %s AND day <= %s AND lead_id IN ({marks})",
+                        [self.tenant, counter.activity_type, _EPOCH_DAY + timedelta(days=first_day),
+                         _EPOCH_DAY + timedelta(days=today), *lead_ids])
                     for lead_id, day, count in cursor.fetchall():
                         per_day = histories.setdefault(_text(lead_id), {}).setdefault(counter.key, {})
                         per_day[(day - _EPOCH_DAY).days] = int(count)
                 else:
                     cursor.execute(
-                        f"SELECT lead_id, occurred_at, attributes FROM activities WHERE tenant = %s AND type = %s "
-                        f"AND occurred_at >= %s AND lead_id IN ({marks})",
-                        [self.tenant, counter.activity_type, first_day * MS_PER_DAY, *lead_ids])
-                    for lead_id, occurred_at, attributes in cursor.fetchall():
-                        if counter.counts(json.loads(attributes), occurred_at):
+                        f"SELECT lead_id, occurred_at, attributes, event_id FROM activities WHERE tenant = %s "
+                        f"AND type = %s AND occurred_at >= %s AND occurred_at <= %s AND lead_id IN ({marks})",
+                        [self.tenant, counter.activity_type, first_day * MS_PER_DAY, now, *lead_ids])
+                    for lead_id, occurred_at, attributes, event_id in cursor.fetchall():
+                        try:
+                            parsed = json.loads(attributes)
+                        except ValueError:
+                            parsed = None
+                        if not isinstance(parsed, dict):
+                            self._bad_row(lead_id, event_id, attributes)
+                            continue
+                        if counter.counts(parsed, occurred_at):
                             per_day = histories.setdefault(_text(lead_id), {}).setdefault(counter.key, {})
                             day = occurred_at // MS_PER_DAY
                             per_day[day] = per_day.get(day, 0) + 1
         return histories
+
+    def _bad_row(self, lead_id, event_id, attributes) -> None:
+        """An activities row whose attributes do not read: left out of the counts, said
+        as a dead letter (once per row and counter that reads it)."""
+        self.bad_rows += 1
+        if self.dead_letters is not None:
+            self.dead_letters(DeadLetter(
+                {"tenant": self.tenant, "lead_id": _text_or_hex(lead_id), "event_id": _text_or_hex(event_id),
+                 "attributes": _text_or_hex(attributes)[:1000]}, BAD_HISTORY_ROW,
+                "an activities row whose attributes are not a JSON object; left out of the history counts",
+                BATCH_SOURCE))
 
 
 # A profile's data, or (data NULL: a row written with SQL) the columns it is read from;
@@ -247,7 +292,7 @@ def stream_members(leads_uri: str, rules, campaign, now: int, *, streams: int = 
         raise ValueError(f"stream {stream} is not one of 0..{streams - 1}")
     reader = _connect(leads_uri, unbuffered=True)
     lookups = _connect(leads_uri)
-    histories = _Histories(lookups, rules, campaign)
+    histories = _Histories(lookups, rules, campaign, dead_letters)
     cursor = reader.cursor()
     finished = False
     try:
@@ -261,7 +306,8 @@ def stream_members(leads_uri: str, rules, campaign, now: int, *, streams: int = 
                     break
                 if counts is not None:
                     counts[0] += len(rows)
-                lead_ids = [_text(row[0]) for row in rows]
+                rows = _readable_ids(rows, campaign.tenant, counts, dead_letters)
+                lead_ids = [row[0] for row in rows]
                 found = histories.load(lead_ids, now)
                 for lead_id, (_, data, attributes, score, lists) in zip(lead_ids, rows):
                     try:
@@ -288,6 +334,22 @@ def stream_members(leads_uri: str, rules, campaign, now: int, *, streams: int = 
             pass  # the query was killed just above
         reader.close()
         lookups.close()
+
+
+def _readable_ids(rows, tenant: str, counts, dead_letters) -> list:
+    """The rows with their lead id as text; a row whose id is not UTF-8 (written with
+    SQL: no lead of the graph's has one) is dead-lettered, not a member."""
+    readable = []
+    for row in rows:
+        try:
+            readable.append((_text(row[0]),) + tuple(row[1:]))
+        except UnicodeDecodeError:
+            if counts is not None and len(counts) > 1:
+                counts[1] += 1
+            if dead_letters is not None:
+                dead_letters(DeadLetter({"tenant": tenant, "lead_id": _text_or_hex(row[0])}, BAD_LEAD_PROFILE,
+                                        f"lead id {_text_or_hex(row[0])} is not UTF-8 text", BATCH_SOURCE))
+    return readable
 
 
 def _abandon(reader, lookups) -> None:
@@ -377,30 +439,62 @@ def membership_header(path: str | Path) -> dict:
     return header["membership_of"]
 
 
-def read_membership(path: str | Path, *, streams: int = 1, stream: int = 0) -> Iterator[Member]:
+def read_membership(path: str | Path, *, streams: int = 1, stream: int = 0, tenant: str = "",
+                    dead_letters: Callable | None = None, counts: list | None = None) -> Iterator[Member]:
     """Members precomputed by `write_membership` (JSONL, after a header line), those of
-    stream `stream` of `streams` only, so several streams can share one file."""
-    with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            record = json.loads(line)
-            if "membership_of" in record:
+    stream `stream` of `streams` only, so several streams can share one file. A line that
+    is not a member (not JSON, a member whose state does not read) goes to `dead_letters`
+    with reason `bad_membership_line` and its line number, and the rest is read; `counts`,
+    if given, [.., bad lines], is added to."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as lines:
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError(f"a member is a JSON object, not {type(record).__name__}")
+                if "membership_of" in record:
+                    continue
+                lead_id = record["lead_id"]
+                if not isinstance(lead_id, str) or not lead_id:
+                    raise ValueError("lead_id must be non-empty text")
+                lead_id.encode("utf-8")
+                if streams > 1 and stream_of(lead_id, streams) != stream:
+                    continue
+                state = LeadState.from_json_dict(record["state"])
+                sent = tuple(record.get("sent", ()))
+                if not all(isinstance(t, int) and not isinstance(t, bool) for t in sent):
+                    raise ValueError("sent must be a list of epoch milliseconds")
+            except (ValueError, KeyError, TypeError, AttributeError, UnicodeError) as err:
+                if counts is not None and len(counts) > 1:
+                    counts[1] += 1
+                if dead_letters is not None:
+                    text = line.rstrip("\n").encode("utf-8", "replace").decode("utf-8")
+                    dead_letters(DeadLetter(text[:1000], BAD_MEMBERSHIP_LINE,
+                                            f"{path}:{number}: not a member: {type(err).__name__}: {str(err)[:200]}",
+                                            BATCH_SOURCE))
                 continue
-            if streams > 1 and stream_of(record["lead_id"], streams) != stream:
-                continue
-            yield Member(record["lead_id"], LeadState.from_json_dict(record["state"]),
-                         tuple(record.get("sent", ())))
+            yield Member(lead_id, state, sent)
 
 
 def write_membership(members: Iterable[Member], path: str | Path, header: dict | None = None) -> int:
-    """Write members (after a header line, if given) and return how many."""
+    """Write members (after a header line, if given) and return how many. The file is
+    written beside `path` and renamed into place once whole: a precompute that fails or
+    is killed part-way leaves no membership file a send could take for the whole list."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
     n = 0
-    with open(path, "w", encoding="utf-8") as out:
-        if header is not None:
-            out.write(json.dumps({"membership_of": header}) + "\n")
-        for member in members:
-            out.write(json.dumps({"lead_id": member.lead_id, "state": member.state.to_json_dict(),
-                                  "sent": list(member.sent)}) + "\n")
-            n += 1
+    try:
+        with open(partial, "w", encoding="utf-8") as out:
+            if header is not None:
+                out.write(json.dumps({"membership_of": header}) + "\n")
+            for member in members:
+                out.write(json.dumps({"lead_id": member.lead_id, "state": member.state.to_json_dict(),
+                                      "sent": list(member.sent)}) + "\n")
+                n += 1
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return n
 
 
@@ -568,18 +662,16 @@ def run_stream(config: dict, stream: int) -> BatchSummary:
     campaign = rules.campaign(config["tenant"], config["campaign"])
     counts = [0, 0]
     dead_path, activities_path = config.get("dead_letters"), config.get("activities_out")
-    dead_file = open(f"{dead_path}.{stream}" if dead_path and config["streams"] > 1 else dead_path, "a",
-                     encoding="utf-8") if dead_path else None
-    activity_file = open(f"{activities_path}.{stream}" if config["streams"] > 1 else activities_path, "a",
-                         encoding="utf-8") if activities_path else None
+    dead_file = open(_stream_file(dead_path, stream, config["streams"]), "a", encoding="utf-8") if dead_path else None
+    activity_file = (open(_stream_file(activities_path, stream, config["streams"]), "a", encoding="utf-8")
+                     if activities_path else None)
     dead_letters = config.get("on_dead_letter") or (
         (lambda d: dead_file.write(d.to_json() + "\n")) if dead_file else None)
     if config.get("membership"):
-        members = read_membership(config["membership"], streams=config["streams"], stream=stream)
+        members = read_membership(config["membership"], streams=config["streams"], stream=stream,
+                                  tenant=config["tenant"], dead_letters=dead_letters, counts=counts)
         if config.get("leads"):
             members = refreshed(members, config["leads"], config["tenant"], counts=counts, dead_letters=dead_letters)
-        else:
-            counts = None
     else:
         members = stream_members(config["leads"], rules, campaign, config["now"], streams=config["streams"],
                                  stream=stream, counts=counts, dead_letters=dead_letters)
@@ -620,7 +712,10 @@ def next_run_at(schedule: dict, after: int) -> int | None:
         return None
     if "at" in schedule:
         return schedule["at"] if schedule["at"] >= after else None
-    start = schedule.get("starting", after)
+    # Without `starting`, the sends are counted from 1970-01-01T00:00:00Z (every day: at
+    # midnight UTC), so the next one is the same whenever it is asked for: a retried
+    # `--at next` is the same send, with the same run id.
+    start = schedule.get("starting", 0)
     every = schedule["every_ms"]
     if start >= after:
         return start
@@ -628,6 +723,14 @@ def next_run_at(schedule: dict, after: int) -> int | None:
 
 
 # --- command line -------------------------------------------------------------------
+
+
+def _run_id(text: str) -> str:
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if not text or size > 200:
+        raise argparse.ArgumentTypeError(f"a run id has 1 to 200 bytes in UTF-8 (the outbox keeps it with the "
+                                         f"step's number in a 255-byte key), not {size}")
+    return text
 
 
 def _token(text: str) -> tuple[str, str]:
@@ -658,9 +761,10 @@ def _common(parser) -> None:
     parser.add_argument("--streams", type=int, default=1, metavar="N", help="split the leads into N streams")
     parser.add_argument("--stream", type=int, metavar="K",
                         help="run stream K (0..N-1) only; without it, all N run here, one process each")
-    parser.add_argument("--at", type=_when, default="now", metavar="now|next|TIME",
+    parser.add_argument("--at", type=_when, default=None, metavar="now|next|TIME",
                         help="the send's scheduled time: now, the campaign's next scheduled time, or RFC 3339; "
-                        "the command waits for it (default: now)")
+                        "the command waits for it (default: now; with --membership, the time the members "
+                        "were computed for)")
 
 
 def add_campaign_commands(commands) -> None:
@@ -678,15 +782,17 @@ def add_campaign_commands(commands) -> None:
                      help="use members precomputed by `orion campaign precompute` (the send's time is then "
                      "the one they were computed for, unless --at says otherwise); with --leads, each member's "
                      "profile is read again at send time, so an unsubscribe or a send since then counts")
-    run.add_argument("--run-id", help="the send's id in the outbox key (default: batch:SCHEDULED-TIME); a rerun "
-                     "with the same id (or the same --at TIME) queues nothing twice")
+    run.add_argument("--run-id", type=_run_id, help="the send's id in the outbox key (default: "
+                     "batch:SCHEDULED-TIME); a rerun with the same id (or the same --at TIME) queues nothing twice")
     run.add_argument("--token", type=_token, action="append", default=[], metavar="NAME=VALUE",
                      help="a my.* program token for this send (repeatable)")
-    run.add_argument("--dead-letters", help="append dead letters (JSONL) here")
+    run.add_argument("--dead-letters", help="append dead letters (JSONL) here (with several streams run here, "
+                     "each stream's to FILE.K)")
     run.add_argument("--activities-out", help="append the activities flow steps generate, and an email_sent "
                      "activity per email queued, here (JSONL): fed to the activity graph (`orion run --events`, "
                      "or published to its topic), they update the leads' profiles, so the graph's communication "
-                     "limits count the batch's sends")
+                     "limits count the batch's sends (with several streams run here, each stream's to FILE.K: "
+                     "give the graph FILE.*)")
     run.set_defaults(handler=_run)
     pre = sub.add_parser("precompute", help="compute a batch send's members ahead of its scheduled time",
                          description="Write the members of one stream (or all) to a JSONL file that "
@@ -724,12 +830,16 @@ def _load(args):
         print(f"orion: tenant {args.tenant!r} has no batch campaign {args.campaign!r} "
               f"(batch campaigns: {', '.join(known) or 'none'})", file=sys.stderr)
         return None, None
+    if not campaign.active:
+        print(f"orion: batch campaign {args.campaign!r} of tenant {args.tenant!r} is inactive ({campaign.file}:"
+              f"{campaign.line}); set its status to active to send it", file=sys.stderr)
+        return None, None
     return rules, campaign
 
 
 def _scheduled_time(args, campaign) -> int:
     now = int(time.time() * 1000)
-    if args.at == "now":
+    if args.at in (None, "now"):
         return now
     when = next_run_at(campaign.schedule or {}, now) if args.at == "next" else args.at
     if when is None:
@@ -741,12 +851,26 @@ def _wait_until(when: int) -> None:
     delay = when / 1000 - time.time()
     if delay > 0:
         print(f"waiting {delay:.0f} s for {format_timestamp(when)} ...", flush=True)
-        time.sleep(delay)
+        while delay > 0:  # in steps: one sleep of a far-off time overflows the platform's clock
+            time.sleep(min(delay, 3600.0))
+            delay = when / 1000 - time.time()
 
 
-def _check_streams(args) -> list[int] | None:
-    if args.streams < 1 or (args.stream is not None and not 0 <= args.stream < args.streams):
+MAX_LOCAL_STREAMS = 32  # streams one command runs itself, a worker process each
+
+
+def _check_streams(args, processes: bool = True) -> list[int] | None:
+    """The streams to run here; `processes`: each in a worker process of its own."""
+    if args.streams < 1:
+        print(f"orion: --streams must be at least 1, not {args.streams}", file=sys.stderr)
+        return None
+    if args.stream is not None and not 0 <= args.stream < args.streams:
         print(f"orion: --stream must be 0..{args.streams - 1}", file=sys.stderr)
+        return None
+    if processes and args.stream is None and args.streams > MAX_LOCAL_STREAMS:
+        print(f"orion: --streams {args.streams} would start {args.streams} worker processes here, each with its "
+              f"own database connections; run at most {MAX_LOCAL_STREAMS} here, or give --stream K to run one "
+              "stream on each of several machines", file=sys.stderr)
         return None
     return [args.stream] if args.stream is not None else list(range(args.streams))
 
@@ -769,19 +893,18 @@ def _run(args: argparse.Namespace) -> int:
             print(f"orion: {args.membership} holds the members of {header['tenant']}/{header['campaign']}, "
                   f"not {args.tenant}/{args.campaign}", file=sys.stderr)
             return 2
-        # The send happens at the time the members were computed for.
-        when = header["now"] if args.at == "now" else _scheduled_time(args, campaign)
+        # The send happens at the time the members were computed for, unless --at says otherwise.
+        when = header["now"] if args.at is None else _scheduled_time(args, campaign)
         if args.leads is None:
             print("orion: note: without --leads the members are sent as precomputed; a lead who unsubscribed "
                   "or was sent an email since is not seen", file=sys.stderr)
     else:
         when = _scheduled_time(args, campaign)
-    from orion.campaigns.outbox import OutboxError, open_outbox
-
-    try:  # said now, not by a worker after the wait
-        open_outbox(args.outbox).close()
-    except OutboxError as err:
-        print(f"orion: {err}", file=sys.stderr)
+    # What cannot work is said now, not by a worker after the wait.
+    refusal = (_outbox_refusal(args.outbox) or (_leads_refusal(args.leads) if args.leads else None)
+               or _files_refusal(args, streams))
+    if refusal is not None:
+        print(f"orion: {refusal}", file=sys.stderr)
         return 2
     _wait_until(when)
     config = {
@@ -793,16 +916,93 @@ def _run(args: argparse.Namespace) -> int:
     }
     try:
         summary = run_streams(config, streams)
-    except StoreError as err:
-        print(f"orion: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - a store's or the outbox's (or their clients'), said in one line
+        said = _said(err)
+        if said is None:
+            raise
+        print(f"orion: {said}", file=sys.stderr)
         return 2
     print(summary.render())
+    for option, path in (("dead letters", args.dead_letters), ("activities", args.activities_out)):
+        if path and len(streams) > 1:
+            print(f"{option}: {', '.join(_stream_file(path, k, args.streams) for k in streams)}")
     return 0
+
+
+def _stream_file(path: str, stream: int, streams: int) -> str:
+    """Where a stream appends its dead letters or activities: FILE itself for one stream,
+    FILE.K when the send is split into streams."""
+    return f"{path}.{stream}" if streams > 1 else path
+
+
+def _said(err: BaseException) -> str | None:
+    """A store's, the outbox's or their clients' error as one line; None for a fault of ours."""
+    from orion.campaigns.outbox import OutboxError
+    from orion.store.base import store_error
+
+    if isinstance(err, OutboxError):
+        return str(err)
+    if isinstance(err, pymysql.err.MySQLError):
+        return f"the lead database or the outbox did not answer: {type(err).__name__}: {err}"
+    said = store_error(err)
+    return None if said is None else str(said)
+
+
+def _outbox_refusal(uri: str) -> str | None:
+    """What is wrong with the outbox: it is opened and its tables made, as the send does."""
+    from orion.campaigns.outbox import OutboxError, open_outbox
+
+    try:
+        outbox = open_outbox(uri)
+        try:
+            outbox.init()
+        finally:
+            outbox.close()
+    except OutboxError as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 - a client's own (a file that is not SQLite, a server that refuses)
+        return f"the outbox {_shown_uri(uri)} cannot be used: {type(err).__name__}: {str(err)[:300]}"
+    return None
+
+
+def _leads_refusal(uri: str) -> str | None:
+    """What is wrong with the lead database: connected to, as the send does."""
+    from orion.store.mysql import redact
+
+    try:
+        _connect(uri).close()
+    except StoreError as err:
+        return str(err)
+    except pymysql.err.MySQLError as err:
+        return f"cannot connect to the lead database {redact(uri)}: {err.args[-1] if err.args else err}"
+    return None
+
+
+def _shown_uri(uri: str) -> str:
+    from orion.store.mysql import redact
+
+    return redact(uri) if uri.startswith("mysql:") else uri
+
+
+def _files_refusal(args, streams: list[int]) -> str | None:
+    """What is wrong with the files the send appends to: each is opened (made if new)."""
+    for option, path in (("--dead-letters", getattr(args, "dead_letters", None)),
+                         ("--activities-out", getattr(args, "activities_out", None))):
+        if not path:
+            continue
+        for stream in streams:
+            target = _stream_file(path, stream, args.streams)
+            try:
+                with open(target, "a", encoding="utf-8"):
+                    pass
+            except OSError as err:
+                return f"{option} {target}: {err.strerror or err}"
+    return None
 
 
 def _precompute(args: argparse.Namespace) -> int:
     rules, campaign = _load(args)
-    streams = _check_streams(args)
+    streams = _check_streams(args, processes=False)
     if rules is None or streams is None:
         return 2
     if args.leads is None:
@@ -812,15 +1012,26 @@ def _precompute(args: argparse.Namespace) -> int:
     header = {"tenant": args.tenant, "campaign": args.campaign, "now": when, "streams": args.streams,
               "stream_list": streams}
     counts = [0, 0]
-    dead_file = open(args.dead_letters, "a", encoding="utf-8") if args.dead_letters else None
+    refusal, dead_file = _leads_refusal(args.leads), None
+    if refusal is None and args.dead_letters:
+        try:
+            dead_file = open(args.dead_letters, "a", encoding="utf-8")
+        except OSError as err:
+            refusal = f"--dead-letters {args.dead_letters}: {err.strerror or err}"
+    if refusal is not None:
+        print(f"orion: {refusal}", file=sys.stderr)
+        return 2
     try:
         members = (m for k in streams for m in stream_members(
             args.leads, rules, campaign, when, streams=args.streams, stream=k, counts=counts,
             dead_letters=(lambda d: dead_file.write(d.to_json() + "\n")) if dead_file else None))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         n = write_membership(members, args.out, header)
-    except StoreError as err:
-        print(f"orion: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - a store's (or its client's), said in one line; no file is left
+        said = _said(err)
+        if said is None:
+            raise
+        print(f"orion: {said}; no membership file was written", file=sys.stderr)
         return 2
     finally:
         if dead_file is not None:
@@ -863,6 +1074,22 @@ def _schedule(args: argparse.Namespace) -> int:
         for campaign in tenant_rules.campaigns.values():
             if campaign.kind == "batch":
                 when = next_run_at(campaign.schedule or {}, after)
-                shown = format_timestamp(when) if when is not None else ("none" if campaign.schedule else "on demand")
-                print(f"{tenant}\t{campaign.name}\t{shown}")
+                if not campaign.active:
+                    shown = "inactive"
+                elif when is not None:
+                    try:
+                        shown = format_timestamp(when)
+                    except (ValueError, OverflowError):  # past the year 9999
+                        shown = "none"
+                else:
+                    shown = "none" if campaign.schedule else "on demand"
+                print(f"{_field(tenant)}\t{_field(campaign.name)}\t{shown}")
     return 0
+
+
+def _field(text: str) -> str:
+    """A name as a field of a tab-separated line: tabs, line breaks and other control
+    characters written as escapes, so one name is always one field of one line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)

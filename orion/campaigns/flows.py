@@ -496,14 +496,46 @@ class FlowEngine:
 def consent_block(attributes: dict, operational: bool) -> tuple[str, str] | None:
     """(reason, detail) when the lead's attributes forbid an email now: no address, an
     address that bounced hard, or (unless the email is operational) an unsubscribe; else
-    None. Checked when a flow queues the email and again when `orion send` sends it."""
+    None. Checked when a flow queues the email and again when `orion send` sends it.
+
+    `email_invalid` and `unsubscribed` are booleans, as the graph writes them; a lead
+    table loaded with SQL may hold 1 and 0 or "true" and "false" instead, which read as
+    the boolean they spell (consent_flag). Any other value holds the email, said in the
+    detail: a flag that does not read is never taken for consent."""
     if not attributes.get("email"):
         return HELD_NO_ADDRESS, "the lead has no email address"
-    if attributes.get("email_invalid") is True:
-        return HELD_EMAIL_INVALID, "the lead's email address bounced hard"
-    if not operational and attributes.get("unsubscribed") is True:
-        return HELD_UNSUBSCRIBED, "the lead unsubscribed; only operational email may be sent"
+    invalid = consent_flag(attributes.get("email_invalid"))
+    if invalid is not False:
+        return HELD_EMAIL_INVALID, ("the lead's email address bounced hard" if invalid is True else
+                                    _unreadable_flag("email_invalid", attributes.get("email_invalid")))
+    if not operational:
+        unsubscribed = consent_flag(attributes.get("unsubscribed"))
+        if unsubscribed is not False:
+            return HELD_UNSUBSCRIBED, ("the lead unsubscribed; only operational email may be sent"
+                                       if unsubscribed is True else
+                                       _unreadable_flag("unsubscribed", attributes.get("unsubscribed")))
     return None
+
+
+_FLAG_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
+
+
+def consent_flag(value) -> bool | None:
+    """A consent attribute's value as a boolean: absent or null False, a boolean itself,
+    the numbers 1 and 0, and the words true, false, yes, no, 1, 0 (any case, spaces
+    around ignored; empty text False); None for anything else."""
+    if value is None or value is False or value is True:
+        return bool(value)
+    if value.__class__ in (int, float):
+        return {1: True, 0: False}.get(value)
+    if isinstance(value, str):
+        return _FLAG_WORDS.get(value.strip().lower())
+    return None
+
+
+def _unreadable_flag(name: str, value) -> str:
+    return (f"the lead's {name} attribute holds {str(value)[:80]!r}, which is neither true nor false; the email "
+            f"is held until {name} is a boolean")
 
 
 def communication_limit_block(rules: RuleSet, tenant: str, sent, now: int) -> tuple[str, str] | None:

@@ -86,6 +86,7 @@ from orion.templates.sandbox import TemplateLimitError, TemplateSandbox
 __all__ = ["BUILTIN_TEMPLATE_DIR", "DEFAULT_PRIORITY", "IMPRESSION_TYPE", "TEMPLATE_SUFFIX", "check_rules",
            "load_experiences", "load_rules", "template_search_path"]
 
+MAX_CAMPAIGN_NAME_BYTES = 255  # the outbox's and the roll-ups' campaign columns (VARBINARY(255))
 DEFAULT_PRIORITY = 100
 # The activity type of experience impressions, which every tenant with experiences has.
 IMPRESSION_TYPE = ActivityType(
@@ -553,6 +554,12 @@ class _TenantCompiler:
                     self.error(file, path + ("name",),
                                f"campaign {short_repr(name)} is already defined at {where_defined[name]}; "
                                "campaign names must be unique within a tenant")
+                    continue
+                size = len(name.encode("utf-8", "surrogatepass"))
+                if size > MAX_CAMPAIGN_NAME_BYTES:
+                    self.error(file, path + ("name",),
+                               f"campaign name {short_repr(name)} is {size} bytes in UTF-8; at most "
+                               f"{MAX_CAMPAIGN_NAME_BYTES} (the outbox and the roll-ups keep it in a key): shorten it")
                     continue
                 where_defined[name] = f"{file.path}:{line_of(file.doc, path)}"
                 found_requests: list[tuple[str, RuleFile, tuple]] = []
