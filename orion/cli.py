@@ -194,7 +194,9 @@ def _run(args: argparse.Namespace) -> int:
         except BeamKafkaUnavailable as error:
             print(f"orion: {error}", file=sys.stderr)
             return 1
-    print(f"store:        {args.store}\noutcomes:     {args.out_dir}/outcomes-*.jsonl\n"
+    stores = {None: args.store, "legacy": f"{_shown_uri(args.legacy_store or '')} (the legacy store)"}.get(
+        args.mode, f"{args.store}, beside the legacy store {_shown_uri(args.legacy_store or '')} ({args.mode})")
+    print(f"store:        {stores}\noutcomes:     {args.out_dir}/outcomes-*.jsonl\n"
           f"dead letters: {args.out_dir}/dead-letters-*.jsonl")
     return 0
 
@@ -227,7 +229,9 @@ def _check_run_places(args: argparse.Namespace) -> str | None:
     # then, on this machine, the store and the outbox are opened and their tables made.
     opened = []
     try:
-        for option, uri in (("--store", args.store), ("--legacy-store", args.legacy_store)):
+        # (--mode legacy uses the legacy store alone: --store is not opened)
+        store = args.store if getattr(args, "mode", None) != "legacy" else None
+        for option, uri in (("--legacy-store", args.legacy_store), ("--store", store)):
             if uri is not None:
                 try:
                     opened.append((option, uri, open_store(uri)))
@@ -239,7 +243,16 @@ def _check_run_places(args: argparse.Namespace) -> str | None:
             except OutboxError as err:
                 return f"--outbox: {err}"
         for option, uri, place in opened:
-            if not local or option == "--legacy-store":  # (the legacy store is only read)
+            if option == "--legacy-store":  # never made: it must be there, with its activities
+                if not hasattr(place, "check_existing"):
+                    return f"--legacy-store must be mysql://USER:PASSWORD@HOST:PORT/DB, not {_shown_uri(uri)}"
+                if local:
+                    try:
+                        place.check_existing()
+                    except StoreError as err:
+                        return f"--legacy-store: {err}"
+                continue
+            if not local:
                 continue
             try:
                 place.init()  # safe to rerun: the graph's steps do it too

@@ -17,7 +17,9 @@ counted, written to the dead-letter files, and never silently dropped):
   can hold (`bad_timestamp` otherwise). Epoch 0 and times before 1970 are fine.
 - attributes: NULL and '' (rows written before the column was JSON) mean "no attributes",
   {}; otherwise a JSON object, storable as UTF-8 (`bad_attributes` for text that is not
-  JSON, JSON that is not an object, or escapes of lone surrogates).
+  JSON, JSON that is not an object, JSON nested too deep to read, an object that names a
+  key twice (MySQL's JSON functions read the first value, a parser the last), or escapes
+  of lone surrogates).
 - Event ids: the legacy key is (tenant, event_id), so one event id can appear once per
   tenant. The same id in two tenants is two activities (every store keys by tenant), and
   ids differing only in case or trailing spaces are different ids (VARBINARY compares
@@ -108,6 +110,23 @@ def _legacy_text(row: LegacyRow, field: str) -> str:
     return value
 
 
+class _RepeatedKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _object_without_repeats(pairs: list) -> dict:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return found
+
+
 def activity_from_legacy(row: LegacyRow) -> tuple[Activity, str]:
     """A legacy row -> (Activity, its attributes as canonical JSON), or BadActivity with
     the dead-letter reason (see the module docstring for the rules)."""
@@ -128,9 +147,14 @@ def activity_from_legacy(row: LegacyRow) -> tuple[Activity, str]:
         attributes = {}
     else:
         try:
-            attributes = json.loads(raw)
+            attributes = json.loads(raw, object_pairs_hook=_object_without_repeats)
+        except _RepeatedKey as repeated:
+            raise BadActivity(BAD_ATTRIBUTES, f"attributes name {repeated.key!r} twice: MySQL's JSON functions read "
+                              "the first value, a JSON parser the last; fix the row so it says one") from None
         except ValueError as err:
             raise BadActivity(BAD_ATTRIBUTES, f"attributes are not JSON: {err}") from None
+        except RecursionError:
+            raise BadActivity(BAD_ATTRIBUTES, "attributes are JSON nested too deep to read") from None
         if not isinstance(attributes, dict):
             raise BadActivity(BAD_ATTRIBUTES, f"attributes must be a JSON object, not {type(attributes).__name__}")
     activity = Activity(event_id, tenant, lead_id, type_, occurred_at, attributes)
@@ -274,6 +298,12 @@ def plan_bootstrap(source_uri: str, target_uri: str, splits: int, tenant: str | 
                 cursor.execute("SELECT MIN(id), MAX(id), COUNT(*) FROM activities WHERE tenant = %s", (tenant,))
                 min_id, max_id, rows = cursor.fetchone()
                 tenants = (tenant,)
+                if not rows and not _has_profiles(cursor, tenant):
+                    cursor.execute("SELECT DISTINCT tenant FROM activities ORDER BY tenant LIMIT 21")
+                    known = [_shown(t) for (t,) in cursor.fetchall()]
+                    shown = ", ".join(map(repr, known[:20])) + (" ..." if len(known) > 20 else "")
+                    raise StoreError(f"the legacy store has no activity and no lead profile of tenant {tenant!r}; "
+                                     f"its tenants: {shown or 'none'}")
     except pymysql.err.Error as err:
         raise StoreError(f"cannot read the legacy activities table: {err}") from err
     finally:
@@ -282,6 +312,16 @@ def plan_bootstrap(source_uri: str, target_uri: str, splits: int, tenant: str | 
         target.init()
     return BootstrapPlan(source_uri, target_uri, min_id, max_id, int(rows), tenants,
                          plan_splits(min_id, max_id, splits), tenant)
+
+
+def _has_profiles(cursor, tenant: str) -> bool:
+    import pymysql
+
+    try:
+        cursor.execute("SELECT 1 FROM lead_profiles WHERE tenant = %s LIMIT 1", (tenant,))
+    except pymysql.err.ProgrammingError:  # no such table
+        return False
+    return cursor.fetchone() is not None
 
 
 def target_scan_ranges(tenants: Iterable[str], per_tenant: int = 4,
@@ -451,3 +491,148 @@ class ProgressPrinter:
         while not self.stopped.wait(self.every):
             counts = read_progress(self.directory)
             print(progress_line(counts, self.expected_rows, self.clock() - self.started), file=self.out, flush=True)
+
+
+# --- lead profiles ------------------------------------------------------------------
+
+PROFILE_CHUNK = 500  # profiles read, compared and written at a time
+PROFILE_PASSES = 3  # copy passes at most: a job writing both stores meanwhile can race one
+
+
+class ProfileCopy(NamedTuple):
+    """What the copy of the legacy lead profiles found and did."""
+
+    legacy: int  # profiles in the legacy lead_profiles table (of the tenant, with --tenant)
+    copied: int  # written to the target: missing there, or not the same text
+    differing: int  # still not the same in the target after the copy (verifying only: not the same)
+    unreadable: int  # rows whose lead id or tenant is not UTF-8 text: not copied
+    table: bool = True  # the legacy database has a lead_profiles table
+
+    @property
+    def ok(self) -> bool:
+        return self.differing == 0 and self.unreadable == 0
+
+    def render(self) -> str:
+        if not self.table:
+            return "lead profiles: the legacy database has no lead_profiles table; none to copy"
+        line = (f"lead profiles: {self.legacy:,} in the legacy store, {self.copied:,} copied, "
+                f"{self.differing:,} not the same in the target")
+        if self.unreadable:
+            line += f", {self.unreadable:,} with an id that is not UTF-8 (not copied)"
+        verdict = ("profile verification OK: every legacy profile is in the target as it is in the legacy store"
+                   if self.ok else "profile verification FAILED: rerun the bootstrap; a difference that stays "
+                   "is a lead the job wrote meanwhile in one store only")
+        return f"{line}\n{verdict}"
+
+
+def _legacy_profile_chunks(source_uri: str, tenant: str | None, chunk: int):
+    """The legacy lead profiles in primary-key order, `chunk` at a time, as lists of
+    (tenant, lead_id, text, next_wake), or (None, raw ids, None, None) for a row whose ids
+    are not UTF-8; the text is the profile as the MySQL store reads it (the encoded
+    profile, or the profile of a row's columns). Yields None alone when the legacy
+    database has no lead_profiles table."""
+    import pymysql
+
+    from orion.store.profile_columns import profile_of_columns
+
+    connection = connect_legacy(source_uri)
+    columns = ("data, IF(data IS NULL, attributes, NULL), IF(data IS NULL, score, NULL), "
+               "IF(data IS NULL, lists, NULL), next_wake")
+    try:
+        last_tenant, last_lead = (b"" if tenant is None else tenant), b""
+        while True:
+            if tenant is None:
+                where, params = "(tenant > %s OR (tenant = %s AND lead_id > %s))", [last_tenant, last_tenant, last_lead]
+            else:
+                where, params = "tenant = %s AND lead_id > %s", [tenant, last_lead]
+            with connection.cursor() as cursor:
+                try:
+                    cursor.execute(f"SELECT tenant, lead_id, {columns} FROM lead_profiles WHERE {where} "
+                                   "ORDER BY tenant, lead_id LIMIT %s", params + [chunk])
+                except pymysql.err.MySQLError as err:
+                    code = err.args[0] if err.args else None
+                    if code == 1146:  # no such table
+                        yield None
+                        return
+                    if code == 1054 and columns != _OLD_PROFILE_COLUMNS:  # a table from before `data`
+                        columns = _OLD_PROFILE_COLUMNS
+                        continue
+                    raise
+                rows = cursor.fetchall()
+            if not rows:
+                return
+            found = []
+            for row_tenant, lead_id, data, attributes, score, lists, next_wake in rows:
+                try:
+                    text_tenant, text_lead = _text_of(row_tenant), _text_of(lead_id)
+                except UnicodeDecodeError:
+                    found.append((None, (row_tenant, lead_id), None, None))
+                    continue
+                text = _text_of(data) if data is not None else profile_of_columns(attributes, score, lists)
+                found.append((text_tenant, text_lead, text, None if next_wake is None else int(next_wake)))
+            yield found
+            if tenant is None:
+                last_tenant = rows[-1][0]
+            last_lead = rows[-1][1]
+    except pymysql.err.Error as err:
+        raise StoreError(f"cannot read the legacy lead_profiles table: {err}") from err
+    finally:
+        connection.close()
+
+
+_OLD_PROFILE_COLUMNS = "NULL, attributes, score, lists, NULL"  # lead_profiles as the legacy system made it
+
+
+def _text_of(value) -> str:
+    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else value
+
+
+def _profile_pass(source_uri: str, target, tenant: str | None, chunk: int, write: bool,
+                  progress: Callable[[str], None] | None) -> tuple[int, int, int] | None:
+    """One pass over the legacy profiles: (legacy, not the same in the target, unreadable),
+    those not the same written to the target when `write`; None without a table."""
+    from orion.store.base import StoredProfile
+
+    legacy = differing = unreadable = 0
+    for found in _legacy_profile_chunks(source_uri, tenant, chunk):
+        if found is None:
+            return None
+        readable = [row for row in found if row[0] is not None]
+        unreadable += len(found) - len(readable)
+        legacy += len(found)
+        current = target.read_profiles([(t, lead) for t, lead, _, _ in readable])
+        todo = [StoredProfile(t, lead, text, wake) for (t, lead, text, wake), now in zip(readable, current)
+                if now != text]
+        differing += len(todo)
+        if write and todo:
+            target.write_profiles(todo)
+        if progress is not None:
+            progress(f"lead profiles: {legacy:,} read, {differing:,} " + ("copied" if write else "not the same"))
+    return legacy, differing, unreadable
+
+
+def copy_profiles(source_uri: str, target, tenant: str | None = None, copy: bool = True,
+                  chunk: int = PROFILE_CHUNK, passes: int = PROFILE_PASSES,
+                  progress: Callable[[str], None] | None = None) -> ProfileCopy:
+    """Make the target's lead profiles (of `tenant`, or all) those of the legacy store:
+    each legacy profile the target lacks, or holds as other text, is written to it (with
+    `copy` False: only counted). Passes repeat until one finds nothing to copy, which is
+    the verification, at most `passes` times, then one pass compares (a job writing both
+    stores meanwhile, in passive mode, can write a lead between a pass's read and its
+    write). Profiles are lead state (unsubscribes, campaign runs, the sends the
+    communication limits count): a new store without them would seed every lead empty."""
+    copied = 0
+    if copy:
+        for _ in range(max(1, passes)):
+            done = _profile_pass(source_uri, target, tenant, chunk, True, progress)
+            if done is None:
+                return ProfileCopy(0, 0, 0, 0, table=False)
+            legacy, wrote, unreadable = done
+            copied += wrote
+            if not wrote:
+                return ProfileCopy(legacy, copied, 0, unreadable)
+    done = _profile_pass(source_uri, target, tenant, chunk, False, progress)
+    if done is None:
+        return ProfileCopy(0, 0, 0, 0, table=False)
+    legacy, differing, unreadable = done
+    return ProfileCopy(legacy, copied, differing, unreadable)

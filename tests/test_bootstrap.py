@@ -330,6 +330,10 @@ def legacy_row(event_id=b"e1", *, tenant=b"acme", lead=b"7", at=T0, attributes='
     (legacy_row(lead=b"\xc3"), BAD_FIELD),
     (legacy_row(b""), BAD_FIELD),
     (legacy_row(tenant=b""), BAD_FIELD),
+    # MySQL's JSON functions read the first of a repeated key, a parser the last: refused
+    (legacy_row(attributes='{"a": 1, "a": 2}'), BAD_ATTRIBUTES),
+    # nested past what a parser reads (the column allows it): refused, not a crash
+    (legacy_row(attributes='{"a": ' + "[" * 5000 + "]" * 5000 + "}"), BAD_ATTRIBUTES),
 ])
 def test_a_bad_legacy_row_is_refused_with_its_reason(row, reason):
     with pytest.raises(BadActivity) as refused:
@@ -376,3 +380,72 @@ def test_range_checksums_ignore_order_and_see_any_change():
     changed = activities[:-1] + [activities[-1]._replace(attributes={"n": -1})]
     assert sums(changed) != sums(activities)
     assert sums(activities + activities[:1]) != sums(activities), "a duplicate shows"
+
+
+# --- lead profiles -------------------------------------------------------------------
+
+
+def test_the_lead_profiles_are_copied_verified_and_a_rerun_repairs_only_what_differs(
+        mysql_server, bigtable_emulator, tmp_path):
+    """The legacy lead_profiles (an encoded profile, a row written with SQL) reach the
+    target: a lead's state (an unsubscribe, a campaign run) is not in its activities."""
+    from orion.campaigns.flows import LeadFlows
+    from orion.profiles import LeadRecord, decode_profile, encode_profile
+    from orion.rules.model import LeadState
+    from orion.store.base import StoredProfile
+
+    name = f"orion_legacy_{uuid.uuid4().hex[:12]}"
+    admin = _mysql_connect()
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    source, target = mysql_server.uri(name), bigtable_uri()
+    try:
+        profiles = [StoredProfile("acme", f"L{n}", encode_profile(LeadRecord(flows=LeadFlows(lead=LeadState(
+            {"email": f"l{n}@example.com", "unsubscribed": n % 2 == 0}, n, frozenset({"news"}))))),
+            T0 + n if n == 3 else None) for n in range(1200)]  # more than one chunk
+        with open_store(source) as store:
+            store.init()
+            store.write([Activity("e1", "acme", "L1", "visit_web_page", T0, {})])
+            store.write_profiles(profiles + [StoredProfile("bank", "B1", profiles[0].data)])
+        with admin.cursor() as cursor:
+            cursor.execute(f"INSERT INTO `{name}`.lead_profiles (tenant, lead_id, attributes, score, lists) "
+                           "VALUES ('acme', 'S1', %s, 5, '[]')",
+                           (json.dumps({"email": "s1@example.com", "unsubscribed": True}),))
+        dead_letters = tmp_path / "dead"
+
+        first = bootstrap(source, target, dead_letters, "--workers", "1")
+        assert first.returncode == 0, first.stdout + first.stderr[-3000:]
+        assert "lead profiles: 1,202 in the legacy store, 1,202 copied, 0 not the same" in first.stdout
+        assert "profile verification OK" in first.stdout
+        with open_store(target) as store:
+            copied = store.read_profiles([(p.tenant, p.lead_id) for p in profiles] + [("acme", "S1"), ("bank", "B1")])
+            assert copied[:-2] == [p.data for p in profiles]
+            assert decode_profile(copied[-2]).flows.lead.attributes["unsubscribed"] is True
+            assert store.due_profiles(T0 + 10) == [("acme", "L3", T0 + 3)]
+
+        again = bootstrap(source, target, dead_letters, "--workers", "1")
+        assert again.returncode == 0 and "1,202 copied" not in again.stdout and " 0 copied" in again.stdout, \
+            again.stdout
+        # The legacy store changes one lead; the target lacks another.
+        with open_store(source) as store:
+            store.write_profiles([profiles[5]._replace(data=profiles[4].data)])
+        with admin.cursor() as cursor:
+            cursor.execute(f"UPDATE `{name}`.lead_profiles SET data = %s WHERE lead_id = 'L7'", (profiles[6].data,))
+        check = bootstrap(source, target, dead_letters, "--verify-only", "--workers", "1")
+        assert check.returncode == 1 and "2 not the same in the target" in check.stdout, check.stdout
+        assert "profile verification FAILED" in check.stdout
+        repair = bootstrap(source, target, dead_letters, "--workers", "1")
+        assert repair.returncode == 0 and "2 copied, 0 not the same" in repair.stdout, repair.stdout
+        with open_store(target) as store:
+            assert store.read_profiles([("acme", "L5"), ("acme", "L7")]) == [profiles[4].data, profiles[6].data]
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+def test_a_tenant_the_legacy_store_does_not_know_is_refused(legacy, bigtable_emulator, tmp_path):
+    source, _ = legacy
+    refused = bootstrap(source, bigtable_uri(), tmp_path / "dead", "--tenant", "ACME")
+    assert refused.returncode == 2, refused.stdout + refused.stderr[-2000:]
+    assert "no activity and no lead profile of tenant 'ACME'; its tenants: 'acme'" in refused.stderr

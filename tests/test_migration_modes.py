@@ -295,3 +295,55 @@ def test_profiles_are_written_to_both_stores_and_read_from_the_serving_one(tmp_p
 def test_a_mode_needs_the_legacy_store(capsys):
     assert cli.main(["run", "--mode", "passive", "--store", "sqlite:///x.db"]) == 2
     assert "--legacy-store" in capsys.readouterr().err
+
+
+def test_a_mistyped_legacy_database_is_refused_never_created(rules_dir, tmp_path, mysql_database, capsys):
+    from store_services import _mysql_connect
+
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps(contact("L1")) + "\n")
+    missing = f"{mysql_database}_typo"
+    common = ["run", "--events", str(events), "--rules", str(rules_dir), "--store", f"sqlite:///{tmp_path / 'new.db'}",
+              "--out-dir", str(tmp_path / "out"), "--outbox", "none", "--no-rollups"]
+    for mode in ("passive", "legacy"):
+        assert cli.main(common + ["--mode", mode, "--legacy-store", mysql_uri(missing)]) == 2
+        said = capsys.readouterr().err
+        assert f"MySQL database {missing!r} does not exist" in said and "never created" in said, said
+    connection = _mysql_connect()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW DATABASES LIKE %s", (missing,))
+            assert cursor.fetchone() is None, "the mistyped database was not made"
+            # A database that exists but holds no activities table is no legacy store either.
+            cursor.execute(f"CREATE DATABASE `{missing}`")
+        assert cli.main(common + ["--mode", "passive", "--legacy-store", mysql_uri(missing)]) == 2
+        assert "has no activities table" in capsys.readouterr().err
+        with connection.cursor() as cursor:
+            cursor.execute(f"SHOW TABLES IN `{missing}`")
+            assert cursor.fetchall() == (), "no table was made in it"
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{missing}`")
+        connection.close()
+
+
+def test_legacy_rows_with_null_or_empty_attributes_read_as_none(mysql_database):
+    from store_services import _mysql_connect
+
+    legacy = mysql_uri(mysql_database)
+    try:
+        with open_store(legacy) as store:
+            store.init()
+        connection = _mysql_connect(mysql_database)
+        with connection.cursor() as cursor:
+            # Rows from before the column was JSON, as the bootstrap reads them: no attributes.
+            cursor.execute("ALTER TABLE activities MODIFY attributes LONGTEXT NULL")
+            for n, stored in enumerate((None, "", '{"url": "https://acme.example/"}', "{broken")):
+                cursor.execute("INSERT INTO activities (tenant, event_id, lead_id, type, occurred_at, attributes) "
+                               "VALUES ('acme', %s, 'L1', 'visit_web_page', %s, %s)", (f"old-{n}", T0 + n, stored))
+        connection.close()
+        with open_store(legacy) as store:
+            found = {a.event_id: a.attributes for a in store.history("acme", "L1")}
+        assert found == {"old-0": {}, "old-1": {}, "old-2": {"url": "https://acme.example/"}, "old-3": {}}
+    finally:
+        drop_mysql_tables(mysql_database)

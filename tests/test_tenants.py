@@ -281,6 +281,8 @@ def test_each_tenant_is_written_and_read_as_its_stage_says_and_a_change_applies_
 
 def test_a_fixed_mode_counts_per_tenant_as_well(legacy, tmp_path):
     new = f"sqlite:///{tmp_path / 'new.db'}"
+    with open_store(legacy) as store:  # the legacy store is there before the migration (never made by it)
+        store.init()
     with open_store(migration_store_uri("passive", legacy, new, tmp_path / "report")) as store:
         store.init()
         store.write([visit("a-1", "acme"), visit("a-2", "acme"), visit("b-1", "bank")])

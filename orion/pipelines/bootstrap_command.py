@@ -29,10 +29,11 @@ def add_bootstrap_command(subparsers) -> None:
     """Register `bootstrap` on an argparse subparsers object (the `orion` parser's)."""
     parser = subparsers.add_parser(
         "bootstrap",
-        help="copy the legacy MySQL activities into Bigtable, then verify the copy",
+        help="copy the legacy MySQL activities and lead profiles into Bigtable, then verify the copy",
         description="Copy every row of the legacy activities table into a Bigtable store with a "
         "Beam batch pipeline (id-range splits read in parallel), index what was written, and "
-        "verify: per lead range, counts and checksums of both sides. Safe to rerun after a "
+        "verify: per lead range, counts and checksums of both sides. Then copy the lead "
+        "profiles (lead_profiles) the target lacks or holds otherwise, and verify them. Safe to rerun after a "
         "crash. Exit 0 when the verification passes, 1 when it finds a difference, 2 on "
         "errors. Options not listed here go to Beam (for example --runner).",
     )
@@ -90,7 +91,30 @@ def bootstrap_command(args: argparse.Namespace) -> int:
         print(f"written: {totals.get('stored', 0):,} activities, {totals.get('indexed', 0):,} index entries "
               f"in {seconds:.1f} s ({rate:,.0f} rows/s)")
     print(verification.render())
-    return EXIT_OK if verification.ok else EXIT_MISMATCH
+    # The lead profiles: each lead's state (unsubscribes, campaign runs, recent sends),
+    # which the activities alone do not give back.
+    try:
+        profiles = _copy_profiles(plan, args)
+    except StoreError as err:
+        print(f"orion: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    print(profiles.render())
+    return EXIT_OK if verification.ok and profiles.ok else EXIT_MISMATCH
+
+
+def _copy_profiles(plan, args):
+    from orion.migration import copy_profiles
+    from orion.store import open_store
+
+    said = [time.monotonic()]
+
+    def progress(line: str) -> None:
+        if time.monotonic() - said[0] >= args.progress_every:
+            said[0] = time.monotonic()
+            print(line, file=sys.stderr, flush=True)
+
+    with open_store(plan.target_uri) as target:
+        return copy_profiles(plan.source_uri, target, plan.tenant, copy=not args.verify_only, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:

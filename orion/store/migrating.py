@@ -243,7 +243,10 @@ class MigratingStore(ActivityStore):
     # --- writes ------------------------------------------------------------------------
 
     def init(self) -> None:
-        self.legacy.init()
+        # The legacy store is never made: a mistyped database is said, not created
+        # empty and served from (its missing newer tables, the profiles', are added).
+        self.legacy.check_existing()
+        self.legacy.init(create_database=False)
         try:
             self.new.init()
         except StoreError as error:

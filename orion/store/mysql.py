@@ -39,6 +39,7 @@ it out of command lines, from the MYSQL_PWD environment variable.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -66,6 +67,8 @@ from orion.store.base import (
     with_backoff,
 )
 from orion.store.profile_columns import profile_columns, profile_of_columns
+
+log = logging.getLogger(__name__)
 
 URI_FORM = "mysql://USER:PASSWORD@HOST:PORT/DATABASE"
 _DATABASE_NAME = re.compile(r"[A-Za-z0-9_$]{1,64}")
@@ -209,6 +212,13 @@ def parse_mysql_uri(uri: str) -> dict:
     }
 
 
+def _shown_id(value) -> str:
+    try:
+        return repr(_text(value))[:120]
+    except UnicodeDecodeError:
+        return "0x" + bytes(value).hex()[:120]
+
+
 def redact(uri: str) -> str:
     """The URI with its password replaced by ***."""
     parts = urlsplit(uri)
@@ -332,13 +342,35 @@ class MysqlStore(ActivityStore):
 
         return self._transaction(run)
 
-    def init(self) -> None:
+    def check_existing(self, role: str = "the legacy store") -> None:
+        """StoreError unless the database exists and holds an activities table: a store
+        Orion reads but never makes (the legacy one, `role`) is checked this way, so a
+        mistyped name is said rather than created empty and used."""
+        import pymysql
+
+        where = f"{self._settings['host']}:{self._settings['port']}"
+        try:
+            found = self._query("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                                "AND TABLE_NAME = 'activities'", ())
+        except StoreError as err:
+            if isinstance(err.__cause__, pymysql.err.OperationalError) and _code(err.__cause__) == _UNKNOWN_DATABASE:
+                raise StoreError(f"{role} {redact(self.uri)}: MySQL database {self._settings['database']!r} does not "
+                                 f"exist on {where}; check the name (it is never created)") from err
+            raise
+        if not found[0][0]:
+            raise StoreError(f"{role} {redact(self.uri)}: database {self._settings['database']!r} on {where} has no "
+                             "activities table, so it is not a legacy store; check the name (its tables are never "
+                             "created)")
+
+    def init(self, create_database: bool = True) -> None:
+        """The database (unless `create_database` is False) and the tables, as needed."""
         import pymysql
 
         try:
             self._transaction(lambda cursor: None)
         except StoreError as err:
-            if not isinstance(err.__cause__, pymysql.err.OperationalError) or _code(err.__cause__) != _UNKNOWN_DATABASE:
+            if (not create_database or not isinstance(err.__cause__, pymysql.err.OperationalError)
+                    or _code(err.__cause__) != _UNKNOWN_DATABASE):
                 raise
             connection = self._connect(with_database=False)
             try:
@@ -429,8 +461,25 @@ class MysqlStore(ActivityStore):
             sql.append("LIMIT %s")
             params.append(max(limit, 0))
         rows = self._query(" ".join(sql), params)
-        return [Activity(_text(e), _text(t), _text(l), _text(ty), int(at), json.loads(attrs))
+        return [Activity(_text(e), _text(t), _text(l), _text(ty), int(at), self._attributes_of(e, attrs))
                 for e, t, l, ty, at, attrs in rows]
+
+    def _attributes_of(self, event_id, text) -> dict:
+        """A row's attributes. Orion writes JSON objects; a legacy row may hold NULL or ''
+        (no attributes, as the bootstrap reads them: {}) or text that does not read as an
+        object, which is read as {} too and logged (the bootstrap dead-letters such a
+        row, so a migration's comparison reports it as only in the legacy store)."""
+        if text is None or text == "" or text == b"":
+            return {}
+        try:
+            found = json.loads(text)
+        except (ValueError, RecursionError):
+            found = None
+        if isinstance(found, dict):
+            return found
+        log.warning("activity %s of %s: attributes that are not a JSON object, read as none",
+                    _shown_id(event_id), redact(self.uri))
+        return {}
 
     def count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM activities", ())[0][0])
