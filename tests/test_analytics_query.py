@@ -34,8 +34,11 @@ def reference(store, query: Query) -> list[dict]:
     read = stored_granularity(query)
     timed = query.granularity != "all"
     size = GRANULARITY_MS.get(query.granularity)
+    start, end = query.start, query.end
+    if timed and read != query.granularity:  # the buckets that start in the range, whole
+        start, end = -(-start // size) * size, -(-end // size) * size
     groups: dict = {}
-    for row in store.read(query.tenant, read, query.start, query.end, kind=metric.kind, where=where):
+    for row in store.read(query.tenant, read, start, end, kind=metric.kind, where=where):
         bucket = (row.key.bucket - row.key.bucket % size) if timed else 0
         group = (bucket, *(getattr(row.key, name) for name in query.by))
         groups.setdefault(group, []).append(row)
@@ -120,6 +123,7 @@ QUERIES = [
         (("type", "source"), "minute", 0, {"source": "input"}, None),
         ((), "minute", 0, {"type": "open_email"}, None),
         (("attribute",), "hour", 0, {}, None),  # minutes folded into hours, across midnight
+        (("attribute",), "hour", 17 * MINUTE, {}, None),  # a range that starts and ends within an hour
         (("type", "attribute"), "hour", 0, {}, 3),
         (("attribute",), "all", 0, {}, None),
         ((), "all", 0, {"attribute": "a"}, None),
@@ -139,6 +143,24 @@ def test_answers_equal_the_plain_reference_exactly(store, query):
     assert found == expected
     # Same order of rows and of keys, same types (3, not 3.0): the same JSON.
     assert json.dumps(found) == json.dumps(expected)
+
+
+def test_hours_folded_from_minutes_are_the_hours_that_start_in_the_range_each_whole(store):
+    """The buckets of an answer are those that start in [from, to), as stored hours are
+    read; folded from minutes (by attribute, which only minutes keep), none is cut at an
+    end of the range."""
+    def per_hour(start: int, end: int) -> dict:
+        totals: dict = {}
+        for row in run_query(store, Query("acme", "events", ("attribute",), "hour", start, end)):
+            totals[row["time"]] = totals.get(row["time"], 0) + row["events"]
+        return totals
+
+    whole = per_hour(START, END)
+    assert len(whole) == 4
+    cut = per_hour(START + 30 * MINUTE, END - 30 * MINUTE)
+    hours = sorted(whole)
+    assert cut == {hour: whole[hour] for hour in hours[1:]}, "the hours from 23:00 to 01:00, each whole"
+    assert per_hour(START + 10 * MINUTE, START + 50 * MINUTE) == {}, "no hour starts in it"
 
 
 def test_hours_of_minutes_by_type_have_one_row_per_minute_and_type(store):
@@ -161,3 +183,20 @@ def test_bucket_texts_are_rfc3339_for_aligned_and_unaligned_buckets(step):
     # What a missing bucket brings with it (the rest of its hour or day) is right too.
     assert all(text == format_timestamp(bucket) for bucket, text in texts.items())
 
+
+
+def test_a_where_value_longer_than_a_stored_dimension_finds_its_row(tmp_path):
+    """Roll-ups keep a dimension's first MAX_DIMENSION_BYTES (a long url); --where with the
+    whole value is cut the same way, so it finds that row."""
+    from orion.analytics.rollup import MAX_DIMENSION_BYTES, dimension_value
+
+    long = "https://globex.example/" + "é" * 300
+    aggregate = Aggregate()
+    aggregate.add("L1")
+    key = RollupKey("globex", "minute", START, ACTIVITY, type="visit_web_page", attribute=dimension_value(long))
+    assert len(key.attribute.encode()) <= MAX_DIMENSION_BYTES < len(long.encode())
+    with open_rollup_store(f"sqlite:///{tmp_path / 'activities.db'}") as opened:
+        opened.init()
+        assert not opened.write([RollupRow(key, "w", 1, aggregate)]).refused
+        found = run_query(opened, Query("globex", "events", (), "all", START, START + HOUR, {"attribute": long}))
+    assert found == [{"events": 1}]

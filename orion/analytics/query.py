@@ -37,7 +37,7 @@ from typing import NamedTuple, Sequence
 from orion.activities import _MAX_MS, _MIN_MS, parse_timestamp
 from orion.analytics.rollup import (
     ACTIVITY, DAY, DIMENSIONS, EMAIL_HELD, EMAIL_QUEUED, FLOW, GRANULARITY_MS, HOUR, MINUTE, MINUTE_ONLY,
-    NOT_QUALIFIED, OUTCOME, QUALIFIED, RELATIVE_ERROR, WEBHOOK_QUEUED, merged_estimate,
+    NOT_QUALIFIED, OUTCOME, QUALIFIED, RELATIVE_ERROR, WEBHOOK_QUEUED, dimension_value, merged_estimate,
 )
 
 ALL = "all"
@@ -115,7 +115,10 @@ def check_query(query: Query) -> Query:
                          "ask for a coarser granularity or a shorter range")
     if query.top is not None and query.top < 1:
         raise QueryError("--top must be at least 1")
-    return query
+    # A value as the roll-ups store it (cut to MAX_DIMENSION_BYTES): a long url asked for
+    # whole finds its row.
+    where = {name: dimension_value(value) for name, value in query.where.items()}
+    return query if where == query.where else query._replace(where=where)
 
 
 def stored_granularity(query: Query) -> str:
@@ -158,6 +161,14 @@ def run_query(store, query: Query) -> list[dict]:
     read = stored_granularity(query)
     # Buckets are folded when the rows read are finer than the answer's: 0 for `all`.
     fold = (None if read == query.granularity else GRANULARITY_MS[query.granularity]) if timed else 0
+    if fold:
+        # Finer rows folded into the answer's buckets: the buckets in the range are those
+        # that start in it, each whole, as the stored coarser rows are read; so the finer
+        # rows read are those of [the first bucket starting at or after `start`, the first
+        # starting at or after `end`), never part of a bucket.
+        query = query._replace(start=-(-query.start // fold) * fold, end=-(-query.end // fold) * fold)
+        if query.end <= query.start:
+            return []
     by = tuple(query.by)
     width = 1 + len(by)
     value_column = {"records": "records", "sum": "sums", "leads": "leads"}[metric.value]
