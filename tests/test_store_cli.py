@@ -102,9 +102,56 @@ def test_history_filters_by_type_time_and_limit(tmp_path, capsys):
 
 def test_history_refuses_bad_times_and_limits(tmp_path):
     uri = f"sqlite:///{tmp_path / 'a.db'}"
-    for bad in (["--since", "yesterday"], ["--since", "2026-11-22T10:00:00"], ["--limit", "0"]):
+    for bad in (["--since", "yesterday"], ["--since", "2026-11-22T10:00:00"], ["--limit", "0"],
+                ["--limit", "99999999999999999999"]):
         result = run_commands("history", "--store", uri, "--tenant", "acme", "--lead", "7", *bad)
         assert result.returncode == 2 and bad[1] in result.stderr, result.stderr
+    result = run_commands("history", "--store", uri, "--tenant", "acme", "--lead", "7", "--since",
+                          "2026-11-19T00:00:00Z", "--until", "2026-11-18T00:00:00Z")
+    assert result.returncode == 2 and "--until must be after --since" in result.stderr, result.stderr
+
+
+def test_history_keeps_one_activity_on_one_line(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'a.db'}"
+    with open_store(uri) as store:
+        store.init()
+        store.write([Activity("tab\there\nnl", "acme", "7", "visit_web_page", T0, {"url": "a\tb"})])
+    assert store_commands(["history", "--store", uri, "--tenant", "acme", "--lead", "7"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.split("\t")[2:] == ["tab\\there\\nnl", '{"url":"a\\tb"}']
+
+
+@pytest.mark.parametrize("damage", ["another application's database", "a damaged file"])
+def test_a_sqlite_file_that_is_not_a_store_is_said_in_one_line(tmp_path, damage):
+    import sqlite3
+
+    path = tmp_path / "other.db"
+    if damage == "a damaged file":
+        with open_store(f"sqlite:///{path}") as store:
+            store.init()
+            store.write([Activity(f"v{i}", "acme", "7", "visit_web_page", T0 + i, {"url": "x" * 500})
+                         for i in range(200)])
+        data = bytearray(path.read_bytes())
+        for at in range(4096, len(data), 4096):  # every page's header after the first
+            data[at:at + 8] = b"\xde\xad\xbe\xef" * 2
+        path.write_bytes(bytes(data))
+        for extra in tmp_path.glob("other.db-*"):
+            extra.unlink()
+    else:
+        with sqlite3.connect(path) as connection:
+            for table in ("activities(id, name)", "rollups(x)", "tenant_stages(a)"):
+                connection.execute(f"CREATE TABLE {table}")
+    uri = f"sqlite:///{path}"
+    for command in (["history", "--store", uri, "--tenant", "acme", "--lead", "7"],
+                    ["analytics", "query", "--store", uri, "--tenant", "acme", "--metric", "events",
+                     "--from", "2026-11-01T00:00:00Z", "--to", "2026-11-02T00:00:00Z"],
+                    ["tenants", "list", "--store", uri]):
+        result = subprocess.run([sys.executable, "-m", "orion.cli", *command], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 2, (command, result.stderr[-2000:])
+        assert result.stderr.startswith("orion: ") and "Traceback" not in result.stderr, result.stderr[-2000:]
+        if command[0] == "history":
+            assert "cannot be read" in result.stderr, result.stderr
 
 
 def test_history_of_a_store_never_initialized_says_to_run_init(store_uri):

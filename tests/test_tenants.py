@@ -176,6 +176,22 @@ def test_tenants_list_set_and_report_on_the_command_line(tmp_path, capsys):
     assert cli.main(["tenants", "report", "nobody", "--store", uri, "--report-dir", str(out)]) == 0
     assert "not in the registry, so legacy" in capsys.readouterr().out
 
+    # A folder the job never wrote to is not an all-clear.
+    for folder in (tmp_path / "no-such-dir", tmp_path):
+        assert cli.main(["tenants", "report", "acme", "--store", uri, "--report-dir", str(folder)]) == 2
+        assert "give the running job's --out-dir" in capsys.readouterr().err
+    # Lines that do not read are left out, and said; the rest is counted.
+    with open(next(out.glob("tenant-metrics-*.prom")), "a", encoding="utf-8") as extra:
+        extra.write('orion_tenant_activities_total{tenant="acme",stage="passive",writer="w"} abc\n'
+                    'orion_tenant_activities_total{tenant="acme",stage="passive",writer="x"} NaN\n')
+    with open(out / "differences-abc.jsonl", "ab") as extra:
+        extra.write(b'[1, 2]\n\xff\xfe\n{"tenant": "acme", "at": 5, "kind": "index"}\n'
+                    b'{"tenant": "acme", "at": "x", "kind": "index"}\n')
+    assert cli.main(["tenants", "report", "acme", "--store", uri, "--report-dir", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["activities_by_stage"]["passive"] == 5 and report["differences"] == 5
+    assert len(report["unreadable"]) == 4, report["unreadable"]
+
 
 def test_the_metrics_files_are_prometheus_text_exposition(tmp_path):
     from prometheus_client.parser import text_string_to_metric_families

@@ -53,7 +53,7 @@ def add_store_commands(subparsers) -> None:
                          help="only activities at or after TIME: RFC 3339 (2026-11-22T10:00:00Z) or epoch ms")
     history.add_argument("--until", type=_time, metavar="TIME",
                          help="only activities before TIME: RFC 3339 or epoch ms")
-    history.add_argument("--limit", type=positive_int, metavar="N", help="at most N activities")
+    history.add_argument("--limit", type=_limit, metavar="N", help="at most N activities")
     history.set_defaults(handler=print_history)
 
 
@@ -62,6 +62,16 @@ def _time(text: str) -> int:
         return parse_timestamp(int(text) if text.lstrip("-").isdigit() else text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+MAX_LIMIT = 1_000_000_000
+
+
+def _limit(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"at most {MAX_LIMIT:,}, not {text}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -91,11 +101,24 @@ def init_store(args: argparse.Namespace) -> int:
 
 
 def history_line(activity) -> str:
+    """One activity as one line of tab-separated fields: time, type, event id (tabs, line
+    breaks and other control characters in it written as escapes) and the attributes as
+    JSON (which escapes them itself)."""
     attributes = json.dumps(activity.attributes, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return "\t".join((format_timestamp(activity.occurred_at), activity.type, activity.event_id, attributes))
+    return "\t".join((format_timestamp(activity.occurred_at), _field(activity.type), _field(activity.event_id),
+                      attributes))
+
+
+def _field(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def print_history(args: argparse.Namespace) -> int:
+    if args.since is not None and args.until is not None and args.until <= args.since:
+        print("orion: the range is empty: --until must be after --since", file=sys.stderr)
+        return 2
     try:
         with open_store(args.store) as store:
             activities = store.history(args.tenant, args.lead, since=args.since, until=args.until,

@@ -20,7 +20,7 @@ from orion.store.rollups_base import (
     KEY_COLUMNS, RollupStore, RollupWrite, StoredRollup, check_columns, check_order, check_where, latest_rows,
     parse_sums, sums_json,
 )
-from orion.store.sqlite import sqlite_path
+from orion.store.sqlite import sqlite_path, unreadable_sqlite
 
 _SCHEMA = (
     f"""
@@ -143,10 +143,10 @@ class SqliteRollupStore(RollupStore):
         try:
             found = self.connection.execute(
                 f"SELECT {columns} FROM rollups WHERE {conditions} ORDER BY bucket", params).fetchall()
-        except sqlite3.OperationalError as err:
+        except sqlite3.DatabaseError as err:
             if "no such table" in str(err):
                 raise self._no_tables(err) from err
-            raise
+            raise unreadable_sqlite(self.path, err) from err
         width = len(KEY_COLUMNS) - 1
         return [StoredRollup(RollupKey(*row[:width]), row[width], row[width + 1], row[width + 2], row[width + 3],
                              row[width + 4], parse_sums(row[width + 5]))
@@ -167,10 +167,10 @@ class SqliteRollupStore(RollupStore):
             rows = self.connection.execute(
                 f"SELECT {selected} FROM rollups WHERE {conditions} ORDER BY {', '.join(('bucket', *order))}",
                 params).fetchall()
-        except sqlite3.OperationalError as err:
+        except sqlite3.DatabaseError as err:
             if "no such table" in str(err):
                 raise self._no_tables(err) from err
-            raise
+            raise unreadable_sqlite(self.path, err) from err
         if "sums" in columns:
             at = list(columns).index("sums")
             rows = [row[:at] + (parse_sums(row[at]),) + row[at + 1:] for row in rows]
@@ -191,10 +191,10 @@ class SqliteRollupStore(RollupStore):
     def count(self) -> int:
         try:
             return self.connection.execute("SELECT COUNT(*) FROM rollups").fetchone()[0]
-        except sqlite3.OperationalError as err:
+        except sqlite3.DatabaseError as err:
             if "no such table" in str(err):
                 raise self._no_tables(err) from err
-            raise
+            raise unreadable_sqlite(self.path, err) from err
 
     def close(self) -> None:
         if self._connection is not None:

@@ -113,6 +113,13 @@ _READ_PROFILE_COLUMNS = ("lead_id, data, CASE WHEN data IS NULL THEN attributes 
                          "CASE WHEN data IS NULL THEN score END, CASE WHEN data IS NULL THEN lists END")
 
 
+def unreadable_sqlite(path, err: Exception) -> StoreError:
+    """A SQLite file a read cannot use (another program's database, a damaged file, a
+    file that is not SQLite) as the StoreError a command says in one line."""
+    return StoreError(f"the SQLite store {path} cannot be read ({err}): is it a store `orion store init` made? "
+                      "(a damaged file: restore it from a backup)")
+
+
 def sqlite_path(uri: str) -> Path:
     parts = urlsplit(uri)
     if parts.scheme != "sqlite" or not parts.path or parts.netloc:
@@ -201,11 +208,11 @@ class SqliteStore(ActivityStore):
     def _select(self, sql: str, params) -> list[tuple]:
         try:
             return self.connection.execute(sql, params).fetchall()
-        except sqlite3.OperationalError as err:
+        except sqlite3.DatabaseError as err:
             if "no such table" in str(err):
                 raise StoreError(f"the SQLite store {self.path} has no tables ({err}); "
                                  f"create them with: orion store init {self.uri}") from err
-            raise
+            raise unreadable_sqlite(self.path, err) from err
 
     def write_with_failures(self, activities: Sequence[Activity]) -> WriteResult:
         rows, failed = [], []

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from orion.activities import format_timestamp
 from orion.settings import DEFAULT_DATA_DIR, DEFAULT_STORE
@@ -107,6 +108,18 @@ def set_tenant(args: argparse.Namespace) -> int:
 
 
 def report_tenant(args: argparse.Namespace) -> int:
+    from orion.tenants.metrics import metrics_files
+    from orion.tenants.report import difference_files
+
+    # A report from a folder the job never wrote to would read "differences: 0".
+    folder = Path(args.report_dir)
+    if not folder.is_dir():
+        print(f"orion: --report-dir {folder} is not a folder; give the running job's --out-dir", file=sys.stderr)
+        return 2
+    if not metrics_files(folder) and not difference_files(folder):
+        print(f"orion: {folder} holds no tenant-metrics-*.prom and no differences-*.jsonl: no job with --mode "
+              "tenants (or passive, active) has written there; give the running job's --out-dir", file=sys.stderr)
+        return 2
     try:
         with open_store(args.store) as store:
             rows = {row.tenant: row for row in store.read_tenant_stages()}

@@ -25,6 +25,7 @@ themselves keep each activity once).
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -152,13 +153,22 @@ def render(samples: Iterable[Sample], extra_labels: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse(text: str) -> list[Sample]:
-    """The samples of a file `render` wrote (comments skipped)."""
+def parse(text: str, skipped: list | None = None, source: str = "") -> list[Sample]:
+    """The samples of a file `render` wrote (comments skipped). A line that is not a
+    sample with a finite value is left out, and said in `skipped` (as SOURCE:LINE)."""
     found = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         if not line or line.startswith("#"):
             continue
         head, _, value = line.rpartition(" ")
+        try:
+            number_value = float(value)
+        except ValueError:
+            number_value = math.nan
+        if not math.isfinite(number_value) or not head:
+            if skipped is not None:
+                skipped.append(f"{source}:{number}")
+            continue
         name, _, label_text = head.partition("{")
         labels, rest = {}, label_text[:-1] if label_text.endswith("}") else label_text
         while rest:
@@ -174,16 +184,21 @@ def parse(text: str) -> list[Sample]:
                 value_chars.append(char)
             labels[key] = _unescaped("".join(value_chars))
             rest = rest[end + 1:].lstrip(",")
-        found.append(Sample(name, labels, float(value)))
+        found.append(Sample(name, labels, number_value))
     return found
 
 
-def read_samples(directory: str | os.PathLike) -> list[Sample]:
-    """Every sample of every metrics file in `directory` (none when it has none)."""
+def metrics_files(directory: str | os.PathLike) -> list[Path]:
+    return sorted(Path(directory).glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"))
+
+
+def read_samples(directory: str | os.PathLike, skipped: list | None = None) -> list[Sample]:
+    """Every sample of every metrics file in `directory` (none when it has none); lines
+    that do not read are left out and said in `skipped`."""
     found = []
-    for path in sorted(Path(directory).glob(f"{FILE_PREFIX}*{FILE_SUFFIX}")):
+    for path in metrics_files(directory):
         try:
-            found += parse(path.read_text(encoding="utf-8"))
+            found += parse(path.read_text(encoding="utf-8", errors="replace"), skipped, str(path))
         except OSError:
             continue  # replaced while being read; the next look sees it
     return found

@@ -21,31 +21,43 @@ from orion.tenants.registry import DEFAULT_STAGE, STAGES
 DEFAULT_EXAMPLES = 5
 
 
-def differences_of(report_dir: str | os.PathLike, tenant: str) -> list[dict]:
-    """The tenant's differences in the report directory, oldest first."""
+def difference_files(report_dir: str | os.PathLike) -> list[Path]:
+    return sorted(Path(report_dir).glob("differences-*.jsonl"))
+
+
+def differences_of(report_dir: str | os.PathLike, tenant: str, skipped: list | None = None) -> list[dict]:
+    """The tenant's differences in the report directory, oldest first. A line that is
+    not a difference record is left out and said in `skipped` (as FILE:LINE), but for the
+    last line of a file, which may be being written."""
     found = []
-    for path in sorted(Path(report_dir).glob("differences-*.jsonl")):
+    for path in difference_files(report_dir):
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             continue
-        for line in lines:
+        for number, line in enumerate(lines, 1):
             try:
                 record = json.loads(line)
             except ValueError:
-                continue  # a line being written
+                record = None
+            if not isinstance(record, dict):
+                if skipped is not None and (number < len(lines) or record is not None):
+                    skipped.append(f"{path}:{number}")
+                continue
             if record.get("tenant") == tenant:
                 found.append(record)
-    return sorted(found, key=lambda record: record.get("at", ""))
+    return sorted(found, key=lambda record: str(record.get("at", "")))
 
 
 def tenant_report(tenant: str, registry_row: TenantStage | None, report_dir: str | os.PathLike,
                   examples: int = DEFAULT_EXAMPLES) -> dict:
-    """The report as a JSON-ready dict."""
-    samples = metrics.read_samples(report_dir)
+    """The report as a JSON-ready dict; `unreadable` lists the lines of the report's
+    files that do not read (left out of the counts)."""
+    skipped: list[str] = []
+    samples = metrics.read_samples(report_dir, skipped)
     by_stage = metrics.totals(samples, metrics.ACTIVITIES, tenant, "stage")
     compared = metrics.totals(samples, metrics.COMPARED, tenant, "kind")
-    differences = differences_of(report_dir, tenant)
+    differences = differences_of(report_dir, tenant, skipped)
     kinds: dict[str, int] = {}
     for record in differences:
         kinds[record.get("kind", "")] = kinds.get(record.get("kind", ""), 0) + 1
@@ -61,6 +73,7 @@ def tenant_report(tenant: str, registry_row: TenantStage | None, report_dir: str
         "differences_by_kind": dict(sorted(kinds.items())),
         "differences": len(differences),
         "first_differences": differences[:examples],
+        "unreadable": skipped,
     }
 
 
@@ -84,4 +97,8 @@ def render_report(report: dict) -> str:
         for record in report["first_differences"]:
             lines.append(f"  {record.get('at')}  {record.get('stage', record.get('mode'))}  {record.get('kind')}  "
                          f"lead {record.get('lead_id')!r}  {record.get('detail')}")
+    unreadable = report.get("unreadable") or []
+    if unreadable:
+        lines.append(f"unreadable lines left out of these counts: {len(unreadable):,} ({', '.join(unreadable[:5])}"
+                     + (" ..." if len(unreadable) > 5 else "") + ")")
     return "\n".join(lines)
