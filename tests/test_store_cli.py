@@ -252,3 +252,18 @@ def test_a_store_whose_client_gives_up_is_one_line_not_a_traceback():
     assert isinstance(said, StoreError) and "did not answer: RetryError: Timeout of 60.0s" in str(said)
     assert "OperationalError" in str(store_error(OperationalError(2003, "Can't connect")))
     assert store_error(KeyError("ours")) is None  # a fault of ours is not hidden
+
+
+def test_commands_that_read_a_store_do_not_make_one_at_a_mistyped_path(tmp_path):
+    """A mistyped SQLite path is said; no folder, no empty store is left there."""
+    uri = f"sqlite:///{tmp_path / 'typo' / 'dir' / 'activities.db'}"
+    for command in (["history", "--store", uri, "--tenant", "acme", "--lead", "7"],
+                    ["tenants", "list", "--store", uri],
+                    ["tenants", "set", "acme", "--stage", "passive", "--store", uri],
+                    ["analytics", "query", "--store", uri, "--tenant", "acme", "--metric", "events",
+                     "--from", "2026-11-01T00:00:00Z", "--to", "2026-11-02T00:00:00Z"],
+                    ["analytics", "experiments", "--store", uri, "--tenant", "acme"]):
+        result = subprocess.run([sys.executable, "-m", "orion.cli", *command], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 2 and "there is no SQLite store at" in result.stderr, (command, result.stderr)
+    assert not (tmp_path / "typo").exists()

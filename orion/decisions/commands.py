@@ -99,7 +99,7 @@ def serve_command(args: argparse.Namespace) -> int:
         for error in errors:
             print(f"  {error}", file=sys.stderr)
     try:
-        store = open_store(args.store)
+        store = open_store(args.store)  # (a new store is made: the service may start before the graph)
         store.init()
     except StoreError as err:
         print(f"orion: {err}", file=sys.stderr)
@@ -235,8 +235,8 @@ def experiments_command(args: argparse.Namespace) -> int:
     from orion.decisions.experiments import ReportError, experiment_report, render_report
     from orion.rules import RuleErrors
     from orion.rules.compiler import load_experiences
-    from orion.store import open_store
     from orion.store.base import StoreError
+    from orion.store.opening import open_existing_store
 
     try:
         _, experiences, refused = load_experiences(args.rules)
@@ -263,7 +263,7 @@ def experiments_command(args: argparse.Namespace) -> int:
         print(f"orion: --since/--until: {err}", file=sys.stderr)
         return 2
     try:
-        store = open_store(args.store)
+        store = open_existing_store(args.store)
         try:
             report = experiment_report(store, tenant_experiences, only=args.experience, goal_type=args.goal,
                                        days=args.days, since=since, until=until)

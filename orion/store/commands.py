@@ -16,7 +16,7 @@ import sys
 
 from orion.activities import format_timestamp, parse_timestamp
 from orion.store.base import store_refusal
-from orion.store.opening import URI_FORMS, open_store
+from orion.store.opening import URI_FORMS, open_existing_store, open_store
 
 DEFAULT_STORE = "sqlite:///orion-data/activities.db"  # the same default as `orion run`
 
@@ -120,7 +120,7 @@ def print_history(args: argparse.Namespace) -> int:
         print("orion: the range is empty: --until must be after --since", file=sys.stderr)
         return 2
     try:
-        with open_store(args.store) as store:
+        with open_existing_store(args.store) as store:
             activities = store.history(args.tenant, args.lead, since=args.since, until=args.until,
                                        types=args.types, limit=args.limit)
     except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_refusal)

@@ -44,3 +44,15 @@ def open_store(uri: str) -> ActivityStore:
         # The migrating store opens its two stores with this function, handed to it.
         return MigratingStore(uri, open_store)
     raise StoreError(f"unsupported store URI scheme {scheme!r} in {uri!r}; use one of: {'; '.join(URI_FORMS)}")
+
+
+def open_existing_store(uri: str) -> ActivityStore:
+    """The store a URI names, for a command that reads it (or changes what is in it): a
+    SQLite store must be there already (StoreError otherwise), so a mistyped path is said
+    rather than made, empty, with its folders, and read as if it held nothing."""
+    store = open_store(uri)
+    path = getattr(store, "path", None)
+    if urlsplit(uri).scheme == "sqlite" and path is not None and not path.exists():
+        raise StoreError(f"there is no SQLite store at {path}; give the store the graph writes (orion run --store), "
+                         f"or make one with: orion store init {uri}")
+    return store

@@ -20,7 +20,7 @@ from pathlib import Path
 from orion.activities import format_timestamp
 from orion.settings import DEFAULT_DATA_DIR, DEFAULT_STORE
 from orion.store.base import store_refusal
-from orion.store.opening import open_store
+from orion.store.opening import open_existing_store, open_store
 from orion.tenants.registry import STAGES, set_stage
 from orion.tenants.report import DEFAULT_EXAMPLES, render_report, tenant_report
 
@@ -74,7 +74,7 @@ def add_tenants_commands(subparsers) -> None:
 
 def list_tenants(args: argparse.Namespace) -> int:
     try:
-        with open_store(args.store) as store:
+        with open_existing_store(args.store) as store:
             rows = store.read_tenant_stages()
     except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_refusal)
         return store_refusal(err)
@@ -91,7 +91,7 @@ def list_tenants(args: argparse.Namespace) -> int:
 
 def set_tenant(args: argparse.Namespace) -> int:
     try:
-        with open_store(args.store) as store:
+        with open_existing_store(args.store) as store:
             row, changed = set_stage(store, args.tenant, args.stage)
     except ValueError as err:
         print(f"orion: {err}", file=sys.stderr)
@@ -121,7 +121,7 @@ def report_tenant(args: argparse.Namespace) -> int:
               "tenants (or passive, active) has written there; give the running job's --out-dir", file=sys.stderr)
         return 2
     try:
-        with open_store(args.store) as store:
+        with open_existing_store(args.store) as store:
             rows = {row.tenant: row for row in store.read_tenant_stages()}
     except Exception as err:  # noqa: BLE001 - a store's error, or its client's: one line (store_refusal)
         return store_refusal(err)
