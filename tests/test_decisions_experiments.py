@@ -232,3 +232,23 @@ def test_the_command_takes_a_period_and_refuses_an_empty_or_unreadable_one(tmp_p
     assert "the period is empty" in capsys.readouterr().err
     assert main(base + ["--since", "yesterday-ish"]) == 2
     assert "--since/--until" in capsys.readouterr().err
+
+
+def test_the_command_refuses_a_goal_that_is_no_activity_type_and_reports_an_experience_once(tmp_path, capsys):
+    from orion.cli import main
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "acme.yaml").write_text(RULES)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    with open_store(uri) as opened:
+        opened.init()
+        opened.write(stored_activities())
+    base = ["analytics", "experiments", "--tenant", "acme", "--store", uri, "--rules", str(rules), "--json"]
+    assert main(base + ["--goal", "no_such_type"]) == 2
+    said = capsys.readouterr().err
+    assert "--goal 'no_such_type' is not an activity type of tenant 'acme'" in said and "fill_out_form" in said
+    assert main(base + ["--experience", "Hero", "--experience", "Hero"]) == 0
+    assert [found["experience"] for found in json.loads(capsys.readouterr().out)["experiences"]] == ["Hero"]
+    assert main(base + ["--experience", "Nope"]) == 2
+    assert "has no experience 'Nope'" in capsys.readouterr().err

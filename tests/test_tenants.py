@@ -141,6 +141,9 @@ def test_tenants_list_set_and_report_on_the_command_line(tmp_path, capsys):
     assert "already passive" in capsys.readouterr().out
     assert cli.main(["tenants", "set", "bank", "--stage", "active", "--store", uri]) == 0
     capsys.readouterr()
+    for odd in ("acme ", "ac\nme", "x" * 300):  # a name no activity of the tenant carries
+        assert cli.main(["tenants", "set", odd, "--stage", "active", "--store", uri]) == 2
+        assert "tenant" in capsys.readouterr().err
     assert cli.main(["tenants", "list", "--store", uri]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines[1:]] == [["acme", "passive"], ["bank", "active"]]

@@ -226,7 +226,7 @@ def add_analytics_commands(commands) -> None:
                              help="only the leads first exposed at or after TIME (RFC 3339, epoch ms, or "
                              "now-7d; their conversions count within the goal's window after it), and the "
                              "impressions from TIME on (default: from the start)")
-    experiments.add_argument("--until", metavar="TIME", help="... and before TIME (default: now)")
+    experiments.add_argument("--until", metavar="TIME", help="... and before TIME (default: no end)")
     experiments.add_argument("--json", action="store_true", help="print the report as JSON")
     experiments.set_defaults(handler=experiments_command)
 
@@ -239,7 +239,7 @@ def experiments_command(args: argparse.Namespace) -> int:
     from orion.store.opening import open_existing_store
 
     try:
-        _, experiences, refused = load_experiences(args.rules)
+        rules, experiences, refused = load_experiences(args.rules)
     except RuleErrors as errors:
         print(f"orion: the rules in {args.rules} have {len(errors.errors)} error(s):", file=sys.stderr)
         for error in errors.errors:
@@ -253,6 +253,18 @@ def experiments_command(args: argparse.Namespace) -> int:
     tenant_experiences = experiences.get(args.tenant)
     if tenant_experiences is None or not tenant_experiences.by_name:
         print(f"orion: tenant {args.tenant!r} has no experiences in {args.rules}", file=sys.stderr)
+        return 2
+    unknown = [name for name in args.experience if name not in tenant_experiences.by_name]
+    if unknown:
+        print(f"orion: tenant {args.tenant!r} has no experience {unknown[0]!r} (it has: "
+              f"{', '.join(sorted(tenant_experiences.by_name))})", file=sys.stderr)
+        return 2
+    args.experience = list(dict.fromkeys(args.experience))  # each once, in the order asked
+    types = getattr(rules, "activity_types", None)
+    if args.goal is not None and (types is None or types.lookup(args.tenant, args.goal) is None):
+        names = types.names(args.tenant) if types is not None else []
+        print(f"orion: --goal {args.goal!r} is not an activity type of tenant {args.tenant!r}; it has: "
+              f"{', '.join(names)}", file=sys.stderr)
         return 2
     from orion.analytics.query import parse_time
 

@@ -257,7 +257,7 @@ def render_report(report: dict) -> str:
     lines = [f"tenant {report['tenant']}"]
     if report.get("since") or report.get("until"):
         lines[0] += (f"; leads first exposed from {report.get('since') or 'the start'} "
-                     f"until {report.get('until') or 'now'}")
+                     f"until {report.get('until') or 'the end'}")
     for found in report["experiences"]:
         lines += ["", f"{found['experience']} (placement {found['placement']}); goal: "
                       f"{found['goal'] or 'none (impressions only)'}; first impression: "
