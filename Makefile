@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-evaluator bench-graph bench-store bench-collector bench-campaigns bench-flink bench-decide bench-decide-instructions bench-analytics clean
+.PHONY: run test bench bench-evaluator bench-graph bench-store bench-collector bench-campaigns bench-flink bench-decide bench-decide-instructions bench-analytics clean clean-data
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -49,5 +49,8 @@ bench-decide-instructions: $(STAMP)  # needs valgrind
 bench-analytics: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_analytics $(ARGS)
 
-clean:
-	rm -rf $(VENV) orion-data .pytest_cache .hypothesis
+clean:  # the environment and the test caches; the data in orion-data/ stays (make clean-data)
+	rm -rf $(VENV) .pytest_cache .hypothesis
+
+clean-data:  # what the commands wrote by default: store, outbox, collector keys, Flink state
+	rm -rf orion-data

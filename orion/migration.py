@@ -5,8 +5,8 @@ verification report, the progress line); the Beam graph is orion/pipelines/boots
 its transforms orion/transforms/legacy.py, and the `orion bootstrap` command
 orion/pipelines/bootstrap_command.py.
 
-    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://P/I/activities --splits 32
-    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://P/I/activities --tenant acme
+    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://my-project/my-instance/activities --splits 32
+    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://my-project/my-instance/activities --tenant acme
 
 How a legacy row becomes an Activity (anything else is a dead letter with a reason,
 counted, written to the dead-letter files, and never silently dropped):

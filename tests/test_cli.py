@@ -121,6 +121,9 @@ def test_one_tenants_broken_rules_do_not_stop_the_other_tenants_run(tmp_path):
     shutil.copytree(SAMPLES / "rules", rules)
     (rules / "evil.yaml").write_text(
         "tenant: evil\n"
+        "settings:\n"
+        "  activity_types:\n"
+        "    store_visit: {attributes: {store: string}}\n"
         "campaigns:\n"
         "  - name: Broken\n"
         "    triggers: [{activity: visit_web_page, where: {url: {containz: x}}}]\n")
@@ -128,20 +131,22 @@ def test_one_tenants_broken_rules_do_not_stop_the_other_tenants_run(tmp_path):
     lines = [{"event_id": "a1", "tenant": "acme", "lead_id": "L1", "type": "fill_out_form",
               "occurred_at": "2026-11-22T10:00:00Z", "attributes": {"form": "signup"}},
              {"event_id": "v1", "tenant": "evil", "lead_id": "E1", "type": "visit_web_page",
-              "occurred_at": "2026-11-22T10:00:01Z", "attributes": {"url": "https://evil.example/x"}}]
+              "occurred_at": "2026-11-22T10:00:01Z", "attributes": {"url": "https://evil.example/x"}},
+             {"event_id": "s1", "tenant": "evil", "lead_id": "E1", "type": "store_visit",  # its own type
+              "occurred_at": "2026-11-22T10:00:02Z", "attributes": {"store": "Main St"}}]
     events.write_text("".join(json.dumps(line) + "\n" for line in lines))
     db = tmp_path / "store.db"
     result = run_orion("run", "--events", str(events), "--rules", str(rules), "--store", f"sqlite:///{db}",
                        "--out-dir", str(tmp_path / "out"), "--outbox", "none", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "tenant 'evil': its rules have 1 error(s)" in result.stderr
-    assert f"{rules / 'evil.yaml'}:4: unknown operator 'containz'" in result.stderr
+    assert f"{rules / 'evil.yaml'}:7: unknown operator 'containz'" in result.stderr
     outcomes = [json.loads(line) for f in (tmp_path / "out").glob("outcomes-*.jsonl")
                 for line in f.read_text().splitlines()]
     assert {(o["tenant"], o["campaign"]) for o in outcomes if o["qualified"]} == {("acme", "Welcome new signups")}
     with sqlite3.connect(db) as connection:
         stored = sorted(row[0] for row in connection.execute("SELECT event_id FROM activities"))
-    assert stored == ["a1", "v1"], "the refused tenant's activities are stored all the same"
+    assert stored == ["a1", "s1", "v1"], "the refused tenant's activities, of its own types too, are stored"
 
 
 def test_rules_that_belong_to_no_tenant_still_stop_the_run(tmp_path):

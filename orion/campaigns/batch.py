@@ -749,7 +749,7 @@ def _when(text: str) -> int | str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _common(parser) -> None:
+def _common(parser, precompute: bool = False) -> None:
     from orion.settings import SAMPLE_RULES
 
     parser.add_argument("--rules", type=Path, default=SAMPLE_RULES, help="rules directory")
@@ -763,8 +763,10 @@ def _common(parser) -> None:
                         help="run stream K (0..N-1) only; without it, all N run here, one process each")
     parser.add_argument("--at", type=_when, default=None, metavar="now|next|TIME",
                         help="the send's scheduled time: now, the campaign's next scheduled time, or RFC 3339; "
-                        "the command waits for it (default: now; with --membership, the time the members "
-                        "were computed for)")
+                        + ("the members are computed as of it, at once (run --membership sends at that time; "
+                           "default: now)" if precompute else
+                           "the command waits for it (default: now; with --membership, the time the members "
+                           "were computed for)"))
 
 
 def add_campaign_commands(commands) -> None:
@@ -797,7 +799,7 @@ def add_campaign_commands(commands) -> None:
     pre = sub.add_parser("precompute", help="compute a batch send's members ahead of its scheduled time",
                          description="Write the members of one stream (or all) to a JSONL file that "
                          "`orion campaign run --membership` sends to at the scheduled time.")
-    _common(pre)
+    _common(pre, precompute=True)
     pre.add_argument("--out", type=new_file, required=True)
     pre.add_argument("--dead-letters", help="append dead letters (JSONL) here: leads whose profile is unreadable")
     pre.set_defaults(handler=_precompute)

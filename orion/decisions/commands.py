@@ -146,6 +146,8 @@ async def run_decider(topic_name: str, keys, experiences: dict, types, store, se
     install_log_redaction()
     topic = PubSubTopic(topic_name, settings.publish_timeout)
     status = await topic.ensure(create_topic)
+    if status.startswith("not checked"):  # the collector's wording: its requests wait for Pub/Sub; decisions do not
+        status = status.split(";")[0] + "; decisions are answered, impressions fail until Pub/Sub answers"
     publisher = BatchPublisher(topic.send, flush_events=settings.flush_events, flush_bytes=settings.flush_bytes,
                                flush_seconds=settings.flush_seconds, max_pending_bytes=settings.max_pending_bytes,
                                publish_timeout=settings.publish_timeout, retry_after_s=settings.retry_after)

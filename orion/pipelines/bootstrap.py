@@ -12,7 +12,7 @@
 The core (row conversion, checksums, the plan, the report) is orion.migration; this
 module builds the graph and runs it locally with a progress line every few seconds.
 
-    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://P/I/activities --splits 32
+    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://my-project/my-instance/activities --splits 32
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 the legacy MySQL activities, runs the bootstrap pipeline (orion/pipelines/bootstrap.py)
 and reports the verification. The plain-Python core is orion/migration.py.
 
-    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://P/I/activities --splits 32
-    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://P/I/activities --tenant acme
+    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://my-project/my-instance/activities --splits 32
+    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://my-project/my-instance/activities --tenant acme
     python -m orion.pipelines.bootstrap_command bootstrap --from ... --to ... --verify-only
 """
 from __future__ import annotations

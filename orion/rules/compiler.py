@@ -122,7 +122,8 @@ def load_serving_rules(directory: str | Path, template_dirs: Iterable[str | Path
     """The rules a job serves: every tenant whose rules load, and, by tenant, the errors
     of those that do not. One tenant's broken rules must not stop every tenant's job:
     its campaigns do not run (its activities are still parsed, stored and kept in its
-    leads' profiles, with its built-in types) until its rules are fixed. RuleErrors
+    leads' profiles, with the activity types its settings declare) until its rules are
+    fixed. RuleErrors
     still, with every error, when an error belongs to no tenant (a file that names none,
     a missing directory): nobody can tell whose campaigns would be missing.
     `experiences`, if given, is filled with each tenant's TenantExperiences."""
@@ -138,9 +139,14 @@ def load_serving_rules(directory: str | Path, template_dirs: Iterable[str | Path
             raise RuleErrors(errors)
         refused.setdefault(tenant, []).append(error)
     kept = {tenant: found for tenant, found in rules.tenants.items() if tenant not in refused}
+    # A refused tenant keeps the activity types and lead attributes its settings declare
+    # (each one compiled only if it checked out), so its activities of its own types are
+    # still parsed, stored and kept; only a file that does not read at all leaves it the
+    # built-in types.
     lead_attributes = rules.activity_types.lead_attributes()
-    types = ActivityTypes({tenant: rules.activity_types._custom.get(tenant, {}) for tenant in kept},
-                          {tenant: lead_attributes.get(tenant, {}) for tenant in kept})
+    typed = set(kept) | set(refused)
+    types = ActivityTypes({tenant: rules.activity_types._custom.get(tenant, {}) for tenant in typed},
+                          {tenant: lead_attributes.get(tenant, {}) for tenant in typed})
     if experiences is not None:
         for tenant in refused:
             experiences.pop(tenant, None)

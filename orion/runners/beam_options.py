@@ -4,7 +4,7 @@ side by side on one command line: a Dataflow flex template's main, a test, a not
 
     python -m orion.runners.beam_options --runner=DataflowRunner --project=P --region=europe-west1 \\
         --temp_location=gs://B/tmp --rules=/template/rules --events='gs://B/in/*.jsonl' \\
-        --store=bigtable://P/I/activities --outbox=none --out_dir=gs://B/out
+        --store=bigtable://my-project/my-instance/activities --outbox=none --out_dir=gs://B/out
     python -m orion.runners.beam_options --events=in.jsonl --store=sqlite:///data/a.db --out_dir=data
     python -m orion.runners.beam_options --kafka_servers=127.0.0.1:9092 --kafka_topic=activities --kafka_max_read_s=60
 

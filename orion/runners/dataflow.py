@@ -4,7 +4,7 @@ unset, everything checked before anything is sent, and a dry run that prints the
 resolved options without submitting.
 
     orion run --runner dataflow --project P --region europe-west1 --temp_location gs://B/tmp \\
-        --subscription projects/P/subscriptions/S --store bigtable://P/I/activities \\
+        --subscription projects/P/subscriptions/S --store bigtable://my-project/my-instance/activities \\
         --outbox mysql://USER:PW@HOST:3306/outbox --out-dir gs://B/out --dry-run
 
 --project, --region, --temp_location, --job_name, --update and every other Dataflow

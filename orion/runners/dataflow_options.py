@@ -6,7 +6,7 @@ Dataflow's settings are Beam's own flags (--project, --region, --temp_location,
 not know to Beam unchanged, so they are not declared here. Orion adds only --dry-run.
 
     orion run --runner dataflow --project P --region europe-west1 --temp_location gs://B/tmp \\
-        --events 'gs://B/in/*.jsonl' --store bigtable://P/I/activities --outbox none --out-dir gs://B/out --dry-run
+        --events 'gs://B/in/*.jsonl' --store bigtable://my-project/my-instance/activities --outbox none --out-dir gs://B/out --dry-run
 """
 from __future__ import annotations
 

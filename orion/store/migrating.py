@@ -1,7 +1,7 @@
 """Running the legacy MySQL store and the new store side by side, for the migration.
 
-    orion run --mode passive --legacy-store mysql://root@127.0.0.1:3306/legacy --store bigtable://P/I/activities
-    orion run --mode tenants --legacy-store mysql://root@127.0.0.1:3306/legacy --store bigtable://P/I/activities
+    orion run --mode passive --legacy-store mysql://root@127.0.0.1:3306/legacy --store bigtable://my-project/my-instance/activities
+    orion run --mode tenants --legacy-store mysql://root@127.0.0.1:3306/legacy --store bigtable://my-project/my-instance/activities
 
 Modes (see docs/migration.md):
 

@@ -1,8 +1,8 @@
 """`orion tenants ...`: the tenant registry on the command line.
 
-    orion tenants list --store bigtable://P/I/activities
-    orion tenants set acme --stage passive --store bigtable://P/I/activities
-    orion tenants report acme --store bigtable://P/I/activities --report-dir orion-data
+    orion tenants list --store bigtable://my-project/my-instance/activities
+    orion tenants set acme --stage passive --store bigtable://my-project/my-instance/activities
+    orion tenants report acme --store bigtable://my-project/my-instance/activities --report-dir orion-data
 
 `--store` is the store that holds the registry: the new store, the one `orion run --mode
 tenants --store URI` names (`orion store init URI` creates the registry). A job running

@@ -18,8 +18,8 @@ MySQL and nothing is lost; the new store gets nothing more of the tenant. A job 
 `refresh` seconds (DEFAULT_REFRESH_S) in each worker process and applies each tenant's
 stage to every write and read from then on, without a restart.
 
-    orion tenants set acme --stage passive --store bigtable://P/I/activities
-    orion tenants list --store bigtable://P/I/activities
+    orion tenants set acme --stage passive --store bigtable://my-project/my-instance/activities
+    orion tenants list --store bigtable://my-project/my-instance/activities
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@
 - `CompareRanges`: source and target checksums -> one RangeComparison per lead range.
 - `CountProgress`: counts written batches into the progress files the driver prints.
 
-    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://P/I/activities
+    orion bootstrap --from mysql://root@127.0.0.1:3306/legacy --to bigtable://my-project/my-instance/activities
 """
 from __future__ import annotations
 
