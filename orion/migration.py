@@ -355,6 +355,7 @@ class Verification(NamedTuple):
     refused: int  # bad legacy rows, dead-lettered
     store_failed: int  # rows the target refused, dead-lettered
     dead_letters: dict[str, int]  # by reason
+    late_rows: int = 0  # legacy rows written since the plan, compared too (with_late_rows)
 
     @property
     def differing(self) -> list[RangeComparison]:
@@ -382,6 +383,10 @@ class Verification(NamedTuple):
             f"  activities in target: {target.count:,} (checksum {target.checksum:016x})",
             f"  lead ranges compared: {len(self.ranges):,} (tenant x salt bucket), {len(self.differing):,} differ",
         ]
+        if self.late_rows:
+            lines.insert(5, f"  written since the plan: {self.late_rows:,} legacy rows, compared too (a job in "
+                            "passive mode writes them to both stores; if none does, they are missing from the "
+                            "target until the bootstrap runs again)")
         if not self.accounted:
             lines.append(f"  MISMATCH: {self.rows_read - self.converted - self.refused:,} legacy rows were read "
                          "but neither converted nor dead-lettered")
@@ -393,6 +398,56 @@ class Verification(NamedTuple):
         lines.append("verification OK: every legacy activity is in the target exactly once" if self.ok
                      else "verification FAILED: rerun the bootstrap (it is idempotent) and check the dead letters")
         return "\n".join(lines)
+
+
+def late_row_sums(source_uri: str, after_id: int | None, tenant: str | None = None,
+                  chunk: int = 10_000) -> tuple[RangeSums, int]:
+    """The legacy rows written since the plan (id past `after_id`, the planned span's
+    end; None: every row), of `tenant` alone when given, as checksums by lead range, and
+    how many there are. Rows that do not convert are left out, as the copy leaves them."""
+    import pymysql
+
+    sums, count = RangeSums(), 0
+    low = -(2 ** 63) if after_id is None else after_id + 1
+    columns = ", ".join(LEGACY_COLUMNS)
+    connection = connect_legacy(source_uri)
+    try:
+        while True:
+            with connection.cursor() as cursor:
+                if tenant is None:
+                    cursor.execute(f"SELECT {columns} FROM activities WHERE id >= %s ORDER BY id LIMIT %s",
+                                   (low, chunk))
+                else:
+                    cursor.execute(f"SELECT {columns} FROM activities WHERE id >= %s AND tenant = %s ORDER BY id "
+                                   "LIMIT %s", (low, tenant, chunk))
+                rows = cursor.fetchall()
+            if not rows:
+                return sums, count
+            for values in rows:
+                try:
+                    activity, text = activity_from_legacy(LegacyRow(*values))
+                except BadActivity:
+                    continue
+                sums.add(activity, text)
+                count += 1
+            low = rows[-1][0] + 1
+    except pymysql.err.Error as err:
+        raise StoreError(f"cannot read the legacy activities table: {err}") from err
+    finally:
+        connection.close()
+
+
+def with_late_rows(ranges: Iterable[RangeComparison], late: RangeSums) -> list[RangeComparison]:
+    """The comparisons with the rows written since the plan added to their source side:
+    the target was scanned after them, so a job that wrote them to both stores (passive
+    mode, during a tenant's rollout) has them there too, and they match."""
+    extra = dict(late.items())
+    found = []
+    for r in ranges:
+        added = extra.pop((r.tenant, r.salt), None)
+        found.append(r if added is None else r._replace(source=r.source + added))
+    found += [RangeComparison(tenant, salt, checksum, EMPTY) for (tenant, salt), checksum in extra.items()]
+    return found
 
 
 def ranges_to_json(ranges: Iterable[RangeComparison]) -> str:
