@@ -395,6 +395,11 @@ class Verification(NamedTuple):
                          f"{r.source.checksum:016x}, target {r.target.count:,} rows {r.target.checksum:016x}")
         if len(self.differing) > shown:
             lines.append(f"  ... and {len(self.differing) - shown:,} more differing ranges")
+        extra = [r for r in self.differing if r.target.count > r.source.count]
+        if extra:
+            lines.append(f"  {len(extra):,} of the differing ranges hold more rows in the target than in the legacy "
+                         "store: rows the legacy store changed since they were copied (an event id moved to another "
+                         "lead or time, or deleted) stay in the target, where a rerun does not remove them")
         lines.append("verification OK: every legacy activity is in the target exactly once" if self.ok
                      else "verification FAILED: rerun the bootstrap (it is idempotent) and check the dead letters")
         return "\n".join(lines)

@@ -449,3 +449,12 @@ def test_a_tenant_the_legacy_store_does_not_know_is_refused(legacy, bigtable_emu
     refused = bootstrap(source, bigtable_uri(), tmp_path / "dead", "--tenant", "ACME")
     assert refused.returncode == 2, refused.stdout + refused.stderr[-2000:]
     assert "no activity and no lead profile of tenant 'ACME'; its tenants: 'acme'" in refused.stderr
+
+
+def test_the_report_says_when_the_target_holds_rows_the_legacy_store_no_longer_has():
+    from orion.migration import RangeChecksum, RangeComparison, Verification
+
+    extra = Verification([RangeComparison("acme", "01", RangeChecksum(2, 5), RangeChecksum(3, 9))], 2, 2, 0, 0, {})
+    missing = Verification([RangeComparison("acme", "01", RangeChecksum(3, 9), RangeChecksum(2, 5))], 3, 3, 0, 0, {})
+    assert "a rerun does not remove them" in extra.render()
+    assert "a rerun does not remove them" not in missing.render() and "verification FAILED" in missing.render()
