@@ -68,3 +68,12 @@ def new_file(text: str) -> Path:
                 raise argparse.ArgumentTypeError(f"{parent} is a file, so {text} cannot be made")
             break
     return path
+
+
+def printable(text: str) -> str:
+    """Text as one field of a line a command prints: tabs, line breaks and other control
+    characters written as escapes (\\t, \\n, \\x1b ...), so one value stays one field of
+    one line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)

@@ -49,7 +49,7 @@ import pymysql
 import pymysql.cursors
 
 from orion.activities import MS_PER_DAY, Activity, format_timestamp, parse_timestamp
-from orion.argtypes import new_file
+from orion.argtypes import new_file, printable
 from orion.deadletters import DeadLetter
 from orion.rules.model import LeadState
 from orion.store.base import StoreError
@@ -1085,13 +1085,6 @@ def _schedule(args: argparse.Namespace) -> int:
                         shown = "none"
                 else:
                     shown = "none" if campaign.schedule else "on demand"
-                print(f"{_field(tenant)}\t{_field(campaign.name)}\t{shown}")
+                print(f"{printable(tenant)}\t{printable(campaign.name)}\t{shown}")
     return 0
 
-
-def _field(text: str) -> str:
-    """A name as a field of a tab-separated line: tabs, line breaks and other control
-    characters written as escapes, so one name is always one field of one line."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)

@@ -15,6 +15,7 @@ import json
 import sys
 
 from orion.activities import format_timestamp, parse_timestamp
+from orion.argtypes import printable
 from orion.store.base import store_refusal
 from orion.store.opening import URI_FORMS, open_existing_store, open_store
 
@@ -105,14 +106,9 @@ def history_line(activity) -> str:
     breaks and other control characters in it written as escapes) and the attributes as
     JSON (which escapes them itself)."""
     attributes = json.dumps(activity.attributes, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return "\t".join((format_timestamp(activity.occurred_at), _field(activity.type), _field(activity.event_id),
+    return "\t".join((format_timestamp(activity.occurred_at), printable(activity.type), printable(activity.event_id),
                       attributes))
 
-
-def _field(text: str) -> str:
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def print_history(args: argparse.Namespace) -> int:
