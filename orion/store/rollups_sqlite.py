@@ -20,7 +20,7 @@ from orion.store.rollups_base import (
     KEY_COLUMNS, RollupStore, RollupWrite, StoredRollup, check_columns, check_order, check_where, latest_rows,
     parse_sums, sums_json,
 )
-from orion.store.sqlite import sqlite_path, unreadable_sqlite
+from orion.store.sqlite import check_tables, sqlite_path, unreadable_sqlite
 
 _SCHEMA = (
     f"""
@@ -88,8 +88,12 @@ class SqliteRollupStore(RollupStore):
         return self._connection
 
     def init(self) -> None:
-        for statement in _SCHEMA:
-            with_backoff(lambda: self.connection.execute(statement), _is_busy)
+        try:
+            for statement in _SCHEMA:
+                with_backoff(lambda: self.connection.execute(statement), _is_busy)
+            check_tables(self.connection, self.path, {"rollups": KEY_COLUMNS})
+        except sqlite3.DatabaseError as err:
+            raise unreadable_sqlite(self.path, err) from err
 
     def write(self, rows: Sequence[RollupRow]) -> RollupWrite:
         latest = latest_rows(rows)

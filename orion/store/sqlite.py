@@ -113,6 +113,28 @@ _READ_PROFILE_COLUMNS = ("lead_id, data, CASE WHEN data IS NULL THEN attributes 
                          "CASE WHEN data IS NULL THEN score END, CASE WHEN data IS NULL THEN lists END")
 
 
+# The columns each table has had since it was first made: a file whose table of that name
+# lacks one is another program's database.
+_KEY_COLUMNS = {
+    "activities": ("tenant", "lead_id", "occurred_at", "event_id", "type", "attributes"),
+    "activity_index": ("tenant", "lead_id", "type", "day", "activity_count", "last_seen"),
+    "lead_profiles": ("tenant", "lead_id", "attributes", "score", "lists"),
+    "tenant_stages": ("tenant", "stage", "changed_at"),
+}
+
+
+def check_tables(connection, path, expected: dict[str, tuple[str, ...]]) -> None:
+    """StoreError when a table of the file lacks a column Orion's table of that name has
+    (CREATE TABLE IF NOT EXISTS keeps another program's table as it is)."""
+    for table, columns in expected.items():
+        found = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        missing = [column for column in columns if column not in found]
+        if missing:
+            raise StoreError(f"the SQLite file {path} holds a table {table!r} without the column(s) "
+                             f"{', '.join(missing)}: it is another program's database, not an Orion store; give "
+                             "Orion a file of its own")
+
+
 def unreadable_sqlite(path, err: Exception) -> StoreError:
     """A SQLite file a read cannot use (another program's database, a damaged file, a
     file that is not SQLite) as the StoreError a command says in one line."""
@@ -182,8 +204,12 @@ class SqliteStore(ActivityStore):
         return self._connection
 
     def init(self) -> None:
-        for statement in _SCHEMA:
-            with_backoff(lambda: self.connection.execute(statement), _is_busy)
+        try:
+            for statement in _SCHEMA:
+                with_backoff(lambda: self.connection.execute(statement), _is_busy)
+            check_tables(self.connection, self.path, _KEY_COLUMNS)
+        except sqlite3.DatabaseError as err:
+            raise unreadable_sqlite(self.path, err) from err
 
     def _transaction(self, body):
         """Run body(connection) in one IMMEDIATE transaction, retrying while the file is
