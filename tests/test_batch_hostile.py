@@ -203,6 +203,9 @@ def test_bad_lines_of_a_membership_file_are_dead_lettered_and_the_rest_is_sent(d
                         str(members), "--outbox", f"sqlite:///{tmp_path / 'outbox.db'}",
                         "--dead-letters", str(tmp_path / "dead.jsonl")) == 0
     assert set(emails(tmp_path)) == set(LEADS), "every member after the bad lines was sent to"
+    summary = capsys.readouterr().out
+    assert f"members:      {len(LEADS)}" in summary and f"leads read:   {len(LEADS)}" in summary, summary
+    assert "dead letters: 4" in summary, summary
     bad = [d for d in dead_letters(tmp_path) if d["reason"] == "bad_membership_line"]
     assert [d["detail"].split(": ")[0] for d in bad] == [f"{members}:{n}" for n in (3, 4, 5, 6)]
 

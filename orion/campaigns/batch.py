@@ -440,12 +440,13 @@ def membership_header(path: str | Path) -> dict:
 
 
 def read_membership(path: str | Path, *, streams: int = 1, stream: int = 0, tenant: str = "",
-                    dead_letters: Callable | None = None, counts: list | None = None) -> Iterator[Member]:
+                    dead_letters: Callable | None = None, counts: list | None = None,
+                    count_members: bool = False) -> Iterator[Member]:
     """Members precomputed by `write_membership` (JSONL, after a header line), those of
     stream `stream` of `streams` only, so several streams can share one file. A line that
     is not a member (not JSON, a member whose state does not read) goes to `dead_letters`
     with reason `bad_membership_line` and its line number, and the rest is read; `counts`,
-    if given, [.., bad lines], is added to."""
+    if given, [members read (with `count_members`), bad lines], is added to."""
     with open(path, encoding="utf-8", errors="surrogateescape") as lines:
         for number, line in enumerate(lines, 1):
             try:
@@ -473,6 +474,8 @@ def read_membership(path: str | Path, *, streams: int = 1, stream: int = 0, tena
                                             f"{path}:{number}: not a member: {type(err).__name__}: {str(err)[:200]}",
                                             BATCH_SOURCE))
                 continue
+            if count_members and counts is not None:
+                counts[0] += 1
             yield Member(lead_id, state, sent)
 
 
@@ -668,8 +671,10 @@ def run_stream(config: dict, stream: int) -> BatchSummary:
     dead_letters = config.get("on_dead_letter") or (
         (lambda d: dead_file.write(d.to_json() + "\n")) if dead_file else None)
     if config.get("membership"):
+        # (with --leads, the members are counted as their profiles are read again)
         members = read_membership(config["membership"], streams=config["streams"], stream=stream,
-                                  tenant=config["tenant"], dead_letters=dead_letters, counts=counts)
+                                  tenant=config["tenant"], dead_letters=dead_letters, counts=counts,
+                                  count_members=not config.get("leads"))
         if config.get("leads"):
             members = refreshed(members, config["leads"], config["tenant"], counts=counts, dead_letters=dead_letters)
     else:
