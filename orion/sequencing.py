@@ -12,7 +12,9 @@ is a duplicate or too late:
 
 `ReplayLateness` gives a file, read in order, the lateness a live stream would see: an
 activity more than the allowed lateness older than the newest one before it in the file is
-late. Beam and Flink both use it on files, so both refuse the same lines.
+late (a line more than a day ahead of its tenant's clock moves the clock only once the
+tenant's next line bears it out). Beam and Flink both use it on files, so both refuse the
+same lines.
 
     python -c "from orion.sequencing import *; print(release(EMPTY_PROGRESS, [], None, 1))"
 """
@@ -110,25 +112,42 @@ def release(
     return ready, ordered[cut:], duplicates, progress
 
 
+MAX_CLOCK_JUMP_MS = 86_400_000  # a file line this far ahead of its tenant's clock moves it once borne out
+
+
 class ReplayLateness:
     """Lateness of activities read from a file in order, as a live stream would see it:
     late when more than the allowed lateness older than the newest activity of the same
     tenant before it. Each tenant's lines keep their own clock: a line of one tenant far
-    in the future (a bad device clock) cannot make another tenant's lines late."""
+    in the future (a bad device clock) cannot make another tenant's lines late.
+
+    Nor its own tenant's: a line more than MAX_CLOCK_JUMP_MS ahead of its tenant's clock
+    is on time but moves the clock only once the tenant's next line bears it out (is not
+    more than the allowed lateness before it). A lone line dated years ahead is then
+    passed over, and the lines after it are measured against the clock before it; a real
+    gap in a tenant's activity (its next line comes after the gap too) moves the clock
+    one line later than it would have."""
 
     def __init__(self, allowed_lateness_ms: int):
         self.allowed_lateness_ms = allowed_lateness_ms
         self.newest: dict[str, int] = {}  # by tenant
+        self.ahead: dict[str, int] = {}  # by tenant: a line far ahead of its clock, not yet borne out
 
     def check(self, activity: Activity) -> str | None:
         """None when on time (and remember it), else the dead-letter detail."""
-        newest = self.newest.get(activity.tenant)
-        if newest is not None and activity.occurred_at < newest - self.allowed_lateness_ms:
+        tenant, at = activity.tenant, activity.occurred_at
+        newest = self.newest.get(tenant)
+        ahead = self.ahead.pop(tenant, None)
+        if ahead is not None and at >= ahead - self.allowed_lateness_ms:
+            newest = self.newest[tenant] = ahead  # borne out: the clock moves to it
+        if newest is not None and at < newest - self.allowed_lateness_ms:
             return (
-                f"occurred at {format_timestamp(activity.occurred_at)}, more than the allowed "
+                f"occurred at {format_timestamp(at)}, more than the allowed "
                 f"lateness ({self.allowed_lateness_ms} ms) before {format_timestamp(newest)}, "
                 "the newest activity of its tenant read before it"
             )
-        if newest is None or activity.occurred_at > newest:
-            self.newest[activity.tenant] = activity.occurred_at
+        if newest is not None and at - newest > MAX_CLOCK_JUMP_MS:
+            self.ahead[tenant] = at
+        elif newest is None or at > newest:
+            self.newest[tenant] = at
         return None

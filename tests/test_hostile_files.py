@@ -109,3 +109,14 @@ def test_a_tenants_line_far_in_the_future_does_not_make_another_tenants_later_li
     summary, letters, store = run(tmp_path, capsys)
     assert letters == [], letters
     assert stored_ids(store, "acme", [f"L{n}" for n in range(1, 6)]) == {f"acme-v{n}" for n in range(1, 6)}
+
+
+def test_a_lone_line_far_in_the_future_does_not_make_its_own_tenants_later_lines_late(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bad_clock = visit(0, lead="BOT", at=253_402_300_000_000)  # year 9999, the same tenant
+    (folder / "mixed.jsonl").write_bytes(lines([visit(1), bad_clock, *(visit(n) for n in range(2, 6))]))
+    summary, letters, store = run(tmp_path, capsys)
+    assert letters == [], letters
+    assert stored_ids(store, "acme", [f"L{n}" for n in range(1, 6)]) == {f"acme-v{n}" for n in range(1, 6)}
+    assert stored_ids(store, "acme", ["BOT"]) == {"acme-v0"}, "the line itself is stored too"

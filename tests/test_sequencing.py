@@ -83,4 +83,19 @@ def test_a_tenants_line_far_in_the_future_does_not_make_another_tenants_lines_la
     assert replay.check(act("a", 1_000_000)) is None  # tenant "t" keeps its own clock
     assert replay.check(act("b", 1_000_000 - 60_000)) is None
     assert replay.check(act("c", 1_000_000 - 60_001)) is not None
-    assert replay.check(Activity("next", "other", "L", "open_email", 1_000_000, {"email": "x"})) is not None
+
+
+def test_a_lone_line_far_in_the_future_does_not_make_its_own_tenants_later_lines_late():
+    day = 86_400_000
+    replay = ReplayLateness(allowed_lateness_ms=60_000)
+    assert replay.check(act("a", 10 * day)) is None
+    assert replay.check(act("bad-clock", 253_402_300_799_999)) is None  # passed on, on time
+    assert replay.check(act("b", 10 * day + 5_000)) is None, "measured against the clock before the lone line"
+    assert replay.check(act("c", 10 * day - 60_001)) is not None, "still late against that clock"
+    # A real gap: the next line bears the jump out, and the clock moves with it.
+    assert replay.check(act("d", 15 * day)) is None
+    assert replay.check(act("e", 15 * day + 1_000)) is None
+    assert replay.check(act("f", 15 * day - 60_001)) is not None
+    # A jump of less than a day moves the clock at once, as before.
+    assert replay.check(act("g", 15 * day + 3_600_000)) is None
+    assert replay.check(act("h", 15 * day + 3_600_000 - 60_001)) is not None
