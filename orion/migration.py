@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
 from orion.activities import BAD_FIELD, BAD_TIMESTAMP, Activity, BadActivity
-from orion.store.base import MAX_MS, MIN_MS, StoreError, attributes_json
+from orion.store.base import MAX_MS, MIN_MS, StoreError, attributes_json, text_or_hex
 
 BAD_ATTRIBUTES = "bad_attributes"
 LEGACY_COLUMNS = ("id", "tenant", "event_id", "lead_id", "type", "occurred_at", "attributes")
@@ -86,16 +86,7 @@ class LegacyRow(NamedTuple):
 
     def to_json_dict(self) -> dict:
         """The row for a dead letter: bytes shown as UTF-8 where they are, else as hex."""
-        return {name: _shown(getattr(self, name)) for name in LEGACY_COLUMNS}
-
-
-def _shown(value):
-    if isinstance(value, (bytes, bytearray)):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return "0x" + value.hex()
-    return value
+        return {name: text_or_hex(getattr(self, name)) for name in LEGACY_COLUMNS}
 
 
 def _legacy_text(row: LegacyRow, field: str) -> str:
@@ -293,14 +284,14 @@ def plan_bootstrap(source_uri: str, target_uri: str, splits: int, tenant: str | 
                 cursor.execute("SELECT MIN(id), MAX(id), COUNT(*) FROM activities")
                 min_id, max_id, rows = cursor.fetchone()
                 cursor.execute("SELECT DISTINCT tenant FROM activities")
-                tenants = tuple(sorted(_shown(t) for (t,) in cursor.fetchall()))
+                tenants = tuple(sorted(text_or_hex(t) for (t,) in cursor.fetchall()))
             else:
                 cursor.execute("SELECT MIN(id), MAX(id), COUNT(*) FROM activities WHERE tenant = %s", (tenant,))
                 min_id, max_id, rows = cursor.fetchone()
                 tenants = (tenant,)
                 if not rows and not _has_profiles(cursor, tenant):
                     cursor.execute("SELECT DISTINCT tenant FROM activities ORDER BY tenant LIMIT 21")
-                    known = [_shown(t) for (t,) in cursor.fetchall()]
+                    known = [text_or_hex(t) for (t,) in cursor.fetchall()]
                     shown = ", ".join(map(repr, known[:20])) + (" ..." if len(known) > 20 else "")
                     raise StoreError(f"the legacy store has no activity and no lead profile of tenant {tenant!r}; "
                                      f"its tenants: {shown or 'none'}")

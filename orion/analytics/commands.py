@@ -87,11 +87,11 @@ def query_command(args: argparse.Namespace) -> int:
     from orion.store.base import StoreError
     from orion.store.rollups_opening import open_rollup_store
 
-    from orion.store.opening import open_existing_store
+    from orion.store.opening import refuse_missing_sqlite
 
     try:
         query = query_from_args(args)
-        open_existing_store(args.store).close()  # a mistyped SQLite path is said, not made
+        refuse_missing_sqlite(args.store)  # a mistyped SQLite path is said, not made
         with open_rollup_store(args.store) as store:
             rows = run_query(store, query)
     except QueryError as err:

@@ -52,7 +52,7 @@ from orion.activities import MS_PER_DAY, Activity, format_timestamp, parse_times
 from orion.argtypes import new_file, printable
 from orion.deadletters import DeadLetter
 from orion.rules.model import LeadState
-from orion.store.base import StoreError
+from orion.store.base import StoreError, text_or_hex
 
 _EPOCH_DAY = date(1970, 1, 1)
 BAD_LEAD_PROFILE = "bad_lead_profile"
@@ -126,14 +126,6 @@ def init_lead_tables(uri: str) -> None:
 
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else value
-
-
-def _text_or_hex(value) -> str:
-    """A column's text, or for bytes that are not UTF-8 the bytes in hex (for messages)."""
-    try:
-        return _text(value)
-    except UnicodeDecodeError:
-        return "0x" + bytes(value).hex()
 
 
 class _KeysRead(dict):
@@ -230,8 +222,8 @@ class _Histories:
         self.bad_rows += 1
         if self.dead_letters is not None:
             self.dead_letters(DeadLetter(
-                {"tenant": self.tenant, "lead_id": _text_or_hex(lead_id), "event_id": _text_or_hex(event_id),
-                 "attributes": _text_or_hex(attributes)[:1000]}, BAD_HISTORY_ROW,
+                {"tenant": self.tenant, "lead_id": text_or_hex(lead_id), "event_id": text_or_hex(event_id),
+                 "attributes": text_or_hex(attributes)[:1000]}, BAD_HISTORY_ROW,
                 "an activities row whose attributes are not a JSON object; left out of the history counts",
                 BATCH_SOURCE))
 
@@ -347,8 +339,8 @@ def _readable_ids(rows, tenant: str, counts, dead_letters) -> list:
             if counts is not None and len(counts) > 1:
                 counts[1] += 1
             if dead_letters is not None:
-                dead_letters(DeadLetter({"tenant": tenant, "lead_id": _text_or_hex(row[0])}, BAD_LEAD_PROFILE,
-                                        f"lead id {_text_or_hex(row[0])} is not UTF-8 text", BATCH_SOURCE))
+                dead_letters(DeadLetter({"tenant": tenant, "lead_id": text_or_hex(row[0])}, BAD_LEAD_PROFILE,
+                                        f"lead id {text_or_hex(row[0])} is not UTF-8 text", BATCH_SOURCE))
     return readable
 
 

@@ -368,15 +368,11 @@ def _send(args: argparse.Namespace) -> int:
 
     consent = None
     if args.store:
-        from orion.store import open_store
+        from orion.store.opening import open_existing_store
 
         try:
-            store = open_store(args.store)
-            path = getattr(store, "path", None)
-            if args.store.startswith("sqlite:") and path is not None and not path.exists():
-                # (opening it would make an empty store, with no profile to hold an email for)
-                raise StoreError(f"there is no SQLite store at {path}; give the store the graph writes "
-                                 "(orion run --store)")
+            # (a SQLite store that is not there would be made empty, with no profile to hold an email for)
+            store = open_existing_store(args.store)
             store.read_profiles([("", "")])  # a store that cannot be read is said now, not at the first email
         except Exception as err:  # noqa: BLE001 - a store's, its client's (past its deadline), or a bad URI
             said = err if isinstance(err, ValueError) else store_error(err)

@@ -30,6 +30,7 @@ import jinja2.meta
 from orion.activities import (
     BUILTIN_LEAD_ATTRIBUTES,
     BUILTIN_TYPES,
+    MAX_ID_BYTES,
     MS_PER_DAY,
     MS_PER_UNIT,
     ActivityType,
@@ -86,7 +87,7 @@ from orion.templates.sandbox import TemplateLimitError, TemplateSandbox
 __all__ = ["BUILTIN_TEMPLATE_DIR", "DEFAULT_PRIORITY", "IMPRESSION_TYPE", "TEMPLATE_SUFFIX", "check_rules",
            "load_experiences", "load_rules", "template_search_path"]
 
-MAX_CAMPAIGN_NAME_BYTES = 255  # the outbox's and the roll-ups' campaign columns (VARBINARY(255))
+MAX_CAMPAIGN_NAME_BYTES = MAX_ID_BYTES  # the outbox's and roll-ups' campaign columns hold what an id column does
 DEFAULT_PRIORITY = 100
 # The activity type of experience impressions, which every tenant with experiences has.
 IMPRESSION_TYPE = ActivityType(

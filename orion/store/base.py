@@ -52,6 +52,17 @@ def store_error(err: BaseException) -> StoreError | None:
     return None
 
 
+def text_or_hex(value) -> str:
+    """A column's value as text for a message or a dead letter: bytes as UTF-8 where they
+    are, else as 0x and their hex (an id written with SQL may be any bytes)."""
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return "0x" + bytes(value).hex()
+    return value
+
+
 def store_refusal(err: BaseException) -> int:
     """What a command does with an error raised while it used a store: a store's (or its
     client's, store_error) is said in one line and the command exits 2; any other error,

@@ -110,7 +110,6 @@ def history_line(activity) -> str:
                       attributes))
 
 
-
 def print_history(args: argparse.Namespace) -> int:
     if args.since is not None and args.until is not None and args.until <= args.since:
         print("orion: the range is empty: --until must be after --since", file=sys.stderr)

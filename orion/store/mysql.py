@@ -64,6 +64,7 @@ from orion.store.base import (
     index_keys,
     leads_by_tenant,
     profiles_to_write,
+    text_or_hex,
     with_backoff,
 )
 from orion.store.profile_columns import profile_columns, profile_of_columns
@@ -212,13 +213,6 @@ def parse_mysql_uri(uri: str) -> dict:
     }
 
 
-def _shown_id(value) -> str:
-    try:
-        return repr(_text(value))[:120]
-    except UnicodeDecodeError:
-        return "0x" + bytes(value).hex()[:120]
-
-
 def redact(uri: str) -> str:
     """The URI with its password replaced by ***."""
     parts = urlsplit(uri)
@@ -257,6 +251,7 @@ class MysqlStore(ActivityStore):
         self.uri = uri
         self._settings = parse_mysql_uri(uri)
         self._connection = None
+        self._said_unreadable = False  # attributes that do not read: logged once
 
     def __repr__(self) -> str:
         return f"MysqlStore({redact(self.uri)!r})"
@@ -477,8 +472,10 @@ class MysqlStore(ActivityStore):
             found = None
         if isinstance(found, dict):
             return found
-        log.warning("activity %s of %s: attributes that are not a JSON object, read as none",
-                    _shown_id(event_id), redact(self.uri))
+        if not self._said_unreadable:  # once: a legacy table may hold many, read on every lead
+            self._said_unreadable = True
+            log.warning("activity %r of %s: attributes that are not a JSON object, read as none (and any more "
+                        "such rows, not logged again)", text_or_hex(event_id)[:120], redact(self.uri))
         return {}
 
     def count(self) -> int:

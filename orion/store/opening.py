@@ -50,9 +50,16 @@ def open_existing_store(uri: str) -> ActivityStore:
     """The store a URI names, for a command that reads it (or changes what is in it): a
     SQLite store must be there already (StoreError otherwise), so a mistyped path is said
     rather than made, empty, with its folders, and read as if it held nothing."""
-    store = open_store(uri)
-    path = getattr(store, "path", None)
-    if urlsplit(uri).scheme == "sqlite" and path is not None and not path.exists():
-        raise StoreError(f"there is no SQLite store at {path}; give the store the graph writes (orion run --store), "
-                         f"or make one with: orion store init {uri}")
-    return store
+    refuse_missing_sqlite(uri)
+    return open_store(uri)
+
+
+def refuse_missing_sqlite(uri: str) -> None:
+    """StoreError when `uri` names a SQLite store that is not there (other stores: none)."""
+    if isinstance(uri, str) and urlsplit(uri).scheme == "sqlite":
+        from orion.store.sqlite import sqlite_path
+
+        path = sqlite_path(uri)
+        if not path.exists():
+            raise StoreError(f"there is no SQLite store at {path}; give the store the graph writes (orion run "
+                             f"--store), or make one with: orion store init {uri}")

@@ -29,6 +29,7 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
+from orion.activities import MAX_ID_BYTES
 from orion.store.base import DEFAULT_TENANT_STAGE, StoreError, TenantStage
 
 LEGACY, PASSIVE, ACTIVE, DEACTIVATED = "legacy", "passive", "active", "deactivated"
@@ -68,8 +69,8 @@ def set_stage(store, tenant: str, stage: str, now_ms: int | None = None) -> tupl
     if tenant != tenant.strip() or not tenant.isprintable():
         raise ValueError(f"tenant {tenant!r} has spaces around it or control characters in it: give the "
                          "tenant's name as its activities carry it")
-    if len(tenant.encode("utf-8", "surrogatepass")) > 255:
-        raise ValueError("a tenant name holds at most 255 bytes (UTF-8), as every store keeps it")
+    if len(tenant.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise ValueError(f"a tenant name holds at most {MAX_ID_BYTES} bytes (UTF-8), as every store keeps it")
     # One atomic step in the store: two changes at the same moment do not both record
     # the same previous stage.
     return store.change_tenant_stage(tenant, stage, int(time.time() * 1000) if now_ms is None else now_ms)
