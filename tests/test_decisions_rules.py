@@ -170,6 +170,12 @@ EXPERIENCE_HEAD = """
     ("""        variants:
           - name: a
             weight: 1
+            template: "{% if lead.x %}{{ lead.x | titel }}{% endif %}"
+""", "template:", ["the template does not compile", "its line 1", "no filter named 'titel'",
+                  "did you mean 'title'"]),
+    ("""        variants:
+          - name: a
+            weight: 1
             template: "{% include 'footer' %}"
 """, "template:", ["cannot include, import or extend"]),
     ("""        variants:

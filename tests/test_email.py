@@ -134,6 +134,25 @@ def test_a_template_that_does_not_compile_is_refused_at_load_time(rules_dir):
     assert "hello.j2:2" in message and "does not compile" in message
 
 
+def test_a_filter_or_test_the_sandbox_lacks_is_refused_at_load_time_even_inside_an_if(rules_dir):
+    # Jinja compiles an unknown filter or test inside {% if %} and fails only when a lead
+    # reaches that block: the load refuses it, with the file, the line and a close name.
+    for source, wanted in (
+            ("{% block subject %}Hi{% endblock %}\n{% block text %}{% if lead.vip %}\n{{ lead.name | uppr }}"
+             "{% endif %}{% endblock %}", ["hello.j2:3", "no filter named 'uppr'", "did you mean 'upper'"]),
+            ("{% block subject %}{% if lead.score is evn %}Hi{% endif %}{% endblock %}",
+             ["hello.j2:1", "no test named 'evn'", "did you mean 'even'"]),
+            ("{% block subject %}{{ [1, 2] | select('od') | join }}{% endblock %}", ["hello.j2:1", "no test named 'od'"])):
+        (rules_dir / "templates" / "acme" / "hello.j2").write_text(source)
+        with pytest.raises(RuleErrors) as errors:
+            load_rules(rules_dir)
+        message = str(errors.value.errors[0])
+        assert "does not compile" in message and all(part in message for part in wanted), message
+    (rules_dir / "templates" / "acme" / "hello.j2").write_text(
+        "{% block subject %}{% if lead.score is even %}{{ lead.name | upper }}{% endif %}{% endblock %}")
+    load_rules(rules_dir)  # known names load
+
+
 def test_a_template_cannot_change_the_leads_data(rules_dir):
     (rules_dir / "templates" / "acme" / "nosy.j2").write_text(
         "{% block subject %}x{% endblock %}{% block text %}{{ lead.update({'email': 'thief@example.com'}) }}{% endblock %}")

@@ -82,7 +82,7 @@ from orion.rules.template_lookup import (
     template_filename,
     template_name_problem,
 )
-from orion.templates.sandbox import TemplateLimitError, TemplateSandbox
+from orion.templates.sandbox import TemplateLimitError, TemplateSandbox, unknown_name
 
 __all__ = ["BUILTIN_TEMPLATE_DIR", "DEFAULT_PRIORITY", "IMPRESSION_TYPE", "TEMPLATE_SUFFIX", "check_rules",
            "load_experiences", "load_rules", "template_search_path"]
@@ -796,6 +796,10 @@ class _TenantCompiler:
                                 "smaller templates")
                     tree = environment.parse(source, filename, str(path))
                     environment.compile(tree, filename, str(path))
+                    unknown = unknown_name(environment, tree)
+                    if unknown is not None:
+                        return (f"template {short_repr(name)} does not compile: {path}:{unknown[0]}: {unknown[1]}; "
+                                "fix the template")
                     self.template_trees[str(path)] = tree
             except jinja2.TemplateSyntaxError as err:
                 return (f"template {short_repr(name)} does not compile: {path}:{err.lineno}: "
@@ -1072,12 +1076,15 @@ def _snippet_problem(source: str) -> str | None:
     try:
         tree = _SNIPPET_SANDBOX.parse(source)
         _SNIPPET_SANDBOX.compile(tree)
+        unknown = unknown_name(_SNIPPET_SANDBOX, tree)
     except jinja2.TemplateSyntaxError as err:
         return f"the template does not compile: its line {err.lineno}: {short_text(err.message or '', 200)}"
     except TemplateLimitError as err:
         return f"the template is refused: {short_text(str(err), 200)}"
     except RecursionError:
         return "the template nests too deep to compile; simplify it"
+    if unknown is not None:
+        return f"the template does not compile: its line {unknown[0]}: {unknown[1]}"
     if any(True for _ in jinja2.meta.find_referenced_templates(tree)):
         return "a content snippet stands alone: it cannot include, import or extend templates"
     return None

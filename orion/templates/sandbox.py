@@ -23,6 +23,7 @@ outside one (compiling a template) only the size limits apply.
 """
 from __future__ import annotations
 
+import difflib
 import re
 import threading
 import time
@@ -485,3 +486,38 @@ def render_text(source: str, limits: TemplateLimits = TemplateLimits(), **contex
             budget.chars(size, "the output")
             out.append(piece)
     return "".join(out)
+
+
+# Filters that take the name of a test (select, reject: their first argument; selectattr,
+# rejectattr: their second) or of a filter (map: its first) as text.
+_TEST_NAME_ARGUMENT = {"select": 0, "reject": 0, "selectattr": 1, "rejectattr": 1}
+_FILTER_NAME_ARGUMENT = {"map": 0}
+
+
+def unknown_name(environment, tree: nodes.Template) -> tuple[int, str] | None:
+    """(line, message) for the first filter or test a parsed template names that
+    `environment` does not have, or None. Jinja refuses such a name when it compiles the
+    template only outside `{% if %}` blocks; inside one the template compiles and fails
+    when that block renders, for the leads that reach it. Names given as text to select,
+    reject, selectattr, rejectattr and map are checked too."""
+    found: list[tuple[int, str]] = []
+
+    def missing(kind: str, name: str, known, lineno: int) -> None:
+        if name not in known:
+            close = difflib.get_close_matches(name, [n for n in known if not n.startswith("orion_")], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            found.append((lineno, f"no {kind} named {name[:80]!r}{hint}"))
+
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        if isinstance(node, nodes.Test):
+            missing("test", node.name, environment.tests, node.lineno)
+            continue
+        missing("filter", node.name, environment.filters, node.lineno)
+        for positions, kind, known in ((_TEST_NAME_ARGUMENT, "test", environment.tests),
+                                       (_FILTER_NAME_ARGUMENT, "filter", environment.filters)):
+            position = positions.get(node.name)
+            if position is not None and len(node.args) > position:
+                argument = node.args[position]
+                if isinstance(argument, nodes.Const) and isinstance(argument.value, str):
+                    missing(kind, argument.value, known, node.lineno)
+    return min(found) if found else None
