@@ -20,6 +20,7 @@ same lines.
 """
 from __future__ import annotations
 
+import time
 from typing import Iterable, NamedTuple
 
 from orion.activities import Activity, activity_sort_key, format_timestamp
@@ -115,23 +116,33 @@ def release(
 MAX_CLOCK_JUMP_MS = 86_400_000  # a file line this far ahead of its tenant's clock moves it once borne out
 
 
+def _wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class ReplayLateness:
     """Lateness of activities read from a file in order, as a live stream would see it:
     late when more than the allowed lateness older than the newest activity of the same
     tenant before it. Each tenant's lines keep their own clock: a line of one tenant far
     in the future (a bad device clock) cannot make another tenant's lines late.
 
-    Nor its own tenant's: a line more than MAX_CLOCK_JUMP_MS ahead of its tenant's clock
-    is on time but moves the clock only once the tenant's next line bears it out (is not
-    more than the allowed lateness before it). A lone line dated years ahead is then
-    passed over, and the lines after it are measured against the clock before it; a real
-    gap in a tenant's activity (its next line comes after the gap too) moves the clock
-    one line later than it would have."""
+    Nor its own tenant's:
+    - a line dated more than MAX_CLOCK_JUMP_MS after the wall clock (`clock`, epoch ms)
+      cannot have happened yet: it is on time, and never moves its tenant's clock, however
+      many such lines come together and whether or not its tenant has a clock yet;
+    - a line more than MAX_CLOCK_JUMP_MS ahead of its tenant's clock is on time but moves
+      the clock only once the tenant's next line bears it out (is not more than the
+      allowed lateness before it). A lone line dated ahead is then passed over, and the
+      lines after it are measured against the clock before it; a real gap in a tenant's
+      activity (its next line comes after the gap too) moves the clock one line later
+      than it would have."""
 
-    def __init__(self, allowed_lateness_ms: int):
+    def __init__(self, allowed_lateness_ms: int, clock=_wall_clock_ms):
         self.allowed_lateness_ms = allowed_lateness_ms
+        self.clock = clock
         self.newest: dict[str, int] = {}  # by tenant
         self.ahead: dict[str, int] = {}  # by tenant: a line far ahead of its clock, not yet borne out
+        self._horizon = clock() + MAX_CLOCK_JUMP_MS  # past it, a line's date cannot be real
 
     def check(self, activity: Activity) -> str | None:
         """None when on time (and remember it), else the dead-letter detail."""
@@ -146,6 +157,10 @@ class ReplayLateness:
                 f"lateness ({self.allowed_lateness_ms} ms) before {format_timestamp(newest)}, "
                 "the newest activity of its tenant read before it"
             )
+        if at > self._horizon:
+            self._horizon = self.clock() + MAX_CLOCK_JUMP_MS  # (a replay that runs for days)
+            if at > self._horizon:
+                return None  # not yet possible: a wrong clock, never the tenant's
         if newest is not None and at - newest > MAX_CLOCK_JUMP_MS:
             self.ahead[tenant] = at
         elif newest is None or at > newest:

@@ -120,3 +120,16 @@ def test_a_lone_line_far_in_the_future_does_not_make_its_own_tenants_later_lines
     assert letters == [], letters
     assert stored_ids(store, "acme", [f"L{n}" for n in range(1, 6)]) == {f"acme-v{n}" for n in range(1, 6)}
     assert stored_ids(store, "acme", ["BOT"]) == {"acme-v0"}, "the line itself is stored too"
+
+
+def test_lines_far_in_the_future_together_do_not_make_their_tenants_later_lines_late(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # the tenant's first lines, two of them, from a clock at year 9999: they agree with each
+    # other, but cannot have happened yet
+    bad_clock = [visit(0, lead="BOT", at=253_402_300_000_000), visit(9, lead="BOT", at=253_402_300_001_000)]
+    (folder / "mixed.jsonl").write_bytes(lines([*bad_clock, *(visit(n) for n in range(1, 6))]))
+    summary, letters, store = run(tmp_path, capsys)
+    assert letters == [], letters
+    assert stored_ids(store, "acme", [f"L{n}" for n in range(1, 6)]) == {f"acme-v{n}" for n in range(1, 6)}
+    assert stored_ids(store, "acme", ["BOT"]) == {"acme-v0", "acme-v9"}, "the lines themselves are stored too"
