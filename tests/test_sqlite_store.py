@@ -1,17 +1,23 @@
 """The embedded SQLite store: under several processes (what a multi-process DirectRunner
-run does when all its workers open the same new store file at once), and its index
-where the rows behind an entry are gone."""
+run does when all its workers open the same new store file at once), a write waiting
+for another writer's lock, and its index where the rows behind an entry are gone."""
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import sqlite3
+import threading
+import time
+
+import pytest
 
 from conftest import T0
 from sqlite_openers import open_each
 
 from orion.activities import Activity
 from orion.store import open_store
-from orion.store.base import activity_day
+import orion.store.sqlite as sqlite_store
+from orion.store.base import StoreError, activity_day
 
 WORKERS = 6
 ROUNDS = 30
@@ -45,4 +51,49 @@ def test_reindexing_a_day_whose_rows_are_gone_drops_its_entry(tmp_path):
         connection.execute("DELETE FROM activities WHERE event_id = 'gone'")
     assert store.index_activities([kept, gone]) == 1
     assert store.read_index("acme", "7") == {("open_email", activity_day(T0)): (1, T0)}
+    store.close()
+
+
+def _locked(path):
+    """A connection of another program holding the file's write lock."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)  # released from a timer
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+def test_a_write_that_waits_for_another_writers_lock_says_so_then_goes_through(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 0.2)
+    path = tmp_path / "activities.db"
+    store = open_store(f"sqlite:///{path}")
+    store.init()
+    holder = _locked(path)
+    released = threading.Timer(1.5, holder.execute, ("COMMIT",))
+    released.start()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="orion.store.sqlite"):
+        stage, changed = store.change_tenant_stage("acme", "passive", 1)
+    released.join()
+    assert changed and time.monotonic() - started >= 1.4, "it waited for the lock rather than writing through it"
+    assert [found.stage for found in store.read_tenant_stages()] == ["passive"]
+    said = [record.getMessage() for record in caplog.records]
+    assert any("locked by another writer" in line and str(path) in line and "waiting for it" in line
+               for line in said), said
+    assert any("written again" in line for line in said), said
+    holder.close()
+    store.close()
+
+
+def test_a_write_whose_lock_never_comes_fails_with_the_store_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(sqlite_store, "MAX_BUSY_WAIT_S", 1.0)
+    path = tmp_path / "activities.db"
+    store = open_store(f"sqlite:///{path}")
+    store.init()
+    holder = _locked(path)
+    with pytest.raises(StoreError) as refused:
+        store.change_tenant_stage("acme", "passive", 1)
+    assert str(path) in str(refused.value) and "locked" in str(refused.value)
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert store.read_tenant_stages() == [], "nothing written"
     store.close()

@@ -10,13 +10,17 @@ per tenant (orion/tenants/registry.py).
 
 WAL mode and a busy timeout let the workers of a multi-process DirectRunner write to
 the same file; a write and an index update each run in one IMMEDIATE transaction, so a
-recount always sees every committed row.
+recount always sees every committed row. A write that finds the file locked by another
+writer for longer than BUSY_TIMEOUT_S says so in the log (which store, how long it will
+wait) and goes on trying for up to about MAX_BUSY_WAIT_S, saying every half minute that
+it still waits, before it fails.
 
     orion run --store sqlite:///orion-data/activities.db
 """
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from datetime import date
@@ -179,6 +183,43 @@ def _is_busy(err: Exception) -> bool:
     return isinstance(err, sqlite3.OperationalError) and ("locked" in str(err) or "busy" in str(err))
 
 
+log = logging.getLogger(__name__)
+BUSY_TIMEOUT_S = 5.0  # SQLite's own wait for a lock, each try
+MAX_BUSY_WAIT_S = 300.0  # a write's whole wait for another writer's lock, before it fails
+_BUSY_REPORT_EVERY_S = 30.0
+
+
+def _waiting_for_lock(operation, path: Path, clock=time.monotonic, sleep=time.sleep):
+    """Run `operation()`, retrying while the file is locked by another writer (each try
+    waits up to BUSY_TIMEOUT_S in SQLite), for up to MAX_BUSY_WAIT_S in all; the log says
+    when it starts waiting and every half minute after. The last error propagates."""
+    started = reported = None
+    delay = 0.1
+    while True:
+        try:
+            result = operation()
+        except sqlite3.OperationalError as err:
+            if not _is_busy(err):
+                raise
+            now = clock()
+            if started is None:
+                started = reported = now - BUSY_TIMEOUT_S
+                log.warning("the SQLite store %s is locked by another writer (another Orion process, or a tool "
+                            "holding a write transaction on it); waiting for it, up to %.0f s", path, MAX_BUSY_WAIT_S)
+            elif now - started >= MAX_BUSY_WAIT_S:
+                raise
+            elif now - reported >= _BUSY_REPORT_EVERY_S:
+                reported = now
+                log.warning("still waiting for the SQLite store %s (locked by another writer for %.0f s)", path,
+                            now - started)
+            sleep(delay)
+            delay = min(delay * 2, 2.0)
+            continue
+        if started is not None:
+            log.warning("the SQLite store %s is written again, after %.0f s locked", path, clock() - started)
+        return result
+
+
 class SqliteStore(ActivityStore):
     def __init__(self, uri: str):
         self.uri = uri
@@ -192,7 +233,8 @@ class SqliteStore(ActivityStore):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 # Beam may tear a DoFn down on another thread than the one that set it up.
-                connection = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+                connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                             check_same_thread=False)
                 # Switching a new file to WAL takes an exclusive lock without waiting on
                 # the busy timeout: workers opening the same new store at once see
                 # "database is locked" here and must retry.
@@ -206,7 +248,7 @@ class SqliteStore(ActivityStore):
     def init(self) -> None:
         try:
             for statement in _SCHEMA:
-                with_backoff(lambda: self.connection.execute(statement), _is_busy)
+                _waiting_for_lock(lambda: self.connection.execute(statement), self.path)
             check_tables(self.connection, self.path, _KEY_COLUMNS)
         except sqlite3.DatabaseError as err:
             raise unreadable_sqlite(self.path, err) from err
@@ -227,7 +269,7 @@ class SqliteStore(ActivityStore):
             return result
 
         try:
-            return with_backoff(attempt, _is_busy)
+            return _waiting_for_lock(attempt, self.path)
         except sqlite3.OperationalError as err:
             raise StoreError(f"cannot write SQLite store {self.path}: {err}") from err
 
