@@ -114,6 +114,10 @@ def release(
 
 
 MAX_CLOCK_JUMP_MS = 86_400_000  # a file line this far ahead of its tenant's clock moves it once borne out
+# A file line dated this far after the wall clock cannot be real (a clock years ahead, a
+# time in microseconds read as milliseconds). A year, not less: test and demo files are
+# often dated a little ahead, and a replay should not depend on the day it runs.
+FUTURE_HORIZON_MS = 366 * 86_400_000
 
 
 def _wall_clock_ms() -> int:
@@ -127,8 +131,8 @@ class ReplayLateness:
     in the future (a bad device clock) cannot make another tenant's lines late.
 
     Nor its own tenant's:
-    - a line dated more than MAX_CLOCK_JUMP_MS after the wall clock (`clock`, epoch ms)
-      cannot have happened yet: it is on time, and never moves its tenant's clock, however
+    - a line dated more than FUTURE_HORIZON_MS (a year) after the wall clock (`clock`,
+      epoch ms) cannot be real: it is on time, and never moves its tenant's clock, however
       many such lines come together and whether or not its tenant has a clock yet;
     - a line more than MAX_CLOCK_JUMP_MS ahead of its tenant's clock is on time but moves
       the clock only once the tenant's next line bears it out (is not more than the
@@ -142,7 +146,7 @@ class ReplayLateness:
         self.clock = clock
         self.newest: dict[str, int] = {}  # by tenant
         self.ahead: dict[str, int] = {}  # by tenant: a line far ahead of its clock, not yet borne out
-        self._horizon = clock() + MAX_CLOCK_JUMP_MS  # past it, a line's date cannot be real
+        self._horizon = clock() + FUTURE_HORIZON_MS  # past it, a line's date cannot be real
 
     def check(self, activity: Activity) -> str | None:
         """None when on time (and remember it), else the dead-letter detail."""
@@ -158,9 +162,9 @@ class ReplayLateness:
                 "the newest activity of its tenant read before it"
             )
         if at > self._horizon:
-            self._horizon = self.clock() + MAX_CLOCK_JUMP_MS  # (a replay that runs for days)
+            self._horizon = self.clock() + FUTURE_HORIZON_MS  # (a replay that runs for days)
             if at > self._horizon:
-                return None  # not yet possible: a wrong clock, never the tenant's
+                return None  # not possible: a wrong clock, never the tenant's
         if newest is not None and at - newest > MAX_CLOCK_JUMP_MS:
             self.ahead[tenant] = at
         elif newest is None or at > newest:

@@ -5,6 +5,7 @@ from orion.activities import Activity
 from orion.sequencing import (
     DUPLICATE,
     EMPTY_PROGRESS,
+    FUTURE_HORIZON_MS,
     LATE,
     MAX_SEEN_IDS,
     ReplayLateness,
@@ -101,22 +102,23 @@ def test_a_lone_line_far_in_the_future_does_not_make_its_own_tenants_later_lines
     assert replay.check(act("h", 15 * day + 3_600_000 - 60_001)) is not None
 
 
-def test_lines_dated_after_the_wall_clock_never_move_their_tenants_clock_however_many():
+def test_lines_dated_past_the_horizon_never_move_their_tenants_clock_however_many():
     day = 86_400_000
     now = 20_000 * day  # the wall clock of this replay
+    horizon = now + FUTURE_HORIZON_MS
     replay = ReplayLateness(allowed_lateness_ms=60_000, clock=lambda: now)
-    # The tenant's first line and the next are both from a device clock years ahead: they
-    # bear each other out, but neither can have happened yet, so neither becomes the clock.
+    # The tenant's first line and the next are both from a clock years ahead: they bear
+    # each other out, but neither can be real, so neither becomes the clock.
     assert replay.check(act("bad-1", 253_402_300_799_999)) is None
     assert replay.check(act("bad-2", 253_402_300_799_000)) is None
     assert replay.check(act("a", now - 3 * day)) is None, "not late against a clock years ahead"
     assert replay.check(act("b", now - 3 * day - 60_001)) is not None, "the real lines keep their clock"
-    # Up to a day past the wall clock is still a clock (a device a few hours fast).
-    assert replay.check(act("c", now + day - 1)) is None
-    assert replay.check(act("d", now + day - 1)) is None
-    assert replay.check(act("e", now - 3 * day)) is not None
-    # A replay that runs past its start: the bound follows the wall clock.
+    # Up to the horizon a date is a clock (a file dated a few weeks ahead, a fast device).
+    assert replay.check(act("c", horizon - 1)) is None
+    assert replay.check(act("d", horizon - 1)) is None
+    assert replay.check(act("e", horizon - 60_001 - 1)) is not None
+    # A replay that runs past its start: the horizon follows the wall clock.
     now += 10 * day
-    assert replay.check(act("f", now + 3_600_000)) is None
-    assert replay.check(act("g", now + 3_600_000 + 1_000)) is None
-    assert replay.check(act("h", now + 3_600_000 - 60_001)) is not None
+    assert replay.check(act("f", horizon + 5 * day)) is None
+    assert replay.check(act("g", horizon + 5 * day)) is None
+    assert replay.check(act("h", horizon + 5 * day - 60_001)) is not None
