@@ -137,18 +137,24 @@ def write_rules(directory: Path) -> None:
         (directory / f"{tenant}.yaml").write_text("".join(body))
 
 
-def fill_store(store_uri: str, leads: int, rng: random.Random) -> None:
-    """Profiles for `leads` leads a tenant, and a history for a tenth of them."""
+def fill_store(store_uri: str, leads: int, rng: random.Random, rules_dir: Path) -> None:
+    """Profiles for `leads` leads a tenant, and a history for a tenth of them: each profile
+    as the graph writes it after the lead's activities (with the counts of the history
+    counters the tenant's experiences read, orion.profiles `decisions`)."""
     from orion.activities import Activity
     from orion.profiles import LeadRecord, encode_profile
+    from orion.rules import load_rules
+    from orion.rules.evaluator import apply_activity
     from orion.rules.model import LeadState
     from orion.store import open_store
     from orion.store.base import StoredProfile
 
+    rules = load_rules(rules_dir)
     now = int(time.time() * 1000)
     with open_store(store_uri) as store:
         store.init()
         for tenant in TENANTS:
+            tenant_rules = rules.tenants[tenant]
             profiles, activities = [], []
             for n in range(leads):
                 lead_id = f"L{n}"
@@ -157,17 +163,22 @@ def fill_store(store_uri: str, leads: int, rng: random.Random) -> None:
                                 "first_name": rng.choice(("Ada", "Grace", "Alan", "Edsger", "Barbara")),
                                 "email": f"{lead_id}@{tenant}.example"},
                     score=rng.randrange(0, 60), lists=frozenset(rng.sample(("customers", "newsletter"), rng.randrange(3))))
-                record = LeadRecord()
-                record = record._replace(flows=record.flows._replace(lead=state))
-                profiles.append(StoredProfile(tenant, lead_id, encode_profile(record)))
+                own = []
                 if n % 10 == 0:
                     for k in range(3):
-                        activities.append(Activity(f"v{n}-{k}", tenant, lead_id, "visit_web_page",
-                                                   now - rng.randrange(40) * 86_400_000, {"url": "https://x.example/"}))
-                        activities.append(Activity(
+                        own.append(Activity(f"v{n}-{k}", tenant, lead_id, "visit_web_page",
+                                            now - rng.randrange(40) * 86_400_000, {"url": "https://x.example/"}))
+                        own.append(Activity(
                             f"i{n}-{k}", tenant, lead_id, "experience_impression", now - rng.randrange(10) * 86_400_000,
                             {"experience": f"{tenant} experience {rng.randrange(PLACEMENTS)}", "variant": "a",
                              "placement": "slot_0", "control": False}))
+                for activity in sorted(own, key=lambda a: a.occurred_at):
+                    state = apply_activity(tenant_rules, state, activity)
+                activities += own
+                record = LeadRecord()
+                record = record._replace(flows=record.flows._replace(lead=state))
+                profiles.append(StoredProfile(tenant, lead_id, encode_profile(
+                    record, decisions=tenant_rules.decision_history)))
                 if len(profiles) >= 5000:
                     store.write_profiles(profiles)
                     profiles = []
@@ -603,7 +614,7 @@ def main(argv: list[str] | None = None) -> None:
     rules = workdir / "rules"
     store_uri = f"sqlite:///{workdir / 'store.db'}"
     write_rules(rules)
-    fill_store(store_uri, args.leads, rng)
+    fill_store(store_uri, args.leads, rng, rules)
     keys = {tenant: add_key(workdir / "keys.yaml", tenant, "bench")[0] for tenant in TENANTS}
     requests = Requests(keys, args.leads, rng)
     processes: list[subprocess.Popen] = []

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="orion-decide-instructions-"))
     rules, store_uri = workdir / "rules", f"sqlite:///{workdir / 'store.db'}"
     write_rules(rules)
-    fill_store(store_uri, args.leads, rng)
+    fill_store(store_uri, args.leads, rng, rules)
     keys = {tenant: add_key(workdir / "keys.yaml", tenant, "bench")[0] for tenant in TENANTS}
     bodies = Requests(keys, args.leads, rng, count=2 * args.requests).items
     warm, measured = bodies[args.requests:], bodies[:args.requests]

@@ -336,7 +336,9 @@ class LeadStep:
     def _emit_profile(self, tenant, lead_id, record: LeadRecord, result: StepResult) -> None:
         if tenant is None:
             return
-        text = encode_profile(record, written_at=None if record.origin is None else self.clock())
+        rules = self.rules.tenants.get(tenant)
+        text = encode_profile(record, written_at=None if record.origin is None else self.clock(),
+                              decisions=None if rules is None else rules.decision_history)
         result.emit(PROFILE, StoredProfile(tenant, lead_id, text, record.flows.next_wake()))
         result.count("profiles_emitted")
 

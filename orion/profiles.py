@@ -12,7 +12,12 @@ A profile holds, per (tenant, lead):
   and changes nothing.
 
 The history counters are not in it: they are counted from the activity store, which
-holds every activity (orion.seeding), and so they follow rule changes.
+holds every activity (orion.seeding), and so they follow rule changes. One part of them
+is, for decisions alone: the counts of the counters the tenant's experiences read
+(`decisions`: {"of": their history_digest, "history": {key: {day: count}}}, the counters
+with no count left out), so a decision reads a lead's history with its profile instead
+of asking the store. Nothing else reads it, and a decision whose rules give another
+digest counts from the store (orion/decisions/leads.py).
 
 A profile written by a streaming job (Flink or Beam) also says which job lineage wrote
 it, when, and what the profile was when that lineage first read it (`Origin`): a Flink
@@ -82,11 +87,14 @@ class LeadRecord(NamedTuple):
 EMPTY_RECORD = LeadRecord()
 
 
-def encode_profile(record: LeadRecord, *, history: bool = False, written_at: int | None = None) -> str:
+def encode_profile(record: LeadRecord, *, history: bool = False, written_at: int | None = None,
+                   decisions: tuple[str, tuple[str, ...]] | None = None) -> str:
     """The record as profile text (the current version), valid UTF-8. The store's profile
     leaves the history counters out (`history` False); an engine's keyed state keeps them
-    (True). A record with an origin keeps it, stamped `written_at` when given. The same
-    record (and stamp) always gives the same text, so rewriting it changes nothing."""
+    (True). `decisions`: (digest, keys) of the counters the tenant's experiences read
+    (TenantRules.decision_history), whose counts the store's profile keeps for decisions.
+    A record with an origin keeps it, stamped `written_at` when given. The same record
+    (and stamp) always gives the same text, so rewriting it changes nothing."""
     lead = record.flows.lead
     progress = record.progress
     origin = record.origin
@@ -109,6 +117,10 @@ def encode_profile(record: LeadRecord, *, history: bool = False, written_at: int
     if history and lead.history:
         data["lead"]["history"] = {key: {str(day): n for day, n in days.items()}
                                    for key, days in lead.history.items()}
+    if decisions is not None:
+        counted = lead.history
+        data["decisions"] = {"of": decisions[0], "history": {
+            key: {str(day): n for day, n in counted[key].items()} for key in decisions[1] if counted.get(key)}}
     try:
         # orjson: several times faster, and a streaming job writes a lead's record on
         # every release. Same compact, key-sorted JSON.

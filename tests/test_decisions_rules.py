@@ -9,6 +9,7 @@ import pytest
 
 from orion.rules import load_serving_rules
 from orion.rules.compiler import load_experiences
+from orion.rules.model import history_digest
 
 from conftest import SAMPLE_RULES, make_activity, single_error
 
@@ -77,9 +78,18 @@ def test_experiences_compile_in_priority_order_with_their_arms(rules_dir):
     assert [c.name for c in rules.tenants["acme"].match(impression)] == ["Saw the hero"]
 
 
-def test_audience_history_filters_are_counted_by_decisions_not_by_the_graph(rules_dir):
+def test_audience_history_counters_are_counted_by_the_graph_too_for_the_profile(rules_dir):
     rules_dir.write("""
         tenant: acme
+        campaigns:
+          - name: Nudge
+            triggers: [{activity: visit_web_page}]
+            filters:
+              - activity_history:
+                  activity: experience_impression
+                  where: {experience: {is: Capped}}
+                  in_past: {n: 30, unit: days}
+            flow: [{change_score: {delta: 1}}]
         experiences:
           - name: Capped
             placement: home_hero
@@ -90,11 +100,22 @@ def test_audience_history_filters_are_counted_by_decisions_not_by_the_graph(rule
                     where: {experience: {is: Capped}}
                     at_most: 2
                     in_past: {n: 7, unit: days}
+                - activity_history: {activity: visit_web_page, in_past: {n: 3, unit: days}}
             variants: [{name: only, weight: 1, json: 1}]
     """)
-    rules, experiences, _ = load_experiences(rules_dir.path)
-    assert [c.activity_type for c in experiences["acme"].counters] == ["experience_impression"]
-    assert rules.tenants["acme"].counters_by_type == {}
+    rules, experiences, refused = load_experiences(rules_dir.path)
+    assert refused == {}, refused
+    found = experiences["acme"].counters
+    assert sorted((c.activity_type, c.retention_days) for c in found) == [
+        ("experience_impression", 8), ("visit_web_page", 4)]
+    # The graph counts them (each key once, for the longest filter of a campaign or an
+    # experience), and names them for the profile by their digest.
+    counted = {c.activity_type: c.retention_days for found_type in rules.tenants["acme"].counters_by_type.values()
+               for c in found_type}
+    assert counted == {"experience_impression": 31, "visit_web_page": 4}
+    assert rules.tenants["acme"].decision_history == (history_digest(found), tuple(sorted(c.key for c in found)))
+    other = history_digest([found[0]._replace(retention_days=9), *found[1:]])
+    assert other != history_digest(found), "the days kept are part of the digest"
 
 
 def test_a_tenant_without_experiences_has_no_impression_type(rules_dir):

@@ -199,6 +199,94 @@ def test_decisions_read_the_profiles_the_graph_writes(start, key, rules_dir, tmp
     assert again["decisions"][0] == first
 
 
+HISTORY_RULES = """
+tenant: acme
+experiences:
+  - name: Capped
+    placement: home_hero
+    audience:
+      filters:
+        - activity_history:
+            activity: experience_impression
+            where: {experience: {is: Capped}}
+            at_most: 1
+            in_past: {n: DAYS, unit: days}
+        - activity_history: {activity: visit_web_page, in_past: {n: 30, unit: days}}
+    variants: [{name: only, weight: 1, json: {headline: Once}}]
+"""
+
+
+class CountedReads:
+    """A store that counts the reads a lead's history takes."""
+
+    def __init__(self, store):
+        self.store, self.reads = store, 0
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def history(self, *args, **kwargs):
+        self.reads += 1
+        return self.store.history(*args, **kwargs)
+
+    def read_index(self, *args, **kwargs):
+        self.reads += 1
+        return self.store.read_index(*args, **kwargs)
+
+
+def test_decisions_read_the_history_counts_the_graph_writes_in_the_profile_not_the_store(tmp_path):
+    from orion.decisions.core import PlacementIndexes, SnippetRenderer, decide
+    from orion.decisions.leads import LeadReader, count_history
+
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "acme.yaml").write_text(HISTORY_RULES.replace("DAYS", "7"))
+    store_uri = f"sqlite:///{tmp_path / 'store.db'}"
+    now = int(time.time() * 1000) - 60_000
+
+    def event(n: int, lead: str, type_: str, **attributes) -> dict:
+        return {"event_id": f"e{n}", "tenant": "acme", "lead_id": lead, "type": type_,
+                "occurred_at": now - 3 * 86_400_000 + n, "attributes": attributes}
+
+    shown = {"experience": "Capped", "variant": "only", "placement": "home_hero", "control": False}
+    run_graph(rules_dir, [event(1, "L1", "experience_impression", **shown), event(2, "L1", "visit_web_page", url="/"),
+                          event(3, "L2", "visit_web_page", url="/"), event(4, "L3", "fill_out_form", form="Demo")],
+              store_uri, tmp_path / "out")
+    _, experiences, _ = load_experiences(rules_dir)
+    counters = experiences["acme"].counters
+    store = CountedReads(open_store(store_uri))
+    for lazy in (True, False):
+        reader = LeadReader(store, ttl_s=0)
+        views = {lead: reader.read("acme", lead, counters, now, lazy_history=lazy) for lead in ("L1", "L2", "L3")}
+        for lead, view in views.items():
+            assert view.status == "known"
+            wanted = count_history(store.store, "acme", lead, counters, now)
+            assert {key: view.state.history.get(key) for key in wanted} == wanted, lead
+            assert all(view.state.history.get(c.key) is None for c in counters if c.key not in wanted), lead
+        assert store.reads == 0, "the profile answered: the store was not asked for a history"
+        # The cap holds: L1 was shown Capped once (at_most 1 passes), L2 never; L3 has no visit.
+        chosen = {lead: decide(experiences["acme"], SnippetRenderer(), lead, view.state, ["home_hero"], {}, {}, now,
+                               PlacementIndexes())[0].experience for lead, view in views.items()}
+        assert chosen == {"L1": "Capped", "L2": "Capped", "L3": None}
+
+    # A second impression: past the cap, as the graph's profile says.
+    run_graph(rules_dir, [event(5, "L1", "experience_impression", **shown)], store_uri, tmp_path / "again")
+    view = LeadReader(store, ttl_s=0).read("acme", "L1", counters, now, lazy_history=True)
+    assert decide(experiences["acme"], SnippetRenderer(), "L1", view.state, ["home_hero"], {}, {}, now,
+                  PlacementIndexes())[0].experience is None
+    assert store.reads == 0
+
+    # Rules that count otherwise (14 days, not 7): the profile's counts are not theirs, so
+    # the store counts, and gives the same answer.
+    (rules_dir / "acme.yaml").write_text(HISTORY_RULES.replace("DAYS", "14"))
+    _, changed, _ = load_experiences(rules_dir)
+    view = LeadReader(store, ttl_s=0).read("acme", "L1", changed["acme"].counters, now, lazy_history=True)
+    assert decide(changed["acme"], SnippetRenderer(), "L1", view.state, ["home_hero"], {}, {}, now,
+                  PlacementIndexes())[0].experience is None
+    assert store.reads > 0, "the store counted what the profile was not counted for"
+    store.close()
+
+
 def test_a_profile_change_is_seen_once_the_cache_lets_go(start, key, tmp_path):
     store_uri = f"sqlite:///{tmp_path / 'store.db'}"
     write_profile(store_uri, "L1", industry="Banking")

@@ -371,3 +371,28 @@ def test_a_new_streaming_job_resumes_the_waits_of_leads_in_the_store(rules_dir, 
         ("follow_up", T0 + DAY), ("welcome", T0)], "the follow-up, at the time its wait ended"
     with open_store(store) as opened:
         assert opened.due_profiles(T0 + 10 * DAY) == [], "nothing waits any more"
+
+
+def test_a_profile_keeps_the_decision_counters_counts_under_their_digest_and_nothing_else_reads_them():
+    from orion.decisions.leads import lead_state_of_profile
+    from orion.profiles import LeadRecord
+    from orion.rules.model import LeadState
+
+    state = LeadState(attributes={"industry": "Retail"}, history={"imp": {20_000: 2, 20_001: 1}, "campaign": {20_001: 4},
+                                                                   "unseen": {}})
+    record = LeadRecord()._replace(flows=LeadRecord().flows._replace(lead=state))
+    text = encode_profile(record, decisions=("d1", ("imp", "unseen", "visits")))
+    data = json.loads(text)
+    # only the decision counters, and only those with a count
+    assert data["decisions"] == {"of": "d1", "history": {"imp": {"20000": 2, "20001": 1}}}
+    assert "history" not in data["lead"]
+    assert decode_profile(text).flows.lead.history == {}, "the graph seeds its own counters, as before"
+    assert decode_profile(text) == decode_profile(encode_profile(record))
+    assert lead_state_of_profile(text, None, "d1").history == {"imp": {20_000: 2, 20_001: 1}}
+    stored = {"from": "store"}
+    assert lead_state_of_profile(text, stored, "d2").history is stored, "counted under other rules: not used"
+    for bad in ({"of": "d1", "history": {"imp": {"x": 1}}}, {"of": "d1", "history": {"imp": {"1": "2"}}},
+                {"of": "d1", "history": []}, "d1"):
+        broken = json.dumps({**data, "decisions": bad})
+        assert lead_state_of_profile(broken, stored, "d1").history is stored, bad
+        assert lead_state_of_profile(broken, stored, "d1").attributes == {"industry": "Retail"}

@@ -8,7 +8,7 @@ See docs/decisions.md.
     orion decide serve --port 8081 --keys orion-data/collector-keys.yaml --topic projects/P/topics/T
 
 Modules: `core` (the decision itself: audiences, sticky assignment, content; pure),
-`leads` (the lead's profile and history from the store, cached briefly), `settings`
+`leads` (the lead's profile and history counts, cached briefly), `settings`
 (the service's settings and defaults), `app` (the aiohttp routes and impressions),
 `experiments` (the report), `commands` (the command line). Experiences are written and
 checked with the rules (orion/rules: schema, compiler, model).

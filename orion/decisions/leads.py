@@ -1,6 +1,7 @@
 """The lead a decision reads: the durable profile the graph writes (store.read_profiles,
-orion.profiles), with the history counters the tenant's experience audiences read,
-counted from the store's activity index and history (a profile keeps no history).
+orion.profiles), with the history counters the tenant's experience audiences read:
+as the graph counted them into the profile, or else from the store's activity index and
+history.
 
 Reads are cached for a short time (`ttl_s`, 0.25 s by default) in a bounded map
 (`max_entries`, the oldest entry dropped first): a change the graph writes to a profile
@@ -13,8 +14,12 @@ empty profile. A profile that cannot be read is treated the same, and said so.
 
 Of a profile, decisions read the lead's attributes, score and lists (lead_state_of_profile):
 the rest (flows, sends, the sequencer's progress) is the graph's, and is not decoded.
-A history counter is counted from the store when a filter first asks for it, together
-with the other counters the same store read answers (StoredHistory).
+The history counters the audiences read come with the profile: the graph counts them
+and writes their counts in it (orion.profiles, `decisions`), under the digest of the
+counters it counted (history_digest). When that digest is not the one of the service's
+own experiences (a profile written under other rules, or by an Orion that did not write
+them), a history counter is counted from the store instead, when a filter first asks for
+it, together with the other counters the same store read answers (StoredHistory).
 
     python -c "from orion.decisions.leads import LeadReader; help(LeadReader)"
 """
@@ -29,7 +34,7 @@ import orjson
 
 from orion.activities import MS_PER_DAY
 from orion.profiles import PROFILE_VERSION, ProfileError, decode_profile
-from orion.rules.model import EMPTY_LEAD_STATE, HistoryCounter, LeadState
+from orion.rules.model import EMPTY_LEAD_STATE, HistoryCounter, LeadState, history_digest
 
 KNOWN, UNKNOWN, UNREADABLE = "known", "unknown", "unreadable"
 DEFAULT_TTL_S = 0.25
@@ -149,12 +154,14 @@ class StoredHistory(dict):
 _UNCOUNTED = object()
 
 
-def lead_state_of_profile(text: str | bytes, history: dict | None = None) -> LeadState:
+
+def lead_state_of_profile(text: str | bytes, history: dict | None = None, digest: str | None = None) -> LeadState:
     """What decisions read of a profile: the lead's attributes, score and lists, as
     decode_profile gives them (campaign runs, flows, sends and the sequencer's progress
-    are left undecoded: no audience or snippet reads them), with `history` as its history
-    counters (None: none). ProfileError for text that is not a profile of a version this
-    Orion reads, or whose attributes, score or lists do not read."""
+    are left undecoded: no audience or snippet reads them), with its history counters:
+    the profile's own (`decisions`) when they were counted under `digest`, else `history`
+    (None: none). ProfileError for text that is not a profile of a version this Orion
+    reads, or whose attributes, score or lists do not read."""
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -172,10 +179,35 @@ def lead_state_of_profile(text: str | bytes, history: dict | None = None) -> Lea
         lists = lead.get("lists", ())
         names = _LIST_SETS.get(tuple(lists))
         score = lead.get("score", 0)
+        if digest is not None:
+            counted = _counted_history(data.get("decisions"), digest)
+            if counted is not None:
+                history = counted
         return LeadState(attributes, 0 if score is None else score, names if names is not None else _list_set(lists),
                          _NO_CAMPAIGNS, history if history is not None else _NO_HISTORY)
     except (AttributeError, TypeError, ValueError) as err:
         raise ProfileError(f"a version {version} lead profile has a bad field: {err}") from None
+
+
+def _counted_history(decisions, digest: str) -> dict | None:
+    """The history counters a profile holds for decisions ({key: {day: count}}, a counter
+    with no count absent) when counted under `digest`; None otherwise, or when they do
+    not read (then the store counts them: the lead's own facts still read)."""
+    if decisions.__class__ is not dict or decisions.get("of") != digest:
+        return None
+    found = decisions.get("history")
+    if found.__class__ is not dict:
+        return None
+    try:
+        history = {}
+        for key, days in found.items():
+            history[key] = {int(day): count for day, count in days.items()}
+            for count in history[key].values():
+                if count.__class__ is not int:
+                    return None
+        return history
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 def _with_history(state: LeadState, history: dict | None) -> LeadState:
@@ -231,27 +263,30 @@ class LeadReader:
         on the thread that evaluates the filters, which must then be this one."""
         self.misses += 1
         data = self.store.read_profiles([(tenant, lead_id)])[0]
-        history = None
+        history = digest = None
         if counters:
+            reads = self._reads.get(id(counters))
+            if reads is None or reads[0] is not counters:
+                if len(self._reads) >= 1024:
+                    self._reads.clear()
+                reads = self._reads[id(counters)] = (counters, history_reads(counters), history_digest(counters))
+            digest = reads[2]
             if lazy_history:
-                reads = self._reads.get(id(counters))
-                if reads is None or reads[0] is not counters:
-                    if len(self._reads) >= 1024:
-                        self._reads.clear()
-                    reads = self._reads[id(counters)] = (counters, history_reads(counters))
                 history = StoredHistory(self.store, tenant, lead_id, reads[1], now_ms)
-            else:
-                history = count_history(self.store, tenant, lead_id, counters, now_ms) or None
         if data is None:
             state, status = EMPTY_LEAD_STATE, UNKNOWN
         else:
             try:
-                state, status = lead_state_of_profile(data, history), KNOWN
+                # the profile's own counts when they were counted under `digest`, else `history`
+                state, status = lead_state_of_profile(data, history, digest), KNOWN
             except ProfileError:
                 state, status = EMPTY_LEAD_STATE, UNREADABLE
-            history = None if status is KNOWN else history
-        if history is not None:
-            state = state._replace(history=history)
+        if status is not KNOWN or (state.history is history if lazy_history else state.history is _NO_HISTORY):
+            # the profile did not answer: the store counts (a StoredHistory when first asked)
+            if counters and not lazy_history:
+                history = count_history(self.store, tenant, lead_id, counters, now_ms) or None
+            if history is not None:
+                state = state._replace(history=history)
         view = LeadView(state, status)
         if self.ttl_s > 0:
             now = self._clock()

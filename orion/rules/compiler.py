@@ -862,8 +862,8 @@ class _TenantCompiler:
 
     def compile_experiences(self) -> TenantExperiences:
         """Every experience of the tenant, checked and compiled. Their audiences' history
-        counters are kept apart from the campaigns' (the graph does not count them: a
-        decision counts them from the store)."""
+        counters are compiled apart from the campaigns' (TenantExperiences.counters); the
+        tenant's rules then count both (see load_rules)."""
         experiences: dict[str, Experience] = {}
         where_defined: dict[str, str] = {}
         placements: dict[str, None] = {}
@@ -1062,6 +1062,20 @@ class _TenantCompiler:
         where_text = " where " + " and ".join(_describe_ops(a, o) for a, o in where.items()) if where else ""
         return ExperienceGoal(type_.name, conditions, within["n"] * MS_PER_UNIT[within["unit"]],
                               f"{type_.name}{where_text} within {within['n']} {within['unit']}")
+
+
+def _with_decision_counters(counters, decision_counters) -> list[HistoryCounter]:
+    """The campaigns' history counters and the experiences' (which the graph counts for
+    decisions, into the lead's profile), each key once, kept for as many days as the
+    longest filter of either reads."""
+    merged = {counter.key: counter for counter in counters}
+    for counter in decision_counters:
+        known = merged.get(counter.key)
+        if known is None:
+            merged[counter.key] = counter
+        elif known.retention_days < counter.retention_days:
+            merged[counter.key] = known._replace(retention_days=counter.retention_days)
+    return list(merged.values())
 
 
 _SNIPPET_SANDBOX = TemplateSandbox(autoescape=True)
@@ -1268,11 +1282,12 @@ def _compile_directory_now(directory: Path, template_dirs: list[Path], file_tena
         tenants[tenant] = TenantRules.build(
             tenant,
             campaigns,
-            list(compiler.counters.values()),
+            _with_decision_counters(compiler.counters.values(), found_experiences.counters),
             lists=frozenset(compiler.settings.lists),
             lead_attributes=dict(compiler.settings.lead_attributes),
             communication_limits=dict(compiler.settings.limits),
             limits=dict(compiler.settings.budgets),
+            decision_counters=found_experiences.counters,
         )
     activity_types = ActivityTypes({t: c.settings.activity_types for t, c in compilers.items()},
                                    {t: c.settings.lead_attributes for t, c in compilers.items()})

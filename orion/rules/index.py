@@ -22,7 +22,7 @@ import re
 from typing import Any, Callable, Iterable
 
 from orion.activities import Activity, ActivityTypes
-from orion.rules.model import CONTAINS, EXACT, PREFIX, Campaign, HistoryCounter, attribute_getter
+from orion.rules.model import CONTAINS, EXACT, PREFIX, Campaign, HistoryCounter, attribute_getter, history_digest
 
 # (check or None, campaigns, counters, probe): who meets an activity that reaches this
 # group and passes `check(attributes, now)` (None: no residual conditions, everyone
@@ -267,6 +267,7 @@ class TenantRules:
         lead_attributes: dict[str, str],
         communication_limits: dict[str, int],
         limits: dict[str, int] | None = None,
+        decision_history: tuple[str, tuple[str, ...]] | None = None,
     ):
         self.tenant = tenant
         self.campaigns = campaigns
@@ -276,6 +277,9 @@ class TenantRules:
         self.lead_attributes = lead_attributes
         self.communication_limits = communication_limits
         self.limits = limits or {}  # settings.limits: the tenant's budgets (orion/rules/limits.py)
+        # (digest, keys) of the history counters the tenant's experiences read, whose
+        # counts the graph writes in each lead's profile for decisions; None: no such counter
+        self.decision_history = decision_history
 
     @classmethod
     def build(
@@ -288,6 +292,7 @@ class TenantRules:
         lead_attributes: dict[str, str] | None = None,
         communication_limits: dict[str, int] | None = None,
         limits: dict[str, int] | None = None,
+        decision_counters: Iterable[HistoryCounter] = (),
     ) -> "TenantRules":
         # activity type -> (trigger or counter, its campaign or None, the counter or None)
         filed: dict[str, list[tuple[Any, Campaign | None, HistoryCounter | None]]] = {}
@@ -318,6 +323,7 @@ class TenantRules:
             lead_attributes or {},
             communication_limits or {},
             limits or {},
+            _decision_history(tuple(decision_counters)),
         )
 
     def match(self, activity: Activity) -> list[Campaign]:
@@ -450,3 +456,9 @@ class RuleSet:
                 f"{sum(len(c) for c in rules.counters_by_type.values())} history counters"
             )
         return "\n".join(lines)
+
+
+def _decision_history(counters: tuple[HistoryCounter, ...]) -> tuple[str, tuple[str, ...]] | None:
+    if not counters:
+        return None
+    return history_digest(counters), tuple(sorted(counter.key for counter in counters))

@@ -6,6 +6,8 @@ activity. Built once by `compiler.py`; read-only afterwards.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Callable, NamedTuple
 
 from orion.activities import MS_PER_DAY
@@ -327,11 +329,22 @@ class Experience(NamedTuple):
         return self.logic(lambda number: by_number[number].test(state, now))
 
 
+def history_digest(counters) -> str:
+    """What names a set of history counters: a digest of each one's key and the days it
+    keeps. The graph writes it with the decision history of a lead profile (the counts of
+    the tenant's experience counters), and a decision uses that history only when its own
+    rules' experience counters give the same digest."""
+    text = json.dumps(sorted([counter.key, counter.retention_days] for counter in counters), separators=(",", ":"))
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
 class TenantExperiences(NamedTuple):
     """One tenant's experiences: by placement, the active ones in (priority, name) order
     (a placement every experience of which is inactive is known and has none); by name,
-    all of them; and the history counters their audiences read, which a decision counts
-    from the store (a profile keeps no history)."""
+    all of them; and the history counters their audiences read. The graph counts those
+    counters too and writes their counts in each lead's profile under their digest
+    (history_digest); a decision reads them there, or counts them from the store for a
+    profile written under other rules (orion/decisions/leads.py)."""
 
     tenant: str
     by_placement: dict
