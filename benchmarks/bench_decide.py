@@ -67,7 +67,7 @@ from benchmarks.report import measured_line, write_section
 PROJECT = "orion-bench"
 # Instructions a request, from `make bench-decide-instructions` (deterministic, unlike the
 # requests/s: quoted with every run's figures; measure again when the service changes).
-CEILING_INSTRUCTIONS, SERVICE_INSTRUCTIONS = 261_000, 551_000
+CEILING_INSTRUCTIONS, SERVICE_INSTRUCTIONS = 263_000, 524_000
 TOPIC = f"projects/{PROJECT}/topics/decide"
 GRAPH_SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/graph"
 # The impressions of the visibility probes' own requests (one every 5 ms) go to a topic of
@@ -722,8 +722,10 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"`orion decide serve` (one process, SQLite store, lead cache TTL {args.cache_ttl:g} s) with 2 tenants of "
         f"{EXPERIENCES} experiences each over {PLACEMENTS} placements (audiences on lead attributes, score, lists, "
-        "impressions and visits in the store's history, device, country, local time; half the variants Jinja2 "
-        f"snippets), {args.leads:,} lead profiles a tenant, 5% of requests for leads without one, 2 placements a "
+        "impressions and visits in the lead's history, device, country, local time; half the variants Jinja2 "
+        f"snippets), {args.leads:,} lead profiles a tenant, each as the graph writes it (with the counts of the "
+        "history counters the audiences read; a tenth of the leads with visits and impressions in the store and "
+        "in those counts), 5% of requests for leads without one, 2 placements a "
         "request; every decision published as an impression to the Pub/Sub emulator. Service and ceiling on "
         "uvloop's event loop. The generator: plain asyncio keep-alive connections on loopback, in one process; "
         f"fixed load open loop on 64 connections (latency from each request's scheduled moment to its whole "
@@ -764,23 +766,24 @@ def main(argv: list[str] | None = None) -> None:
         "processes hold, or for the generator), and their CPU per request is in the ratio "
         f"{ceiling_most['cpu_per_request'] / most['cpu_per_request']:.2f}. In instructions (`make "
         "bench-decide-instructions`: callgrind on the whole server process, 3,000 requests on 4 connections after "
-        "a warm-up on 3,000 others, 2026-12-04 on a machine like this one; the count barely depends on the "
+        "a warm-up on 3,000 others, 2026-12-05 on a machine like this one; the count barely depends on the "
         f"CPU model): the ceiling about {CEILING_INSTRUCTIONS // 1000} thousand a request, the service about "
-        f"{SERVICE_INSTRUCTIONS // 1000} thousand (595 "
-        "thousand, measured the same way, before a snippet rendered without rebuilding Jinja's globals and the "
-        "walk left out the experiences the lead's text attributes refuse), so "
+        f"{SERVICE_INSTRUCTIONS // 1000} thousand (566 thousand, measured the same way, while the history filters "
+        "counted from the store, 0.7 reads a request; 595 thousand before a snippet rendered without rebuilding "
+        "Jinja's globals and the walk left out the experiences the lead's text attributes refuse), so "
         f"{SERVICE_INSTRUCTIONS / CEILING_INSTRUCTIONS:.1f} times the ceiling in "
         f"instructions while {cpu_times:.1f} times in CPU time above: on this machine the service runs at "
         f"{'fewer' if cpu_times > SERVICE_INSTRUCTIONS / CEILING_INSTRUCTIONS else 'more'} instructions a cycle "
         "than the ceiling, so its ratio in requests/s moves with the CPU model, not only with the load. Where "
-        "the service's instructions go: aiohttp and the event loop about 180 thousand (the ceiling's own "
-        "handling 160); the handler about 365 thousand (in process under callgrind, 2,000 requests after a "
-        "warm-up on 2,000 others; the ceiling's handler 100), of which the decision 150 (the 0.7 store reads a request for the history "
-        "filters 40, snippet renders and kept renders 50, the walk of the 2 placements through their indexes "
-        "and the sticky assignments 60) and the rest 215 (the profile row, as the ceiling reads it, most of the "
+        "the service's instructions went on 2026-12-04 (at 551 thousand): aiohttp and the event loop about 180 "
+        "thousand (the ceiling's own handling 160); the handler about 365 thousand (in process under callgrind, "
+        "2,000 requests after a warm-up on 2,000 others; the ceiling's handler 100), of which the decision 150 "
+        "(the 0.7 store reads a request for the history filters 40, which the profile's counts have since "
+        "replaced; snippet renders and kept renders 50; the walk of the 2 placements through their indexes and "
+        "the sticky assignments 60) and the rest 215 (the profile row, as the ceiling reads it, most of the "
         "ceiling's 100; its decode and the cache; the key; the body, its JSON and the context; the answer, the "
-        "impressions' encoding and the metrics). What remains is plain Python per request: aiohttp's, the "
-        "history reads, the walk, the renders, a profile decode.",
+        "impressions' encoding and the metrics). What remains is plain Python per request: aiohttp's, the walk, "
+        "the renders, a profile decode.",
         f"- Answers: {', '.join(f'{status}: {count:,}' for status, count in sorted(statuses.items()))} of "
         f"{answered:,}; impressions Pub/Sub acknowledged: {impressions['published']:,} (refused or unanswered: "
         f"{impressions['failed']:,}).",
