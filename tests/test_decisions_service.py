@@ -1,7 +1,8 @@
 """`POST /v1/decide` end to end, against real servers the tests start: the decision
 service on a free port, the Pub/Sub emulator its impressions go to, the SQLite store the
-graph (`orion run`, the real Beam graph) writes lead profiles into. Impressions pulled
-from the topic go back through the graph, and `orion analytics experiments` reports
+graph (`orion run`, the real Beam graph; the Flink job too) writes lead profiles, with
+their history counts, into. Impressions pulled from the topic go back through the
+graph, and `orion analytics experiments` reports
 them. Bad input gets a clear answer and never a 500; a store that does not answer is a
 503; a Pub/Sub that does not take impressions costs no decision.
 
@@ -29,6 +30,7 @@ from orion.testing.pubsub import drain
 
 from collector_services import (FlakyProxy, check_errors_are_json_without_the_key, emulator_env,  # noqa: F401
                                 new_topic, pubsub, request)
+from flink_services import flink  # noqa: F401
 
 RULES = """
 tenant: acme
@@ -284,6 +286,42 @@ def test_decisions_read_the_history_counts_the_graph_writes_in_the_profile_not_t
     assert decide(changed["acme"], SnippetRenderer(), "L1", view.state, ["home_hero"], {}, {}, now,
                   PlacementIndexes())[0].experience is None
     assert store.reads > 0, "the store counted what the profile was not counted for"
+    store.close()
+
+
+def test_the_flink_job_writes_the_same_history_counts_in_the_profile(flink, tmp_path):
+    import io
+
+    from orion.decisions.leads import LeadReader, count_history
+    from orion.settings import RunConfig
+
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "acme.yaml").write_text(HISTORY_RULES.replace("DAYS", "7"))
+    now = int(time.time() * 1000) - 60_000
+    shown = {"experience": "Capped", "variant": "only", "placement": "home_hero", "control": False}
+    events = [{"event_id": f"e{n}", "tenant": "acme", "lead_id": lead, "type": type_,
+               "occurred_at": now - 3 * 86_400_000 + n, "attributes": attributes}
+              for n, (lead, type_, attributes) in enumerate([("L1", "experience_impression", shown),
+                                                             ("L1", "experience_impression", shown),
+                                                             ("L1", "visit_web_page", {"url": "/"}),
+                                                             ("L2", "fill_out_form", {"form": "Demo"})])]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    store_uri = f"sqlite:///{tmp_path / 'store.db'}"
+    flink.run_flink(RunConfig(str(rules_dir), (), str(path), None, store_uri, tmp_path / "out", 60_000,
+                              86_400_000, None, ()), out=io.StringIO())
+    _, experiences, _ = load_experiences(rules_dir)
+    counters = experiences["acme"].counters
+    store = CountedReads(open_store(store_uri))
+    reader = LeadReader(store, ttl_s=0)
+    for lead in ("L1", "L2"):
+        view = reader.read("acme", lead, counters, now, lazy_history=True)
+        wanted = count_history(store.store, "acme", lead, counters, now)
+        assert {key: view.state.history.get(key) for key in wanted} == wanted, lead
+    assert sum(sum(days.values()) for days in wanted.values()) == 0 and store.reads == 0
+    assert sorted(sum(days.values()) for days in
+                  count_history(store.store, "acme", "L1", counters, now).values()) == [1, 2]
     store.close()
 
 
