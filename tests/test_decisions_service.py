@@ -289,6 +289,32 @@ def test_decisions_read_the_history_counts_the_graph_writes_in_the_profile_not_t
     store.close()
 
 
+def test_a_profile_that_reads_only_the_slow_way_has_its_history_counted_from_the_store(tmp_path):
+    from orion.activities import Activity
+    from orion.decisions.leads import LeadReader, count_history
+
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "acme.yaml").write_text(HISTORY_RULES.replace("DAYS", "7"))
+    _, experiences, _ = load_experiences(rules_dir)
+    counters = experiences["acme"].counters
+    now = int(time.time() * 1000)
+    store_uri = f"sqlite:///{tmp_path / 'store.db'}"
+    write_profile(store_uri, "L1", first_name="Ada \ud800")  # a lone surrogate: orjson refuses its escape
+    with open_store(store_uri) as store:
+        visits = [Activity(f"v{n}", "acme", "L1", "visit_web_page", now - n * 3_600_000, {"url": "/"}) for n in (1, 2)]
+        store.write(visits)
+        store.index_activities(visits)
+    store = open_store(store_uri)
+    for lazy in (True, False):
+        view = LeadReader(store, ttl_s=0).read("acme", "L1", counters, now, lazy_history=lazy)
+        assert view.status == "known" and view.state.attributes["first_name"] == "Ada \ud800"
+        wanted = count_history(store, "acme", "L1", counters, now)
+        assert sum(sum(days.values()) for days in wanted.values()) == 2
+        assert {key: view.state.history.get(key) for key in wanted} == wanted, lazy
+    store.close()
+
+
 def test_the_flink_job_writes_the_same_history_counts_in_the_profile(flink, tmp_path):
     import io
 

@@ -154,7 +154,6 @@ class StoredHistory(dict):
 _UNCOUNTED = object()
 
 
-
 def lead_state_of_profile(text: str | bytes, history: dict | None = None, digest: str | None = None) -> LeadState:
     """What decisions read of a profile: the lead's attributes, score and lists, as
     decode_profile gives them (campaign runs, flows, sends and the sequencer's progress
@@ -215,6 +214,7 @@ def _with_history(state: LeadState, history: dict | None) -> LeadState:
 
 
 _NO_LEAD: dict = {}
+_COUNT_HERE: dict = {}  # LeadReader.read: the history is counted from the store unless the profile holds it
 _NO_CAMPAIGNS = EMPTY_LEAD_STATE.campaigns
 _NO_HISTORY = EMPTY_LEAD_STATE.history
 _LIST_SETS: dict[tuple, frozenset] = {}  # the lists leads are in, as sets, for at most 4096 combinations
@@ -271,8 +271,7 @@ class LeadReader:
                     self._reads.clear()
                 reads = self._reads[id(counters)] = (counters, history_reads(counters), history_digest(counters))
             digest = reads[2]
-            if lazy_history:
-                history = StoredHistory(self.store, tenant, lead_id, reads[1], now_ms)
+            history = StoredHistory(self.store, tenant, lead_id, reads[1], now_ms) if lazy_history else _COUNT_HERE
         if data is None:
             state, status = EMPTY_LEAD_STATE, UNKNOWN
         else:
@@ -281,12 +280,11 @@ class LeadReader:
                 state, status = lead_state_of_profile(data, history, digest), KNOWN
             except ProfileError:
                 state, status = EMPTY_LEAD_STATE, UNREADABLE
-        if status is not KNOWN or (state.history is history if lazy_history else state.history is _NO_HISTORY):
-            # the profile did not answer: the store counts (a StoredHistory when first asked)
-            if counters and not lazy_history:
-                history = count_history(self.store, tenant, lead_id, counters, now_ms) or None
-            if history is not None:
-                state = state._replace(history=history)
+        if history is not None and (status is not KNOWN or state.history is history):
+            # the profile did not answer: the store counts (a StoredHistory: when a filter first asks)
+            if history is _COUNT_HERE:
+                history = count_history(self.store, tenant, lead_id, counters, now_ms) or _NO_HISTORY
+            state = state._replace(history=history)
         view = LeadView(state, status)
         if self.ttl_s > 0:
             now = self._clock()
