@@ -26,10 +26,11 @@ country) depends on the field's value alone, so for each value seen the index ke
 experiences it admits, and a request walks only those its context admits on every text
 field, each then tested on its schedule, its local time and its filters (those that read
 the lead's history last: for a profile not counted under this service's rules that is a
-store read, the dearest test, and `all` is the same in any order). Likewise a filter of an `all` audience on one string attribute of the lead
-(`lead: {industry: {in: [...]}}`) depends on the lead's value alone: for each value seen,
-the index keeps which experiences it refuses, and leaves them out before the walk. What
-the walk admits is what testing every experience in turn admits.
+store read, the dearest test, and `all` is the same in any order). Likewise a filter of
+an `all` audience on one string attribute of the lead (`lead: {industry: {in: [...]}}`)
+depends on the lead's value alone: for each value seen, the index keeps which
+experiences it refuses, and leaves them out before the walk. What the walk admits is
+what testing every experience in turn admits.
 
     python -c "from orion.decisions.core import parse_context; print(parse_context({'local_time': '09:30'}, 0))"
 """
