@@ -527,6 +527,41 @@ def test_a_store_that_does_not_answer_is_a_503(start, key):
     assert status == 503 and answer["error"] == "store_unavailable" and headers["Retry-After"] == "1"
 
 
+class HangingStore:
+    """A SQLite store whose profile reads hang while `hung` is set (a MySQL that stopped
+    answering): its name is not SqliteStore, so the service reads it on its store thread."""
+
+    def __init__(self, uri: str):
+        self.store = open_store(uri)
+        self.hung = threading.Event()
+        self.released = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def read_profiles(self, keys):
+        if self.hung.is_set():
+            self.released.wait(30)
+        return self.store.read_profiles(keys)
+
+
+def test_a_store_that_hangs_costs_a_request_the_store_timeout_then_a_503(start, key, tmp_path):
+    store_uri = f"sqlite:///{tmp_path / 'store.db'}"
+    write_profile(store_uri, "L1", industry="Retail")
+    store = HangingStore(store_uri)
+    service = start(store, store_timeout=0.5)
+    store.hung.set()
+    for lead in ("L1", "L2"):  # the second waits behind the first on the store's thread: bounded too
+        started = time.monotonic()
+        status, headers, answer = service.decide({"lead_id": lead, "placements": ["home_hero"]}, key)
+        assert status == 503 and answer["error"] == "store_unavailable" and headers["Retry-After"] == "1", answer
+        assert time.monotonic() - started < 5, "answered once the store timeout passed, not when the store did"
+    store.hung.clear()
+    store.released.set()
+    status, _, answer = service.decide({"lead_id": "L1", "placements": ["home_hero"]}, key)
+    assert status == 200 and answer["lead"] == "known" and answer["decisions"][0]["experience"] == "Retail hero"
+
+
 def test_a_bigtable_store_that_does_not_answer_within_its_deadline_is_a_503_too(start, key, monkeypatch):
     """The Bigtable client gives up past its read deadline (its own error, which the store
     answers as a StoreError): a 503 like any store's, not a 500."""

@@ -186,8 +186,17 @@ class Decider:
         self.metrics.lead_reads.inc(_FROM_STORE)
         if self.inline_reads:
             return self.reader.read(tenant, lead_id, counters, now, lazy_history=True)
-        return await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.reader.read, tenant, lead_id, counters, now)
+        # A store that does not answer (a hung MySQL, Bigtable retrying) costs a request
+        # store_timeout at most, then a 503; the reads queued behind it on the store's
+        # thread are bounded the same way.
+        timeout = self.settings.store_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self.reader.read, tenant, lead_id, counters, now)
+        except TimeoutError:
+            raise StoreError(f"the store did not read lead {lead_id[:80]!r} within {timeout:g} s "
+                             "(--store-timeout)") from None
 
     def cached_lead(self, tenant: str, lead_id: str):
         """The lead's view from the cache, or None (then `lead` reads it)."""

@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from orion.argtypes import non_negative, port, positive_int, pubsub_topic
+from orion.argtypes import non_negative, port, positive_float, positive_int, pubsub_topic
 from orion.settings import DEFAULT_STORE, SAMPLE_RULES
 
 DEFAULT_KEYS = Path("orion-data") / "collector-keys.yaml"
@@ -66,6 +66,9 @@ def add_decide_command(commands) -> None:
                        help="impressions wait at most this long to be sent together (default: %(default)s)")
     serve.add_argument("--cors-origin", default=defaults.cors_origin,
                        help="Access-Control-Allow-Origin for web pages (default: %(default)s)")
+    serve.add_argument("--store-timeout", type=positive_float, default=defaults.store_timeout, metavar="SECONDS",
+                       help="how long a MySQL or Bigtable store may take to read a lead before the answer is a "
+                       "503 (default: %(default)s)")
     serve.set_defaults(handler=serve_command)
 
 
@@ -106,7 +109,8 @@ def serve_command(args: argparse.Namespace) -> int:
         return 2
     settings = DecideSettings(cache_ttl=args.cache_ttl, cache_entries=args.cache_entries,
                               max_placements=args.max_placements, rate_limit=args.rate_limit,
-                              flush_seconds=args.flush_ms / 1000, cors_origin=args.cors_origin)
+                              flush_seconds=args.flush_ms / 1000, cors_origin=args.cors_origin,
+                              store_timeout=args.store_timeout)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
@@ -151,6 +155,11 @@ async def run_decider(topic_name: str, keys, experiences: dict, types, store, se
     publisher = BatchPublisher(topic.send, flush_events=settings.flush_events, flush_bytes=settings.flush_bytes,
                                flush_seconds=settings.flush_seconds, max_pending_bytes=settings.max_pending_bytes,
                                publish_timeout=settings.publish_timeout, retry_after_s=settings.retry_after)
+    if getattr(store, "read_deadline", None) is not None:
+        # Bigtable: the client's retries of a read end with the answer's wait (a 503), so
+        # the store's one thread is free again for the next lead by then
+        store.read_deadline = min(store.read_deadline, settings.store_timeout)
+        store.read_attempt_timeout = min(store.read_attempt_timeout, settings.store_timeout)
     reader = LeadReader(store, settings.cache_ttl, settings.cache_entries)
     decider = Decider(keys, experiences, types, reader, publisher, settings)
     # every error answered in JSON, a request that is not valid HTTP counted as route "unparsed"

@@ -29,3 +29,5 @@ class DecideSettings:
     cors_origin: str = "*"             # Access-Control-Allow-Origin for web pages
     idle_timeout: float = 15.0         # seconds a keep-alive connection may sit idle
     body_timeout: float = 5.0          # seconds for a request's body to arrive; longer: 408
+    # seconds a networked store (MySQL, Bigtable) may take to read a lead; longer: 503
+    store_timeout: float = 2.0
