@@ -102,7 +102,7 @@ def drop_mysql_tables(database: str) -> None:
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TABLE IF EXISTS `{database}`.activities, `{database}`.leads, "
                            f"`{database}`.activity_index, `{database}`.lead_profiles, "
-                           f"`{database}`.rollups, `{database}`.tenant_stages")
+                           f"`{database}`.rollups, `{database}`.rollup_segments, `{database}`.tenant_stages")
     finally:
         connection.close()
 

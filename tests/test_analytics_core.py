@@ -31,8 +31,10 @@ TYPES = ActivityTypes({"acme": {"purchase": PURCHASE}})
 
 
 def facts_of(*records):
+    """Each record's fact, its key (a plain tuple) as the RollupKey it stands for."""
     facts = RollupFacts(TYPES)
-    return [facts.of(record) for record in records]
+    found = [facts.of(record) for record in records]
+    return [None if fact is None else (RollupKey(*fact[0]), *fact[1:]) for fact in found]
 
 
 def test_an_activity_is_keyed_by_tenant_minute_type_source_and_selective_attribute():
@@ -197,12 +199,16 @@ def test_an_aggregate_passed_on_unchanged_keeps_its_sketch_bytes_and_estimate():
 class RowsInMemory:
     """A roll-up store's reads, over a list: what the query engine asks of a store."""
 
-    scan = RollupStore.scan  # the interface's own scan, over `read`
+    scan = RollupStore.scan  # the interface's own scan, over `_read_rows`
+    _scan_rows = RollupStore._scan_rows
 
     def __init__(self, rows):
         self.rows = rows
 
-    def read(self, tenant, granularity, start, end, *, kind=None, where=None, sketches=True):
+    def _segments(self, tenant, granularity, start, end):
+        return []
+
+    def _read_rows(self, tenant, granularity, start, end, *, kind=None, where=None, sketches=True):
         return [row for row in self.rows
                 if row.key.tenant == tenant and row.key.granularity == granularity and start <= row.key.bucket < end
                 and (kind is None or row.key.kind == kind)
@@ -375,3 +381,21 @@ def test_writer_ids_are_16_hex_digits_and_a_forked_child_draws_its_own():
     os.close(read)
     os.close(write)
     assert len(theirs) == 16 and theirs != mine
+
+
+def test_a_url_splits_as_urlsplit_splits_it_whichever_way_it_is_read():
+    """url_host_and_path reads a plain http(s) url with one regex and anything else with
+    urlsplit: both ways give what urlsplit gives."""
+    from urllib.parse import urlsplit
+
+    def by_urlsplit(url: str) -> str:
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").lower()
+        return host + (parts.path or "/") if host or parts.netloc else parts.path or url
+
+    urls = ["https://Acme.Example/pricing?plan=pro#top", "http://a.example", "http://a.example?x", "HTTPS://A.ex/x",
+            "https://a.example/p\tq", "https://a.example/p q?x", "https://user@a.example/x", "https://a.example:80/x",
+            "https://[::1]/x", "https://a.example/#", "https://a.example/%20x", "  https://a.example/x  ",
+            "https://a.example//x", "ftp://a.example/x", "https://a.example/ü", "https://a.example.", "http:/a.ex/x",
+            "https://a.example/x\n", "https://a.example\\x", "/relative/page?x=1", "mailto:a@b.example"]
+    assert [url_host_and_path(url) for url in urls] == [by_urlsplit(url) for url in urls]

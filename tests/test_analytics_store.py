@@ -11,7 +11,8 @@ import pytest
 from conftest import DAY, HOUR, MINUTE, T0
 from store_services import bigtable_uri, mysql_uri
 
-from orion.analytics.rollup import ACTIVITY, FLOW, Aggregate, RollupKey, RollupRow
+from orion.analytics.rollup import ACTIVITY, FLOW, Aggregate, LeadIds, RollupKey, RollupRow, merged_estimate
+from orion.analytics.segments import MinuteParts, day_levels, segments_of_day
 from orion.store.base import StoreError
 from orion.store.rollups_opening import open_rollup_store, rollup_store_uri
 
@@ -36,6 +37,7 @@ def store(request, tmp_path):
         connection = request.getfixturevalue("mysql_server").connect(database)
         with connection.cursor() as cursor:
             cursor.execute("DROP TABLE IF EXISTS rollups")
+            cursor.execute("DROP TABLE IF EXISTS rollup_segments")
         connection.close()
     opened.close()
 
@@ -50,6 +52,15 @@ def aggregate(*leads: str, **sums) -> Aggregate:
 def key(minute: int = 0, granularity: str = "minute", tenant: str = "acme", **dimensions) -> RollupKey:
     dimensions = dimensions or {"type": "visit_web_page", "source": "input", "attribute": "acme.example/pricing"}
     return RollupKey(tenant, granularity, T0 + minute * MINUTE, dimensions.pop("kind", ACTIVITY), **dimensions)
+
+
+def day_segments(*rows, writer: str = "s1", version: int = 1, tenant: str = "acme"):
+    """A tenant-day's segments (minutes, hours, day) of (minute, type, page, leads) rows."""
+    minutes = MinuteParts()
+    for minute, type_, page, leads in rows:
+        row_key = (tenant, "minute", T0 + minute * MINUTE, ACTIVITY, type_, "input", page, "", "", "")
+        minutes.merge({row_key: leads[0] if len(leads) == 1 else [len(leads), set(leads), None]})
+    return segments_of_day(day_levels(minutes), writer, version)
 
 
 def figures(rows):
@@ -198,3 +209,82 @@ def test_the_roll_ups_of_a_migrating_store_are_read_through_its_uri(tmp_path):
                                     "hbase://127.0.0.1:9090/activities", str(tmp_path / "report"))
     with pytest.raises(StoreError, match="keeps no roll-ups"):
         open_rollup_store(hbase_new)
+
+
+# --- segments: a bounded run's rows, stored by tenant-day (orion.analytics.segments) ---
+
+
+BIG = [f"L{n}" for n in range(20)]  # more leads than a row keeps the ids of: a sketch
+
+
+def test_segments_are_read_back_row_by_row_beside_the_rows_stored_one_by_one(store):
+    segments = day_segments((0, "visit_web_page", "a.example/x", ["L1", "L2"]), (1, "visit_web_page", "a.example/y",
+                            ["L1"]), (61, "open_email", "", BIG))
+    assert store.write_segments(segments).written == 3  # minutes, hours, day
+    store.write([RollupRow(key(0, type="visit_web_page", source="input", attribute="a.example/a"), "w", 2,
+                           aggregate("L9"))])
+    minutes = store.read("acme", "minute", T0, T0 + 2 * HOUR)
+    assert [(row.key.bucket - T0, row.key.attribute, row.writer, row.version, row.records, round(row.leads))
+            for row in minutes] == [(0, "a.example/a", "w", 2, 1, 1), (0, "a.example/x", "s1", 1, 2, 2),
+                                    (MINUTE, "a.example/y", "s1", 1, 1, 1), (61 * MINUTE, "", "s1", 1, 20, 20)]
+    assert round(Aggregate(0, None).merge(_with_sketch(minutes[1])).estimate()) == 2  # a sketch built from the ids
+    hours = store.read("acme", "hour", T0, T0 + 2 * HOUR, where={"type": "visit_web_page"})
+    assert [(row.key.attribute, row.records, round(row.leads)) for row in hours] == [("", 3, 2)]
+    day, = store.read("acme", "day", T0 - T0 % DAY, T0 - T0 % DAY + DAY, kind=ACTIVITY, where={"type": "open_email"})
+    assert (day.records, round(day.leads)) == (20, 20) and day.sketch
+    assert store.count() == 3 + 2 + 2 + 1  # the minutes, hours and days of the segments, and the row
+
+
+def _with_sketch(row) -> Aggregate:
+    found = Aggregate(row.records, None, row.sums)
+    found._compact = row.sketch
+    return found
+
+
+def test_scans_of_segments_pick_columns_and_merge_them_in_order_with_the_rows(store):
+    store.write_segments(day_segments((0, "visit_web_page", "b", ["L1"]), (0, "open_email", "z", ["L2", "L3"]),
+                                      (2, "visit_web_page", "a", ["L4"])))
+    store.write([RollupRow(key(1, type="visit_web_page", source="input", attribute="c"), "w", 1, aggregate("L5"))])
+    assert store.scan("acme", "minute", T0, T0 + HOUR, ("bucket", "type", "attribute", "records"), kind=ACTIVITY,
+                      order=("type", "attribute")) == [
+        (T0, "open_email", "z", 2), (T0, "visit_web_page", "b", 1), (T0 + MINUTE, "visit_web_page", "c", 1),
+        (T0 + 2 * MINUTE, "visit_web_page", "a", 1)]
+    # Ordered by a dimension it does not return; writers and sketches (ids for a few leads) on request.
+    assert store.scan("acme", "minute", T0, T0 + MINUTE, ("records", "writer"), order=("attribute",)) == [
+        (1, "s1"), (2, "s1")]
+    sketches = store.scan("acme", "minute", T0, T0 + HOUR, ("attribute", "sketch"), where={"type": "open_email"})
+    assert sketches == [("z", LeadIds(("L2", "L3")))] and merged_estimate([sketches[0][1]])[0] == pytest.approx(2)
+    assert store.scan("acme", "minute", T0, T0 + HOUR, ("bucket",), kind=FLOW) == []
+    assert store.scan("acme", "minute", T0, T0 + HOUR, ("bucket",), where={"type": "nothing"}) == []
+
+
+def test_a_segment_is_replaced_only_by_a_higher_version(store):
+    store.write_segments(day_segments((0, "open_email", "", ["L1"]), version=2))
+    store.write_segments(day_segments((0, "open_email", "", ["L1", "L2", "L3"]), version=1))  # older, late
+    store.write_segments(day_segments((0, "open_email", "", ["L1"]), version=2))  # replayed
+    assert figures(store.read("acme", "minute", T0, T0 + MINUTE)) == [(T0, "s1", 2, 1, 1, {})]
+    store.write_segments(day_segments((0, "open_email", "", ["L1", "L2"]), version=3))
+    assert figures(store.read("acme", "minute", T0, T0 + MINUTE)) == [(T0, "s1", 3, 2, 2, {})]
+    store.write_segments(day_segments((0, "open_email", "", ["L7"]), writer="s2"))  # another run: beside it
+    assert [row.writer for row in store.read("acme", "minute", T0, T0 + MINUTE)] == ["s1", "s2"]
+    assert store.count() == 2 * 3
+
+
+def test_segments_are_read_by_tenant_granularity_and_range(store):
+    store.write_segments(day_segments((0, "open_email", "", ["L1"]), (5, "open_email", "", ["L2"])))
+    store.write_segments(day_segments((0, "open_email", "", ["L3"]), tenant="globex"))
+    store.write_segments(day_segments((24 * 60, "open_email", "", ["L4"])))  # the next day
+    assert [row.key.bucket - T0 for row in store.read("acme", "minute", T0 + MINUTE, T0 + HOUR)] == [5 * MINUTE]
+    assert [row.key.bucket - T0 for row in store.read("acme", "minute", T0, T0 + 2 * DAY)] == [0, 5 * MINUTE, DAY]
+    assert [row.records for row in store.read("globex", "minute", T0, T0 + HOUR)] == [1]
+    assert [row.records for row in store.read("acme", "hour", T0, T0 + HOUR)] == [2]
+    assert store.read("acme", "minute", T0 - HOUR, T0) == []
+
+
+def test_a_segment_no_store_can_hold_is_refused_and_the_rest_written(store):
+    good = day_segments((0, "open_email", "", ["L1"]))
+    bad = day_segments((0, "open_email", "", ["L2"]), tenant="bad\ud800tenant")
+    done = store.write_segments(good + bad)
+    assert done.written == len(good)
+    assert sorted(segment for segment, _ in done.refused) == sorted(bad)
+    assert store.count() == 3

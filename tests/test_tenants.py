@@ -26,12 +26,13 @@ from orion.tenants.registry import TenantStages, set_stage
 
 
 def drop_registry_and_tables(database: str) -> None:
-    """The store tables, the registry and the roll-up table (`orion store init` makes it too)."""
+    """The store tables, the registry and the roll-up tables (`orion store init` makes them too)."""
     drop_mysql_tables(database)
     connection = _mysql_connect()
     try:
         with connection.cursor() as cursor:
-            cursor.execute(f"DROP TABLE IF EXISTS `{database}`.tenant_stages, `{database}`.rollups")
+            cursor.execute(f"DROP TABLE IF EXISTS `{database}`.tenant_stages, `{database}`.rollups, "
+                           f"`{database}`.rollup_segments")
     finally:
         connection.close()
 

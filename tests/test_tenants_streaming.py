@@ -77,7 +77,8 @@ def legacy(mysql_database):
         connection = _mysql_connect()
         try:
             with connection.cursor() as cursor:
-                cursor.execute(f"DROP TABLE IF EXISTS `{mysql_database}`.tenant_stages, `{mysql_database}`.rollups")
+                cursor.execute(f"DROP TABLE IF EXISTS `{mysql_database}`.tenant_stages, `{mysql_database}`.rollups, "
+                               f"`{mysql_database}`.rollup_segments")
         finally:
             connection.close()
 

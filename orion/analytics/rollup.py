@@ -46,6 +46,7 @@ import json
 import math
 import os
 import random
+import re
 import struct
 from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
 from urllib.parse import urlsplit
@@ -163,11 +164,26 @@ def dimension_value(value) -> str:
 
 
 @functools.lru_cache(maxsize=1 << 16)  # a site's pages recur: parse each once
+def url_dimension(url: str) -> str:
+    """A page's url as the value of a dimension (url_host_and_path, then dimension_value)."""
+    return dimension_value(url_host_and_path(url))
+
+
+# A plain http(s) url: scheme, host (no user, port or brackets), path, then a query, a
+# fragment or the end; what urlsplit would split the same way, without its Python steps.
+_PLAIN_URL = re.compile(r"https?://([A-Za-z0-9.-]+)(/[^?#\s]*)?(?:[?#]|$)", re.ASCII)
+
+
 def url_host_and_path(url: str) -> str:
     """A page's url as a dimension: host (lower case) and path, without scheme, query or
     fragment, so one page is one value however it was linked."""
+    url = url.strip()
+    plain = _PLAIN_URL.match(url)
+    if plain is not None:
+        host, path = plain.groups()
+        return host.lower() + (path or "/")
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(url)
     except ValueError:
         return url
     host = (parts.hostname or "").lower()
@@ -327,10 +343,20 @@ def of_sketch_bytes(data: bytes | None) -> hll_sketch | None:
         raise ValueError(f"not a HyperLogLog sketch: {err}") from None
 
 
-def merged_estimate(sketches: Iterable[bytes]) -> tuple[float, float, float]:
-    """(estimate, lower, upper at 95%) of the union of serialized sketches."""
+class LeadIds(tuple):
+    """A row's few distinct lead ids, kept instead of its sketch (orion.analytics.segments):
+    the ids its sketch, in the exact list mode, would hash."""
+
+
+def merged_estimate(sketches: Iterable) -> tuple[float, float, float]:
+    """(estimate, lower, upper at 95%) of the union of serialized sketches (bytes) and
+    LeadIds (each id fed to the union: the same as the sketch of those ids)."""
     union = _ds.hll_union(LG_K)
     for data in sketches:
+        if isinstance(data, LeadIds):
+            for lead in data:
+                union.update(lead)
+            continue
         sketch = of_sketch_bytes(data)
         if sketch is not None:
             union.update(sketch)
@@ -375,58 +401,65 @@ class RollupFacts:
             self._selective[key] = None if found is None else found.indexed_by
         return self._selective[key]
 
-    def of(self, record) -> tuple[RollupKey, str, dict | None] | None:
-        """The fact of one record, at minute granularity; None for what is not rolled up."""
-        if isinstance(record, Activity):
+    def of(self, record) -> tuple[tuple, str, dict | None] | None:
+        """The fact of one record, at minute granularity: (its minute row's key, as a
+        plain tuple of RollupKey's fields, the lead id, the sums or None); None for what
+        is not rolled up. (A plain tuple hashes and compares as the RollupKey of the same
+        fields: what keeps rows builds a RollupKey once per row, not once per record.)"""
+        if record.__class__ is Activity:
             return self._activity(record)
         kind = type(record).__name__
         if kind == "Outcome":
             source = FLOW_SOURCE if record.event_id.startswith(FLOW_EVENT_PREFIX) else INPUT_SOURCE
-            status = QUALIFIED if record.qualified else NOT_QUALIFIED
-            key = RollupKey(record.tenant, MINUTE, bucket_start(record.occurred_at, MINUTE), OUTCOME,
-                            source=source, campaign=dimension_value(record.campaign), status=status,
-                            reason="" if record.qualified else dimension_value(record.reason or "unknown"))
+            qualified = record.qualified
+            at = record.occurred_at
+            key = (record.tenant, MINUTE, at - at % MINUTE_MS, OUTCOME, "", source, "",
+                   dimension_value(record.campaign), QUALIFIED if qualified else NOT_QUALIFIED,
+                   "" if qualified else dimension_value(record.reason or "unknown"))
             return key, record.lead_id, None
         if kind == "AssembledEmail":
-            key = RollupKey(record.tenant, MINUTE, bucket_start(record.requested_at, MINUTE), FLOW,
-                            attribute=dimension_value(record.template), campaign=dimension_value(record.campaign),
-                            status=EMAIL_QUEUED)
+            key = (record.tenant, MINUTE, bucket_start(record.requested_at, MINUTE), FLOW, "", "",
+                   dimension_value(record.template), dimension_value(record.campaign), EMAIL_QUEUED, "")
             return key, record.lead_id, None
         if kind == "HeldEmail":
             request = record.request
-            key = RollupKey(request.tenant, MINUTE, bucket_start(request.requested_at, MINUTE), FLOW,
-                            attribute=dimension_value(request.template), campaign=dimension_value(request.campaign),
-                            status=EMAIL_HELD, reason=dimension_value(record.reason))
+            key = (request.tenant, MINUTE, bucket_start(request.requested_at, MINUTE), FLOW, "", "",
+                   dimension_value(request.template), dimension_value(request.campaign), EMAIL_HELD,
+                   dimension_value(record.reason))
             return key, request.lead_id, None
         if kind == "WebhookCall":
-            key = RollupKey(record.tenant, MINUTE, bucket_start(record.requested_at, MINUTE), FLOW,
-                            attribute=dimension_value(record.name), campaign=dimension_value(record.campaign),
-                            status=WEBHOOK_QUEUED)
+            key = (record.tenant, MINUTE, bucket_start(record.requested_at, MINUTE), FLOW, "", "",
+                   dimension_value(record.name), dimension_value(record.campaign), WEBHOOK_QUEUED, "")
             return key, record.lead_id, None
+        if isinstance(record, Activity):
+            return self._activity(record)
         return None
 
-    def _type_facts(self, tenant: str, type_: str) -> tuple[str | None, tuple[str, ...] | None, str]:
-        """(selective attribute, numeric attributes, the type as a dimension) of a type."""
+    def _type_facts(self, tenant: str, type_: str) -> tuple:
+        """(selective attribute, numeric attributes, the type as a dimension, the function
+        that makes a string value of the selective attribute a dimension) of a type."""
         key = (tenant, type_)
         found = self._types.get(key)
         if found is None:
-            found = self._types[key] = (self._selective_of(tenant, type_), self._numeric.get(key),
-                                        dimension_value(type_))
+            selective = self._selective_of(tenant, type_)
+            found = self._types[key] = (selective, self._numeric.get(key), dimension_value(type_),
+                                        url_dimension if selective == "url" else dimension_value)
         return found
 
     def _activity(self, activity: Activity):
-        tenant = activity.tenant
-        selective, numbers, type_ = self._type_facts(tenant, activity.type)
-        attributes = activity.attributes
-        value = attributes.get(selective) if selective else None
-        if value is None:
-            value = ""
-        elif isinstance(value, str):
-            value = dimension_value(url_host_and_path(value) if selective == "url" else value)
-        elif not isinstance(value, (dict, list)):
-            value = dimension_value(json.dumps(value))
-        else:
-            value = ""
+        event_id, tenant, lead_id, type_name, at, attributes = activity  # one unpacking, no attribute look-ups
+        found = self._types.get((tenant, type_name))
+        if found is None:
+            found = self._type_facts(tenant, type_name)
+        selective, numbers, type_, dimension = found
+        value = "" if selective is None else attributes.get(selective)
+        if value.__class__ is not str:
+            if value is None or isinstance(value, (dict, list)):
+                value = ""
+            else:
+                value = dimension(value) if isinstance(value, str) else dimension_value(json.dumps(value))
+        elif value:
+            value = dimension(value)
         sums = None
         if numbers:
             sums = {}
@@ -434,10 +467,10 @@ class RollupFacts:
                 number = attributes.get(name)
                 if isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number):
                     sums[name] = number
-        source = FLOW_SOURCE if activity.event_id.startswith(FLOW_EVENT_PREFIX) else INPUT_SOURCE
-        at = activity.occurred_at
-        key = _new_key((tenant, MINUTE, at - at % MINUTE_MS, ACTIVITY, type_, source, value, "", "", ""))
-        return key, activity.lead_id, sums
+        # (the first character first: a method call for every id costs more than the rest of the key)
+        flow = event_id[0] == "f" and event_id.startswith(FLOW_EVENT_PREFIX)
+        return ((tenant, MINUTE, at - at % MINUTE_MS, ACTIVITY, type_, FLOW_SOURCE if flow else INPUT_SOURCE, value,
+                 "", "", ""), lead_id, sums)
 
 
 class RowParts(dict):
@@ -494,7 +527,7 @@ class PartialRollups:
         key, lead_id, sums = found
         part = self.parts.get(key)
         if part is None:
-            part = self.parts[key] = Aggregate()
+            part = self.parts[_new_key(key)] = Aggregate()
         part.add(lead_id, sums)
         return True
 

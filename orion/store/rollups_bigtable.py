@@ -19,6 +19,14 @@ older cell, which the family's one-version GC rule removes); a rewrite of the sa
 version sets the same cells. No salt: a tenant's roll-ups are aggregates, a few rows a
 minute, and a time-ordered key is what makes a range query one scan.
 
+A bounded run's segments (orion.analytics.segments) are rows of the same table, keyed
+
+    TENANT#segment-GRANULARITY#DAY#WRITER#PART
+
+(their own key range: no row scan meets them), cells `data`, `rows`, `first`, `last`
+(the part's first and last bucket) and `version`, written as the rows' cells are. A
+read takes the days its range touches and keeps the parts that hold some of it.
+
     BIGTABLE_EMULATOR_HOST=127.0.0.1:8086 orion store init bigtable://demo/local-dev/activities
 """
 from __future__ import annotations
@@ -31,7 +39,8 @@ from orion.store.base import MIN_MS, StoreError, with_backoff
 from orion.store.bigtable import (
     SEPARATOR, TIME_DIGITS, BigtableStore, _close_client, _transient, decode_id, encode_id,
 )
-from orion.store.rollups_base import RollupStore, RollupWrite, StoredRollup, check_where, latest_rows, sums_json
+from orion.analytics.segments import RollupSegment
+from orion.store.rollups_base import RollupStore, RollupWrite, StoredRollup, latest_rows, segment_start, sums_json
 
 ROLLUP_FAMILY = "r"
 ROLLUP_TABLE_SUFFIX = "-rollups"
@@ -44,6 +53,18 @@ def time_part(bucket: int) -> str:
 
 def range_prefix(tenant: str, granularity: str) -> str:
     return SEPARATOR.join((encode_id(tenant), granularity)) + SEPARATOR
+
+
+SEGMENT_PREFIX = "segment-"  # a segment's key: TENANT#segment-GRANULARITY#TIME#WRITER#PART
+
+
+def segment_range_prefix(tenant: str, granularity: str) -> str:
+    return SEPARATOR.join((encode_id(tenant), SEGMENT_PREFIX + granularity)) + SEPARATOR
+
+
+def segment_row_key(segment: RollupSegment) -> bytes:
+    return (segment_range_prefix(segment.tenant, segment.granularity)
+            + SEPARATOR.join((time_part(segment.bucket), encode_id(segment.writer), str(segment.part)))).encode("ascii")
 
 
 def rollup_row_key(key: RollupKey, writer: str) -> bytes:
@@ -60,6 +81,10 @@ def parse_rollup_row_key(row_key: bytes) -> tuple[RollupKey, str]:
     key = RollupKey(decode_id(tenant), granularity, int(time_text) + MIN_MS, kind,
                     *(decode_id(value) for value in dimensions))
     return key, decode_id(writer)
+
+
+def _is_segment_key(row_key: bytes) -> bool:
+    return row_key.split(SEPARATOR.encode("ascii"), 2)[1].startswith(SEGMENT_PREFIX.encode("ascii"))
 
 
 class BigtableRollupStore(RollupStore):
@@ -111,11 +136,43 @@ class BigtableRollupStore(RollupStore):
         refused += [(failure.activity, failure.detail) for failure in failed]
         return RollupWrite(written, refused)
 
-    def read(self, tenant: str, granularity: str, start: int, end: int, *, kind: str | None = None,
-             where: dict[str, str] | None = None, sketches: bool = True) -> list[StoredRollup]:
+    def write_segments(self, segments: Sequence[RollupSegment]) -> RollupWrite:
+        pending, refused = [], []
+        for segment in segments:
+            try:
+                row_key = segment_row_key(segment)
+            except (UnicodeEncodeError, ValueError) as err:
+                refused.append((segment, f"cannot be a Bigtable row key: {err}"))
+                continue
+            micros = segment.version * 1000  # as rows: the newest cell is the highest version
+            cells = ((b"data", segment.data, micros), (b"rows", str(segment.rows).encode("ascii"), micros),
+                     (b"first", str(segment.first).encode("ascii"), micros),
+                     (b"last", str(segment.last).encode("ascii"), micros),
+                     (b"version", str(segment.version).encode("ascii"), micros))
+            pending.append((segment, row_key, cells))
+        written, failed = self._bigtable._mutate(self.table_id, ROLLUP_FAMILY, pending)
+        refused += [(failure.activity, failure.detail) for failure in failed]
+        return RollupWrite(written, refused)
+
+    def _segments(self, tenant: str, granularity: str, start: int, end: int) -> list[tuple[str, int, bytes]]:
         from google.cloud.bigtable import row_filters
 
-        where = check_where(where)
+        prefix = segment_range_prefix(tenant, granularity)
+        scan = ((prefix + time_part(segment_start(start))).encode("ascii"), (prefix + time_part(end)).encode("ascii"))
+        found = []
+        for row in self._bigtable._read(self.table_id, (scan,), row_filters.CellsColumnLimitFilter(1)):
+            cells = row.cells[ROLLUP_FAMILY]
+            first, last = int(cells[b"first"][0].value), int(cells[b"last"][0].value)
+            if first < end and last >= start:  # (a day's parts are read whole, then kept or not)
+                writer = decode_id(row.key.decode("ascii").split(SEPARATOR)[3])
+                found.append((first, writer, int(cells[b"version"][0].value), cells[b"data"][0].value))
+        found.sort(key=lambda segment: segment[0])
+        return [segment[1:] for segment in found]
+
+    def _read_rows(self, tenant: str, granularity: str, start: int, end: int, *, kind: str | None,
+                   where: dict[str, str], sketches: bool) -> list[StoredRollup]:
+        from google.cloud.bigtable import row_filters
+
         prefix = range_prefix(tenant, granularity)
         newest = row_filters.CellsColumnLimitFilter(1)
         if not sketches:
@@ -137,12 +194,21 @@ class BigtableRollupStore(RollupStore):
                                       json.loads(sums) if sums else {}))
         return found
 
-    def count(self) -> int:
+    def _count_rows(self) -> int:
         from google.cloud.bigtable import row_filters
 
         keys_only = row_filters.RowFilterChain([row_filters.CellsRowLimitFilter(1),
                                                 row_filters.StripValueTransformerFilter(True)])
-        return sum(1 for _ in self._bigtable._read(self.table_id, row_filter=keys_only))
+        return sum(1 for row in self._bigtable._read(self.table_id, row_filter=keys_only)
+                   if not _is_segment_key(row.key))
+
+    def _count_segment_rows(self) -> int:
+        from google.cloud.bigtable import row_filters
+
+        rows_only = row_filters.RowFilterChain([row_filters.ColumnQualifierRegexFilter(b"^rows$"),
+                                                row_filters.CellsColumnLimitFilter(1)])
+        return sum(int(row.cells[ROLLUP_FAMILY][b"rows"][0].value)
+                   for row in self._bigtable._read(self.table_id, row_filter=rows_only) if _is_segment_key(row.key))
 
     def close(self) -> None:
         self._bigtable.close()

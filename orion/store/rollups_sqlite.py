@@ -1,12 +1,15 @@
-"""The embedded roll-up store: table `rollups` in the activity store's SQLite file, one
+"""The embedded roll-up store: tables `rollups` and `rollup_segments` (a bounded run's
+segments, orion.analytics.segments) in the activity store's SQLite file. `rollups`: one
 row per (tenant, granularity, bucket, kind, dimensions, writer), its primary key
 ordered so that one tenant's time range at one granularity is one contiguous range of
 the table itself (WITHOUT ROWID: a write is one b-tree insert, a query one range scan;
-most rows are small, a sketch of a few leads). A write is an upsert that replaces a row only with a higher version (see
-orion.store.rollups_base); the estimate of distinct leads is kept beside the sketch, so
-a query that merges nothing reads no sketch.
+most rows are small, a sketch of a few leads). A write is an upsert that replaces a row
+only with a higher version (see orion.store.rollups_base); the estimate of distinct
+leads is kept beside the sketch, so a query that merges nothing reads no sketch.
+`rollup_segments`: one row per (tenant, granularity, day, writer, part), with the
+part's first and last bucket, so a query reads only the parts that hold its range.
 
-    orion store init sqlite:///orion-data/activities.db     # creates `rollups` too
+    orion store init sqlite:///orion-data/activities.db     # creates the roll-up tables too
 """
 from __future__ import annotations
 
@@ -16,9 +19,9 @@ from typing import Sequence
 
 from orion.analytics.rollup import DIMENSIONS, RollupKey, RollupRow
 from orion.store.base import StoreError, with_backoff
+from orion.analytics.segments import RollupSegment
 from orion.store.rollups_base import (
-    KEY_COLUMNS, RollupStore, RollupWrite, StoredRollup, check_columns, check_order, check_where, latest_rows,
-    parse_sums, sums_json,
+    KEY_COLUMNS, RollupStore, RollupWrite, StoredRollup, latest_rows, parse_sums, segment_start, sums_json,
 )
 from orion.store.sqlite import check_tables, sqlite_path, unreadable_sqlite
 
@@ -40,14 +43,39 @@ _SCHEMA = (
         PRIMARY KEY ({', '.join(KEY_COLUMNS)})
     ) WITHOUT ROWID
     """,
+    """
+    CREATE TABLE IF NOT EXISTS rollup_segments (
+        tenant      TEXT    NOT NULL,
+        granularity TEXT    NOT NULL,  -- of its rows: minute, hour, day
+        bucket      INTEGER NOT NULL,  -- epoch ms, the start of the day it spans
+        writer      TEXT    NOT NULL,  -- the run that wrote it
+        part        INTEGER NOT NULL,  -- 0, or the part of a segment split in parts
+        version     INTEGER NOT NULL,  -- a write replaces a segment only with a higher one
+        rows        INTEGER NOT NULL,  -- roll-up rows in its data
+        first       INTEGER NOT NULL,  -- the first and last bucket of its rows
+        last        INTEGER NOT NULL,
+        data        BLOB    NOT NULL,  -- orion.analytics.segments
+        updated_at  INTEGER NOT NULL,  -- wall-clock epoch ms of the last write, for people only
+        PRIMARY KEY (tenant, granularity, bucket, writer, part)
+    ) WITHOUT ROWID
+    """,
 )
-_COLUMNS = KEY_COLUMNS + ("version", "records", "leads", "sketch", "sums", "updated_at")
-_UPSERT = (
-    f"INSERT INTO rollups ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-    f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET version = excluded.version, "
-    "records = excluded.records, leads = excluded.leads, sketch = excluded.sketch, sums = excluded.sums, "
-    "updated_at = excluded.updated_at WHERE excluded.version > rollups.version"
-)
+SEGMENT_KEY_COLUMNS = ("tenant", "granularity", "bucket", "writer", "part")
+
+
+def _upsert(table: str, keys: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """An upsert into `table` that replaces a stored row of the same `keys` only with a
+    higher version (every column of `values`, the version first, is replaced)."""
+    columns = keys + values
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+            + ", ".join(f"{name} = excluded.{name}" for name in values)
+            + f" WHERE excluded.version > {table}.version")
+
+
+_UPSERT = _upsert("rollups", KEY_COLUMNS, ("version", "records", "leads", "sketch", "sums", "updated_at"))
+_SEGMENT_UPSERT = _upsert("rollup_segments", SEGMENT_KEY_COLUMNS,
+                          ("version", "rows", "first", "last", "data", "updated_at"))
 _READ_COLUMNS = ("tenant, granularity, bucket, kind, " + ", ".join(DIMENSIONS) +
                  ", writer, version, records, leads, {sketch}, sums")
 
@@ -91,7 +119,7 @@ class SqliteRollupStore(RollupStore):
         try:
             for statement in _SCHEMA:
                 with_backoff(lambda: self.connection.execute(statement), _is_busy)
-            check_tables(self.connection, self.path, {"rollups": KEY_COLUMNS})
+            check_tables(self.connection, self.path, {"rollups": KEY_COLUMNS, "rollup_segments": SEGMENT_KEY_COLUMNS})
         except sqlite3.DatabaseError as err:
             raise unreadable_sqlite(self.path, err) from err
 
@@ -100,21 +128,30 @@ class SqliteRollupStore(RollupStore):
         if not latest:
             return RollupWrite(0, [])
         now = int(time.time() * 1000)
-        values = [(row, row_values(row, now)) for row in latest]
+        return self._write(_UPSERT, [(row, row_values(row, now)) for row in latest], "row")
+
+    def write_segments(self, segments: Sequence[RollupSegment]) -> RollupWrite:
+        if not segments:
+            return RollupWrite(0, [])
+        now = int(time.time() * 1000)
+        return self._write(_SEGMENT_UPSERT, [(segment, (*segment, now)) for segment in segments], "segment")
+
+    def _write(self, statement: str, values: list[tuple], what: str) -> RollupWrite:
+        """Upsert (item, its values) in one transaction; (item, why) for each SQLite refused."""
 
         def upsert(connection):
             try:
-                connection.executemany(_UPSERT, [value for _, value in values])
+                connection.executemany(statement, [value for _, value in values])
                 return []
             except _ROW_REFUSED:
                 pass
-            # Some row cannot be stored: write the others one by one.
+            # Some item cannot be stored: write the others one by one.
             refused = []
-            for row, value in values:
+            for item, value in values:
                 try:
-                    connection.execute(_UPSERT, value)
+                    connection.execute(statement, value)
                 except _ROW_REFUSED as err:
-                    refused.append((row, f"SQLite refused the row: {err}"))
+                    refused.append((item, f"SQLite refused the {what}: {err}"))
             return refused
 
         def attempt():
@@ -134,14 +171,14 @@ class SqliteRollupStore(RollupStore):
             if "no such table" in str(err):
                 raise self._no_tables(err) from err
             raise StoreError(f"cannot write SQLite store {self.path}: {err}") from err
-        return RollupWrite(len(latest) - len(refused), refused)
+        return RollupWrite(len(values) - len(refused), refused)
 
     def _no_tables(self, err) -> StoreError:
         return StoreError(f"the SQLite store {self.path} has no roll-up table ({err}); "
                           f"create it with: orion store init {self.uri}")
 
-    def read(self, tenant: str, granularity: str, start: int, end: int, *, kind: str | None = None,
-             where: dict[str, str] | None = None, sketches: bool = True) -> list[StoredRollup]:
+    def _read_rows(self, tenant: str, granularity: str, start: int, end: int, *, kind: str | None,
+                   where: dict[str, str], sketches: bool) -> list[StoredRollup]:
         conditions, params = self._conditions(tenant, granularity, start, end, kind, where)
         columns = _READ_COLUMNS.format(sketch="sketch" if sketches else "x''")
         try:
@@ -156,11 +193,8 @@ class SqliteRollupStore(RollupStore):
                              row[width + 4], parse_sums(row[width + 5]))
                 for row in found]
 
-    def scan(self, tenant: str, granularity: str, start: int, end: int, columns: Sequence[str], *,
-             kind: str | None = None, where: dict[str, str] | None = None, order: Sequence[str] = ()
-             ) -> list[tuple]:
-        check_columns(columns)
-        check_order(order)
+    def _scan_rows(self, tenant: str, granularity: str, start: int, end: int, columns: Sequence[str], *,
+                   kind: str | None, where: dict[str, str], order: Sequence[str]) -> list[tuple]:
         conditions, params = self._conditions(tenant, granularity, start, end, kind, where)
         selected = ", ".join(columns)
         if kind is not None and tuple(order) == DIMENSIONS[:len(order)]:
@@ -187,14 +221,25 @@ class SqliteRollupStore(RollupStore):
         if kind is not None:
             conditions.append("kind = ?")
             params.append(kind)
-        for name, value in sorted(check_where(where).items()):
+        for name, value in sorted(where.items()):
             conditions.append(f"{name} = ?")
             params.append(value)
         return " AND ".join(conditions), params
 
-    def count(self) -> int:
+    def _segments(self, tenant: str, granularity: str, start: int, end: int) -> list[tuple[str, int, bytes]]:
+        return self._select("SELECT writer, version, data FROM rollup_segments WHERE tenant = ? AND granularity = ? "
+                            "AND bucket >= ? AND bucket < ? AND first < ? AND last >= ? ORDER BY bucket, first",
+                            (tenant, granularity, segment_start(start), end, end, start))
+
+    def _count_rows(self) -> int:
+        return self._select("SELECT COUNT(*) FROM rollups", ())[0][0]
+
+    def _count_segment_rows(self) -> int:
+        return self._select("SELECT COALESCE(SUM(rows), 0) FROM rollup_segments", ())[0][0]
+
+    def _select(self, statement: str, params) -> list:
         try:
-            return self.connection.execute("SELECT COUNT(*) FROM rollups").fetchone()[0]
+            return self.connection.execute(statement, params).fetchall()
         except sqlite3.DatabaseError as err:
             if "no such table" in str(err):
                 raise self._no_tables(err) from err
