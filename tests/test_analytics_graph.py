@@ -91,10 +91,21 @@ def test_the_roll_ups_of_a_run_agree_with_what_it_stored_evaluated_and_queued(tm
             rows = answers(store, tenant, "events", ["type"], granularity=granularity)
             assert sum(rows.values()) == sum(by_type.values())
             assert answers(store, tenant, "events", ["type", "attribute"], granularity=granularity) == by_page
-    with sqlite3.connect(tmp_path / "activities.db") as connection:
-        kept = dict(connection.execute("SELECT granularity, COUNT(DISTINCT attribute) FROM rollups "
-                                       "WHERE kind = 'activity' GROUP BY granularity"))
+    with open_rollup_store(store) as rollups:
+        kept = {granularity: len({row.key.attribute for tenant in tenants
+                                  for row in rollups.read(tenant, granularity, *SAMPLES, kind="activity")})
+                for granularity in ("minute", "hour", "day")}
     assert kept["minute"] > 1 and kept["hour"] == kept["day"] == 1  # the hours' and days' attribute: ""
+    # A bounded run stores its rows as segments: one per tenant-day and granularity.
+    with sqlite3.connect(tmp_path / "activities.db") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM rollups").fetchone()[0] == 0
+        segments = dict(connection.execute("SELECT granularity, COUNT(*) FROM rollup_segments GROUP BY granularity"))
+        days = connection.execute("SELECT COUNT(DISTINCT tenant || ':' || (occurred_at / 86400000)) "
+                                  "FROM activities").fetchone()[0]
+        held = connection.execute("SELECT SUM(rows) FROM rollup_segments").fetchone()[0]
+    assert segments == {"minute": days, "hour": days, "day": days}
+    with open_rollup_store(store) as rollups:
+        assert rollups.count() == held > 3 * days
     assert sum(answers(store, tenant, "events", ["source"]).get(("flow",), 0) for tenant in tenants) == \
         totals["flow_activities"]
     assert sum(sum(answers(store, tenant, "emails_queued").values()) for tenant in tenants) == totals["queued_emails"]

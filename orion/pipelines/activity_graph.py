@@ -86,23 +86,23 @@ def build_activity_graph(
     keyed = activities | "KeyByLead" >> KeyByLead()
     if waiting_leads is not None:
         keyed = (keyed, waiting_leads) | "WithWaitingLeads" >> beam.Flatten()
-    outcomes, stored, dead, requests, held, webhooks, profiles = (
-        keyed
-        | "LeadSteps" >> LeadSteps(
-            settings.rules_dir,
-            settings.template_dirs,
-            allowed_lateness_ms=settings.allowed_lateness_ms,
-            dedup_span_ms=settings.dedup_span_ms,
-            bounded=settings.bounded,
-            run_flows=flows_on,
-            max_cascade_depth=settings.max_cascade_depth,
-            seed_store_uri=settings.seed_store_uri,
-            one_watermark_per_stage=settings.one_watermark_per_stage,
-            lead_ttl_days=settings.lead_ttl_days,
-            max_pending=settings.max_pending,
-            lineage=settings.lineage,
-        )
+    rollups_in_step = settings.rollup_store_uri is not None and settings.bounded
+    steps = LeadSteps(
+        settings.rules_dir,
+        settings.template_dirs,
+        allowed_lateness_ms=settings.allowed_lateness_ms,
+        dedup_span_ms=settings.dedup_span_ms,
+        bounded=settings.bounded,
+        run_flows=flows_on,
+        max_cascade_depth=settings.max_cascade_depth,
+        seed_store_uri=settings.seed_store_uri,
+        one_watermark_per_stage=settings.one_watermark_per_stage,
+        lead_ttl_days=settings.lead_ttl_days,
+        max_pending=settings.max_pending,
+        lineage=settings.lineage,
+        rollups=rollups_in_step,
     )
+    outcomes, stored, dead, requests, held, webhooks, profiles = keyed | "LeadSteps" >> steps
     dead_letter_parts = [parse_dead_letters, dead]
     emails = None
     if flows_on:
@@ -124,10 +124,12 @@ def build_activity_graph(
         # Roll-ups of what the steps did; the sink returns the dead letters of rows the store refused.
         from orion.transforms.rollups import RollUpAndWrite
 
-        rolled_up = [stored, outcomes] + ([emails, held, webhooks] if flows_on else [])
-        dead_letter_parts.append(tuple(rolled_up) | "RollUps" >> RollUpAndWrite(
+        # Bounded, the lead step rolls up what it stores and its outcomes itself (LeadSteps.rollup_parts).
+        records = ([] if rollups_in_step else [stored, outcomes]) + ([emails, held, webhooks] if flows_on else [])
+        parts = [steps.rollup_parts] if rollups_in_step else []
+        dead_letter_parts.append(tuple(records + parts) | "RollUps" >> RollUpAndWrite(
             settings.rollup_store_uri, settings.rules_dir, settings.template_dirs,
-            allowed_lateness_ms=settings.allowed_lateness_ms, bounded=settings.bounded))
+            allowed_lateness_ms=settings.allowed_lateness_ms, bounded=settings.bounded, rolled_up=len(parts)))
     dead_letters = tuple(dead_letter_parts) | "AllDeadLetters" >> beam.Flatten()
     if outcome_sink is not None:
         outcomes | "WriteOutcomes" >> outcome_sink

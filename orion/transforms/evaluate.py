@@ -49,6 +49,9 @@ SEED_BATCH = 200
 _GLOBAL = (GlobalWindow(),)
 # Outputs besides the main one (the outcomes), in the order LeadSteps returns them.
 SIDE_OUTPUTS = (STORE, DEAD, EMAIL, HELD, WEBHOOK, PROFILE)
+# Bounded, with `rollups`: the bundle's activities stored and outcomes, rolled up per
+# tenant-day (orion.analytics.segments.DayParts) where they are made (LeadSteps.rollup_parts).
+ROLLUP_PARTS = "rollup_parts"
 
 
 class _WatermarkFloor:
@@ -89,10 +92,15 @@ class KeyByLead(beam.PTransform):
 
 class _Emitter:
     """Maps a StepResult to Beam: tags to outputs, counts to metrics (one Metrics
-    counter per name, made once: the names are a bounded set)."""
+    counter per name, made once: the names are a bounded set). With `parts` (an
+    orion.analytics.segments.DayParts), the activities to store and the outcomes are
+    also rolled up into it as they go out: a record crossing to a roll-up step of its
+    own costs Beam more than rolling it up (counter `rolled_up`)."""
 
-    def __init__(self):
+    def __init__(self, parts=None):
         self.counters: dict[str, Any] = {}
+        self.parts = parts
+        self.rolled_up = 0
 
     def emit(self, result: StepResult, wrap=None):
         counters = self.counters
@@ -101,10 +109,24 @@ class _Emitter:
             if counter is None:
                 counter = counters[name] = Metrics.counter(METRICS_NAMESPACE, name)
             counter.inc(n)
+        if self.parts is not None:
+            add, rolled_up = self.parts.add, 0
+            for tag, value in result.emitted:
+                if tag == STORE or tag == OUTCOME:
+                    rolled_up += add(value)
+            self.rolled_up += rolled_up
         for tag, value in result.emitted:
             if wrap is not None:
                 value = wrap(value)
             yield value if tag == OUTCOME else beam.pvalue.TaggedOutput(tag, value)
+
+    def drain_parts(self) -> list:
+        """The (tenant-day, MinuteParts) rolled up since the last drain."""
+        if self.parts is None:
+            return []
+        Metrics.counter(METRICS_NAMESPACE, "rolled_up").inc(self.rolled_up)
+        self.rolled_up = 0
+        return self.parts.drain()
 
 
 class _StepSettings(NamedTuple):
@@ -118,6 +140,7 @@ class _StepSettings(NamedTuple):
     lead_ttl_days: int
     max_pending: int = DEFAULT_MAX_PENDING
     lineage: str | None = None  # streaming: the graph's lineage (orion.leadstep.Lineage)
+    rollups: bool = False  # bounded: roll up what the step emits (ROLLUP_PARTS)
 
 
 def _open_step(settings: _StepSettings):
@@ -354,7 +377,11 @@ class _ReplayLeadsFn(beam.DoFn):
 
     def setup(self) -> None:
         self.step, self.seed_store = _open_step(self.settings)
-        self.emitter = _Emitter()
+        self.facts = None
+        if self.settings.rollups:
+            from orion.analytics.rollup import RollupFacts
+
+            self.facts = RollupFacts.from_rules(self.step.rules)
         self.batching = self.seed_batch > 0 and self.seed_store is not None
 
     def teardown(self) -> None:
@@ -362,6 +389,9 @@ class _ReplayLeadsFn(beam.DoFn):
             self.seed_store.close()
 
     def start_bundle(self) -> None:
+        from orion.analytics.segments import DayParts
+
+        self.emitter = _Emitter(None if self.facts is None else DayParts(self.facts))
         self.waiting: list = []  # (key, activities), not yet seeded
         # The GroupByKey's output timestamp, one for every lead. Runners differ; the
         # FnApiRunner's is a millisecond before the end of the global window.
@@ -407,6 +437,8 @@ class _ReplayLeadsFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(output.tag, wrap(output.value))
             else:
                 yield wrap(output)
+        for day, parts in self.emitter.drain_parts():
+            yield beam.pvalue.TaggedOutput(ROLLUP_PARTS, wrap((day, parts)))
 
     def _replay_waiting(self):
         waiting, self.waiting = self.waiting, []
@@ -496,6 +528,11 @@ class LeadSteps(beam.PTransform):
     Dataflow, a worker lost or a store write failing mid-bundle) starts a lead that
     attempt first met from the profile as it was before, and evaluates its activities
     again (orion.leadstep.Lineage).
+
+    rollups (bounded): the step also rolls up the activities it stores and its outcomes
+    per bundle and tenant-day, where it makes them; after expansion `rollup_parts` is
+    the PCollection of ((tenant, day), MinuteParts) that orion.transforms.rollups groups
+    and writes (None otherwise: streaming, the roll-ups take the records themselves).
     """
 
     def __init__(self, rules_dir: str, template_dirs: tuple[str, ...] = (), *,
@@ -503,10 +540,12 @@ class LeadSteps(beam.PTransform):
                  dedup_span_ms: int = DEFAULT_DEDUP_SPAN_MS, bounded: bool = False, run_flows: bool = True,
                  max_cascade_depth: int = DEFAULT_MAX_CASCADE_DEPTH, seed_store_uri: str | None = None,
                  one_watermark_per_stage: bool = False, lead_ttl_days: int = DEFAULT_LEAD_TTL_DAYS,
-                 max_pending: int = DEFAULT_MAX_PENDING, lineage: str | None = None):
+                 max_pending: int = DEFAULT_MAX_PENDING, lineage: str | None = None, rollups: bool = False):
         super().__init__()
         self.settings = _StepSettings(rules_dir, tuple(template_dirs), allowed_lateness_ms, dedup_span_ms,
-                                      run_flows, max_cascade_depth, seed_store_uri, lead_ttl_days, max_pending)
+                                      run_flows, max_cascade_depth, seed_store_uri, lead_ttl_days, max_pending,
+                                      rollups=rollups and bounded)
+        self.rollup_parts = None
         self.lineage = lineage
         self.bounded = bounded
         self.one_watermark_per_stage = one_watermark_per_stage
@@ -533,9 +572,16 @@ class LeadSteps(beam.PTransform):
             woken = horizon | "DueLeads" >> beam.ParDo(
                 _DueLeadsFn(settings.seed_store_uri, tenants)).with_output_types(Tuple[Tuple[str, str], Any])
             to_group = (keyed, woken) | "WithWokenLeads" >> beam.Flatten()
+        extra = (ROLLUP_PARTS,) if settings.rollups else ()
         results = (to_group
                    | "GroupByLead" >> beam.GroupByKey()
                    | "LeadStep" >> beam.ParDo(_ReplayLeadsFn(settings, SEED_BATCH if global_window else 0),
                                               beam.pvalue.AsSingleton(horizon, default_value=None)
-                                              ).with_outputs(*SIDE_OUTPUTS, main=OUTCOME))
+                                              ).with_outputs(*SIDE_OUTPUTS, *extra, main=OUTCOME))
+        if settings.rollups:
+            from orion.analytics.segments import MinuteParts
+
+            self.rollup_parts = results[ROLLUP_PARTS]
+            # A deterministic key coder for the GroupByKey of the parts.
+            self.rollup_parts.element_type = beam.typehints.Tuple[beam.typehints.Tuple[str, int], MinuteParts]
         return (results[OUTCOME],) + tuple(results[tag] for tag in SIDE_OUTPUTS)

@@ -27,25 +27,29 @@ state with a new writer id, so it is stored beside the row it cannot see, never 
 
 Bounded (files): a row is complete only when the input is, so no state is kept per row:
 
-    records ─► DayParts (per bundle, per tenant-day) ─► GroupDays ─► WriteDayRows (day_rows, then upserts)
+    lead step (DayParts in it) ─┐
+    emails, held, webhooks ─► DayParts ─┴─► GroupDays ─► WriteRollups (day_levels, segments_of_day, upserts)
 
-Each kind of record (stored activities, outcomes, ...) gets its own ShardParts or
-DayParts step, fused with the lead step that emits it, and only their partials meet.
-
-The step that writes them builds each tenant-day's minute rows, its hours from them and
-the day from the hours (day_rows), and upserts each once, under one writer id for the
-run: the rows never cross to another step one by one. What crosses to GroupDays is one
-RowParts per bundle and tenant-day, columns of plain values (RowPartsCoder). RollUp
-alone (bounded) yields the same rows as elements (DayRows).
+The bounded lead step (orion.transforms.evaluate, `LeadSteps(rollups=True)`) rolls up the
+activities it stores and its outcomes itself, as it emits them: one (tenant-day,
+MinuteParts) element per tenant-day and bundle leaves it, where a step of its own would
+take each record across (on the FnApiRunner that hand-over cost more than the roll-up).
+The flows' records (emails, held emails, webhook calls, after the lead step) get a
+DayParts step each, fused with the step that emits them. GroupDays groups the parts by
+tenant-day; the step that writes them merges a tenant-day's minute rows, builds its hours
+from the minutes and the day from the hours (orion.analytics.segments.day_levels), and
+upserts the tenant-day's segments (minutes, hours, day; segments_of_day), under one
+writer id for the run, in batches. What crosses to GroupDays is a few MinuteParts, plain
+tuples, sets and lead ids (MinutePartsCoder).
 
     orion run                # the graph writes its roll-ups beside the activities
 """
 from __future__ import annotations
 
-import functools
 import pickle
 import struct
 import zlib
+from itertools import repeat
 from typing import Tuple
 
 import apache_beam as beam
@@ -58,46 +62,83 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from orion.analytics.rollup import (
-    ACTIVITY, DAY, PartialRollups, RollupFacts, RollupKey, RollupRow, RowParts, add_to_bucket,
-    bucket_start, decode_state, encode_state, expires_at, flush_bucket, merge_all, new_writer,
+    ACTIVITY, DAY, GRANULARITY_MS, MINUTE, PartialRollups, RollupFacts, RollupKey, RollupRow, RowParts,
+    add_to_bucket, decode_state, encode_state, expires_at, flush_bucket, merge_all, new_writer,
 )
+from orion.analytics.segments import DayParts, MinuteParts, Rows, day_levels, segments_of_day
 from orion.deadletters import DeadLetter
 from orion.sequencing import DEFAULT_ALLOWED_LATENESS_MS
 from orion.transforms.intake import METRICS_NAMESPACE
 
+_DAY_MS, _MINUTE_MS = GRANULARITY_MS[DAY], GRANULARITY_MS[MINUTE]
 ROLLUP_SOURCE = "rollups"  # DeadLetter.source of the rows the store refused
 DEFAULT_GRACE_MS = 5 * 60_000  # a row's state lives this long past its bucket and the allowed lateness
-DEFAULT_BATCH_SIZE = 2000  # rows per upsert: a bounded run writes each row once, in bulk
+DEFAULT_BATCH_SIZE = 200  # segments per upsert: a bounded run writes each segment once, in bulk
 _GLOBAL = (GlobalWindow(),)
-_new_row = functools.partial(tuple.__new__, RollupRow)  # a row from its fields, without RollupRow(...)'s checks
 
 
-class RowPartsCoder(Coder):
-    """RowParts <-> bytes, for what crosses from DayParts to GroupDays within a run
-    (pickled as columns, see orion.analytics.rollup.RowParts; never kept as state). Its
-    size estimate encodes nothing: the runner samples the size of what crosses between
-    steps, and a tenant-day's parts are few and large, so sampling would encode most of
-    them a second time."""
+class _PartsCoder(Coder):
+    """Parts of roll-up rows <-> bytes, for what crosses between two steps of a run
+    (pickled; never kept as state nor stored). Its size estimate encodes nothing: the
+    runner samples the size of what crosses between steps, and parts are few and large,
+    so sampling would encode most of them a second time."""
 
     ROW_BYTES = 100  # about what one minute row of a few leads takes, pickled
+    parts_type: type = dict
 
-    def encode(self, parts: RowParts) -> bytes:
+    def encode(self, parts) -> bytes:
         return pickle.dumps(parts, pickle.HIGHEST_PROTOCOL)
 
-    def decode(self, encoded: bytes) -> RowParts:
+    def decode(self, encoded: bytes):
         return pickle.loads(encoded)
 
-    def estimate_size(self, parts: RowParts) -> int:
+    def estimate_size(self, parts) -> int:
         return self.ROW_BYTES * len(parts)
 
     def is_deterministic(self) -> bool:
         return False
 
     def to_type_hint(self):
-        return RowParts
+        return self.parts_type
+
+
+class RowPartsCoder(_PartsCoder):
+    """Streaming: RowParts from ShardParts to RollUpShards (pickled as columns, see
+    orion.analytics.rollup.RowParts)."""
+
+    parts_type = RowParts
+
+
+class MinutePartsCoder(_PartsCoder):
+    """Bounded: one tenant-day's MinuteParts (orion.analytics.segments) from the lead step
+    and DayParts to GroupDays, decoded as Rows: the step that writes them builds no dict of
+    them again unless it merges two bundles'. Pickled as columns: the tenant and the day
+    once, each row's minute of the day (a small number: a bucket in epoch ms pickles as a
+    long), its kind and dimensions, and the parts."""
+
+    parts_type = MinuteParts
+
+    def encode(self, parts) -> bytes:
+        keys, values = (parts.keys, parts.parts) if isinstance(parts, Rows) else (list(parts), list(parts.values()))
+        if not keys:
+            return pickle.dumps(None)
+        columns = list(zip(*keys))
+        buckets = columns[2]
+        day = buckets[0] - buckets[0] % _DAY_MS
+        minutes = [(bucket - day) // _MINUTE_MS for bucket in buckets]
+        return pickle.dumps((keys[0][0], day, minutes, columns[3:], values), pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, encoded: bytes) -> Rows:
+        found = pickle.loads(encoded)
+        if found is None:
+            return Rows([], [])
+        tenant, day, minutes, columns, values = found
+        buckets = [day + minute * _MINUTE_MS for minute in minutes]
+        return Rows(list(zip(repeat(tenant), repeat(MINUTE), buckets, *columns)), values)
 
 
 beam.coders.registry.register_coder(RowParts, RowPartsCoder)
+beam.coders.registry.register_coder(MinuteParts, MinutePartsCoder)
 
 
 def _at(ms: int) -> Timestamp:
@@ -320,53 +361,45 @@ class _RollUpShardsFn(beam.DoFn):
 
 
 class _DayPartsFn(_PartialRollupsFn):
-    """Bounded input: records -> ((tenant, day), {minute RollupKey: Aggregate}), the
-    bundle's minute rows merged, one element per tenant-day and bundle, emitted at the
-    end of the bundle. Counter: `rolled_up` (records)."""
+    """Bounded input: records -> ((tenant, day), MinuteParts: the bundle's minute rows of
+    that tenant-day, merged), one element per tenant-day and bundle, emitted at the end of
+    the bundle. Counter: `rolled_up` (records)."""
+
+    def start_bundle(self) -> None:
+        self.partial = DayParts(self.facts)
+        self.records = 0
 
     def finish_bundle(self):
         self.rolled_up.inc(self.records)
-        days: dict = {}
-        for key, aggregate in self.partial.drain():
-            day = (key.tenant, bucket_start(key.bucket, DAY))
-            found = days.get(day)
-            if found is None:
-                found = days[day] = RowParts()
-            found[key] = aggregate
-        for day, parts in days.items():
+        for day, parts in self.partial.drain():
             yield WindowedValue((day, parts), _at(day[1]), _GLOBAL)
 
 
-def day_rows(element, writer: str) -> list[RollupRow]:
-    """((tenant, day), its bundles' minute rows) -> its RollupRows: its minutes (merged),
-    hours (built from the minutes) and the day (built from the hours), each written once
-    (version 1) under `writer`. An hour of one minute (a day of one hour) shares that
-    row's aggregate: nothing is merged or serialized twice."""
-    _, bundles = element  # the tenant-day's minute rows, one RowParts per bundle that had some
-    level = None
+def day_levels_of(element) -> dict:
+    """((tenant, day), its bundles' parts, Rows) -> its rows by granularity (day_levels):
+    one bundle's as they are, several merged."""
+    _, bundles = element
+    bundles = list(bundles)
+    if len(bundles) == 1:
+        return day_levels(bundles[0])
+    minutes = MinuteParts()
     for parts in bundles:
-        level = parts if level is None else level.merge(parts)
-    rows = []
-    while level:
-        coarser: dict = {}
-        for key, aggregate in level.items():
-            rows.append(_new_row((key, writer, 1, aggregate)))
-            up = key.coarser()
-            if up is not None:
-                _gather(coarser, up, aggregate)
-        level = {key: merge_all(members) for key, members in coarser.items()}
-    return rows
+        minutes.merge(parts)
+    return day_levels(minutes)
 
 
-class _WriteRollupsFn(beam.DoFn):
-    """Buffers a bundle's rows and upserts them every `batch_size` rows and at the end of
-    the bundle (the store keeps the highest version of each). Outputs a DeadLetter (reason
-    unstorable, source "rollups") per row the store refused. Counters:
-    `rollup_rows_written`, `dead_letters`, `dead_letters:unstorable`."""
+class _WriteDaySegmentsFn(beam.DoFn):
+    """Bounded input: ((tenant, day), its bundles' MinuteParts) -> the tenant-day's
+    segments (orion.analytics.segments: its minutes, its hours, its day; under
+    the run's writer id, version 1), upserted every `batch_size` segments and at the end
+    of the bundle. Outputs a DeadLetter (reason unstorable, source "rollups") per row of
+    a segment the store refused. Counters: `rollup_rows_written` (rows in the segments
+    written), `rollup_segments_written`, `dead_letters`, `dead_letters:unstorable`."""
 
-    def __init__(self, store_uri: str, batch_size: int):
+    def __init__(self, store_uri: str, batch_size: int, writer: str):
         self.store_uri = store_uri
         self.batch_size = batch_size
+        self.writer = writer
 
     def setup(self) -> None:
         from orion.store.rollups_opening import open_rollup_store
@@ -377,8 +410,8 @@ class _WriteRollupsFn(beam.DoFn):
     def start_bundle(self) -> None:
         self.batch: list = []
 
-    def process(self, row):
-        self.batch.append(row)  # the store keeps the highest version of each row of a batch
+    def process(self, element):
+        self.batch += segments_of_day(day_levels_of(element), self.writer)
         if len(self.batch) >= self.batch_size:
             yield from self._flush()
 
@@ -390,16 +423,19 @@ class _WriteRollupsFn(beam.DoFn):
         if not self.batch:
             return
         from orion.store.base import UNSTORABLE
-        from orion.store.rollups_base import row_element
+        from orion.store.rollups_base import segment_elements
 
-        rows, self.batch = self.batch, []
-        done = self.store.write(rows)
-        Metrics.counter(METRICS_NAMESPACE, "rollup_rows_written").inc(done.written)
-        if done.refused:
-            Metrics.counter(METRICS_NAMESPACE, "dead_letters").inc(len(done.refused))
-            Metrics.counter(METRICS_NAMESPACE, f"dead_letters:{UNSTORABLE}").inc(len(done.refused))
-        for row, detail in done.refused:
-            yield DeadLetter(row_element(row), UNSTORABLE, detail, ROLLUP_SOURCE)
+        segments, self.batch = self.batch, []
+        done = self.store.write_segments(segments)
+        Metrics.counter(METRICS_NAMESPACE, "rollup_segments_written").inc(done.written)
+        Metrics.counter(METRICS_NAMESPACE, "rollup_rows_written").inc(
+            sum(segment.rows for segment in segments) - sum(segment.rows for segment, _ in done.refused))
+        for segment, detail in done.refused:
+            letters = segment_elements(segment)
+            Metrics.counter(METRICS_NAMESPACE, "dead_letters").inc(len(letters))
+            Metrics.counter(METRICS_NAMESPACE, f"dead_letters:{UNSTORABLE}").inc(len(letters))
+            for element in letters:
+                yield DeadLetter(element, UNSTORABLE, detail, ROLLUP_SOURCE)
 
     def teardown(self) -> None:
         store = getattr(self, "store", None)
@@ -407,60 +443,27 @@ class _WriteRollupsFn(beam.DoFn):
             store.close()
 
 
-class _WriteDayRowsFn(_WriteRollupsFn):
-    """Bounded input: ((tenant, day), its bundles' minute rows) -> the tenant-day's rows
-    (day_rows, under the run's writer id), upserted as _WriteRollupsFn does. Building
-    the rows where they are written keeps them from crossing to another step one by one
-    (each crossing, and the runner's sampling of what crosses, costs as much as the
-    row's own arithmetic)."""
-
-    def __init__(self, store_uri: str, batch_size: int, writer: str):
-        super().__init__(store_uri, batch_size)
-        self.writer = writer
-
-    def process(self, element):
-        self.batch += day_rows(element, self.writer)
-        if len(self.batch) >= self.batch_size:
-            yield from self._flush()
-
-
 class GroupDayParts(beam.PTransform):
     """Bounded input: a tuple of PCollections of what the lead steps emit -> ((tenant,
     day), its bundles' minute rows): each bundle's records merged per tenant-day
     (DayParts, fused with the step that emits them), then grouped by tenant-day
     (GroupDays: no keyed state per row; each bundle's parts are merged already, so they
-    are grouped, not combined again)."""
+    are grouped, not combined again). The last `rolled_up` inputs are such parts made
+    already (the lead step's own, LeadSteps.rollup_parts), grouped with them."""
 
-    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...] = ()):
+    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...] = (), rolled_up: int = 0):
         super().__init__()
         self.rules_dir = rules_dir
         self.template_dirs = tuple(template_dirs)
+        self.rolled_up = rolled_up
 
     def expand(self, inputs):
+        split = len(inputs) - self.rolled_up
         day_parts = [records | f"DayParts{i}" >> beam.ParDo(_DayPartsFn(self.rules_dir, self.template_dirs)
-                                                            ).with_output_types(Tuple[Tuple[str, int], RowParts])
-                     for i, records in enumerate(inputs)]
-        return tuple(day_parts) | "AllDayParts" >> beam.Flatten() | "GroupDays" >> beam.GroupByKey()
-
-
-class RollUp(beam.PTransform):
-    """Bounded input: a tuple of PCollections of what the lead steps emit -> roll-up rows
-    (orion.analytics.rollup.RollupRow) of every granularity. Every row is complete only
-    once the input is: a bundle's records are merged per tenant-day (DayParts), grouped
-    by tenant-day (GroupDays: no keyed state per row) and merged into its minute rows, and
-    its hours and day built from its minutes (DayRows), every row once under the run's
-    writer id. (Streaming, RollUpAndWrite writes the rows as the shards make them.)"""
-
-    def __init__(self, rules_dir: str, template_dirs: tuple[str, ...] = ()):
-        super().__init__()
-        self.rules_dir = rules_dir
-        self.template_dirs = tuple(template_dirs)
-
-    def expand(self, inputs):
-        # The run's rows share one writer id, fixed here, so a retried bundle rewrites
-        # the same rows.
-        return (inputs | "GroupDayParts" >> GroupDayParts(self.rules_dir, self.template_dirs)
-                | "DayRows" >> beam.FlatMap(day_rows, new_writer()).with_output_types(RollupRow))
+                                                            ).with_output_types(Tuple[Tuple[str, int], MinuteParts])
+                     for i, records in enumerate(inputs[:split])]
+        return (tuple(day_parts) + tuple(inputs[split:]) | "AllDayParts" >> beam.Flatten()
+                | "GroupDays" >> beam.GroupByKey())
 
 
 class RollUpAndWrite(beam.PTransform):
@@ -468,16 +471,20 @@ class RollUpAndWrite(beam.PTransform):
     the roll-up store of `store_uri`. Returns the dead letters of the rows the store
     refused.
 
-    `bounded`: each tenant-day's rows are built by the step that writes them
-    (GroupDayParts, then WriteDayRows), all under one writer id for the run, fixed here,
-    so a retried bundle rewrites the same rows. Streaming: ShardParts, then RollUpShards
+    `bounded`: each tenant-day's rows are built by the step that writes them as segments
+    (GroupDayParts, then WriteRollups: orion.analytics.segments), all under one writer id
+    for the run, fixed here, so a retried bundle rewrites the same segments. Streaming: ShardParts, then RollUpShards
     (the module doc); a row's state expires `allowed_lateness_ms` + `grace_ms` after its
-    bucket ends (event time)."""
+    bucket ends (event time).
+
+    `rolled_up` (bounded): how many of the inputs, the last ones, are parts rolled up
+    already, ((tenant, day), MinuteParts) (LeadSteps.rollup_parts), not records."""
 
     def __init__(self, store_uri: str, rules_dir: str, template_dirs: tuple[str, ...] = (), *,
                  allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS, grace_ms: int = DEFAULT_GRACE_MS,
-                 bounded: bool = True, batch_size: int = DEFAULT_BATCH_SIZE):
+                 bounded: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, rolled_up: int = 0):
         super().__init__()
+        self.rolled_up = rolled_up
         self.store_uri = store_uri
         self.rules_dir = rules_dir
         self.template_dirs = tuple(template_dirs)
@@ -488,9 +495,9 @@ class RollUpAndWrite(beam.PTransform):
 
     def expand(self, inputs):
         if self.bounded:
-            days = inputs | "RollUp" >> GroupDayParts(self.rules_dir, self.template_dirs)
+            days = inputs | "RollUp" >> GroupDayParts(self.rules_dir, self.template_dirs, self.rolled_up)
             return days | "WriteRollups" >> beam.ParDo(
-                _WriteDayRowsFn(self.store_uri, self.batch_size, new_writer()))
+                _WriteDaySegmentsFn(self.store_uri, self.batch_size, new_writer()))
         # One shard-merging step per input, each fused with the step that emits it: a
         # Flatten of the records would make the runner encode every record again to hand
         # it over; the shards' parts are few.
