@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-evaluator bench-graph bench-store bench-collector bench-campaigns bench-flink bench-decide bench-decide-instructions bench-analytics clean clean-data
+.PHONY: run test bench bench-evaluator bench-graph bench-store bench-collector bench-campaigns bench-flink bench-decide bench-decide-instructions bench-analytics bench-analytics-instructions clean clean-data
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-decide-instructions: $(STAMP)  # needs valgrind
 
 bench-analytics: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_analytics $(ARGS)
+
+bench-analytics-instructions: $(STAMP)  # needs valgrind
+	$(BIN)/python -m benchmarks.analytics_instructions $(ARGS)
 
 clean:  # the environment and the test caches; the data in orion-data/ stays (make clean-data)
 	rm -rf $(VENV) .pytest_cache .hypothesis

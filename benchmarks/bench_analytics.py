@@ -29,6 +29,7 @@ the rows of the figures measured (and a line saying when), the others kept.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import os
@@ -92,34 +93,31 @@ def build_graph(pipeline: beam.Pipeline, config: RunConfig, rollups: bool) -> No
 
 
 def store_upserts(store_uri: str) -> tuple[float, int]:
-    """(CPU seconds, rows): the roll-up store upserting a run's rows again, into an empty
-    store, in the graph's batches: the store's share of what the roll-ups cost."""
+    """(CPU seconds, segments): the roll-up store upserting a run's segments again, into
+    an empty store, in the graph's batches: the store's share of what the roll-ups cost."""
     import sqlite3
 
-    from orion.analytics.rollup import of_sketch_bytes
-    from orion.store.rollups_base import parse_sums
+    from orion.analytics.segments import RollupSegment
     from orion.store.sqlite import sqlite_path
     from orion.transforms.rollups import DEFAULT_BATCH_SIZE
 
     with sqlite3.connect(sqlite_path(store_uri)) as connection:
-        found = connection.execute("SELECT tenant, granularity, bucket, kind, type, source, attribute, campaign, "
-                                   "status, reason, writer, version, records, sketch, sums FROM rollups").fetchall()
-    rows = [RollupRow(RollupKey(*row[:10]), row[10], row[11], Aggregate(row[12], of_sketch_bytes(row[13]),
-                                                                        parse_sums(row[14])))
-            for row in found]
+        segments = [RollupSegment(*row) for row in connection.execute(
+            "SELECT tenant, granularity, bucket, writer, part, version, rows, first, last, data FROM rollup_segments")]
     target = Path(sqlite_path(store_uri)).with_name("upserts.db")
     with open_rollup_store(f"sqlite:///{target}") as store:
         store.init()
         cpu = time.process_time()
-        for start in range(0, len(rows), DEFAULT_BATCH_SIZE):
-            store.write(rows[start:start + DEFAULT_BATCH_SIZE])
+        for start in range(0, len(segments), DEFAULT_BATCH_SIZE):
+            store.write_segments(segments[start:start + DEFAULT_BATCH_SIZE])
         cpu = time.process_time() - cpu
-    return cpu, len(rows)
+    return cpu, len(segments)
 
 
-def time_graph(rules: Path, workdir: Path, rollups: bool, upserts: bool = False) -> tuple[float, float, int, float]:
-    """(wall-clock seconds, CPU seconds of this process, roll-up rows written, CPU seconds
-    of upserting those rows again when `upserts`)"""
+def time_graph(rules: Path, workdir: Path, rollups: bool, upserts: bool = False
+               ) -> tuple[float, float, int, float, int]:
+    """(wall-clock seconds, CPU seconds of this process, roll-up rows written, and when
+    `upserts` the CPU seconds of upserting their segments again and how many there are)"""
     run_dir = workdir / f"run-{uuid.uuid4().hex[:8]}"
     config = RunConfig(str(rules), (), str(workdir / "events" / "*.jsonl"), None,
                        f"sqlite:///{run_dir / 'activities.db'}", run_dir / "out", DEFAULT_ALLOWED_LATENESS_MS,
@@ -129,16 +127,16 @@ def time_graph(rules: Path, workdir: Path, rollups: bool, upserts: bool = False)
     with beam.Pipeline(options=pipeline_options(config)) as pipeline:
         build_graph(pipeline, config, rollups)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    rows, upsert_cpu = 0, 0.0
+    rows, upsert_cpu, segments = 0, 0.0, 0
     if rollups:
         with open_rollup_store(config.store_uri) as store:
             rows = store.count()
         if not rows:
             raise RuntimeError("the run with roll-ups wrote none")
         if upserts:
-            upsert_cpu, _ = store_upserts(config.store_uri)
+            upsert_cpu, segments = store_upserts(config.store_uri)
     shutil.rmtree(run_dir)
-    return seconds, cpu, rows, upsert_cpu
+    return seconds, cpu, rows, upsert_cpu, segments
 
 
 def dense_lines(lines: list[str], per_minute: int) -> list[str]:
@@ -170,12 +168,12 @@ def graph_cost(events: int, campaigns: int, seed: int, per_minute: int | None = 
     time_graph(rules, workdir, True)
     times = {False: [], True: []}
     cpus = {False: [], True: []}
-    rows = 0
+    rows = segments = 0
     upsert_cpus = []
     for _ in range(GRAPH_ROUNDS):
         for rollups in (False, True):
-            seconds, cpu, written, upsert_cpu = time_graph(rules, workdir, rollups, upserts=rollups)
-            rows = max(rows, written)
+            seconds, cpu, written, upsert_cpu, stored = time_graph(rules, workdir, rollups, upserts=rollups)
+            rows, segments = max(rows, written), max(segments, stored)
             times[rollups].append(seconds)
             cpus[rollups].append(cpu)
             if rollups:
@@ -185,6 +183,7 @@ def graph_cost(events: int, campaigns: int, seed: int, per_minute: int | None = 
     without, with_ = min(times[False]), min(times[True])
     return {"events": events, "without": events / without, "with": events / with_, "ratio": without / with_,
             "cpu_ratio": min(cpus[False]) / min(cpus[True]), "per_minute": per_minute, "rows": rows,
+            "segments": segments,
             "added_cpu": min(cpus[True]) - min(cpus[False]), "upsert_cpu": min(upsert_cpus),
             # The most the ratio could be (in CPU time) if the roll-ups cost nothing but their upserts.
             "upsert_bound": min(cpus[False]) / (min(cpus[False]) + min(upsert_cpus)),
@@ -194,23 +193,41 @@ def graph_cost(events: int, campaigns: int, seed: int, per_minute: int | None = 
 # --- query latency ----------------------------------------------------------------------
 
 
-def fill_day(uri: str) -> int:
+def fill_day(uri: str, layout: str) -> int:
     """1,440 minutes x 10 types for tenant `bench` on DAY0, and the same for another tenant
-    and the next day (rows a query must not read)."""
-    rows = []
+    and the next day (rows a query must not read), stored as `layout`: "segments" (as a
+    bounded run writes them: a tenant-day's minutes, hours and day in three segments) or
+    "rows" (one stored row each, as a streaming run writes them)."""
+    from orion.analytics.segments import MinuteParts, segments_of_day
+
+    days = []
     for tenant, day in (("bench", DAY0), ("other", DAY0), ("bench", DAY0 + DAY)):
+        minutes = MinuteParts()
         for minute in range(1440):
             for i, type_ in enumerate(TYPES):
-                aggregate = Aggregate()
-                for lead in range(1 + (minute + i) % 7):
-                    aggregate.add(f"L{minute * 7 + lead}")
-                rows.append(RollupRow(RollupKey(tenant, "minute", day + minute * MINUTE, ACTIVITY, type=type_,
-                                                source="input"), "w", 1, aggregate))
+                leads = {f"L{minute * 7 + lead}" for lead in range(1 + (minute + i) % 7)}
+                key = (tenant, "minute", day + minute * MINUTE, ACTIVITY, type_, "input", "", "", "", "")
+                minutes[key] = [len(leads), leads, None] if len(leads) > 1 else next(iter(leads))
+        days.append(minutes)
     with open_rollup_store(uri) as store:
         store.init()
-        for start in range(0, len(rows), 5000):
-            store.write(rows[start:start + 5000])
-    return len(rows)
+        if layout == "segments":
+            for minutes in days:
+                store.write_segments(segments_of_day({"minute": minutes}, "w"))
+        else:
+            rows = [RollupRow(RollupKey(*key), "w", 1, Aggregate(1, None).merge(_aggregate(part)))
+                    for minutes in days for key, part in minutes.items()]
+            for start in range(0, len(rows), 5000):
+                store.write(rows[start:start + 5000])
+        return store.count()
+
+
+def _aggregate(part) -> Aggregate:
+    """A MinuteParts part as an Aggregate of its leads (one record each)."""
+    found = Aggregate()
+    for lead in ([part] if isinstance(part, str) else sorted(part[1])):
+        found.add(lead)
+    return found
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -218,29 +235,35 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
+QUERY_LAYOUTS = ("segments", "rows")
+
+
 def query_latency() -> dict:
-    workdir = DATA_DIR / "query"
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
-    uri = f"sqlite:///{workdir / 'activities.db'}"
-    rows = fill_day(uri)
-    figures = {"rows": rows}
-    with open_rollup_store(uri) as store:
-        for metric in ("events", "unique_leads"):
-            query = Query("bench", metric, ("type",), "minute", DAY0, DAY0 + DAY)
-            answer = run_query(store, query)
-            if len(answer) != 1440 * len(TYPES):
-                raise RuntimeError(f"{metric}: {len(answer)} rows, expected {1440 * len(TYPES)}")
-            times, cpus = [], []
-            for _ in range(QUERY_REPEATS):
-                started, cpu = time.perf_counter(), time.process_time()
-                run_query(store, query)
-                times.append((time.perf_counter() - started) * 1000)
-                cpus.append((time.process_time() - cpu) * 1000)
-            figures[metric] = (statistics.median(times), percentile(times, 0.99), percentile(cpus, 0.99))
-            print(f"query {metric} by type, one day by minute: p50 {figures[metric][0]:.1f} ms, "
-                  f"p99 {figures[metric][1]:.1f} ms (CPU p99 {figures[metric][2]:.1f} ms)", file=sys.stderr)
+    figures: dict = {}
+    for layout in QUERY_LAYOUTS:
+        workdir = DATA_DIR / "query"
+        if workdir.exists():
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True)
+        uri = f"sqlite:///{workdir / 'activities.db'}"
+        figures["stored"] = fill_day(uri, layout)
+        gc.collect()  # the fill's garbage is no query's: a collection of it would land in one timed query
+        found = figures[layout] = {}
+        with open_rollup_store(uri) as store:
+            for metric in ("events", "unique_leads"):
+                query = Query("bench", metric, ("type",), "minute", DAY0, DAY0 + DAY)
+                answer = run_query(store, query)
+                if len(answer) != 1440 * len(TYPES):
+                    raise RuntimeError(f"{metric}: {len(answer)} rows, expected {1440 * len(TYPES)}")
+                times, cpus = [], []
+                for _ in range(QUERY_REPEATS):
+                    started, cpu = time.perf_counter(), time.process_time()
+                    run_query(store, query)
+                    times.append((time.perf_counter() - started) * 1000)
+                    cpus.append((time.process_time() - cpu) * 1000)
+                found[metric] = (statistics.median(times), percentile(times, 0.99), percentile(cpus, 0.99))
+                print(f"query {metric} by type, one day by minute, {layout}: p50 {found[metric][0]:.1f} ms, "
+                      f"p99 {found[metric][1]:.1f} ms (CPU p99 {found[metric][2]:.1f} ms)", file=sys.stderr)
     figures["load"] = os.getloadavg()[0]
     return figures
 
@@ -325,8 +348,10 @@ def sketch_error() -> dict:
 
 FIGURES = ("graph", "query", "visibility", "sketch")
 # How each figure's rows of the table begin: what --only replaces.
-ROW_PREFIXES = {"graph": "| graph with roll-ups vs without ", "query": "| query: one tenant-day by minute, ",
-                "visibility": "| streamed activity visible in a query ", "sketch": "| unique leads: "}
+ROW_PREFIXES = {"graph": "| graph with roll-ups vs without ",
+                "instructions": "| graph with roll-ups vs without, in instructions ",
+                "query": "| query: one tenant-day by minute, ", "visibility": "| streamed activity visible in a query ",
+                "sketch": "| unique leads: "}
 
 
 def graph_rows(graphs: list[dict]) -> list[str]:
@@ -335,21 +360,28 @@ def graph_rows(graphs: list[dict]) -> list[str]:
         spread = ("as generated: 21 days, about one a minute" if graph["per_minute"] is None
                   else f"retimed to {graph['per_minute']} a minute")
         lines.append(f"{ROW_PREFIXES['graph']}(files, in-process, {graph['events']:,} events {spread}; "
-                     f"{graph['rows']:,} roll-up rows written; best of {GRAPH_ROUNDS}; load {graph['load']:.1f}) | "
-                     f"{graph['ratio']:.2f}x ({graph['with']:,.0f} vs {graph['without']:,.0f} events/s); in CPU "
-                     f"time {graph['cpu_ratio']:.2f}x: the roll-ups add {graph['added_cpu']:.2f} s, of which "
-                     f"{graph['upsert_cpu']:.2f} s the store's upserts of their rows, so even roll-ups that "
-                     f"cost nothing but their upserts would reach at most {graph['upsert_bound']:.2f}x | >= 0.9x |")
+                     f"{graph['rows']:,} roll-up rows written in {graph['segments']:,} segments; best of "
+                     f"{GRAPH_ROUNDS}; load {graph['load']:.1f}) | {graph['ratio']:.2f}x ({graph['with']:,.0f} vs "
+                     f"{graph['without']:,.0f} events/s); in CPU time {graph['cpu_ratio']:.2f}x: the roll-ups add "
+                     f"{graph['added_cpu']:.2f} s, of which {graph['upsert_cpu']:.2f} s the store's upserts of "
+                     "their segments, so even roll-ups that cost nothing but their upserts would reach at most "
+                     f"{graph['upsert_bound']:.2f}x | >= 0.9x |")
     return lines
+
+
+LAYOUT_TEXT = {"segments": "in segments, as a bounded run writes them", "rows": "one by one, as a streaming run "
+                                                                               "writes them"}
 
 
 def query_rows(query: dict) -> list[str]:
     lines = []
-    for metric in ("events", "unique_leads"):
-        p50, p99, cpu99 = query[metric]
-        lines.append(f"{ROW_PREFIXES['query']}`{metric}` by type (10 values: 14,400 rows of "
-                     f"{query['rows']:,} in SQLite), {QUERY_REPEATS} runs; load {query['load']:.1f} | "
-                     f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (CPU time p99 {cpu99:.1f} ms) | p99 < 50 ms |")
+    for layout in QUERY_LAYOUTS:
+        for metric in ("events", "unique_leads"):
+            p50, p99, cpu99 = query[layout][metric]
+            lines.append(f"{ROW_PREFIXES['query']}`{metric}` by type (10 values: 14,400 rows of "
+                         f"{query['stored']:,} in SQLite, {LAYOUT_TEXT[layout]}), {QUERY_REPEATS} runs; load "
+                         f"{query['load']:.1f} | p50 {p50:.1f} ms, p99 {p99:.1f} ms (CPU time p99 {cpu99:.1f} ms) | "
+                         "p99 < 50 ms |")
     return lines
 
 
@@ -378,14 +410,15 @@ def render(command: str, graphs: list[dict], query: dict, probes: list[float] | 
               "figure was taken (2 cores, shared): wall-clock figures move with it, CPU time (this process's) "
               "much less. The visibility figure is the allowed lateness (the lead step "
               "releases an activity once the watermark passes it by that much) plus the graph's and the "
-              "store's latency. What the roll-ups cost the graph goes with the rows they write, not with the "
-              "activities: each row is merged per bundle and tenant-day, handed to the step that builds its "
-              "hours and day, and upserted (the upserts' CPU time is measured apart, by writing the run's rows "
-              "again into an empty store). The synthetic activities' pages, emails and events are so varied "
-              "that almost every activity opens a minute row of its own, at 1 or 200 activities a minute alike; "
-              "hours and days of activities are kept by type and source only (the attribute is a dimension of "
-              "the minutes: a query by it at hour, day or all reads the minutes), which makes about 2 rows per "
-              "activity instead of 3."]
+              "store's latency. What the roll-ups cost the graph: the lead step merges what it emits into "
+              "minute rows per tenant-day, the tenant-days' parts are grouped, and the step that writes them "
+              "builds each tenant-day's hours and day and upserts its three segments (orion.analytics.segments; "
+              "the upserts' CPU time is measured apart, by writing the run's segments again into an empty "
+              "store). The synthetic activities' pages, emails and events are so varied that almost every "
+              "activity opens a minute row of its own, at 1 or 200 activities a minute alike; hours and days of "
+              "activities are kept by type and source only (the attribute is a dimension of the minutes: a "
+              "query by it at hour, day or all reads the minutes), which makes about 2 rows per activity "
+              "instead of 3, stored in a few segments instead of one stored row each."]
     return "\n".join(lines)
 
 

@@ -367,14 +367,15 @@ def time_work_alone(rules: Path, workdir: Path, lines: list[str]) -> WorkAlone:
     profiles and histories), replaying each lead's activities, and the store writing the
     activities, the index and the lead profiles."""
     from orion.activities import Activity
-    from orion.analytics.rollup import DAY, PartialRollups, RollupFacts, RowParts, bucket_start, new_writer
+    from orion.analytics.rollup import RollupFacts, new_writer
+    from orion.analytics.segments import DayParts, day_levels, segments_of_day
     from orion.intake import read_lines
     from orion.leadstep import OUTCOME, PROFILE, STORE, LeadStep, SeedRequest, StepResult
     from orion.profiles import EMPTY_RECORD
     from orion.rules import load_rules
     from orion.store.rollups_opening import open_rollup_store
     from orion.transforms.evaluate import SEED_BATCH
-    from orion.transforms.rollups import DEFAULT_BATCH_SIZE as ROLLUP_BATCH_SIZE, day_rows
+    from orion.transforms.rollups import DEFAULT_BATCH_SIZE as ROLLUP_BATCH_SIZE
     from orion.transforms.sinks import DEFAULT_BATCH_SIZE
 
     store = open_store(f"sqlite:///{workdir / 'store' / f'alone-{time.monotonic_ns()}.db'}")
@@ -412,22 +413,19 @@ def time_work_alone(rules: Path, workdir: Path, lines: list[str]) -> WorkAlone:
         store.write_profiles(profiles[start:start + DEFAULT_BATCH_SIZE])
     stored = time.perf_counter()
     if ROLLUPS:
-        # As the bounded graph rolls up: the records merged into minute rows, grouped by
-        # tenant-day, each day's hours and day built from its minutes, every row upserted.
+        # As the bounded graph rolls up: the records merged into minute rows per tenant-day
+        # (the lead step's DayParts), each day's hours and day built from its minutes, its
+        # segments upserted.
         rollup_store = open_rollup_store(store.uri)
         rollup_store.init()
-        partial = PartialRollups(RollupFacts.from_rules(ruleset))
+        parts = DayParts(RollupFacts.from_rules(ruleset))
         for tag, value in result.emitted:
             if tag in (STORE, OUTCOME):
-                partial.add(value)
-        days: dict = {}
-        for key, aggregate in partial.drain():
-            days.setdefault((key.tenant, bucket_start(key.bucket, DAY)), RowParts())[key] = aggregate
+                parts.add(value)
         writer = new_writer()
-        for day, parts in days.items():
-            rows = day_rows((day, [parts]), writer)
-            for start in range(0, len(rows), ROLLUP_BATCH_SIZE):
-                rollup_store.write(rows[start:start + ROLLUP_BATCH_SIZE])
+        segments = [segment for _, minutes in parts.drain() for segment in segments_of_day(day_levels(minutes), writer)]
+        for start in range(0, len(segments), ROLLUP_BATCH_SIZE):
+            rollup_store.write_segments(segments[start:start + ROLLUP_BATCH_SIZE])
         rollup_store.close()
     rolled = time.perf_counter()
     store.close()

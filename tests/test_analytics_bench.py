@@ -9,7 +9,8 @@ import pytest
 
 from benchmarks.bench_analytics import main, query_rows, render, replace_rows, sketch_rows
 
-GRAPH = {"events": 20_000, "per_minute": None, "rows": 39_731, "load": 0.7, "ratio": 0.63, "with": 5_457.0,
+GRAPH = {"events": 20_000, "per_minute": None, "rows": 39_731, "segments": 252, "load": 0.7, "ratio": 0.63,
+         "with": 5_457.0,
          "without": 8_644.0, "cpu_ratio": 0.63, "added_cpu": 1.25, "upsert_cpu": 0.24,
          "upsert_bound": 0.88}
 SKETCH = {"estimate": 1_004_089.0, "low": 972_177.0, "high": 1_037_098.0, "error": 0.0041, "merge_ms": 6.0,
@@ -17,8 +18,8 @@ SKETCH = {"estimate": 1_004_089.0, "low": 972_177.0, "high": 1_037_098.0, "error
 
 
 def query_figures(p50: float) -> dict:
-    return {"rows": 43_200, "load": 0.9, "events": (p50, p50 + 20, p50 + 20),
-            "unique_leads": (p50 + 5, p50 + 25, p50 + 25)}
+    layout = {"events": (p50, p50 + 20, p50 + 20), "unique_leads": (p50 + 5, p50 + 25, p50 + 25)}
+    return {"stored": 43_200, "load": 0.9, "segments": layout, "rows": layout}
 
 
 def test_only_the_query_rows_are_replaced_and_stamped():
@@ -35,7 +36,7 @@ def test_only_the_query_rows_are_replaced_and_stamped():
         "- rows `query` measured again: Command: `make bench-analytics ARGS=\"--only query\"`")
     # Measured again: the rows and the stamp are replaced, not added.
     third = replace_rows(again, {"query": query_rows(query_figures(11.0))}, "later")
-    assert third.count("| query:") == 2 and third.count("measured again") == 1 and "p50 11.0 ms" in third
+    assert third.count("| query:") == 4 and third.count("measured again") == 1 and "p50 11.0 ms" in third
     assert len(third.splitlines()) == len(old) + 1
 
 
