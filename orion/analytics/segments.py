@@ -372,9 +372,12 @@ def scan_segments(segments: Iterable[tuple[str, int, bytes]], start: int, end: i
         selected = None
         for name, value in conditions:
             values = segment.column(name)[low:high]
-            if value not in values:
+            having = values.count(value)
+            if not having:
                 selected = ()
                 break
+            if having == len(values):
+                continue  # every row has it (a segment's rows are mostly of one kind)
             matches = map(value.__eq__, values)
             selected = list(matches if selected is None else map(and_, selected, matches))
         if selected == ():

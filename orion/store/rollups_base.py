@@ -236,7 +236,8 @@ _PICKERS = {
 def _sort_unless_sorted(rows: list[tuple], positions: list[int]) -> None:
     """Sort rows by the values at `positions`, in place, unless they are in that order
     already (checked in C: segments are written in key order, so most scans are)."""
-    keys = list(map(itemgetter(*positions), rows))
+    keys = list(zip(*(map(itemgetter(at), rows) for at in positions))) if len(positions) > 1 else \
+        list(map(itemgetter(positions[0]), rows))
     if all(map(le, keys, islice(keys, 1, None))):
         return
     rows.sort(key=itemgetter(*positions))
