@@ -419,11 +419,33 @@ def render(command: str, graphs: list[dict], query: dict, probes: list[float] | 
               "minute rows per tenant-day, the tenant-days' parts are grouped, and the step that writes them "
               "builds each tenant-day's hours and day and upserts its three segments (orion.analytics.segments; "
               "the upserts' CPU time is measured apart, by writing the run's segments again into an empty "
-              "store). The synthetic activities' pages, emails and events are so varied that almost every "
-              "activity opens a minute row of its own, at 1 or 200 activities a minute alike; hours and days of "
-              "activities are kept by type and source only (the attribute is a dimension of the minutes: a "
-              "query by it at hour, day or all reads the minutes), which makes about 2 rows per activity "
-              "instead of 3, stored in a few segments instead of one stored row each."]
+              "store; `make bench-analytics-instructions` counts the same runs' instructions under "
+              "callgrind, which the machine's pace does not move). The synthetic activities' pages, emails and "
+              "events are so varied that almost every activity opens a minute row of its own, at 1 or 200 "
+              "activities a minute alike; hours and days of activities are kept by type and source only (the "
+              "attribute is a dimension of the minutes: a query by it at hour, day or all reads the minutes), "
+              "which makes about 2 rows per activity instead of 3, stored in a few segments instead of one "
+              "stored row each."]
+    return "\n".join(lines)
+
+
+def kept_instruction_rows(body: str) -> str:
+    """The section `body` with the instruction rows of the section now in BENCHMARKS.md
+    (`make bench-analytics-instructions`, measured apart: a whole run does not take them)
+    and the line saying when they were measured, both kept as they are."""
+    start_marker, end_marker = section_markers("analytics")
+    text = BENCHMARKS_FILE.read_text(encoding="utf-8") if BENCHMARKS_FILE.exists() else ""
+    start, end = text.find(start_marker), text.find(end_marker)
+    old = text[start:end].splitlines() if -1 < start < end else []
+    rows = [line for line in old if line.startswith(ROW_PREFIXES["instructions"])]
+    stamp = [line for line in old if line.startswith("- rows `instructions` measured again: ")]
+    if not rows:
+        return body
+    lines = body.splitlines()
+    graph = max(i for i, line in enumerate(lines) if line.startswith(ROW_PREFIXES["graph"]))
+    lines[graph + 1:graph + 1] = rows
+    command_at = next(i for i, line in enumerate(lines) if line.startswith("Command: "))
+    lines[command_at + 1:command_at + 1] = stamp
     return "\n".join(lines)
 
 
@@ -486,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
     sketch = sketch_error()
     print(f"sketch: {sketch}", file=sys.stderr)
     probes = None if args.skip_streaming else visibility()
-    body = render(command, graphs, query, probes, sketch)
+    body = kept_instruction_rows(render(command, graphs, query, probes, sketch))
     print(body)
     write_section("analytics", body)
 

@@ -53,3 +53,24 @@ def test_only_takes_the_figures_it_knows(capsys):
         main(["--only", "everything"])
     assert exit_.value.code == 2
     assert "invalid choice: 'everything'" in capsys.readouterr().err
+
+
+def test_a_whole_run_keeps_the_instruction_rows_measured_apart(tmp_path, monkeypatch):
+    import benchmarks.bench_analytics as bench
+    from benchmarks.report import section_markers
+
+    instructions = (f"{bench.ROW_PREFIXES['instructions']}(callgrind, 20,000 events as generated) | 0.905 (552.3 vs "
+                    "610.3 thousand instructions an event) | >= 0.9 |")
+    old = render("make bench-analytics", [GRAPH], query_figures(38.7), None, SKETCH)
+    old = replace_rows(old, {"instructions": [instructions]}, "Command: `make bench-analytics-instructions` · then")
+    start, end = section_markers("analytics")
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(f"# Benchmarks\n\n{start}\n{old}\n{end}\n", encoding="utf-8")
+    monkeypatch.setattr(bench, "BENCHMARKS_FILE", path)
+    new = bench.kept_instruction_rows(render("make bench-analytics", [GRAPH], query_figures(12.0), None, SKETCH))
+    lines = new.splitlines()
+    assert lines.count(instructions) == 1
+    graph_rows = [i for i, line in enumerate(lines) if line.startswith(bench.ROW_PREFIXES["graph"])]
+    assert lines.index(instructions) == 1 + max(graph_rows)
+    assert sum(line.startswith("- rows `instructions` measured again: ") for line in lines) == 1
+    assert "p50 12.0 ms" in new
