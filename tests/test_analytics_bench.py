@@ -10,6 +10,7 @@ import pytest
 from benchmarks.bench_analytics import main, query_rows, render, replace_rows, sketch_rows
 
 GRAPH = {"events": 20_000, "per_minute": None, "rows": 39_731, "segments": 252, "load": 0.7, "ratio": 0.63,
+         "ratios": [0.61, 0.63, 0.65],
          "with": 5_457.0,
          "without": 8_644.0, "cpu_ratio": 0.63, "added_cpu": 1.25, "upsert_cpu": 0.24,
          "upsert_bound": 0.88}
