@@ -436,12 +436,12 @@ def render(command: str, graphs: list[dict], query: dict, probes: list[float] | 
     return "\n".join(lines)
 
 
-def kept_instruction_rows(body: str) -> str:
-    """The section `body` with the instruction rows of the section now in BENCHMARKS.md
+def kept_instruction_rows(body: str, path: Path = BENCHMARKS_FILE) -> str:
+    """The section `body` with the instruction rows of the section now in `path`
     (`make bench-analytics-instructions`, measured apart: a whole run does not take them)
     and the line saying when they were measured, both kept as they are."""
     start_marker, end_marker = section_markers("analytics")
-    text = BENCHMARKS_FILE.read_text(encoding="utf-8") if BENCHMARKS_FILE.exists() else ""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
     start, end = text.find(start_marker), text.find(end_marker)
     old = text[start:end].splitlines() if -1 < start < end else []
     rows = [line for line in old if line.startswith(ROW_PREFIXES["instructions"])]

@@ -56,7 +56,7 @@ def test_only_takes_the_figures_it_knows(capsys):
     assert "invalid choice: 'everything'" in capsys.readouterr().err
 
 
-def test_a_whole_run_keeps_the_instruction_rows_measured_apart(tmp_path, monkeypatch):
+def test_a_whole_run_keeps_the_instruction_rows_measured_apart(tmp_path):
     import benchmarks.bench_analytics as bench
     from benchmarks.report import section_markers
 
@@ -67,8 +67,8 @@ def test_a_whole_run_keeps_the_instruction_rows_measured_apart(tmp_path, monkeyp
     start, end = section_markers("analytics")
     path = tmp_path / "BENCHMARKS.md"
     path.write_text(f"# Benchmarks\n\n{start}\n{old}\n{end}\n", encoding="utf-8")
-    monkeypatch.setattr(bench, "BENCHMARKS_FILE", path)
-    new = bench.kept_instruction_rows(render("make bench-analytics", [GRAPH], query_figures(12.0), None, SKETCH))
+    new = bench.kept_instruction_rows(render("make bench-analytics", [GRAPH], query_figures(12.0), None, SKETCH),
+                                      path)
     lines = new.splitlines()
     assert lines.count(instructions) == 1
     graph_rows = [i for i, line in enumerate(lines) if line.startswith(bench.ROW_PREFIXES["graph"])]

@@ -125,11 +125,10 @@ def test_building_hours_and_days_leaves_each_minute_its_own_leads():
     assert day[:2] == [3, {"L1", "L2", "L3"}]
 
 
-def test_a_big_segment_is_split_in_parts_and_read_back_whole(tmp_path, monkeypatch):
-    monkeypatch.setattr(segments, "MAX_SEGMENT_ROWS", 7)
+def test_a_big_segment_is_split_in_parts_and_read_back_whole(tmp_path):
     minutes = MinuteParts({("acme", "minute", T0 + (n % 60) * MINUTE, "activity", "visit_web_page", "input",
                             f"a.example/{n}", "", "", ""): f"L{n}" for n in range(30)})
-    built = segments_of_day(day_levels(minutes), "w")
+    built = segments_of_day(day_levels(minutes), "w", max_rows=7)
     day = T0 - T0 % DAY
     parts = [(s.bucket, s.part, s.rows, (s.first - T0) // MINUTE, (s.last - T0) // MINUTE)
              for s in built if s.granularity == "minute"]

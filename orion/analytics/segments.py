@@ -251,10 +251,11 @@ def _metric_columns(parts: list) -> tuple[list, list, list | None, list]:
 _BUCKET_OF = itemgetter(2)
 
 
-def segments_of_day(levels: dict, writer: str, version: int = 1) -> list[RollupSegment]:
+def segments_of_day(levels: dict, writer: str, version: int = 1,
+                    max_rows: int = MAX_SEGMENT_ROWS) -> list[RollupSegment]:
     """A tenant-day's rows ({granularity: a dict or Rows}, as day_levels gives them) ->
     its segments: its minutes, its hours, its day; each split into parts of at most
-    MAX_SEGMENT_ROWS rows, each part a range of buckets."""
+    `max_rows` rows, each part a range of buckets."""
     global _ONE
     if _ONE is None:
         _ONE = small_estimate(1)
@@ -273,8 +274,8 @@ def segments_of_day(levels: dict, writer: str, version: int = 1) -> list[RollupS
         day = buckets[0] - buckets[0] % _DAY_MS
         if buckets[-1] >= day + _DAY_MS:
             raise ValueError(f"the {granularity} rows given span more than one day")
-        for part_number, first in enumerate(range(0, len(keys), MAX_SEGMENT_ROWS)):
-            last = min(first + MAX_SEGMENT_ROWS, len(keys))
+        for part_number, first in enumerate(range(0, len(keys), max_rows)):
+            last = min(first + max_rows, len(keys))
             if first == 0 and last == len(keys):
                 columns, values = key_columns, metrics  # one part: no copies
             else:

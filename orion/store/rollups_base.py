@@ -175,17 +175,13 @@ class RollupStore(abc.ABC):
         check_order(order)
         where = check_where(where)
         segments = self._segments(tenant, granularity, start, end)
-        rows = self._scan_rows(tenant, granularity, start, end, columns, kind=kind, where=where, order=order)
         if not segments:
-            return rows
+            return self._scan_rows(tenant, granularity, start, end, columns, kind=kind, where=where, order=order)
         # The columns that order the rows, picked too when not asked for, and dropped after.
         ordering = ("bucket", *order)
         picked = tuple(columns) + tuple(name for name in ordering if name not in columns)
-        found = scan_segments(segments, start, end, picked, kind, where)
-        if rows:
-            if picked != tuple(columns):
-                rows = self._scan_rows(tenant, granularity, start, end, picked, kind=kind, where=where, order=order)
-            found = rows + found
+        found = self._scan_rows(tenant, granularity, start, end, picked, kind=kind, where=where, order=order)
+        found += scan_segments(segments, start, end, picked, kind, where)
         _sort_unless_sorted(found, [picked.index(name) for name in ordering])
         return found if picked == tuple(columns) else [row[:len(columns)] for row in found]
 
